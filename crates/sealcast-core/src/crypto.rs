@@ -1,0 +1,291 @@
+//! Thin, checked wrappers over the primitives sealcast uses. Everything above
+//! this module goes through these functions, and the external test vectors
+//! (Wycheproof, C2SP CCTV) exercise exactly these functions.
+
+use aes_gcm::aead::{AeadInOut, KeyInit};
+use aes_gcm::{Aes128Gcm, Aes256Gcm};
+use ed25519_dalek::{Signature, VerifyingKey};
+use hkdf::Hkdf;
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+use crate::error::{Error, Result};
+
+/// Length of every AEAD nonce sealcast uses (COSE fixes AES-GCM at 12 bytes).
+pub const NONCE_LEN: usize = 12;
+/// Length of every AES-GCM tag sealcast produces or accepts.
+pub const TAG_LEN: usize = 16;
+
+/// The content encryption algorithms sealcast speaks (COSE ids from RFC 9053).
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AeadAlg {
+    /// AES-GCM with a 128-bit key (COSE alg 1).
+    A128Gcm,
+    /// AES-GCM with a 256-bit key (COSE alg 3).
+    A256Gcm,
+}
+
+impl AeadAlg {
+    /// The COSE algorithm id.
+    pub const fn cose_id(self) -> i64 {
+        match self {
+            AeadAlg::A128Gcm => 1,
+            AeadAlg::A256Gcm => 3,
+        }
+    }
+    /// Looks up a COSE algorithm id.
+    pub fn from_cose_id(id: i64) -> Result<Self> {
+        match id {
+            1 => Ok(AeadAlg::A128Gcm),
+            3 => Ok(AeadAlg::A256Gcm),
+            other => Err(Error::UnsupportedAlgorithm(other)),
+        }
+    }
+    /// Key length in bytes.
+    pub const fn key_len(self) -> usize {
+        match self {
+            AeadAlg::A128Gcm => 16,
+            AeadAlg::A256Gcm => 32,
+        }
+    }
+    /// Nonce length in bytes.
+    pub const fn nonce_len(self) -> usize {
+        NONCE_LEN
+    }
+}
+
+/// An AES-GCM key with its key schedule expanded once, so that a receiver
+/// that opens many messages under one sender key pays the expansion once.
+/// It has no `Debug` that shows the key, and the ciphers zeroize on drop.
+#[derive(Clone)]
+pub struct AeadKey {
+    inner: AeadInner,
+}
+
+#[derive(Clone)]
+enum AeadInner {
+    A128(Box<Aes128Gcm>),
+    A256(Box<Aes256Gcm>),
+}
+
+impl core::fmt::Debug for AeadKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("AeadKey(..)")
+    }
+}
+
+impl AeadKey {
+    /// Expands `key` for `alg`; the length must match the algorithm.
+    pub fn new(alg: AeadAlg, key: &[u8]) -> Result<Self> {
+        if key.len() != alg.key_len() {
+            return Err(Error::InvalidKey(
+                "AEAD key length does not match the algorithm",
+            ));
+        }
+        let inner = match alg {
+            AeadAlg::A128Gcm => AeadInner::A128(Box::new(
+                Aes128Gcm::new_from_slice(key).map_err(|_| Error::InvalidKey("AES-128 key"))?,
+            )),
+            AeadAlg::A256Gcm => AeadInner::A256(Box::new(
+                Aes256Gcm::new_from_slice(key).map_err(|_| Error::InvalidKey("AES-256 key"))?,
+            )),
+        };
+        Ok(Self { inner })
+    }
+
+    /// The algorithm of this key.
+    pub fn alg(&self) -> AeadAlg {
+        match self.inner {
+            AeadInner::A128(_) => AeadAlg::A128Gcm,
+            AeadInner::A256(_) => AeadAlg::A256Gcm,
+        }
+    }
+
+    /// Encrypts `plaintext`, returning ciphertext followed by the 16-byte tag.
+    pub fn seal(&self, nonce: &[u8], aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
+        let nonce: &[u8; NONCE_LEN] = nonce
+            .try_into()
+            .map_err(|_| Error::InvalidKey("AES-GCM nonce must be 12 bytes"))?;
+        let mut buf = Vec::with_capacity(plaintext.len() + TAG_LEN);
+        buf.extend_from_slice(plaintext);
+        let tag = match &self.inner {
+            AeadInner::A128(c) => {
+                c.encrypt_inout_detached(nonce.into(), aad, buf.as_mut_slice().into())
+            }
+            AeadInner::A256(c) => {
+                c.encrypt_inout_detached(nonce.into(), aad, buf.as_mut_slice().into())
+            }
+        }
+        .map_err(|_| Error::TooLarge {
+            what: "AEAD plaintext",
+            limit: 1 << 30,
+        })?;
+        buf.extend_from_slice(&tag);
+        Ok(buf)
+    }
+
+    /// Decrypts ciphertext-with-tag. On a bad tag nothing is returned and the
+    /// working buffer is wiped.
+    pub fn open(&self, nonce: &[u8], aad: &[u8], ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+        let nonce: &[u8; NONCE_LEN] = nonce
+            .try_into()
+            .map_err(|_| Error::InvalidKey("AES-GCM nonce must be 12 bytes"))?;
+        if ciphertext.len() < TAG_LEN {
+            return Err(Error::DecryptFailed);
+        }
+        let (ct, tag) = ciphertext.split_at(ciphertext.len() - TAG_LEN);
+        let tag: &[u8; TAG_LEN] = tag.try_into().map_err(|_| Error::DecryptFailed)?;
+        let mut buf = Zeroizing::new(ct.to_vec());
+        let ok = match &self.inner {
+            AeadInner::A128(c) => {
+                c.decrypt_inout_detached(nonce.into(), aad, buf.as_mut_slice().into(), tag.into())
+            }
+            AeadInner::A256(c) => {
+                c.decrypt_inout_detached(nonce.into(), aad, buf.as_mut_slice().into(), tag.into())
+            }
+        };
+        match ok {
+            Ok(()) => Ok(buf),
+            Err(_) => Err(Error::DecryptFailed),
+        }
+    }
+}
+
+/// One-shot AEAD encryption (`ciphertext || tag`).
+pub fn aead_seal(
+    alg: AeadAlg,
+    key: &[u8],
+    nonce: &[u8],
+    aad: &[u8],
+    plaintext: &[u8],
+) -> Result<Vec<u8>> {
+    AeadKey::new(alg, key)?.seal(nonce, aad, plaintext)
+}
+
+/// One-shot AEAD decryption of `ciphertext || tag`.
+pub fn aead_open(
+    alg: AeadAlg,
+    key: &[u8],
+    nonce: &[u8],
+    aad: &[u8],
+    ciphertext: &[u8],
+) -> Result<Zeroizing<Vec<u8>>> {
+    AeadKey::new(alg, key)?.open(nonce, aad, ciphertext)
+}
+
+/// HKDF-SHA256 (RFC 5869): extract with `salt` (an empty salt means the
+/// all-zero salt, as RFC 5869 says), then expand to `len` bytes.
+pub fn hkdf_sha256(salt: &[u8], ikm: &[u8], info: &[u8], len: usize) -> Result<Zeroizing<Vec<u8>>> {
+    if len > 255 * 32 {
+        return Err(Error::TooLarge {
+            what: "HKDF output",
+            limit: 255 * 32,
+        });
+    }
+    let hk = Hkdf::<Sha256>::new(Some(salt), ikm);
+    let mut okm = Zeroizing::new(vec![0u8; len]);
+    hk.expand(info, okm.as_mut_slice())
+        .map_err(|_| Error::TooLarge {
+            what: "HKDF output",
+            limit: 255 * 32,
+        })?;
+    Ok(okm)
+}
+
+/// X25519 between a secret scalar and a public u-coordinate. Rejects the
+/// all-zero result that low-order public keys produce (RFC 7748 §6.1).
+pub fn x25519(secret: &[u8; 32], public: &[u8; 32]) -> Result<Zeroizing<[u8; 32]>> {
+    let secret = x25519_dalek::StaticSecret::from(*secret);
+    let shared = secret.diffie_hellman(&x25519_dalek::PublicKey::from(*public));
+    if !shared.was_contributory() {
+        return Err(Error::NonContributoryKeyAgreement);
+    }
+    Ok(Zeroizing::new(shared.to_bytes()))
+}
+
+/// Parses a 32-byte Ed25519 public key; rejects weak (small-order) keys and
+/// encodings that are not points.
+pub fn ed25519_public(bytes: &[u8]) -> Result<VerifyingKey> {
+    let bytes: &[u8; 32] = bytes
+        .try_into()
+        .map_err(|_| Error::InvalidKey("Ed25519 public key must be 32 bytes"))?;
+    let key = VerifyingKey::from_bytes(bytes)
+        .map_err(|_| Error::InvalidKey("Ed25519 public key is not a point"))?;
+    if key.is_weak() {
+        return Err(Error::InvalidKey("Ed25519 public key has small order"));
+    }
+    Ok(key)
+}
+
+/// Parses a 64-byte Ed25519 signature.
+pub fn ed25519_signature(bytes: &[u8]) -> Result<Signature> {
+    let bytes: &[u8; 64] = bytes.try_into().map_err(|_| Error::BadSignature)?;
+    Ok(Signature::from_bytes(bytes))
+}
+
+/// Strict Ed25519 verification (`verify_strict`: canonical S, no small-order
+/// R or A) of `sig` over `msg`.
+pub fn ed25519_verify_strict(key: &VerifyingKey, msg: &[u8], sig: &[u8]) -> Result<()> {
+    let sig = ed25519_signature(sig)?;
+    key.verify_strict(msg, &sig)
+        .map_err(|_| Error::BadSignature)
+}
+
+/// Verifies many Ed25519 signatures at once. Returns one result per item:
+/// when the batch equation holds every item is accepted (after the same
+/// small-order and canonicity checks `verify_strict` makes); when it fails,
+/// the items are checked one by one, so a single forgery rejects only itself.
+pub fn ed25519_verify_batch(items: &[(&VerifyingKey, &[u8], &Signature)]) -> Vec<Result<()>> {
+    if items.is_empty() {
+        return Vec::new();
+    }
+    let precheck: Vec<bool> = items
+        .iter()
+        .map(|(k, _, s)| strict_precheck(k, s))
+        .collect();
+    if precheck.iter().all(|ok| *ok) {
+        let msgs: Vec<&[u8]> = items.iter().map(|(_, m, _)| *m).collect();
+        let sigs: Vec<Signature> = items.iter().map(|(_, _, s)| **s).collect();
+        let keys: Vec<VerifyingKey> = items.iter().map(|(k, _, _)| **k).collect();
+        if ed25519_dalek::verify_batch(&msgs, &sigs, &keys).is_ok() {
+            return items.iter().map(|_| Ok(())).collect();
+        }
+    }
+    items
+        .iter()
+        .zip(precheck)
+        .map(|((k, m, s), pre)| {
+            if !pre {
+                return Err(Error::BadSignature);
+            }
+            k.verify_strict(m, s).map_err(|_| Error::BadSignature)
+        })
+        .collect()
+}
+
+/// The checks `verify_strict` makes beyond the group equation: a canonical
+/// `s` (< ℓ), and no small-order `R` or `A`.
+fn strict_precheck(key: &VerifyingKey, sig: &Signature) -> bool {
+    use curve25519_dalek::edwards::CompressedEdwardsY;
+    use curve25519_dalek::scalar::Scalar;
+    if key.is_weak() {
+        return false;
+    }
+    let s_canonical: Option<Scalar> = Scalar::from_canonical_bytes(*sig.s_bytes()).into();
+    if s_canonical.is_none() {
+        return false;
+    }
+    // verify_strict compares the recomputed R with the received bytes, so a
+    // non-canonical encoding of R never verifies there; refuse it here too.
+    match CompressedEdwardsY(*sig.r_bytes()).decompress() {
+        Some(r) => !r.is_small_order() && r.compress().as_bytes() == sig.r_bytes(),
+        None => false,
+    }
+}
+
+/// Constant-time equality of two byte strings (length is not secret).
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && bool::from(a.ct_eq(b))
+}

@@ -1,0 +1,17 @@
+//! # sealcast-core
+//!
+//! The sans-IO heart of sealcast: typed identifiers, credentials, RFC 8613
+//! style key derivation, the COSE envelopes (broadcast, report, key delivery,
+//! single message, integrity check value) and replay windows.
+//!
+//! Nothing in this crate opens a socket, reads a clock or asks the operating
+//! system for randomness: time comes in as [`ids::UnixMillis`] and randomness
+//! through a [`rand_core::CryptoRng`] the caller passes.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod crypto;
+pub mod error;
+pub mod ids;
+
+pub use error::{Error, PeerError, ReplayKind, Result};
