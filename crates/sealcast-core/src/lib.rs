@@ -10,8 +10,10 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod cbor;
 pub mod crypto;
 pub mod error;
 pub mod ids;
+pub mod kdf;
 
 pub use error::{Error, PeerError, ReplayKind, Result};
