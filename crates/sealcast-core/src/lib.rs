@@ -10,10 +10,20 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod broadcast;
 mod cbor;
+pub mod cose;
+pub mod credential;
 pub mod crypto;
+pub mod delivery;
 pub mod error;
+pub mod groupkey;
 pub mod ids;
 pub mod kdf;
+pub mod replay;
+pub mod report;
+pub mod single;
+#[doc(hidden)]
+pub mod testrng;
 
 pub use error::{Error, PeerError, ReplayKind, Result};

@@ -1,0 +1,452 @@
+//! The broadcast envelope: signed, then encrypted, with the context bound
+//! into both layers.
+//!
+//! ```text
+//! context = [ "sealcast broadcast v1", group_id: bstr, epoch: uint,
+//!             sender_id: bstr, seq: uint, timestamp_ms: uint, target: tstr ]
+//! inner   = COSE_Sign1 (tag 18)  { 1: -8 } / { 4: sender_id }
+//!           payload, signature over Sig_structure with external_aad = context
+//! outer   = COSE_Encrypt0 (tag 16) { 1: alg } /
+//!           { 4: sender_id, 6: partial_iv(seq), 10: group_id,
+//!             -70001: epoch, -70002: timestamp_ms }
+//!           AES-GCM of `inner` under the sender key, nonce per RFC 8613 §5.2,
+//!           AAD = Enc_structure("Encrypt0", protected, context)
+//! ```
+//!
+//! Because the signature covers group, epoch, sequence number, timestamp and
+//! target, a member of group A cannot re-encrypt a command signed for A into
+//! group B, and nobody can replay a signed inner object under a fresh outer
+//! sequence number: both fail at the signature check.
+//!
+//! The receiver order is fixed: bounded parse → header checks → replay
+//! pre-check → AEAD (non-members and garbage stop here, before any signature
+//! work) → inner parse → inner signer equals outer sender → strict Ed25519
+//! with the cached, decompressed key → timestamp policy → window commit.
+
+use std::collections::HashMap;
+
+use ed25519_dalek::{Signer, SigningKey};
+use sha2::{Digest, Sha256};
+
+use crate::cbor::{write_array, write_bstr, write_tstr, write_uint};
+use crate::cose::{
+    self, ALG_EDDSA, HDR_ALG, HDR_EPOCH, HDR_KID, HDR_KID_CONTEXT, HDR_PARTIAL_IV, HDR_TIMESTAMP,
+    HVal,
+};
+use crate::crypto::ed25519_verify_strict;
+use crate::error::{Error, Result};
+use crate::groupkey::GroupContext;
+use crate::ids::{EntityId, Epoch, GroupId, SenderId, SeqNum, UnixMillis};
+use crate::kdf;
+use crate::replay::{SeqCheck, SeqWindow, TimestampWindow, TsCheck};
+
+/// Largest broadcast object accepted (outer bytes).
+pub const MAX_BROADCAST_LEN: usize = 64 * 1024;
+/// Largest target (topic or URI) accepted.
+pub const MAX_TARGET_LEN: usize = 512;
+
+const CONTEXT_LABEL: &str = "sealcast broadcast v1";
+
+/// Builds the context bound into both layers.
+pub fn broadcast_context(
+    group: &GroupId,
+    epoch: Epoch,
+    sender: &SenderId,
+    seq: SeqNum,
+    timestamp: UnixMillis,
+    target: &str,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + group.as_bytes().len() + target.len());
+    write_array(&mut out, 7);
+    write_tstr(&mut out, CONTEXT_LABEL);
+    write_bstr(&mut out, group.as_bytes());
+    write_uint(&mut out, u64::from(epoch.get()));
+    write_bstr(&mut out, sender.as_bytes());
+    write_uint(&mut out, seq.get());
+    write_uint(&mut out, timestamp.get());
+    write_tstr(&mut out, target);
+    out
+}
+
+fn check_target(target: &str) -> Result<()> {
+    if target.len() > MAX_TARGET_LEN {
+        return Err(Error::TooLarge {
+            what: "target",
+            limit: MAX_TARGET_LEN,
+        });
+    }
+    Ok(())
+}
+
+/// Seals `payload` as a broadcast of `signer` (who must be an authorized
+/// signer of the group, holding `signing_key`) to the group of `ctx`.
+///
+/// The caller supplies a sequence number it never used before in this
+/// group epoch (see [`crate::replay::SeqAllocator`]) and the current time.
+pub fn seal_broadcast(
+    ctx: &GroupContext,
+    signer: &EntityId,
+    signing_key: &SigningKey,
+    seq: SeqNum,
+    timestamp: UnixMillis,
+    target: &str,
+    payload: &[u8],
+) -> Result<Vec<u8>> {
+    check_target(target)?;
+    let sender_id = ctx
+        .sender_id_of(signer)
+        .ok_or(Error::SignerNotAuthorized)?
+        .clone();
+    let entry = ctx.sender(&sender_id).ok_or(Error::SignerNotAuthorized)?;
+    if entry.verifying_key != signing_key.verifying_key() {
+        return Err(Error::InvalidKey(
+            "signing key does not match the group's signer list",
+        ));
+    }
+    let context = broadcast_context(ctx.group(), ctx.epoch(), &sender_id, seq, timestamp, target);
+
+    // Inner COSE_Sign1.
+    let inner_protected = cose::protected_bytes(&[(HDR_ALG, HVal::Int(ALG_EDDSA))]);
+    let tbs = cose::sig1_structure(&inner_protected, &context, payload);
+    let signature = signing_key.sign(&tbs).to_bytes();
+    let mut inner = Vec::with_capacity(payload.len() + 96);
+    cose::write_four(
+        &mut inner,
+        cose::TAG_SIGN1,
+        &inner_protected,
+        &[(HDR_KID, HVal::Bytes(sender_id.as_bytes()))],
+        payload,
+        &signature,
+    );
+
+    // Outer COSE_Encrypt0.
+    let outer_protected = cose::protected_bytes(&[(HDR_ALG, HVal::Int(ctx.alg().cose_id()))]);
+    let aad = cose::enc_structure("Encrypt0", &outer_protected, &context);
+    let piv = seq.partial_iv();
+    let nonce = kdf::nonce(ctx.common_iv(), sender_id.as_bytes(), &piv)?;
+    let ciphertext = entry.key.seal(&nonce, &aad, &inner)?;
+    let mut out = Vec::with_capacity(ciphertext.len() + 64);
+    cose::write_encrypt0(
+        &mut out,
+        &outer_protected,
+        &[
+            (HDR_KID, HVal::Bytes(sender_id.as_bytes())),
+            (HDR_PARTIAL_IV, HVal::Bytes(&piv)),
+            (HDR_KID_CONTEXT, HVal::Bytes(ctx.group().as_bytes())),
+            (HDR_EPOCH, HVal::Uint(u64::from(ctx.epoch().get()))),
+            (HDR_TIMESTAMP, HVal::Uint(timestamp.get())),
+        ],
+        &ciphertext,
+    );
+    Ok(out)
+}
+
+/// How a receiver decides that a broadcast is fresh.
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplayPolicy {
+    /// A sliding window of `window` sequence numbers per sender (the
+    /// default, 64); optionally also refuse timestamps further than
+    /// `max_skew_ms` from `now`.
+    Sequence {
+        /// Window size (a multiple of 64).
+        window: usize,
+        /// Largest accepted |timestamp − now|, if checked.
+        max_skew_ms: Option<u64>,
+    },
+    /// Timestamps within ±`skew_ms`, with a digest of every accepted message
+    /// kept until it ages out (at most `max_entries`).
+    Timestamp {
+        /// Largest accepted |timestamp − now|.
+        skew_ms: u64,
+        /// Bound on remembered digests.
+        max_entries: usize,
+    },
+}
+
+impl Default for ReplayPolicy {
+    fn default() -> Self {
+        ReplayPolicy::Sequence {
+            window: SeqWindow::DEFAULT_SIZE,
+            max_skew_ms: None,
+        }
+    }
+}
+
+/// A broadcast that passed every check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenedBroadcast {
+    /// The group it was sealed for.
+    pub group: GroupId,
+    /// The epoch.
+    pub epoch: Epoch,
+    /// The sender's id in the group.
+    pub sender_id: SenderId,
+    /// The signer's entity id (from the group's signed signer list).
+    pub signer: EntityId,
+    /// Its sequence number.
+    pub seq: SeqNum,
+    /// The sender's timestamp.
+    pub timestamp: UnixMillis,
+    /// The payload.
+    pub payload: Vec<u8>,
+}
+
+/// The outer header fields of a broadcast, read without any key. Useful for
+/// routing (which group, which epoch) and for `sealcast inspect`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BroadcastHeader {
+    /// The group id (`kid context`).
+    pub group: GroupId,
+    /// The epoch.
+    pub epoch: Epoch,
+    /// The sender id (`kid`).
+    pub sender_id: SenderId,
+    /// The sequence number (`Partial IV`).
+    pub seq: SeqNum,
+    /// The timestamp.
+    pub timestamp: UnixMillis,
+}
+
+struct ParsedOuter {
+    header: BroadcastHeader,
+    protected: Vec<u8>,
+    ciphertext: Vec<u8>,
+    alg: i64,
+}
+
+fn parse_outer(bytes: &[u8]) -> Result<ParsedOuter> {
+    let obj = cose::parse_encrypt0(bytes, MAX_BROADCAST_LEN)?;
+    if obj.unprotected.alg.is_some() {
+        return Err(Error::Malformed("alg must be protected"));
+    }
+    let alg = cose::alg_of(&obj.protected.header).ok_or(Error::Malformed("missing alg"))?;
+    let sender_id = SenderId::new(&obj.unprotected.key_id)?;
+    let group = GroupId::new(cose::rest_bytes(
+        &obj.unprotected,
+        HDR_KID_CONTEXT,
+        "kid context",
+    )?)?;
+    let epoch = u32::try_from(cose::rest_uint(&obj.unprotected, HDR_EPOCH, "epoch")?)
+        .map_err(|_| Error::Malformed("epoch"))?;
+    let timestamp = UnixMillis::new(cose::rest_uint(
+        &obj.unprotected,
+        HDR_TIMESTAMP,
+        "timestamp",
+    )?);
+    let seq = SeqNum::from_partial_iv(&obj.unprotected.partial_iv)?;
+    let ciphertext = obj
+        .ciphertext
+        .ok_or(Error::Malformed("detached ciphertext"))?;
+    Ok(ParsedOuter {
+        header: BroadcastHeader {
+            group,
+            epoch: Epoch::new(epoch),
+            sender_id,
+            seq,
+            timestamp,
+        },
+        protected: cose::protected_original(&obj.protected).to_vec(),
+        ciphertext,
+        alg,
+    })
+}
+
+/// Reads the outer header of a broadcast without opening it.
+pub fn peek_broadcast(bytes: &[u8]) -> Result<BroadcastHeader> {
+    parse_outer(bytes).map(|p| p.header)
+}
+
+enum PreCheck {
+    Seq(SeqCheck),
+    Ts(TsCheck),
+}
+
+/// Opens broadcasts of one group: holds the group context of the current
+/// epoch and the replay state.
+#[derive(Debug)]
+pub struct BroadcastReceiver {
+    ctx: GroupContext,
+    policy: ReplayPolicy,
+    seq_windows: HashMap<SenderId, SeqWindow>,
+    ts_window: Option<TimestampWindow>,
+}
+
+impl BroadcastReceiver {
+    /// A receiver for the epoch of `ctx` with fresh replay state.
+    pub fn new(ctx: GroupContext, policy: ReplayPolicy) -> Result<Self> {
+        if let ReplayPolicy::Sequence { window, .. } = policy {
+            SeqWindow::with_size(window)?;
+        }
+        let ts_window = match policy {
+            ReplayPolicy::Timestamp {
+                skew_ms,
+                max_entries,
+            } => Some(TimestampWindow::new(skew_ms, max_entries)),
+            _ => None,
+        };
+        Ok(Self {
+            ctx,
+            policy,
+            seq_windows: HashMap::new(),
+            ts_window,
+        })
+    }
+
+    /// The current group context.
+    pub fn context(&self) -> &GroupContext {
+        &self.ctx
+    }
+
+    /// Moves to a newer epoch. New keys mean fresh nonces, so the sequence
+    /// windows start over; an older or equal epoch is refused.
+    pub fn install(&mut self, ctx: GroupContext) -> Result<()> {
+        if ctx.group() != self.ctx.group() {
+            return Err(Error::ContextMismatch("group"));
+        }
+        if ctx.epoch() <= self.ctx.epoch() {
+            return Err(Error::StaleEpoch);
+        }
+        self.ctx = ctx;
+        self.seq_windows.clear();
+        Ok(())
+    }
+
+    /// The replay window of one sender, for persistence.
+    pub fn window(&self, sender: &SenderId) -> Option<&SeqWindow> {
+        self.seq_windows.get(sender)
+    }
+
+    /// All sequence windows, for persistence.
+    pub fn windows(&self) -> impl Iterator<Item = (&SenderId, &SeqWindow)> {
+        self.seq_windows.iter()
+    }
+
+    /// Restores a persisted window (after a restart).
+    pub fn restore_window(&mut self, sender: SenderId, window: SeqWindow) {
+        self.seq_windows.insert(sender, window);
+    }
+
+    /// Opens one broadcast received on `target` at time `now`.
+    ///
+    /// On success the replay state has recorded the message; on any error
+    /// nothing changed.
+    pub fn open(&mut self, bytes: &[u8], target: &str, now: UnixMillis) -> Result<OpenedBroadcast> {
+        check_target(target)?;
+        // 1. Bounded parse of the outer object, header checks.
+        let outer = parse_outer(bytes)?;
+        let h = &outer.header;
+        if h.group != *self.ctx.group() {
+            return Err(Error::ContextMismatch("group"));
+        }
+        if h.epoch < self.ctx.epoch() {
+            return Err(Error::StaleEpoch);
+        }
+        if h.epoch > self.ctx.epoch() {
+            return Err(Error::ContextMismatch(
+                "epoch (newer than installed; pull the current key)",
+            ));
+        }
+        if outer.alg != self.ctx.alg().cose_id() {
+            return Err(Error::UnsupportedAlgorithm(outer.alg));
+        }
+        if self.ctx.not_after().is_some_and(|end| now > end) {
+            return Err(Error::KeyExpired);
+        }
+        let entry = self
+            .ctx
+            .sender(&h.sender_id)
+            .ok_or(Error::SignerNotAuthorized)?;
+        let context =
+            broadcast_context(&h.group, h.epoch, &h.sender_id, h.seq, h.timestamp, target);
+
+        // 2. Cheap replay pre-check, before any cryptography.
+        let pre = match (&self.policy, &self.ts_window) {
+            (ReplayPolicy::Timestamp { .. }, Some(w)) => {
+                PreCheck::Ts(w.check(h.timestamp, Sha256::digest(&context).into(), now)?)
+            }
+            _ => match self.seq_windows.get(&h.sender_id) {
+                Some(w) => PreCheck::Seq(w.check(h.seq)?),
+                None => PreCheck::Seq(self.fresh_window()?.check(h.seq)?),
+            },
+        };
+
+        // 3. AEAD: non-members and garbage stop here.
+        let aad = cose::enc_structure("Encrypt0", &outer.protected, &context);
+        let nonce = kdf::nonce(
+            self.ctx.common_iv(),
+            h.sender_id.as_bytes(),
+            &h.seq.partial_iv(),
+        )?;
+        let inner_bytes = entry.key.open(&nonce, &aad, &outer.ciphertext)?;
+
+        // 4. Inner object: signer must be the outer sender.
+        let inner = cose::parse_sign1(&inner_bytes, MAX_BROADCAST_LEN)?;
+        cose::require_alg(&inner.protected.header, &inner.unprotected, ALG_EDDSA)?;
+        let inner_kid = if inner.protected.header.key_id.is_empty() {
+            &inner.unprotected.key_id
+        } else {
+            &inner.protected.header.key_id
+        };
+        if inner_kid.as_slice() != h.sender_id.as_bytes() {
+            return Err(Error::SignerMismatch);
+        }
+        let payload = inner.payload.ok_or(Error::Malformed("detached payload"))?;
+
+        // 5. Strict signature check with the cached key.
+        let tbs = cose::sig1_structure(
+            cose::protected_original(&inner.protected),
+            &context,
+            &payload,
+        );
+        ed25519_verify_strict(&entry.verifying_key, &tbs, &inner.signature)?;
+
+        // 6. Timestamp policy, then commit.
+        if let ReplayPolicy::Sequence {
+            max_skew_ms: Some(skew),
+            ..
+        } = self.policy
+        {
+            if h.timestamp.get().abs_diff(now.get()) > skew {
+                return Err(Error::StaleTimestamp);
+            }
+        }
+        match pre {
+            PreCheck::Seq(token) => {
+                let size = self.window_size();
+                let window = match self.seq_windows.entry(h.sender_id.clone()) {
+                    std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(SeqWindow::with_size(size)?)
+                    }
+                };
+                window.commit(token)?;
+            }
+            PreCheck::Ts(token) => {
+                if let Some(w) = self.ts_window.as_mut() {
+                    w.commit(token)?;
+                }
+            }
+        }
+        Ok(OpenedBroadcast {
+            group: h.group.clone(),
+            epoch: h.epoch,
+            sender_id: h.sender_id.clone(),
+            signer: entry.entity.clone(),
+            seq: h.seq,
+            timestamp: h.timestamp,
+            payload,
+        })
+    }
+
+    fn window_size(&self) -> usize {
+        match self.policy {
+            ReplayPolicy::Sequence { window, .. } => window,
+            _ => SeqWindow::DEFAULT_SIZE,
+        }
+    }
+
+    fn fresh_window(&self) -> Result<SeqWindow> {
+        SeqWindow::with_size(self.window_size())
+    }
+}
