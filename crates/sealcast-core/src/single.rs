@@ -88,7 +88,7 @@ pub fn encrypt_to<R: CryptoRng + ?Sized>(
 pub mod hazmat {
     use super::*;
 
-    /// [`encrypt_to`](super::encrypt_to) with the ephemeral secret and IV given.
+    /// [`encrypt_to`] with the ephemeral secret and IV given.
     pub fn encrypt_to_with_randomness(
         alg: AeadAlg,
         recipient_kid: &[u8],

@@ -32,7 +32,11 @@ pub fn require(var: &str, test: &str, why: &str) -> Option<String> {
             if external_required() {
                 panic!("{test}: {var} is not set but {REQUIRE_ENV}=1 demands it ({why})");
             }
-            eprintln!(
+            // Written to the stderr handle directly, not with eprintln!, so the
+            // test harness's output capture does not swallow the banner.
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
                 "\n==================== NOT RUN ====================\n\
                  {test}: {var} is not set, so this test did not run.\n\
                  It needs {why}.\n\
