@@ -216,6 +216,14 @@ pub fn ed25519_public(bytes: &[u8]) -> Result<VerifyingKey> {
     if key.is_weak() {
         return Err(Error::InvalidKey("Ed25519 public key has small order"));
     }
+    // An honestly generated key is a multiple of the base point. A key with a
+    // small-order component is refused once, here, so that no verifier (strict
+    // or batch) ever has to reason about it.
+    if !key.to_edwards().is_torsion_free() {
+        return Err(Error::InvalidKey(
+            "Ed25519 public key has a small-order component",
+        ));
+    }
     Ok(key)
 }
 
@@ -237,6 +245,17 @@ pub fn ed25519_verify_strict(key: &VerifyingKey, msg: &[u8], sig: &[u8]) -> Resu
 /// when the batch equation holds every item is accepted (after the same
 /// small-order and canonicity checks `verify_strict` makes); when it fails,
 /// the items are checked one by one, so a single forgery rejects only itself.
+///
+/// **Where batch and strict differ.** The batch equation is cofactorless with
+/// 128-bit weights derived from the inputs. A signature whose `R` carries a
+/// small-order *component* (not small order itself) makes a residual that
+/// `verify_strict` always rejects but the weighted sum cancels with
+/// probability 1/2 to 1/8. Only the holder of the signing key can make such a
+/// signature (the cofactored equation holds, so it is no forgery), and keys
+/// with such components are refused by [`ed25519_public`]. Making the batch
+/// exact would cost one scalar multiplication per signature, most of what
+/// batching saves; `tests/vectors_cctv.rs` pins that every extra acceptance
+/// is of this kind. Where receivers must agree bit for bit, verify singly.
 pub fn ed25519_verify_batch(items: &[(&VerifyingKey, &[u8], &Signature)]) -> Vec<Result<()>> {
     if items.is_empty() {
         return Vec::new();
