@@ -1,6 +1,6 @@
 //! Minimal CBOR writing helpers for the fixed structures sealcast builds
 //! itself (KDF info, AAD contexts). Decoding of untrusted input goes through
-//! `coset` / `ciborium` with the bounds in [`crate::limits`].
+//! `coset` / `ciborium` with the bounds in [the `MAX_*_LEN` constants of each envelope module].
 
 /// Writes a CBOR head (major type + argument) in its shortest form.
 pub(crate) fn write_head(out: &mut Vec<u8>, major: u8, arg: u64) {

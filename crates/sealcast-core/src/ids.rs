@@ -68,8 +68,10 @@ byte_id!(
 byte_id!(
     /// A sender's identifier inside one group (the COSE `kid` of the outer
     /// object). At most 6 bytes: RFC 8613 §5.2 pads it into a 12-byte AES-GCM
-    /// nonce beside a 5-byte Partial IV and one length byte.
-    SenderId, "sender id", 0, 6
+    /// nonce beside a 5-byte Partial IV and one length byte. At least 1 byte:
+    /// RFC 8613 allows an empty id, but COSE parsers (coset among them) refuse
+    /// an empty `kid`, so sealcast never assigns one.
+    SenderId, "sender id", 1, 6
 );
 byte_id!(
     /// A key identifier for keys that are not tied to an entity (MAC keys,
@@ -256,7 +258,8 @@ mod tests {
         assert!(GroupId::new([]).is_err());
         assert!(GroupId::new([0u8; 33]).is_err());
         assert!(SenderId::new([0u8; 7]).is_err());
-        assert!(SenderId::new([]).is_ok());
+        assert!(SenderId::new([]).is_err());
+        assert!(SenderId::new([0]).is_ok());
         assert!(EntityId::new("door-17").is_ok());
         assert!(EntityId::new("a/b").is_err());
         assert!(EntityId::new("..").is_err());

@@ -9,7 +9,8 @@
 //! outer   = COSE_Sign1 (tag 18) { 1: -8 } / { 4: reporter, 6: partial_iv(seq), -70002: timestamp_ms }
 //!           payload = inner, external_aad = context
 //! pairwise key = HKDF-SHA256(salt = "", IKM = X25519(reporter, headend),
-//!                info = [reporter, headend, alg, "Key", L])       (RFC 8613 info layout)
+//!                info = [reporter, headend, alg, "Key", L])       (RFC 8613 info layout;
+//!                reporter and headend are the UTF-8 bytes of the entity ids, as bstr)
 //! pairwise IV  = same with type "IV", L = 12; nonce = IV xor seq (RFC 8613 §5.2, empty id)
 //! ```
 //!
