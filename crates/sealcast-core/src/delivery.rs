@@ -17,10 +17,11 @@
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use rand_core::CryptoRng;
 use x25519_dalek::{PublicKey as X25519Public, StaticSecret};
+use zeroize::Zeroizing;
 
 use crate::cbor::{write_array, write_bstr, write_tstr, write_uint};
 use crate::cose::{self, ALG_EDDSA, HDR_ALG, HDR_EPOCH, HDR_KID, HDR_KID_CONTEXT, HVal};
-use crate::crypto::ed25519_verify_strict;
+use crate::crypto::{AeadAlg, ed25519_verify_strict};
 use crate::error::{Error, Result};
 use crate::groupkey::{GroupKeyMaterial, MAX_MATERIAL_LEN};
 use crate::ids::{EntityId, Epoch, GroupId};
@@ -29,11 +30,42 @@ use crate::single;
 /// Largest key delivery accepted.
 pub const MAX_DELIVERY_LEN: usize = MAX_MATERIAL_LEN + 4096;
 
+/// What a delivery carries; each kind has its own context label, so one
+/// kind can never be passed off as another.
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeliveryKind {
+    /// Group key material (`"sealcast key delivery v1"`).
+    GroupKey,
+    /// A member's key-tree path keys (`"sealcast tree path v1"`); the
+    /// plaintext format belongs to the group crate.
+    TreePath,
+}
+
+impl DeliveryKind {
+    fn label(self) -> &'static str {
+        match self {
+            DeliveryKind::GroupKey => "sealcast key delivery v1",
+            DeliveryKind::TreePath => "sealcast tree path v1",
+        }
+    }
+}
+
 /// The context bound into both layers of a key delivery.
 pub fn delivery_context(recipient: &EntityId, group: &GroupId, epoch: Epoch) -> Vec<u8> {
+    kind_context(DeliveryKind::GroupKey, recipient, group, epoch)
+}
+
+/// The context bound into both layers of a delivery of `kind`.
+pub fn kind_context(
+    kind: DeliveryKind,
+    recipient: &EntityId,
+    group: &GroupId,
+    epoch: Epoch,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + group.as_bytes().len());
     write_array(&mut out, 4);
-    write_tstr(&mut out, "sealcast key delivery v1");
+    write_tstr(&mut out, kind.label());
     write_tstr(&mut out, recipient.as_str());
     write_bstr(&mut out, group.as_bytes());
     write_uint(&mut out, u64::from(epoch.get()));
@@ -50,13 +82,43 @@ pub fn seal_key_delivery<R: CryptoRng + ?Sized>(
     material: &GroupKeyMaterial,
     rng: &mut R,
 ) -> Result<Vec<u8>> {
-    let context = delivery_context(recipient, material.group(), material.epoch());
     let plaintext = material.to_cbor()?;
-    let inner = single::encrypt_to(
+    seal_delivery(
+        DeliveryKind::GroupKey,
+        manager,
+        manager_key,
+        recipient,
+        recipient_key,
+        material.group(),
+        material.epoch(),
         material.alg(),
+        &plaintext,
+        rng,
+    )
+}
+
+/// Seals any secret `plaintext` of `kind` for `recipient`, signed by the
+/// manager, with group and epoch bound in. [`seal_key_delivery`] is this
+/// with the group key material as plaintext.
+#[allow(clippy::too_many_arguments)]
+pub fn seal_delivery<R: CryptoRng + ?Sized>(
+    kind: DeliveryKind,
+    manager: &EntityId,
+    manager_key: &SigningKey,
+    recipient: &EntityId,
+    recipient_key: &X25519Public,
+    group: &GroupId,
+    epoch: Epoch,
+    alg: AeadAlg,
+    plaintext: &[u8],
+    rng: &mut R,
+) -> Result<Vec<u8>> {
+    let context = kind_context(kind, recipient, group, epoch);
+    let inner = single::encrypt_to(
+        alg,
         recipient.as_bytes(),
         recipient_key,
-        &plaintext,
+        plaintext,
         &context,
         rng,
     )?;
@@ -71,8 +133,8 @@ pub fn seal_key_delivery<R: CryptoRng + ?Sized>(
         &protected,
         &[
             (HDR_KID, HVal::Bytes(manager.as_bytes())),
-            (HDR_KID_CONTEXT, HVal::Bytes(material.group().as_bytes())),
-            (HDR_EPOCH, HVal::Uint(u64::from(material.epoch().get()))),
+            (HDR_KID_CONTEXT, HVal::Bytes(group.as_bytes())),
+            (HDR_EPOCH, HVal::Uint(u64::from(epoch.get()))),
         ],
         &inner,
         &signature,
@@ -150,6 +212,31 @@ pub fn open_key_delivery(
     manager_key: &VerifyingKey,
     bytes: &[u8],
 ) -> Result<GroupKeyMaterial> {
+    let (header, plaintext) = open_delivery(
+        DeliveryKind::GroupKey,
+        own_id,
+        own_secret,
+        manager,
+        manager_key,
+        bytes,
+    )?;
+    let material = GroupKeyMaterial::from_cbor(&plaintext)?;
+    if *material.group() != header.group || material.epoch() != header.epoch {
+        return Err(Error::ContextMismatch("group or epoch inside the delivery"));
+    }
+    Ok(material)
+}
+
+/// Checks the manager's signature and decrypts a delivery of `kind`
+/// addressed to `own_id`, returning its routing header and plaintext.
+pub fn open_delivery(
+    kind: DeliveryKind,
+    own_id: &EntityId,
+    own_secret: &StaticSecret,
+    manager: &EntityId,
+    manager_key: &VerifyingKey,
+    bytes: &[u8],
+) -> Result<(DeliveryHeader, Zeroizing<Vec<u8>>)> {
     let p = parse(bytes)?;
     if p.header.manager != *manager {
         return Err(Error::UnknownSender);
@@ -157,7 +244,7 @@ pub fn open_key_delivery(
     if p.header.recipient != *own_id {
         return Err(Error::ContextMismatch("recipient"));
     }
-    let context = delivery_context(own_id, &p.header.group, p.header.epoch);
+    let context = kind_context(kind, own_id, &p.header.group, p.header.epoch);
     let payload = p
         .sign1
         .payload
@@ -170,9 +257,5 @@ pub fn open_key_delivery(
     );
     ed25519_verify_strict(manager_key, &tbs, &p.sign1.signature)?;
     let plaintext = single::decrypt_parsed(own_id.as_bytes(), own_secret, &p.inner, &context)?;
-    let material = GroupKeyMaterial::from_cbor(&plaintext)?;
-    if *material.group() != p.header.group || material.epoch() != p.header.epoch {
-        return Err(Error::ContextMismatch("group or epoch inside the delivery"));
-    }
-    Ok(material)
+    Ok((p.header, plaintext))
 }

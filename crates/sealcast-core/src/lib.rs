@@ -17,12 +17,15 @@ pub mod credential;
 pub mod crypto;
 pub mod delivery;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod groupkey;
 pub mod ids;
 pub mod kdf;
 pub mod replay;
 pub mod report;
 pub mod single;
+pub mod statement;
 #[doc(hidden)]
 pub mod testrng;
 

@@ -304,7 +304,9 @@ pub fn mac0_verify(key: &MacKey, bytes: &[u8], external_aad: &[u8]) -> Result<Ve
     } else {
         &obj.protected.header.key_id
     };
-    if !kid.is_empty() && kid.as_slice() != key.kid.as_bytes() {
+    // The kid must name this key: a Mac0 without one is refused too, so no
+    // edit of the (unauthenticated) unprotected header goes unnoticed.
+    if kid.as_slice() != key.kid.as_bytes() {
         return Err(Error::UnknownSender);
     }
     let payload = obj.payload.ok_or(Error::Malformed("detached payload"))?;
