@@ -217,9 +217,22 @@ struct ParsedOuter {
 
 fn parse_outer(bytes: &[u8]) -> Result<ParsedOuter> {
     let obj = cose::parse_encrypt0(bytes, MAX_BROADCAST_LEN)?;
-    if obj.unprotected.alg.is_some() {
-        return Err(Error::Malformed("alg must be protected"));
-    }
+    cose::only(
+        &obj.protected.header,
+        cose::Allowed {
+            alg: true,
+            ..Default::default()
+        },
+    )?;
+    cose::only(
+        &obj.unprotected,
+        cose::Allowed {
+            kid: true,
+            partial_iv: true,
+            rest: &[HDR_KID_CONTEXT, HDR_EPOCH, HDR_TIMESTAMP],
+            ..Default::default()
+        },
+    )?;
     let alg = cose::alg_of(&obj.protected.header).ok_or(Error::Malformed("missing alg"))?;
     let sender_id = SenderId::new(&obj.unprotected.key_id)?;
     let group = GroupId::new(cose::rest_bytes(
@@ -383,6 +396,21 @@ impl BroadcastReceiver {
         // 4. Inner object: signer must be the outer sender.
         let inner = cose::parse_sign1(&inner_bytes, MAX_BROADCAST_LEN)?;
         cose::require_alg(&inner.protected.header, &inner.unprotected, ALG_EDDSA)?;
+        cose::only(
+            &inner.protected.header,
+            cose::Allowed {
+                alg: true,
+                kid: true,
+                ..Default::default()
+            },
+        )?;
+        cose::only(
+            &inner.unprotected,
+            cose::Allowed {
+                kid: true,
+                ..Default::default()
+            },
+        )?;
         let inner_kid = if inner.protected.header.key_id.is_empty() {
             &inner.unprotected.key_id
         } else {

@@ -249,3 +249,38 @@ pub(crate) fn rest_bytes<'h>(h: &'h Header, label: i64, what: &'static str) -> R
         _ => Err(Error::Malformed(what)),
     }
 }
+
+/// Which header parameters a sealcast object may carry. Anything else —
+/// an unknown label, `crit`, a content type, a counter signature — is
+/// refused, so no byte of the (unauthenticated) unprotected header can be
+/// changed or added without the object being rejected.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Allowed<'a> {
+    pub(crate) alg: bool,
+    pub(crate) kid: bool,
+    pub(crate) iv: bool,
+    pub(crate) partial_iv: bool,
+    pub(crate) rest: &'a [i64],
+}
+
+/// Checks `h` against `allowed`.
+pub(crate) fn only(h: &Header, allowed: Allowed<'_>) -> Result<()> {
+    const EXTRA: Error = Error::Malformed("unexpected header parameter");
+    if (h.alg.is_some() && !allowed.alg)
+        || (!h.key_id.is_empty() && !allowed.kid)
+        || (!h.iv.is_empty() && !allowed.iv)
+        || (!h.partial_iv.is_empty() && !allowed.partial_iv)
+        || !h.crit.is_empty()
+        || h.content_type.is_some()
+        || !h.counter_signatures.is_empty()
+    {
+        return Err(EXTRA);
+    }
+    for (label, _) in &h.rest {
+        match label {
+            Label::Int(i) if allowed.rest.contains(i) => {}
+            _ => return Err(EXTRA),
+        }
+    }
+    Ok(())
+}

@@ -134,7 +134,10 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
         "peek_broadcast" | "broadcast_open" => bcasts(),
         "peek_report" | "verify_report" | "open_report_unverified" => reports(),
         "verify_reports_batch" => vec![batch_encode(
-            &fx.reports.iter().map(|r| r.sealed.as_slice()).collect::<Vec<_>>(),
+            &fx.reports
+                .iter()
+                .map(|r| r.sealed.as_slice())
+                .collect::<Vec<_>>(),
         )],
         "peek_key_delivery" | "open_key_delivery" => vec![fx.delivery.sealed.clone()],
         "decrypt_from" => vec![fx.single_sealed.clone()],
@@ -492,7 +495,10 @@ fn build_fixture() -> Result<Fixture, &'static str> {
         Some(UnixMillis::new(T0 + 86_400_000)),
     )
     .step("GroupKeyMaterial::new")?;
-    let material_cbor = material.to_cbor().step("GroupKeyMaterial::to_cbor")?.to_vec();
+    let material_cbor = material
+        .to_cbor()
+        .step("GroupKeyMaterial::to_cbor")?
+        .to_vec();
     let ctx = GroupContext::new(&material).step("GroupContext::new")?;
 
     // Broadcasts, and their inner COSE_Sign1 (decrypted back out).
@@ -633,7 +639,9 @@ fn build_fixture() -> Result<Fixture, &'static str> {
     let trust: TrustStore = [manager.public(), member.public(), headend.public()]
         .into_iter()
         .collect();
-    let trust_set = trust.to_cose_key_set().step("TrustStore::to_cose_key_set")?;
+    let trust_set = trust
+        .to_cose_key_set()
+        .step("TrustStore::to_cose_key_set")?;
     let pkcs8_der = member
         .signing_key()
         .to_pkcs8_der()

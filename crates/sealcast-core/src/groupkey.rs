@@ -196,27 +196,38 @@ impl GroupKeyMaterial {
         &self.master_salt
     }
 
+    /// Material for the same group with a new epoch, secret and salt (the
+    /// alg stays): what a tree rekey installs.
+    pub fn rekeyed(
+        &self,
+        epoch: Epoch,
+        master_secret: &[u8],
+        master_salt: &[u8],
+        signers: Vec<AuthorizedSigner>,
+        not_after: Option<UnixMillis>,
+    ) -> Result<Self> {
+        Self::new(
+            self.group.clone(),
+            epoch,
+            self.alg,
+            master_secret,
+            master_salt,
+            signers,
+            not_after,
+        )
+    }
+
     /// CBOR encoding: a map `{1: group, 2: epoch, 3: alg, 4: secret, 5: salt,
     /// 6: [[sender_id, entity, ed25519_pk] …], 7: not_after / null}`.
     pub fn to_cbor(&self) -> Result<Zeroizing<Vec<u8>>> {
-        let signers = self
-            .signers
-            .iter()
-            .map(|s| {
-                Value::Array(vec![
-                    Value::Bytes(s.sender_id.as_bytes().to_vec()),
-                    Value::Text(s.entity.as_str().to_owned()),
-                    Value::Bytes(s.verifying_key.as_bytes().to_vec()),
-                ])
-            })
-            .collect();
+        let signers = signers_to_value(&self.signers);
         let map = Value::Map(vec![
             (Value::from(1), Value::Bytes(self.group.as_bytes().to_vec())),
             (Value::from(2), Value::from(self.epoch.get())),
             (Value::from(3), Value::from(self.alg.cose_id())),
             (Value::from(4), Value::Bytes(self.master_secret.to_vec())),
             (Value::from(5), Value::Bytes(self.master_salt.clone())),
-            (Value::from(6), Value::Array(signers)),
+            (Value::from(6), signers),
             (
                 Value::from(7),
                 self.not_after.map_or(Value::Null, |t| Value::from(t.get())),
@@ -277,36 +288,58 @@ impl GroupKeyMaterial {
         let alg = AeadAlg::from_cose_id(alg_id)?;
         let secret = bytes(4)?;
         let salt = bytes(5)?;
-        let Value::Array(list) = get(6)? else {
-            return Err(BAD);
-        };
-        if list.len() > MAX_SIGNERS {
-            return Err(Error::TooLarge {
-                what: "authorized signers",
-                limit: MAX_SIGNERS,
-            });
-        }
-        let mut signers = Vec::with_capacity(list.len());
-        for item in list {
-            let Value::Array(parts) = item else {
-                return Err(BAD);
-            };
-            let [Value::Bytes(sid), Value::Text(entity), Value::Bytes(pk)] = parts.as_slice()
-            else {
-                return Err(BAD);
-            };
-            signers.push(AuthorizedSigner {
-                sender_id: SenderId::new(sid)?,
-                entity: EntityId::new(entity)?,
-                verifying_key: ed25519_public(pk)?,
-            });
-        }
+        let signers = signers_from_value(get(6)?)?;
         let not_after = match get(7)? {
             Value::Null => None,
             v => Some(UnixMillis::new(uint(v)?)),
         };
         Self::new(group, epoch, alg, secret, salt, signers, not_after)
     }
+}
+
+/// Encodes a signer list as `[[sender_id, entity, ed25519_pk] …]`.
+pub fn signers_to_value(signers: &[AuthorizedSigner]) -> Value {
+    Value::Array(
+        signers
+            .iter()
+            .map(|s| {
+                Value::Array(vec![
+                    Value::Bytes(s.sender_id.as_bytes().to_vec()),
+                    Value::Text(s.entity.as_str().to_owned()),
+                    Value::Bytes(s.verifying_key.as_bytes().to_vec()),
+                ])
+            })
+            .collect(),
+    )
+}
+
+/// Decodes a signer list (bounded by [`MAX_SIGNERS`]; keys checked).
+pub fn signers_from_value(value: &Value) -> Result<Vec<AuthorizedSigner>> {
+    const BAD: Error = Error::Malformed("authorized signer list");
+    let Value::Array(list) = value else {
+        return Err(BAD);
+    };
+    if list.len() > MAX_SIGNERS {
+        return Err(Error::TooLarge {
+            what: "authorized signers",
+            limit: MAX_SIGNERS,
+        });
+    }
+    let mut signers = Vec::with_capacity(list.len());
+    for item in list {
+        let Value::Array(parts) = item else {
+            return Err(BAD);
+        };
+        let [Value::Bytes(sid), Value::Text(entity), Value::Bytes(pk)] = parts.as_slice() else {
+            return Err(BAD);
+        };
+        signers.push(AuthorizedSigner {
+            sender_id: SenderId::new(sid)?,
+            entity: EntityId::new(entity)?,
+            verifying_key: ed25519_public(pk)?,
+        });
+    }
+    Ok(signers)
 }
 
 /// Overwrites byte strings inside a decoded value before it is dropped.

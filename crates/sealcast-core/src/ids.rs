@@ -219,6 +219,10 @@ impl SeqNum {
         if piv.is_empty() || piv.len() > 5 {
             return Err(Error::Malformed("partial IV must be 1 to 5 bytes"));
         }
+        // RFC 8613 §6.1: no leading zero bytes, so one number has one encoding.
+        if piv.len() > 1 && piv[0] == 0 {
+            return Err(Error::Malformed("partial IV has a leading zero byte"));
+        }
         let mut n = 0u64;
         for &b in piv {
             n = (n << 8) | u64::from(b);

@@ -192,6 +192,22 @@ struct ParsedReport {
 fn parse_report(bytes: &[u8], headend: &EntityId) -> Result<ParsedReport> {
     let sign1 = cose::parse_sign1(bytes, MAX_REPORT_LEN)?;
     cose::require_alg(&sign1.protected.header, &sign1.unprotected, ALG_EDDSA)?;
+    cose::only(
+        &sign1.protected.header,
+        cose::Allowed {
+            alg: true,
+            ..Default::default()
+        },
+    )?;
+    cose::only(
+        &sign1.unprotected,
+        cose::Allowed {
+            kid: true,
+            partial_iv: true,
+            rest: &[HDR_TIMESTAMP],
+            ..Default::default()
+        },
+    )?;
     let reporter = EntityId::from_bytes(&sign1.unprotected.key_id)?;
     let seq = SeqNum::from_partial_iv(&sign1.unprotected.partial_iv)?;
     let timestamp = UnixMillis::new(cose::rest_uint(

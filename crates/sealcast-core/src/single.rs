@@ -98,6 +98,14 @@ pub mod hazmat {
         ephemeral_secret: &[u8; 32],
         iv: &[u8; NONCE_LEN],
     ) -> Result<Vec<u8>> {
+        if recipient_kid.is_empty() {
+            // COSE parsers (coset among them) refuse an empty kid, so such an
+            // object could never be decrypted.
+            return Err(Error::InvalidId {
+                kind: "recipient kid",
+                reason: "empty",
+            });
+        }
         let eph = StaticSecret::from(*ephemeral_secret);
         let eph_public = X25519Public::from(&eph);
         let shared = crate::crypto::x25519(ephemeral_secret, recipient.as_bytes())?;
