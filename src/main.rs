@@ -1,2 +1,125 @@
+//! `sealcast`: COSE group object security for IoT fleets, from the command
+//! line.
+//!
+//! The core (`sealcast_core`) is sans-IO; this binary is the thin shell that
+//! reads and writes files, reads the clock and draws OS randomness.
 #![forbid(unsafe_code)]
-fn main() {}
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+mod diag;
+mod error;
+mod files;
+mod state;
+mod system;
+mod text;
+
+use error::CliError;
+
+const EXAMPLES: &str = "\
+Examples (a gateway signs commands for the door controllers of one group):
+  sealcast keygen --id door-gw
+  sealcast keygen --id door-17
+  sealcast group create --group fire-doors --epoch 1 --signer door-gw=door-gw.pub:01 --valid-for 30d --out fire-doors.gk
+  echo 'unlock all' | sealcast seal --group-key fire-doors.gk --key door-gw.key --target doors/unlock --seq-state door-gw.seq --out cmd.cose
+  sealcast open --group-key fire-doors.gk --target doors/unlock --replay-state door-17.replay --in cmd.cose
+  sealcast inspect --in cmd.cose";
+
+/// Group and end-to-end object security (COSE) for IoT fleets.
+#[derive(Debug, Parser)]
+#[command(name = "sealcast", version, after_help = EXAMPLES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Keygen(cmd::keygen::KeygenArgs),
+    #[command(subcommand)]
+    Group(cmd::group::GroupCommand),
+    Seal(cmd::seal::SealArgs),
+    Open(cmd::open::OpenArgs),
+    Inspect(cmd::inspect::InspectArgs),
+}
+
+fn run(cli: Cli) -> error::Result<()> {
+    match cli.command {
+        Command::Keygen(args) => cmd::keygen::run(&args),
+        Command::Group(cmd::group::GroupCommand::Create(args)) => cmd::group::create(&args),
+        Command::Seal(args) => cmd::seal::run(&args),
+        Command::Open(args) => cmd::open::run(&args),
+        Command::Inspect(args) => cmd::inspect::run(&args),
+    }
+}
+
+/// Turns a clap error into one line: the first paragraph of its message.
+fn usage_error(err: &clap::Error) -> CliError {
+    let rendered = err.to_string();
+    let first: Vec<&str> = rendered
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let msg = first.join(" ");
+    let msg = msg.strip_prefix("error: ").unwrap_or(&msg);
+    CliError::usage(format!("{msg}; see '{} --help'", command_path()))
+}
+
+/// The subcommand the user was running (`sealcast group create`), for
+/// pointing at the right `--help`.
+fn command_path() -> String {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    let mut path = vec!["sealcast".to_owned()];
+    for arg in std::env::args().skip(1) {
+        let Some(sub) = cmd.find_subcommand(&arg).cloned() else {
+            break;
+        };
+        path.push(arg);
+        cmd = sub;
+    }
+    path.join(" ")
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            match e.kind() {
+                ErrorKind::DisplayHelp
+                | ErrorKind::DisplayVersion
+                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    let _ = e.print();
+                    return ExitCode::from(u8::from(e.use_stderr()) * 2);
+                }
+                _ => return report(&usage_error(&e)),
+            }
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => report(&e),
+    }
+}
+
+fn report(e: &CliError) -> ExitCode {
+    let _ = writeln!(std::io::stderr(), "error: {e}");
+    ExitCode::from(e.exit_code())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

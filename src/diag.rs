@@ -1,0 +1,1070 @@
+//! CBOR diagnostic notation (RFC 8949 §8, with EDN `/ comments /`) for
+//! sealcast and COSE objects, with header labels, algorithms and key
+//! parameters named.
+//!
+//! Secrets are never printed: in a COSE_Key only parameters known to be
+//! public (kty, kid, alg, key_ops, Base IV, crv, x, y, and n/e of RSA keys)
+//! are shown; every other byte string is printed as `<redacted, N bytes>`.
+//! In group key material the master secret and salt are redacted. Byte
+//! strings that hold an embedded COSE object, key or key material are
+//! decoded and shown as `<< … >>`, so the same rules apply inside them.
+//!
+//! Recursion is bounded: parsing refuses nesting beyond [`MAX_DEPTH`], and
+//! the printer stops descending there too.
+
+use std::fmt::Write;
+
+use ciborium::Value;
+use sealcast_core::broadcast::peek_broadcast;
+use sealcast_core::delivery::peek_key_delivery;
+
+use crate::text::{fingerprint, hex, printable, rfc3339};
+
+/// Deepest nesting parsed or printed.
+pub const MAX_DEPTH: usize = 48;
+/// Most top-level items of a CBOR sequence printed.
+const MAX_ITEMS: usize = 10_000;
+
+/// Renders every CBOR item in `bytes` (a CBOR sequence) as diagnostic
+/// notation, each preceded by a comment that names what it is.
+pub fn render(bytes: &[u8]) -> Result<String, String> {
+    if bytes.is_empty() {
+        return Err("the input is empty".into());
+    }
+    if bytes.starts_with(b"-----BEGIN") {
+        return Err(
+            "the input is PEM text, not CBOR; inspect reads COSE/CBOR objects (binary, or hex with --hex)"
+                .into(),
+        );
+    }
+    if let Ok(text) = core::str::from_utf8(bytes) {
+        if text.ends_with('\n') && text.chars().all(|c| !c.is_control() || c.is_whitespace()) {
+            let trimmed = text.trim();
+            return Err(
+                if !trimmed.is_empty()
+                    && trimmed
+                        .bytes()
+                        .all(|b| b.is_ascii_hexdigit() || b.is_ascii_whitespace())
+                {
+                    "the input is hex text; pass --hex".into()
+                } else {
+                    "the input is text, not CBOR; inspect reads COSE/CBOR objects (binary, or hex with --hex)".into()
+                },
+            );
+        }
+    }
+    let mut p = Printer::default();
+    let mut rest = bytes;
+    let mut count = 0;
+    while !rest.is_empty() {
+        if count == MAX_ITEMS {
+            return Err(format!("more than {MAX_ITEMS} CBOR items in the input"));
+        }
+        let offset = bytes.len() - rest.len();
+        let value = decode(&mut rest, MAX_DEPTH).map_err(|why| {
+            let hint = if bytes
+                .iter()
+                .all(|b| b.is_ascii_hexdigit() || b.is_ascii_whitespace())
+            {
+                "; it looks like hex text: pass --hex"
+            } else {
+                ""
+            };
+            format!(
+                "the input is not valid CBOR: {why} the item that starts at byte {offset}{hint}"
+            )
+        })?;
+        let item = &bytes[offset..bytes.len() - rest.len()];
+        if count > 0 {
+            p.out.push('\n');
+        }
+        p.describe_top(&value, item);
+        p.top(&value);
+        p.out.push('\n');
+        count += 1;
+    }
+    Ok(p.out)
+}
+
+/// Decodes one CBOR item from the front of `input`, advancing it.
+fn decode(input: &mut &[u8], depth_limit: usize) -> Result<Value, String> {
+    ciborium::de::from_reader_with_recursion_limit(&mut *input, depth_limit).map_err(|e| match e {
+        ciborium::de::Error::Io(_) => "the input ends inside".to_owned(),
+        ciborium::de::Error::Syntax(at) => format!("a syntax error {at} bytes into"),
+        ciborium::de::Error::Semantic(_, _) => "an unsupported structure in".to_owned(),
+        ciborium::de::Error::RecursionLimitExceeded => "nesting too deep in".to_owned(),
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Names
+
+fn alg_name(id: i128) -> Option<&'static str> {
+    Some(match id {
+        1 => "A128GCM",
+        2 => "A192GCM",
+        3 => "A256GCM",
+        4 => "HMAC 256/64",
+        5 => "HMAC 256/256",
+        6 => "HMAC 384/384",
+        7 => "HMAC 512/512",
+        10 => "AES-CCM-16-64-128",
+        11 => "AES-CCM-16-64-256",
+        12 => "AES-CCM-64-64-128",
+        13 => "AES-CCM-64-64-256",
+        24 => "ChaCha20/Poly1305",
+        -3 => "A128KW",
+        -4 => "A192KW",
+        -5 => "A256KW",
+        -6 => "direct",
+        -7 => "ES256",
+        -8 => "EdDSA",
+        -10 => "direct+HKDF-SHA-256",
+        -19 => "Ed25519",
+        -25 => "ECDH-ES + HKDF-256",
+        -26 => "ECDH-ES + HKDF-512",
+        -27 => "ECDH-SS + HKDF-256",
+        -28 => "ECDH-SS + HKDF-512",
+        -29 => "ECDH-ES + A128KW",
+        -35 => "ES384",
+        -36 => "ES512",
+        -37 => "PS256",
+        _ => return None,
+    })
+}
+
+fn header_label(label: i128) -> Option<&'static str> {
+    Some(match label {
+        1 => "alg",
+        2 => "crit",
+        3 => "content type",
+        4 => "kid",
+        5 => "IV",
+        6 => "Partial IV",
+        7 => "counter signature",
+        10 => "kid context",
+        -1 => "ephemeral key",
+        -2 => "static key",
+        -3 => "static key id",
+        -70_001 => "epoch",
+        -70_002 => "timestamp",
+        _ => return None,
+    })
+}
+
+fn kty_name(kty: i128) -> Option<&'static str> {
+    Some(match kty {
+        1 => "OKP",
+        2 => "EC2",
+        3 => "RSA",
+        4 => "Symmetric",
+        _ => return None,
+    })
+}
+
+fn crv_name(crv: i128) -> Option<&'static str> {
+    Some(match crv {
+        1 => "P-256",
+        2 => "P-384",
+        3 => "P-521",
+        4 => "X25519",
+        5 => "X448",
+        6 => "Ed25519",
+        7 => "Ed448",
+        _ => return None,
+    })
+}
+
+fn key_op_name(op: i128) -> Option<&'static str> {
+    Some(match op {
+        1 => "sign",
+        2 => "verify",
+        3 => "encrypt",
+        4 => "decrypt",
+        5 => "wrap key",
+        6 => "unwrap key",
+        7 => "derive key",
+        8 => "derive bits",
+        9 => "MAC create",
+        10 => "MAC verify",
+        _ => return None,
+    })
+}
+
+/// Label of a COSE_Key parameter, and whether its value is public.
+fn key_label(kty: Option<i128>, label: i128) -> (Option<&'static str>, bool) {
+    match (kty, label) {
+        (_, 1) => (Some("kty"), true),
+        (_, 2) => (Some("kid"), true),
+        (_, 3) => (Some("alg"), true),
+        (_, 4) => (Some("key_ops"), true),
+        (_, 5) => (Some("Base IV"), true),
+        (Some(1 | 2), -1) => (Some("crv"), true),
+        (Some(1 | 2), -2) => (Some("x"), true),
+        (Some(2), -3) => (Some("y"), true),
+        (Some(1 | 2), -4) => (Some("d"), false),
+        (Some(4), -1) => (Some("k"), false),
+        (Some(3), -1) => (Some("n"), true),
+        (Some(3), -2) => (Some("e"), true),
+        (Some(3), -3) => (Some("d"), false),
+        _ => (None, false),
+    }
+}
+
+/// The role of one element of a COSE message array.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Protected,
+    Unprotected,
+    Content(&'static str),
+    Bytes(&'static str),
+    Recipients,
+    Signatures,
+}
+
+const SIGN1: &[Slot] = &[
+    Slot::Protected,
+    Slot::Unprotected,
+    Slot::Content("payload"),
+    Slot::Bytes("signature"),
+];
+const ENCRYPT0: &[Slot] = &[
+    Slot::Protected,
+    Slot::Unprotected,
+    Slot::Bytes("ciphertext"),
+];
+const ENCRYPT: &[Slot] = &[
+    Slot::Protected,
+    Slot::Unprotected,
+    Slot::Bytes("ciphertext"),
+    Slot::Recipients,
+];
+const MAC0: &[Slot] = &[
+    Slot::Protected,
+    Slot::Unprotected,
+    Slot::Content("payload"),
+    Slot::Bytes("tag"),
+];
+const SIGN: &[Slot] = &[
+    Slot::Protected,
+    Slot::Unprotected,
+    Slot::Content("payload"),
+    Slot::Signatures,
+];
+const MAC: &[Slot] = &[
+    Slot::Protected,
+    Slot::Unprotected,
+    Slot::Content("payload"),
+    Slot::Bytes("tag"),
+    Slot::Recipients,
+];
+const RECIPIENT: &[Slot] = &[
+    Slot::Protected,
+    Slot::Unprotected,
+    Slot::Bytes("ciphertext"),
+    Slot::Recipients,
+];
+const SIGNATURE: &[Slot] = &[Slot::Protected, Slot::Unprotected, Slot::Bytes("signature")];
+
+/// A COSE message tag: its name and layout.
+fn cose_tag(tag: u64) -> Option<(&'static str, &'static [Slot])> {
+    Some(match tag {
+        18 => ("COSE_Sign1", SIGN1),
+        16 => ("COSE_Encrypt0", ENCRYPT0),
+        96 => ("COSE_Encrypt", ENCRYPT),
+        17 => ("COSE_Mac0", MAC0),
+        98 => ("COSE_Sign", SIGN),
+        97 => ("COSE_Mac", MAC),
+        _ => return None,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Recognising objects
+
+fn int(v: &Value) -> Option<i128> {
+    match v {
+        Value::Integer(i) => Some(i128::from(*i)),
+        _ => None,
+    }
+}
+
+fn map_get(entries: &[(Value, Value)], label: i128) -> Option<&Value> {
+    entries
+        .iter()
+        .find_map(|(k, v)| (int(k) == Some(label)).then_some(v))
+}
+
+/// `[bstr, map, …]` of the right length for `slots` (the last slot of a
+/// recipient is optional).
+fn fits(items: &[Value], slots: &[Slot]) -> bool {
+    let n = items.len();
+    let len_ok = n == slots.len() || (slots == RECIPIENT && n == 3);
+    len_ok && matches!(items[0], Value::Bytes(_)) && matches!(items[1], Value::Map(_))
+}
+
+/// A COSE_Key: an integer kty (1 to 4) and a key parameter with a negative
+/// label that is not a map (a header map's -1 is a whole key).
+fn is_cose_key(entries: &[(Value, Value)]) -> bool {
+    matches!(map_get(entries, 1).and_then(int), Some(1..=4))
+        && entries
+            .iter()
+            .any(|(k, v)| int(k).is_some_and(|l| l < 0) && !matches!(v, Value::Map(_)))
+}
+
+/// sealcast group key material: integer keys 1 to 7, once each, with the
+/// master secret a byte string.
+fn is_group_material(entries: &[(Value, Value)]) -> bool {
+    entries.len() == 7
+        && (1..=7).all(|l| entries.iter().filter(|(k, _)| int(k) == Some(l)).count() == 1)
+        && matches!(map_get(entries, 4), Some(Value::Bytes(_)))
+}
+
+/// What a value is, if it is something this module knows.
+fn kind_of(v: &Value) -> Option<String> {
+    match v {
+        Value::Tag(tag, inner) => match (cose_tag(*tag), inner.as_ref()) {
+            (Some((name, slots)), Value::Array(items)) if fits(items, slots) => {
+                Some(format!("{name} (tag {tag})"))
+            }
+            _ => None,
+        },
+        Value::Map(entries) if is_group_material(entries) => {
+            Some("sealcast group key material (master secret and salt redacted)".into())
+        }
+        Value::Map(entries) if is_cose_key(entries) => Some(format!(
+            "COSE_Key{}",
+            if has_private(entries) {
+                " (private: secret parameters redacted)"
+            } else {
+                ""
+            }
+        )),
+        Value::Array(items)
+            if !items.is_empty()
+                && items
+                    .iter()
+                    .all(|i| matches!(i, Value::Map(e) if is_cose_key(e))) =>
+        {
+            let private = items
+                .iter()
+                .any(|i| matches!(i, Value::Map(e) if has_private(e)));
+            Some(format!(
+                "COSE_KeySet, {} keys{}",
+                items.len(),
+                if private {
+                    " (private: secret parameters redacted)"
+                } else {
+                    ""
+                }
+            ))
+        }
+        _ => None,
+    }
+}
+
+fn has_private(entries: &[(Value, Value)]) -> bool {
+    let kty = map_get(entries, 1).and_then(int);
+    entries
+        .iter()
+        .any(|(k, _)| int(k).is_none_or(|l| !key_label(kty, l).1))
+}
+
+/// Text that can stand inside an EDN comment (no `/`).
+fn comment_text(bytes: &[u8]) -> Option<&str> {
+    printable(bytes).filter(|t| !t.contains('/'))
+}
+
+fn id_for_comment(bytes: &[u8]) -> String {
+    match comment_text(bytes) {
+        Some(t) => format!("\"{t}\""),
+        None => format!("h'{}'", hex(bytes)),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Printing
+
+#[derive(Default)]
+struct Printer {
+    out: String,
+}
+
+impl Printer {
+    fn newline(&mut self, indent: usize) {
+        self.out.push('\n');
+        for _ in 0..indent {
+            self.out.push_str("  ");
+        }
+    }
+
+    fn comment(&mut self, text: &str) {
+        let _ = write!(self.out, " / {text} /");
+    }
+
+    /// The comment line(s) above a top-level item.
+    fn describe_top(&mut self, v: &Value, item: &[u8]) {
+        let kind = kind_of(v).or_else(|| untagged_message(v).map(|(name, _)| name.to_owned()));
+        let _ = writeln!(
+            self.out,
+            "/ {} /",
+            kind.as_deref()
+                .unwrap_or("CBOR (not a COSE or sealcast object this tool knows)")
+        );
+        if let Ok(h) = peek_broadcast(item) {
+            let _ = writeln!(
+                self.out,
+                "/ sealcast broadcast: group {}, epoch {}, sender id h'{}', seq {}, timestamp {} /",
+                id_for_comment(h.group.as_bytes()),
+                h.epoch,
+                hex(h.sender_id.as_bytes()),
+                h.seq,
+                rfc3339(h.timestamp.get())
+            );
+        } else if let Ok(h) = peek_key_delivery(item) {
+            let _ = writeln!(
+                self.out,
+                "/ sealcast key delivery: manager {}, group {}, epoch {}, recipient {} /",
+                h.manager,
+                id_for_comment(h.group.as_bytes()),
+                h.epoch,
+                h.recipient
+            );
+        }
+    }
+
+    fn top(&mut self, v: &Value) {
+        match untagged_message(v) {
+            Some((_, slots)) if kind_of(v).is_none() => {
+                if let Value::Array(items) = v {
+                    self.message(items, slots, 0, 0);
+                }
+            }
+            _ => self.any(v, 0, 0),
+        }
+    }
+
+    /// Any value: recognises COSE messages, keys and key material anywhere.
+    fn any(&mut self, v: &Value, indent: usize, depth: usize) {
+        if depth > MAX_DEPTH {
+            self.out.push_str("/ … nested too deeply, not shown /");
+            return;
+        }
+        match v {
+            Value::Integer(i) => {
+                let _ = write!(self.out, "{}", i128::from(*i));
+            }
+            Value::Bytes(b) => self.bytes(b, indent, depth),
+            Value::Float(f) => self.float(*f),
+            Value::Text(t) => self.text(t),
+            Value::Bool(b) => {
+                let _ = write!(self.out, "{b}");
+            }
+            Value::Null => self.out.push_str("null"),
+            Value::Tag(tag, inner) => {
+                let _ = write!(self.out, "{tag}(");
+                match (cose_tag(*tag), inner.as_ref()) {
+                    (Some((name, slots)), Value::Array(items)) if fits(items, slots) => {
+                        let _ = write!(self.out, "/ {name} / ");
+                        self.message(items, slots, indent, depth + 1);
+                    }
+                    _ => self.any(inner, indent, depth + 1),
+                }
+                self.out.push(')');
+            }
+            Value::Array(items) => {
+                self.seq('[', ']', items.len(), indent, |p, i, ind| {
+                    p.any(&items[i], ind, depth + 1);
+                });
+            }
+            Value::Map(entries) => {
+                if is_group_material(entries) {
+                    self.material_map(entries, indent, depth + 1);
+                } else if is_cose_key(entries) {
+                    self.key_map(entries, indent, depth + 1);
+                } else {
+                    self.seq('{', '}', entries.len(), indent, |p, i, ind| {
+                        let (k, val) = &entries[i];
+                        p.any(k, ind, depth + 1);
+                        p.out.push_str(": ");
+                        p.any(val, ind, depth + 1);
+                    });
+                }
+            }
+            _ => self.out.push_str("undefined"),
+        }
+    }
+
+    /// Prints `n` elements between `open` and `close`, one per line.
+    fn seq(
+        &mut self,
+        open: char,
+        close: char,
+        n: usize,
+        indent: usize,
+        mut each: impl FnMut(&mut Self, usize, usize),
+    ) {
+        self.out.push(open);
+        if n == 0 {
+            self.out.push(close);
+            return;
+        }
+        for i in 0..n {
+            self.newline(indent + 1);
+            each(self, i, indent + 1);
+            if i + 1 < n {
+                // A trailing comment may follow the value; the comma goes
+                // after it, which EDN allows.
+                self.out.push(',');
+            }
+        }
+        self.newline(indent);
+        self.out.push(close);
+    }
+
+    fn bytes(&mut self, b: &[u8], indent: usize, depth: usize) {
+        match view_bytes(b, depth) {
+            BytesView::Embed(inner) => {
+                self.out.push_str("<<");
+                // A tagged message names itself; keys and key material get
+                // a comment.
+                if let (Some(kind), false) = (kind_of(&inner), matches!(inner, Value::Tag(..))) {
+                    self.comment(&kind);
+                }
+                self.out.push(' ');
+                self.any(&inner, indent, depth + 1);
+                self.out.push_str(" >>");
+            }
+            BytesView::Hex => {
+                let _ = write!(self.out, "h'{}'", hex(b));
+            }
+            BytesView::Withheld => {
+                let _ = write!(
+                    self.out,
+                    "<{} bytes not shown: nested too deeply to check for secrets>",
+                    b.len()
+                );
+            }
+        }
+    }
+
+    fn float(&mut self, f: f64) {
+        if f.is_nan() {
+            self.out.push_str("NaN");
+        } else if f.is_infinite() {
+            self.out
+                .push_str(if f > 0.0 { "Infinity" } else { "-Infinity" });
+        } else {
+            let _ = write!(self.out, "{f:?}");
+        }
+    }
+
+    fn text(&mut self, t: &str) {
+        self.out.push('"');
+        for c in t.chars() {
+            match c {
+                '"' => self.out.push_str("\\\""),
+                '\\' => self.out.push_str("\\\\"),
+                '\n' => self.out.push_str("\\n"),
+                '\r' => self.out.push_str("\\r"),
+                '\t' => self.out.push_str("\\t"),
+                c if c.is_control() => {
+                    let _ = write!(self.out, "\\u{:04x}", u32::from(c));
+                }
+                c => self.out.push(c),
+            }
+        }
+        self.out.push('"');
+    }
+
+    fn redacted(&mut self, v: &Value) {
+        match v {
+            Value::Bytes(b) => {
+                let _ = write!(self.out, "<redacted, {} bytes>", b.len());
+            }
+            _ => self.out.push_str("<redacted>"),
+        }
+    }
+
+    fn label(&mut self, k: &Value, name: Option<&str>, indent: usize, depth: usize) {
+        if let Some(name) = name {
+            let _ = write!(self.out, "/ {name} / ");
+        }
+        self.any(k, indent, depth);
+        self.out.push_str(": ");
+    }
+
+    /// Bytes that name something (kid, group id): hex, and the text when
+    /// printable.
+    fn id_bytes(&mut self, v: &Value, indent: usize, depth: usize) {
+        self.any(v, indent, depth);
+        if let Value::Bytes(b) = v {
+            if let Some(t) = comment_text(b) {
+                self.comment(&format!("\"{t}\""));
+            }
+        }
+    }
+
+    fn alg_value(&mut self, v: &Value, indent: usize, depth: usize) {
+        self.any(v, indent, depth);
+        if let Some(name) = int(v).and_then(alg_name) {
+            self.comment(name);
+        }
+    }
+
+    fn timestamp_value(&mut self, v: &Value, indent: usize, depth: usize) {
+        self.any(v, indent, depth);
+        if let Some(ms) = int(v).and_then(|i| u64::try_from(i).ok()) {
+            self.comment(&rfc3339(ms));
+        }
+    }
+
+    // -- COSE messages ------------------------------------------------------
+
+    fn message(&mut self, items: &[Value], slots: &[Slot], indent: usize, depth: usize) {
+        self.seq('[', ']', items.len(), indent, |p, i, ind| {
+            let item = &items[i];
+            match slots.get(i).copied() {
+                Some(Slot::Protected) => {
+                    p.out.push_str("/ protected / ");
+                    p.protected(item, ind, depth + 1);
+                }
+                Some(Slot::Unprotected) => {
+                    p.out.push_str("/ unprotected / ");
+                    match item {
+                        Value::Map(e) => p.header_map(e, ind, depth + 1),
+                        other => p.any(other, ind, depth + 1),
+                    }
+                }
+                Some(Slot::Content(name)) => {
+                    let _ = write!(p.out, "/ {name} / ");
+                    p.any(item, ind, depth + 1);
+                    if matches!(item, Value::Null) {
+                        p.comment("detached");
+                    }
+                }
+                Some(Slot::Bytes(name)) => {
+                    let _ = write!(p.out, "/ {name} / ");
+                    p.any(item, ind, depth + 1);
+                }
+                Some(s @ (Slot::Recipients | Slot::Signatures)) => {
+                    let (name, layout) = if s == Slot::Recipients {
+                        ("recipients", RECIPIENT)
+                    } else {
+                        ("signatures", SIGNATURE)
+                    };
+                    let _ = write!(p.out, "/ {name} / ");
+                    match item {
+                        Value::Array(list) if depth < MAX_DEPTH => {
+                            p.seq('[', ']', list.len(), ind, |p, j, ind| match &list[j] {
+                                Value::Array(inner) if fits(inner, layout) => {
+                                    p.message(inner, layout, ind, depth + 2);
+                                }
+                                other => p.any(other, ind, depth + 2),
+                            });
+                        }
+                        other => p.any(other, ind, depth + 1),
+                    }
+                }
+                None => p.any(item, ind, depth + 1),
+            }
+        });
+    }
+
+    /// A protected header: a byte string holding an encoded header map.
+    fn protected(&mut self, v: &Value, indent: usize, depth: usize) {
+        let Value::Bytes(b) = v else {
+            return self.any(v, indent, depth);
+        };
+        if b.is_empty() {
+            self.out.push_str("h''");
+            return;
+        }
+        let mut rest = b.as_slice();
+        match decode(&mut rest, MAX_DEPTH.saturating_sub(depth).max(1)) {
+            Ok(Value::Map(entries)) if rest.is_empty() => {
+                self.out.push_str("<< ");
+                self.header_map(&entries, indent, depth + 1);
+                self.out.push_str(" >>");
+            }
+            _ => {
+                self.bytes(b, indent, depth);
+                self.comment("not a header map");
+            }
+        }
+    }
+
+    fn header_map(&mut self, entries: &[(Value, Value)], indent: usize, depth: usize) {
+        if depth > MAX_DEPTH {
+            self.out.push_str("/ … nested too deeply, not shown /");
+            return;
+        }
+        self.seq('{', '}', entries.len(), indent, |p, i, ind| {
+            let (k, v) = &entries[i];
+            let label = int(k);
+            p.label(k, label.and_then(header_label), ind, depth + 1);
+            match (label, v) {
+                (Some(1), _) => p.alg_value(v, ind, depth + 1),
+                (Some(4 | 10 | -3), _) => p.id_bytes(v, ind, depth + 1),
+                (Some(6), Value::Bytes(b)) => {
+                    p.any(v, ind, depth + 1);
+                    if (1..=8).contains(&b.len()) {
+                        let n = b.iter().fold(0u64, |acc, &x| (acc << 8) | u64::from(x));
+                        p.comment(&format!("seq {n}"));
+                    }
+                }
+                (Some(-1 | -2), Value::Map(e)) => p.key_map(e, ind, depth + 1),
+                (Some(-70_002), _) => p.timestamp_value(v, ind, depth + 1),
+                _ => p.any(v, ind, depth + 1),
+            }
+        });
+    }
+
+    // -- keys and key material ---------------------------------------------
+
+    fn key_map(&mut self, entries: &[(Value, Value)], indent: usize, depth: usize) {
+        if depth > MAX_DEPTH {
+            self.out.push_str("/ … nested too deeply, not shown /");
+            return;
+        }
+        let kty = map_get(entries, 1).and_then(int);
+        self.seq('{', '}', entries.len(), indent, |p, i, ind| {
+            let (k, v) = &entries[i];
+            let (name, public) = int(k).map_or((None, false), |l| key_label(kty, l));
+            p.label(k, name, ind, depth + 1);
+            if !public {
+                return p.redacted(v);
+            }
+            match (name, v) {
+                (Some("kty"), _) => {
+                    p.any(v, ind, depth + 1);
+                    if let Some(n) = int(v).and_then(kty_name) {
+                        p.comment(n);
+                    }
+                }
+                (Some("crv"), _) => {
+                    p.any(v, ind, depth + 1);
+                    if let Some(n) = int(v).and_then(crv_name) {
+                        p.comment(n);
+                    }
+                }
+                (Some("alg"), _) => p.alg_value(v, ind, depth + 1),
+                (Some("kid"), _) => p.id_bytes(v, ind, depth + 1),
+                (Some("key_ops"), Value::Array(ops)) => {
+                    p.seq('[', ']', ops.len(), ind, |p, j, ind| {
+                        p.any(&ops[j], ind, depth + 2);
+                        if let Some(n) = int(&ops[j]).and_then(key_op_name) {
+                            p.comment(n);
+                        }
+                    });
+                }
+                (Some("x"), Value::Bytes(b)) => {
+                    let _ = write!(p.out, "h'{}'", hex(b));
+                    p.comment(&fingerprint(b));
+                }
+                (_, Value::Bytes(b)) => {
+                    let _ = write!(p.out, "h'{}'", hex(b));
+                }
+                _ => p.any(v, ind, depth + 1),
+            }
+        });
+    }
+
+    fn material_map(&mut self, entries: &[(Value, Value)], indent: usize, depth: usize) {
+        self.seq('{', '}', entries.len(), indent, |p, i, ind| {
+            let (k, v) = &entries[i];
+            let label = int(k);
+            let name = match label {
+                Some(1) => "group",
+                Some(2) => "epoch",
+                Some(3) => "alg",
+                Some(4) => "master secret",
+                Some(5) => "master salt",
+                Some(6) => "signers",
+                _ => "not after",
+            };
+            p.label(k, Some(name), ind, depth + 1);
+            match (label, v) {
+                (Some(1), _) => p.id_bytes(v, ind, depth + 1),
+                (Some(3), _) => p.alg_value(v, ind, depth + 1),
+                (Some(4 | 5), _) => p.redacted(v),
+                (Some(6), Value::Array(list)) => p.signers(list, ind, depth + 1),
+                (Some(7), _) => p.timestamp_value(v, ind, depth + 1),
+                _ => p.any(v, ind, depth + 1),
+            }
+        });
+    }
+
+    fn signers(&mut self, list: &[Value], indent: usize, depth: usize) {
+        self.seq('[', ']', list.len(), indent, |p, i, ind| match &list[i] {
+            Value::Array(parts) if parts.len() == 3 => {
+                p.seq('[', ']', 3, ind, |p, j, ind| {
+                    let part = &parts[j];
+                    match (j, part) {
+                        (0, _) => {
+                            p.out.push_str("/ sender id / ");
+                            p.any(part, ind, depth + 1);
+                        }
+                        (1, _) => {
+                            p.out.push_str("/ entity / ");
+                            p.any(part, ind, depth + 1);
+                        }
+                        (_, Value::Bytes(b)) => {
+                            let _ = write!(p.out, "/ ed25519 / h'{}'", hex(b));
+                            p.comment(&fingerprint(b));
+                        }
+                        _ => p.any(part, ind, depth + 1),
+                    }
+                });
+            }
+            other => p.any(other, ind, depth + 1),
+        });
+    }
+}
+
+/// An untagged top-level COSE message shape: `[bstr, map, …]`.
+fn untagged_message(v: &Value) -> Option<(&'static str, &'static [Slot])> {
+    let Value::Array(items) = v else {
+        return None;
+    };
+    let shape = match items.len() {
+        3 => ("COSE_Encrypt0 (untagged)", ENCRYPT0),
+        4 if matches!(items[3], Value::Array(_)) => {
+            ("COSE_Encrypt or COSE_Sign (untagged)", ENCRYPT)
+        }
+        4 => ("COSE_Sign1 or COSE_Mac0 (untagged)", SIGN1),
+        5 => ("COSE_Mac (untagged)", MAC),
+        _ => return None,
+    };
+    fits(items, shape.1).then_some(shape)
+}
+
+/// How a byte string is shown.
+enum BytesView {
+    /// Decoded, as `<< … >>`: a COSE object, key or key material, or CBOR
+    /// that holds secrets somewhere (so they are redacted where they sit).
+    Embed(Value),
+    /// As hex: not CBOR, or CBOR with nothing secret in it.
+    Hex,
+    /// Not shown: CBOR nested deeper than can be checked for secrets.
+    Withheld,
+}
+
+/// Whether `b` could be a CBOR array, map or tag (the only containers a
+/// key or key material can hide in).
+fn may_be_container(b: &[u8]) -> bool {
+    b.first().is_some_and(|first| matches!(first >> 5, 4..=6))
+}
+
+fn view_bytes(b: &[u8], depth: usize) -> BytesView {
+    if !may_be_container(b) {
+        return BytesView::Hex;
+    }
+    let Some(limit) = MAX_DEPTH.checked_sub(depth + 2).filter(|l| *l > 0) else {
+        return BytesView::Withheld;
+    };
+    let mut rest = b;
+    match ciborium::de::from_reader_with_recursion_limit::<Value, _>(&mut rest, limit) {
+        Ok(v) if rest.is_empty() => {
+            if kind_of(&v).is_some() || needs_redaction(&v, depth + 1) {
+                BytesView::Embed(v)
+            } else {
+                BytesView::Hex
+            }
+        }
+        Err(ciborium::de::Error::RecursionLimitExceeded) => BytesView::Withheld,
+        _ => BytesView::Hex,
+    }
+}
+
+/// True if printing `v`'s bytes as hex could show a secret: it holds a
+/// private key or key material, or a byte string that is itself CBOR (which
+/// is examined when it is printed), or it is too deep to check.
+fn needs_redaction(v: &Value, depth: usize) -> bool {
+    if depth > MAX_DEPTH {
+        return true;
+    }
+    match v {
+        Value::Map(entries) => {
+            is_group_material(entries)
+                || (is_cose_key(entries) && has_private(entries))
+                || entries
+                    .iter()
+                    .any(|(k, v)| needs_redaction(k, depth + 1) || needs_redaction(v, depth + 1))
+        }
+        Value::Array(items) => items.iter().any(|i| needs_redaction(i, depth + 1)),
+        Value::Tag(_, inner) => needs_redaction(inner, depth + 1),
+        // Decoded one level only (it is examined in full when printed), so
+        // the work stays linear in the nesting depth.
+        Value::Bytes(b) if may_be_container(b) => {
+            let mut rest = b.as_slice();
+            let limit = MAX_DEPTH.saturating_sub(depth + 2).max(1);
+            match ciborium::de::from_reader_with_recursion_limit::<Value, _>(&mut rest, limit) {
+                Ok(_) => rest.is_empty(),
+                Err(ciborium::de::Error::RecursionLimitExceeded) => true,
+                Err(_) => false,
+            }
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn cbor(v: &Value) -> Vec<u8> {
+        let mut out = Vec::new();
+        ciborium::into_writer(v, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn private_key_parameters_are_redacted() {
+        let d = vec![0xd5; 32];
+        let key = Value::Map(vec![
+            (Value::from(1), Value::from(1)),
+            (Value::from(2), Value::Bytes(b"door-1".to_vec())),
+            (Value::from(-1), Value::from(6)),
+            (Value::from(-2), Value::Bytes(vec![0x11; 32])),
+            (Value::from(-4), Value::Bytes(d.clone())),
+            (Value::from(-99), Value::Bytes(vec![0x77; 5])),
+        ]);
+        let sym = Value::Map(vec![
+            (Value::from(1), Value::from(4)),
+            (Value::from(-1), Value::Bytes(vec![0x66; 16])),
+        ]);
+        let set = Value::Array(vec![key, sym]);
+        let text = render(&cbor(&set)).unwrap();
+        assert!(text.contains("COSE_KeySet, 2 keys"), "{text}");
+        assert!(text.contains("/ kty / 1: 1 / OKP /"), "{text}");
+        assert!(text.contains("/ crv / -1: 6 / Ed25519 /"), "{text}");
+        assert!(text.contains("/ d / -4: <redacted, 32 bytes>"), "{text}");
+        assert!(text.contains("/ k / -1: <redacted, 16 bytes>"), "{text}");
+        assert!(text.contains(&hex(&[0x11; 32])), "{text}");
+        for secret in [hex(&d), hex(&[0x66; 16]), hex(&[0x77; 5])] {
+            assert!(!text.contains(&secret), "{text}");
+        }
+        // The same key inside a byte string inside a tag is still redacted.
+        let wrapped = Value::Tag(
+            18,
+            Box::new(Value::Array(vec![
+                Value::Bytes(vec![0xa1, 0x01, 0x27]),
+                Value::Map(vec![]),
+                Value::Bytes(cbor(&set)),
+                Value::Bytes(vec![0; 64]),
+            ])),
+        );
+        let text = render(&cbor(&wrapped)).unwrap();
+        assert!(text.contains("/ alg / 1: -8 / EdDSA /"), "{text}");
+        assert!(!text.contains(&hex(&d)), "{text}");
+    }
+
+    #[test]
+    fn hostile_input_never_panics() {
+        let deep: Vec<u8> = core::iter::repeat_n(0x81, 10_000).chain([0]).collect();
+        assert!(render(&deep).is_err());
+        let deep_tags: Vec<u8> = core::iter::repeat_n(0xd2, 10_000).chain([0]).collect();
+        assert!(render(&deep_tags).is_err());
+        assert!(render(&[]).is_err());
+        assert!(render(&[0x5a, 0xff, 0xff, 0xff, 0xff]).is_err());
+        assert!(render(&[0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).is_err());
+        // Nested byte strings that each hold the next level.
+        let mut v = Value::Map(vec![
+            (Value::from(1), Value::from(4)),
+            (Value::from(-1), Value::Bytes(vec![9; 16])),
+        ]);
+        for _ in 0..40 {
+            v = Value::Tag(
+                18,
+                Box::new(Value::Array(vec![
+                    Value::Bytes(vec![]),
+                    Value::Map(vec![]),
+                    Value::Bytes(cbor(&v)),
+                    Value::Bytes(vec![]),
+                ])),
+            );
+        }
+        let text = render(&cbor(&v)).unwrap();
+        assert!(!text.contains(&hex(&[9; 16])), "{text}");
+        for n in 0..300u32 {
+            let bytes: Vec<u8> = (0..n)
+                .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
+                .collect();
+            let _ = render(&bytes);
+        }
+    }
+
+    #[test]
+    fn key_delivery_names_recipient_headers() {
+        use sealcast_core::credential::EntityCredential;
+        use sealcast_core::crypto::AeadAlg;
+        use sealcast_core::groupkey::GroupKeyMaterial;
+        use sealcast_core::ids::{EntityId, Epoch, GroupId};
+        let mut rng = crate::system::rng().unwrap();
+        let manager = EntityCredential::generate(EntityId::new("manager").unwrap(), &mut rng);
+        let device = EntityCredential::generate(EntityId::new("door-17").unwrap(), &mut rng);
+        let material = GroupKeyMaterial::generate(
+            GroupId::new(b"fire-doors").unwrap(),
+            Epoch::new(3),
+            AeadAlg::A128Gcm,
+            Vec::new(),
+            None,
+            &mut rng,
+        )
+        .unwrap();
+        let bytes = sealcast_core::delivery::seal_key_delivery(
+            manager.id(),
+            manager.signing_key(),
+            device.id(),
+            device.public().agreement_key(),
+            &material,
+            &mut rng,
+        )
+        .unwrap();
+        let text = render(&bytes).unwrap();
+        for want in [
+            "sealcast key delivery: manager manager, group \"fire-doors\", epoch 3, recipient door-17",
+            "/ recipients / [",
+            "/ alg / 1: -25 / ECDH-ES + HKDF-256 /",
+            "/ ephemeral key / -1: {",
+            "/ crv / -1: 4 / X25519 /",
+            "/ kid / 4: h'646f6f722d3137' / \"door-17\" /",
+            "/ payload / << 96(/ COSE_Encrypt / [",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+        assert!(!text.contains(&hex(material.master_secret())));
+    }
+
+    #[test]
+    fn group_material_is_recognised() {
+        let m = Value::Map(vec![
+            (Value::from(1), Value::Bytes(b"fire-doors".to_vec())),
+            (Value::from(2), Value::from(1)),
+            (Value::from(3), Value::from(1)),
+            (Value::from(4), Value::Bytes(vec![0xab; 32])),
+            (Value::from(5), Value::Bytes(vec![0xcd; 8])),
+            (
+                Value::from(6),
+                Value::Array(vec![Value::Array(vec![
+                    Value::Bytes(vec![1]),
+                    Value::Text("gw".into()),
+                    Value::Bytes(vec![0x22; 32]),
+                ])]),
+            ),
+            (Value::from(7), Value::Null),
+        ]);
+        let text = render(&cbor(&m)).unwrap();
+        assert!(text.contains("group key material"), "{text}");
+        assert!(
+            text.contains("/ master secret / 4: <redacted, 32 bytes>"),
+            "{text}"
+        );
+        assert!(text.contains("/ alg / 3: 1 / A128GCM /"), "{text}");
+        assert!(text.contains("\"fire-doors\""), "{text}");
+        assert!(!text.contains(&hex(&[0xab; 32])), "{text}");
+        assert!(!text.contains(&hex(&[0xcd; 8])), "{text}");
+    }
+}
