@@ -1,0 +1,331 @@
+//! The records a [`crate::ManagerStore`] holds, and their conversion from
+//! raw column values (which are checked: a database is input too).
+
+use sealcast_core::credential::PublicCredential;
+use sealcast_core::crypto::AeadAlg;
+use sealcast_core::groupkey::GroupKeyMaterial;
+use sealcast_core::ids::{EntityId, Epoch, GroupId, SenderId, UnixMillis};
+
+use crate::audit::{AuditKind, AuditRecord, HASH_LEN};
+use crate::error::{Error, Result};
+
+/// What an enrolled entity is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EntityKind {
+    /// A field device (meter, sensor, actuator).
+    Device,
+    /// An agent / relay (DAP, gateway).
+    Agent,
+    /// A headend system.
+    Headend,
+    /// A group manager.
+    Manager,
+}
+
+impl EntityKind {
+    /// The name stored in the database.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EntityKind::Device => "device",
+            EntityKind::Agent => "agent",
+            EntityKind::Headend => "headend",
+            EntityKind::Manager => "manager",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "device" => EntityKind::Device,
+            "agent" => EntityKind::Agent,
+            "headend" => EntityKind::Headend,
+            "manager" => EntityKind::Manager,
+            _ => return None,
+        })
+    }
+}
+
+/// How a group is rekeyed after an eviction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RekeyScheme {
+    /// Point-to-point delivery to every member, O(n) messages.
+    P2p,
+    /// Logical key hierarchy (LKH, RFC 2627): one broadcast of about
+    /// 2·log2(n) wrapped keys.
+    Tree,
+}
+
+impl RekeyScheme {
+    /// The name stored in the database.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RekeyScheme::P2p => "p2p",
+            RekeyScheme::Tree => "tree",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "p2p" => RekeyScheme::P2p,
+            "tree" => RekeyScheme::Tree,
+            _ => return None,
+        })
+    }
+}
+
+/// A member's role in a group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Sends (and receives) group traffic; has a sender id.
+    Sender,
+    /// Only receives.
+    Receiver,
+    /// Relays traffic (an agent).
+    Relay,
+}
+
+impl Role {
+    /// The name stored in the database.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Role::Sender => "sender",
+            Role::Receiver => "receiver",
+            Role::Relay => "relay",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "sender" => Role::Sender,
+            "receiver" => Role::Receiver,
+            "relay" => Role::Relay,
+            _ => return None,
+        })
+    }
+}
+
+/// An enrolled entity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntityRecord {
+    /// Its public credential; the entity id is `credential.id()`.
+    pub credential: PublicCredential,
+    /// What it is.
+    pub kind: EntityKind,
+    /// The agent that relays for it, if any.
+    pub agent: Option<EntityId>,
+}
+
+impl EntityRecord {
+    /// The entity's id.
+    pub fn id(&self) -> &EntityId {
+        self.credential.id()
+    }
+}
+
+/// A group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupRecord {
+    /// Its id.
+    pub id: GroupId,
+    /// Its current epoch.
+    pub epoch: Epoch,
+    /// Its AEAD algorithm.
+    pub alg: AeadAlg,
+    /// How it is rekeyed.
+    pub scheme: RekeyScheme,
+    /// When it was created.
+    pub created_at: UnixMillis,
+}
+
+/// A member of a group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberRecord {
+    /// The group.
+    pub group: GroupId,
+    /// The entity.
+    pub entity: EntityId,
+    /// Its role.
+    pub role: Role,
+    /// Its sender id in the group, if it sends.
+    pub sender_id: Option<SenderId>,
+    /// Its leaf in the LKH tree, if the group uses one.
+    pub leaf_index: Option<u32>,
+    /// The latest epoch it acknowledged.
+    pub held_epoch: Option<Epoch>,
+}
+
+fn corrupt(what: &str) -> Error {
+    Error::Corrupt(what.to_owned())
+}
+
+pub(crate) fn epoch_to_sql(e: Epoch) -> i64 {
+    i64::from(e.get())
+}
+
+pub(crate) fn epoch_from_sql(v: i64) -> Result<Epoch> {
+    u32::try_from(v)
+        .map(Epoch::new)
+        .map_err(|_| corrupt("epoch out of range"))
+}
+
+pub(crate) fn u64_to_sql(v: u64, what: &str) -> Result<i64> {
+    i64::try_from(v).map_err(|_| Error::InvalidArgument(format!("{what} out of range")))
+}
+
+pub(crate) fn u64_from_sql(v: i64, what: &str) -> Result<u64> {
+    u64::try_from(v).map_err(|_| corrupt(&format!("{what} is negative")))
+}
+
+pub(crate) fn group_id_from_sql(b: &[u8]) -> Result<GroupId> {
+    GroupId::new(b).map_err(|_| corrupt("group id"))
+}
+
+pub(crate) fn entity_id_from_sql(s: &str) -> Result<EntityId> {
+    EntityId::new(s).map_err(|_| corrupt("entity id"))
+}
+
+pub(crate) fn entity_from_sql(
+    id: &str,
+    kind: &str,
+    credential: &[u8],
+    agent: Option<&str>,
+) -> Result<EntityRecord> {
+    let id = entity_id_from_sql(id)?;
+    let credential =
+        PublicCredential::from_cose_key_set(credential).map_err(|_| corrupt("credential"))?;
+    if credential.id() != &id {
+        return Err(corrupt("credential belongs to another entity id"));
+    }
+    Ok(EntityRecord {
+        credential,
+        kind: EntityKind::parse(kind).ok_or_else(|| corrupt("entity kind"))?,
+        agent: agent.map(entity_id_from_sql).transpose()?,
+    })
+}
+
+pub(crate) fn group_from_sql(
+    id: &[u8],
+    epoch: i64,
+    alg: i64,
+    scheme: &str,
+    created_at: i64,
+) -> Result<GroupRecord> {
+    Ok(GroupRecord {
+        id: group_id_from_sql(id)?,
+        epoch: epoch_from_sql(epoch)?,
+        alg: AeadAlg::from_cose_id(alg).map_err(|_| corrupt("AEAD algorithm"))?,
+        scheme: RekeyScheme::parse(scheme).ok_or_else(|| corrupt("rekey scheme"))?,
+        created_at: UnixMillis::new(u64_from_sql(created_at, "created_at")?),
+    })
+}
+
+pub(crate) struct MemberRow<'a> {
+    pub group: &'a [u8],
+    pub entity: &'a str,
+    pub role: &'a str,
+    pub sender_id: Option<&'a [u8]>,
+    pub leaf_index: Option<i64>,
+    pub held_epoch: Option<i64>,
+}
+
+pub(crate) fn member_from_sql(r: MemberRow<'_>) -> Result<MemberRecord> {
+    Ok(MemberRecord {
+        group: group_id_from_sql(r.group)?,
+        entity: entity_id_from_sql(r.entity)?,
+        role: Role::parse(r.role).ok_or_else(|| corrupt("member role"))?,
+        sender_id: r
+            .sender_id
+            .map(|b| SenderId::new(b).map_err(|_| corrupt("sender id")))
+            .transpose()?,
+        leaf_index: r
+            .leaf_index
+            .map(|v| u32::try_from(v).map_err(|_| corrupt("leaf index")))
+            .transpose()?,
+        held_epoch: r.held_epoch.map(epoch_from_sql).transpose()?,
+    })
+}
+
+pub(crate) struct AuditRow<'a> {
+    pub seq: i64,
+    pub time_ms: i64,
+    pub kind: &'a str,
+    pub group: Option<&'a [u8]>,
+    pub entity: Option<&'a str>,
+    pub detail: &'a str,
+    pub prev_hash: &'a [u8],
+    pub hash: &'a [u8],
+}
+
+/// Converts a row; a row that does not even parse is reported as broken at
+/// its sequence number so that verification names it.
+pub(crate) fn audit_from_sql(r: AuditRow<'_>, origin: &str) -> Result<AuditRecord> {
+    let broken = |why: &str| Error::AuditBroken {
+        origin: origin.to_owned(),
+        record: u64::try_from(r.seq).unwrap_or(0),
+        reason: format!("not a valid record: {why}"),
+    };
+    let hash = |b: &[u8]| <[u8; HASH_LEN]>::try_from(b).map_err(|_| broken("hash length"));
+    Ok(AuditRecord {
+        seq: u64::try_from(r.seq).map_err(|_| broken("negative seq"))?,
+        time: UnixMillis::new(u64::try_from(r.time_ms).map_err(|_| broken("negative time"))?),
+        kind: AuditKind::parse(r.kind).map_err(|_| broken("kind"))?,
+        group: r
+            .group
+            .map(|g| GroupId::new(g).map_err(|_| broken("group id")))
+            .transpose()?,
+        entity: r
+            .entity
+            .map(|e| EntityId::new(e).map_err(|_| broken("entity id")))
+            .transpose()?,
+        detail: r.detail.to_owned(),
+        prev_hash: hash(r.prev_hash)?,
+        hash: hash(r.hash)?,
+    })
+}
+
+/// Checks that `cbor` is key material of `group` and `epoch` before it is
+/// sealed and stored under that row; returns its algorithm.
+pub(crate) fn check_material(cbor: &[u8], group: &GroupId, epoch: Epoch) -> Result<AeadAlg> {
+    let m = GroupKeyMaterial::from_cbor(cbor)?;
+    if m.group() != group {
+        return Err(Error::InvalidArgument(format!(
+            "the key material is for group {}, not {group}",
+            m.group()
+        )));
+    }
+    if m.epoch() != epoch {
+        return Err(Error::InvalidArgument(format!(
+            "the key material is for epoch {}, not {epoch}",
+            m.epoch()
+        )));
+    }
+    Ok(m.alg())
+}
+
+/// Checks that the material's algorithm is the group's (stored COSE id).
+pub(crate) fn check_alg(material: AeadAlg, group_alg: i64) -> Result<()> {
+    if material.cose_id() != group_alg {
+        return Err(Error::InvalidArgument(format!(
+            "the key material uses COSE algorithm {} but the group uses {group_alg}",
+            material.cose_id()
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// How a database constraint failed, for mapping to a precise [`Error`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DbFail {
+    Unique,
+    ForeignKey,
+    Check,
+    Other,
+}

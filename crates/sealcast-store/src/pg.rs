@@ -1,0 +1,771 @@
+//! [`ManagerStore`] on PostgreSQL (the synchronous rust-postgres client).
+//!
+//! Several manager instances may share one database. Every multi-statement
+//! change is one transaction (READ COMMITTED). [`ManagerStore::advance_epoch`]
+//! is a conditional `UPDATE … WHERE epoch = expected` whose row count
+//! decides: a concurrent manager's `UPDATE` of the same row waits for the
+//! first to commit, then re-reads the row, finds another epoch and updates
+//! nothing, so it gets [`Error::Conflict`]. Audit appends take a
+//! self-exclusive table lock so sequence numbers never fork.
+
+use postgres::error::SqlState;
+use postgres::{Client, NoTls, Row};
+use sealcast_core::ids::{EntityId, Epoch, GroupId};
+use zeroize::Zeroizing;
+
+use crate::ManagerStore;
+use crate::audit::{AuditEntry, AuditRecord};
+use crate::error::{Error, Result};
+use crate::kek::{Kek, Purpose};
+use crate::model::{
+    AuditRow, DbFail, EntityRecord, GroupRecord, MemberRecord, MemberRow, audit_from_sql,
+    check_alg, check_material, entity_from_sql, epoch_from_sql, epoch_to_sql, group_from_sql,
+    member_from_sql, now_ms, u64_to_sql,
+};
+use crate::schema::{CREATE_VERSION_TABLE, Dialect, SCHEMA_VERSION, migrations};
+
+const BACKEND: &str = "postgres";
+/// Advisory lock that serializes schema creation and migrations.
+const MIGRATION_LOCK: i64 = 0x5ea1_ca57_0000_0001;
+
+/// The manager's store in PostgreSQL.
+pub struct PgStore {
+    client: Client,
+    kek: Kek,
+    schema: Option<String>,
+}
+
+impl core::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("schema", &self.schema)
+            .finish_non_exhaustive()
+    }
+}
+
+fn db(action: &'static str) -> impl Fn(postgres::Error) -> Error {
+    move |e| Error::Database {
+        backend: BACKEND,
+        action,
+        message: e
+            .as_db_error()
+            .map_or_else(|| e.to_string(), |d| d.message().to_owned()),
+    }
+}
+
+fn classify(e: &postgres::Error) -> DbFail {
+    match e.code() {
+        Some(c) if *c == SqlState::UNIQUE_VIOLATION => DbFail::Unique,
+        Some(c) if *c == SqlState::FOREIGN_KEY_VIOLATION => DbFail::ForeignKey,
+        Some(c) if *c == SqlState::CHECK_VIOLATION => DbFail::Check,
+        _ => DbFail::Other,
+    }
+}
+
+fn col<'a, T: postgres::types::FromSql<'a>>(row: &'a Row, i: usize) -> Result<T> {
+    row.try_get(i)
+        .map_err(|e| Error::Corrupt(format!("column {i}: {e}")))
+}
+
+fn check_schema_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(
+            "a schema name must be 1 to 63 characters from a-z 0-9 _, not starting with a digit"
+                .to_owned(),
+        ))
+    }
+}
+
+impl PgStore {
+    /// Connects (e.g. `postgres://user@host:5432/db`, or `host=/run/postgresql
+    /// user=sealcast dbname=sealcast`), applies missing migrations and checks
+    /// that `kek` is the store's KEK ([`Error::WrongKek`] otherwise). Tables
+    /// live in the first schema of the connection's `search_path`.
+    pub fn connect(url: &str, kek: Kek) -> Result<Self> {
+        Self::connect_inner(url, None, kek)
+    }
+
+    /// Like [`connect`](Self::connect), with every table in `schema`
+    /// (created if missing; `a-z 0-9 _`). Separate schemas give separate
+    /// stores in one database (tenants, test runs).
+    pub fn connect_in_schema(url: &str, schema: &str, kek: Kek) -> Result<Self> {
+        check_schema_name(schema)?;
+        Self::connect_inner(url, Some(schema.to_owned()), kek)
+    }
+
+    fn connect_inner(url: &str, schema: Option<String>, kek: Kek) -> Result<Self> {
+        let mut client = Client::connect(url, NoTls).map_err(db("connect"))?;
+        if let Some(s) = &schema {
+            let mut tx = client.transaction().map_err(db("start a transaction"))?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+                .map_err(db("take the migration lock"))?;
+            tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS \"{s}\""))
+                .map_err(db("create the schema"))?;
+            tx.commit().map_err(db("create the schema"))?;
+            client
+                .batch_execute(&format!("SET search_path TO \"{s}\""))
+                .map_err(db("set the search path"))?;
+        }
+        let mut store = Self {
+            client,
+            kek,
+            schema,
+        };
+        store.migrate()?;
+        let check = store
+            .client
+            .query_opt("SELECT value FROM store_meta WHERE name = 'kek_check'", &[])
+            .map_err(db("read the KEK check value"))?;
+        match check {
+            Some(row) => store.kek.verify_check_value(&col::<Vec<u8>>(&row, 0)?)?,
+            None => return Err(Error::Corrupt("the KEK check value is missing".into())),
+        }
+        Ok(store)
+    }
+
+    /// The schema this store was opened in, if one was named.
+    pub fn schema(&self) -> Option<&str> {
+        self.schema.as_deref()
+    }
+
+    fn migrate(&mut self) -> Result<()> {
+        let mut tx = self
+            .client
+            .transaction()
+            .map_err(db("start the migration"))?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .map_err(db("take the migration lock"))?;
+        tx.batch_execute(CREATE_VERSION_TABLE)
+            .map_err(db("create table schema_version"))?;
+        let row = tx
+            .query_one("SELECT COALESCE(MAX(version), 0) FROM schema_version", &[])
+            .map_err(db("read the schema version"))?;
+        let current: i64 = col(&row, 0)?;
+        if current > SCHEMA_VERSION {
+            return Err(Error::SchemaTooNew {
+                found: current,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        for (version, sql) in migrations(Dialect::Postgres) {
+            if version <= current {
+                continue;
+            }
+            tx.batch_execute(&sql).map_err(db("apply a migration"))?;
+            if version == 1 {
+                tx.execute(
+                    "INSERT INTO store_meta (name, value) VALUES ('kek_check', $1)",
+                    &[&self.kek.check_value()?],
+                )
+                .map_err(db("store the KEK check value"))?;
+            }
+            tx.execute(
+                "INSERT INTO schema_version (version, applied_at_ms) VALUES ($1, $2)",
+                &[&version, &now_ms()],
+            )
+            .map_err(db("record the schema version"))?;
+        }
+        tx.commit().map_err(db("commit the migration"))
+    }
+}
+
+const MEMBER_COLS: &str = "group_id, entity_id, role, sender_id, leaf_index, held_epoch";
+const GROUP_COLS: &str = "group_id, epoch, aead_alg, rekey_scheme, created_at_ms";
+const ENTITY_COLS: &str = "entity_id, kind, credential, agent_id";
+const AUDIT_COLS: &str = "seq, time_ms, kind, group_id, entity_id, detail, prev_hash, hash";
+
+fn member_row(r: &Row) -> Result<MemberRecord> {
+    let group: &[u8] = col(r, 0)?;
+    let entity: &str = col(r, 1)?;
+    let role: &str = col(r, 2)?;
+    let sender: Option<&[u8]> = col(r, 3)?;
+    member_from_sql(MemberRow {
+        group,
+        entity,
+        role,
+        sender_id: sender,
+        leaf_index: col(r, 4)?,
+        held_epoch: col(r, 5)?,
+    })
+}
+
+fn group_row(r: &Row) -> Result<GroupRecord> {
+    group_from_sql(col(r, 0)?, col(r, 1)?, col(r, 2)?, col(r, 3)?, col(r, 4)?)
+}
+
+fn entity_row(r: &Row) -> Result<EntityRecord> {
+    entity_from_sql(col(r, 0)?, col(r, 1)?, col(r, 2)?, col(r, 3)?)
+}
+
+fn audit_row(r: &Row) -> Result<AuditRecord> {
+    audit_from_sql(
+        AuditRow {
+            seq: col(r, 0)?,
+            time_ms: col(r, 1)?,
+            kind: col(r, 2)?,
+            group: col(r, 3)?,
+            entity: col(r, 4)?,
+            detail: col(r, 5)?,
+            prev_hash: col(r, 6)?,
+            hash: col(r, 7)?,
+        },
+        "postgres table audit_log",
+    )
+}
+
+fn rows<T>(rows: &[Row], f: impl Fn(&Row) -> Result<T>) -> Result<Vec<T>> {
+    rows.iter().map(f).collect()
+}
+
+impl ManagerStore for PgStore {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn schema_version(&mut self) -> Result<i64> {
+        let row = self
+            .client
+            .query_one("SELECT MAX(version) FROM schema_version", &[])
+            .map_err(db("read the schema version"))?;
+        col(&row, 0)
+    }
+
+    fn insert_entity(&mut self, entity: &EntityRecord) -> Result<()> {
+        let cred = entity.credential.to_cose_key_set()?;
+        self.client
+            .execute(
+                "INSERT INTO entities (entity_id, kind, credential, agent_id) VALUES ($1, $2, $3, $4)",
+                &[
+                    &entity.id().as_str(),
+                    &entity.kind.as_str(),
+                    &cred,
+                    &entity.agent.as_ref().map(EntityId::as_str),
+                ],
+            )
+            .map_err(|e| match classify(&e) {
+                DbFail::Unique => Error::AlreadyExists {
+                    what: "entity",
+                    id: entity.id().to_string(),
+                },
+                DbFail::ForeignKey => Error::NotFound {
+                    what: "agent",
+                    id: entity.agent.as_ref().map(ToString::to_string).unwrap_or_default(),
+                },
+                _ => db("insert an entity")(e),
+            })?;
+        Ok(())
+    }
+
+    fn update_entity(&mut self, entity: &EntityRecord) -> Result<()> {
+        let cred = entity.credential.to_cose_key_set()?;
+        let n = self
+            .client
+            .execute(
+                "UPDATE entities SET kind = $2, credential = $3, agent_id = $4 WHERE entity_id = $1",
+                &[
+                    &entity.id().as_str(),
+                    &entity.kind.as_str(),
+                    &cred,
+                    &entity.agent.as_ref().map(EntityId::as_str),
+                ],
+            )
+            .map_err(|e| match classify(&e) {
+                DbFail::ForeignKey => Error::NotFound {
+                    what: "agent",
+                    id: entity.agent.as_ref().map(ToString::to_string).unwrap_or_default(),
+                },
+                _ => db("update an entity")(e),
+            })?;
+        if n == 0 {
+            return Err(Error::NotFound {
+                what: "entity",
+                id: entity.id().to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    fn entity(&mut self, id: &EntityId) -> Result<Option<EntityRecord>> {
+        self.client
+            .query_opt(
+                &format!("SELECT {ENTITY_COLS} FROM entities WHERE entity_id = $1"),
+                &[&id.as_str()],
+            )
+            .map_err(db("read an entity"))?
+            .as_ref()
+            .map(entity_row)
+            .transpose()
+    }
+
+    fn list_entities(&mut self) -> Result<Vec<EntityRecord>> {
+        let r = self
+            .client
+            .query(
+                &format!("SELECT {ENTITY_COLS} FROM entities ORDER BY entity_id"),
+                &[],
+            )
+            .map_err(db("list entities"))?;
+        rows(&r, entity_row)
+    }
+
+    fn remove_entity(&mut self, id: &EntityId) -> Result<bool> {
+        let n = self
+            .client
+            .execute("DELETE FROM entities WHERE entity_id = $1", &[&id.as_str()])
+            .map_err(|e| match classify(&e) {
+                DbFail::ForeignKey => Error::InUse {
+                    what: "entity",
+                    id: id.to_string(),
+                },
+                _ => db("remove an entity")(e),
+            })?;
+        Ok(n > 0)
+    }
+
+    fn create_group(
+        &mut self,
+        group: &GroupRecord,
+        material_cbor: Option<&[u8]>,
+        tree_state: Option<&[u8]>,
+    ) -> Result<()> {
+        if let Some(m) = material_cbor {
+            check_alg(
+                check_material(m, &group.id, group.epoch)?,
+                group.alg.cose_id(),
+            )?;
+        }
+        let sealed_material = material_cbor
+            .map(|m| self.kek.seal(Purpose::Material, &group.id, group.epoch, m))
+            .transpose()?;
+        let sealed_tree = tree_state
+            .map(|t| self.kek.seal(Purpose::TreeState, &group.id, group.epoch, t))
+            .transpose()?;
+        let mut tx = self
+            .client
+            .transaction()
+            .map_err(db("start a transaction"))?;
+        tx.execute(
+            "INSERT INTO key_groups (group_id, epoch, aead_alg, rekey_scheme, created_at_ms, tree_epoch, tree_state) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                &group.id.as_bytes(),
+                &epoch_to_sql(group.epoch),
+                &group.alg.cose_id(),
+                &group.scheme.as_str(),
+                &u64_to_sql(group.created_at.get(), "created_at")?,
+                &sealed_tree.as_ref().map(|_| epoch_to_sql(group.epoch)),
+                &sealed_tree,
+            ],
+        )
+        .map_err(|e| match classify(&e) {
+            DbFail::Unique => Error::AlreadyExists {
+                what: "group",
+                id: group.id.to_string(),
+            },
+            _ => db("create a group")(e),
+        })?;
+        if let Some(sealed) = sealed_material {
+            tx.execute(
+                "INSERT INTO epoch_material (group_id, epoch, sealed) VALUES ($1, $2, $3)",
+                &[&group.id.as_bytes(), &epoch_to_sql(group.epoch), &sealed],
+            )
+            .map_err(|e| match classify(&e) {
+                DbFail::Unique => Error::MaterialExists {
+                    group: group.id.clone(),
+                    epoch: group.epoch,
+                },
+                _ => db("store key material")(e),
+            })?;
+        }
+        tx.commit().map_err(db("commit a new group"))
+    }
+
+    fn group(&mut self, id: &GroupId) -> Result<Option<GroupRecord>> {
+        self.client
+            .query_opt(
+                &format!("SELECT {GROUP_COLS} FROM key_groups WHERE group_id = $1"),
+                &[&id.as_bytes()],
+            )
+            .map_err(db("read a group"))?
+            .as_ref()
+            .map(group_row)
+            .transpose()
+    }
+
+    fn list_groups(&mut self) -> Result<Vec<GroupRecord>> {
+        let r = self
+            .client
+            .query(
+                &format!("SELECT {GROUP_COLS} FROM key_groups ORDER BY group_id"),
+                &[],
+            )
+            .map_err(db("list groups"))?;
+        rows(&r, group_row)
+    }
+
+    fn remove_group(&mut self, id: &GroupId) -> Result<bool> {
+        let n = self
+            .client
+            .execute(
+                "DELETE FROM key_groups WHERE group_id = $1",
+                &[&id.as_bytes()],
+            )
+            .map_err(db("remove a group"))?;
+        Ok(n > 0)
+    }
+
+    fn advance_epoch(
+        &mut self,
+        group: &GroupId,
+        expected_current: Epoch,
+        new_epoch: Epoch,
+        material_cbor: &[u8],
+        tree_state: Option<&[u8]>,
+    ) -> Result<()> {
+        if new_epoch <= expected_current {
+            return Err(Error::InvalidArgument(format!(
+                "the new epoch {new_epoch} must be larger than the current {expected_current}"
+            )));
+        }
+        let material_alg = check_material(material_cbor, group, new_epoch)?;
+        let sealed = self
+            .kek
+            .seal(Purpose::Material, group, new_epoch, material_cbor)?;
+        let sealed_tree = tree_state
+            .map(|t| self.kek.seal(Purpose::TreeState, group, new_epoch, t))
+            .transpose()?;
+        let mut tx = self
+            .client
+            .transaction()
+            .map_err(db("start a transaction"))?;
+        // Compare-and-set: only a group still at the expected epoch moves. A
+        // concurrent transaction doing the same waits on the row lock, then
+        // sees the new epoch and matches nothing.
+        let updated = tx
+            .query_opt(
+                "UPDATE key_groups SET epoch = $3 WHERE group_id = $1 AND epoch = $2 RETURNING aead_alg",
+                &[
+                    &group.as_bytes(),
+                    &epoch_to_sql(expected_current),
+                    &epoch_to_sql(new_epoch),
+                ],
+            )
+            .map_err(db("advance the epoch"))?;
+        let Some(updated) = updated else {
+            let actual = tx
+                .query_opt(
+                    "SELECT epoch FROM key_groups WHERE group_id = $1",
+                    &[&group.as_bytes()],
+                )
+                .map_err(db("read a group"))?;
+            return Err(match actual {
+                None => Error::NotFound {
+                    what: "group",
+                    id: group.to_string(),
+                },
+                Some(row) => Error::Conflict {
+                    group: group.clone(),
+                    expected: expected_current,
+                    actual: epoch_from_sql(col(&row, 0)?)?,
+                },
+            });
+        };
+        check_alg(material_alg, col(&updated, 0)?)?;
+        tx.execute(
+            "INSERT INTO epoch_material (group_id, epoch, sealed) VALUES ($1, $2, $3)",
+            &[&group.as_bytes(), &epoch_to_sql(new_epoch), &sealed],
+        )
+        .map_err(|e| match classify(&e) {
+            DbFail::Unique => Error::MaterialExists {
+                group: group.clone(),
+                epoch: new_epoch,
+            },
+            _ => db("store key material")(e),
+        })?;
+        if let Some(t) = sealed_tree {
+            tx.execute(
+                "UPDATE key_groups SET tree_epoch = $2, tree_state = $3 WHERE group_id = $1",
+                &[&group.as_bytes(), &epoch_to_sql(new_epoch), &t],
+            )
+            .map_err(db("store the tree state"))?;
+        }
+        // Dropping `tx` on any early return above rolls everything back.
+        tx.commit().map_err(db("commit the new epoch"))
+    }
+
+    fn material(&mut self, group: &GroupId, epoch: Epoch) -> Result<Option<Zeroizing<Vec<u8>>>> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT sealed FROM epoch_material WHERE group_id = $1 AND epoch = $2",
+                &[&group.as_bytes(), &epoch_to_sql(epoch)],
+            )
+            .map_err(db("read key material"))?;
+        match row {
+            None => Ok(None),
+            Some(r) => {
+                let sealed: &[u8] = col(&r, 0)?;
+                self.kek
+                    .open(Purpose::Material, group, epoch, sealed)
+                    .map(Some)
+            }
+        }
+    }
+
+    fn material_epochs(&mut self, group: &GroupId) -> Result<Vec<Epoch>> {
+        let r = self
+            .client
+            .query(
+                "SELECT epoch FROM epoch_material WHERE group_id = $1 ORDER BY epoch",
+                &[&group.as_bytes()],
+            )
+            .map_err(db("list key material"))?;
+        rows(&r, |row| epoch_from_sql(col(row, 0)?))
+    }
+
+    fn forget_material_before(&mut self, group: &GroupId, epoch: Epoch) -> Result<u64> {
+        self.client
+            .execute(
+                "DELETE FROM epoch_material WHERE group_id = $1 AND epoch < $2",
+                &[&group.as_bytes(), &epoch_to_sql(epoch)],
+            )
+            .map_err(db("delete old key material"))
+    }
+
+    fn tree_state(&mut self, group: &GroupId) -> Result<Option<(Epoch, Zeroizing<Vec<u8>>)>> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT tree_epoch, tree_state FROM key_groups WHERE group_id = $1",
+                &[&group.as_bytes()],
+            )
+            .map_err(db("read the tree state"))?;
+        let Some(row) = row else { return Ok(None) };
+        let epoch: Option<i64> = col(&row, 0)?;
+        let state: Option<&[u8]> = col(&row, 1)?;
+        match (epoch, state) {
+            (Some(e), Some(s)) => {
+                let e = epoch_from_sql(e)?;
+                Ok(Some((e, self.kek.open(Purpose::TreeState, group, e, s)?)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn insert_member(&mut self, m: &MemberRecord) -> Result<()> {
+        self.client
+            .execute(
+                &format!("INSERT INTO members ({MEMBER_COLS}) VALUES ($1, $2, $3, $4, $5, $6)"),
+                &[
+                    &m.group.as_bytes(),
+                    &m.entity.as_str(),
+                    &m.role.as_str(),
+                    &m.sender_id.as_ref().map(|s| s.as_bytes()),
+                    &m.leaf_index.map(i64::from),
+                    &m.held_epoch.map(epoch_to_sql),
+                ],
+            )
+            .map_err(|e| match classify(&e) {
+                DbFail::Unique => Error::AlreadyExists {
+                    what: "member (or its sender id or leaf index in this group)",
+                    id: format!("{}/{}", m.group, m.entity),
+                },
+                DbFail::ForeignKey => Error::NotFound {
+                    what: "group or entity",
+                    id: format!("{}/{}", m.group, m.entity),
+                },
+                _ => db("insert a member")(e),
+            })?;
+        Ok(())
+    }
+
+    fn update_member(&mut self, m: &MemberRecord) -> Result<()> {
+        let n = self
+            .client
+            .execute(
+                "UPDATE members SET role = $3, sender_id = $4, leaf_index = $5, held_epoch = $6 \
+                 WHERE group_id = $1 AND entity_id = $2",
+                &[
+                    &m.group.as_bytes(),
+                    &m.entity.as_str(),
+                    &m.role.as_str(),
+                    &m.sender_id.as_ref().map(|s| s.as_bytes()),
+                    &m.leaf_index.map(i64::from),
+                    &m.held_epoch.map(epoch_to_sql),
+                ],
+            )
+            .map_err(|e| match classify(&e) {
+                DbFail::Unique => Error::AlreadyExists {
+                    what: "sender id or leaf index in this group",
+                    id: format!("{}/{}", m.group, m.entity),
+                },
+                _ => db("update a member")(e),
+            })?;
+        if n == 0 {
+            return Err(Error::NotFound {
+                what: "member",
+                id: format!("{}/{}", m.group, m.entity),
+            });
+        }
+        Ok(())
+    }
+
+    fn member(&mut self, group: &GroupId, entity: &EntityId) -> Result<Option<MemberRecord>> {
+        self.client
+            .query_opt(
+                &format!(
+                    "SELECT {MEMBER_COLS} FROM members WHERE group_id = $1 AND entity_id = $2"
+                ),
+                &[&group.as_bytes(), &entity.as_str()],
+            )
+            .map_err(db("read a member"))?
+            .as_ref()
+            .map(member_row)
+            .transpose()
+    }
+
+    fn list_members(&mut self, group: &GroupId) -> Result<Vec<MemberRecord>> {
+        let r = self
+            .client
+            .query(
+                &format!(
+                    "SELECT {MEMBER_COLS} FROM members WHERE group_id = $1 ORDER BY entity_id"
+                ),
+                &[&group.as_bytes()],
+            )
+            .map_err(db("list members"))?;
+        rows(&r, member_row)
+    }
+
+    fn memberships(&mut self, entity: &EntityId) -> Result<Vec<MemberRecord>> {
+        let r = self
+            .client
+            .query(
+                &format!(
+                    "SELECT {MEMBER_COLS} FROM members WHERE entity_id = $1 ORDER BY group_id"
+                ),
+                &[&entity.as_str()],
+            )
+            .map_err(db("list memberships"))?;
+        rows(&r, member_row)
+    }
+
+    fn remove_member(&mut self, group: &GroupId, entity: &EntityId) -> Result<bool> {
+        let n = self
+            .client
+            .execute(
+                "DELETE FROM members WHERE group_id = $1 AND entity_id = $2",
+                &[&group.as_bytes(), &entity.as_str()],
+            )
+            .map_err(db("remove a member"))?;
+        Ok(n > 0)
+    }
+
+    fn set_held_epoch(&mut self, group: &GroupId, entity: &EntityId, epoch: Epoch) -> Result<()> {
+        let mut tx = self
+            .client
+            .transaction()
+            .map_err(db("start a transaction"))?;
+        let row = tx
+            .query_opt(
+                "SELECT g.epoch FROM members m JOIN key_groups g ON g.group_id = m.group_id \
+                 WHERE m.group_id = $1 AND m.entity_id = $2 FOR UPDATE OF m",
+                &[&group.as_bytes(), &entity.as_str()],
+            )
+            .map_err(db("read a member"))?;
+        let Some(row) = row else {
+            return Err(Error::NotFound {
+                what: "member",
+                id: format!("{group}/{entity}"),
+            });
+        };
+        let current: i64 = col(&row, 0)?;
+        if epoch_to_sql(epoch) > current {
+            return Err(Error::InvalidArgument(format!(
+                "member {entity} cannot hold epoch {epoch}: group {group} is at epoch {current}"
+            )));
+        }
+        tx.execute(
+            "UPDATE members SET held_epoch = $3 WHERE group_id = $1 AND entity_id = $2 \
+             AND (held_epoch IS NULL OR held_epoch < $3)",
+            &[&group.as_bytes(), &entity.as_str(), &epoch_to_sql(epoch)],
+        )
+        .map_err(db("record a held epoch"))?;
+        tx.commit().map_err(db("commit a held epoch"))
+    }
+
+    fn audit_append(&mut self, entry: &AuditEntry) -> Result<AuditRecord> {
+        entry.validate()?;
+        let mut tx = self
+            .client
+            .transaction()
+            .map_err(db("start a transaction"))?;
+        // Self-exclusive, but readers go on: appends from several managers
+        // queue up and each sees the previous head.
+        tx.batch_execute("LOCK TABLE audit_log IN SHARE ROW EXCLUSIVE MODE")
+            .map_err(db("lock the audit table"))?;
+        let last = tx
+            .query_opt(
+                "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
+                &[],
+            )
+            .map_err(db("read the audit head"))?;
+        let prev = match last {
+            None => None,
+            Some(row) => {
+                let seq: i64 = col(&row, 0)?;
+                let hash: &[u8] = col(&row, 1)?;
+                Some((
+                    u64::try_from(seq).map_err(|_| Error::Corrupt("audit seq".into()))?,
+                    <[u8; 32]>::try_from(hash).map_err(|_| Error::Corrupt("audit hash".into()))?,
+                ))
+            }
+        };
+        let rec = entry.seal_after(prev)?;
+        tx.execute(
+            &format!(
+                "INSERT INTO audit_log ({AUDIT_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+            ),
+            &[
+                &u64_to_sql(rec.seq, "audit seq")?,
+                &u64_to_sql(rec.time.get(), "audit time")?,
+                &rec.kind.as_str(),
+                &rec.group.as_ref().map(|g| g.as_bytes()),
+                &rec.entity.as_ref().map(EntityId::as_str),
+                &rec.detail.as_str(),
+                &rec.prev_hash.as_slice(),
+                &rec.hash.as_slice(),
+            ],
+        )
+        .map_err(db("append an audit record"))?;
+        tx.commit().map_err(db("commit an audit record"))?;
+        Ok(rec)
+    }
+
+    fn audit_records(&mut self, from_seq: u64, limit: usize) -> Result<Vec<AuditRecord>> {
+        let r = self
+            .client
+            .query(
+                &format!(
+                    "SELECT {AUDIT_COLS} FROM audit_log WHERE seq >= $1 ORDER BY seq LIMIT $2"
+                ),
+                &[
+                    &i64::try_from(from_seq).unwrap_or(i64::MAX),
+                    &i64::try_from(limit).unwrap_or(i64::MAX),
+                ],
+            )
+            .map_err(db("read audit records"))?;
+        rows(&r, audit_row)
+    }
+}

@@ -1,0 +1,817 @@
+//! [`ManagerStore`] on SQLite (rusqlite, bundled SQLite).
+//!
+//! One file, mode 0600, WAL journal with `synchronous=FULL` (a committed
+//! transaction survives a power cut), foreign keys on, `secure_delete` on
+//! (deleted rows are overwritten). Writing transactions start with
+//! `BEGIN IMMEDIATE`, so two processes on one file serialize instead of
+//! failing at commit; a busy timeout of 10 s covers the wait.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
+use sealcast_core::ids::{EntityId, Epoch, GroupId};
+use zeroize::Zeroizing;
+
+use crate::ManagerStore;
+use crate::audit::{AuditEntry, AuditRecord};
+use crate::error::{Error, Result};
+use crate::kek::{Kek, Purpose};
+use crate::model::{
+    AuditRow, DbFail, EntityRecord, GroupRecord, MemberRecord, MemberRow, audit_from_sql,
+    check_alg, check_material, entity_from_sql, epoch_from_sql, epoch_to_sql, group_from_sql,
+    member_from_sql, now_ms, u64_to_sql,
+};
+use crate::schema::{CREATE_VERSION_TABLE, Dialect, SCHEMA_VERSION, migrations};
+
+const BACKEND: &str = "sqlite";
+
+/// The manager's store in one SQLite file.
+pub struct SqliteStore {
+    conn: Connection,
+    kek: Kek,
+    path: Option<PathBuf>,
+}
+
+impl core::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn db(action: &'static str) -> impl Fn(rusqlite::Error) -> Error {
+    move |e| Error::Database {
+        backend: BACKEND,
+        action,
+        message: e.to_string(),
+    }
+}
+
+fn classify(e: &rusqlite::Error) -> DbFail {
+    use rusqlite::ffi;
+    match e {
+        rusqlite::Error::SqliteFailure(f, _) => match f.extended_code {
+            ffi::SQLITE_CONSTRAINT_PRIMARYKEY | ffi::SQLITE_CONSTRAINT_UNIQUE => DbFail::Unique,
+            ffi::SQLITE_CONSTRAINT_FOREIGNKEY => DbFail::ForeignKey,
+            ffi::SQLITE_CONSTRAINT_CHECK => DbFail::Check,
+            _ => DbFail::Other,
+        },
+        _ => DbFail::Other,
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed, mode 0600) the store at `path`, applies
+    /// missing migrations and checks that `kek` is the KEK the store was
+    /// created with ([`Error::WrongKek`] otherwise).
+    pub fn open(path: impl AsRef<Path>, kek: Kek) -> Result<Self> {
+        let path = path.as_ref();
+        // Create the file ourselves so it is 0600 from the start; SQLite
+        // gives its -wal and -shm files the same permissions.
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| Error::io("create database file", path, e))?;
+        let conn = Connection::open(path).map_err(db("open the database"))?;
+        let mut store = Self {
+            conn,
+            kek,
+            path: Some(path.to_path_buf()),
+        };
+        store.init(true)?;
+        Ok(store)
+    }
+
+    /// A store in memory (tests, simulations).
+    pub fn open_in_memory(kek: Kek) -> Result<Self> {
+        let conn = Connection::open_in_memory().map_err(db("open the database"))?;
+        let mut store = Self {
+            conn,
+            kek,
+            path: None,
+        };
+        store.init(false)?;
+        Ok(store)
+    }
+
+    /// The database file (`None` in memory).
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    fn init(&mut self, wal: bool) -> Result<()> {
+        self.conn
+            .busy_timeout(Duration::from_secs(10))
+            .map_err(db("set the busy timeout"))?;
+        if wal {
+            let mode: String = self
+                .conn
+                .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+                .map_err(db("enable the WAL journal"))?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                return Err(Error::Database {
+                    backend: BACKEND,
+                    action: "enable the WAL journal",
+                    message: format!("journal mode stayed {mode}"),
+                });
+            }
+        }
+        self.conn
+            .execute_batch(
+                "PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL; PRAGMA secure_delete = ON;",
+            )
+            .map_err(db("configure the connection"))?;
+        self.migrate()?;
+        let check: Option<Vec<u8>> = self
+            .conn
+            .query_row(
+                "SELECT value FROM store_meta WHERE name = 'kek_check'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db("read the KEK check value"))?;
+        match check {
+            Some(c) => self.kek.verify_check_value(&c),
+            None => Err(Error::Corrupt("the KEK check value is missing".into())),
+        }
+    }
+
+    fn migrate(&mut self) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db("start the migration"))?;
+        tx.execute_batch(CREATE_VERSION_TABLE)
+            .map_err(db("create table schema_version"))?;
+        let current: i64 = tx
+            .query_row(
+                "SELECT COALESCE(MAX(version), 0) FROM schema_version",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(db("read the schema version"))?;
+        if current > SCHEMA_VERSION {
+            return Err(Error::SchemaTooNew {
+                found: current,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        for (version, sql) in migrations(Dialect::Sqlite) {
+            if version <= current {
+                continue;
+            }
+            tx.execute_batch(&sql).map_err(db("apply a migration"))?;
+            if version == 1 {
+                tx.execute(
+                    "INSERT INTO store_meta (name, value) VALUES ('kek_check', ?1)",
+                    params![self.kek.check_value()?],
+                )
+                .map_err(db("store the KEK check value"))?;
+            }
+            tx.execute(
+                "INSERT INTO schema_version (version, applied_at_ms) VALUES (?1, ?2)",
+                params![version, now_ms()],
+            )
+            .map_err(db("record the schema version"))?;
+        }
+        tx.commit().map_err(db("commit the migration"))
+    }
+
+    fn unseal_material(
+        &self,
+        group: &GroupId,
+        epoch: Epoch,
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>> {
+        self.kek.open(Purpose::Material, group, epoch, sealed)
+    }
+}
+
+const MEMBER_COLS: &str = "group_id, entity_id, role, sender_id, leaf_index, held_epoch";
+const GROUP_COLS: &str = "group_id, epoch, aead_alg, rekey_scheme, created_at_ms";
+const AUDIT_COLS: &str = "seq, time_ms, kind, group_id, entity_id, detail, prev_hash, hash";
+
+fn member_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<MemberRecord>> {
+    let group: Vec<u8> = r.get(0)?;
+    let entity: String = r.get(1)?;
+    let role: String = r.get(2)?;
+    let sender: Option<Vec<u8>> = r.get(3)?;
+    Ok(member_from_sql(MemberRow {
+        group: &group,
+        entity: &entity,
+        role: &role,
+        sender_id: sender.as_deref(),
+        leaf_index: r.get(4)?,
+        held_epoch: r.get(5)?,
+    }))
+}
+
+fn group_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<GroupRecord>> {
+    let id: Vec<u8> = r.get(0)?;
+    let scheme: String = r.get(3)?;
+    Ok(group_from_sql(
+        &id,
+        r.get(1)?,
+        r.get(2)?,
+        &scheme,
+        r.get(4)?,
+    ))
+}
+
+fn entity_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<EntityRecord>> {
+    let id: String = r.get(0)?;
+    let kind: String = r.get(1)?;
+    let cred: Vec<u8> = r.get(2)?;
+    let agent: Option<String> = r.get(3)?;
+    Ok(entity_from_sql(&id, &kind, &cred, agent.as_deref()))
+}
+
+fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<AuditRecord>> {
+    let kind: String = r.get(2)?;
+    let group: Option<Vec<u8>> = r.get(3)?;
+    let entity: Option<String> = r.get(4)?;
+    let detail: String = r.get(5)?;
+    let prev: Vec<u8> = r.get(6)?;
+    let hash: Vec<u8> = r.get(7)?;
+    Ok(audit_from_sql(
+        AuditRow {
+            seq: r.get(0)?,
+            time_ms: r.get(1)?,
+            kind: &kind,
+            group: group.as_deref(),
+            entity: entity.as_deref(),
+            detail: &detail,
+            prev_hash: &prev,
+            hash: &hash,
+        },
+        "sqlite table audit_log",
+    ))
+}
+
+fn collect<T>(
+    rows: impl Iterator<Item = rusqlite::Result<Result<T>>>,
+    action: &'static str,
+) -> Result<Vec<T>> {
+    let mut out = Vec::new();
+    for r in rows {
+        out.push(r.map_err(db(action))??);
+    }
+    Ok(out)
+}
+
+fn leaf_to_sql(leaf: Option<u32>) -> Option<i64> {
+    leaf.map(i64::from)
+}
+
+impl ManagerStore for SqliteStore {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn schema_version(&mut self) -> Result<i64> {
+        self.conn
+            .query_row("SELECT MAX(version) FROM schema_version", [], |r| r.get(0))
+            .map_err(db("read the schema version"))
+    }
+
+    fn insert_entity(&mut self, entity: &EntityRecord) -> Result<()> {
+        let cred = entity.credential.to_cose_key_set()?;
+        self.conn
+            .execute(
+                "INSERT INTO entities (entity_id, kind, credential, agent_id) VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    entity.id().as_str(),
+                    entity.kind.as_str(),
+                    cred,
+                    entity.agent.as_ref().map(EntityId::as_str)
+                ],
+            )
+            .map_err(|e| match classify(&e) {
+                DbFail::Unique => Error::AlreadyExists {
+                    what: "entity",
+                    id: entity.id().to_string(),
+                },
+                DbFail::ForeignKey => Error::NotFound {
+                    what: "agent",
+                    id: entity.agent.as_ref().map(ToString::to_string).unwrap_or_default(),
+                },
+                _ => db("insert an entity")(e),
+            })?;
+        Ok(())
+    }
+
+    fn update_entity(&mut self, entity: &EntityRecord) -> Result<()> {
+        let cred = entity.credential.to_cose_key_set()?;
+        let n = self
+            .conn
+            .execute(
+                "UPDATE entities SET kind = ?2, credential = ?3, agent_id = ?4 WHERE entity_id = ?1",
+                params![
+                    entity.id().as_str(),
+                    entity.kind.as_str(),
+                    cred,
+                    entity.agent.as_ref().map(EntityId::as_str)
+                ],
+            )
+            .map_err(|e| match classify(&e) {
+                DbFail::ForeignKey => Error::NotFound {
+                    what: "agent",
+                    id: entity.agent.as_ref().map(ToString::to_string).unwrap_or_default(),
+                },
+                _ => db("update an entity")(e),
+            })?;
+        if n == 0 {
+            return Err(Error::NotFound {
+                what: "entity",
+                id: entity.id().to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    fn entity(&mut self, id: &EntityId) -> Result<Option<EntityRecord>> {
+        self.conn
+            .query_row(
+                "SELECT entity_id, kind, credential, agent_id FROM entities WHERE entity_id = ?1",
+                params![id.as_str()],
+                entity_row,
+            )
+            .optional()
+            .map_err(db("read an entity"))?
+            .transpose()
+    }
+
+    fn list_entities(&mut self) -> Result<Vec<EntityRecord>> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT entity_id, kind, credential, agent_id FROM entities ORDER BY entity_id",
+            )
+            .map_err(db("list entities"))?;
+        let rows = st.query_map([], entity_row).map_err(db("list entities"))?;
+        collect(rows, "list entities")
+    }
+
+    fn remove_entity(&mut self, id: &EntityId) -> Result<bool> {
+        let n = self
+            .conn
+            .execute(
+                "DELETE FROM entities WHERE entity_id = ?1",
+                params![id.as_str()],
+            )
+            .map_err(|e| match classify(&e) {
+                DbFail::ForeignKey => Error::InUse {
+                    what: "entity",
+                    id: id.to_string(),
+                },
+                _ => db("remove an entity")(e),
+            })?;
+        Ok(n > 0)
+    }
+
+    fn create_group(
+        &mut self,
+        group: &GroupRecord,
+        material_cbor: Option<&[u8]>,
+        tree_state: Option<&[u8]>,
+    ) -> Result<()> {
+        if let Some(m) = material_cbor {
+            check_alg(
+                check_material(m, &group.id, group.epoch)?,
+                group.alg.cose_id(),
+            )?;
+        }
+        let sealed_material = material_cbor
+            .map(|m| self.kek.seal(Purpose::Material, &group.id, group.epoch, m))
+            .transpose()?;
+        let sealed_tree = tree_state
+            .map(|t| self.kek.seal(Purpose::TreeState, &group.id, group.epoch, t))
+            .transpose()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db("start a transaction"))?;
+        tx.execute(
+            "INSERT INTO key_groups (group_id, epoch, aead_alg, rekey_scheme, created_at_ms, tree_epoch, tree_state) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                group.id.as_bytes(),
+                epoch_to_sql(group.epoch),
+                group.alg.cose_id(),
+                group.scheme.as_str(),
+                u64_to_sql(group.created_at.get(), "created_at")?,
+                sealed_tree.as_ref().map(|_| epoch_to_sql(group.epoch)),
+                sealed_tree
+            ],
+        )
+        .map_err(|e| match classify(&e) {
+            DbFail::Unique => Error::AlreadyExists {
+                what: "group",
+                id: group.id.to_string(),
+            },
+            _ => db("create a group")(e),
+        })?;
+        if let Some(sealed) = sealed_material {
+            tx.execute(
+                "INSERT INTO epoch_material (group_id, epoch, sealed) VALUES (?1, ?2, ?3)",
+                params![group.id.as_bytes(), epoch_to_sql(group.epoch), sealed],
+            )
+            .map_err(|e| match classify(&e) {
+                DbFail::Unique => Error::MaterialExists {
+                    group: group.id.clone(),
+                    epoch: group.epoch,
+                },
+                _ => db("store key material")(e),
+            })?;
+        }
+        tx.commit().map_err(db("commit a new group"))
+    }
+
+    fn group(&mut self, id: &GroupId) -> Result<Option<GroupRecord>> {
+        self.conn
+            .query_row(
+                &format!("SELECT {GROUP_COLS} FROM key_groups WHERE group_id = ?1"),
+                params![id.as_bytes()],
+                group_row,
+            )
+            .optional()
+            .map_err(db("read a group"))?
+            .transpose()
+    }
+
+    fn list_groups(&mut self) -> Result<Vec<GroupRecord>> {
+        let mut st = self
+            .conn
+            .prepare(&format!(
+                "SELECT {GROUP_COLS} FROM key_groups ORDER BY group_id"
+            ))
+            .map_err(db("list groups"))?;
+        let rows = st.query_map([], group_row).map_err(db("list groups"))?;
+        collect(rows, "list groups")
+    }
+
+    fn remove_group(&mut self, id: &GroupId) -> Result<bool> {
+        let n = self
+            .conn
+            .execute(
+                "DELETE FROM key_groups WHERE group_id = ?1",
+                params![id.as_bytes()],
+            )
+            .map_err(db("remove a group"))?;
+        Ok(n > 0)
+    }
+
+    fn advance_epoch(
+        &mut self,
+        group: &GroupId,
+        expected_current: Epoch,
+        new_epoch: Epoch,
+        material_cbor: &[u8],
+        tree_state: Option<&[u8]>,
+    ) -> Result<()> {
+        if new_epoch <= expected_current {
+            return Err(Error::InvalidArgument(format!(
+                "the new epoch {new_epoch} must be larger than the current {expected_current}"
+            )));
+        }
+        let material_alg = check_material(material_cbor, group, new_epoch)?;
+        let sealed = self
+            .kek
+            .seal(Purpose::Material, group, new_epoch, material_cbor)?;
+        let sealed_tree = tree_state
+            .map(|t| self.kek.seal(Purpose::TreeState, group, new_epoch, t))
+            .transpose()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db("start a transaction"))?;
+        // Compare-and-set: only a group still at the expected epoch moves.
+        let alg: Option<i64> = tx
+            .query_row(
+                "UPDATE key_groups SET epoch = ?3 WHERE group_id = ?1 AND epoch = ?2 RETURNING aead_alg",
+                params![
+                    group.as_bytes(),
+                    epoch_to_sql(expected_current),
+                    epoch_to_sql(new_epoch)
+                ],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db("advance the epoch"))?;
+        let Some(alg) = alg else {
+            let actual: Option<i64> = tx
+                .query_row(
+                    "SELECT epoch FROM key_groups WHERE group_id = ?1",
+                    params![group.as_bytes()],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db("read a group"))?;
+            return Err(match actual {
+                None => Error::NotFound {
+                    what: "group",
+                    id: group.to_string(),
+                },
+                Some(a) => Error::Conflict {
+                    group: group.clone(),
+                    expected: expected_current,
+                    actual: epoch_from_sql(a)?,
+                },
+            });
+        };
+        check_alg(material_alg, alg)?;
+        tx.execute(
+            "INSERT INTO epoch_material (group_id, epoch, sealed) VALUES (?1, ?2, ?3)",
+            params![group.as_bytes(), epoch_to_sql(new_epoch), sealed],
+        )
+        .map_err(|e| match classify(&e) {
+            DbFail::Unique => Error::MaterialExists {
+                group: group.clone(),
+                epoch: new_epoch,
+            },
+            _ => db("store key material")(e),
+        })?;
+        if let Some(t) = sealed_tree {
+            tx.execute(
+                "UPDATE key_groups SET tree_epoch = ?2, tree_state = ?3 WHERE group_id = ?1",
+                params![group.as_bytes(), epoch_to_sql(new_epoch), t],
+            )
+            .map_err(db("store the tree state"))?;
+        }
+        // Dropping `tx` on any early return above rolls everything back.
+        tx.commit().map_err(db("commit the new epoch"))
+    }
+
+    fn material(&mut self, group: &GroupId, epoch: Epoch) -> Result<Option<Zeroizing<Vec<u8>>>> {
+        let sealed: Option<Vec<u8>> = self
+            .conn
+            .query_row(
+                "SELECT sealed FROM epoch_material WHERE group_id = ?1 AND epoch = ?2",
+                params![group.as_bytes(), epoch_to_sql(epoch)],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db("read key material"))?;
+        sealed
+            .map(|s| self.unseal_material(group, epoch, &s))
+            .transpose()
+    }
+
+    fn material_epochs(&mut self, group: &GroupId) -> Result<Vec<Epoch>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT epoch FROM epoch_material WHERE group_id = ?1 ORDER BY epoch")
+            .map_err(db("list key material"))?;
+        let rows = st
+            .query_map(params![group.as_bytes()], |r| {
+                r.get::<_, i64>(0).map(epoch_from_sql)
+            })
+            .map_err(db("list key material"))?;
+        collect(rows, "list key material")
+    }
+
+    fn forget_material_before(&mut self, group: &GroupId, epoch: Epoch) -> Result<u64> {
+        let n = self
+            .conn
+            .execute(
+                "DELETE FROM epoch_material WHERE group_id = ?1 AND epoch < ?2",
+                params![group.as_bytes(), epoch_to_sql(epoch)],
+            )
+            .map_err(db("delete old key material"))?;
+        Ok(n as u64)
+    }
+
+    fn tree_state(&mut self, group: &GroupId) -> Result<Option<(Epoch, Zeroizing<Vec<u8>>)>> {
+        let row: Option<(Option<i64>, Option<Vec<u8>>)> = self
+            .conn
+            .query_row(
+                "SELECT tree_epoch, tree_state FROM key_groups WHERE group_id = ?1",
+                params![group.as_bytes()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(db("read the tree state"))?;
+        match row {
+            Some((Some(e), Some(s))) => {
+                let e = epoch_from_sql(e)?;
+                Ok(Some((e, self.kek.open(Purpose::TreeState, group, e, &s)?)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn insert_member(&mut self, m: &MemberRecord) -> Result<()> {
+        self.conn
+            .execute(
+                &format!("INSERT INTO members ({MEMBER_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
+                params![
+                    m.group.as_bytes(),
+                    m.entity.as_str(),
+                    m.role.as_str(),
+                    m.sender_id.as_ref().map(|s| s.as_bytes()),
+                    leaf_to_sql(m.leaf_index),
+                    m.held_epoch.map(epoch_to_sql)
+                ],
+            )
+            .map_err(|e| match classify(&e) {
+                DbFail::Unique => Error::AlreadyExists {
+                    what: "member (or its sender id or leaf index in this group)",
+                    id: format!("{}/{}", m.group, m.entity),
+                },
+                DbFail::ForeignKey => Error::NotFound {
+                    what: "group or entity",
+                    id: format!("{}/{}", m.group, m.entity),
+                },
+                _ => db("insert a member")(e),
+            })?;
+        Ok(())
+    }
+
+    fn update_member(&mut self, m: &MemberRecord) -> Result<()> {
+        let n = self
+            .conn
+            .execute(
+                "UPDATE members SET role = ?3, sender_id = ?4, leaf_index = ?5, held_epoch = ?6 \
+                 WHERE group_id = ?1 AND entity_id = ?2",
+                params![
+                    m.group.as_bytes(),
+                    m.entity.as_str(),
+                    m.role.as_str(),
+                    m.sender_id.as_ref().map(|s| s.as_bytes()),
+                    leaf_to_sql(m.leaf_index),
+                    m.held_epoch.map(epoch_to_sql)
+                ],
+            )
+            .map_err(|e| match classify(&e) {
+                DbFail::Unique => Error::AlreadyExists {
+                    what: "sender id or leaf index in this group",
+                    id: format!("{}/{}", m.group, m.entity),
+                },
+                _ => db("update a member")(e),
+            })?;
+        if n == 0 {
+            return Err(Error::NotFound {
+                what: "member",
+                id: format!("{}/{}", m.group, m.entity),
+            });
+        }
+        Ok(())
+    }
+
+    fn member(&mut self, group: &GroupId, entity: &EntityId) -> Result<Option<MemberRecord>> {
+        self.conn
+            .query_row(
+                &format!(
+                    "SELECT {MEMBER_COLS} FROM members WHERE group_id = ?1 AND entity_id = ?2"
+                ),
+                params![group.as_bytes(), entity.as_str()],
+                member_row,
+            )
+            .optional()
+            .map_err(db("read a member"))?
+            .transpose()
+    }
+
+    fn list_members(&mut self, group: &GroupId) -> Result<Vec<MemberRecord>> {
+        let mut st = self
+            .conn
+            .prepare(&format!(
+                "SELECT {MEMBER_COLS} FROM members WHERE group_id = ?1 ORDER BY entity_id"
+            ))
+            .map_err(db("list members"))?;
+        let rows = st
+            .query_map(params![group.as_bytes()], member_row)
+            .map_err(db("list members"))?;
+        collect(rows, "list members")
+    }
+
+    fn memberships(&mut self, entity: &EntityId) -> Result<Vec<MemberRecord>> {
+        let mut st = self
+            .conn
+            .prepare(&format!(
+                "SELECT {MEMBER_COLS} FROM members WHERE entity_id = ?1 ORDER BY group_id"
+            ))
+            .map_err(db("list memberships"))?;
+        let rows = st
+            .query_map(params![entity.as_str()], member_row)
+            .map_err(db("list memberships"))?;
+        collect(rows, "list memberships")
+    }
+
+    fn remove_member(&mut self, group: &GroupId, entity: &EntityId) -> Result<bool> {
+        let n = self
+            .conn
+            .execute(
+                "DELETE FROM members WHERE group_id = ?1 AND entity_id = ?2",
+                params![group.as_bytes(), entity.as_str()],
+            )
+            .map_err(db("remove a member"))?;
+        Ok(n > 0)
+    }
+
+    fn set_held_epoch(&mut self, group: &GroupId, entity: &EntityId, epoch: Epoch) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db("start a transaction"))?;
+        let current: Option<i64> = tx
+            .query_row(
+                "SELECT g.epoch FROM members m JOIN key_groups g ON g.group_id = m.group_id \
+                 WHERE m.group_id = ?1 AND m.entity_id = ?2",
+                params![group.as_bytes(), entity.as_str()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db("read a member"))?;
+        let Some(current) = current else {
+            return Err(Error::NotFound {
+                what: "member",
+                id: format!("{group}/{entity}"),
+            });
+        };
+        if epoch_to_sql(epoch) > current {
+            return Err(Error::InvalidArgument(format!(
+                "member {entity} cannot hold epoch {epoch}: group {group} is at epoch {current}"
+            )));
+        }
+        tx.execute(
+            "UPDATE members SET held_epoch = ?3 WHERE group_id = ?1 AND entity_id = ?2 \
+             AND (held_epoch IS NULL OR held_epoch < ?3)",
+            params![group.as_bytes(), entity.as_str(), epoch_to_sql(epoch)],
+        )
+        .map_err(db("record a held epoch"))?;
+        tx.commit().map_err(db("commit a held epoch"))
+    }
+
+    fn audit_append(&mut self, entry: &AuditEntry) -> Result<AuditRecord> {
+        entry.validate()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db("start a transaction"))?;
+        let last: Option<(i64, Vec<u8>)> = tx
+            .query_row(
+                "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(db("read the audit head"))?;
+        let prev = last
+            .map(|(s, h)| -> Result<(u64, [u8; 32])> {
+                Ok((
+                    u64::try_from(s).map_err(|_| Error::Corrupt("audit seq".into()))?,
+                    <[u8; 32]>::try_from(h.as_slice())
+                        .map_err(|_| Error::Corrupt("audit hash".into()))?,
+                ))
+            })
+            .transpose()?;
+        let rec = entry.seal_after(prev)?;
+        tx.execute(
+            &format!(
+                "INSERT INTO audit_log ({AUDIT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+            ),
+            params![
+                u64_to_sql(rec.seq, "audit seq")?,
+                u64_to_sql(rec.time.get(), "audit time")?,
+                rec.kind.as_str(),
+                rec.group.as_ref().map(|g| g.as_bytes()),
+                rec.entity.as_ref().map(EntityId::as_str),
+                rec.detail,
+                rec.prev_hash.as_slice(),
+                rec.hash.as_slice()
+            ],
+        )
+        .map_err(db("append an audit record"))?;
+        tx.commit().map_err(db("commit an audit record"))?;
+        Ok(rec)
+    }
+
+    fn audit_records(&mut self, from_seq: u64, limit: usize) -> Result<Vec<AuditRecord>> {
+        let mut st = self
+            .conn
+            .prepare(&format!(
+                "SELECT {AUDIT_COLS} FROM audit_log WHERE seq >= ?1 ORDER BY seq LIMIT ?2"
+            ))
+            .map_err(db("read audit records"))?;
+        let rows = st
+            .query_map(
+                params![
+                    i64::try_from(from_seq).unwrap_or(i64::MAX),
+                    i64::try_from(limit).unwrap_or(i64::MAX)
+                ],
+                audit_row,
+            )
+            .map_err(db("read audit records"))?;
+        collect(rows, "read audit records")
+    }
+}
