@@ -45,6 +45,9 @@ enum Command {
     Seal(cmd::seal::SealArgs),
     Open(cmd::open::OpenArgs),
     Inspect(cmd::inspect::InspectArgs),
+    #[command(subcommand)]
+    Audit(cmd::audit::AuditCommand),
+    Bench(cmd::bench::BenchArgs),
 }
 
 fn run(cli: Cli) -> error::Result<()> {
@@ -54,6 +57,8 @@ fn run(cli: Cli) -> error::Result<()> {
         Command::Seal(args) => cmd::seal::run(&args),
         Command::Open(args) => cmd::open::run(&args),
         Command::Inspect(args) => cmd::inspect::run(&args),
+        Command::Audit(cmd::audit::AuditCommand::Verify(args)) => cmd::audit::verify(&args),
+        Command::Bench(args) => cmd::bench::run(&args),
     }
 }
 

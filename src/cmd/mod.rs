@@ -1,6 +1,8 @@
 //! One module per subcommand. Each exposes its clap arguments and a `run`
 //! function; shared loading helpers live here.
 
+pub mod audit;
+pub mod bench;
 pub mod group;
 pub mod inspect;
 pub mod keygen;

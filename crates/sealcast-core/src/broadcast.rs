@@ -23,9 +23,10 @@
 //! work) → inner parse → inner signer equals outer sender → strict Ed25519
 //! with the cached, decompressed key → timestamp policy → window commit.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
-use ed25519_dalek::{Signer, SigningKey};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
 
 use crate::cbor::{write_array, write_bstr, write_tstr, write_uint};
@@ -33,7 +34,7 @@ use crate::cose::{
     self, ALG_EDDSA, HDR_ALG, HDR_EPOCH, HDR_KID, HDR_KID_CONTEXT, HDR_PARTIAL_IV, HDR_TIMESTAMP,
     HVal,
 };
-use crate::crypto::ed25519_verify_strict;
+use crate::crypto::{NONCE_LEN, ed25519_signature, ed25519_verify_batch};
 use crate::error::{Error, Result};
 use crate::groupkey::GroupContext;
 use crate::ids::{EntityId, Epoch, GroupId, SenderId, SeqNum, UnixMillis};
@@ -208,14 +209,42 @@ pub struct BroadcastHeader {
     pub timestamp: UnixMillis,
 }
 
-struct ParsedOuter {
+struct ParsedOuter<'a> {
     header: BroadcastHeader,
-    protected: Vec<u8>,
-    ciphertext: Vec<u8>,
+    protected: Cow<'a, [u8]>,
+    ciphertext: Cow<'a, [u8]>,
     alg: i64,
 }
 
-fn parse_outer(bytes: &[u8]) -> Result<ParsedOuter> {
+fn parse_outer(bytes: &[u8]) -> Result<ParsedOuter<'_>> {
+    cose::check_len(bytes, MAX_BROADCAST_LEN, "COSE_Encrypt0")?;
+    // The fast reader takes only the exact shape sealcast writes; anything
+    // else (and every malformed input) goes through coset, so both accept
+    // and refuse exactly the same objects with the same errors.
+    if let Some(fast) = cose::fast::broadcast_outer(bytes) {
+        // The same conversions, in the same order, as after coset below.
+        let sender_id = SenderId::new(fast.kid)?;
+        let group = GroupId::new(fast.kid_context)?;
+        let epoch = u32::try_from(fast.epoch).map_err(|_| Error::Malformed("epoch"))?;
+        let timestamp = UnixMillis::new(fast.timestamp);
+        let seq = SeqNum::from_partial_iv(fast.partial_iv)?;
+        return Ok(ParsedOuter {
+            header: BroadcastHeader {
+                group,
+                epoch: Epoch::new(epoch),
+                sender_id,
+                seq,
+                timestamp,
+            },
+            protected: Cow::Borrowed(fast.protected),
+            ciphertext: Cow::Borrowed(fast.ciphertext),
+            alg: fast.alg,
+        });
+    }
+    parse_outer_coset(bytes)
+}
+
+fn parse_outer_coset(bytes: &[u8]) -> Result<ParsedOuter<'static>> {
     let obj = cose::parse_encrypt0(bytes, MAX_BROADCAST_LEN)?;
     cose::only(
         &obj.protected.header,
@@ -248,20 +277,74 @@ fn parse_outer(bytes: &[u8]) -> Result<ParsedOuter> {
         "timestamp",
     )?);
     let seq = SeqNum::from_partial_iv(&obj.unprotected.partial_iv)?;
+    let header = BroadcastHeader {
+        group,
+        epoch: Epoch::new(epoch),
+        sender_id,
+        seq,
+        timestamp,
+    };
     let ciphertext = obj
         .ciphertext
         .ok_or(Error::Malformed("detached ciphertext"))?;
     Ok(ParsedOuter {
-        header: BroadcastHeader {
-            group,
-            epoch: Epoch::new(epoch),
-            sender_id,
-            seq,
-            timestamp,
-        },
-        protected: cose::protected_original(&obj.protected).to_vec(),
-        ciphertext,
+        header,
+        protected: Cow::Owned(cose::protected_original(&obj.protected).to_vec()),
+        ciphertext: Cow::Owned(ciphertext),
         alg,
+    })
+}
+
+/// The inner COSE_Sign1 fields the receiver needs.
+struct InnerFields<'a> {
+    protected: Cow<'a, [u8]>,
+    payload: Cow<'a, [u8]>,
+    signature: Cow<'a, [u8]>,
+}
+
+/// Parses the decrypted inner object and checks that its signer is the
+/// outer sender.
+fn parse_inner<'a>(bytes: &'a [u8], sender: &SenderId) -> Result<InnerFields<'a>> {
+    if let Some(fast) = cose::fast::broadcast_inner(bytes) {
+        if fast.kid != sender.as_bytes() {
+            return Err(Error::SignerMismatch);
+        }
+        return Ok(InnerFields {
+            protected: Cow::Borrowed(fast.protected),
+            payload: Cow::Borrowed(fast.payload),
+            signature: Cow::Borrowed(fast.signature),
+        });
+    }
+    let inner = cose::parse_sign1(bytes, MAX_BROADCAST_LEN)?;
+    cose::require_alg(&inner.protected.header, &inner.unprotected, ALG_EDDSA)?;
+    cose::only(
+        &inner.protected.header,
+        cose::Allowed {
+            alg: true,
+            kid: true,
+            ..Default::default()
+        },
+    )?;
+    cose::only(
+        &inner.unprotected,
+        cose::Allowed {
+            kid: true,
+            ..Default::default()
+        },
+    )?;
+    let inner_kid = if inner.protected.header.key_id.is_empty() {
+        &inner.unprotected.key_id
+    } else {
+        &inner.protected.header.key_id
+    };
+    if inner_kid.as_slice() != sender.as_bytes() {
+        return Err(Error::SignerMismatch);
+    }
+    let payload = inner.payload.ok_or(Error::Malformed("detached payload"))?;
+    Ok(InnerFields {
+        protected: Cow::Owned(cose::protected_original(&inner.protected).to_vec()),
+        payload: Cow::Owned(payload),
+        signature: Cow::Owned(inner.signature),
     })
 }
 
@@ -270,9 +353,40 @@ pub fn peek_broadcast(bytes: &[u8]) -> Result<BroadcastHeader> {
     parse_outer(bytes).map(|p| p.header)
 }
 
+/// The RFC 8613 §5.2 nonce, on the stack: `(len(id) ‖ pad(id) ‖ pad(piv))
+/// XOR common_iv`, the same bytes as [`kdf::nonce`].
+fn nonce(common_iv: &[u8], sender: &SenderId, piv: &[u8]) -> Result<[u8; NONCE_LEN]> {
+    let id = sender.as_bytes();
+    // SenderId is at most 6 bytes and the Partial IV at most 5, so both fit
+    // a 12-byte nonce; a context with another IV length is refused.
+    if common_iv.len() != NONCE_LEN || id.len() > NONCE_LEN - 6 || piv.len() > 5 {
+        return Err(Error::InvalidKey("nonce layout"));
+    }
+    let mut out = [0u8; NONCE_LEN];
+    out[0] = id.len() as u8;
+    out[NONCE_LEN - 5 - id.len()..NONCE_LEN - 5].copy_from_slice(id);
+    out[NONCE_LEN - piv.len()..].copy_from_slice(piv);
+    for (o, iv) in out.iter_mut().zip(common_iv) {
+        *o ^= iv;
+    }
+    Ok(out)
+}
+
 enum PreCheck {
     Seq(SeqCheck),
     Ts(TsCheck),
+}
+
+/// A broadcast that passed every check before the signature: parsed,
+/// fresh at the pre-check, decrypted, inner signer equal to the sender.
+struct Pending {
+    header: BroadcastHeader,
+    signer: EntityId,
+    verifying_key: VerifyingKey,
+    tbs: Vec<u8>,
+    signature: Signature,
+    payload: Vec<u8>,
+    pre: PreCheck,
 }
 
 /// Opens broadcasts of one group: holds the group context of the current
@@ -345,6 +459,63 @@ impl BroadcastReceiver {
     /// On success the replay state has recorded the message; on any error
     /// nothing changed.
     pub fn open(&mut self, bytes: &[u8], target: &str, now: UnixMillis) -> Result<OpenedBroadcast> {
+        let pending = self.prepare(bytes, target, now)?;
+        // 5. Strict signature check with the cached key.
+        pending
+            .verifying_key
+            .verify_strict(&pending.tbs, &pending.signature)
+            .map_err(|_| Error::BadSignature)?;
+        self.finish(pending, now)
+    }
+
+    /// Opens many broadcasts at once — a gateway or a test rig with a queue
+    /// of them. `items` pairs each broadcast with the target it arrived on.
+    ///
+    /// Each one is parsed, pre-checked against the replay state, decrypted
+    /// and its inner object checked one by one, exactly as [`Self::open`]
+    /// does; then all their signatures are verified in **one** batch
+    /// ([`crate::crypto::ed25519_verify_batch`], which rechecks one by one
+    /// when the batch fails, so a forgery rejects only itself); then the
+    /// survivors are committed in order. A sequence number that appears
+    /// twice in the burst opens once: the later copy fails as
+    /// [`crate::ReplayKind::Duplicate`] at its commit, as it would have if
+    /// the two had been opened one after the other.
+    ///
+    /// Returns one result per item, in order. Every item that fails leaves
+    /// the replay state as it was. The results equal those of calling
+    /// [`Self::open`] on each item in turn, except that an item failing
+    /// several checks may report another of its failures, and for the one
+    /// difference between batch and strict verification that
+    /// [`crate::crypto::ed25519_verify_batch`] documents (a signature the
+    /// signer itself made with a small-order component in `R`).
+    pub fn open_burst(
+        &mut self,
+        items: &[(&[u8], &str)],
+        now: UnixMillis,
+    ) -> Vec<Result<OpenedBroadcast>> {
+        let prepared: Vec<Result<Pending>> = items
+            .iter()
+            .map(|(bytes, target)| self.prepare(bytes, target, now))
+            .collect();
+        let batch: Vec<(&VerifyingKey, &[u8], &Signature)> = prepared
+            .iter()
+            .filter_map(|p| p.as_ref().ok())
+            .map(|p| (&p.verifying_key, p.tbs.as_slice(), &p.signature))
+            .collect();
+        let mut verdicts = ed25519_verify_batch(&batch).into_iter();
+        prepared
+            .into_iter()
+            .map(|p| {
+                let pending = p?;
+                verdicts.next().unwrap_or(Err(Error::BadSignature))?;
+                self.finish(pending, now)
+            })
+            .collect()
+    }
+
+    /// Steps 1–4 of the receiver order: everything before the signature.
+    /// Changes nothing.
+    fn prepare(&self, bytes: &[u8], target: &str, now: UnixMillis) -> Result<Pending> {
         check_target(target)?;
         // 1. Bounded parse of the outer object, header checks.
         let outer = parse_outer(bytes)?;
@@ -386,50 +557,29 @@ impl BroadcastReceiver {
 
         // 3. AEAD: non-members and garbage stop here.
         let aad = cose::enc_structure("Encrypt0", &outer.protected, &context);
-        let nonce = kdf::nonce(
-            self.ctx.common_iv(),
-            h.sender_id.as_bytes(),
-            &h.seq.partial_iv(),
-        )?;
+        let piv = h.seq.partial_iv();
+        let nonce = nonce(self.ctx.common_iv(), &h.sender_id, &piv)?;
         let inner_bytes = entry.key.open(&nonce, &aad, &outer.ciphertext)?;
 
         // 4. Inner object: signer must be the outer sender.
-        let inner = cose::parse_sign1(&inner_bytes, MAX_BROADCAST_LEN)?;
-        cose::require_alg(&inner.protected.header, &inner.unprotected, ALG_EDDSA)?;
-        cose::only(
-            &inner.protected.header,
-            cose::Allowed {
-                alg: true,
-                kid: true,
-                ..Default::default()
-            },
-        )?;
-        cose::only(
-            &inner.unprotected,
-            cose::Allowed {
-                kid: true,
-                ..Default::default()
-            },
-        )?;
-        let inner_kid = if inner.protected.header.key_id.is_empty() {
-            &inner.unprotected.key_id
-        } else {
-            &inner.protected.header.key_id
-        };
-        if inner_kid.as_slice() != h.sender_id.as_bytes() {
-            return Err(Error::SignerMismatch);
-        }
-        let payload = inner.payload.ok_or(Error::Malformed("detached payload"))?;
+        let inner = parse_inner(&inner_bytes, &h.sender_id)?;
+        let tbs = cose::sig1_structure(&inner.protected, &context, &inner.payload);
+        let signature = ed25519_signature(&inner.signature)?;
+        let payload = inner.payload.into_owned();
+        Ok(Pending {
+            header: outer.header,
+            signer: entry.entity.clone(),
+            verifying_key: entry.verifying_key,
+            tbs,
+            signature,
+            payload,
+            pre,
+        })
+    }
 
-        // 5. Strict signature check with the cached key.
-        let tbs = cose::sig1_structure(
-            cose::protected_original(&inner.protected),
-            &context,
-            &payload,
-        );
-        ed25519_verify_strict(&entry.verifying_key, &tbs, &inner.signature)?;
-
-        // 6. Timestamp policy, then commit.
+    /// Step 6 after the signature verified: timestamp policy, then commit.
+    fn finish(&mut self, pending: Pending, now: UnixMillis) -> Result<OpenedBroadcast> {
+        let h = pending.header;
         if let ReplayPolicy::Sequence {
             max_skew_ms: Some(skew),
             ..
@@ -439,16 +589,17 @@ impl BroadcastReceiver {
                 return Err(Error::StaleTimestamp);
             }
         }
-        match pre {
+        match pending.pre {
             PreCheck::Seq(token) => {
                 let size = self.window_size();
-                let window = match self.seq_windows.entry(h.sender_id.clone()) {
-                    std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(v) => {
-                        v.insert(SeqWindow::with_size(size)?)
+                match self.seq_windows.get_mut(&h.sender_id) {
+                    Some(window) => window.commit(token)?,
+                    None => {
+                        let mut window = SeqWindow::with_size(size)?;
+                        window.commit(token)?;
+                        self.seq_windows.insert(h.sender_id.clone(), window);
                     }
-                };
-                window.commit(token)?;
+                }
             }
             PreCheck::Ts(token) => {
                 if let Some(w) = self.ts_window.as_mut() {
@@ -457,13 +608,13 @@ impl BroadcastReceiver {
             }
         }
         Ok(OpenedBroadcast {
-            group: h.group.clone(),
+            group: h.group,
             epoch: h.epoch,
-            sender_id: h.sender_id.clone(),
-            signer: entry.entity.clone(),
+            sender_id: h.sender_id,
+            signer: pending.signer,
             seq: h.seq,
             timestamp: h.timestamp,
-            payload,
+            payload: pending.payload,
         })
     }
 

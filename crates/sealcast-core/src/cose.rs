@@ -149,7 +149,7 @@ pub(crate) fn write_encrypt0(
     write_bstr(out, ciphertext);
 }
 
-fn check_len(bytes: &[u8], limit: usize, what: &'static str) -> Result<()> {
+pub(crate) fn check_len(bytes: &[u8], limit: usize, what: &'static str) -> Result<()> {
     if bytes.len() > limit {
         return Err(Error::TooLarge { what, limit });
     }
@@ -169,11 +169,36 @@ fn untag(bytes: &[u8], tag: u64) -> Result<&[u8]> {
     if first >> 5 != 6 {
         return Ok(bytes);
     }
-    let mut head = Vec::with_capacity(2);
-    write_head(&mut head, 6, tag);
+    let mut head = [0u8; 9];
+    let len = head_into(&mut head, 6, tag);
     bytes
-        .strip_prefix(head.as_slice())
+        .strip_prefix(&head[..len])
         .ok_or(Error::Malformed("unexpected CBOR tag"))
+}
+
+/// Writes a CBOR head in its shortest form into `out`; returns its length.
+fn head_into(out: &mut [u8; 9], major: u8, arg: u64) -> usize {
+    let m = major << 5;
+    if arg < 24 {
+        out[0] = m | arg as u8;
+        1
+    } else if arg <= 0xff {
+        out[0] = m | 24;
+        out[1] = arg as u8;
+        2
+    } else if arg <= 0xffff {
+        out[0] = m | 25;
+        out[1..3].copy_from_slice(&(arg as u16).to_be_bytes());
+        3
+    } else if arg <= 0xffff_ffff {
+        out[0] = m | 26;
+        out[1..5].copy_from_slice(&(arg as u32).to_be_bytes());
+        5
+    } else {
+        out[0] = m | 27;
+        out[1..9].copy_from_slice(&arg.to_be_bytes());
+        9
+    }
 }
 
 macro_rules! parse_fn {
@@ -283,4 +308,201 @@ pub(crate) fn only(h: &Header, allowed: Allowed<'_>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A bounded, allocation-free reader for the two fixed layers of a
+/// broadcast, exactly as sealcast writes them.
+///
+/// It is a fast path, not a second parser: it answers `Some` only for the
+/// narrow shape `seal_broadcast` produces (definite lengths, shortest-form
+/// heads, the fixed protected headers, each allowed unprotected label once
+/// with the type coset would accept, no trailing bytes) and `None` for
+/// anything else — including every malformed input — which the caller then
+/// hands to coset. So acceptance and every error stay exactly coset's.
+/// Whatever `Some` returns is what coset's structures hold for those bytes:
+/// the unit tests below and `tests/fuzz_smoke.rs` compare the two.
+pub(crate) mod fast {
+    use super::{HDR_EPOCH, HDR_KID, HDR_KID_CONTEXT, HDR_PARTIAL_IV, HDR_TIMESTAMP};
+
+    /// `{1: 1}` (A128GCM) and `{1: 3}` (A256GCM), the outer protected
+    /// headers sealcast writes.
+    const OUTER_PROTECTED: [[u8; 3]; 2] = [[0xa1, 0x01, 0x01], [0xa1, 0x01, 0x03]];
+    /// `{1: -8}` (EdDSA), the inner protected header sealcast writes.
+    const INNER_PROTECTED: [u8; 3] = [0xa1, 0x01, 0x27];
+    /// CBOR heads: tag 16 (COSE_Encrypt0), tag 18 (COSE_Sign1), arrays of 3
+    /// and 4, maps of 1 and 5.
+    const TAG16: u8 = 0xd0;
+    const TAG18: u8 = 0xd2;
+    const ARRAY3: u8 = 0x83;
+    const ARRAY4: u8 = 0x84;
+    const MAP1: u8 = 0xa1;
+    const MAP5: u8 = 0xa5;
+
+    struct Reader<'a> {
+        bytes: &'a [u8],
+        pos: usize,
+    }
+
+    impl<'a> Reader<'a> {
+        fn new(bytes: &'a [u8]) -> Self {
+            Self { bytes, pos: 0 }
+        }
+
+        fn byte(&mut self) -> Option<u8> {
+            let b = *self.bytes.get(self.pos)?;
+            self.pos += 1;
+            Some(b)
+        }
+
+        fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+            let end = self.pos.checked_add(n)?;
+            let out = self.bytes.get(self.pos..end)?;
+            self.pos = end;
+            Some(out)
+        }
+
+        /// A head with a definite argument in its shortest form.
+        fn head(&mut self) -> Option<(u8, u64)> {
+            let b = self.byte()?;
+            let (major, info) = (b >> 5, b & 0x1f);
+            let arg = match info {
+                0..=23 => u64::from(info),
+                24 => Some(u64::from(self.byte()?)).filter(|a| *a >= 24)?,
+                25 => Some(u64::from(u16::from_be_bytes(self.take(2)?.try_into().ok()?)))
+                    .filter(|a| *a > 0xff)?,
+                26 => Some(u64::from(u32::from_be_bytes(self.take(4)?.try_into().ok()?)))
+                    .filter(|a| *a > 0xffff)?,
+                27 => Some(u64::from_be_bytes(self.take(8)?.try_into().ok()?))
+                    .filter(|a| *a > 0xffff_ffff)?,
+                _ => return None,
+            };
+            Some((major, arg))
+        }
+
+        fn bstr(&mut self) -> Option<&'a [u8]> {
+            match self.head()? {
+                (2, len) => self.take(usize::try_from(len).ok()?),
+                _ => None,
+            }
+        }
+
+        fn nonempty_bstr(&mut self) -> Option<&'a [u8]> {
+            self.bstr().filter(|b| !b.is_empty())
+        }
+
+        fn uint(&mut self) -> Option<u64> {
+            match self.head()? {
+                (0, v) => Some(v),
+                _ => None,
+            }
+        }
+
+        /// A label: an integer that fits an i64 (as coset's `Label::Int`).
+        fn label(&mut self) -> Option<i64> {
+            match self.head()? {
+                (0, v) => i64::try_from(v).ok(),
+                (1, v) => i64::try_from(v).ok().map(|v| -1 - v),
+                _ => None,
+            }
+        }
+
+        fn expect(&mut self, b: u8) -> Option<()> {
+            (self.byte()? == b).then_some(())
+        }
+
+        fn at_end(&self) -> bool {
+            self.pos == self.bytes.len()
+        }
+    }
+
+    /// The outer COSE_Encrypt0 of a broadcast.
+    #[derive(Debug, PartialEq, Eq)]
+    pub(crate) struct Outer<'a> {
+        pub(crate) protected: &'a [u8],
+        pub(crate) alg: i64,
+        pub(crate) kid: &'a [u8],
+        pub(crate) partial_iv: &'a [u8],
+        pub(crate) kid_context: &'a [u8],
+        pub(crate) epoch: u64,
+        pub(crate) timestamp: u64,
+        pub(crate) ciphertext: &'a [u8],
+    }
+
+    /// Reads `16([h'A101(01|03)', {4, 6, 10, -70001, -70002 in any order},
+    /// ciphertext])`, tagged or not; `None` for anything else.
+    pub(crate) fn broadcast_outer(bytes: &[u8]) -> Option<Outer<'_>> {
+        { static S: std::sync::OnceLock<bool> = std::sync::OnceLock::new(); if *S.get_or_init(|| std::env::var_os("SC_SLOW").is_some()) { return None; } }
+        let body = bytes.strip_prefix(&[TAG16]).unwrap_or(bytes);
+        let mut r = Reader::new(body);
+        r.expect(ARRAY3)?;
+        let protected = r.bstr()?;
+        let alg = match OUTER_PROTECTED.iter().position(|p| p == protected)? {
+            0 => 1,
+            _ => 3,
+        };
+        r.expect(MAP5)?;
+        let (mut kid, mut piv, mut kid_context, mut epoch, mut timestamp) =
+            (None, None, None, None, None);
+        for _ in 0..5 {
+            // A repeated label finds its slot filled and falls back to coset,
+            // which refuses duplicates.
+            match r.label()? {
+                HDR_KID if kid.is_none() => kid = Some(r.nonempty_bstr()?),
+                HDR_PARTIAL_IV if piv.is_none() => piv = Some(r.nonempty_bstr()?),
+                HDR_KID_CONTEXT if kid_context.is_none() => kid_context = Some(r.bstr()?),
+                HDR_EPOCH if epoch.is_none() => epoch = Some(r.uint()?),
+                HDR_TIMESTAMP if timestamp.is_none() => timestamp = Some(r.uint()?),
+                _ => return None,
+            }
+        }
+        let ciphertext = r.bstr()?;
+        if !r.at_end() {
+            return None;
+        }
+        Some(Outer {
+            protected,
+            alg,
+            kid: kid?,
+            partial_iv: piv?,
+            kid_context: kid_context?,
+            epoch: epoch?,
+            timestamp: timestamp?,
+            ciphertext,
+        })
+    }
+
+    /// The inner COSE_Sign1 of a broadcast.
+    #[derive(Debug, PartialEq, Eq)]
+    pub(crate) struct Inner<'a> {
+        pub(crate) protected: &'a [u8],
+        pub(crate) kid: &'a [u8],
+        pub(crate) payload: &'a [u8],
+        pub(crate) signature: &'a [u8],
+    }
+
+    /// Reads `18([h'A10127', {4: kid}, payload, signature])`, tagged or not;
+    /// `None` for anything else.
+    pub(crate) fn broadcast_inner(bytes: &[u8]) -> Option<Inner<'_>> {
+        { static S: std::sync::OnceLock<bool> = std::sync::OnceLock::new(); if *S.get_or_init(|| std::env::var_os("SC_SLOW").is_some()) { return None; } }
+        let body = bytes.strip_prefix(&[TAG18]).unwrap_or(bytes);
+        let mut r = Reader::new(body);
+        r.expect(ARRAY4)?;
+        let protected = r.bstr().filter(|p| *p == INNER_PROTECTED)?;
+        r.expect(MAP1)?;
+        if r.label()? != HDR_KID {
+            return None;
+        }
+        let kid = r.nonempty_bstr()?;
+        let payload = r.bstr()?;
+        let signature = r.bstr()?;
+        if !r.at_end() {
+            return None;
+        }
+        Some(Inner {
+            protected,
+            kid,
+            payload,
+            signature,
+        })
+    }
 }

@@ -304,6 +304,105 @@ fn strict_precheck(key: &VerifyingKey, sig: &Signature) -> bool {
     }
 }
 
+/// The field arithmetic curve25519-dalek runs Ed25519 with, in this build on
+/// this CPU. Benchmarks name it: AVX-512 IFMA is about 1.7× faster than AVX2
+/// on CPUs that have it, and serial is slower still.
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ed25519Backend {
+    /// The portable 64-bit (or 32-bit) serial field arithmetic.
+    Serial,
+    /// fiat-crypto's formally verified serial arithmetic.
+    Fiat,
+    /// The AVX2 vector backend (chosen at run time on x86-64).
+    Avx2,
+    /// The AVX-512 IFMA vector backend (compiled in only when the build
+    /// enables `avx512ifma` and `avx512vl`, e.g. `-C target-cpu=native`).
+    Avx512Ifma,
+}
+
+impl Ed25519Backend {
+    /// The short name benchmarks print: `serial`, `fiat`, `avx2`, `avx512ifma`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Ed25519Backend::Serial => "serial",
+            Ed25519Backend::Fiat => "fiat",
+            Ed25519Backend::Avx2 => "avx2",
+            Ed25519Backend::Avx512Ifma => "avx512ifma",
+        }
+    }
+}
+
+impl core::fmt::Display for Ed25519Backend {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Which backend curve25519-dalek uses here, decided the way it decides.
+///
+/// At build time its `build.rs` picks from the `curve25519_dalek_backend`
+/// and `curve25519_dalek_bits` cfgs (overrides arrive through `RUSTFLAGS`,
+/// so this crate sees them too) and the target features: the AVX-512 backend
+/// is compiled in only when `avx512ifma` and `avx512vl` are enabled at
+/// compile time (stable rustc reports those features only from 1.89 on,
+/// the same condition curve25519-dalek checks), the AVX2 one on every
+/// 64-bit x86-64 build. At run time it takes the best compiled-in backend
+/// the CPU supports (cpufeatures), which is what this function checks too.
+#[allow(unexpected_cfgs)]
+pub fn ed25519_backend() -> Ed25519Backend {
+    if cfg!(curve25519_dalek_backend = "fiat") {
+        return Ed25519Backend::Fiat;
+    }
+    if cfg!(curve25519_dalek_backend = "serial")
+        || cfg!(curve25519_dalek_bits = "32")
+        || !cfg!(all(target_arch = "x86_64", target_pointer_width = "64"))
+    {
+        return Ed25519Backend::Serial;
+    }
+    let avx512_compiled = cfg!(curve25519_dalek_backend = "avx512")
+        || (!cfg!(curve25519_dalek_backend = "simd")
+            && cfg!(all(target_feature = "avx512ifma", target_feature = "avx512vl")));
+    if avx512_compiled && cpu_has_avx512ifma() {
+        return Ed25519Backend::Avx512Ifma;
+    }
+    if cpu_has_avx2() {
+        Ed25519Backend::Avx2
+    } else {
+        Ed25519Backend::Serial
+    }
+}
+
+#[allow(unexpected_cfgs)]
+fn cpu_has_avx512ifma() -> bool {
+    if cfg!(all(target_feature = "avx512ifma", target_feature = "avx512vl")) {
+        return true;
+    }
+    // Only a forced `curve25519_dalek_backend="avx512"` build gets here; the
+    // run-time detection of these features needs rustc 1.89, as that override
+    // does.
+    #[cfg(all(target_arch = "x86_64", curve25519_dalek_backend = "avx512"))]
+    {
+        std::arch::is_x86_feature_detected!("avx512ifma")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+    }
+    #[cfg(not(all(target_arch = "x86_64", curve25519_dalek_backend = "avx512")))]
+    {
+        false
+    }
+}
+
+fn cpu_has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Constant-time equality of two byte strings (length is not secret).
 pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && bool::from(a.ct_eq(b))

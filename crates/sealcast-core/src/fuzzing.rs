@@ -44,14 +44,18 @@ use crate::kdf;
 use crate::replay::SeqWindow;
 use crate::report::{self, PairwiseKey};
 use crate::single::{self, MacKey};
+use crate::statement::{self, UnverifiedStatement};
 use crate::testrng::TestRng;
 
 // ---------------------------------------------------------------------------
 // Target table
 
-/// Every fuzz target: its name (the file name under `fuzz/fuzz_targets/`)
-/// and its function. The smoke test runs all of them.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+/// A fuzz target: its name (the file name under `fuzz/fuzz_targets/`) and
+/// its function.
+pub type Target = (&'static str, fn(&[u8]));
+
+/// Every fuzz target. The smoke test runs all of them.
+pub const TARGETS: &[Target] = &[
     ("parse_sign1", parse_sign1),
     ("parse_encrypt0", parse_encrypt0),
     ("parse_encrypt", parse_encrypt),
@@ -103,6 +107,8 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("public_key_from_pem", public_key_from_pem),
     ("entity_credential_from_pem", entity_credential_from_pem),
     ("pem_der_mutated", pem_der_mutated),
+    ("statement_verify", statement_verify),
+    ("statement_mutated", statement_mutated),
     ("seq_num_from_partial_iv", seq_num_from_partial_iv),
     ("entity_id_from_bytes", entity_id_from_bytes),
 ];
@@ -136,6 +142,7 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
         "verify_reports_batch" => vec![batch_encode(
             &fx.reports
                 .iter()
+                .take(BATCH)
                 .map(|r| r.sealed.as_slice())
                 .collect::<Vec<_>>(),
         )],
@@ -148,6 +155,7 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
         "trust_store_from_cose_key_set" => vec![fx.trust_set.clone(), fx.public_set.clone()],
         "public_key_from_pem" => vec![fx.spki_pem.clone().into_bytes()],
         "entity_credential_from_pem" => vec![fx.pkcs8_pem.clone().into_bytes()],
+        "statement_verify" => vec![fx.statement.clone()],
         "seq_num_from_partial_iv" => vec![vec![1], vec![0xff; 5], vec![0x01, 0x00]],
         "entity_id_from_bytes" => vec![b"device-7".to_vec(), b"a".repeat(64)],
         name if name.ends_with("_mutated") && TARGETS.iter().any(|(n, _)| *n == name) => vec![
@@ -225,6 +233,10 @@ pub fn self_check() -> Result<(), &'static str> {
     PublicCredential::ed25519_from_public_pem(&fx.spki_pem).map_err(|_| "SPKI PEM")?;
     EntityCredential::from_ed25519_pkcs8_pem(fx.member.id().clone(), &fx.pkcs8_pem, &X_SECRET)
         .map_err(|_| "PKCS#8 PEM")?;
+    let st = UnverifiedStatement::parse(&fx.statement, STATEMENT_LIMIT)
+        .map_err(|_| "valid statement does not parse")?;
+    st.verify(&fx.manager.signing_key().verifying_key(), STATEMENT_LABEL)
+        .map_err(|_| "valid statement does not verify")?;
     if der_to_pem(true, &fx.pkcs8_der).as_deref() != Some(fx.pkcs8_pem.as_str()) {
         return Err("PKCS#8 PEM rebuilt from DER differs");
     }
@@ -314,6 +326,9 @@ fn as_text(data: &[u8]) -> std::borrow::Cow<'_, str> {
     String::from_utf8_lossy(data)
 }
 
+/// Reports in the batch of the batch targets (each costs a signature check).
+const BATCH: usize = 2;
+
 /// Batch encoding of the raw batch target: items with a 2-byte big-endian
 /// length prefix; a prefix that runs past the end takes the rest.
 fn batch_split(data: &[u8]) -> Vec<&[u8]> {
@@ -352,6 +367,8 @@ const TARGET: &str = "cmd/doors";
 const T0: u64 = 1_700_000_000_000;
 const SINGLE_AAD: &[u8] = b"sealcast fuzz single";
 const MAC_AAD: &[u8] = b"sealcast fuzz mac";
+const STATEMENT_LABEL: &str = "sealcast ack v1";
+const STATEMENT_LIMIT: usize = 64 * 1024;
 /// The member's X25519 secret (also used by the PEM targets).
 const X_SECRET: [u8; 32] = [0x27; 32];
 /// Seed of the randomness of the key delivery and the single message.
@@ -409,6 +426,7 @@ struct Fixture {
     spki_der: Vec<u8>,
     pkcs8_pem: String,
     spki_pem: String,
+    statement: Vec<u8>,
 }
 
 impl Fixture {
@@ -658,6 +676,16 @@ fn build_fixture() -> Result<Fixture, &'static str> {
     let pkcs8_pem = der_to_pem(true, &pkcs8_der).step("PKCS#8 PEM")?;
     let spki_pem = der_to_pem(false, &spki_der).step("SPKI PEM")?;
 
+    // A signed statement of the manager (CBOR payload).
+    let statement = statement::sign_statement(
+        manager.id(),
+        manager.signing_key(),
+        STATEMENT_LABEL,
+        &[
+            0x82, 0x4b, b'f', b'l', b'e', b'e', b't', b'-', b'n', b'o', b'r', b't', b'h', 0x03,
+        ],
+    );
+
     Ok(Fixture {
         manager,
         member,
@@ -681,6 +709,7 @@ fn build_fixture() -> Result<Fixture, &'static str> {
         spki_der,
         pkcs8_pem,
         spki_pem,
+        statement,
     })
 }
 
@@ -1029,22 +1058,22 @@ pub fn verify_reports_batch(data: &[u8]) {
     let _ = report::verify_reports_batch(&items, &fx.headend_id, |id| fx.lookup(id));
 }
 
-/// `report::verify_reports_batch` on the valid reports with one of them
-/// edited (config byte, low bits) and, with bit 7, the edited one also
-/// appended raw and a duplicate of the first added.
+/// `report::verify_reports_batch` on a batch of two valid reports (of two
+/// reporters) with one of them edited (config bit 0) and, with bit 7, the
+/// script itself appended as a raw item and a duplicate of the first report
+/// added.
 pub fn verify_reports_batch_mutated(data: &[u8]) {
     let Some(fx) = fixture() else {
         return;
     };
     let (cfg, script) = config(data);
-    let n = fx.reports.len().max(1);
-    let which = usize::from(cfg & 0x7f) % n;
-    let Some(target) = fx.reports.get(which) else {
+    let base = fx.reports.get(..BATCH).unwrap_or_default();
+    let which = usize::from(cfg & 0x7f) % BATCH;
+    let Some(target) = base.get(which) else {
         return;
     };
     let edited = mutate(&target.sealed, script);
-    let mut items: Vec<&[u8]> = fx
-        .reports
+    let mut items: Vec<&[u8]> = base
         .iter()
         .enumerate()
         .map(|(i, r)| {
@@ -1331,6 +1360,35 @@ pub fn pem_der_mutated(data: &[u8]) {
     };
     let _ = PublicCredential::ed25519_from_public_pem(&text);
     let _ = EntityCredential::from_ed25519_pkcs8_pem(fx.member.id().clone(), &text, &X_SECRET);
+}
+
+// ---------------------------------------------------------------------------
+// Signed statements
+
+/// Parses, then verifies with the manager's key.
+fn check_statement(fx: &Fixture, bytes: &[u8]) {
+    if let Ok(st) = UnverifiedStatement::parse(bytes, STATEMENT_LIMIT) {
+        let _ = st.signer();
+        let key = fx.manager.signing_key().verifying_key();
+        let _ = st.verify(&key, STATEMENT_LABEL);
+    }
+}
+
+/// `UnverifiedStatement::parse` and `verify` on arbitrary bytes.
+pub fn statement_verify(data: &[u8]) {
+    let Some(fx) = fixture() else {
+        return;
+    };
+    check_statement(fx, data);
+}
+
+/// `UnverifiedStatement::parse` and `verify` on an edited valid statement.
+pub fn statement_mutated(data: &[u8]) {
+    let Some(fx) = fixture() else {
+        return;
+    };
+    let (_, script) = config(data);
+    check_statement(fx, &mutate(&fx.statement, script));
 }
 
 // ---------------------------------------------------------------------------

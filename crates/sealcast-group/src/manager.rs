@@ -570,6 +570,106 @@ impl Manager {
     }
 }
 
+/// Everything the manager knows about one group, for a store to persist
+/// and [`Manager::import_group`] to restore. Holds secrets (the material and
+/// the key tree): encrypt it at rest. `Debug` shows none of them.
+pub struct GroupSnapshot {
+    /// The rekey scheme.
+    pub scheme: RekeyScheme,
+    /// The current epoch's key material.
+    pub material: GroupKeyMaterial,
+    /// The key tree (`KeyTree::to_bytes`), for tree groups.
+    pub tree: Option<zeroize::Zeroizing<Vec<u8>>>,
+    /// The members.
+    pub members: BTreeMap<EntityId, MemberRecord>,
+    /// Validity given to each new epoch's material, if limited.
+    pub validity_ms: Option<u64>,
+}
+
+impl core::fmt::Debug for GroupSnapshot {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("GroupSnapshot")
+            .field("group", self.material.group())
+            .field("epoch", &self.material.epoch())
+            .field("scheme", &self.scheme)
+            .field("members", &self.members.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Manager {
+    /// The enrolled entities: credential, kind and relaying agent.
+    pub fn enrolled(
+        &self,
+    ) -> impl Iterator<Item = (&PublicCredential, EntityKind, Option<&EntityId>)> {
+        self.enrolled
+            .values()
+            .map(|e| (&e.credential, e.kind, e.agent.as_ref()))
+    }
+
+    /// The ids of all groups.
+    pub fn groups(&self) -> impl Iterator<Item = &GroupId> {
+        self.groups.keys()
+    }
+
+    /// A snapshot of one group, for persistence.
+    pub fn export_group(&self, group: &GroupId) -> Option<GroupSnapshot> {
+        self.groups.get(group).map(|g| GroupSnapshot {
+            scheme: g.scheme,
+            material: g.material.clone(),
+            tree: g.tree.as_ref().map(KeyTree::to_bytes),
+            members: g.members.clone(),
+            validity_ms: g.validity_ms,
+        })
+    }
+
+    /// Restores (or replaces) a group from a snapshot. Every member must be
+    /// enrolled; a tree group needs its tree, at the material's epoch.
+    pub fn import_group(&mut self, snapshot: GroupSnapshot) -> Result<()> {
+        for id in snapshot.members.keys() {
+            if !self.enrolled.contains_key(id) {
+                return Err(Error::UnknownMember);
+            }
+        }
+        let tree = match (snapshot.scheme, snapshot.tree.as_deref()) {
+            (RekeyScheme::Tree, Some(bytes)) => {
+                let tree = KeyTree::from_bytes(bytes)?;
+                if tree.epoch() > snapshot.material.epoch() {
+                    return Err(Error::OutOfSync("key tree is newer than the key material"));
+                }
+                Some(tree)
+            }
+            (RekeyScheme::Tree, None) => {
+                return Err(Error::OutOfSync("tree group without its key tree"));
+            }
+            (RekeyScheme::PointToPoint, _) => None,
+        };
+        let next_sender_id = snapshot
+            .members
+            .values()
+            .filter_map(|m| m.sender_id.as_ref())
+            .map(|sid| {
+                sid.as_bytes()
+                    .iter()
+                    .fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
+            })
+            .max()
+            .map_or(1, |m| m + 1);
+        self.groups.insert(
+            snapshot.material.group().clone(),
+            GroupState {
+                scheme: snapshot.scheme,
+                material: snapshot.material,
+                members: snapshot.members,
+                tree,
+                next_sender_id,
+                validity_ms: snapshot.validity_ms,
+            },
+        );
+        Ok(())
+    }
+}
+
 fn next_sender_id(state: &mut GroupState) -> Result<SenderId> {
     let n = state.next_sender_id;
     if n >= 1 << 48 {

@@ -118,6 +118,8 @@ pub enum Error {
     },
     /// An error of the sealcast core (parsing key material or credentials).
     Core(sealcast_core::Error),
+    /// A failure in the group logic while restoring or saving its state.
+    Group(sealcast_group::Error),
     /// An audit log does not verify.
     AuditBroken {
         /// Where (file path or `"database table audit_log"`).
@@ -223,6 +225,7 @@ impl fmt::Display for Error {
                 "the store's schema version is {found} but this build knows only up to {supported}; upgrade sealcast"
             ),
             Error::Core(e) => write!(f, "{e}"),
+            Error::Group(e) => write!(f, "{e}"),
             Error::AuditBroken {
                 origin,
                 record,
@@ -244,6 +247,7 @@ impl std::error::Error for Error {
         match self {
             Error::Io { source, .. } => Some(source),
             Error::Core(e) => Some(e),
+            Error::Group(e) => Some(e),
             _ => None,
         }
     }
@@ -252,5 +256,11 @@ impl std::error::Error for Error {
 impl From<sealcast_core::Error> for Error {
     fn from(e: sealcast_core::Error) -> Self {
         Error::Core(e)
+    }
+}
+
+impl From<sealcast_group::Error> for Error {
+    fn from(e: sealcast_group::Error) -> Self {
+        Error::Group(e)
     }
 }

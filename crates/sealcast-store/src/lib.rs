@@ -39,6 +39,7 @@ pub mod audit;
 mod error;
 mod kek;
 mod model;
+pub mod persist;
 mod pg;
 mod schema;
 mod sqlite;

@@ -1,0 +1,1006 @@
+//! `sealcast bench`: the core measurements, each beside a baseline measured
+//! in the same run on the same core, so the ratios mean something on a
+//! shared, noisy machine.
+//!
+//! No criterion here (the criterion benches live in `benches/`): simple timed
+//! loops, a warm-up, then rounds that alternate the measured operation and
+//! its baseline; each rate is the best round (noise only ever adds time) and
+//! each ratio compares the two best rounds. The whole run is bounded: about
+//! 3 s with `--quick`, about 30 s without.
+
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use ed25519_dalek::{Signature, Signer, VerifyingKey};
+use sealcast_core::broadcast::{
+    BroadcastReceiver, ReplayPolicy, broadcast_context, seal_broadcast,
+};
+use sealcast_core::cose::sig1_structure;
+use sealcast_core::credential::EntityCredential;
+use sealcast_core::crypto::{AeadAlg, ed25519_backend};
+use sealcast_core::delivery::seal_key_delivery;
+use sealcast_core::groupkey::{AuthorizedSigner, GroupContext, GroupKeyMaterial};
+use sealcast_core::ids::{EntityId, Epoch, GroupId, SenderId, SeqNum, UnixMillis};
+use sealcast_core::report::{PairwiseKey, seal_report, verify_report, verify_reports_batch};
+use sealcast_core::statement::sign_statement;
+use sealcast_core::testrng::TestRng;
+use sealcast_group::lkh::{KeyTree, LeafIndex};
+
+use crate::error::{CliError, Result};
+
+const EXAMPLES: &str = "\
+Examples:
+  sealcast bench
+  sealcast bench --quick --json > bench.json
+  RUSTFLAGS='-C target-cpu=native' cargo run --release -- bench   # the AVX-512 IFMA backend, where the CPU has it";
+
+/// Measure open, seal, report-batch, burst, multi-core and rekey rates.
+///
+/// Every figure stands beside a baseline measured in the same run (raw
+/// Ed25519 verify_strict and sign, one-by-one verification and open, one
+/// thread, point-to-point rekey) and is reported as a ratio to it. The
+/// output names the curve25519-dalek backend, whether strict verification
+/// is on and the build profile: a debug build measures nothing useful
+/// (build with --release). Progress goes to standard error.
+#[derive(Debug, Args)]
+#[command(after_help = EXAMPLES)]
+pub struct BenchArgs {
+    /// Short rounds (about 3 s in all): a smoke test, not a measurement.
+    #[arg(long)]
+    quick: bool,
+    /// Print one JSON object on standard output instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    let plan = if args.quick {
+        Plan::QUICK
+    } else {
+        Plan::FULL
+    };
+    let mut progress = Progress::new(STEPS);
+    let results = measure(plan, &mut progress).map_err(|e| {
+        CliError::other(format!("benchmark fixture failed: {e} (this is a bug)"))
+    })?;
+    progress.done();
+    let mut out = std::io::stdout().lock();
+    let text = if args.json {
+        results.json()
+    } else {
+        results.table()
+    };
+    // A closed pipe is not an error worth reporting.
+    let _ = out.write_all(text.as_bytes());
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Timing
+// ---------------------------------------------------------------------------
+
+/// How long to measure.
+#[derive(Clone, Copy, Debug)]
+struct Plan {
+    /// Untimed time per operation before the rounds.
+    warm_up: Duration,
+    /// Time per round of one operation.
+    round: Duration,
+    /// Rounds per operation (alternating with its baseline).
+    rounds: usize,
+    /// Evictions timed per tree size.
+    tree_evictions: usize,
+}
+
+impl Plan {
+    const QUICK: Plan = Plan {
+        warm_up: Duration::from_millis(5),
+        round: Duration::from_millis(15),
+        rounds: 3,
+        tree_evictions: 16,
+    };
+    const FULL: Plan = Plan {
+        warm_up: Duration::from_millis(100),
+        round: Duration::from_millis(150),
+        rounds: 7,
+        tree_evictions: 256,
+    };
+}
+
+/// A stopwatch of the calling thread's CPU time where the OS offers one
+/// (CLOCK_THREAD_CPUTIME_ID), else of wall time. On a shared machine the
+/// CPU clock leaves out the time other processes held the core, which is
+/// most of the noise; it does not remove cache and memory interference.
+struct Stopwatch {
+    wall: Instant,
+    cpu: Option<cpu_time::ThreadTime>,
+}
+
+impl Stopwatch {
+    fn start() -> Self {
+        Self {
+            wall: Instant::now(),
+            cpu: cpu_time::ThreadTime::try_now().ok(),
+        }
+    }
+
+    fn wall(&self) -> Duration {
+        self.wall.elapsed()
+    }
+
+    /// CPU time of this thread since the start (wall time without a CPU
+    /// clock).
+    fn busy(&self) -> Duration {
+        self.cpu
+            .as_ref()
+            .and_then(|c| c.try_elapsed().ok())
+            .unwrap_or_else(|| self.wall.elapsed())
+    }
+}
+
+/// Which clock the rates use.
+fn clock_name() -> &'static str {
+    if cpu_time::ThreadTime::try_now().is_ok() {
+        "thread-cpu"
+    } else {
+        "wall"
+    }
+}
+
+/// Runs `unit` (which returns how many operations it did) for at least
+/// `time` of wall time; returns operations per second of busy time.
+fn rate(time: Duration, unit: &mut dyn FnMut() -> u64) -> f64 {
+    let watch = Stopwatch::start();
+    let mut ops = 0u64;
+    loop {
+        ops += unit();
+        if watch.wall() >= time {
+            return ops as f64 / watch.busy().as_secs_f64().max(1e-9);
+        }
+    }
+}
+
+/// Best rates of `a` and of its baseline `b`, measured in alternating
+/// rounds after a warm-up of each.
+fn paired(plan: Plan, a: &mut dyn FnMut() -> u64, b: &mut dyn FnMut() -> u64) -> (f64, f64) {
+    rate(plan.warm_up, a);
+    rate(plan.warm_up, b);
+    let (mut best_a, mut best_b) = (0f64, 0f64);
+    for _ in 0..plan.rounds {
+        best_a = best_a.max(rate(plan.round, a));
+        best_b = best_b.max(rate(plan.round, b));
+    }
+    (best_a, best_b)
+}
+
+// ---------------------------------------------------------------------------
+// Progress on standard error
+// ---------------------------------------------------------------------------
+
+/// open ×3, seal, batch ×3, burst, threads, point-to-point, tree ×3.
+const STEPS: usize = 13;
+
+struct Progress {
+    total: usize,
+    done: usize,
+    tty: bool,
+}
+
+impl Progress {
+    fn new(total: usize) -> Self {
+        Self {
+            total,
+            done: 0,
+            tty: std::io::stderr().is_terminal(),
+        }
+    }
+
+    /// Announces the next step.
+    fn step(&mut self, what: &str) {
+        const WIDTH: usize = 24;
+        let filled = (WIDTH * self.done / self.total.max(1)).min(WIDTH);
+        let bar = format!("{}{}", "#".repeat(filled), "-".repeat(WIDTH - filled));
+        let line = format!("[{bar}] {}/{} {what}", self.done + 1, self.total);
+        let mut err = std::io::stderr().lock();
+        let _ = if self.tty {
+            write!(err, "\r\x1b[2K{line}")
+        } else {
+            writeln!(err, "{line}")
+        };
+        let _ = err.flush();
+        self.done += 1;
+    }
+
+    fn done(&mut self) {
+        let mut err = std::io::stderr().lock();
+        let _ = if self.tty {
+            writeln!(err, "\r\x1b[2K[{}] done", "#".repeat(24))
+        } else {
+            writeln!(err, "done")
+        };
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Fixtures (seeded: every run measures the same bytes)
+// ---------------------------------------------------------------------------
+
+const TARGET: &str = "site-4/fire/alarm";
+const NOW: UnixMillis = UnixMillis::new(1_790_000_000_000);
+/// The inner protected header sealcast writes: `{1: -8}`.
+const INNER_PROTECTED: &[u8] = &[0xa1, 0x01, 0x27];
+/// Broadcasts per pool: a receiver opens a pool once, then starts over.
+const POOL: usize = 512;
+/// The payload size of the headline figures.
+const PAYLOAD: usize = 100;
+
+type FixtureResult<T> = std::result::Result<T, sealcast_core::Error>;
+
+struct Group {
+    ctx: GroupContext,
+    signer: EntityCredential,
+    sender_id: SenderId,
+}
+
+impl Group {
+    fn new(seed: u64) -> FixtureResult<Self> {
+        let mut rng = TestRng::new(seed);
+        let signer = EntityCredential::generate(EntityId::new("alarm-panel-1")?, &mut rng);
+        let sender_id = SenderId::new([0x01])?;
+        let material = GroupKeyMaterial::generate(
+            GroupId::new(b"fire-site-4")?,
+            Epoch::new(1),
+            AeadAlg::A128Gcm,
+            vec![AuthorizedSigner {
+                sender_id: sender_id.clone(),
+                entity: signer.id().clone(),
+                verifying_key: *signer.public().verifying_key(),
+            }],
+            None,
+            &mut rng,
+        )?;
+        Ok(Self {
+            ctx: GroupContext::new(&material)?,
+            signer,
+            sender_id,
+        })
+    }
+
+    fn receiver(&self) -> FixtureResult<BroadcastReceiver> {
+        BroadcastReceiver::new(self.ctx.clone(), ReplayPolicy::default())
+    }
+
+    fn seal(&self, seq: u64, payload: &[u8]) -> FixtureResult<Vec<u8>> {
+        seal_broadcast(
+            &self.ctx,
+            self.signer.id(),
+            self.signer.signing_key(),
+            SeqNum::new(seq)?,
+            NOW,
+            TARGET,
+            payload,
+        )
+    }
+
+    /// Broadcasts with sequence numbers `0..n`.
+    fn pool(&self, n: usize, len: usize) -> FixtureResult<Vec<Vec<u8>>> {
+        (0..n as u64).map(|s| self.seal(s, &payload(s, len))).collect()
+    }
+
+    /// The inner `ToBeSigned` of each broadcast of [`Self::pool`] and its
+    /// signature: exactly what `open` verifies (Ed25519 is deterministic).
+    fn signed_pool(&self, n: usize, len: usize) -> FixtureResult<Vec<(Vec<u8>, Signature)>> {
+        (0..n as u64)
+            .map(|s| {
+                let context = broadcast_context(
+                    self.ctx.group(),
+                    self.ctx.epoch(),
+                    &self.sender_id,
+                    SeqNum::new(s)?,
+                    NOW,
+                    TARGET,
+                );
+                let tbs = sig1_structure(INNER_PROTECTED, &context, &payload(s, len));
+                let sig = self.signer.signing_key().sign(&tbs);
+                Ok((tbs, sig))
+            })
+            .collect()
+    }
+}
+
+fn payload(seq: u64, len: usize) -> Vec<u8> {
+    (0..len).map(|i| (seq as u8).wrapping_add(i as u8)).collect()
+}
+
+/// Opens a pool in order, one broadcast per call, starting over with a
+/// fresh receiver when the pool is done (its sequence numbers repeat then).
+struct Opener<'g> {
+    group: &'g Group,
+    pool: &'g [Vec<u8>],
+    rx: BroadcastReceiver,
+    next: usize,
+    failures: u64,
+}
+
+impl<'g> Opener<'g> {
+    fn new(group: &'g Group, pool: &'g [Vec<u8>]) -> FixtureResult<Self> {
+        Ok(Self {
+            group,
+            pool,
+            rx: group.receiver()?,
+            next: 0,
+            failures: 0,
+        })
+    }
+
+    fn open_one(&mut self) -> u64 {
+        if self.next == self.pool.len() {
+            self.next = 0;
+            match self.group.receiver() {
+                Ok(rx) => self.rx = rx,
+                Err(_) => self.failures += 1,
+            }
+        }
+        let msg = &self.pool[self.next];
+        self.next += 1;
+        match self.rx.open(msg, TARGET, NOW) {
+            Ok(opened) => {
+                std::hint::black_box(opened);
+            }
+            Err(_) => self.failures += 1,
+        }
+        1
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The measurements
+// ---------------------------------------------------------------------------
+
+/// Open rate of one payload size beside raw `verify_strict` of the same
+/// signatures.
+#[derive(Debug)]
+struct OpenFigure {
+    payload: usize,
+    open_per_sec: f64,
+    verify_strict_per_sec: f64,
+}
+
+#[derive(Debug)]
+struct BatchFigure {
+    size: usize,
+    batch_per_sec: f64,
+    single_per_sec: f64,
+}
+
+#[derive(Debug)]
+struct RekeyFigure {
+    members: usize,
+    tree_cpu_s: f64,
+    tree_bytes: usize,
+    p2p_cpu_s: f64,
+    p2p_bytes: u64,
+    p2p_extrapolated: bool,
+}
+
+#[derive(Debug)]
+struct Results {
+    quick: bool,
+    open: Vec<OpenFigure>,
+    seal_per_sec: f64,
+    sign_per_sec: f64,
+    batches: Vec<BatchFigure>,
+    burst64_open_per_sec: f64,
+    burst64_single_open_per_sec: f64,
+    threads: ThreadRates,
+    p2p_measured_members: usize,
+    rekey: Vec<RekeyFigure>,
+    failures: u64,
+}
+
+fn measure(plan: Plan, progress: &mut Progress) -> FixtureResult<Results> {
+    let group = Group::new(7)?;
+    let vk: VerifyingKey = *group.signer.public().verifying_key();
+    let mut failures = 0u64;
+
+    // Open beside raw verify_strict, per payload size.
+    let mut open = Vec::new();
+    for len in [16usize, PAYLOAD, 1024] {
+        progress.step(&format!("open {len} B vs verify_strict"));
+        let pool = group.pool(POOL, len)?;
+        let signed = group.signed_pool(POOL, len)?;
+        let mut opener = Opener::new(&group, &pool)?;
+        let mut i = 0usize;
+        let mut verify_failures = 0u64;
+        let (open_rate, verify_rate) = paired(plan, &mut || opener.open_one(), &mut || {
+            let (tbs, sig) = &signed[i % signed.len()];
+            i += 1;
+            if vk.verify_strict(tbs, sig).is_err() {
+                verify_failures += 1;
+            }
+            1
+        });
+        failures += opener.failures + verify_failures;
+        open.push(OpenFigure {
+            payload: len,
+            open_per_sec: open_rate,
+            verify_strict_per_sec: verify_rate,
+        });
+    }
+
+    // Seal beside raw sign.
+    progress.step("seal vs sign");
+    let body = payload(0, PAYLOAD);
+    let (tbs, _) = group
+        .signed_pool(1, PAYLOAD)?
+        .pop()
+        .ok_or(sealcast_core::Error::Malformed("empty pool"))?;
+    let mut seq = 0u64;
+    let mut seal_failures = 0u64;
+    let (seal_per_sec, sign_per_sec) = paired(
+        plan,
+        &mut || {
+            seq = (seq + 1) % SeqNum::MAX;
+            match group.seal(seq, &body) {
+                Ok(b) => {
+                    std::hint::black_box(b);
+                }
+                Err(_) => seal_failures += 1,
+            }
+            1
+        },
+        &mut || {
+            std::hint::black_box(group.signer.signing_key().sign(&tbs));
+            1
+        },
+    );
+    failures += seal_failures;
+
+    // DAP: batch verification of reports beside one by one.
+    let reports = ReportFixture::new(256)?;
+    let mut batches = Vec::new();
+    for size in [8usize, 64, 256] {
+        progress.step(&format!("report batch {size} vs one by one"));
+        let slice: Vec<&[u8]> = reports.reports[..size].iter().map(Vec::as_slice).collect();
+        let slice = slice.as_slice();
+        let (mut batch_failures, mut single_failures) = (0u64, 0u64);
+        let (batch_rate, single_rate) = paired(
+            plan,
+            &mut || {
+                let out = verify_reports_batch(slice, &reports.headend, |id| reports.key(id));
+                batch_failures += out.iter().filter(|r| r.is_err()).count() as u64;
+                size as u64
+            },
+            &mut || {
+                for r in slice {
+                    if verify_report(r, &reports.headend, |id| reports.key(id)).is_err() {
+                        single_failures += 1;
+                    }
+                }
+                size as u64
+            },
+        );
+        failures += batch_failures + single_failures;
+        batches.push(BatchFigure {
+            size,
+            batch_per_sec: batch_rate,
+            single_per_sec: single_rate,
+        });
+    }
+
+    // Burst open of 64 beside one-by-one open.
+    progress.step("burst open 64 vs one by one");
+    let burst_pool = group.pool(64, PAYLOAD)?;
+    let items: Vec<(&[u8], &str)> = burst_pool.iter().map(|b| (b.as_slice(), TARGET)).collect();
+    let (mut burst_failures, mut single_failures) = (0u64, 0u64);
+    let (burst64_open_per_sec, burst64_single_open_per_sec) = paired(
+        plan,
+        &mut || {
+            match group.receiver() {
+                Ok(mut rx) => {
+                    let out = rx.open_burst(&items, NOW);
+                    burst_failures += out.iter().filter(|r| r.is_err()).count() as u64;
+                }
+                Err(_) => burst_failures += 1,
+            }
+            items.len() as u64
+        },
+        &mut || {
+            match group.receiver() {
+                Ok(mut rx) => {
+                    for (b, t) in &items {
+                        if rx.open(b, t, NOW).is_err() {
+                            single_failures += 1;
+                        }
+                    }
+                }
+                Err(_) => single_failures += 1,
+            }
+            items.len() as u64
+        },
+    );
+    failures += burst_failures + single_failures;
+
+    // Two threads beside one.
+    progress.step("open on 2 threads vs 1");
+    let pools = [group.pool(POOL, PAYLOAD)?, group.pool(POOL, PAYLOAD)?];
+    let thread_rates = threads(plan, &group, &pools);
+    failures += thread_rates.failures;
+
+    // Rekey: point-to-point deliveries beside one tree eviction.
+    progress.step("rekey point-to-point (1 000 members)");
+    let p2p = P2pCost::measure(1_000)?;
+    let mut rekey = Vec::new();
+    for members in [1_000usize, 10_000, 100_000] {
+        progress.step(&format!("rekey tree ({members} members)"));
+        let (tree_cpu_s, tree_bytes) = tree_eviction(members, plan.tree_evictions)?;
+        let deliveries = (members - 1) as f64;
+        rekey.push(RekeyFigure {
+            members,
+            tree_cpu_s,
+            tree_bytes,
+            p2p_cpu_s: p2p.cpu_per_delivery_s * deliveries,
+            p2p_bytes: p2p.bytes_per_delivery * (members as u64 - 1),
+            p2p_extrapolated: members != p2p.members,
+        });
+    }
+
+    Ok(Results {
+        quick: plan.rounds == Plan::QUICK.rounds,
+        open,
+        seal_per_sec,
+        sign_per_sec,
+        batches,
+        burst64_open_per_sec,
+        burst64_single_open_per_sec,
+        threads: thread_rates,
+        p2p_measured_members: p2p.members,
+        rekey,
+        failures,
+    })
+}
+
+/// Open rates on two threads (each its own receiver and pool) and on one,
+/// in alternating rounds of the same wall time.
+#[derive(Debug, Default)]
+struct ThreadRates {
+    /// Sum over the threads of each one's operations per second of its own
+    /// CPU time: how well the work scales when the cores are there.
+    two_cpu: f64,
+    one_cpu: f64,
+    /// Operations per second of wall time: what this machine delivered,
+    /// other processes included.
+    two_wall: f64,
+    one_wall: f64,
+    failures: u64,
+}
+
+fn threads(plan: Plan, group: &Group, pools: &[Vec<Vec<u8>>; 2]) -> ThreadRates {
+    // (sum of per-thread CPU rates, wall rate, failures)
+    let run = |n: usize, time: Duration| -> (f64, f64, u64) {
+        let start = Instant::now();
+        let per_thread: Vec<(u64, f64, u64)> = std::thread::scope(|s| {
+            let handles: Vec<_> = pools
+                .iter()
+                .take(n)
+                .map(|pool| {
+                    s.spawn(move || match Opener::new(group, pool) {
+                        Ok(mut opener) => {
+                            let watch = Stopwatch::start();
+                            let mut ops = 0u64;
+                            while watch.wall() < time {
+                                ops += opener.open_one();
+                            }
+                            let busy = watch.busy().as_secs_f64().max(1e-9);
+                            (ops, ops as f64 / busy, opener.failures)
+                        }
+                        Err(_) => (0, 0.0, 1),
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or((0, 0.0, 1)))
+                .collect()
+        });
+        let elapsed = start.elapsed().as_secs_f64().max(1e-9);
+        let ops: u64 = per_thread.iter().map(|t| t.0).sum();
+        let cpu_rate = per_thread.iter().map(|t| t.1).sum();
+        let failures = per_thread.iter().map(|t| t.2).sum();
+        (cpu_rate, ops as f64 / elapsed, failures)
+    };
+    run(2, plan.warm_up);
+    run(1, plan.warm_up);
+    let mut r = ThreadRates::default();
+    for _ in 0..plan.rounds {
+        let (two_cpu, two_wall, f2) = run(2, plan.round);
+        let (one_cpu, one_wall, f1) = run(1, plan.round);
+        r.two_cpu = r.two_cpu.max(two_cpu);
+        r.one_cpu = r.one_cpu.max(one_cpu);
+        r.two_wall = r.two_wall.max(two_wall);
+        r.one_wall = r.one_wall.max(one_wall);
+        r.failures += f1 + f2;
+    }
+    r
+}
+
+/// Reports of 16 meters to one headend, 16 reports each at most.
+struct ReportFixture {
+    headend: EntityId,
+    keys: Vec<(EntityId, VerifyingKey)>,
+    reports: Vec<Vec<u8>>,
+}
+
+impl ReportFixture {
+    fn new(count: usize) -> FixtureResult<Self> {
+        let mut rng = TestRng::new(11);
+        let headend = EntityCredential::generate(EntityId::new("headend")?, &mut rng);
+        let meters: Vec<EntityCredential> = (0..16)
+            .map(|i| Ok(EntityCredential::generate(EntityId::new(&format!("meter-{i}"))?, &mut rng)))
+            .collect::<FixtureResult<_>>()?;
+        let pairwise: Vec<PairwiseKey> = meters
+            .iter()
+            .map(|m| {
+                PairwiseKey::derive(
+                    AeadAlg::A128Gcm,
+                    m.agreement_secret(),
+                    headend.public().agreement_key(),
+                    m.id(),
+                    headend.id(),
+                )
+            })
+            .collect::<FixtureResult<_>>()?;
+        let reports = (0..count)
+            .map(|i| {
+                let k = i % meters.len();
+                seal_report(
+                    meters[k].id(),
+                    meters[k].signing_key(),
+                    headend.id(),
+                    &pairwise[k],
+                    SeqNum::new((i / meters.len()) as u64)?,
+                    NOW,
+                    &payload(i as u64, 48),
+                )
+            })
+            .collect::<FixtureResult<_>>()?;
+        Ok(Self {
+            headend: headend.id().clone(),
+            keys: meters
+                .iter()
+                .map(|m| (m.id().clone(), *m.public().verifying_key()))
+                .collect(),
+            reports,
+        })
+    }
+
+    fn key(&self, id: &EntityId) -> Option<&VerifyingKey> {
+        self.keys.iter().find(|(k, _)| k == id).map(|(_, v)| v)
+    }
+}
+
+/// The cost of one point-to-point key delivery, measured over the `n − 1`
+/// deliveries of an eviction from a group of `n`.
+struct P2pCost {
+    members: usize,
+    cpu_per_delivery_s: f64,
+    bytes_per_delivery: u64,
+}
+
+impl P2pCost {
+    fn measure(members: usize) -> FixtureResult<Self> {
+        let mut rng = TestRng::new(21);
+        let manager = EntityCredential::generate(EntityId::new("manager")?, &mut rng);
+        let signer = EntityCredential::generate(EntityId::new("alarm-panel-1")?, &mut rng);
+        let material = GroupKeyMaterial::generate(
+            GroupId::new(b"fire-site-4")?,
+            Epoch::new(2),
+            AeadAlg::A128Gcm,
+            vec![AuthorizedSigner {
+                sender_id: SenderId::new([0x01])?,
+                entity: signer.id().clone(),
+                verifying_key: *signer.public().verifying_key(),
+            }],
+            None,
+            &mut rng,
+        )?;
+        // Recipients' public keys: 64 distinct ones, reused (the cost does
+        // not depend on which key).
+        let recipients: Vec<(EntityId, _)> = (0..64)
+            .map(|i| {
+                let c = EntityCredential::generate(EntityId::new(&format!("dev-{i}"))?, &mut rng);
+                Ok((c.id().clone(), *c.public().agreement_key()))
+            })
+            .collect::<FixtureResult<_>>()?;
+        let deliveries = members - 1;
+        let mut bytes = 0u64;
+        let start = Stopwatch::start();
+        for i in 0..deliveries {
+            let (id, key) = &recipients[i % recipients.len()];
+            let d = seal_key_delivery(
+                manager.id(),
+                manager.signing_key(),
+                id,
+                key,
+                &material,
+                &mut rng,
+            )?;
+            bytes += d.len() as u64;
+        }
+        let cpu = start.busy().as_secs_f64();
+        Ok(Self {
+            members,
+            cpu_per_delivery_s: cpu / deliveries as f64,
+            bytes_per_delivery: bytes / deliveries as u64,
+        })
+    }
+}
+
+/// Mean CPU time and bytes of one tree eviction from a group of `members`:
+/// `KeyTree::remove_member`, its CBOR, and the manager's signature over it.
+fn tree_eviction(members: usize, evictions: usize) -> FixtureResult<(f64, usize)> {
+    let mut rng = TestRng::new(31);
+    let manager = EntityCredential::generate(EntityId::new("manager")?, &mut rng);
+    let mut tree = KeyTree::with_members(members, Epoch::new(1), &mut rng)
+        .map_err(|_| sealcast_core::Error::Malformed("key tree"))?;
+    let stride = (members / evictions).max(1);
+    let mut bytes = 0usize;
+    let mut elapsed = Duration::ZERO;
+    for k in 0..evictions {
+        let leaf = LeafIndex::new(((k * stride + k / members) % members) as u32);
+        let epoch = Epoch::new(2 + k as u32);
+        let start = Stopwatch::start();
+        let rekey = tree
+            .remove_member(leaf, epoch, &mut rng)
+            .map_err(|_| sealcast_core::Error::Malformed("tree eviction"))?;
+        let signed = sign_statement(
+            manager.id(),
+            manager.signing_key(),
+            "sealcast tree rekey v1",
+            &rekey.to_cbor(),
+        );
+        elapsed += start.busy();
+        bytes += signed.len();
+    }
+    Ok((elapsed.as_secs_f64() / evictions as f64, bytes / evictions))
+}
+
+// ---------------------------------------------------------------------------
+// Output
+// ---------------------------------------------------------------------------
+
+fn profile() -> &'static str {
+    if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    }
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 { a / b } else { 0.0 }
+}
+
+impl Results {
+    fn headline(&self) -> &OpenFigure {
+        self.open
+            .iter()
+            .find(|o| o.payload == PAYLOAD)
+            .unwrap_or(&self.open[0])
+    }
+
+    fn batch(&self, size: usize) -> Option<&BatchFigure> {
+        self.batches.iter().find(|b| b.size == size)
+    }
+
+    fn table(&self) -> String {
+        use std::fmt::Write as _;
+        let mut t = String::new();
+        let _ = writeln!(
+            t,
+            "sealcast bench — backend {}, strict verification on, {} build, {} clock{}",
+            ed25519_backend(),
+            profile(),
+            clock_name(),
+            if self.quick { ", --quick (indicative only)" } else { "" }
+        );
+        if cfg!(debug_assertions) {
+            let _ = writeln!(t, "warning: debug build; measure with --release");
+        }
+        let _ = writeln!(t);
+        let _ = writeln!(t, "{:<40} {:>14} {:>14} {:>8}  target", "measurement", "rate/s", "baseline/s", "ratio");
+        let row = |t: &mut String, name: &str, a: f64, b: f64, target: &str| {
+            let _ = writeln!(t, "{name:<40} {a:>14.0} {b:>14.0} {:>8.3}  {target}", ratio(a, b));
+        };
+        for o in &self.open {
+            row(
+                &mut t,
+                &format!("open {} B / raw verify_strict", o.payload),
+                o.open_per_sec,
+                o.verify_strict_per_sec,
+                ">= 0.95",
+            );
+        }
+        row(&mut t, "seal 100 B / raw sign", self.seal_per_sec, self.sign_per_sec, "");
+        for b in &self.batches {
+            row(
+                &mut t,
+                &format!("report batch {} / one by one", b.size),
+                b.batch_per_sec,
+                b.single_per_sec,
+                if b.size == 64 { ">= 1.8" } else { "" },
+            );
+        }
+        row(
+            &mut t,
+            "burst open 64 / one by one",
+            self.burst64_open_per_sec,
+            self.burst64_single_open_per_sec,
+            ">= 1.8",
+        );
+        row(
+            &mut t,
+            "open on 2 threads / 1 thread",
+            self.threads.two_cpu,
+            self.threads.one_cpu,
+            ">= 1.85",
+        );
+        row(
+            &mut t,
+            "  the same in wall time (machine load!)",
+            self.threads.two_wall,
+            self.threads.one_wall,
+            "",
+        );
+        let _ = writeln!(t);
+        let _ = writeln!(
+            t,
+            "{:<10} {:>14} {:>12} {:>16} {:>14} {:>12}",
+            "rekey n", "tree CPU", "tree bytes", "p2p CPU", "p2p bytes", "CPU ratio"
+        );
+        for r in &self.rekey {
+            let _ = writeln!(
+                t,
+                "{:<10} {:>12.1}µs {:>12} {:>14.3}s{} {:>14} {:>11.0}x",
+                r.members,
+                r.tree_cpu_s * 1e6,
+                r.tree_bytes,
+                r.p2p_cpu_s,
+                if r.p2p_extrapolated { "*" } else { " " },
+                r.p2p_bytes,
+                ratio(r.p2p_cpu_s, r.tree_cpu_s),
+            );
+        }
+        let _ = writeln!(
+            t,
+            "* point-to-point measured at n = {} ({} deliveries) and extrapolated linearly (n − 1 deliveries); target: tree >= 1000x cheaper at 100 000",
+            self.p2p_measured_members,
+            self.p2p_measured_members - 1
+        );
+        if self.failures > 0 {
+            let _ = writeln!(t, "warning: {} operations failed during the run (a bug)", self.failures);
+        }
+        t
+    }
+
+    fn json(&self) -> String {
+        let head = self.headline();
+        let batch64 = self.batch(64);
+        let mut fields: Vec<(String, String)> = vec![
+            ("backend".into(), json_str(ed25519_backend().name())),
+            ("strict".into(), "true".into()),
+            ("profile".into(), json_str(profile())),
+            ("clock".into(), json_str(clock_name())),
+            ("quick".into(), self.quick.to_string()),
+            ("payload_bytes".into(), PAYLOAD.to_string()),
+            ("open_per_sec".into(), num(head.open_per_sec)),
+            ("verify_strict_per_sec".into(), num(head.verify_strict_per_sec)),
+            (
+                "open_to_verify_ratio".into(),
+                num(ratio(head.open_per_sec, head.verify_strict_per_sec)),
+            ),
+        ];
+        for o in &self.open {
+            fields.push((format!("open_{}b_per_sec", o.payload), num(o.open_per_sec)));
+            fields.push((
+                format!("verify_strict_{}b_per_sec", o.payload),
+                num(o.verify_strict_per_sec),
+            ));
+            fields.push((
+                format!("open_to_verify_ratio_{}b", o.payload),
+                num(ratio(o.open_per_sec, o.verify_strict_per_sec)),
+            ));
+        }
+        fields.extend([
+            ("seal_per_sec".into(), num(self.seal_per_sec)),
+            ("sign_per_sec".into(), num(self.sign_per_sec)),
+            ("seal_to_sign_ratio".into(), num(ratio(self.seal_per_sec, self.sign_per_sec))),
+            (
+                "batch64_per_sec".into(),
+                num(batch64.map_or(0.0, |b| b.batch_per_sec)),
+            ),
+            (
+                "single_verify_per_sec".into(),
+                num(batch64.map_or(0.0, |b| b.single_per_sec)),
+            ),
+            (
+                "batch64_ratio".into(),
+                num(batch64.map_or(0.0, |b| ratio(b.batch_per_sec, b.single_per_sec))),
+            ),
+        ]);
+        for b in &self.batches {
+            fields.push((format!("batch{}_ratio", b.size), num(ratio(b.batch_per_sec, b.single_per_sec))));
+        }
+        fields.extend([
+            ("burst64_open_per_sec".into(), num(self.burst64_open_per_sec)),
+            ("burst64_single_open_per_sec".into(), num(self.burst64_single_open_per_sec)),
+            (
+                "burst64_ratio".into(),
+                num(ratio(self.burst64_open_per_sec, self.burst64_single_open_per_sec)),
+            ),
+            ("one_thread_open_per_sec".into(), num(self.threads.one_cpu)),
+            ("two_thread_open_per_sec".into(), num(self.threads.two_cpu)),
+            (
+                "two_thread_ratio".into(),
+                num(ratio(self.threads.two_cpu, self.threads.one_cpu)),
+            ),
+            ("one_thread_wall_open_per_sec".into(), num(self.threads.one_wall)),
+            ("two_thread_wall_open_per_sec".into(), num(self.threads.two_wall)),
+            (
+                "two_thread_wall_ratio".into(),
+                num(ratio(self.threads.two_wall, self.threads.one_wall)),
+            ),
+        ]);
+        for r in &self.rekey {
+            let n = match r.members {
+                1_000 => "1k",
+                10_000 => "10k",
+                _ => "100k",
+            };
+            fields.extend([
+                (format!("rekey_tree_cpu_s_{n}"), num(r.tree_cpu_s)),
+                (format!("rekey_tree_bytes_{n}"), r.tree_bytes.to_string()),
+                (format!("rekey_p2p_cpu_s_{n}"), num(r.p2p_cpu_s)),
+                (format!("rekey_p2p_bytes_{n}"), r.p2p_bytes.to_string()),
+                (
+                    format!("rekey_tree_vs_p2p_cpu_ratio_{n}"),
+                    num(ratio(r.p2p_cpu_s, r.tree_cpu_s)),
+                ),
+            ]);
+        }
+        fields.extend([
+            ("rekey_p2p_measured_members".into(), self.p2p_measured_members.to_string()),
+            (
+                "rekey_p2p_extrapolated".into(),
+                json_str("linear in n - 1 deliveries beyond the measured members"),
+            ),
+            ("failures".into(), self.failures.to_string()),
+        ]);
+        let body: Vec<String> = fields
+            .iter()
+            .map(|(k, v)| format!("  {}: {v}", json_str(k)))
+            .collect();
+        format!("{{\n{}\n}}\n", body.join(",\n"))
+    }
+}
+
+/// A JSON number (finite; a non-finite value, which no measurement should
+/// produce, becomes 0 so the object stays valid).
+fn num(v: f64) -> String {
+    if v.is_finite() { format!("{v:.6e}") } else { "0".into() }
+}
+
+/// A JSON string of plain ASCII text (every string here is a constant).
+fn json_str(s: &str) -> String {
+    let escaped: String = s
+        .chars()
+        .flat_map(|c| match c {
+            '"' => vec!['\\', '"'],
+            '\\' => vec!['\\', '\\'],
+            c if c.is_control() => vec![' '],
+            c => vec![c],
+        })
+        .collect();
+    format!("\"{escaped}\"")
+}
