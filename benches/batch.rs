@@ -16,7 +16,8 @@ use sealcast_core::testrng::TestRng;
 
 const NOW: UnixMillis = UnixMillis::new(1_790_000_000_000);
 
-/// 256 reports of 16 meters (48-byte readings) to one headend.
+/// One report (a 48-byte reading) from each of 256 meters to one headend: a
+/// DAP sees many meters, so no key repeats inside a batch.
 struct Reports {
     headend: EntityId,
     keys: Vec<(EntityId, VerifyingKey)>,
@@ -27,7 +28,7 @@ impl Reports {
     fn new(count: usize) -> Self {
         let mut rng = TestRng::new(11);
         let headend = EntityCredential::generate(EntityId::new("headend").unwrap(), &mut rng);
-        let meters: Vec<EntityCredential> = (0..16)
+        let meters: Vec<EntityCredential> = (0..count)
             .map(|i| {
                 EntityCredential::generate(EntityId::new(&format!("meter-{i}")).unwrap(), &mut rng)
             })

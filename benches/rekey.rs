@@ -89,7 +89,9 @@ fn tree_evict(tree: &mut KeyTree, manager: &EntityCredential, k: u32, rng: &mut 
         leaf = (leaf + 1) % n;
     }
     let epoch = Epoch::new(tree.epoch().get() + 1);
-    let rekey = tree.remove_member(LeafIndex::new(leaf), epoch, rng).unwrap();
+    let rekey = tree
+        .remove_member(LeafIndex::new(leaf), epoch, rng)
+        .unwrap();
     sign_statement(
         manager.id(),
         manager.signing_key(),

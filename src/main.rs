@@ -4,6 +4,8 @@
 //! The core (`sealcast_core`) is sans-IO; this binary is the thin shell that
 //! reads and writes files, reads the clock and draws OS randomness.
 #![forbid(unsafe_code)]
+// Doc comments in this binary are clap help text (`<ID>.key` is meant literally).
+#![allow(rustdoc::invalid_html_tags)]
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -48,6 +50,8 @@ enum Command {
     #[command(subcommand)]
     Audit(cmd::audit::AuditCommand),
     Bench(cmd::bench::BenchArgs),
+    #[command(subcommand)]
+    Demo(cmd::demo::DemoCommand),
 }
 
 fn run(cli: Cli) -> error::Result<()> {
@@ -59,6 +63,7 @@ fn run(cli: Cli) -> error::Result<()> {
         Command::Inspect(args) => cmd::inspect::run(&args),
         Command::Audit(cmd::audit::AuditCommand::Verify(args)) => cmd::audit::verify(&args),
         Command::Bench(args) => cmd::bench::run(&args),
+        Command::Demo(cmd::demo::DemoCommand::FireSafety(args)) => cmd::demo::fire_safety(&args),
     }
 }
 

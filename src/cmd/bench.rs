@@ -55,15 +55,10 @@ pub struct BenchArgs {
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
-    let plan = if args.quick {
-        Plan::QUICK
-    } else {
-        Plan::FULL
-    };
+    let plan = if args.quick { Plan::QUICK } else { Plan::FULL };
     let mut progress = Progress::new(STEPS);
-    let results = measure(plan, &mut progress).map_err(|e| {
-        CliError::other(format!("benchmark fixture failed: {e} (this is a bug)"))
-    })?;
+    let results = measure(plan, &mut progress)
+        .map_err(|e| CliError::other(format!("benchmark fixture failed: {e} (this is a bug)")))?;
     progress.done();
     let mut out = std::io::stdout().lock();
     let text = if args.json {
@@ -161,17 +156,74 @@ fn rate(time: Duration, unit: &mut dyn FnMut() -> u64) -> f64 {
     }
 }
 
-/// Best rates of `a` and of its baseline `b`, measured in alternating
-/// rounds after a warm-up of each.
+/// Rates of `a` and of its baseline `b`, measured interleaved: after a
+/// warm-up, slices of about [`SLICE`] of one, then of the other, until the
+/// plan's time is spent. Both see the same machine at (nearly) the same
+/// moments, so load that comes and goes cancels out of the ratio; each rate
+/// is operations per second of busy time over all of its slices.
 fn paired(plan: Plan, a: &mut dyn FnMut() -> u64, b: &mut dyn FnMut() -> u64) -> (f64, f64) {
     rate(plan.warm_up, a);
     rate(plan.warm_up, b);
-    let (mut best_a, mut best_b) = (0f64, 0f64);
-    for _ in 0..plan.rounds {
-        best_a = best_a.max(rate(plan.round, a));
-        best_b = best_b.max(rate(plan.round, b));
+    let total = plan.round * plan.rounds as u32;
+    let start = Instant::now();
+    let (mut ops_a, mut ops_b) = (0u64, 0u64);
+    let (mut busy_a, mut busy_b) = (Duration::ZERO, Duration::ZERO);
+    let mut offset = 0usize;
+    while start.elapsed() < total {
+        let (o, t) = slice(a, offset);
+        ops_a += o;
+        busy_a += t;
+        let (o, t) = slice(b, offset);
+        ops_b += o;
+        busy_b += t;
+        offset += 1;
     }
-    (best_a, best_b)
+    let per_sec = |ops: u64, busy: Duration| ops as f64 / busy.as_secs_f64().max(1e-9);
+    (per_sec(ops_a, busy_a), per_sec(ops_b, busy_b))
+}
+
+/// Wall time of one slice of [`paired`]: long against the clock reads,
+/// short against the load changes of a shared machine.
+const SLICE: Duration = Duration::from_millis(2);
+
+/// Runs `unit` for about [`SLICE`] at stack offset `offset` (see
+/// [`at_stack_offset`]); returns operations and busy time.
+fn slice(unit: &mut dyn FnMut() -> u64, offset: usize) -> (u64, Duration) {
+    let watch = Stopwatch::start();
+    let mut ops = 0u64;
+    while watch.wall() < SLICE {
+        ops += at_stack_offset(offset, unit);
+    }
+    (ops, watch.busy())
+}
+
+/// Calls `unit` with the stack pushed down by one of eight offsets that
+/// spread over 4 KiB.
+///
+/// Ed25519 builds its lookup tables on the stack, and where they fall
+/// modulo 4 KiB (against the static base-point tables) moves the verify
+/// rate by 10–15 % on this kind of CPU: the same code measured at two call
+/// depths, or in two runs with different stack randomisation, differs that
+/// much. Both sides of every comparison rotate through the same offsets, so
+/// neither is measured at a lucky or unlucky one alone.
+fn at_stack_offset(offset: usize, unit: &mut dyn FnMut() -> u64) -> u64 {
+    match offset % 8 {
+        0 => padded::<16>(unit),
+        1 => padded::<528>(unit),
+        2 => padded::<1040>(unit),
+        3 => padded::<1552>(unit),
+        4 => padded::<2064>(unit),
+        5 => padded::<2576>(unit),
+        6 => padded::<3088>(unit),
+        _ => padded::<3600>(unit),
+    }
+}
+
+#[inline(never)]
+fn padded<const N: usize>(unit: &mut dyn FnMut() -> u64) -> u64 {
+    let pad = [0u8; N];
+    std::hint::black_box(&pad);
+    unit()
 }
 
 // ---------------------------------------------------------------------------
@@ -285,7 +337,9 @@ impl Group {
 
     /// Broadcasts with sequence numbers `0..n`.
     fn pool(&self, n: usize, len: usize) -> FixtureResult<Vec<Vec<u8>>> {
-        (0..n as u64).map(|s| self.seal(s, &payload(s, len))).collect()
+        (0..n as u64)
+            .map(|s| self.seal(s, &payload(s, len)))
+            .collect()
     }
 
     /// The inner `ToBeSigned` of each broadcast of [`Self::pool`] and its
@@ -310,7 +364,9 @@ impl Group {
 }
 
 fn payload(seq: u64, len: usize) -> Vec<u8> {
-    (0..len).map(|i| (seq as u8).wrapping_add(i as u8)).collect()
+    (0..len)
+        .map(|i| (seq as u8).wrapping_add(i as u8))
+        .collect()
 }
 
 /// Opens a pool in order, one broadcast per call, starting over with a
@@ -533,7 +589,7 @@ fn measure(plan: Plan, progress: &mut Progress) -> FixtureResult<Results> {
     let p2p = P2pCost::measure(1_000)?;
     let mut rekey = Vec::new();
     for members in [1_000usize, 10_000, 100_000] {
-        progress.step(&format!("rekey tree ({members} members)"));
+        progress.step(&format!("rekey tree ({} members)", thousands(members)));
         let (tree_cpu_s, tree_bytes) = tree_eviction(members, plan.tree_evictions)?;
         let deliveries = (members - 1) as f64;
         rekey.push(RekeyFigure {
@@ -625,7 +681,8 @@ fn threads(plan: Plan, group: &Group, pools: &[Vec<Vec<u8>>; 2]) -> ThreadRates 
     r
 }
 
-/// Reports of 16 meters to one headend, 16 reports each at most.
+/// One report from each of `count` meters to one headend (a DAP sees many
+/// meters, so no key repeats inside a batch).
 struct ReportFixture {
     headend: EntityId,
     keys: Vec<(EntityId, VerifyingKey)>,
@@ -636,8 +693,13 @@ impl ReportFixture {
     fn new(count: usize) -> FixtureResult<Self> {
         let mut rng = TestRng::new(11);
         let headend = EntityCredential::generate(EntityId::new("headend")?, &mut rng);
-        let meters: Vec<EntityCredential> = (0..16)
-            .map(|i| Ok(EntityCredential::generate(EntityId::new(&format!("meter-{i}"))?, &mut rng)))
+        let meters: Vec<EntityCredential> = (0..count)
+            .map(|i| {
+                Ok(EntityCredential::generate(
+                    EntityId::new(&format!("meter-{i}"))?,
+                    &mut rng,
+                ))
+            })
             .collect::<FixtureResult<_>>()?;
         let pairwise: Vec<PairwiseKey> = meters
             .iter()
@@ -803,15 +865,27 @@ impl Results {
             ed25519_backend(),
             profile(),
             clock_name(),
-            if self.quick { ", --quick (indicative only)" } else { "" }
+            if self.quick {
+                ", --quick (indicative only)"
+            } else {
+                ""
+            }
         );
         if cfg!(debug_assertions) {
             let _ = writeln!(t, "warning: debug build; measure with --release");
         }
         let _ = writeln!(t);
-        let _ = writeln!(t, "{:<40} {:>14} {:>14} {:>8}  target", "measurement", "rate/s", "baseline/s", "ratio");
+        let _ = writeln!(
+            t,
+            "{:<40} {:>14} {:>14} {:>8}  target",
+            "measurement", "rate/s", "baseline/s", "ratio"
+        );
         let row = |t: &mut String, name: &str, a: f64, b: f64, target: &str| {
-            let _ = writeln!(t, "{name:<40} {a:>14.0} {b:>14.0} {:>8.3}  {target}", ratio(a, b));
+            let _ = writeln!(
+                t,
+                "{name:<40} {a:>14.0} {b:>14.0} {:>8.3}  {target}",
+                ratio(a, b)
+            );
         };
         for o in &self.open {
             row(
@@ -822,7 +896,13 @@ impl Results {
                 ">= 0.95",
             );
         }
-        row(&mut t, "seal 100 B / raw sign", self.seal_per_sec, self.sign_per_sec, "");
+        row(
+            &mut t,
+            "seal 100 B / raw sign",
+            self.seal_per_sec,
+            self.sign_per_sec,
+            "",
+        );
         for b in &self.batches {
             row(
                 &mut t,
@@ -863,7 +943,7 @@ impl Results {
             let _ = writeln!(
                 t,
                 "{:<10} {:>12.1}µs {:>12} {:>14.3}s{} {:>14} {:>11.0}x",
-                r.members,
+                thousands(r.members),
                 r.tree_cpu_s * 1e6,
                 r.tree_bytes,
                 r.p2p_cpu_s,
@@ -879,7 +959,11 @@ impl Results {
             self.p2p_measured_members - 1
         );
         if self.failures > 0 {
-            let _ = writeln!(t, "warning: {} operations failed during the run (a bug)", self.failures);
+            let _ = writeln!(
+                t,
+                "warning: {} operations failed during the run (a bug)",
+                self.failures
+            );
         }
         t
     }
@@ -895,7 +979,10 @@ impl Results {
             ("quick".into(), self.quick.to_string()),
             ("payload_bytes".into(), PAYLOAD.to_string()),
             ("open_per_sec".into(), num(head.open_per_sec)),
-            ("verify_strict_per_sec".into(), num(head.verify_strict_per_sec)),
+            (
+                "verify_strict_per_sec".into(),
+                num(head.verify_strict_per_sec),
+            ),
             (
                 "open_to_verify_ratio".into(),
                 num(ratio(head.open_per_sec, head.verify_strict_per_sec)),
@@ -915,7 +1002,10 @@ impl Results {
         fields.extend([
             ("seal_per_sec".into(), num(self.seal_per_sec)),
             ("sign_per_sec".into(), num(self.sign_per_sec)),
-            ("seal_to_sign_ratio".into(), num(ratio(self.seal_per_sec, self.sign_per_sec))),
+            (
+                "seal_to_sign_ratio".into(),
+                num(ratio(self.seal_per_sec, self.sign_per_sec)),
+            ),
             (
                 "batch64_per_sec".into(),
                 num(batch64.map_or(0.0, |b| b.batch_per_sec)),
@@ -929,15 +1019,28 @@ impl Results {
                 num(batch64.map_or(0.0, |b| ratio(b.batch_per_sec, b.single_per_sec))),
             ),
         ]);
-        for b in &self.batches {
-            fields.push((format!("batch{}_ratio", b.size), num(ratio(b.batch_per_sec, b.single_per_sec))));
+        for b in self.batches.iter().filter(|b| b.size != 64) {
+            fields.push((format!("batch{}_per_sec", b.size), num(b.batch_per_sec)));
+            fields.push((
+                format!("batch{}_ratio", b.size),
+                num(ratio(b.batch_per_sec, b.single_per_sec)),
+            ));
         }
         fields.extend([
-            ("burst64_open_per_sec".into(), num(self.burst64_open_per_sec)),
-            ("burst64_single_open_per_sec".into(), num(self.burst64_single_open_per_sec)),
+            (
+                "burst64_open_per_sec".into(),
+                num(self.burst64_open_per_sec),
+            ),
+            (
+                "burst64_single_open_per_sec".into(),
+                num(self.burst64_single_open_per_sec),
+            ),
             (
                 "burst64_ratio".into(),
-                num(ratio(self.burst64_open_per_sec, self.burst64_single_open_per_sec)),
+                num(ratio(
+                    self.burst64_open_per_sec,
+                    self.burst64_single_open_per_sec,
+                )),
             ),
             ("one_thread_open_per_sec".into(), num(self.threads.one_cpu)),
             ("two_thread_open_per_sec".into(), num(self.threads.two_cpu)),
@@ -945,8 +1048,14 @@ impl Results {
                 "two_thread_ratio".into(),
                 num(ratio(self.threads.two_cpu, self.threads.one_cpu)),
             ),
-            ("one_thread_wall_open_per_sec".into(), num(self.threads.one_wall)),
-            ("two_thread_wall_open_per_sec".into(), num(self.threads.two_wall)),
+            (
+                "one_thread_wall_open_per_sec".into(),
+                num(self.threads.one_wall),
+            ),
+            (
+                "two_thread_wall_open_per_sec".into(),
+                num(self.threads.two_wall),
+            ),
             (
                 "two_thread_wall_ratio".into(),
                 num(ratio(self.threads.two_wall, self.threads.one_wall)),
@@ -970,7 +1079,10 @@ impl Results {
             ]);
         }
         fields.extend([
-            ("rekey_p2p_measured_members".into(), self.p2p_measured_members.to_string()),
+            (
+                "rekey_p2p_measured_members".into(),
+                self.p2p_measured_members.to_string(),
+            ),
             (
                 "rekey_p2p_extrapolated".into(),
                 json_str("linear in n - 1 deliveries beyond the measured members"),
@@ -985,10 +1097,27 @@ impl Results {
     }
 }
 
+/// `100000` as `100 000`.
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(' ');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// A JSON number (finite; a non-finite value, which no measurement should
 /// produce, becomes 0 so the object stays valid).
 fn num(v: f64) -> String {
-    if v.is_finite() { format!("{v:.6e}") } else { "0".into() }
+    if v.is_finite() {
+        format!("{v:.6e}")
+    } else {
+        "0".into()
+    }
 }
 
 /// A JSON string of plain ASCII text (every string here is a constant).

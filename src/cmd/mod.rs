@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod bench;
+pub mod demo;
 pub mod group;
 pub mod inspect;
 pub mod keygen;

@@ -368,10 +368,14 @@ pub(crate) mod fast {
             let arg = match info {
                 0..=23 => u64::from(info),
                 24 => Some(u64::from(self.byte()?)).filter(|a| *a >= 24)?,
-                25 => Some(u64::from(u16::from_be_bytes(self.take(2)?.try_into().ok()?)))
-                    .filter(|a| *a > 0xff)?,
-                26 => Some(u64::from(u32::from_be_bytes(self.take(4)?.try_into().ok()?)))
-                    .filter(|a| *a > 0xffff)?,
+                25 => Some(u64::from(u16::from_be_bytes(
+                    self.take(2)?.try_into().ok()?,
+                )))
+                .filter(|a| *a > 0xff)?,
+                26 => Some(u64::from(u32::from_be_bytes(
+                    self.take(4)?.try_into().ok()?,
+                )))
+                .filter(|a| *a > 0xffff)?,
                 27 => Some(u64::from_be_bytes(self.take(8)?.try_into().ok()?))
                     .filter(|a| *a > 0xffff_ffff)?,
                 _ => return None,
@@ -431,7 +435,12 @@ pub(crate) mod fast {
     /// Reads `16([h'A101(01|03)', {4, 6, 10, -70001, -70002 in any order},
     /// ciphertext])`, tagged or not; `None` for anything else.
     pub(crate) fn broadcast_outer(bytes: &[u8]) -> Option<Outer<'_>> {
-        { static S: std::sync::OnceLock<bool> = std::sync::OnceLock::new(); if *S.get_or_init(|| std::env::var_os("SC_SLOW").is_some()) { return None; } }
+        {
+            static S: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+            if *S.get_or_init(|| std::env::var_os("SC_SLOW").is_some()) {
+                return None;
+            }
+        }
         let body = bytes.strip_prefix(&[TAG16]).unwrap_or(bytes);
         let mut r = Reader::new(body);
         r.expect(ARRAY3)?;
@@ -483,7 +492,12 @@ pub(crate) mod fast {
     /// Reads `18([h'A10127', {4: kid}, payload, signature])`, tagged or not;
     /// `None` for anything else.
     pub(crate) fn broadcast_inner(bytes: &[u8]) -> Option<Inner<'_>> {
-        { static S: std::sync::OnceLock<bool> = std::sync::OnceLock::new(); if *S.get_or_init(|| std::env::var_os("SC_SLOW").is_some()) { return None; } }
+        {
+            static S: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+            if *S.get_or_init(|| std::env::var_os("SC_SLOW").is_some()) {
+                return None;
+            }
+        }
         let body = bytes.strip_prefix(&[TAG18]).unwrap_or(bytes);
         let mut r = Reader::new(body);
         r.expect(ARRAY4)?;

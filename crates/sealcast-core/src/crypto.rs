@@ -2,11 +2,17 @@
 //! this module goes through these functions, and the external test vectors
 //! (Wycheproof, C2SP CCTV) exercise exactly these functions.
 
+use std::collections::HashMap;
+
 use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::{Aes128Gcm, Aes256Gcm};
+use curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
+use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
+use curve25519_dalek::scalar::Scalar;
+use curve25519_dalek::traits::{IsIdentity, VartimeMultiscalarMul};
 use ed25519_dalek::{Signature, VerifyingKey};
 use hkdf::Hkdf;
-use sha2::Sha256;
+use sha2::{Digest, Sha256, Sha512};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
@@ -260,23 +266,18 @@ pub fn ed25519_verify_batch(items: &[(&VerifyingKey, &[u8], &Signature)]) -> Vec
     if items.is_empty() {
         return Vec::new();
     }
-    let precheck: Vec<bool> = items
+    let prepared: Vec<Option<BatchItem>> = items
         .iter()
-        .map(|(k, _, s)| strict_precheck(k, s))
+        .map(|(k, m, s)| BatchItem::new(k, m, s))
         .collect();
-    if precheck.iter().all(|ok| *ok) {
-        let msgs: Vec<&[u8]> = items.iter().map(|(_, m, _)| *m).collect();
-        let sigs: Vec<Signature> = items.iter().map(|(_, _, s)| **s).collect();
-        let keys: Vec<VerifyingKey> = items.iter().map(|(k, _, _)| **k).collect();
-        if ed25519_dalek::verify_batch(&msgs, &sigs, &keys).is_ok() {
-            return items.iter().map(|_| Ok(())).collect();
-        }
+    if prepared.iter().all(Option::is_some) && batch_equation_holds(&prepared) {
+        return items.iter().map(|_| Ok(())).collect();
     }
     items
         .iter()
-        .zip(precheck)
+        .zip(prepared)
         .map(|((k, m, s), pre)| {
-            if !pre {
+            if pre.is_none() {
                 return Err(Error::BadSignature);
             }
             k.verify_strict(m, s).map_err(|_| Error::BadSignature)
@@ -284,24 +285,111 @@ pub fn ed25519_verify_batch(items: &[(&VerifyingKey, &[u8], &Signature)]) -> Vec
         .collect()
 }
 
-/// The checks `verify_strict` makes beyond the group equation: a canonical
-/// `s` (< ℓ), and no small-order `R` or `A`.
-fn strict_precheck(key: &VerifyingKey, sig: &Signature) -> bool {
-    use curve25519_dalek::edwards::CompressedEdwardsY;
-    use curve25519_dalek::scalar::Scalar;
-    if key.is_weak() {
-        return false;
+/// One signature of a batch after the checks `verify_strict` makes beyond
+/// the group equation (a canonical `s` < ℓ, a canonical `R` that is not of
+/// small order, a key that is not of small order), with `R` decompressed
+/// once and `k = SHA-512(R ‖ A ‖ M)` computed.
+struct BatchItem {
+    r: EdwardsPoint,
+    s: Scalar,
+    k: Scalar,
+    key: [u8; 32],
+    a: EdwardsPoint,
+}
+
+impl BatchItem {
+    fn new(key: &VerifyingKey, msg: &[u8], sig: &Signature) -> Option<Self> {
+        if key.is_weak() {
+            return None;
+        }
+        let s = Option::<Scalar>::from(Scalar::from_canonical_bytes(*sig.s_bytes()))?;
+        // verify_strict compares the recomputed R with the received bytes,
+        // so a non-canonical encoding of R never verifies there. An encoding
+        // is non-canonical when y ≥ p, or when x = 0 with the sign bit set;
+        // x = 0 only for y = ±1, both of small order and refused below. So
+        // no compression round trip is needed.
+        if !canonical_y(sig.r_bytes()) {
+            return None;
+        }
+        let r = CompressedEdwardsY(*sig.r_bytes()).decompress()?;
+        if r.is_small_order() {
+            return None;
+        }
+        let mut h = Sha512::new();
+        h.update(sig.r_bytes());
+        h.update(key.as_bytes());
+        h.update(msg);
+        let k = Scalar::from_bytes_mod_order_wide(&h.finalize().into());
+        Some(Self {
+            r,
+            s,
+            k,
+            key: key.to_bytes(),
+            a: key.to_edwards(),
+        })
     }
-    let s_canonical: Option<Scalar> = Scalar::from_canonical_bytes(*sig.s_bytes()).into();
-    if s_canonical.is_none() {
-        return false;
+}
+
+/// Whether `y` (the low 255 bits, little-endian) is below p = 2^255 − 19.
+fn canonical_y(bytes: &[u8; 32]) -> bool {
+    let top = bytes[31] & 0x7f;
+    !(top == 0x7f && bytes[1..31].iter().all(|b| *b == 0xff) && bytes[0] >= 0xed)
+}
+
+/// The cofactorless batch equation with 128-bit weights `zᵢ`, as
+/// ed25519-dalek's `verify_batch` checks it:
+/// `[−Σ zᵢsᵢ]B + Σ [zᵢ]Rᵢ + Σ_A [Σ_{i: Aᵢ = A} zᵢkᵢ]A = 0`, with each `R`
+/// decompressed once (in the precheck) and the terms of one key merged, so a
+/// burst from a few signers costs one point per signature plus one per
+/// signer, not two per signature. The weights are derived from a hash of
+/// every input, as ed25519-dalek derives them: a forger would have to
+/// predict them.
+fn batch_equation_holds(items: &[Option<BatchItem>]) -> bool {
+    let items: Vec<&BatchItem> = items.iter().flatten().collect();
+    let mut transcript = Sha512::new();
+    transcript.update(b"sealcast ed25519 batch v1");
+    transcript.update((items.len() as u64).to_le_bytes());
+    for it in &items {
+        transcript.update(it.k.as_bytes());
+        transcript.update(it.s.as_bytes());
     }
-    // verify_strict compares the recomputed R with the received bytes, so a
-    // non-canonical encoding of R never verifies there; refuse it here too.
-    match CompressedEdwardsY(*sig.r_bytes()).decompress() {
-        Some(r) => !r.is_small_order() && r.compress().as_bytes() == sig.r_bytes(),
-        None => false,
+    let seed: [u8; 64] = transcript.finalize().into();
+    let weights: Vec<Scalar> = (0..items.len() as u64)
+        .map(|i| {
+            let mut h = Sha512::new();
+            h.update(seed);
+            h.update(i.to_le_bytes());
+            let out: [u8; 64] = h.finalize().into();
+            let mut z = [0u8; 32];
+            z[..16].copy_from_slice(&out[..16]);
+            Scalar::from_bytes_mod_order(z)
+        })
+        .collect();
+
+    let mut scalars: Vec<Scalar> = Vec::with_capacity(2 * items.len() + 1);
+    let mut points: Vec<EdwardsPoint> = Vec::with_capacity(2 * items.len() + 1);
+    let b_coefficient: Scalar = items.iter().zip(&weights).map(|(it, z)| z * it.s).sum();
+    scalars.push(-b_coefficient);
+    points.push(ED25519_BASEPOINT_POINT);
+    let mut key_slot: HashMap<[u8; 32], usize> = HashMap::new();
+    let mut key_terms: Vec<(Scalar, EdwardsPoint)> = Vec::new();
+    for (it, z) in items.iter().zip(&weights) {
+        scalars.push(*z);
+        points.push(it.r);
+        let zk = z * it.k;
+        match key_slot.get(&it.key) {
+            Some(&slot) => key_terms[slot].0 += zk,
+            None => {
+                key_slot.insert(it.key, key_terms.len());
+                key_terms.push((zk, it.a));
+            }
+        }
     }
+    for (scalar, point) in key_terms {
+        scalars.push(scalar);
+        points.push(point);
+    }
+    EdwardsPoint::vartime_multiscalar_mul(&scalars, &points).is_identity()
 }
 
 /// The field arithmetic curve25519-dalek runs Ed25519 with, in this build on
@@ -362,7 +450,10 @@ pub fn ed25519_backend() -> Ed25519Backend {
     }
     let avx512_compiled = cfg!(curve25519_dalek_backend = "avx512")
         || (!cfg!(curve25519_dalek_backend = "simd")
-            && cfg!(all(target_feature = "avx512ifma", target_feature = "avx512vl")));
+            && cfg!(all(
+                target_feature = "avx512ifma",
+                target_feature = "avx512vl"
+            )));
     if avx512_compiled && cpu_has_avx512ifma() {
         return Ed25519Backend::Avx512Ifma;
     }
@@ -375,7 +466,10 @@ pub fn ed25519_backend() -> Ed25519Backend {
 
 #[allow(unexpected_cfgs)]
 fn cpu_has_avx512ifma() -> bool {
-    if cfg!(all(target_feature = "avx512ifma", target_feature = "avx512vl")) {
+    if cfg!(all(
+        target_feature = "avx512ifma",
+        target_feature = "avx512vl"
+    )) {
         return true;
     }
     // Only a forced `curve25519_dalek_backend="avx512"` build gets here; the

@@ -15,6 +15,9 @@ use sealcast_core::groupkey::{GroupContext, GroupKeyMaterial};
 use sealcast_core::testrng::TestRng;
 use sealcast_core::{Error, ReplayKind, Result};
 
+/// What a message in a mixed burst must fail with (None: it must open).
+type Expect = Option<fn(&Error) -> bool>;
+
 const TARGET: &str = "grp/sirens/cmd";
 
 fn receiver(ctx: &GroupContext) -> BroadcastReceiver {
@@ -60,8 +63,14 @@ fn assert_same_verdicts(
             _ => panic!("item {i}: burst {x:?} vs one by one {y:?}"),
         }
     }
-    let mut wa: Vec<_> = rx_a.windows().map(|(s, w)| (s.clone(), w.clone())).collect();
-    let mut wb: Vec<_> = rx_b.windows().map(|(s, w)| (s.clone(), w.clone())).collect();
+    let mut wa: Vec<_> = rx_a
+        .windows()
+        .map(|(s, w)| (s.clone(), w.clone()))
+        .collect();
+    let mut wb: Vec<_> = rx_b
+        .windows()
+        .map(|(s, w)| (s.clone(), w.clone()))
+        .collect();
     wa.sort_by(|x, y| x.0.cmp(&y.0));
     wb.sort_by(|x, y| x.0.cmp(&y.0));
     assert_eq!(wa, wb);
@@ -92,7 +101,11 @@ fn genuine_burst_opens_like_one_by_one() {
         let s = setup(alg);
         let msgs: Vec<Vec<u8>> = (0..64u64)
             .map(|n| {
-                let who = if n % 3 == 0 { &s.f.agent_b } else { &s.f.agent_a };
+                let who = if n % 3 == 0 {
+                    &s.f.agent_b
+                } else {
+                    &s.f.agent_a
+                };
                 seal_by(&s.ctx, who, 100 + n, format!("siren {n}").as_bytes())
             })
             .collect();
@@ -127,9 +140,9 @@ fn mixed_forgeries_are_rejected_exactly() {
         };
         let genuine_7 = seal_by(ctx, &f.agent_a, 7, b"open");
         let mut msgs = Vec::new();
-        let mut expect: Vec<Option<fn(&Error) -> bool>> = Vec::new();
+        let mut expect: Vec<Expect> = Vec::new();
         for n in 0..64u64 {
-            let (msg, check): (Vec<u8>, Option<fn(&Error) -> bool>) = match n % 8 {
+            let (msg, check): (Vec<u8>, Expect) = match n % 8 {
                 // The inner object of seq 7 replayed under a fresh number.
                 1 => (
                     encrypt_broadcast(m, &outer(n), &decrypt_broadcast(m, &genuine_7, TARGET)),
@@ -236,10 +249,10 @@ fn replays_inside_the_burst_open_once() {
     let msgs = vec![
         m60.clone(),
         m61.clone(),
-        m60.clone(),  // the same broadcast again
-        b60.clone(),  // same number, other sender: fine
-        earlier,      // committed before the burst
-        m61,          // third copy pattern: later duplicate
+        m60.clone(), // the same broadcast again
+        b60.clone(), // same number, other sender: fine
+        earlier,     // committed before the burst
+        m61,         // third copy pattern: later duplicate
         far,
         old,
         m60,
@@ -256,7 +269,11 @@ fn replays_inside_the_burst_open_once() {
     assert!(dup(&r[4]), "{:?}", r[4]);
     assert!(dup(&r[5]), "{:?}", r[5]);
     assert!(r[6].is_ok());
-    assert!(matches!(r[7], Err(Error::Replay(ReplayKind::TooOld))), "{:?}", r[7]);
+    assert!(
+        matches!(r[7], Err(Error::Replay(ReplayKind::TooOld))),
+        "{:?}",
+        r[7]
+    );
     assert!(dup(&r[8]) || matches!(r[8], Err(Error::Replay(ReplayKind::TooOld))));
     let rb = one_by_one(&mut twin, &msgs);
     assert_same_verdicts(&r, &rb, &rx, &twin);

@@ -1,0 +1,85 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(dead_code)]
+//! Shared test helpers: fast timing, free ports, time limits, and the
+//! loopback-pinned raw multicast socket used to inject hand-made datagrams.
+
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::time::Duration;
+
+use sealcast_coap::{ServerSettings, TransmissionParams};
+
+/// RFC 7252 timing shrunk 100×: ACK_TIMEOUT 20 ms, factor 1.5,
+/// MAX_RETRANSMIT 4, MAX_LATENCY 1 s.
+pub fn fast_params() -> TransmissionParams {
+    TransmissionParams::new(Duration::from_millis(20), 1.5, 4, Duration::from_secs(1)).unwrap()
+}
+
+pub fn fast_server_settings() -> ServerSettings {
+    ServerSettings {
+        params: fast_params(),
+        ..ServerSettings::default()
+    }
+}
+
+/// A UDP port that was free a moment ago on 127.0.0.1.
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn loopback_any_port() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// Runs `fut`, failing the test if it takes longer than `secs`.
+pub async fn within<T>(secs: u64, fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(secs), fut)
+        .await
+        .expect("test step timed out")
+}
+
+/// A raw IPv4 multicast sender pinned to loopback: IP_MULTICAST_IF
+/// 127.0.0.1, TTL 1, loop on, bound to 127.0.0.1. For datagrams the
+/// library would never send (duplicates, confirmables, garbage).
+pub fn raw_loopback_multicast_sender() -> UdpSocket {
+    let s = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )
+    .unwrap();
+    s.set_multicast_if_v4(&Ipv4Addr::LOCALHOST).unwrap();
+    s.set_multicast_ttl_v4(1).unwrap();
+    s.set_multicast_loop_v4(true).unwrap();
+    s.bind(&SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)).into())
+        .unwrap();
+    s.into()
+}
+
+/// Prints a loud NOT RUN banner, or fails when CI requires every external
+/// test (`SEALCAST_REQUIRE_EXTERNAL=1`).
+pub fn not_run(test: &str, why: &str) {
+    if sealcast_testkit::external_required() {
+        panic!("{test}: {why}, but SEALCAST_REQUIRE_EXTERNAL=1 demands that it runs");
+    }
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n==================== NOT RUN ====================\n\
+         {test}: {why}, so this test did not run.\n\
+         =================================================\n"
+    );
+}
+
+/// Deterministic pattern bytes (the same as tests/aiocoap/server.py's).
+pub fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| ((i * 7) % 251) as u8).collect()
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,563 @@
+//! The MQTT client: one connection task per client, QoS 1 publishes,
+//! received messages with acknowledgement tokens, reconnection with backoff.
+//!
+//! ```text
+//!  MqttClient ──publish/ack──▶ rumqttc request queue ──▶ ┌──────────────────┐
+//!                                                        │ connection task  │◀──▶ broker
+//!  Subscription ◀── Incoming { topic, payload, ack } ◀── │ (EventLoop::poll)│
+//!                                                        └──────────────────┘
+//! ```
+//!
+//! The task owns rumqttc's `EventLoop`. It reconnects with [`Backoff`] after
+//! a lost or refused connection, re-subscribes whenever the broker starts a
+//! new session, and re-sends unacknowledged publishes: rumqttc keeps them
+//! across reconnects when the broker resumes our session (`session present`),
+//! and this task puts them back when the broker answers with a *new* session
+//! (a broker restarted without persistence), because rumqttc drops them then.
+//!
+//! Acknowledgements are manual. A message is acknowledged on the connection
+//! that delivered it and nowhere else: a token from an earlier connection is
+//! not sent (the broker redelivers that message on the resumed session, and
+//! the receiver's replay window turns the copy into an acknowledged
+//! duplicate), so an old packet id can never acknowledge an unrelated
+//! message that the broker numbered the same way on the new connection.
+
+use core::fmt;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rumqttc::{
+    AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS, Request, Subscribe,
+    SubscribeFilter, SubscribeReasonCode,
+};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{debug, error, info, warn};
+
+use crate::backoff::{Backoff, Jitter};
+use crate::config::MqttConfig;
+use crate::error::{Error, Result};
+use crate::topic::{TopicFilter, check_topic_name};
+
+/// What the connection task has seen so far. A snapshot; see
+/// [`MqttClient::status`].
+#[non_exhaustive]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Status {
+    /// A connection is up (CONNACK received, not lost since).
+    pub connected: bool,
+    /// Connections established so far (1 after the first CONNACK; more
+    /// after reconnects).
+    pub connections: u64,
+    /// The broker resumed our session on the latest connection (CONNACK
+    /// `session present`).
+    pub session_present: bool,
+    /// The broker confirmed the configured subscriptions on the current
+    /// session (or there are none).
+    pub subscribed: bool,
+    /// QoS 1 publishes of ours the broker acknowledged (PUBACK).
+    pub publishes_acked: u64,
+    /// Publishes re-queued because the broker had lost our session.
+    pub republished_after_session_loss: u64,
+    /// The last connection error, for logs.
+    pub last_error: Option<String>,
+    /// A subscription the broker refused (its filter); the client closes.
+    pub refused_subscription: Option<String>,
+    /// The connection task has ended; nothing more will be sent or received.
+    pub closed: bool,
+}
+
+/// State shared by the handles and the connection task.
+#[derive(Debug)]
+struct Shared {
+    status: watch::Sender<Status>,
+    /// Bumped on every connect and every disconnect: acknowledgement
+    /// tokens from another value are stale.
+    connection: AtomicU64,
+    /// QoS 1 publishes handed to the connection task.
+    published: AtomicU64,
+    /// Set before a deliberate DISCONNECT, so the task does not reconnect.
+    closing: AtomicBool,
+}
+
+/// Aborts the connection task when the last [`MqttClient`] and
+/// [`Subscription`] are gone.
+#[derive(Debug)]
+struct TaskGuard(JoinHandle<()>);
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A handle to one MQTT connection: publishes with QoS 1, waits for
+/// connection, subscription and delivery, disconnects. Cheap to clone.
+///
+/// Created with [`MqttClient::connect`], which also returns the
+/// [`Subscription`] that yields received messages.
+#[derive(Clone)]
+pub struct MqttClient {
+    client: AsyncClient,
+    shared: Arc<Shared>,
+    _task: Arc<TaskGuard>,
+}
+
+impl fmt::Debug for MqttClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MqttClient")
+            .field("status", &*self.shared.status.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The receiving half: messages on the configured subscriptions, each with
+/// the token that acknowledges it.
+pub struct Subscription {
+    rx: mpsc::Receiver<Incoming>,
+    _task: Arc<TaskGuard>,
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("queued", &self.rx.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One received publish: the topic it arrived on (a broadcast's *target*),
+/// the COSE bytes, and the token that acknowledges it.
+///
+/// Open the payload first, acknowledge after the replay window committed:
+/// [`crate::deliver_once`] does both in the right order.
+pub struct Incoming {
+    /// The topic the message was published on.
+    pub topic: String,
+    /// The payload: the COSE object as it arrived.
+    pub payload: Bytes,
+    /// The broker marked it as a redelivery (MQTT DUP flag). Informational:
+    /// the replay window, not this flag, decides what is a duplicate.
+    pub redelivered: bool,
+    /// Acknowledges this message to the broker.
+    pub ack: AckToken,
+}
+
+impl fmt::Debug for Incoming {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Incoming")
+            .field("topic", &self.topic)
+            .field("payload_len", &self.payload.len())
+            .field("redelivered", &self.redelivered)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`AckToken::ack`] did.
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Acked {
+    /// The PUBACK was queued on the connection that delivered the message.
+    Sent,
+    /// That connection is gone; nothing was sent. A resumed session
+    /// redelivers the message, and the replay window turns the copy into an
+    /// acknowledged duplicate.
+    Stale,
+    /// QoS 0 messages need no acknowledgement.
+    NotNeeded,
+    /// The client had shut down; nothing was sent ([`AckToken::ack`]
+    /// reports this as [`Error::Closed`]; [`crate::deliver_once`] as this
+    /// value, after logging it).
+    ClientClosed,
+}
+
+/// Acknowledges one received message, once: [`AckToken::ack`] consumes it.
+///
+/// Dropping a token without acknowledging leaves the message unacknowledged:
+/// the broker redelivers it on the next session (persistent sessions) and,
+/// until then, it occupies one of the broker's in-flight slots for us.
+pub struct AckToken {
+    client: AsyncClient,
+    shared: Arc<Shared>,
+    /// Only `qos` and `pkid` matter for the acknowledgement; the payload is
+    /// not kept here.
+    publish: Option<Publish>,
+    connection: u64,
+}
+
+impl fmt::Debug for AckToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AckToken")
+            .field("pkid", &self.publish.as_ref().map(|p| p.pkid))
+            .field("connection", &self.connection)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AckToken {
+    fn new(client: AsyncClient, shared: Arc<Shared>, p: &Publish, connection: u64) -> Self {
+        let mut header = Publish::new("", p.qos, Vec::new());
+        header.pkid = p.pkid;
+        header.dup = p.dup;
+        Self {
+            client,
+            shared,
+            publish: Some(header),
+            connection,
+        }
+    }
+
+    /// Sends the PUBACK. Call it only after the message was opened and its
+    /// replay window committed (or it was judged a duplicate or garbage).
+    pub async fn ack(mut self) -> Result<Acked> {
+        let Some(publish) = self.publish.take() else {
+            return Ok(Acked::NotNeeded);
+        };
+        if publish.qos == QoS::AtMostOnce {
+            return Ok(Acked::NotNeeded);
+        }
+        if self.shared.connection.load(Ordering::SeqCst) != self.connection {
+            debug!(
+                pkid = publish.pkid,
+                "not acknowledging on a newer connection; the broker redelivers"
+            );
+            return Ok(Acked::Stale);
+        }
+        self.client.ack(&publish).await.map_err(|_| Error::Closed)?;
+        Ok(Acked::Sent)
+    }
+}
+
+impl Drop for AckToken {
+    fn drop(&mut self) {
+        if let Some(p) = &self.publish {
+            if p.qos != QoS::AtMostOnce {
+                debug!(
+                    pkid = p.pkid,
+                    "message dropped without acknowledgement; the broker redelivers it on the next session"
+                );
+            }
+        }
+    }
+}
+
+impl Subscription {
+    /// The next received message, or `None` once the client has shut down
+    /// and every queued message was taken.
+    pub async fn next_message(&mut self) -> Option<Incoming> {
+        self.rx.recv().await
+    }
+}
+
+impl MqttClient {
+    /// Starts the connection task for `config` and returns at once; the
+    /// task connects, subscribes and keeps reconnecting in the background
+    /// (see [`MqttClient::wait_subscribed`]). Must be called inside a tokio
+    /// runtime.
+    pub fn connect(config: MqttConfig) -> Result<(MqttClient, Subscription)> {
+        config.validate()?;
+        let host = if config.host.contains(':') && !config.host.starts_with('[') {
+            format!("[{}]", config.host)
+        } else {
+            config.host.clone()
+        };
+        let mut options = MqttOptions::new(config.client_id.clone(), host, config.port);
+        // Checked by `validate`: whole seconds (or zero), inflight ≥ 1,
+        // a non-empty client id for persistent sessions, so none of
+        // rumqttc's option assertions can fire.
+        options
+            .set_keep_alive(config.keep_alive)
+            .set_clean_session(!config.persistent_session)
+            .set_inflight(config.inflight)
+            .set_max_packet_size(config.max_packet, config.max_packet)
+            .set_request_channel_capacity(config.request_capacity)
+            .set_manual_acks(true);
+        if let Some(c) = &config.credentials {
+            options.set_credentials(c.username.clone(), c.password.clone());
+        }
+        let (client, mut eventloop) = AsyncClient::new(options, config.request_capacity);
+        let mut network = eventloop.network_options();
+        network.set_connection_timeout(config.connect_timeout.as_secs().max(1));
+        eventloop.set_network_options(network);
+
+        let (status, _) = watch::channel(Status {
+            subscribed: config.subscriptions.is_empty(),
+            ..Status::default()
+        });
+        let shared = Arc::new(Shared {
+            status,
+            connection: AtomicU64::new(0),
+            published: AtomicU64::new(0),
+            closing: AtomicBool::new(false),
+        });
+        let (tx, rx) = mpsc::channel(config.incoming_capacity);
+        let task = Connection {
+            eventloop,
+            client: client.clone(),
+            shared: shared.clone(),
+            tx,
+            filters: config.subscriptions.clone(),
+            backoff: config.backoff,
+            client_id: config.client_id.clone(),
+        };
+        let guard = Arc::new(TaskGuard(tokio::spawn(task.run())));
+        Ok((
+            MqttClient {
+                client,
+                shared,
+                _task: guard.clone(),
+            },
+            Subscription { rx, _task: guard },
+        ))
+    }
+
+    /// Publishes `payload` (the COSE bytes) on `topic` with QoS 1. Returns
+    /// once the message is queued for the connection task; it is sent as
+    /// soon as the connection allows and re-sent after reconnects until the
+    /// broker acknowledges it ([`MqttClient::flush`] waits for that).
+    pub async fn publish(&self, topic: impl Into<String>, payload: Bytes) -> Result<()> {
+        let topic = topic.into();
+        check_topic_name(&topic)?;
+        if self.shared.status.borrow().closed {
+            return Err(Error::Closed);
+        }
+        self.client
+            .publish_bytes(topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .map_err(|_| Error::Closed)?;
+        self.shared.published.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// A snapshot of the connection's status.
+    pub fn status(&self) -> Status {
+        self.shared.status.borrow().clone()
+    }
+
+    /// Waits until a connection is up.
+    pub async fn wait_connected(&self, timeout: Duration) -> Result<()> {
+        self.wait_for(timeout, "the connection", |s| s.connected)
+            .await
+    }
+
+    /// Waits until the broker confirmed the configured subscriptions on the
+    /// current session. Messages published before that may not reach us.
+    pub async fn wait_subscribed(&self, timeout: Duration) -> Result<()> {
+        self.wait_for(timeout, "the subscriptions", |s| {
+            s.connected && s.subscribed
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Waits until the broker acknowledged every publish made through this
+    /// client (and its clones) before the call. It counts acknowledgements:
+    /// with clones publishing concurrently it may return once as many
+    /// acknowledgements as earlier publishes arrived.
+    pub async fn flush(&self, timeout: Duration) -> Result<()> {
+        let target = self.shared.published.load(Ordering::SeqCst);
+        self.wait_for(timeout, "the broker's acknowledgements", |s| {
+            s.publishes_acked >= target
+        })
+        .await
+    }
+
+    async fn wait_for(
+        &self,
+        timeout: Duration,
+        what: &'static str,
+        done: impl Fn(&Status) -> bool,
+    ) -> Result<()> {
+        let mut rx = self.shared.status.subscribe();
+        let waited = tokio::time::timeout(timeout, rx.wait_for(|s| done(s) || s.closed)).await;
+        match waited {
+            Err(_) => Err(Error::Timeout(what)),
+            Ok(Err(_)) => Err(Error::Closed),
+            Ok(Ok(s)) if done(&s) => Ok(()),
+            Ok(Ok(s)) => match &s.refused_subscription {
+                Some(filter) => Err(Error::SubscriptionRefused(filter.clone())),
+                None => Err(Error::Closed),
+            },
+        }
+    }
+
+    /// Sends DISCONNECT after everything queued before it (publishes,
+    /// acknowledgements) and ends the connection task. A persistent session
+    /// stays on the broker. Waits at most `timeout` for the task to finish.
+    pub async fn disconnect(&self, timeout: Duration) -> Result<()> {
+        self.shared.closing.store(true, Ordering::SeqCst);
+        if self.client.disconnect().await.is_err() {
+            return Ok(()); // the task is gone already
+        }
+        self.wait_for(timeout, "the disconnect", |s| s.closed).await
+    }
+}
+
+/// The connection task.
+struct Connection {
+    eventloop: EventLoop,
+    client: AsyncClient,
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Incoming>,
+    filters: Vec<TopicFilter>,
+    backoff: Backoff,
+    client_id: String,
+}
+
+impl Connection {
+    async fn run(mut self) {
+        let mut jitter = Jitter::from_entropy();
+        let mut failures: u32 = 0;
+        // Our unacknowledged publishes as of the last lost connection.
+        let mut unacked: Vec<Publish> = Vec::new();
+        // Whether some session of ours ever confirmed the subscriptions.
+        let mut confirmed_once = false;
+        let mut first_connack = true;
+        loop {
+            match self.eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    failures = 0;
+                    self.shared.connection.fetch_add(1, Ordering::SeqCst);
+                    let mut requeued = 0u64;
+                    if ack.session_present {
+                        // rumqttc re-sends its pending publishes itself.
+                        unacked.clear();
+                    } else {
+                        // A new session: rumqttc has just dropped its pending
+                        // publishes. Put ours back, with fresh packet ids.
+                        for mut p in unacked.drain(..) {
+                            p.pkid = 0;
+                            p.dup = false;
+                            self.eventloop.pending.push_back(Request::Publish(p));
+                            requeued += 1;
+                        }
+                        if requeued > 0 {
+                            warn!(
+                                client = %self.client_id,
+                                requeued,
+                                "the broker started a new session; re-publishing unacknowledged messages"
+                            );
+                        }
+                    }
+                    let resubscribe = !self.filters.is_empty()
+                        && (first_connack || !ack.session_present || !confirmed_once);
+                    if resubscribe {
+                        let filters = self
+                            .filters
+                            .iter()
+                            .map(|f| SubscribeFilter::new(f.as_str().to_owned(), QoS::AtLeastOnce));
+                        self.eventloop
+                            .pending
+                            .push_front(Request::Subscribe(Subscribe::new_many(filters)));
+                    }
+                    first_connack = false;
+                    info!(
+                        client = %self.client_id,
+                        session_present = ack.session_present,
+                        "connected to the MQTT broker"
+                    );
+                    self.shared.status.send_modify(|s| {
+                        s.connected = true;
+                        s.connections += 1;
+                        s.session_present = ack.session_present;
+                        s.subscribed = !resubscribe;
+                        s.republished_after_session_loss += requeued;
+                    });
+                }
+                Ok(Event::Incoming(Packet::SubAck(suback))) => {
+                    let refused = suback
+                        .return_codes
+                        .iter()
+                        .zip(&self.filters)
+                        .find(|(code, _)| matches!(code, SubscribeReasonCode::Failure))
+                        .map(|(_, f)| f.to_string());
+                    match refused {
+                        None => {
+                            confirmed_once = true;
+                            debug!(client = %self.client_id, "subscriptions confirmed");
+                            self.shared.status.send_modify(|s| s.subscribed = true);
+                        }
+                        Some(filter) => {
+                            error!(client = %self.client_id, %filter, "the broker refused a subscription");
+                            self.shared.status.send_modify(|s| {
+                                s.refused_subscription = Some(filter.clone());
+                            });
+                            // Refused for good: the broker's ACL says no. Stop
+                            // rather than run without the subscription.
+                            break;
+                        }
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let connection = self.shared.connection.load(Ordering::SeqCst);
+                    let ack =
+                        AckToken::new(self.client.clone(), self.shared.clone(), &p, connection);
+                    let incoming = Incoming {
+                        topic: p.topic,
+                        payload: p.payload,
+                        redelivered: p.dup,
+                        ack,
+                    };
+                    if self.tx.send(incoming).await.is_err() {
+                        debug!(client = %self.client_id, "no subscription handle; message left unacknowledged");
+                    }
+                }
+                Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    self.shared.status.send_modify(|s| s.publishes_acked += 1);
+                }
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                    info!(client = %self.client_id, "disconnected from the MQTT broker");
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    if self.shared.closing.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    self.shared.connection.fetch_add(1, Ordering::SeqCst);
+                    // After a lost connection rumqttc has moved its
+                    // unacknowledged publishes (and queued requests) into
+                    // `pending`; after a failed attempt `pending` is unchanged.
+                    unacked = pending_publishes(&self.eventloop.pending);
+                    failures = failures.saturating_add(1);
+                    let reason = e.to_string();
+                    self.shared.status.send_modify(|s| {
+                        s.connected = false;
+                        s.last_error = Some(reason.clone());
+                    });
+                    if self.backoff.max_attempts.is_some_and(|max| failures > max) {
+                        error!(client = %self.client_id, failures, error = %reason, "giving up reconnecting");
+                        break;
+                    }
+                    let delay = self.backoff.delay(failures - 1, jitter.next());
+                    warn!(
+                        client = %self.client_id,
+                        error = %reason,
+                        attempt = failures,
+                        delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                        unacked = unacked.len(),
+                        "MQTT connection lost or refused; reconnecting"
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+        self.shared.status.send_modify(|s| {
+            s.connected = false;
+            s.closed = true;
+        });
+    }
+}
+
+fn pending_publishes(pending: &VecDeque<Request>) -> Vec<Publish> {
+    pending
+        .iter()
+        .filter_map(|r| match r {
+            Request::Publish(p) if p.qos != QoS::AtMostOnce => Some(p.clone()),
+            _ => None,
+        })
+        .collect()
+}

@@ -1,0 +1,517 @@
+//! The field-node runtime: a device (ASN) or a gateway agent (MN) on MQTT.
+//!
+//! It installs key deliveries addressed to it, follows join notices and tree
+//! rekeys, acknowledges (after installing), pulls when it missed an epoch,
+//! and opens the group commands of the groups it belongs to — acknowledging
+//! each MQTT message only after the replay window committed. A gateway adds
+//! [`Rule`]s: an alert verified from one group makes it seal and broadcast
+//! commands to other groups (the fire-safety group controller).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use sealcast_core::broadcast::{BroadcastReceiver, ReplayPolicy, seal_broadcast};
+use sealcast_core::credential::{EntityCredential, PublicCredential};
+use sealcast_core::groupkey::{GroupContext, GroupKeyMaterial};
+use sealcast_core::ids::{EntityId, GroupId, SeqNum};
+use sealcast_core::replay::SeqAllocator;
+use sealcast_group::manager::MessageKind;
+use sealcast_group::member::{Member, MemberEvent};
+use sealcast_mqtt::{
+    Bytes, Delivery, DeviceChannel, GroupChannel, Incoming, MqttClient, MqttConfig, Subscription,
+    Topic, TopicScheme, deliver_once,
+};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::runtime::{EventKind, EventSink, now, report};
+use crate::{Error, Result};
+
+/// What a device does with a verified command. The default logs it.
+pub trait CommandHandler: Send + Sync {
+    /// Called once per verified command, after the replay window committed.
+    fn execute(&self, device: &EntityId, group: &GroupId, signer: &EntityId, command: &[u8]);
+}
+
+/// Logs every command.
+#[derive(Debug, Default)]
+pub struct LogHandler;
+
+impl CommandHandler for LogHandler {
+    fn execute(&self, device: &EntityId, group: &GroupId, signer: &EntityId, command: &[u8]) {
+        info!(%device, %group, %signer, command = %String::from_utf8_lossy(command), "executing command");
+    }
+}
+
+/// A gateway rule: an alert verified from `on_alert_from` makes the gateway
+/// broadcast `command` to `then_command`.
+#[derive(Clone, Debug)]
+pub struct Rule {
+    /// The group whose alerts trigger the rule.
+    pub on_alert_from: GroupId,
+    /// The group to command.
+    pub then_command: GroupId,
+    /// The command payload.
+    pub command: Vec<u8>,
+}
+
+/// Configuration of one field node.
+pub struct NodeConfig {
+    /// Its credential.
+    pub credential: EntityCredential,
+    /// The manager it trusts.
+    pub manager: PublicCredential,
+    /// MQTT broker URL.
+    pub broker_url: String,
+    /// Topic scheme.
+    pub topics: TopicScheme,
+    /// Gateway rules (empty for a plain device).
+    pub rules: Vec<Rule>,
+    /// Devices whose deliveries this node relays (a gateway): it subscribes
+    /// to them and proves it cannot open them.
+    pub relays_for: Vec<EntityId>,
+    /// The command handler.
+    pub handler: Arc<dyn CommandHandler>,
+    /// Where to report events.
+    pub events: EventSink,
+}
+
+impl core::fmt::Debug for NodeConfig {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("NodeConfig")
+            .field("id", self.credential.id())
+            .field("broker_url", &self.broker_url)
+            .field("rules", &self.rules)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Requests to a running node.
+#[derive(Debug)]
+enum Request {
+    /// Seal `payload` for `group` on its `channel` topic and publish it;
+    /// answers with the sealed bytes.
+    Send {
+        group: GroupId,
+        channel: GroupChannel,
+        payload: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<u8>>>,
+    },
+    /// The node's current key material of `group`.
+    Material {
+        group: GroupId,
+        reply: oneshot::Sender<Option<GroupKeyMaterial>>,
+    },
+}
+
+/// A handle to a running field node.
+#[derive(Clone, Debug)]
+pub struct NodeHandle {
+    id: EntityId,
+    requests: mpsc::Sender<Request>,
+}
+
+impl NodeHandle {
+    /// The node's id.
+    pub fn id(&self) -> &EntityId {
+        &self.id
+    }
+
+    /// Seals and publishes a broadcast as this node (it must be an
+    /// authorized signer of `group`). Returns the sealed bytes.
+    pub async fn send(
+        &self,
+        group: &GroupId,
+        channel: GroupChannel,
+        payload: &[u8],
+    ) -> Result<Vec<u8>> {
+        let (reply, rx) = oneshot::channel();
+        self.requests
+            .send(Request::Send {
+                group: group.clone(),
+                channel,
+                payload: payload.to_vec(),
+                reply,
+            })
+            .await
+            .map_err(|_| Error::Runtime(format!("node {} stopped", self.id)))?;
+        rx.await
+            .map_err(|_| Error::Runtime(format!("node {} stopped", self.id)))?
+    }
+
+    /// The node's current key material of `group` (None: not a member).
+    /// The demo's insider attacker uses it; so would an operator's probe.
+    pub async fn material(&self, group: &GroupId) -> Result<Option<GroupKeyMaterial>> {
+        let (reply, rx) = oneshot::channel();
+        self.requests
+            .send(Request::Material {
+                group: group.clone(),
+                reply,
+            })
+            .await
+            .map_err(|_| Error::Runtime(format!("node {} stopped", self.id)))?;
+        rx.await
+            .map_err(|_| Error::Runtime(format!("node {} stopped", self.id)))
+    }
+}
+
+struct Node {
+    id: EntityId,
+    member: Member,
+    receivers: BTreeMap<GroupId, BroadcastReceiver>,
+    senders: BTreeMap<(GroupId, u32), SeqAllocator>,
+    client: MqttClient,
+    topics: TopicScheme,
+    rules: Vec<Rule>,
+    handler: Arc<dyn CommandHandler>,
+    events: EventSink,
+    pulls: u64,
+}
+
+/// Connects a field node and starts it on the current tokio runtime.
+/// Returns once its subscriptions are in place.
+pub async fn spawn(config: NodeConfig) -> Result<NodeHandle> {
+    let id = config.credential.id().clone();
+    let mut mqtt = MqttConfig::from_url(&config.broker_url, id.as_str())?
+        .with_subscription(config.topics.device_filter(&id))
+        .with_subscription(config.topics.all_groups_filter(GroupChannel::Command))
+        .with_subscription(config.topics.all_groups_filter(GroupChannel::Alert))
+        .with_subscription(config.topics.all_groups_filter(GroupChannel::Notice))
+        .with_subscription(config.topics.all_groups_filter(GroupChannel::Rekey));
+    for d in &config.relays_for {
+        mqtt = mqtt.with_subscription(config.topics.device_filter(d));
+    }
+    let (client, inbox) = MqttClient::connect(mqtt)?;
+    client
+        .wait_subscribed(std::time::Duration::from_secs(10))
+        .await?;
+    let (tx, rx) = mpsc::channel(64);
+    let node = Node {
+        id: id.clone(),
+        member: Member::new(config.credential, config.manager),
+        receivers: BTreeMap::new(),
+        senders: BTreeMap::new(),
+        client,
+        topics: config.topics,
+        rules: config.rules,
+        handler: config.handler,
+        events: config.events,
+        pulls: 0,
+    };
+    tokio::spawn(node.run(inbox, rx));
+    Ok(NodeHandle { id, requests: tx })
+}
+
+impl Node {
+    async fn run(mut self, mut inbox: Subscription, mut requests: mpsc::Receiver<Request>) {
+        loop {
+            tokio::select! {
+                msg = inbox.next_message() => match msg {
+                    Some(m) => self.on_message(m).await,
+                    None => break,
+                },
+                req = requests.recv() => match req {
+                    Some(r) => self.on_request(r).await,
+                    None => break,
+                },
+            }
+        }
+        debug!(node = %self.id, "node stopped");
+    }
+
+    async fn on_request(&mut self, req: Request) {
+        match req {
+            Request::Send {
+                group,
+                channel,
+                payload,
+                reply,
+            } => {
+                let r = self.seal_and_publish(&group, channel, &payload).await;
+                let _ = reply.send(r);
+            }
+            Request::Material { group, reply } => {
+                let _ = reply.send(self.member.material(&group).cloned());
+            }
+        }
+    }
+
+    async fn seal_and_publish(
+        &mut self,
+        group: &GroupId,
+        channel: GroupChannel,
+        payload: &[u8],
+    ) -> Result<Vec<u8>> {
+        let material = self
+            .member
+            .material(group)
+            .ok_or(Error::Group(sealcast_group::Error::UnknownGroup))?;
+        let ctx = GroupContext::new(material)?;
+        let epoch = ctx.epoch().get();
+        // A fresh allocator per epoch: new keys, so numbers start over. This
+        // demo node keeps its reservation in memory; a device with state
+        // files persists it (sealcast_store::DeviceStateFile) before use.
+        let alloc = self
+            .senders
+            .entry((group.clone(), epoch))
+            .or_insert(SeqAllocator::new(64)?);
+        if let Some(limit) = alloc.reservation_request() {
+            alloc.confirm_reservation(limit)?;
+        }
+        let seq: SeqNum = alloc.next()?;
+        let topic = self.topics.group(group, channel);
+        let credential = self.member.credential();
+        let bytes = seal_broadcast(
+            &ctx,
+            credential.id(),
+            credential.signing_key(),
+            seq,
+            now(),
+            &topic,
+            payload,
+        )?;
+        self.client
+            .publish(topic, Bytes::from(bytes.clone()))
+            .await?;
+        Ok(bytes)
+    }
+
+    async fn on_message(&mut self, incoming: Incoming) {
+        let parsed = self.topics.parse(&incoming.topic);
+        match parsed {
+            Ok(Topic::Device {
+                device,
+                channel: DeviceChannel::Delivery,
+            }) => {
+                self.on_delivery(&device, incoming).await;
+            }
+            Ok(Topic::Group {
+                group,
+                channel: GroupChannel::Notice,
+            }) => {
+                self.on_group_key_message(&group, MessageKind::JoinNotice, incoming)
+                    .await;
+            }
+            Ok(Topic::Group {
+                group,
+                channel: GroupChannel::Rekey,
+            }) => {
+                self.on_group_key_message(&group, MessageKind::TreeRekey, incoming)
+                    .await;
+            }
+            Ok(Topic::Group { group, channel }) => {
+                self.on_broadcast(group, channel, incoming).await
+            }
+            // Our own acks and pulls echo back through the device filter.
+            Ok(_) => {
+                let _ = incoming.ack.ack().await;
+            }
+            Err(e) => {
+                warn!(node = %self.id, topic = %incoming.topic, error = %e, "message on an unknown topic dropped");
+                let _ = incoming.ack.ack().await;
+            }
+        }
+    }
+
+    async fn on_delivery(&mut self, device: &EntityId, incoming: Incoming) {
+        if *device != self.id {
+            // A gateway relays deliveries for its devices: prove it can't read them.
+            let readable = self
+                .member
+                .handle_delivery(MessageKind::KeyDelivery, &incoming.payload)
+                .is_ok()
+                || self
+                    .member
+                    .handle_delivery(MessageKind::TreeDelivery, &incoming.payload)
+                    .is_ok();
+            if !readable {
+                report(
+                    &self.events,
+                    &self.id,
+                    EventKind::CannotOpenDelivery {
+                        recipient: device.clone(),
+                    },
+                );
+            }
+            let _ = incoming.ack.ack().await;
+            return;
+        }
+        let result = match self
+            .member
+            .handle_delivery(MessageKind::KeyDelivery, &incoming.payload)
+        {
+            Ok(ev) => Ok(ev),
+            Err(_) => self
+                .member
+                .handle_delivery(MessageKind::TreeDelivery, &incoming.payload),
+        };
+        self.after_key_event(result, None).await;
+        let _ = incoming.ack.ack().await;
+    }
+
+    async fn on_group_key_message(
+        &mut self,
+        group: &GroupId,
+        kind: MessageKind,
+        incoming: Incoming,
+    ) {
+        if self.member.material(group).is_none() {
+            let _ = incoming.ack.ack().await;
+            return;
+        }
+        let result = match kind {
+            MessageKind::JoinNotice => self.member.handle_join_notice(&incoming.payload),
+            _ => self.member.handle_tree_rekey(&incoming.payload),
+        };
+        self.after_key_event(result, Some(group)).await;
+        let _ = incoming.ack.ack().await;
+    }
+
+    async fn after_key_event(
+        &mut self,
+        result: sealcast_group::Result<MemberEvent>,
+        group: Option<&GroupId>,
+    ) {
+        match result {
+            Ok(MemberEvent::Installed { group, epoch, ack }) => {
+                if let Some(Ok(ctx)) = self.member.context(&group) {
+                    let installed = match self.receivers.get_mut(&group) {
+                        Some(r) => r.install(ctx).is_ok(),
+                        None => BroadcastReceiver::new(ctx, ReplayPolicy::default())
+                            .map(|r| {
+                                self.receivers.insert(group.clone(), r);
+                            })
+                            .is_ok(),
+                    };
+                    if installed {
+                        report(
+                            &self.events,
+                            &self.id,
+                            EventKind::Installed {
+                                group: group.clone(),
+                                epoch,
+                            },
+                        );
+                    }
+                }
+                self.publish_ack(ack).await;
+            }
+            Ok(MemberEvent::AlreadyCurrent { ack, .. }) => self.publish_ack(ack).await,
+            Err(sealcast_group::Error::OutOfSync(_)) => {
+                if let Some(g) = group {
+                    self.pulls += 1;
+                    if let Ok(pull) = self.member.pull_request(g, self.pulls) {
+                        let topic = self.topics.device(&self.id, DeviceChannel::Pull);
+                        let _ = self.client.publish(topic, Bytes::from(pull)).await;
+                    }
+                }
+            }
+            // Evicted, or not for us: nothing to install.
+            Err(e) => debug!(node = %self.id, error = %e, "key message not installed"),
+        }
+    }
+
+    async fn publish_ack(&mut self, ack: Vec<u8>) {
+        let topic = self.topics.device(&self.id, DeviceChannel::Ack);
+        if let Err(e) = self.client.publish(topic, Bytes::from(ack)).await {
+            warn!(node = %self.id, error = %e, "ack not published; the manager will re-send");
+        }
+    }
+
+    async fn on_broadcast(&mut self, group: GroupId, channel: GroupChannel, incoming: Incoming) {
+        let Some(receiver) = self.receivers.get_mut(&group) else {
+            report(&self.events, &self.id, EventKind::NotMember { group });
+            let _ = incoming.ack.ack().await;
+            return;
+        };
+        let at = now();
+        let delivery =
+            deliver_once(incoming, |target, bytes| receiver.open(bytes, target, at)).await;
+        match delivery {
+            Delivery::Executed { value, .. } => {
+                if channel == GroupChannel::Command {
+                    self.handler
+                        .execute(&self.id, &group, &value.signer, &value.payload);
+                }
+                report(
+                    &self.events,
+                    &self.id,
+                    EventKind::Executed {
+                        group: group.clone(),
+                        signer: value.signer.clone(),
+                        payload: value.payload.clone(),
+                    },
+                );
+                if channel == GroupChannel::Alert {
+                    self.apply_rules(&group).await;
+                }
+            }
+            Delivery::Duplicate { kind, .. } => {
+                report(
+                    &self.events,
+                    &self.id,
+                    EventKind::Rejected {
+                        group,
+                        reason: format!("replay ({kind:?})"),
+                    },
+                );
+            }
+            Delivery::Rejected { reason, .. } => {
+                report(
+                    &self.events,
+                    &self.id,
+                    EventKind::Rejected {
+                        group,
+                        reason: reason.to_string(),
+                    },
+                );
+            }
+            Delivery::Deferred { incoming, reason } => {
+                // A newer epoch than ours: pull, and drop this copy (acknowledged:
+                // the sender re-issues what matters once we caught up).
+                report(
+                    &self.events,
+                    &self.id,
+                    EventKind::Rejected {
+                        group: group.clone(),
+                        reason: reason.to_string(),
+                    },
+                );
+                self.pulls += 1;
+                if let Ok(pull) = self.member.pull_request(&group, self.pulls) {
+                    let topic = self.topics.device(&self.id, DeviceChannel::Pull);
+                    let _ = self.client.publish(topic, Bytes::from(pull)).await;
+                }
+                let _ = incoming.ack.ack().await;
+            }
+            _ => {}
+        }
+    }
+
+    async fn apply_rules(&mut self, alert_group: &GroupId) {
+        let rules: Vec<Rule> = self
+            .rules
+            .iter()
+            .filter(|r| r.on_alert_from == *alert_group)
+            .cloned()
+            .collect();
+        for rule in rules {
+            match self
+                .seal_and_publish(&rule.then_command, GroupChannel::Command, &rule.command)
+                .await
+            {
+                Ok(_) => report(
+                    &self.events,
+                    &self.id,
+                    EventKind::Issued {
+                        group: rule.then_command.clone(),
+                        payload: rule.command.clone(),
+                    },
+                ),
+                Err(e) => {
+                    warn!(node = %self.id, group = %rule.then_command, error = %e, "rule could not issue its command")
+                }
+            }
+        }
+    }
+}

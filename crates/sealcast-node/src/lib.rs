@@ -1,0 +1,22 @@
+//! # sealcast-node
+//!
+//! The runtimes that wire sealcast's sans-IO core and group logic to real
+//! transports and storage: the group manager (IN), the gateway agent (MN:
+//! relay and group controller) and the device (ASN), over MQTT. Each runtime
+//! is a tokio task that owns its protocol state; the clock and OS randomness
+//! are read here, never in the protocol crates.
+//!
+//! [`demo::fire_safety`] runs the whole fire-safety deployment of the design
+//! notes in one process over real sockets on loopback: an embedded MQTT
+//! broker, a manager with its SQLite store and audit log, a gateway and the
+//! devices — then the attacks.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod demo;
+pub mod device;
+pub mod error;
+pub mod manager;
+pub mod runtime;
+
+pub use error::{Error, Result};

@@ -1,0 +1,94 @@
+//! What the runtimes share: the clock, OS randomness, and the event stream
+//! a supervisor (the demo, a log) watches.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use sealcast_core::ids::{EntityId, Epoch, GroupId, UnixMillis};
+use tokio::sync::mpsc;
+
+/// Wall-clock time for the protocol crates.
+pub fn now() -> UnixMillis {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis();
+    UnixMillis::new(u64::try_from(ms).unwrap_or(u64::MAX))
+}
+
+/// A cryptographically secure generator seeded from the operating system.
+pub fn os_rng() -> crate::Result<StdRng> {
+    StdRng::try_from_rng(&mut rand::rngs::SysRng)
+        .map_err(|e| crate::Error::Runtime(format!("the operating system gave no randomness: {e}")))
+}
+
+/// Something a runtime did that a supervisor may want to see.
+#[non_exhaustive]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// Key material of an epoch installed (and acknowledged).
+    Installed {
+        /// The group.
+        group: GroupId,
+        /// The epoch.
+        epoch: Epoch,
+    },
+    /// A command or alert opened, verified and executed.
+    Executed {
+        /// The group it was sealed for.
+        group: GroupId,
+        /// Who signed it.
+        signer: EntityId,
+        /// The payload.
+        payload: Vec<u8>,
+    },
+    /// A message on a group topic this entity is not a member of: it holds
+    /// no key to open it.
+    NotMember {
+        /// The group of the topic.
+        group: GroupId,
+    },
+    /// A message refused; the local reason.
+    Rejected {
+        /// The group of the topic.
+        group: GroupId,
+        /// Why (local detail, never sent to a peer).
+        reason: String,
+    },
+    /// A delivery this entity relays or overhears but cannot open.
+    CannotOpenDelivery {
+        /// The device it was for.
+        recipient: EntityId,
+    },
+    /// The gateway issued a command after an alert.
+    Issued {
+        /// The group commanded.
+        group: GroupId,
+        /// The payload.
+        payload: Vec<u8>,
+    },
+}
+
+/// One event with its source.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// When.
+    pub at: UnixMillis,
+    /// Which entity.
+    pub who: EntityId,
+    /// What.
+    pub kind: EventKind,
+}
+
+/// Where runtimes report events.
+pub type EventSink = mpsc::UnboundedSender<Event>;
+
+/// Reports an event (a closed sink is not an error: nobody is watching).
+pub fn report(sink: &EventSink, who: &EntityId, kind: EventKind) {
+    let _ = sink.send(Event {
+        at: now(),
+        who: who.clone(),
+        kind,
+    });
+}

@@ -1,0 +1,49 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! The fire-safety deployment end to end over real sockets on loopback:
+//! with the embedded broker (always) and with the machine's Mosquitto (CI).
+
+use sealcast_node::demo::{FireSafetyConfig, fire_safety};
+
+async fn run(config: FireSafetyConfig) {
+    let mut lines = Vec::new();
+    let report = fire_safety(config, &mut |l| lines.push(l.to_owned()))
+        .await
+        .unwrap();
+    for c in &report.checks {
+        assert!(
+            c.passed(),
+            "{} expected {} observed {}\n{}",
+            c.what,
+            c.expected,
+            c.observed,
+            lines.join("\n")
+        );
+    }
+    assert!(report.passed());
+    assert!(report.checks.len() >= 10, "every step was checked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fire_safety_on_the_embedded_broker() {
+    run(FireSafetyConfig {
+        devices: 8,
+        broker: None,
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fire_safety_on_mosquitto() {
+    let Some(url) = sealcast_testkit::require(
+        "SEALCAST_MQTT_URL",
+        "fire_safety_on_mosquitto",
+        "an MQTT broker such as Mosquitto (CI: mqtt://127.0.0.1:1883)",
+    ) else {
+        return;
+    };
+    run(FireSafetyConfig {
+        devices: 10,
+        broker: Some(url),
+    })
+    .await;
+}

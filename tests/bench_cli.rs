@@ -1,0 +1,92 @@
+//! `sealcast bench --quick --json` runs and reports every field the issue
+//! asks for. No timing is asserted: only that each figure is a finite
+//! positive number and that the run names its backend, strictness and
+//! build profile.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_sealcast");
+
+const NUMBERS: &[&str] = &[
+    "open_per_sec",
+    "verify_strict_per_sec",
+    "open_to_verify_ratio",
+    "seal_per_sec",
+    "sign_per_sec",
+    "batch64_per_sec",
+    "single_verify_per_sec",
+    "batch64_ratio",
+    "burst64_open_per_sec",
+    "burst64_ratio",
+    "two_thread_ratio",
+    "rekey_tree_vs_p2p_cpu_ratio_100k",
+    "open_16b_per_sec",
+    "open_1024b_per_sec",
+    "batch8_ratio",
+    "batch256_ratio",
+    "rekey_tree_bytes_100k",
+    "rekey_p2p_bytes_100k",
+];
+
+#[test]
+fn bench_quick_json_has_every_field() {
+    let out = Command::new(BIN)
+        .args(["bench", "--quick", "--json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "sealcast bench failed: {stderr}");
+    assert!(stderr.contains("open"), "no progress on stderr: {stderr}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not one JSON object ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    let obj = json.as_object().expect("a JSON object");
+
+    let backend = obj["backend"].as_str().expect("backend is a string");
+    assert!(
+        ["serial", "fiat", "avx2", "avx512ifma"].contains(&backend),
+        "backend {backend}"
+    );
+    assert_eq!(obj["strict"], serde_json::Value::Bool(true));
+    let profile = obj["profile"].as_str().expect("profile is a string");
+    assert!(["debug", "release"].contains(&profile), "profile {profile}");
+    let expected_profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    assert_eq!(profile, expected_profile);
+
+    for key in NUMBERS {
+        let v = obj
+            .get(*key)
+            .unwrap_or_else(|| panic!("missing field {key}"))
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key} is not a number: {}", obj[*key]));
+        assert!(v.is_finite() && v > 0.0, "{key} = {v}");
+    }
+    assert_eq!(
+        obj["failures"].as_u64(),
+        Some(0),
+        "operations failed during the run"
+    );
+}
+
+#[test]
+fn bench_table_names_backend_and_profile() {
+    let out = Command::new(BIN)
+        .args(["bench", "--quick"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("backend "), "{table}");
+    assert!(table.contains("strict verification on"), "{table}");
+    assert!(table.contains(" build"), "{table}");
+    assert!(table.contains("open 100 B / raw verify_strict"), "{table}");
+    assert!(table.contains("extrapolated linearly"), "{table}");
+}
