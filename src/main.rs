@@ -64,6 +64,7 @@ fn run(cli: Cli) -> error::Result<()> {
         Command::Audit(cmd::audit::AuditCommand::Verify(args)) => cmd::audit::verify(&args),
         Command::Bench(args) => cmd::bench::run(&args),
         Command::Demo(cmd::demo::DemoCommand::FireSafety(args)) => cmd::demo::fire_safety(&args),
+        Command::Demo(cmd::demo::DemoCommand::SmartMeter(args)) => cmd::demo::smart_meter(&args),
     }
 }
 

@@ -3,10 +3,11 @@
 //! shared, noisy machine.
 //!
 //! No criterion here (the criterion benches live in `benches/`): simple timed
-//! loops, a warm-up, then rounds that alternate the measured operation and
-//! its baseline; each rate is the best round (noise only ever adds time) and
-//! each ratio compares the two best rounds. The whole run is bounded: about
-//! 3 s with `--quick`, about 30 s without.
+//! loops on the thread's CPU clock, a warm-up, then the measured operation
+//! and its baseline in alternating 2 ms slices, both rotating through the
+//! same stack offsets (see [`at_stack_offset`]). docs/PERFORMANCE.md says
+//! why each of these matters here. The whole run is bounded: about 1 s with
+//! `--quick`, about 15 s without (plus fixtures).
 
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
@@ -46,7 +47,7 @@ Examples:
 #[derive(Debug, Args)]
 #[command(after_help = EXAMPLES)]
 pub struct BenchArgs {
-    /// Short rounds (about 3 s in all): a smoke test, not a measurement.
+    /// Short rounds (about 1 s in all): a smoke test, not a measurement.
     #[arg(long)]
     quick: bool,
     /// Print one JSON object on standard output instead of the table.
@@ -80,7 +81,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 struct Plan {
     /// Untimed time per operation before the rounds.
     warm_up: Duration,
-    /// Time per round of one operation.
+    /// Time per round: with `rounds`, the time each comparison runs.
     round: Duration,
     /// Rounds per operation (alternating with its baseline).
     rounds: usize,

@@ -559,7 +559,7 @@ impl BroadcastReceiver {
         let aad = cose::enc_structure("Encrypt0", &outer.protected, &context);
         let piv = h.seq.partial_iv();
         let nonce = nonce(self.ctx.common_iv(), &h.sender_id, &piv)?;
-        let inner_bytes = entry.key.open(&nonce, &aad, &outer.ciphertext)?;
+        let inner_bytes = entry.key.open_data(&nonce, &aad, &outer.ciphertext)?;
 
         // 4. Inner object: signer must be the outer sender.
         let inner = parse_inner(&inner_bytes, &h.sender_id)?;

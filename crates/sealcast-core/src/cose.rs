@@ -320,7 +320,8 @@ pub(crate) fn only(h: &Header, allowed: Allowed<'_>) -> Result<()> {
 /// anything else — including every malformed input — which the caller then
 /// hands to coset. So acceptance and every error stay exactly coset's.
 /// Whatever `Some` returns is what coset's structures hold for those bytes:
-/// the unit tests below and `tests/fuzz_smoke.rs` compare the two.
+/// the unit tests below compare the two on genuine broadcasts and on every
+/// one-bit flip and truncation of them, and on hand-made variants.
 pub(crate) mod fast {
     use super::{HDR_EPOCH, HDR_KID, HDR_KID_CONTEXT, HDR_PARTIAL_IV, HDR_TIMESTAMP};
 
@@ -435,12 +436,6 @@ pub(crate) mod fast {
     /// Reads `16([h'A101(01|03)', {4, 6, 10, -70001, -70002 in any order},
     /// ciphertext])`, tagged or not; `None` for anything else.
     pub(crate) fn broadcast_outer(bytes: &[u8]) -> Option<Outer<'_>> {
-        {
-            static S: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-            if *S.get_or_init(|| std::env::var_os("SC_SLOW").is_some()) {
-                return None;
-            }
-        }
         let body = bytes.strip_prefix(&[TAG16]).unwrap_or(bytes);
         let mut r = Reader::new(body);
         r.expect(ARRAY3)?;
@@ -492,12 +487,6 @@ pub(crate) mod fast {
     /// Reads `18([h'A10127', {4: kid}, payload, signature])`, tagged or not;
     /// `None` for anything else.
     pub(crate) fn broadcast_inner(bytes: &[u8]) -> Option<Inner<'_>> {
-        {
-            static S: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-            if *S.get_or_init(|| std::env::var_os("SC_SLOW").is_some()) {
-                return None;
-            }
-        }
         let body = bytes.strip_prefix(&[TAG18]).unwrap_or(bytes);
         let mut r = Reader::new(body);
         r.expect(ARRAY4)?;
@@ -518,5 +507,230 @@ pub(crate) mod fast {
             payload,
             signature,
         })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::broadcast::seal_broadcast;
+    use crate::credential::EntityCredential;
+    use crate::crypto::AeadAlg;
+    use crate::groupkey::{AuthorizedSigner, GroupContext, GroupKeyMaterial};
+    use crate::ids::{EntityId, Epoch, GroupId, SenderId, SeqNum, UnixMillis};
+    use crate::testrng::TestRng;
+
+    /// coset's view of an outer object, in the fast reader's terms, if it
+    /// parses and passes the broadcast header allow-list.
+    fn coset_outer(bytes: &[u8]) -> Option<fast::Outer<'static>> {
+        let obj = parse_encrypt0(bytes, usize::MAX).ok()?;
+        only(
+            &obj.protected.header,
+            Allowed {
+                alg: true,
+                ..Default::default()
+            },
+        )
+        .ok()?;
+        only(
+            &obj.unprotected,
+            Allowed {
+                kid: true,
+                partial_iv: true,
+                rest: &[HDR_KID_CONTEXT, HDR_EPOCH, HDR_TIMESTAMP],
+                ..Default::default()
+            },
+        )
+        .ok()?;
+        let leak = |v: &[u8]| -> &'static [u8] { Box::leak(v.to_vec().into_boxed_slice()) };
+        let u = &obj.unprotected;
+        Some(fast::Outer {
+            protected: leak(protected_original(&obj.protected)),
+            alg: alg_of(&obj.protected.header)?,
+            kid: leak(&u.key_id),
+            partial_iv: leak(&u.partial_iv),
+            kid_context: leak(rest_bytes(u, HDR_KID_CONTEXT, "").ok()?),
+            epoch: rest_uint(u, HDR_EPOCH, "").ok()?,
+            timestamp: rest_uint(u, HDR_TIMESTAMP, "").ok()?,
+            ciphertext: leak(obj.ciphertext.as_deref()?),
+        })
+    }
+
+    fn coset_inner(bytes: &[u8]) -> Option<fast::Inner<'static>> {
+        let obj = parse_sign1(bytes, usize::MAX).ok()?;
+        require_alg(&obj.protected.header, &obj.unprotected, ALG_EDDSA).ok()?;
+        only(
+            &obj.protected.header,
+            Allowed {
+                alg: true,
+                kid: true,
+                ..Default::default()
+            },
+        )
+        .ok()?;
+        only(
+            &obj.unprotected,
+            Allowed {
+                kid: true,
+                ..Default::default()
+            },
+        )
+        .ok()?;
+        let leak = |v: &[u8]| -> &'static [u8] { Box::leak(v.to_vec().into_boxed_slice()) };
+        let kid = if obj.protected.header.key_id.is_empty() {
+            &obj.unprotected.key_id
+        } else {
+            &obj.protected.header.key_id
+        };
+        Some(fast::Inner {
+            protected: leak(protected_original(&obj.protected)),
+            kid: leak(kid),
+            payload: leak(obj.payload.as_deref()?),
+            signature: leak(&obj.signature),
+        })
+    }
+
+    /// Whenever the fast reader answers, coset accepts the same bytes and
+    /// reads the same fields.
+    fn agree(bytes: &[u8]) {
+        if let Some(f) = fast::broadcast_outer(bytes) {
+            assert_eq!(Some(f), coset_outer(bytes), "outer {bytes:02x?}");
+        }
+        if let Some(f) = fast::broadcast_inner(bytes) {
+            assert_eq!(Some(f), coset_inner(bytes), "inner {bytes:02x?}");
+        }
+    }
+
+    fn mutations(bytes: &[u8]) -> impl Iterator<Item = Vec<u8>> + '_ {
+        let flips = (0..bytes.len() * 8).map(move |bit| {
+            let mut b = bytes.to_vec();
+            b[bit / 8] ^= 1 << (bit % 8);
+            b
+        });
+        let cuts = (0..bytes.len()).map(move |n| bytes[..n].to_vec());
+        let extra = [[bytes, &[0x00]].concat(), bytes[1..].to_vec()];
+        flips.chain(cuts).chain(extra)
+    }
+
+    fn outer_fields(kid: &[u8], extra: &[(i64, HVal<'_>)], epoch: u64) -> Vec<u8> {
+        let mut entries = vec![
+            (HDR_KID, HVal::Bytes(kid)),
+            (HDR_PARTIAL_IV, HVal::Bytes(&[0x05])),
+            (HDR_KID_CONTEXT, HVal::Bytes(b"grp")),
+            (HDR_EPOCH, HVal::Uint(epoch)),
+            (HDR_TIMESTAMP, HVal::Uint(1_700_000_000_000)),
+        ];
+        entries.extend_from_slice(extra);
+        let mut out = Vec::new();
+        write_encrypt0(&mut out, &[0xa1, 0x01, 0x01], &entries, &[0xaa; 20]);
+        out
+    }
+
+    #[test]
+    fn fast_reader_agrees_with_coset() {
+        let mut rng = TestRng::new(1);
+        let signer = EntityCredential::generate(EntityId::new("s").unwrap(), &mut rng);
+        for alg in [AeadAlg::A128Gcm, AeadAlg::A256Gcm] {
+            let material = GroupKeyMaterial::generate(
+                GroupId::new(b"grp").unwrap(),
+                Epoch::new(70_000),
+                alg,
+                vec![AuthorizedSigner {
+                    sender_id: SenderId::new([0x01, 0x02]).unwrap(),
+                    entity: signer.id().clone(),
+                    verifying_key: *signer.public().verifying_key(),
+                }],
+                None,
+                &mut rng,
+            )
+            .unwrap();
+            let ctx = GroupContext::new(&material).unwrap();
+            for (seq, len) in [(0u64, 0usize), (23, 24), (300, 255), (1 << 39, 300)] {
+                let sealed = seal_broadcast(
+                    &ctx,
+                    signer.id(),
+                    signer.signing_key(),
+                    SeqNum::new(seq).unwrap(),
+                    UnixMillis::new(1_700_000_000_000 + seq),
+                    "t",
+                    &vec![7u8; len],
+                )
+                .unwrap();
+                assert!(
+                    fast::broadcast_outer(&sealed).is_some(),
+                    "sealcast's own shape"
+                );
+                agree(&sealed);
+                for m in mutations(&sealed) {
+                    agree(&m);
+                }
+            }
+        }
+        // An inner object as sealcast writes it, and its mutations.
+        let mut inner = Vec::new();
+        write_four(
+            &mut inner,
+            TAG_SIGN1,
+            &[0xa1, 0x01, 0x27],
+            &[(HDR_KID, HVal::Bytes(&[0x01]))],
+            b"payload",
+            &[0x55; 64],
+        );
+        assert!(fast::broadcast_inner(&inner).is_some());
+        assert!(fast::broadcast_inner(&inner[1..]).is_some(), "untagged");
+        agree(&inner);
+        for m in mutations(&inner) {
+            agree(&m);
+        }
+    }
+
+    #[test]
+    fn fast_reader_declines_what_it_does_not_know() {
+        let good = outer_fields(&[0x01], &[], 7);
+        assert!(fast::broadcast_outer(&good).is_some());
+        assert!(fast::broadcast_outer(&good[1..]).is_some(), "untagged");
+        // Duplicate label (coset refuses), extra label, empty kid, other tag,
+        // non-shortest head: all go to coset.
+        let mut dup = Vec::new();
+        write_encrypt0(
+            &mut dup,
+            &[0xa1, 0x01, 0x01],
+            &[
+                (HDR_KID, HVal::Bytes(&[1])),
+                (HDR_KID, HVal::Bytes(&[2])),
+                (HDR_KID_CONTEXT, HVal::Bytes(b"grp")),
+                (HDR_EPOCH, HVal::Uint(1)),
+                (HDR_TIMESTAMP, HVal::Uint(1)),
+            ],
+            &[0xaa; 20],
+        );
+        assert!(fast::broadcast_outer(&dup).is_none());
+        assert!(coset_outer(&dup).is_none());
+        let extra = outer_fields(&[0x01], &[(-70_003, HVal::Uint(1))], 7);
+        assert!(fast::broadcast_outer(&extra).is_none());
+        let empty_kid = outer_fields(&[], &[], 7);
+        assert!(fast::broadcast_outer(&empty_kid).is_none());
+        assert!(coset_outer(&empty_kid).is_none());
+        let mut other_tag = good.clone();
+        other_tag[0] = 0xd2;
+        assert!(fast::broadcast_outer(&other_tag).is_none());
+        // epoch 7 written as a one-byte-argument head (0x18 0x07).
+        let long_form = {
+            let short = outer_fields(&[0x01], &[], 7);
+            let at = short
+                .windows(5)
+                .position(|w| w == [0x3a, 0x00, 0x01, 0x11, 0x70])
+                .unwrap()
+                + 5;
+            assert_eq!(short[at], 0x07);
+            [&short[..at], &[0x18, 0x07], &short[at + 1..]].concat()
+        };
+        assert!(fast::broadcast_outer(&long_form).is_none());
+        agree(&long_form);
+        // Large values stay exact.
+        let big = outer_fields(&[0x01], &[], u64::MAX);
+        assert_eq!(fast::broadcast_outer(&big).unwrap().epoch, u64::MAX);
+        agree(&big);
     }
 }

@@ -72,6 +72,8 @@ pub struct DemoReport {
     pub steps: Vec<(String, Duration)>,
     /// Expectations and observations.
     pub checks: Vec<Check>,
+    /// A throughput figure, where the demo measures one (reports/s).
+    pub rate: Option<f64>,
 }
 
 impl DemoReport {

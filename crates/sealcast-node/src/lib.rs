@@ -18,5 +18,6 @@ pub mod device;
 pub mod error;
 pub mod manager;
 pub mod runtime;
+pub mod smart_meter;
 
 pub use error::{Error, Result};

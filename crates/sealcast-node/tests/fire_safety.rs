@@ -47,3 +47,29 @@ async fn fire_safety_on_mosquitto() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smart_meter_on_the_embedded_broker() {
+    use sealcast_node::smart_meter::{SmartMeterConfig, smart_meter};
+    let mut lines = Vec::new();
+    let config = SmartMeterConfig {
+        meters: 40,
+        reports_per_meter: 2,
+        broker: None,
+    };
+    let report = smart_meter(config, &mut |l| lines.push(l.to_owned()))
+        .await
+        .unwrap();
+    for c in &report.checks {
+        assert!(
+            c.passed(),
+            "{} expected {} observed {}\n{}",
+            c.what,
+            c.expected,
+            c.observed,
+            lines.join("\n")
+        );
+    }
+    assert!(report.passed());
+    assert!(report.rate.is_some_and(|r| r > 0.0));
+}
