@@ -140,7 +140,7 @@ fn open_error(e: CoreError, args: &OpenArgs) -> CliError {
         CoreError::ContextMismatch("group") => {
             "the message is for another group; use that group's key material".to_owned()
         }
-        CoreError::ContextMismatch(_) | CoreError::StaleEpoch => {
+        CoreError::ContextMismatch(_) | CoreError::StaleEpoch | CoreError::FutureEpoch => {
             "the message and --group-key are of different epochs; use the key material of the message's epoch".to_owned()
         }
         CoreError::SignerNotAuthorized => {

@@ -527,9 +527,7 @@ impl BroadcastReceiver {
             return Err(Error::StaleEpoch);
         }
         if h.epoch > self.ctx.epoch() {
-            return Err(Error::ContextMismatch(
-                "epoch (newer than installed; pull the current key)",
-            ));
+            return Err(Error::FutureEpoch);
         }
         if outer.alg != self.ctx.alg().cose_id() {
             return Err(Error::UnsupportedAlgorithm(outer.alg));

@@ -59,6 +59,9 @@ pub enum Error {
     KeyExpired,
     /// A group key was older than what the receiver already installed.
     StaleEpoch,
+    /// The object names a newer epoch than the receiver installed: it
+    /// missed a rekey and should pull the current key, then try again.
+    FutureEpoch,
 }
 
 /// Why a message was judged a replay.
@@ -104,6 +107,12 @@ impl fmt::Display for Error {
             }
             Error::KeyExpired => write!(f, "key material expired or not yet valid"),
             Error::StaleEpoch => write!(f, "epoch older than the one installed"),
+            Error::FutureEpoch => {
+                write!(
+                    f,
+                    "epoch newer than the one installed; pull the current key"
+                )
+            }
         }
     }
 }

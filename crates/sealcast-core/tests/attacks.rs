@@ -355,7 +355,7 @@ fn stale_and_newer_epochs() {
     assert!(matches!(rx.open(&old, TARGET, NOW), Err(Error::StaleEpoch)));
     assert!(matches!(
         rx.open(&newer, TARGET, NOW),
-        Err(Error::ContextMismatch(_))
+        Err(Error::FutureEpoch)
     ));
     // Installing an older or equal epoch, or another group, is refused.
     assert!(matches!(rx.install(c1.clone()), Err(Error::StaleEpoch)));

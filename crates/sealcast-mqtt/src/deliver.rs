@@ -127,9 +127,8 @@ async fn acknowledge(incoming: Incoming) -> Acked {
 
 /// True for the open failures that a newer group key cures: the message
 /// names an epoch newer than the receiver installed
-/// (`BroadcastReceiver::open` refuses those with `ContextMismatch("epoch
-/// (newer than installed; …)")`). Every other failure is permanent for the
-/// bytes at hand.
+/// (`BroadcastReceiver::open` refuses those with `Error::FutureEpoch`).
+/// Every other failure is permanent for the bytes at hand.
 pub fn is_transient(e: &sealcast_core::Error) -> bool {
-    matches!(e, sealcast_core::Error::ContextMismatch(what) if what.starts_with("epoch (newer"))
+    matches!(e, sealcast_core::Error::FutureEpoch)
 }
