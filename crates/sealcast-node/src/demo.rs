@@ -21,7 +21,7 @@ use sealcast_core::groupkey::{AuthorizedSigner, GroupContext, GroupKeyMaterial};
 use sealcast_core::ids::{EntityId, GroupId, SeqNum};
 use sealcast_core::kdf::{self, KdfType};
 use sealcast_group::manager::{EntityKind, Manager, RekeyScheme, Role};
-use sealcast_mqtt::{Bytes, EmbeddedBroker, GroupChannel, MqttClient, MqttConfig, TopicScheme};
+use sealcast_mqtt::{Bytes, GroupChannel, MqttClient, MqttConfig, TopicScheme};
 use sealcast_store::{AuditLog, SqliteStore};
 use tokio::sync::mpsc;
 
@@ -198,16 +198,7 @@ pub async fn fire_safety(
     };
 
     // --- infrastructure ---------------------------------------------------
-    let (_broker, url) = match &config.broker {
-        Some(url) => (None, url.clone()),
-        None => {
-            let broker = tokio::task::spawn_blocking(EmbeddedBroker::start)
-                .await
-                .map_err(|e| Error::Runtime(format!("broker thread: {e}")))??;
-            let url = broker.url();
-            (Some(broker), url)
-        }
-    };
+    let (_broker, url) = crate::runtime::broker(config.broker.as_deref()).await?;
     log(&format!("MQTT broker at {url}"));
     let topics = TopicScheme::new();
     let dir = std::env::temp_dir().join(format!(

@@ -92,3 +92,20 @@ pub fn report(sink: &EventSink, who: &EntityId, kind: EventKind) {
         kind,
     });
 }
+
+/// The broker to use: `url` if given, else an embedded rumqttd started on
+/// 127.0.0.1 (kept alive by the returned handle).
+pub async fn broker(
+    url: Option<&str>,
+) -> crate::Result<(Option<sealcast_mqtt::EmbeddedBroker>, String)> {
+    match url {
+        Some(url) => Ok((None, url.to_owned())),
+        None => {
+            let broker = tokio::task::spawn_blocking(sealcast_mqtt::EmbeddedBroker::start)
+                .await
+                .map_err(|e| crate::Error::Runtime(format!("broker thread: {e}")))??;
+            let url = broker.url();
+            Ok((Some(broker), url))
+        }
+    }
+}

@@ -22,7 +22,7 @@ use sealcast_core::report::{
     PairwiseKey, open_report_unverified, seal_report, verify_reports_batch,
 };
 use sealcast_core::statement::{UnverifiedStatement, sign_statement};
-use sealcast_mqtt::{AgentChannel, Bytes, EmbeddedBroker, MqttClient, MqttConfig, TopicScheme};
+use sealcast_mqtt::{AgentChannel, Bytes, MqttClient, MqttConfig, TopicScheme};
 
 use crate::demo::{Check, DemoReport};
 use crate::runtime::{now, os_rng};
@@ -86,16 +86,7 @@ pub async fn smart_meter(
     }
     let mut report = DemoReport::default();
     let started = Instant::now();
-    let (_broker, url) = match &config.broker {
-        Some(url) => (None, url.clone()),
-        None => {
-            let broker = tokio::task::spawn_blocking(EmbeddedBroker::start)
-                .await
-                .map_err(|e| Error::Runtime(format!("broker thread: {e}")))??;
-            let url = broker.url();
-            (Some(broker), url)
-        }
-    };
+    let (_broker, url) = crate::runtime::broker(config.broker.as_deref()).await?;
     log(&format!("MQTT broker at {url}"));
     let topics = TopicScheme::new();
     let mut rng = os_rng()?;
