@@ -52,6 +52,12 @@ enum Command {
     Bench(cmd::bench::BenchArgs),
     #[command(subcommand)]
     Demo(cmd::demo::DemoCommand),
+    #[command(subcommand)]
+    Manager(cmd::serve::ManagerCommand),
+    #[command(subcommand)]
+    Agent(cmd::serve::AgentCommand),
+    #[command(subcommand)]
+    Device(cmd::serve::DeviceCommand),
 }
 
 fn run(cli: Cli) -> error::Result<()> {
@@ -65,6 +71,10 @@ fn run(cli: Cli) -> error::Result<()> {
         Command::Bench(args) => cmd::bench::run(&args),
         Command::Demo(cmd::demo::DemoCommand::FireSafety(args)) => cmd::demo::fire_safety(&args),
         Command::Demo(cmd::demo::DemoCommand::SmartMeter(args)) => cmd::demo::smart_meter(&args),
+        Command::Manager(cmd::serve::ManagerCommand::Serve(args)) => cmd::serve::manager(&args),
+        Command::Agent(cmd::serve::AgentCommand::Serve(args)) => cmd::serve::agent(&args),
+        Command::Device(cmd::serve::DeviceCommand::Run(args)) => cmd::serve::device_run(&args),
+        Command::Device(cmd::serve::DeviceCommand::Send(args)) => cmd::serve::device_send(&args),
     }
 }
 

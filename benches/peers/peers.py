@@ -196,10 +196,14 @@ def main():
         "aiocoap_group_unprotect_per_sec": aiocoap_rate,
         "sealcast_vs_pycose": sc["open_per_sec"] / pycose_rate,
         "sealcast_vs_aiocoap": sc["open_per_sec"] / aiocoap_rate,
+        "sealcast_burst64_open_per_sec": sc["burst64_open_per_sec"],
+        "sealcast_burst64_vs_aiocoap": sc["burst64_open_per_sec"] / aiocoap_rate,
     }
     print(f"sealcast open (100 B, {sc['backend']}, {sc['profile']}): {sc['open_per_sec']:10.0f} /s per core")
     print(f"pycose open of the same broadcasts:        {pycose_rate:10.0f} /s  -> sealcast {result['sealcast_vs_pycose']:.1f}x (target >= 8x)")
     print(f"aiocoap Group OSCORE group-mode unprotect: {aiocoap_rate:10.0f} /s  -> sealcast {result['sealcast_vs_aiocoap']:.1f}x (target >= 8x)")
+    print(f"sealcast burst open of 64 (one batch verification): {sc['burst64_open_per_sec']:10.0f} /s  "
+          f"-> {result['sealcast_burst64_vs_aiocoap']:.1f}x aiocoap")
     print(json.dumps(result))
 
 

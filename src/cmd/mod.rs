@@ -9,6 +9,7 @@ pub mod inspect;
 pub mod keygen;
 pub mod open;
 pub mod seal;
+pub mod serve;
 
 use std::path::Path;
 

@@ -2,8 +2,6 @@
 //! this module goes through these functions, and the external test vectors
 //! (Wycheproof, C2SP CCTV) exercise exactly these functions.
 
-use std::collections::HashMap;
-
 use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::{Aes128Gcm, Aes256Gcm};
 use curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
@@ -383,23 +381,25 @@ fn batch_equation_holds(items: &[Option<BatchItem>]) -> bool {
     let b_coefficient: Scalar = items.iter().zip(&weights).map(|(it, z)| z * it.s).sum();
     scalars.push(-b_coefficient);
     points.push(ED25519_BASEPOINT_POINT);
-    let mut key_slot: HashMap<[u8; 32], usize> = HashMap::new();
-    let mut key_terms: Vec<(Scalar, EdwardsPoint)> = Vec::new();
+    // One term per distinct key: sort the (key, zᵢkᵢ) pairs by key and add
+    // up neighbours (deterministic, and no hasher seeded from the OS).
+    let mut key_terms: Vec<(&[u8; 32], Scalar, &EdwardsPoint)> = Vec::with_capacity(items.len());
     for (it, z) in items.iter().zip(&weights) {
         scalars.push(*z);
         points.push(it.r);
-        let zk = z * it.k;
-        match key_slot.get(&it.key) {
-            Some(&slot) => key_terms[slot].0 += zk,
-            None => {
-                key_slot.insert(it.key, key_terms.len());
-                key_terms.push((zk, it.a));
+        key_terms.push((&it.key, z * it.k, &it.a));
+    }
+    key_terms.sort_unstable_by(|x, y| x.0.cmp(y.0));
+    let mut last: Option<&[u8; 32]> = None;
+    for (key, zk, a) in key_terms {
+        match scalars.last_mut() {
+            Some(acc) if last == Some(key) => *acc += zk,
+            _ => {
+                scalars.push(zk);
+                points.push(*a);
             }
         }
-    }
-    for (scalar, point) in key_terms {
-        scalars.push(scalar);
-        points.push(point);
+        last = Some(key);
     }
     EdwardsPoint::vartime_multiscalar_mul(&scalars, &points).is_identity()
 }
@@ -512,4 +512,32 @@ fn cpu_has_avx2() -> bool {
 /// Constant-time equality of two byte strings (length is not secret).
 pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_y_is_below_p() {
+        // p = 2^255 - 19, little-endian.
+        let mut p = [0xffu8; 32];
+        p[0] = 0xed;
+        p[31] = 0x7f;
+        let mut below = p;
+        below[0] = 0xec;
+        assert!(canonical_y(&below));
+        assert!(!canonical_y(&p));
+        let mut above = p;
+        above[0] = 0xff;
+        assert!(!canonical_y(&above));
+        // The sign bit is not part of y.
+        let mut signed = below;
+        signed[31] |= 0x80;
+        assert!(canonical_y(&signed));
+        signed = p;
+        signed[31] |= 0x80;
+        assert!(!canonical_y(&signed));
+        assert!(canonical_y(&[0u8; 32]));
+    }
 }

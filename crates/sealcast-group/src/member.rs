@@ -114,6 +114,36 @@ impl Member {
             .map(MemberPath::leaf)
     }
 
+    /// Every held group's material and, for a tree group, the member's key
+    /// path — what a device writes to its state file to survive a restart.
+    /// **Secret**: store it encrypted or in a 0600 file.
+    pub fn export_groups(&self) -> Vec<(GroupKeyMaterial, Option<MemberPath>)> {
+        self.groups
+            .values()
+            .map(|h| (h.material.clone(), h.path.clone()))
+            .collect()
+    }
+
+    /// Restores a group exported by [`Member::export_groups`]. Refuses to go
+    /// back to an epoch older than one already held.
+    pub fn import_group(
+        &mut self,
+        material: GroupKeyMaterial,
+        path: Option<MemberPath>,
+    ) -> Result<()> {
+        let group = material.group().clone();
+        if let Some(held) = self.epoch(&group) {
+            if material.epoch() < held {
+                return Err(Error::StaleEpoch {
+                    current: held,
+                    offered: material.epoch(),
+                });
+            }
+        }
+        self.groups.insert(group, Held { material, path });
+        Ok(())
+    }
+
     fn ack(&self, group: &GroupId, epoch: Epoch) -> Result<Vec<u8>> {
         let payload = Ack {
             group: group.clone(),

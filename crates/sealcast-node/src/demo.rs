@@ -283,6 +283,7 @@ pub async fn fire_safety(
         relays_for: devices.clone(),
         handler: Arc::new(LogHandler),
         events: tx.clone(),
+        state_file: None,
     })
     .await?;
     nodes.insert(gateway.clone(), gw.clone());
@@ -300,6 +301,7 @@ pub async fn fire_safety(
             relays_for: Vec::new(),
             handler: Arc::new(LogHandler),
             events: tx.clone(),
+            state_file: None,
         })
         .await?;
         nodes.insert(d.clone(), handle);

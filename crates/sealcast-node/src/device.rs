@@ -21,6 +21,7 @@ use sealcast_mqtt::{
     Bytes, Delivery, DeviceChannel, GroupChannel, Incoming, MqttClient, MqttConfig, Subscription,
     Topic, TopicScheme, deliver_once,
 };
+use sealcast_store::DeviceStateFile;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
@@ -74,6 +75,9 @@ pub struct NodeConfig {
     pub handler: Arc<dyn CommandHandler>,
     /// Where to report events.
     pub events: EventSink,
+    /// Where to persist key state, replay windows and sequence reservations
+    /// (None: in memory only, as in the demos). Restored at start.
+    pub state_file: Option<DeviceStateFile>,
 }
 
 impl core::fmt::Debug for NodeConfig {
@@ -102,6 +106,8 @@ enum Request {
         group: GroupId,
         reply: oneshot::Sender<Option<GroupKeyMaterial>>,
     },
+    /// Stop after the current message; answered once stopped.
+    Stop { reply: oneshot::Sender<()> },
 }
 
 /// A handle to a running field node.
@@ -153,6 +159,15 @@ impl NodeHandle {
         rx.await
             .map_err(|_| Error::Runtime(format!("node {} stopped", self.id)))
     }
+
+    /// Stops the node once it finished the message in hand (its state is
+    /// persisted after every message) and disconnects it.
+    pub async fn stop(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.requests.send(Request::Stop { reply }).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
 }
 
 struct Node {
@@ -166,6 +181,7 @@ struct Node {
     handler: Arc<dyn CommandHandler>,
     events: EventSink,
     pulls: u64,
+    state_file: Option<DeviceStateFile>,
 }
 
 /// Connects a field node and starts it on the current tokio runtime.
@@ -181,6 +197,12 @@ pub async fn spawn(config: NodeConfig) -> Result<NodeHandle> {
     for d in &config.relays_for {
         mqtt = mqtt.with_subscription(config.topics.device_filter(d));
     }
+    let mut member = Member::new(config.credential, config.manager);
+    let mut receivers = BTreeMap::new();
+    let mut senders = BTreeMap::new();
+    if let Some(file) = &config.state_file {
+        restore_state(file, &mut member, &mut receivers, &mut senders)?;
+    }
     let (client, inbox) = MqttClient::connect(mqtt)?;
     client
         .wait_subscribed(std::time::Duration::from_secs(10))
@@ -188,15 +210,16 @@ pub async fn spawn(config: NodeConfig) -> Result<NodeHandle> {
     let (tx, rx) = mpsc::channel(64);
     let node = Node {
         id: id.clone(),
-        member: Member::new(config.credential, config.manager),
-        receivers: BTreeMap::new(),
-        senders: BTreeMap::new(),
+        member,
+        receivers,
+        senders,
         client,
         topics: config.topics,
         rules: config.rules,
         handler: config.handler,
         events: config.events,
         pulls: 0,
+        state_file: config.state_file,
     };
     tokio::spawn(node.run(inbox, rx));
     Ok(NodeHandle { id, requests: tx })
@@ -204,23 +227,42 @@ pub async fn spawn(config: NodeConfig) -> Result<NodeHandle> {
 
 impl Node {
     async fn run(mut self, mut inbox: Subscription, mut requests: mpsc::Receiver<Request>) {
-        loop {
+        let stopped = loop {
             tokio::select! {
                 msg = inbox.next_message() => match msg {
                     Some(m) => self.on_message(m).await,
-                    None => break,
+                    None => break None,
                 },
                 req = requests.recv() => match req {
+                    Some(Request::Stop { reply }) => break Some(reply),
                     Some(r) => self.on_request(r).await,
-                    None => break,
+                    None => break None,
                 },
             }
-        }
+        };
+        let _ = self
+            .client
+            .disconnect(std::time::Duration::from_secs(2))
+            .await;
         debug!(node = %self.id, "node stopped");
+        if let Some(reply) = stopped {
+            let _ = reply.send(());
+        }
+    }
+
+    /// Writes the node's state file (if it has one).
+    fn persist(&self) -> Result<()> {
+        match &self.state_file {
+            Some(file) => save_state(file, &self.member, &self.receivers, &self.senders),
+            None => Ok(()),
+        }
     }
 
     async fn on_request(&mut self, req: Request) {
         match req {
+            Request::Stop { reply } => {
+                let _ = reply.send(());
+            }
             Request::Send {
                 group,
                 channel,
@@ -248,17 +290,23 @@ impl Node {
             .ok_or(Error::Group(sealcast_group::Error::UnknownGroup))?;
         let ctx = GroupContext::new(material)?;
         let epoch = ctx.epoch().get();
-        // A fresh allocator per epoch: new keys, so numbers start over. This
-        // demo node keeps its reservation in memory; a device with state
-        // files persists it (sealcast_store::DeviceStateFile) before use.
+        // A fresh allocator per epoch: new keys, so numbers start over. With a
+        // state file, each new reservation is written before it is used;
+        // without one (the demos) it lives in memory only.
         let alloc = self
             .senders
             .entry((group.clone(), epoch))
             .or_insert(SeqAllocator::new(64)?);
         if let Some(limit) = alloc.reservation_request() {
             alloc.confirm_reservation(limit)?;
+            // The reservation is on disk before any number of it is used.
+            self.persist()?;
         }
-        let seq: SeqNum = alloc.next()?;
+        let seq: SeqNum = self
+            .senders
+            .get_mut(&(group.clone(), epoch))
+            .ok_or_else(|| Error::Runtime("sequence allocator vanished".into()))?
+            .next()?;
         let topic = self.topics.group(group, channel);
         let credential = self.member.credential();
         let bytes = seal_broadcast(
@@ -383,7 +431,12 @@ impl Node {
                             })
                             .is_ok(),
                     };
+                    if let Err(e) = self.persist() {
+                        warn!(node = %self.id, error = %e, "state file not written; not acknowledging");
+                        return;
+                    }
                     if installed {
+                        info!(node = %self.id, %group, %epoch, "key material installed");
                         report(
                             &self.events,
                             &self.id,
@@ -419,14 +472,33 @@ impl Node {
     }
 
     async fn on_broadcast(&mut self, group: GroupId, channel: GroupChannel, incoming: Incoming) {
-        let Some(receiver) = self.receivers.get_mut(&group) else {
+        let Some(mut receiver) = self.receivers.remove(&group) else {
             report(&self.events, &self.id, EventKind::NotMember { group });
             let _ = incoming.ack.ack().await;
             return;
         };
         let at = now();
-        let delivery =
-            deliver_once(incoming, |target, bytes| receiver.open(bytes, target, at)).await;
+        let (member, receivers, senders, file) = (
+            &self.member,
+            &self.receivers,
+            &self.senders,
+            &self.state_file,
+        );
+        let delivery = deliver_once(incoming, |target, bytes| {
+            let opened = receiver.open(bytes, target, at)?;
+            // The committed window reaches the disk before the MQTT ack.
+            if let Some(file) = file {
+                let mut all: Vec<(&GroupId, &BroadcastReceiver)> = receivers.iter().collect();
+                all.push((&group, &receiver));
+                save_state_parts(file, member, &all, senders).map_err(|e| {
+                    warn!(error = %e, "state file not written; message dropped unexecuted");
+                    sealcast_core::Error::Malformed("state file not written")
+                })?;
+            }
+            Ok(opened)
+        })
+        .await;
+        self.receivers.insert(group.clone(), receiver);
         match delivery {
             Delivery::Executed { value, .. } => {
                 if channel == GroupChannel::Command {
@@ -514,4 +586,226 @@ impl Node {
             }
         }
     }
+}
+
+const STATE_VERSION: u64 = 1;
+/// Sequence numbers reserved at a time by a sender with a state file.
+const SEQ_BLOCK: u64 = 64;
+
+fn state_err(what: &str) -> Error {
+    Error::Runtime(format!("device state file: {what}"))
+}
+
+fn save_state(
+    file: &DeviceStateFile,
+    member: &Member,
+    receivers: &BTreeMap<GroupId, BroadcastReceiver>,
+    senders: &BTreeMap<(GroupId, u32), SeqAllocator>,
+) -> Result<()> {
+    let all: Vec<(&GroupId, &BroadcastReceiver)> = receivers.iter().collect();
+    save_state_parts(file, member, &all, senders)
+}
+
+/// Encodes and writes (0600, atomically) a device's state: each held
+/// group's material and tree path, each receiver's replay windows and each
+/// sender reservation. CBOR: `[1, [[material, path/null]...],
+/// [[group, sender, window]...], [[group, epoch, limit]...]]`.
+fn save_state_parts(
+    file: &DeviceStateFile,
+    member: &Member,
+    receivers: &[(&GroupId, &BroadcastReceiver)],
+    senders: &BTreeMap<(GroupId, u32), SeqAllocator>,
+) -> Result<()> {
+    use ciborium::Value;
+    let mut groups = Vec::new();
+    for (material, path) in member.export_groups() {
+        let m = material.to_cbor()?;
+        let p = match path {
+            Some(p) => Value::Bytes(p.to_bytes().to_vec()),
+            None => Value::Null,
+        };
+        groups.push(Value::Array(vec![Value::Bytes(m.to_vec()), p]));
+    }
+    let mut windows = Vec::new();
+    for (group, receiver) in receivers {
+        for (sender, window) in receiver.windows() {
+            windows.push(Value::Array(vec![
+                Value::Bytes(group.as_bytes().to_vec()),
+                Value::Bytes(sender.as_bytes().to_vec()),
+                Value::Bytes(window.to_bytes()),
+            ]));
+        }
+    }
+    let reservations = senders
+        .iter()
+        .map(|((group, epoch), alloc)| {
+            Value::Array(vec![
+                Value::Bytes(group.as_bytes().to_vec()),
+                Value::Integer((*epoch).into()),
+                Value::Integer(alloc.reserved_limit().into()),
+            ])
+        })
+        .collect();
+    let value = Value::Array(vec![
+        Value::Integer(STATE_VERSION.into()),
+        Value::Array(groups),
+        Value::Array(windows),
+        Value::Array(reservations),
+    ]);
+    let mut bytes = zeroize::Zeroizing::new(Vec::new());
+    ciborium::into_writer(&value, &mut *bytes).map_err(|e| state_err(&e.to_string()))?;
+    file.write(&bytes)?;
+    Ok(())
+}
+
+fn bytes_of(v: &ciborium::Value) -> Result<&[u8]> {
+    v.as_bytes()
+        .map(Vec::as_slice)
+        .ok_or_else(|| state_err("malformed"))
+}
+
+fn int_of(v: &ciborium::Value) -> Result<u64> {
+    v.as_integer()
+        .and_then(|i| u64::try_from(i).ok())
+        .ok_or_else(|| state_err("malformed"))
+}
+
+/// Restores what [`save_state_parts`] wrote (nothing if the file is absent).
+fn restore_state(
+    file: &DeviceStateFile,
+    member: &mut Member,
+    receivers: &mut BTreeMap<GroupId, BroadcastReceiver>,
+    senders: &mut BTreeMap<(GroupId, u32), SeqAllocator>,
+) -> Result<()> {
+    use ciborium::Value;
+    use sealcast_core::ids::SenderId;
+    use sealcast_core::replay::SeqWindow;
+    use sealcast_group::lkh::MemberPath;
+    let Some(bytes) = file.read()? else {
+        return Ok(());
+    };
+    let value: Value =
+        ciborium::from_reader(bytes.as_slice()).map_err(|e| state_err(&e.to_string()))?;
+    let items = value.as_array().ok_or_else(|| state_err("malformed"))?;
+    let [version, groups, windows, reservations] = items.as_slice() else {
+        return Err(state_err("malformed"));
+    };
+    if int_of(version)? != STATE_VERSION {
+        return Err(state_err("unsupported version"));
+    }
+    for g in groups.as_array().ok_or_else(|| state_err("malformed"))? {
+        let [m, p] = g
+            .as_array()
+            .map(Vec::as_slice)
+            .ok_or_else(|| state_err("malformed"))?
+        else {
+            return Err(state_err("malformed"));
+        };
+        let material = GroupKeyMaterial::from_cbor(bytes_of(m)?)?;
+        let path = match p {
+            Value::Null => None,
+            p => Some(MemberPath::from_bytes(bytes_of(p)?)?),
+        };
+        let group = material.group().clone();
+        member.import_group(material, path)?;
+        if let Some(ctx) = member.context(&group) {
+            receivers.insert(
+                group,
+                BroadcastReceiver::new(ctx?, ReplayPolicy::default())?,
+            );
+        }
+    }
+    for w in windows.as_array().ok_or_else(|| state_err("malformed"))? {
+        let [g, sender, window] = w
+            .as_array()
+            .map(Vec::as_slice)
+            .ok_or_else(|| state_err("malformed"))?
+        else {
+            return Err(state_err("malformed"));
+        };
+        let group = GroupId::new(bytes_of(g)?)?;
+        if let Some(r) = receivers.get_mut(&group) {
+            r.restore_window(
+                SenderId::new(bytes_of(sender)?)?,
+                SeqWindow::from_bytes(bytes_of(window)?)?,
+            );
+        }
+    }
+    for r in reservations
+        .as_array()
+        .ok_or_else(|| state_err("malformed"))?
+    {
+        let [g, epoch, limit] = r
+            .as_array()
+            .map(Vec::as_slice)
+            .ok_or_else(|| state_err("malformed"))?
+        else {
+            return Err(state_err("malformed"));
+        };
+        let group = GroupId::new(bytes_of(g)?)?;
+        let epoch = u32::try_from(int_of(epoch)?).map_err(|_| state_err("malformed"))?;
+        senders.insert(
+            (group, epoch),
+            SeqAllocator::resume(int_of(limit)?, SEQ_BLOCK)?,
+        );
+    }
+    Ok(())
+}
+
+/// Seals `payload` for `group` on `channel` once and publishes it, as the
+/// node of `config` would, using (and advancing) the sequence reservation in
+/// its state file: for one-shot senders (`sealcast device send`). Must not
+/// run while a node with the same state file runs. Returns the sealed bytes
+/// and the sequence number used.
+pub async fn send_once(
+    config: NodeConfig,
+    group: &GroupId,
+    channel: GroupChannel,
+    payload: &[u8],
+) -> Result<(Vec<u8>, u64)> {
+    let file = config
+        .state_file
+        .clone()
+        .ok_or_else(|| Error::Runtime("a one-shot send needs a state file".into()))?;
+    let id = config.credential.id().clone();
+    let mut member = Member::new(config.credential, config.manager);
+    let mut receivers = BTreeMap::new();
+    let mut senders = BTreeMap::new();
+    restore_state(&file, &mut member, &mut receivers, &mut senders)?;
+    let material = member
+        .material(group)
+        .ok_or(Error::Group(sealcast_group::Error::UnknownGroup))?;
+    let ctx = GroupContext::new(material)?;
+    let epoch = ctx.epoch().get();
+    let alloc = match senders.entry((group.clone(), epoch)) {
+        std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::btree_map::Entry::Vacant(v) => v.insert(SeqAllocator::new(SEQ_BLOCK)?),
+    };
+    if let Some(limit) = alloc.reservation_request() {
+        alloc.confirm_reservation(limit)?;
+        save_state(&file, &member, &receivers, &senders)?;
+    }
+    let seq = senders
+        .get_mut(&(group.clone(), epoch))
+        .ok_or_else(|| Error::Runtime("sequence allocator vanished".into()))?
+        .next()?;
+    let topic = config.topics.group(group, channel);
+    let credential = member.credential();
+    let bytes = seal_broadcast(
+        &ctx,
+        credential.id(),
+        credential.signing_key(),
+        seq,
+        now(),
+        &topic,
+        payload,
+    )?;
+    let mqtt = MqttConfig::from_url(&config.broker_url, format!("{id}-send"))?;
+    let (client, _inbox) = MqttClient::connect(mqtt)?;
+    let timeout = std::time::Duration::from_secs(10);
+    client.wait_connected(timeout).await?;
+    client.publish(topic, Bytes::from(bytes.clone())).await?;
+    client.flush(timeout).await?;
+    let _ = client.disconnect(timeout).await;
+    Ok((bytes, seq.get()))
 }

@@ -60,6 +60,9 @@ enum Admin {
         group: GroupId,
         reply: oneshot::Sender<Option<GroupSummary>>,
     },
+    Stop {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// A handle to a running manager.
@@ -149,6 +152,16 @@ impl ManagerHandle {
             .map_err(|_| Error::Runtime("the manager stopped".into()))
     }
 
+    /// Stops the manager once it finished the message or operation in hand
+    /// (every operation is saved and audited before it is published) and
+    /// disconnects it.
+    pub async fn stop(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.admin.send(Admin::Stop { reply }).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
     /// Waits until every member of `group` acknowledged its current epoch.
     pub async fn wait_converged(&self, group: &GroupId, timeout: Duration) -> Result<GroupSummary> {
         let deadline = tokio::time::Instant::now() + timeout;
@@ -211,15 +224,16 @@ pub async fn spawn(
 impl Runtime {
     async fn run(mut self, mut inbox: Subscription, mut admin: mpsc::Receiver<Admin>) {
         let mut resend = tokio::time::interval(RESEND_INTERVAL);
-        loop {
+        let stopped = loop {
             tokio::select! {
                 msg = inbox.next_message() => match msg {
                     Some(m) => self.on_message(m).await,
-                    None => break,
+                    None => break None,
                 },
                 op = admin.recv() => match op {
+                    Some(Admin::Stop { reply }) => break Some(reply),
                     Some(op) => self.on_admin(op).await,
-                    None => break,
+                    None => break None,
                 },
                 _ = resend.tick() => {
                     match self.manager.poll_resend(now(), &mut self.rng) {
@@ -228,8 +242,12 @@ impl Runtime {
                     }
                 }
             }
-        }
+        };
+        let _ = self.client.disconnect(Duration::from_secs(2)).await;
         debug!("manager stopped");
+        if let Some(reply) = stopped {
+            let _ = reply.send(());
+        }
     }
 
     fn audit(
@@ -371,6 +389,9 @@ impl Runtime {
             }
             Admin::Summary { group, reply } => {
                 let _ = reply.send(self.manager.summary(&group));
+            }
+            Admin::Stop { reply } => {
+                let _ = reply.send(());
             }
         }
     }

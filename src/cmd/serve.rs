@@ -1,0 +1,531 @@
+//! `sealcast manager serve`, `sealcast agent serve`, `sealcast device run`
+//! and `sealcast device send`: the sealcast-node runtimes as long-running
+//! services, each configured by a TOML file.
+//!
+//! Relative paths in a config file are relative to the file's directory.
+//! Logs go to standard error (tracing; `RUST_LOG` filters, default `info`)
+//! and never contain key bytes.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::{Args, Subcommand};
+use sealcast_core::crypto::AeadAlg;
+use sealcast_core::ids::{EntityId, GroupId};
+use sealcast_group::manager::{EntityKind, Manager, RekeyScheme, Role};
+use sealcast_mqtt::{GroupChannel, TopicScheme};
+use sealcast_node::device::{self, CommandHandler, LogHandler, NodeConfig, Rule};
+use sealcast_store::{AuditLog, DeviceStateFile, Kek, ManagerStore, PgStore, SqliteStore};
+use serde::Deserialize;
+use tracing::info;
+
+use crate::cmd::{load_private_key, load_public_key, say};
+use crate::error::{CliError, Result};
+
+/// The group manager service.
+#[derive(Debug, Subcommand)]
+pub enum ManagerCommand {
+    /// Run the group manager: enrolment, key delivery, acks, pulls and
+    /// re-sends over MQTT, with its store and audit log. Applies the
+    /// config's enrolments and groups at start-up (only what is missing).
+    ///
+    /// Example: sealcast manager serve --config manager.toml
+    Serve(ServeArgs),
+}
+
+/// The gateway agent service.
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Run a gateway agent: relays key material to its devices and, by its
+    /// rules, answers verified alerts of one group with signed commands to
+    /// other groups.
+    ///
+    /// Example: sealcast agent serve --config agent.toml
+    Serve(ServeArgs),
+}
+
+/// The device service and one-shot device tools.
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// Run a device: installs its keys, follows rekeys, opens the commands
+    /// of its groups and executes them (logs them; --exec-log also appends
+    /// them to a file). Its key state, replay windows and sequence
+    /// reservations persist in its state directory.
+    ///
+    /// Example: sealcast device run --config door-1.toml --exec-log door-1.exec
+    Run(RunArgs),
+    /// Seal and publish one alert as this device, with the keys and the
+    /// sequence reservation of its state directory (stop 'device run' for
+    /// this device first: both use the same state file).
+    ///
+    /// Example: sealcast device send --config sensor-1.toml --group fire-sensors --alert smoke
+    Send(SendArgs),
+}
+
+/// `--config` of the services.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The service's TOML config file.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+}
+
+/// Arguments of `sealcast device run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The device's TOML config file.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Also append one line per executed command to this file
+    /// (`group=<text> signer=<id> payload=<text>`).
+    #[arg(long, value_name = "FILE")]
+    pub exec_log: Option<PathBuf>,
+}
+
+/// Arguments of `sealcast device send`.
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// The device's TOML config file.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// The group (its id as text), which the device must be a sender of.
+    #[arg(long, value_name = "GROUP")]
+    pub group: String,
+    /// The alert's text.
+    #[arg(long, value_name = "TEXT")]
+    pub alert: String,
+}
+
+/// `manager.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ManagerFile {
+    broker: String,
+    topic_prefix: Option<String>,
+    key: PathBuf,
+    state_dir: PathBuf,
+    /// SQLite database (default `<state_dir>/manager.db`).
+    sqlite: Option<PathBuf>,
+    /// PostgreSQL URL: use it instead of SQLite.
+    postgres: Option<String>,
+    /// The key-encryption key file (created, 0600, if missing).
+    kek: PathBuf,
+    /// Audit log (default `<state_dir>/audit.jsonl`).
+    audit_log: Option<PathBuf>,
+    #[serde(default)]
+    enrol: Vec<EnrolEntry>,
+    #[serde(default)]
+    group: Vec<GroupEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnrolEntry {
+    id: String,
+    kind: KindName,
+    public_key: PathBuf,
+    agent: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum KindName {
+    Device,
+    Agent,
+    Headend,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupEntry {
+    id: String,
+    scheme: SchemeName,
+    #[serde(default)]
+    members: Vec<MemberEntry>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum SchemeName {
+    P2p,
+    Tree,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MemberEntry {
+    id: String,
+    role: RoleName,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RoleName {
+    Sender,
+    Receiver,
+}
+
+/// `agent.toml` and `device.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeFile {
+    broker: String,
+    topic_prefix: Option<String>,
+    key: PathBuf,
+    manager_public_key: PathBuf,
+    state_dir: PathBuf,
+    /// Devices whose deliveries an agent relays.
+    #[serde(default)]
+    relays_for: Vec<String>,
+    #[serde(default)]
+    rule: Vec<RuleEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleEntry {
+    on_alert_from: String,
+    then_command: String,
+    payload: String,
+}
+
+fn read_config<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<(T, PathBuf)> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| CliError::io("read config file", path, e))?;
+    let config = toml::from_str(&text).map_err(|e| {
+        CliError::usage(format!(
+            "{}: {}",
+            path.display(),
+            crate::error::one_line(&e.to_string())
+        ))
+    })?;
+    let base = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    Ok((config, base))
+}
+
+fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+fn entity(text: &str) -> Result<EntityId> {
+    EntityId::new(text).map_err(|e| CliError::usage(format!("entity id {text:?}: {e}")))
+}
+
+fn group_id(text: &str) -> Result<GroupId> {
+    GroupId::new(text.as_bytes()).map_err(|e| CliError::usage(format!("group id {text:?}: {e}")))
+}
+
+fn topics(prefix: Option<&str>) -> Result<TopicScheme> {
+    match prefix {
+        None => Ok(TopicScheme::new()),
+        Some(p) => TopicScheme::with_prefix(p)
+            .map_err(|e| CliError::usage(format!("topic_prefix {p:?}: {e}"))),
+    }
+}
+
+fn failed(what: &str, e: impl std::fmt::Display) -> CliError {
+    CliError::other(format!("{what}: {e}"))
+}
+
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| failed("cannot start the async runtime", e))
+}
+
+fn create_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| CliError::io("create directory", dir, e))
+}
+
+/// Runs `sealcast manager serve`.
+pub fn manager(args: &ServeArgs) -> Result<()> {
+    init_logs();
+    let (config, base): (ManagerFile, _) = read_config(&args.config)?;
+    let state_dir = resolve(&base, &config.state_dir);
+    create_dir(&state_dir)?;
+    let credential = load_private_key(&resolve(&base, &config.key))?;
+    let kek_path = resolve(&base, &config.kek);
+    let kek = if kek_path.exists() {
+        Kek::from_file(&kek_path).map_err(|e| failed("cannot load the KEK", e))?
+    } else {
+        let kek = Kek::generate().map_err(|e| failed("cannot generate a KEK", e))?;
+        kek.write_file(&kek_path)
+            .map_err(|e| failed("cannot write the KEK", e))?;
+        info!(path = %kek_path.display(), "generated a new key-encryption key");
+        kek
+    };
+    let mut store: Box<dyn ManagerStore> = match &config.postgres {
+        Some(url) => {
+            Box::new(PgStore::connect(url, kek).map_err(|e| failed("cannot open PostgreSQL", e))?)
+        }
+        None => {
+            let path = config
+                .sqlite
+                .as_ref()
+                .map_or_else(|| state_dir.join("manager.db"), |p| resolve(&base, p));
+            Box::new(SqliteStore::open(&path, kek).map_err(|e| failed("cannot open SQLite", e))?)
+        }
+    };
+    let audit_path = config
+        .audit_log
+        .as_ref()
+        .map_or_else(|| state_dir.join("audit.jsonl"), |p| resolve(&base, p));
+    let audit = AuditLog::open(&audit_path).map_err(|e| failed("cannot open the audit log", e))?;
+    let (manager, saved) = sealcast_store::persist::load_manager(store.as_mut(), credential)
+        .map_err(|e| failed("cannot restore the manager from its store", e))?;
+
+    // What the config asks for and the store does not hold yet.
+    let mut enrolments = Vec::new();
+    for e in &config.enrol {
+        let id = entity(&e.id)?;
+        if manager.kind_of(&id).is_some() {
+            continue;
+        }
+        let credential = load_public_key(&resolve(&base, &e.public_key))?;
+        if *credential.id() != id {
+            return Err(CliError::usage(format!(
+                "enrolment {id}: the public key file is for {}",
+                credential.id()
+            )));
+        }
+        let kind = match e.kind {
+            KindName::Device => EntityKind::Device,
+            KindName::Agent => EntityKind::Agent,
+            KindName::Headend => EntityKind::Headend,
+        };
+        let agent = e.agent.as_deref().map(entity).transpose()?;
+        enrolments.push((credential, kind, agent));
+    }
+    let mut creates = Vec::new();
+    let mut additions = Vec::new();
+    for g in &config.group {
+        let group = group_id(&g.id)?;
+        if manager.material(&group).is_none() {
+            let scheme = match g.scheme {
+                SchemeName::P2p => RekeyScheme::PointToPoint,
+                SchemeName::Tree => RekeyScheme::Tree,
+            };
+            creates.push((group.clone(), scheme));
+        }
+        let existing = manager.members(&group);
+        let mut missing = Vec::new();
+        for m in &g.members {
+            let id = entity(&m.id)?;
+            if existing.is_some_and(|x| x.contains_key(&id)) {
+                continue;
+            }
+            let role = match m.role {
+                RoleName::Sender => Role::Sender,
+                RoleName::Receiver => Role::Receiver,
+            };
+            missing.push((id, role));
+        }
+        if !missing.is_empty() {
+            additions.push((group, missing));
+        }
+    }
+    let topics = topics(config.topic_prefix.as_deref())?;
+    runtime()?.block_on(serve_manager(
+        manager,
+        store,
+        audit,
+        saved,
+        &config.broker,
+        topics,
+        (enrolments, creates, additions),
+    ))
+}
+
+type Plan = (
+    Vec<(
+        sealcast_core::credential::PublicCredential,
+        EntityKind,
+        Option<EntityId>,
+    )>,
+    Vec<(GroupId, RekeyScheme)>,
+    Vec<(GroupId, Vec<(EntityId, Role)>)>,
+);
+
+async fn serve_manager(
+    manager: Manager,
+    store: Box<dyn ManagerStore>,
+    audit: AuditLog,
+    saved: BTreeMap<GroupId, sealcast_core::ids::Epoch>,
+    broker: &str,
+    topics: TopicScheme,
+    (enrolments, creates, additions): Plan,
+) -> Result<()> {
+    let id = manager.id().clone();
+    let handle = sealcast_node::manager::spawn(manager, store, audit, saved, broker, topics)
+        .await
+        .map_err(|e| failed("the manager could not start", e))?;
+    info!(manager = %id, broker, "manager running");
+    for (credential, kind, agent) in enrolments {
+        let who = credential.id().clone();
+        handle
+            .enrol(credential, kind, agent)
+            .await
+            .map_err(|e| failed(&format!("cannot enrol {who}"), e))?;
+        info!(entity = %who, ?kind, "enrolled");
+    }
+    for (group, scheme) in creates {
+        handle
+            .create_group(group.clone(), AeadAlg::A128Gcm, scheme)
+            .await
+            .map_err(|e| failed("cannot create a group", e))?;
+        info!(group = %String::from_utf8_lossy(group.as_bytes()), ?scheme, "group created");
+    }
+    for (group, members) in additions {
+        let n = members.len();
+        handle
+            .add_members(group.clone(), members)
+            .await
+            .map_err(|e| failed("cannot add members", e))?;
+        info!(group = %String::from_utf8_lossy(group.as_bytes()), added = n, "members added");
+    }
+    wait_for_ctrl_c().await?;
+    handle.stop().await;
+    info!("manager stopped");
+    Ok(())
+}
+
+async fn wait_for_ctrl_c() -> Result<()> {
+    tokio::signal::ctrl_c()
+        .await
+        .map_err(|e| failed("cannot listen for Ctrl-C", e))?;
+    info!("Ctrl-C: stopping after the message in hand");
+    Ok(())
+}
+
+/// Appends every executed command to a file (and logs it).
+#[derive(Debug)]
+struct ExecLog {
+    path: PathBuf,
+}
+
+impl CommandHandler for ExecLog {
+    fn execute(&self, device: &EntityId, group: &GroupId, signer: &EntityId, command: &[u8]) {
+        LogHandler.execute(device, group, signer, command);
+        let line = format!(
+            "group={} signer={signer} payload={}\n",
+            String::from_utf8_lossy(group.as_bytes()),
+            String::from_utf8_lossy(command)
+        );
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        if let Err(e) = written {
+            tracing::warn!(path = %self.path.display(), error = %e, "exec log not written");
+        }
+    }
+}
+
+fn node_config(path: &Path, handler: Arc<dyn CommandHandler>) -> Result<NodeConfig> {
+    let (config, base): (NodeFile, _) = read_config(path)?;
+    let state_dir = resolve(&base, &config.state_dir);
+    create_dir(&state_dir)?;
+    let credential = load_private_key(&resolve(&base, &config.key))?;
+    let manager = load_public_key(&resolve(&base, &config.manager_public_key))?;
+    let rules = config
+        .rule
+        .iter()
+        .map(|r| {
+            Ok(Rule {
+                on_alert_from: group_id(&r.on_alert_from)?,
+                then_command: group_id(&r.then_command)?,
+                command: r.payload.as_bytes().to_vec(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let relays_for = config
+        .relays_for
+        .iter()
+        .map(|d| entity(d))
+        .collect::<Result<Vec<_>>>()?;
+    let (events, _) = tokio::sync::mpsc::unbounded_channel();
+    Ok(NodeConfig {
+        credential,
+        manager,
+        broker_url: config.broker.clone(),
+        topics: topics(config.topic_prefix.as_deref())?,
+        rules,
+        relays_for,
+        handler,
+        events,
+        state_file: Some(DeviceStateFile::new(state_dir.join("state.cbor"))),
+    })
+}
+
+fn run_node(config: NodeConfig, what: &'static str) -> Result<()> {
+    runtime()?.block_on(async move {
+        let handle = device::spawn(config)
+            .await
+            .map_err(|e| failed(&format!("the {what} could not start"), e))?;
+        info!(id = %handle.id(), "{what} running");
+        wait_for_ctrl_c().await?;
+        handle.stop().await;
+        info!(id = %handle.id(), "{what} stopped");
+        Ok(())
+    })
+}
+
+/// Runs `sealcast agent serve`.
+pub fn agent(args: &ServeArgs) -> Result<()> {
+    init_logs();
+    let config = node_config(&args.config, Arc::new(LogHandler))?;
+    run_node(config, "agent")
+}
+
+/// Runs `sealcast device run`.
+pub fn device_run(args: &RunArgs) -> Result<()> {
+    init_logs();
+    let handler: Arc<dyn CommandHandler> = match &args.exec_log {
+        Some(path) => Arc::new(ExecLog { path: path.clone() }),
+        None => Arc::new(LogHandler),
+    };
+    let config = node_config(&args.config, handler)?;
+    run_node(config, "device")
+}
+
+/// Runs `sealcast device send`.
+pub fn device_send(args: &SendArgs) -> Result<()> {
+    init_logs();
+    let config = node_config(&args.config, Arc::new(LogHandler))?;
+    let group = group_id(&args.group)?;
+    let (bytes, seq) = runtime()?
+        .block_on(device::send_once(
+            config,
+            &group,
+            GroupChannel::Alert,
+            args.alert.as_bytes(),
+        ))
+        .map_err(|e| failed("the alert was not sent", e))?;
+    say(&format!(
+        "sent alert to {} seq={seq} ({} bytes)",
+        args.group,
+        bytes.len()
+    ));
+    Ok(())
+}
