@@ -20,7 +20,7 @@ const NOW: UnixMillis = UnixMillis::new(1_790_000_000_000);
 /// DAP sees many meters, so no key repeats inside a batch.
 struct Reports {
     headend: EntityId,
-    keys: Vec<(EntityId, VerifyingKey)>,
+    keys: std::collections::HashMap<EntityId, VerifyingKey>,
     reports: Vec<Vec<u8>>,
 }
 
@@ -72,7 +72,7 @@ impl Reports {
     }
 
     fn key(&self, id: &EntityId) -> Option<&VerifyingKey> {
-        self.keys.iter().find(|(k, _)| k == id).map(|(_, v)| v)
+        self.keys.get(id)
     }
 }
 

@@ -704,7 +704,7 @@ fn threads(plan: Plan, group: &Group, pools: &[Vec<Vec<u8>>; 2]) -> ThreadRates 
 /// meters, so no key repeats inside a batch).
 struct ReportFixture {
     headend: EntityId,
-    keys: Vec<(EntityId, VerifyingKey)>,
+    keys: std::collections::HashMap<EntityId, VerifyingKey>,
     reports: Vec<Vec<u8>>,
 }
 
@@ -757,7 +757,7 @@ impl ReportFixture {
     }
 
     fn key(&self, id: &EntityId) -> Option<&VerifyingKey> {
-        self.keys.iter().find(|(k, _)| k == id).map(|(_, v)| v)
+        self.keys.get(id)
     }
 }
 
