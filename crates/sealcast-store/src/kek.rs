@@ -289,6 +289,45 @@ pub(crate) fn os_random(buf: &mut [u8]) -> Result<()> {
     })
 }
 
+/// What a store writes for one epoch of a group: the sealed material (if
+/// any) and the sealed tree state (if any), after checking that the
+/// material really is this group's and epoch's. Shared by both backends so
+/// they check and seal identically.
+pub(crate) struct SealedEpoch {
+    /// The material's algorithm (when material was given).
+    pub(crate) alg: Option<AeadAlg>,
+    /// Sealed key material.
+    pub(crate) material: Option<Vec<u8>>,
+    /// Sealed tree state.
+    pub(crate) tree: Option<Vec<u8>>,
+}
+
+impl Kek {
+    /// Checks and seals the blobs of `group` at `epoch`.
+    pub(crate) fn seal_epoch(
+        &self,
+        group: &GroupId,
+        epoch: Epoch,
+        material_cbor: Option<&[u8]>,
+        tree_state: Option<&[u8]>,
+    ) -> Result<SealedEpoch> {
+        let alg = material_cbor
+            .map(|m| crate::model::check_material(m, group, epoch))
+            .transpose()?;
+        let material = material_cbor
+            .map(|m| self.seal(Purpose::Material, group, epoch, m))
+            .transpose()?;
+        let tree = tree_state
+            .map(|t| self.seal(Purpose::TreeState, group, epoch, t))
+            .transpose()?;
+        Ok(SealedEpoch {
+            alg,
+            material,
+            tree,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]

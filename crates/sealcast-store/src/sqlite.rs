@@ -21,8 +21,8 @@ use crate::error::{Error, Result};
 use crate::kek::{Kek, Purpose};
 use crate::model::{
     AuditRow, DbFail, EntityRecord, GroupRecord, MemberRecord, MemberRow, audit_from_sql,
-    check_alg, check_material, entity_from_sql, epoch_from_sql, epoch_to_sql, group_from_sql,
-    member_from_sql, now_ms, u64_to_sql,
+    check_alg, entity_from_sql, epoch_from_sql, epoch_to_sql, group_from_sql, member_from_sql,
+    now_ms, u64_to_sql,
 };
 use crate::schema::{CREATE_VERSION_TABLE, Dialect, SCHEMA_VERSION, migrations};
 
@@ -384,18 +384,13 @@ impl ManagerStore for SqliteStore {
         material_cbor: Option<&[u8]>,
         tree_state: Option<&[u8]>,
     ) -> Result<()> {
-        if let Some(m) = material_cbor {
-            check_alg(
-                check_material(m, &group.id, group.epoch)?,
-                group.alg.cose_id(),
-            )?;
+        let sealed = self
+            .kek
+            .seal_epoch(&group.id, group.epoch, material_cbor, tree_state)?;
+        if let Some(alg) = sealed.alg {
+            check_alg(alg, group.alg.cose_id())?;
         }
-        let sealed_material = material_cbor
-            .map(|m| self.kek.seal(Purpose::Material, &group.id, group.epoch, m))
-            .transpose()?;
-        let sealed_tree = tree_state
-            .map(|t| self.kek.seal(Purpose::TreeState, &group.id, group.epoch, t))
-            .transpose()?;
+        let (sealed_material, sealed_tree) = (sealed.material, sealed.tree);
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -483,13 +478,13 @@ impl ManagerStore for SqliteStore {
                 "the new epoch {new_epoch} must be larger than the current {expected_current}"
             )));
         }
-        let material_alg = check_material(material_cbor, group, new_epoch)?;
-        let sealed = self
+        let epoch_blobs = self
             .kek
-            .seal(Purpose::Material, group, new_epoch, material_cbor)?;
-        let sealed_tree = tree_state
-            .map(|t| self.kek.seal(Purpose::TreeState, group, new_epoch, t))
-            .transpose()?;
+            .seal_epoch(group, new_epoch, Some(material_cbor), tree_state)?;
+        let (Some(material_alg), Some(sealed)) = (epoch_blobs.alg, epoch_blobs.material) else {
+            return Err(Error::InvalidArgument("no key material to store".into()));
+        };
+        let sealed_tree = epoch_blobs.tree;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
