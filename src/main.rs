@@ -58,12 +58,20 @@ enum Command {
     Agent(cmd::serve::AgentCommand),
     #[command(subcommand)]
     Device(cmd::serve::DeviceCommand),
+    #[command(subcommand)]
+    Headend(cmd::serve::HeadendCommand),
 }
 
 fn run(cli: Cli) -> error::Result<()> {
     match cli.command {
         Command::Keygen(args) => cmd::keygen::run(&args),
         Command::Group(cmd::group::GroupCommand::Create(args)) => cmd::group::create(&args),
+        Command::Group(cmd::group::GroupCommand::Enrol(args)) => cmd::group_admin::enrol(&args),
+        Command::Group(cmd::group::GroupCommand::Add(args)) => cmd::group_admin::add(&args),
+        Command::Group(cmd::group::GroupCommand::Evict(args)) => cmd::group_admin::evict(&args),
+        Command::Group(cmd::group::GroupCommand::Rekey(args)) => cmd::group_admin::rekey(&args),
+        Command::Group(cmd::group::GroupCommand::Show(args)) => cmd::group_admin::show(&args),
+        Command::Group(cmd::group::GroupCommand::List(args)) => cmd::group_admin::list(&args),
         Command::Seal(args) => cmd::seal::run(&args),
         Command::Open(args) => cmd::open::run(&args),
         Command::Inspect(args) => cmd::inspect::run(&args),
@@ -75,6 +83,12 @@ fn run(cli: Cli) -> error::Result<()> {
         Command::Agent(cmd::serve::AgentCommand::Serve(args)) => cmd::serve::agent(&args),
         Command::Device(cmd::serve::DeviceCommand::Run(args)) => cmd::serve::device_run(&args),
         Command::Device(cmd::serve::DeviceCommand::Send(args)) => cmd::serve::device_send(&args),
+        Command::Device(cmd::serve::DeviceCommand::Report(args)) => {
+            cmd::serve::metering::device_report(&args)
+        }
+        Command::Headend(cmd::serve::HeadendCommand::Serve(args)) => {
+            cmd::serve::metering::headend(&args)
+        }
     }
 }
 

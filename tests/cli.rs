@@ -725,3 +725,66 @@ fn imports_an_openssl_ed25519_key() {
             .ends_with(cred.public().verifying_key().as_bytes())
     );
 }
+
+/// Runs the binary with `args` and kills it if it has not finished within
+/// `limit` (a hung demo fails the test instead of hanging it).
+fn run_bounded(args: &[&str], limit: std::time::Duration) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args(args)
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "sealcast {} did not finish within {limit:?}",
+                args.join(" ")
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn demo_fire_safety_over_coap_passes() {
+    let out = run_bounded(
+        &[
+            "demo",
+            "fire-safety",
+            "--transport",
+            "coap",
+            "--devices",
+            "6",
+        ],
+        std::time::Duration::from_secs(120),
+    );
+    let text = stdout(ok(&out));
+    assert!(text.contains("over CoAP on loopback"), "{text}");
+    assert!(text.contains("pinned to 127.0.0.1"), "{text}");
+    assert!(text.contains("PASSED"), "{text}");
+    assert!(!text.contains("FAILED"), "{text}");
+}
+
+#[test]
+fn demo_fire_safety_refuses_a_broker_with_coap() {
+    let out = run_bounded(
+        &[
+            "demo",
+            "fire-safety",
+            "--transport",
+            "coap",
+            "--broker",
+            "mqtt://127.0.0.1:1883",
+        ],
+        std::time::Duration::from_secs(30),
+    );
+    let err = fails_cleanly(&out);
+    assert!(err.contains("--broker"), "{err}");
+}

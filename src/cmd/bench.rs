@@ -53,13 +53,30 @@ pub struct BenchArgs {
     /// Print one JSON object on standard output instead of the table.
     #[arg(long)]
     json: bool,
+    /// Devices in the end-to-end fire-safety run (default: 300, or 30 with
+    /// --quick; 0 skips it). It runs the whole deployment over the embedded
+    /// MQTT broker on loopback and times the alert to the last device acting.
+    #[arg(long, value_name = "N")]
+    e2e_devices: Option<usize>,
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
     let plan = if args.quick { Plan::QUICK } else { Plan::FULL };
-    let mut progress = Progress::new(STEPS);
-    let results = measure(plan, &mut progress)
+    let e2e_devices = args.e2e_devices.unwrap_or(plan.e2e_devices);
+    if e2e_devices != 0 && !(6..=5_000).contains(&e2e_devices) {
+        return Err(CliError::usage(
+            "--e2e-devices must be 0 (skip) or 6..=5000",
+        ));
+    }
+    let mut progress = Progress::new(STEPS + usize::from(e2e_devices > 0));
+    let mut results = measure(plan, &mut progress)
         .map_err(|e| CliError::other(format!("benchmark fixture failed: {e} (this is a bug)")))?;
+    if e2e_devices > 0 {
+        progress.step(&format!(
+            "end to end: fire-safety with {e2e_devices} devices over MQTT"
+        ));
+        results.e2e = Some(end_to_end(e2e_devices, plan.e2e_runs, &results)?);
+    }
     progress.done();
     let mut out = std::io::stdout().lock();
     let text = if args.json {
@@ -87,6 +104,10 @@ struct Plan {
     rounds: usize,
     /// Evictions timed per tree size.
     tree_evictions: usize,
+    /// Devices of the end-to-end run.
+    e2e_devices: usize,
+    /// End-to-end runs (the fastest counts: the others met more noise).
+    e2e_runs: usize,
 }
 
 impl Plan {
@@ -95,12 +116,16 @@ impl Plan {
         round: Duration::from_millis(15),
         rounds: 3,
         tree_evictions: 16,
+        e2e_devices: 30,
+        e2e_runs: 1,
     };
     const FULL: Plan = Plan {
         warm_up: Duration::from_millis(100),
         round: Duration::from_millis(150),
         rounds: 7,
         tree_evictions: 256,
+        e2e_devices: 300,
+        e2e_runs: 3,
     };
 }
 
@@ -456,6 +481,7 @@ struct Results {
     p2p_measured_members: usize,
     rekey: Vec<RekeyFigure>,
     failures: u64,
+    e2e: Option<EndToEnd>,
 }
 
 fn measure(plan: Plan, progress: &mut Progress) -> FixtureResult<Results> {
@@ -633,6 +659,7 @@ fn measure(plan: Plan, progress: &mut Progress) -> FixtureResult<Results> {
         p2p_measured_members: p2p.members,
         rekey,
         failures,
+        e2e: None,
     })
 }
 
@@ -698,6 +725,88 @@ fn threads(plan: Plan, group: &Group, pools: &[Vec<Vec<u8>>; 2]) -> ThreadRates 
         r.failures += f1 + f2;
     }
     r
+}
+
+/// The fire-safety pipeline end to end: a sensor's alert through the
+/// gateway to every door and extinguisher, over the embedded MQTT broker.
+#[derive(Debug)]
+struct EndToEnd {
+    devices: usize,
+    /// Broadcasts opened on the way (the alert at the gateway, the command at
+    /// each door and extinguisher).
+    opens: usize,
+    /// The fastest run's alert → last device acting.
+    alert_to_last: Duration,
+    /// One open of a 16-byte broadcast on one core, from this run's open
+    /// measurement (the commands are that short).
+    single_open_s: f64,
+    cores: usize,
+    runs: usize,
+}
+
+impl EndToEnd {
+    /// (opens × single-open time) ÷ (wall time × cores): the share of the
+    /// machine's cores the pipeline spent on the opens themselves, 1.0 when
+    /// the messaging, scheduling and gateway hop cost nothing.
+    fn efficiency(&self) -> f64 {
+        ratio(
+            self.opens as f64 * self.single_open_s,
+            self.alert_to_last.as_secs_f64() * self.cores as f64,
+        )
+    }
+}
+
+/// Runs the fire-safety deployment `runs` times with `devices` devices and
+/// keeps the fastest alert → last action.
+fn end_to_end(devices: usize, runs: usize, results: &Results) -> Result<EndToEnd> {
+    use sealcast_node::demo::{FireSafetyConfig, fire_safety};
+    let single_open_s = results
+        .open
+        .iter()
+        .find(|o| o.payload == 16)
+        .map_or(0.0, |o| ratio(1.0, o.open_per_sec));
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::other(format!("cannot start the async runtime: {e}")))?;
+    let mut best: Option<sealcast_node::demo::Pipeline> = None;
+    for _ in 0..runs.max(1) {
+        let config = FireSafetyConfig {
+            devices,
+            ..FireSafetyConfig::default()
+        };
+        let report = rt
+            .block_on(fire_safety(config, &mut |_| {}))
+            .map_err(|e| CliError::other(format!("the end-to-end fire-safety run failed: {e}")))?;
+        if !report.passed() {
+            let failed: Vec<String> = report
+                .checks
+                .iter()
+                .filter(|c| !c.passed())
+                .map(|c| format!("{} (expected {}, saw {})", c.what, c.expected, c.observed))
+                .collect();
+            return Err(CliError::other(format!(
+                "the end-to-end fire-safety run failed its checks: {}; run 'sealcast demo fire-safety --devices {devices}' to see its timeline",
+                failed.join("; ")
+            )));
+        }
+        let pipeline = report.pipeline.ok_or_else(|| {
+            CliError::other("the fire-safety run reported no pipeline timing (this is a bug)")
+        })?;
+        if best.is_none_or(|b| pipeline.alert_to_last_action < b.alert_to_last_action) {
+            best = Some(pipeline);
+        }
+    }
+    let best = best.ok_or_else(|| CliError::other("no end-to-end run (this is a bug)"))?;
+    Ok(EndToEnd {
+        devices,
+        opens: best.opens,
+        alert_to_last: best.alert_to_last_action,
+        single_open_s,
+        cores,
+        runs: runs.max(1),
+    })
 }
 
 /// One report from each of `count` meters to one headend (a DAP sees many
@@ -987,6 +1096,26 @@ impl Results {
             self.p2p_measured_members,
             self.p2p_measured_members - 1
         );
+        if let Some(e) = &self.e2e {
+            let _ = writeln!(t);
+            let _ = writeln!(
+                t,
+                "end to end, fire-safety over the embedded MQTT broker: {} devices, {} opens, fastest of {} runs",
+                e.devices, e.opens, e.runs
+            );
+            let _ = writeln!(
+                t,
+                "  alert → last device acting {:.1} ms; one open {:.1} µs on one core; {} cores",
+                e.alert_to_last.as_secs_f64() * 1e3,
+                e.single_open_s * 1e6,
+                e.cores
+            );
+            let _ = writeln!(
+                t,
+                "  pipeline efficiency (opens × one open) ÷ (wall × cores) {:>8.3}  target >= 0.7",
+                e.efficiency()
+            );
+        }
         if self.failures > 0 {
             let _ = writeln!(
                 t,
@@ -1122,6 +1251,20 @@ impl Results {
             ),
             ("failures".into(), self.failures.to_string()),
         ]);
+        if let Some(e) = &self.e2e {
+            fields.extend([
+                ("e2e_devices".into(), e.devices.to_string()),
+                ("e2e_opens".into(), e.opens.to_string()),
+                ("e2e_runs".into(), e.runs.to_string()),
+                (
+                    "e2e_alert_to_last_ms".into(),
+                    num(e.alert_to_last.as_secs_f64() * 1e3),
+                ),
+                ("e2e_single_open_us".into(), num(e.single_open_s * 1e6)),
+                ("e2e_cores".into(), e.cores.to_string()),
+                ("e2e_pipeline_efficiency".into(), num(e.efficiency())),
+            ]);
+        }
         let body: Vec<String> = fields
             .iter()
             .map(|(k, v)| format!("  {}: {v}", json_str(k)))

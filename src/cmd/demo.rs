@@ -16,7 +16,7 @@ pub enum DemoCommand {
     /// each must be refused. Exits 0 only if everything expected happened
     /// and every attack failed.
     ///
-    /// Example: sealcast demo fire-safety --devices 20
+    /// Example: sealcast demo fire-safety --devices 20 --transport coap
     FireSafety(FireSafetyArgs),
     /// Meters report through a Data Aggregation Point to the headend: the
     /// DAP verifies their signatures in batches without reading the
@@ -85,6 +85,10 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 pub enum Transport {
     /// MQTT: the embedded broker, or --broker.
     Mqtt,
+    /// CoAP: a unicast endpoint per entity (confirmable requests for key
+    /// deliveries, acks and pulls) and group channels by multicast, all on
+    /// 127.0.0.1 (multicast pinned to the loopback interface).
+    Coap,
 }
 
 /// Arguments of `sealcast demo fire-safety`.
@@ -107,13 +111,26 @@ pub fn fire_safety(args: &FireSafetyArgs) -> Result<()> {
     if args.devices < 3 || args.devices > 2000 {
         return Err(CliError::usage("--devices must be between 3 and 2000"));
     }
+    let transport = match args.transport {
+        Transport::Mqtt => sealcast_node::link::Transport::Mqtt,
+        Transport::Coap => sealcast_node::link::Transport::Coap,
+    };
+    if transport == sealcast_node::link::Transport::Coap && args.broker.is_some() {
+        return Err(CliError::usage("--broker is for --transport mqtt"));
+    }
+    // The runtimes' logs only when asked for (RUST_LOG=debug …): the
+    // timeline is the demo's output.
+    if std::env::var_os("RUST_LOG").is_some() {
+        crate::cmd::serve::init_logs();
+    }
     let runtime = runtime()?;
     let config = sealcast_node::demo::FireSafetyConfig {
         devices: args.devices,
         broker: args.broker.clone(),
+        transport,
     };
     say(&format!(
-        "sealcast fire-safety demo: {} devices over MQTT on loopback",
+        "sealcast fire-safety demo: {} devices over {transport} on loopback",
         args.devices
     ));
     let report = runtime

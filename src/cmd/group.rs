@@ -1,4 +1,7 @@
-//! `sealcast group create`: key material for one group epoch.
+//! `sealcast group create`: key material for one group epoch (`--out`), or
+//! a group on a running manager (`--config`); `sealcast group enrol | add |
+//! evict | rekey | show | list`: administration of a running manager through
+//! its control socket (`control`).
 
 use std::path::PathBuf;
 
@@ -13,29 +16,49 @@ use crate::files::{self, Overwrite, PRIVATE_MODE};
 use crate::system;
 use crate::text::{fingerprint, hex, parse_duration_ms, parse_hex, rfc3339, show_id};
 
-/// Manage group key material.
+/// Manage groups: key material files, or the groups of a running manager.
 #[derive(Debug, Subcommand)]
 pub enum GroupCommand {
     Create(GroupCreateArgs),
+    Enrol(super::group_admin::EnrolArgs),
+    Add(super::group_admin::AddArgs),
+    Evict(super::group_admin::EvictArgs),
+    Rekey(super::group_admin::RekeyArgs),
+    Show(super::group_admin::ShowArgs),
+    List(super::group_admin::ListArgs),
 }
 
 const CREATE_EXAMPLES: &str = "\
 Examples:
+  sealcast group create --config manager.toml --group fire-doors --scheme tree
   sealcast group create --group fire-doors --epoch 1 --signer door-gw=door-gw.pub:01 --out fire-doors.gk
   sealcast group create --group-hex 0a0b --epoch 7 --alg A256GCM \\
       --signer gw-a=keys/gw-a.pub:01 --signer gw-b=keys/gw-b.pub:02 --valid-for 30d --out g.gk";
 
-/// Create the key material of one group epoch.
+/// Create a group on a running manager (--config), or the key material of
+/// one group epoch as a file (--out).
 ///
-/// Draws a fresh 32-byte master secret and 8-byte salt and writes them, the
-/// group id, epoch, AEAD algorithm, expiry and the list of authorized
-/// signers to --out (CBOR, mode 0600). Receivers trust exactly the signers
-/// listed here. Sender keys and nonces are derived as in RFC 8613 §3.2 with
-/// the group id as ID Context.
+/// With --config the manager creates the group at epoch 0 without members
+/// (add them with 'sealcast group add'); it keeps and delivers the keys.
+///
+/// With --out: draws a fresh 32-byte master secret and 8-byte salt and
+/// writes them, the group id, epoch, AEAD algorithm, expiry and the list of
+/// authorized signers to --out (CBOR, mode 0600). Receivers trust exactly
+/// the signers listed here. Sender keys and nonces are derived as in RFC
+/// 8613 §3.2 with the group id as ID Context.
 #[derive(Debug, Args)]
 #[command(after_help = CREATE_EXAMPLES)]
 #[command(group(ArgGroup::new("group_id").required(true).args(["group", "group_hex"])))]
+#[command(group(ArgGroup::new("where").required(true).args(["config", "out"])))]
 pub struct GroupCreateArgs {
+    /// The running manager's config (manager.toml): create the group there.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["group_hex", "epoch", "signers", "valid_for", "force"])]
+    config: Option<PathBuf>,
+    /// With --config: how the group is rekeyed when a member leaves — tree
+    /// (one broadcast of about 2·log2(n) wrapped keys) or p2p (one delivery
+    /// per member).
+    #[arg(long, value_enum, requires = "config", default_value = "tree")]
+    scheme: SchemeArg,
     /// Group id as text: its UTF-8 bytes are the id (1 to 32 bytes), e.g.
     /// `fire-doors`.
     #[arg(long, value_name = "TEXT")]
@@ -44,15 +67,15 @@ pub struct GroupCreateArgs {
     #[arg(long, value_name = "HEX")]
     group_hex: Option<String>,
     /// Key epoch (0 to 4294967295); every rekey moves to a larger one.
-    #[arg(long, value_name = "N")]
-    epoch: u32,
+    #[arg(long, value_name = "N", required_unless_present = "config")]
+    epoch: Option<u32>,
     /// AEAD algorithm for the group's traffic.
     #[arg(long, value_enum, ignore_case = true, default_value = "A128GCM")]
     alg: AlgArg,
     /// An authorized signer: its entity id, its public key file and its
     /// sender id in the group (1 to 6 bytes as hex, unique in the group).
     /// Repeat for several signers.
-    #[arg(long = "signer", value_name = "ID=PUBFILE:SENDER_HEX", value_parser = parse_signer, required = true)]
+    #[arg(long = "signer", value_name = "ID=PUBFILE:SENDER_HEX", value_parser = parse_signer, required_unless_present = "config")]
     signers: Vec<SignerSpec>,
     /// Validity from now, e.g. 30d, 12h, 90m, 3600s, 2w; receivers refuse
     /// the key material after it. Without it the material does not expire.
@@ -60,7 +83,7 @@ pub struct GroupCreateArgs {
     valid_for: Option<u64>,
     /// Output file for the group key material.
     #[arg(long, value_name = "FILE")]
-    out: PathBuf,
+    out: Option<PathBuf>,
     /// Replace an existing --out file.
     #[arg(long)]
     force: bool,
@@ -77,7 +100,34 @@ pub enum AlgArg {
     A256Gcm,
 }
 
+/// Rekey schemes of a manager's group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SchemeArg {
+    /// Logical key tree: one broadcast per eviction or rekey.
+    Tree,
+    /// Point to point: one key delivery per member.
+    P2p,
+}
+
+impl SchemeArg {
+    /// The name on the control socket.
+    pub fn wire(self) -> &'static str {
+        match self {
+            SchemeArg::Tree => "tree",
+            SchemeArg::P2p => "p2p",
+        }
+    }
+}
+
 impl AlgArg {
+    /// The name on the control socket.
+    pub fn wire(self) -> &'static str {
+        match self {
+            AlgArg::A128Gcm => "A128GCM",
+            AlgArg::A256Gcm => "A256GCM",
+        }
+    }
+
     fn aead(self) -> AeadAlg {
         match self {
             AlgArg::A128Gcm => AeadAlg::A128Gcm,
@@ -136,9 +186,20 @@ fn group_id(args: &GroupCreateArgs) -> Result<GroupId> {
 }
 
 pub fn create(args: &GroupCreateArgs) -> Result<()> {
+    if let Some(config) = &args.config {
+        let group = args.group.as_deref().ok_or_else(|| {
+            CliError::usage("--config needs --group TEXT (the manager names groups by text)")
+        })?;
+        return super::group_admin::create(config, group, args.scheme, args.alg);
+    }
+    let (Some(out), Some(epoch)) = (&args.out, args.epoch) else {
+        return Err(CliError::usage(
+            "pass --out FILE and --epoch N (or --config manager.toml)",
+        ));
+    };
     let group = group_id(args)?;
     let overwrite = Overwrite::from_force(args.force);
-    files::check_absent(&args.out, overwrite)?;
+    files::check_absent(out, overwrite)?;
     let mut signers = Vec::with_capacity(args.signers.len());
     for spec in &args.signers {
         let public = load_public_key(&spec.pub_file)?;
@@ -169,7 +230,7 @@ pub fn create(args: &GroupCreateArgs) -> Result<()> {
     let mut rng = system::rng()?;
     let material = GroupKeyMaterial::generate(
         group,
-        Epoch::new(args.epoch),
+        Epoch::new(epoch),
         args.alg.aead(),
         signers,
         not_after,
@@ -185,8 +246,8 @@ pub fn create(args: &GroupCreateArgs) -> Result<()> {
     let bytes = material
         .to_cbor()
         .map_err(|e| CliError::core("cannot encode the group key material", e))?;
-    files::write_atomic(&args.out, &bytes, PRIVATE_MODE, overwrite)?;
-    print_summary(&material, &args.out);
+    files::write_atomic(out, &bytes, PRIVATE_MODE, overwrite)?;
+    print_summary(&material, out);
     Ok(())
 }
 

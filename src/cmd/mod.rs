@@ -5,6 +5,7 @@ pub mod audit;
 pub mod bench;
 pub mod demo;
 pub mod group;
+pub mod group_admin;
 pub mod inspect;
 pub mod keygen;
 pub mod open;

@@ -17,12 +17,15 @@ use sealcast_core::ids::{EntityId, GroupId};
 use sealcast_group::manager::{EntityKind, Manager, RekeyScheme, Role};
 use sealcast_mqtt::{GroupChannel, TopicScheme};
 use sealcast_node::device::{self, CommandHandler, LogHandler, NodeConfig, Rule};
+use sealcast_node::link::{AddressBook, CoapLinkConfig, LinkConfig};
 use sealcast_store::{AuditLog, DeviceStateFile, Kek, ManagerStore, PgStore, SqliteStore};
 use serde::Deserialize;
 use tracing::info;
 
 use crate::cmd::{load_private_key, load_public_key, say};
 use crate::error::{CliError, Result};
+
+pub mod metering;
 
 /// The group manager service.
 #[derive(Debug, Subcommand)]
@@ -62,6 +65,24 @@ pub enum DeviceCommand {
     ///
     /// Example: sealcast device send --config sensor-1.toml --group fire-sensors --alert smoke
     Send(SendArgs),
+    /// Seal and publish a meter reading for the headend through the
+    /// meter's DAP (encrypted for the headend, signed by the meter), with
+    /// the sequence reservation of its state directory.
+    ///
+    /// Example: sealcast device report --config meter-1.toml --reading "1042 kWh"
+    Report(metering::ReportArgs),
+}
+
+/// The smart-metering headend service.
+#[derive(Debug, Subcommand)]
+pub enum HeadendCommand {
+    /// Run the headend: accepts its DAPs' announcements and signed report
+    /// batches, decrypts every reading end to end (replay windows per DAP
+    /// and per meter persist in its state directory), logs the readings
+    /// (--readings also appends them to a file).
+    ///
+    /// Example: sealcast headend serve --config headend.toml --readings readings.log
+    Serve(metering::HeadendServeArgs),
 }
 
 /// `--config` of the services.
@@ -102,7 +123,13 @@ pub struct SendArgs {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ManagerFile {
+    /// MQTT broker URL (with `transport = "mqtt"`, the default).
+    #[serde(default)]
     broker: String,
+    /// `"mqtt"` (default) or `"coap"`.
+    transport: Option<TransportName>,
+    /// The CoAP endpoint, group and address book (with `transport = "coap"`).
+    coap: Option<CoapSection>,
     topic_prefix: Option<String>,
     key: PathBuf,
     state_dir: PathBuf,
@@ -114,6 +141,9 @@ struct ManagerFile {
     kek: PathBuf,
     /// Audit log (default `<state_dir>/audit.jsonl`).
     audit_log: Option<PathBuf>,
+    /// The control socket of `sealcast group …` (default
+    /// `<state_dir>/manager.sock`).
+    control_socket: Option<PathBuf>,
     #[serde(default)]
     enrol: Vec<EnrolEntry>,
     #[serde(default)]
@@ -171,7 +201,13 @@ enum RoleName {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NodeFile {
+    /// MQTT broker URL (with `transport = "mqtt"`, the default).
+    #[serde(default)]
     broker: String,
+    /// `"mqtt"` (default) or `"coap"`.
+    transport: Option<TransportName>,
+    /// The CoAP endpoint, group and address book (with `transport = "coap"`).
+    coap: Option<CoapSection>,
     topic_prefix: Option<String>,
     key: PathBuf,
     manager_public_key: PathBuf,
@@ -181,6 +217,9 @@ struct NodeFile {
     relays_for: Vec<String>,
     #[serde(default)]
     rule: Vec<RuleEntry>,
+    /// A DAP's `[dap]` section (read by `metering`).
+    #[serde(default, rename = "dap")]
+    _dap: Option<toml::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -189,6 +228,82 @@ struct RuleEntry {
     on_alert_from: String,
     then_command: String,
     payload: String,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum TransportName {
+    Mqtt,
+    Coap,
+}
+
+/// `[coap]`: where this entity listens, the group of the group channels,
+/// the interface multicast is pinned to, and where the others listen.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CoapSection {
+    /// This entity's unicast endpoint (`127.0.0.1:5701`).
+    listen: std::net::SocketAddr,
+    /// The IPv4 multicast group and port (`224.0.1.187:5683`).
+    group: std::net::SocketAddr,
+    /// The interface (by IPv4 address) multicast leaves by and is joined
+    /// on; default `127.0.0.1`. Never left to the default route.
+    multicast_interface: Option<std::net::Ipv4Addr>,
+    /// `[[coap.endpoint]] id = "...", address = "..."`: the manager lists
+    /// its agents (and devices without one), a node the manager, an agent
+    /// also the devices it relays for.
+    #[serde(default)]
+    endpoint: Vec<EndpointEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndpointEntry {
+    id: String,
+    address: std::net::SocketAddr,
+}
+
+/// The transport a config file names.
+fn link_config(
+    transport: Option<TransportName>,
+    broker: &str,
+    coap: Option<&CoapSection>,
+) -> Result<LinkConfig> {
+    match (transport.unwrap_or(TransportName::Mqtt), coap) {
+        (TransportName::Mqtt, None) if !broker.is_empty() => Ok(LinkConfig::mqtt(broker)),
+        (TransportName::Mqtt, None) => Err(CliError::usage(
+            "`broker` is required (or set transport = \"coap\" and a [coap] section)",
+        )),
+        (TransportName::Mqtt, Some(_)) => Err(CliError::usage(
+            "a [coap] section needs transport = \"coap\"",
+        )),
+        (TransportName::Coap, None) => Err(CliError::usage(
+            "transport = \"coap\" needs a [coap] section (listen, group, endpoints)",
+        )),
+        (TransportName::Coap, Some(_)) if !broker.is_empty() => {
+            Err(CliError::usage("`broker` is for transport = \"mqtt\""))
+        }
+        (TransportName::Coap, Some(c)) => {
+            if !c.group.ip().is_multicast() || !c.group.is_ipv4() {
+                return Err(CliError::usage(
+                    "[coap] group must be an IPv4 multicast address and port",
+                ));
+            }
+            let book = AddressBook::new();
+            for e in &c.endpoint {
+                book.insert(entity(&e.id)?, e.address);
+            }
+            let mut link = CoapLinkConfig::loopback(c.group.port(), book)
+                .map_err(|e| failed("CoAP settings", e))?
+                .listening_on(c.listen);
+            link.group = c.group;
+            link.interface = sealcast_node::link::MulticastInterface::V4(
+                c.multicast_interface
+                    .unwrap_or(std::net::Ipv4Addr::LOCALHOST),
+            );
+            Ok(LinkConfig::Coap(link))
+        }
+    }
 }
 
 fn read_config<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<(T, PathBuf)> {
@@ -236,7 +351,7 @@ fn failed(what: &str, e: impl std::fmt::Display) -> CliError {
     CliError::other(format!("{what}: {e}"))
 }
 
-fn init_logs() {
+pub(crate) fn init_logs() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
@@ -253,8 +368,30 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .map_err(|e| failed("cannot start the async runtime", e))
 }
 
+/// Creates a state directory (and missing parents) owner-only: it holds key
+/// state, and the manager's control socket refuses a directory others may
+/// write to. An existing directory keeps its mode.
 fn create_dir(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| CliError::io("create directory", dir, e))
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| CliError::io("create directory", dir, e))
+}
+
+/// The control socket a manager config names: `control_socket`, or
+/// `manager.sock` in its `state_dir` (relative to the config's directory).
+pub fn control_socket_path(config_path: &Path) -> Result<PathBuf> {
+    let (config, base): (ManagerFile, _) = read_config(config_path)?;
+    Ok(manager_socket(&config, &base))
+}
+
+fn manager_socket(config: &ManagerFile, base: &Path) -> PathBuf {
+    config.control_socket.as_ref().map_or_else(
+        || resolve(base, &config.state_dir).join(sealcast_node::control::SOCKET_NAME),
+        |p| resolve(base, p),
+    )
 }
 
 /// Runs `sealcast manager serve`.
@@ -345,14 +482,17 @@ pub fn manager(args: &ServeArgs) -> Result<()> {
         }
     }
     let topics = topics(config.topic_prefix.as_deref())?;
+    let socket = manager_socket(&config, &base);
+    let link = link_config(config.transport, &config.broker, config.coap.as_ref())?;
     runtime()?.block_on(serve_manager(
         manager,
         store,
         audit,
         saved,
-        &config.broker,
+        &link,
         topics,
         (enrolments, creates, additions),
+        &socket,
     ))
 }
 
@@ -366,20 +506,32 @@ type Plan = (
     Vec<(GroupId, Vec<(EntityId, Role)>)>,
 );
 
+// The manager's parts, as `manager` assembled them from the config file.
+#[allow(clippy::too_many_arguments)]
 async fn serve_manager(
     manager: Manager,
     store: Box<dyn ManagerStore>,
     audit: AuditLog,
     saved: BTreeMap<GroupId, sealcast_core::ids::Epoch>,
-    broker: &str,
+    link: &LinkConfig,
     topics: TopicScheme,
     (enrolments, creates, additions): Plan,
+    socket: &Path,
 ) -> Result<()> {
     let id = manager.id().clone();
-    let handle = sealcast_node::manager::spawn(manager, store, audit, saved, broker, topics)
-        .await
-        .map_err(|e| failed("the manager could not start", e))?;
-    info!(manager = %id, broker, "manager running");
+    // The control socket first: a second manager on this state directory
+    // stops here, before it connects to the broker under the same client id.
+    let control = sealcast_node::control::bind(socket)
+        .map_err(|e| failed("the manager could not open its control socket", e))?;
+    let handle =
+        match sealcast_node::manager::spawn_on(manager, store, audit, saved, link, topics).await {
+            Ok(h) => h,
+            Err(e) => {
+                control.discard();
+                return Err(failed("the manager could not start", e));
+            }
+        };
+    info!(manager = %id, transport = %link.transport(), "manager running");
     for (credential, kind, agent) in enrolments {
         let who = credential.id().clone();
         handle
@@ -403,7 +555,17 @@ async fn serve_manager(
             .map_err(|e| failed("cannot add members", e))?;
         info!(group = %String::from_utf8_lossy(group.as_bytes()), added = n, "members added");
     }
-    wait_for_ctrl_c().await?;
+    // `sealcast group …` from now on; stopped (socket removed) before the manager.
+    let control = match control.serve(handle.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            handle.stop().await;
+            return Err(failed("the manager could not serve its control socket", e));
+        }
+    };
+    let waited = wait_for_ctrl_c().await;
+    control.shutdown().await;
+    waited?;
     handle.stop().await;
     info!("manager stopped");
     Ok(())
@@ -468,7 +630,7 @@ fn node_config(path: &Path, handler: Arc<dyn CommandHandler>) -> Result<NodeConf
     Ok(NodeConfig {
         credential,
         manager,
-        broker_url: config.broker.clone(),
+        link: link_config(config.transport, &config.broker, config.coap.as_ref())?,
         topics: topics(config.topic_prefix.as_deref())?,
         rules,
         relays_for,
@@ -494,6 +656,9 @@ fn run_node(config: NodeConfig, what: &'static str) -> Result<()> {
 /// Runs `sealcast agent serve`.
 pub fn agent(args: &ServeArgs) -> Result<()> {
     init_logs();
+    if metering::has_dap_section(&args.config)? {
+        return metering::agent_with_dap(args);
+    }
     let config = node_config(&args.config, Arc::new(LogHandler))?;
     run_node(config, "agent")
 }

@@ -663,6 +663,46 @@ impl KeyTree {
         })
     }
 
+    /// Replaces the root key with a fresh random one and moves the tree to
+    /// `epoch` (larger than [`KeyTree::epoch`]), without a membership change:
+    /// a rekey for key freshness. The new root is wrapped under each
+    /// non-empty child of the root — at most two entries, one unwrap per
+    /// member — so exactly the members (holders of a child key) learn it,
+    /// and nobody who held only an earlier root or group secret can compute
+    /// it. Members apply it with [`MemberPath::apply`] like an eviction's
+    /// rekey. Persist the tree before broadcasting the rekey.
+    pub fn refresh_root<R: CryptoRng + ?Sized>(
+        &mut self,
+        epoch: Epoch,
+        rng: &mut R,
+    ) -> Result<TreeRekey> {
+        self.check_epoch(epoch)?;
+        if self.is_empty() {
+            return Err(Error::UnknownMember);
+        }
+        let root = NodeIndex::ROOT.get();
+        let key = Secret::random(rng);
+        let mut wrapped = Vec::with_capacity(2);
+        for c in [2 * root, 2 * root + 1] {
+            if self.counts[c as usize] == 0 {
+                continue;
+            }
+            let kek = Zeroizing::new(self.keys[c as usize]);
+            wrapped.push(WrappedKey {
+                node: NodeIndex::ROOT,
+                under: NodeIndex(c),
+                ciphertext: wrap(&kek, epoch, root, c, &key)?,
+            });
+        }
+        self.keys[root as usize] = *key.as_bytes();
+        self.epoch = epoch;
+        Ok(TreeRekey {
+            epoch,
+            depth: self.depth,
+            wrapped,
+        })
+    }
+
     /// The whole tree state, for the store. **Secret**: the caller encrypts
     /// it at rest. Layout (version 1): `"SLKT" ‖ 1 ‖ depth ‖ epoch_be32 ‖
     /// members_be32 ‖ leaf bitmap (⌈2^depth / 8⌉ bytes, leaf p = bit p % 8 of
@@ -1299,6 +1339,44 @@ mod tests {
         let mut tree = KeyTree::with_members(8, e(1), &mut rng).unwrap();
         tree.remove_member(LeafIndex::new(5), e(2), &mut rng)
             .unwrap()
+    }
+
+    #[test]
+    fn root_refresh_reaches_every_member_with_one_unwrap_and_no_outsider() {
+        let mut rng = TestRng::new(11);
+        for n in [1usize, 2, 3, 5, 8, 13] {
+            let mut tree = KeyTree::with_members(n, e(1), &mut rng).unwrap();
+            // Make the tree sparse on one side too: evict the last member.
+            let mut epoch = 1;
+            if n > 2 {
+                epoch += 1;
+                tree.remove_member(LeafIndex::new(n as u32 - 1), e(epoch), &mut rng)
+                    .unwrap();
+            }
+            let mut paths: Vec<MemberPath> =
+                tree.members().map(|l| tree.path(l).unwrap()).collect();
+            let old_root = *tree.root_key().unwrap().as_bytes();
+            epoch += 1;
+            let rekey = tree.refresh_root(e(epoch), &mut rng).unwrap();
+            assert!(!rekey.wrapped().is_empty() && rekey.wrapped().len() <= 2);
+            assert_eq!(TreeRekey::from_cbor(&rekey.to_cbor()).unwrap(), rekey);
+            let new_root = *tree.root_key().unwrap().as_bytes();
+            assert_ne!(new_root, old_root, "n = {n}");
+            for p in &mut paths {
+                let outcome = p.apply(&rekey).unwrap();
+                assert_eq!(outcome.unwraps, 1);
+                assert_eq!(outcome.root.as_bytes(), &new_root);
+                assert_eq!(p.root_key().as_bytes(), &new_root);
+                assert!(p.to_bytes()[..] == tree.path(p.leaf()).unwrap().to_bytes()[..]);
+            }
+            // A stale epoch is refused, and the tree stays usable.
+            assert!(matches!(
+                tree.refresh_root(e(epoch), &mut rng),
+                Err(Error::StaleEpoch { .. })
+            ));
+        }
+        // Nothing to refresh in an empty tree.
+        assert!(KeyTree::new().refresh_root(e(1), &mut rng).is_err());
     }
 
     #[test]

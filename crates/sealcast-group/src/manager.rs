@@ -236,6 +236,11 @@ impl Manager {
         self.enrolled.get(id).map(|e| e.kind)
     }
 
+    /// The agent that relays to an enrolled entity, if it has one.
+    pub fn agent_of(&self, id: &EntityId) -> Option<&EntityId> {
+        self.enrolled.get(id).and_then(|e| e.agent.as_ref())
+    }
+
     /// The credential of an enrolled entity.
     pub fn credential_of(&self, id: &EntityId) -> Option<&PublicCredential> {
         self.enrolled.get(id).map(|e| &e.credential)
@@ -416,7 +421,8 @@ impl Manager {
 
     /// Removes a member. The group gets a fresh key the evicted member
     /// cannot compute: by point-to-point deliveries, or by one tree rekey
-    /// broadcast.
+    /// broadcast. Evicting the last member of a tree group moves it to a
+    /// fresh random key with no message to send.
     pub fn evict<R: CryptoRng + ?Sized>(
         &mut self,
         group: &GroupId,
@@ -424,14 +430,56 @@ impl Manager {
         now: UnixMillis,
         rng: &mut R,
     ) -> Result<Vec<Outgoing>> {
+        self.fresh_epoch(group, Some(member), now, rng)
+    }
+
+    /// Moves a group to a fresh key without a membership change (key
+    /// freshness, or a suspected leak of the traffic key): nobody who holds
+    /// only earlier epochs' material can compute it.
+    ///
+    /// - `RekeyScheme::Tree`: the root of the key tree is replaced by a fresh
+    ///   random key wrapped under the root's children (`KeyTree::refresh_root`):
+    ///   one signed [`TreeRekeyNotice`] of at most two wrapped keys, one unwrap
+    ///   per member, applied by members exactly like an eviction's rekey. (A
+    ///   new salt over the *unchanged* root would not do: after an eviction
+    ///   the root *is* the master secret, so every holder of that epoch's
+    ///   material could compute the "new" key.)
+    /// - `RekeyScheme::PointToPoint`: a fresh random secret, one key delivery
+    ///   per member.
+    ///
+    /// A group without members just moves to a fresh random key.
+    pub fn rekey<R: CryptoRng + ?Sized>(
+        &mut self,
+        group: &GroupId,
+        now: UnixMillis,
+        rng: &mut R,
+    ) -> Result<Vec<Outgoing>> {
+        self.fresh_epoch(group, None, now, rng)
+    }
+
+    /// The shared step of [`Manager::evict`] and [`Manager::rekey`]: the next
+    /// epoch with a fresh key for the members that remain (all of them when
+    /// `evicted` is `None`). Nothing changes when it fails before the key
+    /// tree was touched; the tree step comes last among the fallible ones
+    /// that can fail on valid state.
+    fn fresh_epoch<R: CryptoRng + ?Sized>(
+        &mut self,
+        group: &GroupId,
+        evicted: Option<&EntityId>,
+        now: UnixMillis,
+        rng: &mut R,
+    ) -> Result<Vec<Outgoing>> {
         let manager_id = self.credential.id().clone();
         let state = self.groups.get_mut(group).ok_or(Error::UnknownGroup)?;
-        let record = state.members.remove(member).ok_or(Error::UnknownMember)?;
+        let evicted_leaf = match evicted {
+            Some(m) => Some(state.members.get(m).ok_or(Error::UnknownMember)?.leaf),
+            None => None,
+        };
         let signers: Vec<AuthorizedSigner> = state
             .material
             .signers()
             .iter()
-            .filter(|s| s.entity != *member)
+            .filter(|s| Some(&s.entity) != evicted)
             .cloned()
             .collect();
         let epoch = state
@@ -444,47 +492,78 @@ impl Manager {
             .map(|v| UnixMillis::new(now.get().saturating_add(v)));
         let mut salt = [0u8; 8];
         rng.fill_bytes(&mut salt);
-        match (state.scheme, state.tree.as_mut(), record.leaf) {
-            (RekeyScheme::Tree, Some(tree), Some(leaf)) => {
+        // Tree groups: change the tree (remove the evicted leaf, or replace
+        // the root) and broadcast how; the new root is the new secret. A tree
+        // left empty, or a member without a leaf, takes the point-to-point path.
+        let tree_step = match (state.scheme, state.tree.as_mut(), evicted_leaf) {
+            (RekeyScheme::Tree, Some(tree), Some(Some(leaf))) => {
                 let rekey = tree.remove_member(leaf, epoch, rng)?;
-                let root = tree.root_key().ok_or(Error::OutOfSync("empty tree"))?;
-                state.material = state.material.rekeyed(
-                    epoch,
-                    root.as_bytes(),
-                    &salt,
-                    signers.clone(),
-                    not_after,
-                )?;
-                let notice = TreeRekeyNotice {
-                    group: group.clone(),
-                    epoch,
-                    salt: salt.to_vec(),
-                    signers,
-                    not_after,
-                    rekey: rekey.to_cbor(),
-                };
-                Ok(vec![Outgoing {
-                    to: Destination::Group(group.clone()),
-                    kind: MessageKind::TreeRekey,
-                    bytes: sign_statement(
-                        &manager_id,
-                        self.credential.signing_key(),
-                        LABEL_TREE_REKEY,
-                        &notice.to_cbor()?,
-                    ),
-                }])
+                tree.root_key().map(|root| (rekey, root))
             }
-            _ => {
-                let mut secret = zeroize::Zeroizing::new([0u8; 32]);
-                rng.fill_bytes(secret.as_mut());
-                state.material =
-                    state
-                        .material
-                        .rekeyed(epoch, secret.as_ref(), &salt, signers, not_after)?;
-                let ids: Vec<EntityId> = state.members.keys().cloned().collect();
-                ids.iter()
-                    .map(|id| delivery_for(&self.credential, &self.enrolled, state, id, now, rng))
-                    .collect()
+            (RekeyScheme::Tree, Some(tree), None) if !tree.is_empty() => {
+                let rekey = tree.refresh_root(epoch, rng)?;
+                tree.root_key().map(|root| (rekey, root))
+            }
+            _ => None,
+        };
+        if let Some((rekey, root)) = tree_step {
+            let material = state.material.rekeyed(
+                epoch,
+                root.as_bytes(),
+                &salt,
+                signers.clone(),
+                not_after,
+            )?;
+            let notice = TreeRekeyNotice {
+                group: group.clone(),
+                epoch,
+                salt: salt.to_vec(),
+                signers,
+                not_after,
+                rekey: rekey.to_cbor(),
+            };
+            let bytes = sign_statement(
+                &manager_id,
+                self.credential.signing_key(),
+                LABEL_TREE_REKEY,
+                &notice.to_cbor()?,
+            );
+            state.material = material;
+            if let Some(m) = evicted {
+                state.members.remove(m);
+            }
+            return Ok(vec![Outgoing {
+                to: Destination::Group(group.clone()),
+                kind: MessageKind::TreeRekey,
+                bytes,
+            }]);
+        }
+        let mut secret = zeroize::Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(secret.as_mut());
+        let material = state
+            .material
+            .rekeyed(epoch, secret.as_ref(), &salt, signers, not_after)?;
+        let previous = core::mem::replace(&mut state.material, material);
+        let ids: Vec<EntityId> = state
+            .members
+            .keys()
+            .filter(|id| Some(*id) != evicted)
+            .cloned()
+            .collect();
+        let out: Result<Vec<Outgoing>> = ids
+            .iter()
+            .map(|id| delivery_for(&self.credential, &self.enrolled, state, id, now, rng))
+            .collect();
+        match out {
+            Ok(out) => {
+                if let Some(m) = evicted {
+                    state.members.remove(m);
+                }
+                Ok(out)
+            }
+            Err(e) => {
+                state.material = previous;
+                Err(e)
             }
         }
     }

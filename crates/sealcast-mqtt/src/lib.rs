@@ -17,6 +17,8 @@
 //! sealcast/v1/d/<entity>/ack          a device's delivery acknowledgements
 //! sealcast/v1/a/<agent>/report        member reports via one agent
 //! sealcast/v1/a/<agent>/batch         report batches of one agent
+//! sealcast/v1/a/<agent>/announce      an agent's signed list of the members it serves
+//! sealcast/v1/a/<agent>/solicit       a signed request to announce again
 //! ```
 //!
 //! `<group-hex>` is the `GroupId` in lowercase hex; `<entity>` an `EntityId`

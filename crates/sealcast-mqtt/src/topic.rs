@@ -70,6 +70,12 @@ pub enum AgentChannel {
     Report,
     /// `batch`: batches of reports an agent verified together.
     Batch,
+    /// `announce`: an agent's signed statement of the members it serves
+    /// (a DAP to its headend).
+    Announce,
+    /// `solicit`: a signed request that the agent announce itself again
+    /// (a headend after a restart).
+    Solicit,
 }
 
 impl GroupChannel {
@@ -126,13 +132,20 @@ impl DeviceChannel {
 
 impl AgentChannel {
     /// Every agent channel.
-    pub const ALL: [AgentChannel; 2] = [AgentChannel::Report, AgentChannel::Batch];
+    pub const ALL: [AgentChannel; 4] = [
+        AgentChannel::Report,
+        AgentChannel::Batch,
+        AgentChannel::Announce,
+        AgentChannel::Solicit,
+    ];
 
     /// The topic level.
     pub fn as_str(self) -> &'static str {
         match self {
             AgentChannel::Report => "report",
             AgentChannel::Batch => "batch",
+            AgentChannel::Announce => "announce",
+            AgentChannel::Solicit => "solicit",
         }
     }
 

@@ -1,6 +1,8 @@
 //! End-to-end demos over real sockets on loopback.
 //!
-//! [`fire_safety`]: an embedded MQTT broker, the manager (SQLite store and
+//! [`fire_safety`], on MQTT or CoAP ([`FireSafetyConfig::transport`]): an
+//! embedded MQTT broker — or, on CoAP, a unicast endpoint per entity on
+//! 127.0.0.1 and a multicast group pinned to 127.0.0.1 — the manager (SQLite store and
 //! audit log in a temporary directory), a gateway agent that is the group
 //! controller, fire sensors (group 1), door controllers (group 2) and
 //! extinguishers (group 3). A sensor's signed alert reaches the gateway,
@@ -21,11 +23,12 @@ use sealcast_core::groupkey::{AuthorizedSigner, GroupContext, GroupKeyMaterial};
 use sealcast_core::ids::{EntityId, GroupId, SeqNum};
 use sealcast_core::kdf::{self, KdfType};
 use sealcast_group::manager::{EntityKind, Manager, RekeyScheme, Role};
-use sealcast_mqtt::{Bytes, GroupChannel, MqttClient, MqttConfig, TopicScheme};
+use sealcast_mqtt::{GroupChannel, TopicScheme};
 use sealcast_store::{AuditLog, SqliteStore};
 use tokio::sync::mpsc;
 
 use crate::device::{LogHandler, NodeConfig, NodeHandle, Rule};
+use crate::link::{AddressBook, CoapLinkConfig, Interest, Link, LinkConfig, Transport};
 use crate::runtime::{Event, EventKind, now, os_rng};
 use crate::{Error, Result, device, manager};
 
@@ -34,8 +37,12 @@ use crate::{Error, Result, device, manager};
 pub struct FireSafetyConfig {
     /// Field devices (sensors, doors, extinguishers; at least 3).
     pub devices: usize,
-    /// An external MQTT broker URL; `None` starts the embedded one.
+    /// An external MQTT broker URL; `None` starts the embedded one (MQTT
+    /// only).
     pub broker: Option<String>,
+    /// The transport: MQTT (the default) or CoAP (unicast CON per entity,
+    /// multicast NON per group, everything on 127.0.0.1).
+    pub transport: Transport,
 }
 
 impl Default for FireSafetyConfig {
@@ -43,6 +50,7 @@ impl Default for FireSafetyConfig {
         Self {
             devices: 12,
             broker: None,
+            transport: Transport::Mqtt,
         }
     }
 }
@@ -74,6 +82,21 @@ pub struct DemoReport {
     pub checks: Vec<Check>,
     /// A throughput figure, where the demo measures one (reports/s).
     pub rate: Option<f64>,
+    /// The fire-safety pipeline: time from the sensor's alert to the last
+    /// device acting on its command, and how many broadcasts were opened on
+    /// the way (the gateway's alert plus every device's command).
+    pub pipeline: Option<Pipeline>,
+}
+
+/// The fire-safety pipeline's timing, for the end-to-end benchmark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pipeline {
+    /// From just before the sensor sealed its alert to the supervisor seeing
+    /// the last device's execution (an upper bound of the last action).
+    pub alert_to_last_action: Duration,
+    /// Broadcasts opened and verified on the way: 1 alert at the gateway and
+    /// one command at each door and extinguisher.
+    pub opens: usize,
 }
 
 impl DemoReport {
@@ -198,8 +221,27 @@ pub async fn fire_safety(
     };
 
     // --- infrastructure ---------------------------------------------------
-    let (_broker, url) = crate::runtime::broker(config.broker.as_deref()).await?;
-    log(&format!("MQTT broker at {url}"));
+    let mut _broker = None;
+    let link = match config.transport {
+        Transport::Mqtt => {
+            let (broker, url) = crate::runtime::broker(config.broker.as_deref()).await?;
+            _broker = broker;
+            log(&format!("MQTT broker at {url}"));
+            LinkConfig::mqtt(url)
+        }
+        Transport::Coap => {
+            if config.broker.is_some() {
+                return Err(Error::Runtime("a broker is for MQTT, not CoAP".into()));
+            }
+            let coap =
+                CoapLinkConfig::loopback(crate::link::free_loopback_port()?, AddressBook::new())?;
+            log(&format!(
+                "CoAP: unicast CON endpoints on 127.0.0.1, group channels by multicast to {} pinned to 127.0.0.1",
+                coap.group
+            ));
+            LinkConfig::Coap(coap)
+        }
+    };
     let topics = TopicScheme::new();
     let dir = std::env::temp_dir().join(format!(
         "sealcast-demo-{}-{}",
@@ -220,12 +262,12 @@ pub async fn fire_safety(
     let mut rng = os_rng()?;
     let manager_cred = EntityCredential::generate(id("manager")?, &mut rng);
     let manager_pub = manager_cred.public();
-    let manager = manager::spawn(
+    let manager = manager::spawn_on(
         Manager::new(manager_cred),
         Box::new(store),
         audit,
         BTreeMap::new(),
-        &url,
+        &link,
         topics.clone(),
     )
     .await?;
@@ -266,7 +308,7 @@ pub async fn fire_safety(
     let gw = device::spawn(NodeConfig {
         credential: gw_cred,
         manager: manager_pub.clone(),
-        broker_url: url.clone(),
+        link: link.clone(),
         topics: topics.clone(),
         rules: vec![
             Rule {
@@ -295,7 +337,7 @@ pub async fn fire_safety(
         let handle = device::spawn(NodeConfig {
             credential: cred,
             manager: manager_pub.clone(),
-            broker_url: url.clone(),
+            link: link.clone(),
             topics: topics.clone(),
             rules: Vec::new(),
             relays_for: Vec::new(),
@@ -396,6 +438,10 @@ pub async fn fire_safety(
         )
         .await;
     let alert_to_last = alert_at.elapsed();
+    report.pipeline = Some(Pipeline {
+        alert_to_last_action: alert_to_last,
+        opens: 1 + nd + ne,
+    });
     events.settle(Duration::from_millis(200), log).await;
     report.checks.push(Check {
         what: "gateway verified the sensor's alert".into(),
@@ -431,10 +477,18 @@ pub async fn fire_safety(
     );
 
     // --- attacks ------------------------------------------------------------
-    let tap_cfg =
-        MqttConfig::from_url(&url, "tap")?.with_subscription(topics.group_filter(&doors_g));
-    let (tap, mut tap_inbox) = MqttClient::connect(tap_cfg)?;
-    tap.wait_subscribed(Duration::from_secs(10)).await?;
+    // The attacker's tap: subscribed to the door topics (MQTT) or joined to
+    // the group address (CoAP); it publishes where everyone does.
+    let (tap, mut tap_inbox) = Link::connect(
+        &id("tap")?,
+        &link,
+        topics.clone(),
+        Interest {
+            filters: vec![topics.group_filter(&doors_g)],
+            multicast: true,
+        },
+    )
+    .await?;
     let door_topic = topics.group(&doors_g, GroupChannel::Command);
     let ext_topic = topics.group(&ext_g, GroupChannel::Command);
 
@@ -473,7 +527,8 @@ pub async fn fire_safety(
         &door_topic,
         b"open all",
     )?;
-    tap.publish(door_topic.clone(), Bytes::from(forged)).await?;
+    tap.publish_group(&doors_g, GroupChannel::Command, forged)
+        .await?;
     let bad_sig = "signature";
     let nd_honest = doors.len();
     events
@@ -505,9 +560,11 @@ pub async fn fire_safety(
         .await?;
     while let Ok(Some(m)) = tokio::time::timeout_at(deadline, tap_inbox.next_message()).await {
         let payload = m.payload.clone();
-        let _ = m.ack.ack().await;
-        if peek_broadcast(&payload)
-            .is_ok_and(|h| h.sender_id == gw_signer.sender_id && h.seq.get() < 500)
+        let on_door_topic = m.target == door_topic;
+        m.ack.ack().await;
+        if on_door_topic
+            && peek_broadcast(&payload)
+                .is_ok_and(|h| h.sender_id == gw_signer.sender_id && h.seq.get() < 500)
         {
             unlock = Some(payload);
             break;
@@ -528,7 +585,8 @@ pub async fn fire_safety(
         )
         .await;
     events.settle(Duration::from_millis(100), log).await;
-    tap.publish(door_topic.clone(), unlock.clone()).await?;
+    tap.publish_group(&doors_g, GroupChannel::Command, unlock.to_vec())
+        .await?;
     events
         .until(
             wait,
@@ -563,7 +621,7 @@ pub async fn fire_safety(
         &gateway,
         &ext_topic,
     )?;
-    tap.publish(ext_topic.clone(), Bytes::from(rewrapped))
+    tap.publish_group(&ext_g, GroupChannel::Command, rewrapped)
         .await?;
     events
         .until(
@@ -631,7 +689,7 @@ pub async fn fire_safety(
         "attacks: forged, replayed, re-wrapped, after eviction",
         log,
     );
-    let _ = tap.disconnect(Duration::from_secs(1)).await;
+    tap.close(Duration::from_secs(1)).await;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(report)
 }

@@ -1,9 +1,12 @@
-//! The field-node runtime: a device (ASN) or a gateway agent (MN) on MQTT.
+//! The field-node runtime: a device (ASN) or a gateway agent (MN) on MQTT
+//! or CoAP (a [`Link`]).
 //!
 //! It installs key deliveries addressed to it, follows join notices and tree
 //! rekeys, acknowledges (after installing), pulls when it missed an epoch,
 //! and opens the group commands of the groups it belongs to — acknowledging
-//! each MQTT message only after the replay window committed. A gateway adds
+//! each message (MQTT PUBACK, CoAP response) only after the replay window
+//! committed. A gateway relays key deliveries it cannot open (on CoAP it
+//! forwards them to the device's endpoint) and adds
 //! [`Rule`]s: an alert verified from one group makes it seal and broadcast
 //! commands to other groups (the fire-safety group controller).
 
@@ -17,14 +20,12 @@ use sealcast_core::ids::{EntityId, GroupId, SeqNum};
 use sealcast_core::replay::SeqAllocator;
 use sealcast_group::manager::MessageKind;
 use sealcast_group::member::{Member, MemberEvent};
-use sealcast_mqtt::{
-    Bytes, Delivery, DeviceChannel, GroupChannel, Incoming, MqttClient, MqttConfig, Subscription,
-    Topic, TopicScheme, deliver_once,
-};
+use sealcast_mqtt::{DeviceChannel, GroupChannel, Topic, TopicScheme};
 use sealcast_store::DeviceStateFile;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
+use crate::link::{Delivery, Inbox, Incoming, Interest, Link, LinkConfig, deliver_once};
 use crate::runtime::{EventKind, EventSink, now, report};
 use crate::{Error, Result};
 
@@ -62,14 +63,15 @@ pub struct NodeConfig {
     pub credential: EntityCredential,
     /// The manager it trusts.
     pub manager: PublicCredential,
-    /// MQTT broker URL.
-    pub broker_url: String,
+    /// The transport: an MQTT broker, or CoAP endpoints and a group.
+    pub link: LinkConfig,
     /// Topic scheme.
     pub topics: TopicScheme,
     /// Gateway rules (empty for a plain device).
     pub rules: Vec<Rule>,
     /// Devices whose deliveries this node relays (a gateway): it subscribes
-    /// to them and proves it cannot open them.
+    /// to them (MQTT) or forwards them (CoAP), and proves it cannot open
+    /// them.
     pub relays_for: Vec<EntityId>,
     /// The command handler.
     pub handler: Arc<dyn CommandHandler>,
@@ -84,7 +86,7 @@ impl core::fmt::Debug for NodeConfig {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("NodeConfig")
             .field("id", self.credential.id())
-            .field("broker_url", &self.broker_url)
+            .field("transport", &self.link.transport())
             .field("rules", &self.rules)
             .finish_non_exhaustive()
     }
@@ -175,9 +177,11 @@ struct Node {
     member: Member,
     receivers: BTreeMap<GroupId, BroadcastReceiver>,
     senders: BTreeMap<(GroupId, u32), SeqAllocator>,
-    client: MqttClient,
+    manager: EntityId,
+    link: Link,
     topics: TopicScheme,
     rules: Vec<Rule>,
+    relays_for: Vec<EntityId>,
     handler: Arc<dyn CommandHandler>,
     events: EventSink,
     pulls: u64,
@@ -188,34 +192,45 @@ struct Node {
 /// Returns once its subscriptions are in place.
 pub async fn spawn(config: NodeConfig) -> Result<NodeHandle> {
     let id = config.credential.id().clone();
-    let mut mqtt = MqttConfig::from_url(&config.broker_url, id.as_str())?
-        .with_subscription(config.topics.device_filter(&id))
-        .with_subscription(config.topics.all_groups_filter(GroupChannel::Command))
-        .with_subscription(config.topics.all_groups_filter(GroupChannel::Alert))
-        .with_subscription(config.topics.all_groups_filter(GroupChannel::Notice))
-        .with_subscription(config.topics.all_groups_filter(GroupChannel::Rekey));
-    for d in &config.relays_for {
-        mqtt = mqtt.with_subscription(config.topics.device_filter(d));
-    }
+    let manager_id = config.manager.id().clone();
+    let mut filters = vec![config.topics.device_filter(&id)];
+    filters.extend(
+        [
+            GroupChannel::Command,
+            GroupChannel::Alert,
+            GroupChannel::Notice,
+            GroupChannel::Rekey,
+        ]
+        .map(|c| config.topics.all_groups_filter(c)),
+    );
+    filters.extend(
+        config
+            .relays_for
+            .iter()
+            .map(|d| config.topics.device_filter(d)),
+    );
+    let interest = Interest {
+        filters,
+        multicast: true,
+    };
     let mut member = Member::new(config.credential, config.manager);
     let mut receivers = BTreeMap::new();
     let mut senders = BTreeMap::new();
     if let Some(file) = &config.state_file {
         restore_state(file, &mut member, &mut receivers, &mut senders)?;
     }
-    let (client, inbox) = MqttClient::connect(mqtt)?;
-    client
-        .wait_subscribed(std::time::Duration::from_secs(10))
-        .await?;
+    let (link, inbox) = Link::connect(&id, &config.link, config.topics.clone(), interest).await?;
     let (tx, rx) = mpsc::channel(64);
     let node = Node {
         id: id.clone(),
         member,
         receivers,
         senders,
-        client,
+        manager: manager_id,
+        link,
         topics: config.topics,
         rules: config.rules,
+        relays_for: config.relays_for,
         handler: config.handler,
         events: config.events,
         pulls: 0,
@@ -226,7 +241,7 @@ pub async fn spawn(config: NodeConfig) -> Result<NodeHandle> {
 }
 
 impl Node {
-    async fn run(mut self, mut inbox: Subscription, mut requests: mpsc::Receiver<Request>) {
+    async fn run(mut self, mut inbox: Inbox, mut requests: mpsc::Receiver<Request>) {
         let stopped = loop {
             tokio::select! {
                 msg = inbox.next_message() => match msg {
@@ -240,10 +255,7 @@ impl Node {
                 },
             }
         };
-        let _ = self
-            .client
-            .disconnect(std::time::Duration::from_secs(2))
-            .await;
+        self.link.close(std::time::Duration::from_secs(2)).await;
         debug!(node = %self.id, "node stopped");
         if let Some(reply) = stopped {
             let _ = reply.send(());
@@ -318,14 +330,14 @@ impl Node {
             &topic,
             payload,
         )?;
-        self.client
-            .publish(topic, Bytes::from(bytes.clone()))
+        self.link
+            .publish_group(group, channel, bytes.clone())
             .await?;
         Ok(bytes)
     }
 
     async fn on_message(&mut self, incoming: Incoming) {
-        let parsed = self.topics.parse(&incoming.topic);
+        let parsed = self.topics.parse(&incoming.target);
         match parsed {
             Ok(Topic::Device {
                 device,
@@ -355,7 +367,7 @@ impl Node {
                 let _ = incoming.ack.ack().await;
             }
             Err(e) => {
-                warn!(node = %self.id, topic = %incoming.topic, error = %e, "message on an unknown topic dropped");
+                warn!(node = %self.id, target = %incoming.target, error = %e, "message on an unknown target dropped");
                 let _ = incoming.ack.ack().await;
             }
         }
@@ -380,6 +392,15 @@ impl Node {
                         recipient: device.clone(),
                     },
                 );
+            }
+            if self.relays_for.contains(device) {
+                if let Err(e) = self
+                    .link
+                    .relay(device, incoming.target.clone(), incoming.payload.clone())
+                    .await
+                {
+                    warn!(node = %self.id, %device, error = %e, "delivery not relayed; the manager re-sends it");
+                }
             }
             let _ = incoming.ack.ack().await;
             return;
@@ -454,8 +475,7 @@ impl Node {
                 if let Some(g) = group {
                     self.pulls += 1;
                     if let Ok(pull) = self.member.pull_request(g, self.pulls) {
-                        let topic = self.topics.device(&self.id, DeviceChannel::Pull);
-                        let _ = self.client.publish(topic, Bytes::from(pull)).await;
+                        self.send_upstream(DeviceChannel::Pull, pull).await;
                     }
                 }
             }
@@ -465,9 +485,15 @@ impl Node {
     }
 
     async fn publish_ack(&mut self, ack: Vec<u8>) {
-        let topic = self.topics.device(&self.id, DeviceChannel::Ack);
-        if let Err(e) = self.client.publish(topic, Bytes::from(ack)).await {
-            warn!(node = %self.id, error = %e, "ack not published; the manager will re-send");
+        self.send_upstream(DeviceChannel::Ack, ack).await;
+    }
+
+    /// An ack or a pull to the manager: on this node's own device target
+    /// (MQTT topic / CoAP Uri-Path), to the manager's endpoint on CoAP.
+    async fn send_upstream(&mut self, channel: DeviceChannel, bytes: Vec<u8>) {
+        let target = self.topics.device(&self.id, channel);
+        if let Err(e) = self.link.send_to(&self.manager, target, bytes).await {
+            warn!(node = %self.id, ?channel, error = %e, "not sent; the manager re-sends until it has the ack");
         }
     }
 
@@ -551,12 +577,10 @@ impl Node {
                 );
                 self.pulls += 1;
                 if let Ok(pull) = self.member.pull_request(&group, self.pulls) {
-                    let topic = self.topics.device(&self.id, DeviceChannel::Pull);
-                    let _ = self.client.publish(topic, Bytes::from(pull)).await;
+                    self.send_upstream(DeviceChannel::Pull, pull).await;
                 }
-                let _ = incoming.ack.ack().await;
+                incoming.ack.ack().await;
             }
-            _ => {}
         }
     }
 
@@ -800,12 +824,19 @@ pub async fn send_once(
         &topic,
         payload,
     )?;
-    let mqtt = MqttConfig::from_url(&config.broker_url, format!("{id}-send"))?;
-    let (client, _inbox) = MqttClient::connect(mqtt)?;
-    let timeout = std::time::Duration::from_secs(10);
-    client.wait_connected(timeout).await?;
-    client.publish(topic, Bytes::from(bytes.clone())).await?;
-    client.flush(timeout).await?;
-    let _ = client.disconnect(timeout).await;
+    match &config.link {
+        LinkConfig::Mqtt { broker_url } => {
+            let mqtt = sealcast_mqtt::MqttConfig::from_url(broker_url, format!("{id}-send"))?;
+            let (client, _inbox) = sealcast_mqtt::MqttClient::connect(mqtt)?;
+            let timeout = std::time::Duration::from_secs(10);
+            client.wait_connected(timeout).await?;
+            client
+                .publish(topic, sealcast_mqtt::Bytes::from(bytes.clone()))
+                .await?;
+            client.flush(timeout).await?;
+            let _ = client.disconnect(timeout).await;
+        }
+        LinkConfig::Coap(coap) => crate::link::multicast_once(coap, &topic, &bytes).await?,
+    }
     Ok((bytes, seq.get()))
 }

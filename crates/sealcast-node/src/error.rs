@@ -14,8 +14,20 @@ pub enum Error {
     Store(sealcast_store::Error),
     /// The MQTT transport failed.
     Mqtt(sealcast_mqtt::Error),
+    /// The CoAP transport failed.
+    Coap(sealcast_coap::Error),
     /// A runtime task ended or did not answer in time.
     Runtime(String),
+    /// The manager's control socket could not be set up (what to do is in
+    /// the text).
+    Control(String),
+    /// A peer's message was refused (the local reason; never sent back).
+    Refused(&'static str),
+    /// A DAP's batch arrived before the headend accepted an announcement
+    /// from that DAP (hold it, or ask the DAP to announce).
+    NotAnnounced(sealcast_core::ids::EntityId),
+    /// A service state file is unreadable or could not be written.
+    State(String),
 }
 
 impl fmt::Display for Error {
@@ -25,7 +37,12 @@ impl fmt::Display for Error {
             Error::Group(e) => write!(f, "{e}"),
             Error::Store(e) => write!(f, "{e}"),
             Error::Mqtt(e) => write!(f, "MQTT: {e}"),
+            Error::Coap(e) => write!(f, "CoAP: {e}"),
             Error::Runtime(why) => write!(f, "{why}"),
+            Error::Control(why) => write!(f, "control socket: {why}"),
+            Error::Refused(why) => write!(f, "message refused: {why}"),
+            Error::NotAnnounced(dap) => write!(f, "no announcement from DAP {dap} yet"),
+            Error::State(why) => write!(f, "state file: {why}"),
         }
     }
 }
@@ -50,6 +67,18 @@ impl From<sealcast_store::Error> for Error {
 impl From<sealcast_mqtt::Error> for Error {
     fn from(e: sealcast_mqtt::Error) -> Self {
         Error::Mqtt(e)
+    }
+}
+
+impl From<sealcast_coap::Error> for Error {
+    fn from(e: sealcast_coap::Error) -> Self {
+        Error::Coap(e)
+    }
+}
+/// A socket error of the CoAP link.
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Coap(sealcast_coap::Error::Io(e))
     }
 }
 

@@ -1,13 +1,16 @@
-//! The manager runtime (IN): the sans-IO [`Manager`] on MQTT, persisted in a
+//! The manager runtime (IN): the sans-IO [`Manager`] on MQTT or CoAP (a
+//! [`Link`]), persisted in a
 //! [`ManagerStore`] and recording its actions in a hash-chained audit log.
 //!
 //! Every administrative operation is applied to the manager, saved
 //! (`persist::save_group`, a compare-and-set on the epoch) and audited
 //! **before** its messages are published. Acks and pulls arrive on
-//! `sealcast/v1/d/+/ack|pull`; the current material is re-sent to members
-//! that have not acknowledged it.
+//! `sealcast/v1/d/+/ack|pull` (MQTT topics, or CoAP requests to the
+//! manager's endpoint with that Uri-Path), each acknowledged after it was
+//! processed; the current material is re-sent to members that have not
+//! acknowledged it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use rand::rngs::StdRng;
@@ -15,17 +18,16 @@ use sealcast_core::credential::PublicCredential;
 use sealcast_core::crypto::AeadAlg;
 use sealcast_core::ids::{EntityId, Epoch, GroupId};
 use sealcast_group::manager::{
-    Destination, EntityKind, GroupSummary, Manager, MessageKind, Outgoing, RekeyScheme, Role,
+    Destination, EntityKind, GroupSummary, Manager, MemberRecord, MessageKind, Outgoing,
+    RekeyScheme, Role,
 };
-use sealcast_mqtt::{
-    Bytes, DeviceChannel, GroupChannel, Incoming, MqttClient, MqttConfig, Subscription, Topic,
-    TopicScheme,
-};
-use sealcast_store::persist::{save_enrolment, save_group};
+use sealcast_mqtt::{DeviceChannel, GroupChannel, Topic, TopicScheme};
+use sealcast_store::persist::{save_enrolment, save_group, save_new_entities};
 use sealcast_store::{AuditEntry, AuditKind, AuditLog, ManagerStore};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
+use crate::link::{Inbox, Incoming, Interest, Link, LinkConfig};
 use crate::runtime::{now, os_rng};
 use crate::{Error, Result};
 
@@ -59,6 +61,21 @@ enum Admin {
     Summary {
         group: GroupId,
         reply: oneshot::Sender<Option<GroupSummary>>,
+    },
+    EnrolMany {
+        entities: Vec<Enrolment>,
+        reply: oneshot::Sender<Result<EnrolReport>>,
+    },
+    Rekey {
+        group: GroupId,
+        reply: oneshot::Sender<Result<Epoch>>,
+    },
+    Groups {
+        reply: oneshot::Sender<Vec<GroupSummary>>,
+    },
+    Detail {
+        group: GroupId,
+        reply: oneshot::Sender<Option<GroupDetail>>,
     },
     Stop {
         reply: oneshot::Sender<()>,
@@ -152,6 +169,40 @@ impl ManagerHandle {
             .map_err(|_| Error::Runtime("the manager stopped".into()))
     }
 
+    /// Enrols many entities in one operation (one store transaction, one
+    /// audit write): all or none. An entity enrolled already with the same
+    /// credential, kind and agent counts as unchanged; with another one the
+    /// batch is refused.
+    pub async fn enrol_many(&self, entities: Vec<Enrolment>) -> Result<EnrolReport> {
+        ask!(self, EnrolMany { entities: entities })
+    }
+    /// Moves a group to a fresh key without a membership change
+    /// (`Manager::rekey`); saved and audited before it is published. Returns
+    /// the new epoch.
+    pub async fn rekey(&self, group: GroupId) -> Result<Epoch> {
+        ask!(self, Rekey { group: group })
+    }
+    /// Every group's summary, by group id.
+    pub async fn groups(&self) -> Result<Vec<GroupSummary>> {
+        let (reply, rx) = oneshot::channel();
+        self.admin
+            .send(Admin::Groups { reply })
+            .await
+            .map_err(|_| Error::Runtime("the manager stopped".into()))?;
+        rx.await
+            .map_err(|_| Error::Runtime("the manager stopped".into()))
+    }
+    /// One group's summary, algorithm and members.
+    pub async fn detail(&self, group: GroupId) -> Result<Option<GroupDetail>> {
+        let (reply, rx) = oneshot::channel();
+        self.admin
+            .send(Admin::Detail { group, reply })
+            .await
+            .map_err(|_| Error::Runtime("the manager stopped".into()))?;
+        rx.await
+            .map_err(|_| Error::Runtime("the manager stopped".into()))
+    }
+
     /// Stops the manager once it finished the message or operation in hand
     /// (every operation is saved and audited before it is published) and
     /// disconnects it.
@@ -187,7 +238,7 @@ struct Runtime {
     store: Box<dyn ManagerStore>,
     audit: AuditLog,
     saved: BTreeMap<GroupId, Epoch>,
-    client: MqttClient,
+    link: Link,
     topics: TopicScheme,
     rng: StdRng,
 }
@@ -202,18 +253,44 @@ pub async fn spawn(
     broker_url: &str,
     topics: TopicScheme,
 ) -> Result<ManagerHandle> {
-    let mqtt = MqttConfig::from_url(broker_url, manager.id().as_str())?
-        .with_subscription(topics.all_devices_filter(DeviceChannel::Ack))
-        .with_subscription(topics.all_devices_filter(DeviceChannel::Pull));
-    let (client, inbox) = MqttClient::connect(mqtt)?;
-    client.wait_subscribed(Duration::from_secs(10)).await?;
+    spawn_on(
+        manager,
+        store,
+        audit,
+        saved,
+        &LinkConfig::mqtt(broker_url),
+        topics,
+    )
+    .await
+}
+
+/// Starts the manager runtime on the transport `link` names: MQTT (it
+/// subscribes to every device's ack and pull topics) or CoAP (acks and
+/// pulls are requests to its endpoint; it joins no multicast group, it only
+/// sends to them).
+pub async fn spawn_on(
+    manager: Manager,
+    store: Box<dyn ManagerStore>,
+    audit: AuditLog,
+    saved: BTreeMap<GroupId, Epoch>,
+    link: &LinkConfig,
+    topics: TopicScheme,
+) -> Result<ManagerHandle> {
+    let interest = Interest {
+        filters: vec![
+            topics.all_devices_filter(DeviceChannel::Ack),
+            topics.all_devices_filter(DeviceChannel::Pull),
+        ],
+        multicast: false,
+    };
+    let (link, inbox) = Link::connect(manager.id(), link, topics.clone(), interest).await?;
     let (tx, rx) = mpsc::channel(16);
     let rt = Runtime {
         manager,
         store,
         audit,
         saved,
-        client,
+        link,
         topics,
         rng: os_rng()?,
     };
@@ -222,7 +299,7 @@ pub async fn spawn(
 }
 
 impl Runtime {
-    async fn run(mut self, mut inbox: Subscription, mut admin: mpsc::Receiver<Admin>) {
+    async fn run(mut self, mut inbox: Inbox, mut admin: mpsc::Receiver<Admin>) {
         let mut resend = tokio::time::interval(RESEND_INTERVAL);
         let stopped = loop {
             tokio::select! {
@@ -243,7 +320,7 @@ impl Runtime {
                 }
             }
         };
-        let _ = self.client.disconnect(Duration::from_secs(2)).await;
+        self.link.close(Duration::from_secs(2)).await;
         debug!("manager stopped");
         if let Some(reply) = stopped {
             let _ = reply.send(());
@@ -390,6 +467,25 @@ impl Runtime {
             Admin::Summary { group, reply } => {
                 let _ = reply.send(self.manager.summary(&group));
             }
+            Admin::EnrolMany { entities, reply } => {
+                let _ = reply.send(self.enrol_many(entities));
+            }
+            Admin::Rekey { group, reply } => {
+                let r = self.rekey(&group).await;
+                let _ = reply.send(r);
+            }
+            Admin::Groups { reply } => {
+                let groups = self.manager.groups().cloned().collect::<Vec<_>>();
+                let _ = reply.send(
+                    groups
+                        .iter()
+                        .filter_map(|g| self.manager.summary(g))
+                        .collect(),
+                );
+            }
+            Admin::Detail { group, reply } => {
+                let _ = reply.send(self.detail(&group));
+            }
             Admin::Stop { reply } => {
                 let _ = reply.send(());
             }
@@ -397,7 +493,7 @@ impl Runtime {
     }
 
     async fn on_message(&mut self, incoming: Incoming) {
-        match self.topics.parse(&incoming.topic) {
+        match self.topics.parse(&incoming.target) {
             Ok(Topic::Device {
                 channel: DeviceChannel::Ack,
                 ..
@@ -427,29 +523,162 @@ impl Runtime {
             }
             _ => {}
         }
-        let _ = incoming.ack.ack().await;
+        // Acknowledged only now, after the ack or pull was processed.
+        incoming.ack.ack().await;
     }
 
     async fn publish(&mut self, out: Vec<Outgoing>) {
         for o in out {
-            let topic = match (&o.to, o.kind) {
-                (Destination::Member { member, .. }, _) => {
+            let sent = match (&o.to, o.kind) {
+                (Destination::Member { member, via }, _) => {
                     self.audit(
                         AuditKind::Delivery,
                         None,
                         Some(member),
                         format!("{:?}", o.kind),
                     );
-                    self.topics.device(member, DeviceChannel::Delivery)
+                    // End to end through the member's agent, if it has one
+                    // (CoAP sends it there; on MQTT both subscribe).
+                    let target = self.topics.device(member, DeviceChannel::Delivery);
+                    let next_hop = via.as_ref().unwrap_or(member);
+                    self.link.send_to(next_hop, target, o.bytes).await
                 }
                 (Destination::Group(g), MessageKind::TreeRekey) => {
-                    self.topics.group(g, GroupChannel::Rekey)
+                    self.link
+                        .publish_group(g, GroupChannel::Rekey, o.bytes)
+                        .await
                 }
-                (Destination::Group(g), _) => self.topics.group(g, GroupChannel::Notice),
+                (Destination::Group(g), _) => {
+                    self.link
+                        .publish_group(g, GroupChannel::Notice, o.bytes)
+                        .await
+                }
             };
-            if let Err(e) = self.client.publish(topic, Bytes::from(o.bytes)).await {
+            if let Err(e) = sent {
                 warn!(error = %e, "publish failed; the re-send timer will retry deliveries");
             }
         }
+    }
+}
+
+/// One entity to enrol: its public credential, kind and relaying agent.
+pub type Enrolment = (PublicCredential, EntityKind, Option<EntityId>);
+
+/// What [`ManagerHandle::enrol_many`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EnrolReport {
+    /// Entities newly enrolled.
+    pub enrolled: usize,
+    /// Entities enrolled already with the same credential, kind and agent.
+    pub unchanged: usize,
+}
+
+/// A group as [`ManagerHandle::detail`] shows it.
+#[derive(Clone, Debug)]
+pub struct GroupDetail {
+    /// Epoch, scheme and counts.
+    pub summary: GroupSummary,
+    /// The group's AEAD algorithm.
+    pub alg: AeadAlg,
+    /// Every member with its role, sender id, leaf and acknowledged epoch.
+    pub members: Vec<(EntityId, MemberRecord)>,
+}
+
+impl Runtime {
+    fn enrol_many(&mut self, mut entities: Vec<Enrolment>) -> Result<EnrolReport> {
+        // Agents first (devices name them), then check everything before
+        // changing anything: the batch is all or none.
+        entities.sort_by_key(|(_, kind, _)| *kind != EntityKind::Agent);
+        let mut seen = BTreeSet::new();
+        let mut report = EnrolReport::default();
+        let mut fresh = Vec::with_capacity(entities.len());
+        for (credential, kind, agent) in entities {
+            let id = credential.id().clone();
+            if !seen.insert(id.clone()) {
+                return Err(Error::Runtime(format!(
+                    "{id} appears twice in one enrolment: enrol it once"
+                )));
+            }
+            if let Some(existing) = self.manager.credential_of(&id) {
+                let same = *existing == credential
+                    && self.manager.kind_of(&id) == Some(kind)
+                    && self.manager.agent_of(&id) == agent.as_ref();
+                if same {
+                    report.unchanged += 1;
+                    continue;
+                }
+                return Err(Error::Runtime(format!(
+                    "{id} is enrolled already with another public key, kind or agent: \
+                     nothing was enrolled (re-keying an enrolled entity is not supported; \
+                     use a new id)"
+                )));
+            }
+            if let Some(a) = &agent {
+                let enrolled_agent = self.manager.kind_of(a) == Some(EntityKind::Agent);
+                let batch_agent = fresh
+                    .iter()
+                    .any(|(c, k, _): &Enrolment| c.id() == a && *k == EntityKind::Agent);
+                if !enrolled_agent && !batch_agent {
+                    return Err(Error::Runtime(format!(
+                        "the agent {a} of {id} is not enrolled as an agent: enrol it first \
+                         (kind agent), then {id}"
+                    )));
+                }
+            }
+            fresh.push((credential, kind, agent));
+        }
+        if fresh.is_empty() {
+            return Ok(report);
+        }
+        // Saved first: a failed save leaves the manager unchanged too.
+        save_new_entities(self.store.as_mut(), &fresh)?;
+        let at = now();
+        let mut entries = Vec::with_capacity(fresh.len());
+        for (credential, kind, agent) in fresh {
+            let id = credential.id().clone();
+            self.manager.enrol(credential, kind, agent)?;
+            entries
+                .push(AuditEntry::new(at, AuditKind::Enrol, format!("{kind:?}")).with_entity(id));
+            report.enrolled += 1;
+        }
+        if let Err(e) = self.audit.append_all(&entries) {
+            warn!(error = %e, "audit log append failed");
+        }
+        Ok(report)
+    }
+
+    async fn rekey(&mut self, group: &GroupId) -> Result<Epoch> {
+        let out = self.manager.rekey(group, now(), &mut self.rng)?;
+        self.save(group)?;
+        let epoch = self
+            .manager
+            .material(group)
+            .map(|m| m.epoch())
+            .ok_or(Error::Group(sealcast_group::Error::UnknownGroup))?;
+        self.audit(
+            AuditKind::Rekey,
+            Some(group),
+            None,
+            format!(
+                "epoch {}, {} messages, no membership change",
+                epoch.get(),
+                out.len()
+            ),
+        );
+        self.publish(out).await;
+        Ok(epoch)
+    }
+
+    fn detail(&self, group: &GroupId) -> Option<GroupDetail> {
+        Some(GroupDetail {
+            summary: self.manager.summary(group)?,
+            alg: self.manager.material(group)?.alg(),
+            members: self
+                .manager
+                .members(group)?
+                .iter()
+                .map(|(id, m)| (id.clone(), m.clone()))
+                .collect(),
+        })
     }
 }

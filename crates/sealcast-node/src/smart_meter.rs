@@ -9,27 +9,33 @@
 //! signature once per batch and decrypts every report end to end; the AEAD
 //! under the pairwise key still authenticates each meter.
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ciborium::Value;
-use ed25519_dalek::VerifyingKey;
-use sealcast_core::credential::EntityCredential;
-use sealcast_core::crypto::AeadAlg;
-use sealcast_core::ids::{EntityId, SeqNum};
-use sealcast_core::replay::SeqWindow;
-use sealcast_core::report::{
-    PairwiseKey, open_report_unverified, seal_report, verify_reports_batch,
-};
-use sealcast_core::statement::{UnverifiedStatement, sign_statement};
+use sealcast_core::credential::{EntityCredential, PublicCredential};
+use sealcast_core::ids::EntityId;
 use sealcast_mqtt::{AgentChannel, Bytes, MqttClient, MqttConfig, TopicScheme};
 
+use crate::dap::{self, DapConfig, DapCore};
 use crate::demo::{Check, DemoReport};
+use crate::headend::{self, HeadendConfig, HeadendCore, Reading, ReadingHandler};
+use crate::meter::Meter;
 use crate::runtime::{now, os_rng};
 use crate::{Error, Result};
 
-/// Label of the DAP's signed batches.
-pub const LABEL_BATCH: &str = "sealcast report batch v1";
+/// Label of the DAP's signed batches (see [`crate::metering`]).
+pub use crate::metering::LABEL_BATCH;
+
+/// Reports per DAP batch in the demo.
+const DEMO_BATCH: usize = 64;
+
+/// The demo counts readings through the headend's stats; it does not print
+/// each one.
+struct DiscardReadings;
+
+impl ReadingHandler for DiscardReadings {
+    fn reading(&self, _: &Reading) {}
+}
 
 /// Settings of the smart-meter demo.
 #[derive(Clone, Debug)]
@@ -49,28 +55,6 @@ impl Default for SmartMeterConfig {
             reports_per_meter: 3,
             broker: None,
         }
-    }
-}
-
-fn encode_batch(reports: &[Vec<u8>]) -> Result<Vec<u8>> {
-    let v = Value::Array(reports.iter().map(|r| Value::Bytes(r.clone())).collect());
-    let mut out = Vec::new();
-    ciborium::into_writer(&v, &mut out)
-        .map_err(|e| Error::Runtime(format!("batch encoding: {e}")))?;
-    Ok(out)
-}
-
-fn decode_batch(bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
-    let bad = || Error::Runtime("malformed report batch".into());
-    match ciborium::from_reader::<Value, _>(bytes).map_err(|_| bad())? {
-        Value::Array(items) if items.len() <= 4096 => items
-            .into_iter()
-            .map(|i| match i {
-                Value::Bytes(b) => Ok(b),
-                _ => Err(bad()),
-            })
-            .collect(),
-        _ => Err(bad()),
     }
 }
 
@@ -101,65 +85,68 @@ pub async fn smart_meter(
         })
         .collect::<Result<_>>()?;
     // Enrolment (what the manager provisions): the DAP knows the meters'
-    // signature keys; the headend knows the meters' key-agreement keys and the DAP.
-    let dap_keys: BTreeMap<EntityId, VerifyingKey> = meters
-        .iter()
-        .map(|m| (m.id().clone(), m.signing_key().verifying_key()))
-        .collect();
-    let mut headend_pairwise = BTreeMap::new();
-    for m in &meters {
-        let k = PairwiseKey::derive(
-            AeadAlg::A128Gcm,
-            headend.agreement_secret(),
-            m.public().agreement_key(),
-            m.id(),
-            headend.id(),
-        )?;
-        headend_pairwise.insert(m.id().clone(), k);
-    }
+    // signature keys; the headend knows the meters' credentials and the DAP.
+    let meter_publics: Vec<PublicCredential> =
+        meters.iter().map(EntityCredential::public).collect();
+    let headend_public = headend.public();
+    let dap_public = dap.public();
     report.steps.push((
         format!("enrolment: {} meters, a DAP and a headend", meters.len()),
         started.elapsed(),
     ));
     log(&format!("== {}", report.steps[0].0));
 
-    let report_topic = topics.agent(dap.id(), AgentChannel::Report);
-    let batch_topic = topics.agent(dap.id(), AgentChannel::Batch);
-    let (dap_client, mut dap_inbox) = MqttClient::connect(
-        MqttConfig::from_url(&url, "dap-1")?.with_subscription(topics.agent_filter(dap.id())),
-    )?;
-    let (headend_client, mut headend_inbox) = MqttClient::connect(
-        MqttConfig::from_url(&url, "headend")?.with_subscription(topics.agent_filter(dap.id())),
-    )?;
+    // The headend and the DAP run as the services do (sealcast headend serve,
+    // sealcast agent serve with [dap]), with their state in memory.
+    let (events, _) = tokio::sync::mpsc::unbounded_channel();
+    let mut headend_handle = headend::spawn(HeadendConfig {
+        core: HeadendCore::new(headend, vec![dap_public], meter_publics.clone(), false)?,
+        broker_url: url.clone(),
+        topics: topics.clone(),
+        handler: Arc::new(DiscardReadings),
+        state_file: None,
+        events,
+        persistent_session: false,
+    })
+    .await?;
+    let (events, _) = tokio::sync::mpsc::unbounded_channel();
+    let dap_id = dap.id().clone();
+    let mut dap_handle = dap::spawn(DapConfig {
+        core: DapCore::new(dap, headend_public.clone(), "meters".into(), meter_publics)?,
+        broker_url: url.clone(),
+        topics: topics.clone(),
+        batch_size: DEMO_BATCH,
+        max_batch_delay: Duration::from_millis(20),
+        state_file: None,
+        events,
+        persistent_session: false,
+    })
+    .await?;
+    let announced = headend_handle
+        .wait_for(Duration::from_secs(10), |s| s.announcements >= 1)
+        .await
+        .announcements;
+    log(&format!(
+        "DAP announced its {} meters to the headend ({announced} announcement)",
+        config.meters
+    ));
+
+    let report_topic = topics.agent(&dap_id, AgentChannel::Report);
     let (meter_client, _) = MqttClient::connect(MqttConfig::from_url(&url, "meters")?)?;
-    dap_client.wait_subscribed(Duration::from_secs(10)).await?;
-    headend_client
-        .wait_subscribed(Duration::from_secs(10))
-        .await?;
+    meter_client.wait_connected(Duration::from_secs(10)).await?;
 
     // Meters report; an attacker adds forgeries and replays.
     let sent_at = Instant::now();
     let mut genuine = 0usize;
     let mut first_reports = Vec::new();
+    let mut sealers = meters
+        .into_iter()
+        .map(|m| meter_sealer(m, &headend_public, 0))
+        .collect::<Result<Vec<_>>>()?;
     for round in 0..config.reports_per_meter {
-        for (i, m) in meters.iter().enumerate() {
-            let pairwise = PairwiseKey::derive(
-                AeadAlg::A128Gcm,
-                m.agreement_secret(),
-                headend.public().agreement_key(),
-                m.id(),
-                headend.id(),
-            )?;
+        for (i, m) in sealers.iter_mut().enumerate() {
             let reading = format!("{} kWh", 1000 + i * 7 + round);
-            let bytes = seal_report(
-                m.id(),
-                m.signing_key(),
-                headend.id(),
-                &pairwise,
-                SeqNum::new(round as u64)?,
-                now(),
-                reading.as_bytes(),
-            )?;
+            let (_, bytes) = m.seal(reading.as_bytes(), now())?;
             if round == 0 && i < 5 {
                 first_reports.push(bytes.clone());
             }
@@ -169,27 +156,13 @@ pub async fn smart_meter(
             genuine += 1;
         }
     }
-    let forger = EntityCredential::generate(EntityId::new("mallory")?, &mut rng);
     let forgeries = (config.meters / 20).max(2);
     for i in 0..forgeries {
         // Claims to be meter i, signed with the forger's key.
-        let victim = &meters[i % meters.len()];
-        let pairwise = PairwiseKey::derive(
-            AeadAlg::A128Gcm,
-            forger.agreement_secret(),
-            headend.public().agreement_key(),
-            victim.id(),
-            headend.id(),
-        )?;
-        let bytes = seal_report(
-            victim.id(),
-            forger.signing_key(),
-            headend.id(),
-            &pairwise,
-            SeqNum::new(10_000 + i as u64)?,
-            now(),
-            b"0 kWh",
-        )?;
+        let victim = sealers[i % sealers.len()].id().clone();
+        let forger = EntityCredential::generate(victim, &mut rng);
+        let mut forger = meter_sealer(forger, &headend_public, 10_000 + i as u64)?;
+        let (_, bytes) = forger.seal(b"0 kWh", now())?;
         meter_client
             .publish(report_topic.clone(), Bytes::from(bytes))
             .await?;
@@ -200,147 +173,101 @@ pub async fn smart_meter(
             .publish(report_topic.clone(), Bytes::from(r.clone()))
             .await?;
     }
+    meter_client.flush(Duration::from_secs(30)).await?;
     let expected_in = genuine + forgeries + replays;
     log(&format!(
         "meters sent {genuine} reports; the attacker {forgeries} forgeries and {replays} replays"
     ));
 
     // The DAP: batches of up to 64, verified together, forwarded signed.
-    let mut windows: BTreeMap<EntityId, SeqWindow> = BTreeMap::new();
-    let (mut received, mut accepted, mut forged_dropped, mut replay_dropped) =
-        (0usize, 0usize, 0usize, 0usize);
-    let mut verify_time = Duration::ZERO;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while received < expected_in {
-        let mut batch = Vec::new();
-        while batch.len() < 64 && received + batch.len() < expected_in {
-            match tokio::time::timeout_at(deadline, dap_inbox.next_message()).await {
-                Ok(Some(m)) if m.topic == report_topic => {
-                    batch.push(m.payload.to_vec());
-                    let _ = m.ack.ack().await;
-                }
-                Ok(Some(m)) => {
-                    let _ = m.ack.ack().await;
-                }
-                _ => break,
-            }
-        }
-        if batch.is_empty() {
-            break;
-        }
-        received += batch.len();
-        let refs: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
-        let t = Instant::now();
-        let verdicts = verify_reports_batch(&refs, headend.id(), |id| dap_keys.get(id));
-        verify_time += t.elapsed();
-        let mut forward = Vec::new();
-        for (bytes, verdict) in batch.iter().zip(verdicts) {
-            match verdict {
-                Ok(v) => {
-                    let h = v.header();
-                    let window = windows.entry(h.reporter.clone()).or_default();
-                    match window.check(h.seq).and_then(|token| window.commit(token)) {
-                        Ok(()) => forward.push(bytes.clone()),
-                        Err(_) => replay_dropped += 1,
-                    }
-                }
-                Err(_) => forged_dropped += 1,
-            }
-        }
-        accepted += forward.len();
-        let signed = sign_statement(
-            dap.id(),
-            dap.signing_key(),
-            LABEL_BATCH,
-            &encode_batch(&forward)?,
-        );
-        dap_client
-            .publish(batch_topic.clone(), Bytes::from(signed))
-            .await?;
-    }
-    let verify_rate = if verify_time.is_zero() {
-        0.0
-    } else {
-        received as f64 / verify_time.as_secs_f64()
-    };
+    let dap_stats = dap_handle
+        .wait_for(Duration::from_secs(60), |s| {
+            s.received >= expected_in as u64
+        })
+        .await;
+    let verify_rate = dap_stats.verify_rate().unwrap_or(0.0);
     let dap_done = sent_at.elapsed();
     report.steps.push((
         "meters report; DAP: batch verification, forgeries and replays dropped".into(),
         dap_done,
     ));
     log(&format!(
-        "== DAP verified {received} reports in batches of up to 64 ({verify_rate:.0} reports/s of signature work)"
+        "== DAP verified {} reports in batches of up to {DEMO_BATCH} ({verify_rate:.0} reports/s of signature work)",
+        dap_stats.received
     ));
 
     // The headend: one DAP check per batch, then end-to-end decryption.
-    let dap_public = dap.public();
-    let (mut decrypted, mut undecryptable) = (0usize, 0usize);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while decrypted + undecryptable < accepted {
-        let Ok(Some(m)) = tokio::time::timeout_at(deadline, headend_inbox.next_message()).await
-        else {
-            break;
-        };
-        let payload = m.payload.to_vec();
-        let _ = m.ack.ack().await;
-        if m.topic != batch_topic {
-            continue;
-        }
-        let statement = UnverifiedStatement::parse(&payload, 16 << 20)?;
-        if statement.signer() != dap.id() {
-            continue;
-        }
-        let batch = decode_batch(&statement.verify(dap_public.verifying_key(), LABEL_BATCH)?)?;
-        for r in batch {
-            let reporter = sealcast_core::report::peek_report(&r, headend.id()).map(|h| h.reporter);
-            match reporter
-                .ok()
-                .and_then(|id| headend_pairwise.get(&id))
-                .map(|k| open_report_unverified(&r, headend.id(), k))
-            {
-                Some(Ok(_reading)) => decrypted += 1,
-                _ => undecryptable += 1,
-            }
-        }
-    }
+    let forwarded = dap_stats.forwarded;
+    let headend_stats = headend_handle
+        .wait_for(Duration::from_secs(30), |s| {
+            s.readings + s.undecryptable + s.replayed + s.not_announced >= forwarded
+        })
+        .await;
     report.steps.push((
         "headend: DAP checked once per batch, reports decrypted end to end".into(),
         sent_at.elapsed().saturating_sub(dap_done),
     ));
     log(&format!(
-        "== headend decrypted {decrypted} readings ({:.0} ms after the first report)",
+        "== headend decrypted {} readings ({:.0} ms after the first report)",
+        headend_stats.readings,
         sent_at.elapsed().as_millis()
     ));
+    dap_handle.stop().await;
+    headend_handle.stop().await;
+    let _ = meter_client.disconnect(Duration::from_secs(2)).await;
+
+    let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    report.checks.push(Check {
+        what: "DAP announcements the headend accepted".into(),
+        expected: 1,
+        observed: count(headend_stats.announcements),
+    });
     report.checks.push(Check {
         what: "reports the DAP received".into(),
         expected: expected_in,
-        observed: received,
+        observed: count(dap_stats.received),
     });
     report.checks.push(Check {
         what: "genuine reports the DAP forwarded".into(),
         expected: genuine,
-        observed: accepted,
+        observed: count(dap_stats.forwarded),
     });
     report.checks.push(Check {
         what: "forged reports the DAP dropped".into(),
         expected: forgeries,
-        observed: forged_dropped,
+        observed: count(dap_stats.forged),
     });
     report.checks.push(Check {
         what: "replayed reports the DAP dropped".into(),
         expected: replays,
-        observed: replay_dropped,
+        observed: count(dap_stats.replayed),
     });
     report.checks.push(Check {
         what: "readings the headend decrypted".into(),
         expected: genuine,
-        observed: decrypted,
+        observed: count(headend_stats.readings),
     });
     report.checks.push(Check {
         what: "reports the headend could not decrypt (must be none)".into(),
         expected: 0,
-        observed: undecryptable,
+        observed: count(
+            headend_stats.undecryptable + headend_stats.replayed + headend_stats.not_announced,
+        ),
     });
     report.rate = Some(verify_rate);
     Ok(report)
+}
+
+/// A meter's sealer with a reservation made at once (the demo keeps no
+/// state on disk).
+fn meter_sealer(
+    credential: EntityCredential,
+    headend: &PublicCredential,
+    from: u64,
+) -> Result<Meter> {
+    let mut meter = Meter::new(credential, headend, from)?;
+    if let Some(limit) = meter.reservation_request() {
+        meter.confirm_reservation(limit)?;
+    }
+    Ok(meter)
 }

@@ -1,8 +1,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! The fire-safety deployment end to end over real sockets on loopback:
-//! with the embedded broker (always) and with the machine's Mosquitto (CI).
+//! with the embedded broker (always), over CoAP (unicast CON and multicast
+//! pinned to 127.0.0.1, always) and with the machine's Mosquitto (CI).
 
 use sealcast_node::demo::{FireSafetyConfig, fire_safety};
+use sealcast_node::link::Transport;
 
 async fn run(config: FireSafetyConfig) {
     let mut lines = Vec::new();
@@ -28,8 +30,21 @@ async fn fire_safety_on_the_embedded_broker() {
     run(FireSafetyConfig {
         devices: 8,
         broker: None,
+        transport: Transport::Mqtt,
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fire_safety_over_coap() {
+    let run = run(FireSafetyConfig {
+        devices: 8,
+        broker: None,
+        transport: Transport::Coap,
+    });
+    tokio::time::timeout(std::time::Duration::from_secs(120), run)
+        .await
+        .expect("the CoAP demo finished within 120 s");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -44,6 +59,7 @@ async fn fire_safety_on_mosquitto() {
     run(FireSafetyConfig {
         devices: 10,
         broker: Some(url),
+        transport: Transport::Mqtt,
     })
     .await;
 }

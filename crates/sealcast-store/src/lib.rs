@@ -75,6 +75,15 @@ pub trait ManagerStore: Send {
     /// Enrols an entity. [`Error::AlreadyExists`] if its id is taken,
     /// [`Error::NotFound`] if its agent is not enrolled.
     fn insert_entity(&mut self, entity: &EntityRecord) -> Result<()>;
+    /// Enrols several entities (agents before the devices naming them). The
+    /// default inserts them one by one; SQLite overrides it with one
+    /// transaction (all or none, one fsync — enrolling thousands at once).
+    fn insert_entities(&mut self, entities: &[EntityRecord]) -> Result<()> {
+        for e in entities {
+            self.insert_entity(e)?;
+        }
+        Ok(())
+    }
     /// Replaces an entity's credential, kind and agent.
     fn update_entity(&mut self, entity: &EntityRecord) -> Result<()>;
     /// One entity.

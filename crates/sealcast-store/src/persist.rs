@@ -137,6 +137,31 @@ pub fn save_enrolment(store: &mut dyn ManagerStore, manager: &Manager) -> Result
     Ok(())
 }
 
+/// Stores new entities (credential, kind, relaying agent) in one
+/// `insert_entities` call, agents first: with SQLite one transaction, all or
+/// none. Call it before enrolling them in the manager, so a failed save
+/// leaves both unchanged. Cheaper than [`save_enrolment`], which visits
+/// every enrolled entity.
+pub fn save_new_entities(
+    store: &mut dyn ManagerStore,
+    entities: &[(
+        sealcast_core::credential::PublicCredential,
+        manager::EntityKind,
+        Option<EntityId>,
+    )],
+) -> Result<()> {
+    let mut records: Vec<EntityRecord> = entities
+        .iter()
+        .map(|(credential, kind, agent)| EntityRecord {
+            credential: credential.clone(),
+            kind: kind_to_store(*kind),
+            agent: agent.clone(),
+        })
+        .collect();
+    records.sort_by_key(|r| r.kind != model::EntityKind::Agent);
+    store.insert_entities(&records)
+}
+
 /// Saves one group: its epoch (compare-and-set from `persisted_epoch`, the
 /// epoch this instance last saved or loaded — `None` for a group not stored
 /// yet), its material and state blob, and its members.

@@ -309,6 +309,23 @@ impl ManagerStore for SqliteStore {
         Ok(())
     }
 
+    fn insert_entities(&mut self, entities: &[EntityRecord]) -> Result<()> {
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(db("begin enrolling entities"))?;
+        let inserted = entities.iter().try_for_each(|e| self.insert_entity(e));
+        let end = if inserted.is_ok() {
+            "COMMIT"
+        } else {
+            "ROLLBACK"
+        };
+        let ended = self
+            .conn
+            .execute_batch(end)
+            .map_err(db("finish enrolling entities"));
+        inserted.and(ended)
+    }
+
     fn update_entity(&mut self, entity: &EntityRecord) -> Result<()> {
         let cred = entity.credential.to_cose_key_set()?;
         let n = self

@@ -1,0 +1,903 @@
+//! The manager's control socket: group administration of a running manager
+//! (`sealcast group …`).
+//!
+//! A Unix stream socket, by default `<state_dir>/manager.sock`. The protocol
+//! is one JSON object per line each way: a request, then its response, in
+//! order, as many as the client wants on one connection (the CLI pipelines
+//! thousands of enrolments that way).
+//!
+//! ```text
+//! {"op":"enrol","entities":[{"public_key":"<hex of the .pub COSE_KeySet>","kind":"device","agent":"gw-1"}]}
+//! {"op":"create","group":"fire-doors","scheme":"tree","alg":"A128GCM"}
+//! {"op":"add","group":"fire-doors","members":[{"id":"door-1","role":"receiver"}]}
+//! {"op":"evict","group":"fire-doors","member":"door-1"}
+//! {"op":"rekey","group":"fire-doors"}
+//! {"op":"show","group":"fire-doors"}
+//! {"op":"list"}
+//! ```
+//!
+//! Every response has `"ok": true` and the operation's result, or
+//! `"ok": false` and an `"error"` that says what to do. Group ids are text
+//! (their UTF-8 bytes are the id). Lines are at most [`MAX_LINE`] bytes; a
+//! longer one is answered with an error and the connection is closed.
+//!
+//! **Who may connect.** Only the manager's own user. The socket is created
+//! with mode 0600 before anyone can reach it: it is bound inside a fresh
+//! directory of mode 0700 next to its final path, its mode set, and then
+//! renamed into place. The directory that holds it must not be writable by
+//! group or others (else someone could replace the socket); the manager
+//! refuses to start otherwise. Each connection's peer user id
+//! (`SO_PEERCRED`) must also equal the socket owner's — defence in depth.
+//!
+//! **Stale sockets.** A socket file left by a manager that died is removed
+//! at start, but only after a connection attempt to it was refused; when
+//! something answers, this manager refuses to start. Anything at the path
+//! that is not a socket is never removed.
+
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sealcast_core::credential::{MAX_CREDENTIAL_FILE_LEN, PublicCredential};
+use sealcast_core::crypto::AeadAlg;
+use sealcast_core::ids::{EntityId, GroupId};
+use sealcast_group::manager::{EntityKind, GroupSummary, RekeyScheme, Role};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use crate::manager::{Enrolment, ManagerHandle};
+use crate::{Error, Result};
+
+/// The socket's file name inside the manager's state directory.
+pub const SOCKET_NAME: &str = "manager.sock";
+/// Longest request or response line (without its newline).
+pub const MAX_LINE: usize = 1 << 20;
+/// Most entities in one enrol request (the CLI sends batches of 500).
+pub const MAX_ENROL_BATCH: usize = 10_000;
+/// Connections served at once; more wait for a free slot.
+pub const MAX_CONNECTIONS: usize = 16;
+/// A connection with no request for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// One request.
+#[derive(Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Request {
+    /// Enrol entities (all or none).
+    Enrol {
+        /// The entities.
+        entities: Vec<EnrolEntity>,
+    },
+    /// Create a group at epoch 0, without members.
+    Create {
+        /// Group id (text).
+        group: String,
+        /// `tree` (default) or `p2p`.
+        #[serde(default)]
+        scheme: Option<SchemeName>,
+        /// `A128GCM` (default) or `A256GCM`.
+        #[serde(default)]
+        alg: Option<AlgName>,
+    },
+    /// Add enrolled entities to a group (one join event).
+    Add {
+        /// Group id.
+        group: String,
+        /// The newcomers.
+        members: Vec<MemberSpec>,
+    },
+    /// Evict a member (rekey).
+    Evict {
+        /// Group id.
+        group: String,
+        /// The member's entity id.
+        member: String,
+    },
+    /// A fresh key without a membership change.
+    Rekey {
+        /// Group id.
+        group: String,
+    },
+    /// One group: epoch, scheme, members.
+    Show {
+        /// Group id.
+        group: String,
+    },
+    /// Every group's summary. (A struct variant, so that unknown fields
+    /// are refused here too.)
+    List {},
+}
+
+/// One entity of an enrol request.
+#[derive(Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct EnrolEntity {
+    /// The entity's public COSE_KeySet (the `.pub` file), hex.
+    pub public_key: String,
+    /// `device`, `agent` or `headend`.
+    pub kind: KindName,
+    /// The agent that relays to it, if any.
+    #[serde(default)]
+    pub agent: Option<String>,
+}
+
+/// One member of an add request.
+#[derive(Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MemberSpec {
+    /// The entity id.
+    pub id: String,
+    /// `sender` or `receiver`.
+    pub role: RoleName,
+}
+
+/// Entity kinds on the wire.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+#[allow(missing_docs)]
+pub enum KindName {
+    Device,
+    Agent,
+    Headend,
+}
+
+/// Roles on the wire.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+#[allow(missing_docs)]
+pub enum RoleName {
+    Sender,
+    Receiver,
+}
+
+/// Rekey schemes on the wire.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+#[allow(missing_docs)]
+pub enum SchemeName {
+    Tree,
+    P2p,
+}
+
+/// AEAD algorithms on the wire.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum AlgName {
+    #[serde(rename = "A128GCM")]
+    A128Gcm,
+    #[serde(rename = "A256GCM")]
+    A256Gcm,
+}
+
+/// The group id as it is shown: its text, or `0x…` when it is not UTF-8.
+pub fn show_group(group: &GroupId) -> String {
+    match std::str::from_utf8(group.as_bytes()) {
+        Ok(t) => t.to_owned(),
+        Err(_) => format!("0x{}", hex(group.as_bytes())),
+    }
+}
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    use core::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+fn unhex(text: &str) -> core::result::Result<Vec<u8>, String> {
+    let t = text.as_bytes();
+    if t.len() % 2 != 0 {
+        return Err("odd number of hex digits".into());
+    }
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Ok(c - b'0'),
+        b'a'..=b'f' => Ok(c - b'a' + 10),
+        b'A'..=b'F' => Ok(c - b'A' + 10),
+        _ => Err(format!("{:?} is not a hex digit", c as char)),
+    };
+    t.chunks_exact(2)
+        .map(|p| Ok((digit(p[0])? << 4) | digit(p[1])?))
+        .collect()
+}
+
+/// A request the server could not carry out, phrased for the user.
+struct Refusal(String);
+
+impl<E: core::fmt::Display> From<E> for Refusal {
+    fn from(e: E) -> Self {
+        Refusal(e.to_string())
+    }
+}
+
+fn group_id(text: &str) -> core::result::Result<GroupId, Refusal> {
+    GroupId::new(text.as_bytes())
+        .map_err(|e| Refusal(format!("group id {text:?}: {e} (1 to 32 bytes of text)")))
+}
+
+fn entity_id(text: &str) -> core::result::Result<EntityId, Refusal> {
+    EntityId::new(text).map_err(|e| Refusal(format!("entity id {text:?}: {e}")))
+}
+
+fn scheme_name(s: RekeyScheme) -> &'static str {
+    match s {
+        RekeyScheme::Tree => "tree",
+        RekeyScheme::PointToPoint => "p2p",
+    }
+}
+
+fn alg_name(a: AeadAlg) -> &'static str {
+    match a {
+        AeadAlg::A256Gcm => "A256GCM",
+        _ => "A128GCM",
+    }
+}
+
+fn summary_json(s: &GroupSummary) -> Value {
+    json!({
+        "group": show_group(&s.group),
+        "epoch": s.epoch.get(),
+        "scheme": scheme_name(s.scheme),
+        "members": s.members,
+        "current": s.current,
+    })
+}
+
+/// Adds the group id to an unknown-group or unknown-member error.
+fn about_group(group: &str, e: Error) -> Refusal {
+    match e {
+        Error::Group(sealcast_group::Error::UnknownGroup) => Refusal(format!(
+            "no group {group:?} on this manager: create it with `sealcast group create`, \
+             or see `sealcast group list`"
+        )),
+        Error::Group(sealcast_group::Error::AlreadyMember) => Refusal(format!(
+            "group {group:?}: already a member (or the group exists already): nothing changed"
+        )),
+        Error::Group(sealcast_group::Error::UnknownMember) => Refusal(format!(
+            "group {group:?}: not enrolled, or not a member: enrol it first with \
+             `sealcast group enrol`, or see `sealcast group show --group {group}`"
+        )),
+        other => Refusal(format!("group {group:?}: {other}")),
+    }
+}
+
+/// Carries out one request against the running manager.
+async fn execute(handle: &ManagerHandle, request: Request) -> core::result::Result<Value, Refusal> {
+    match request {
+        Request::Enrol { entities } => {
+            if entities.len() > MAX_ENROL_BATCH {
+                return Err(Refusal(format!(
+                    "{} entities in one request: send at most {MAX_ENROL_BATCH} per request",
+                    entities.len()
+                )));
+            }
+            let mut batch: Vec<Enrolment> = Vec::with_capacity(entities.len());
+            for (i, e) in entities.into_iter().enumerate() {
+                if e.public_key.len() > 2 * MAX_CREDENTIAL_FILE_LEN {
+                    return Err(Refusal(format!("entity {i}: public key too long")));
+                }
+                let bytes = unhex(&e.public_key)
+                    .map_err(|why| Refusal(format!("entity {i}: public key: {why}")))?;
+                let credential = PublicCredential::from_cose_key_set(&bytes).map_err(|why| {
+                    Refusal(format!(
+                        "entity {i}: not a public COSE_KeySet ({why}): send the .pub file \
+                         `sealcast keygen` wrote"
+                    ))
+                })?;
+                let kind = match e.kind {
+                    KindName::Device => EntityKind::Device,
+                    KindName::Agent => EntityKind::Agent,
+                    KindName::Headend => EntityKind::Headend,
+                };
+                let agent = e.agent.as_deref().map(entity_id).transpose()?;
+                batch.push((credential, kind, agent));
+            }
+            let report = handle.enrol_many(batch).await?;
+            Ok(json!({ "enrolled": report.enrolled, "unchanged": report.unchanged }))
+        }
+        Request::Create { group, scheme, alg } => {
+            let id = group_id(&group)?;
+            let scheme = match scheme.unwrap_or(SchemeName::Tree) {
+                SchemeName::Tree => RekeyScheme::Tree,
+                SchemeName::P2p => RekeyScheme::PointToPoint,
+            };
+            let alg = match alg.unwrap_or(AlgName::A128Gcm) {
+                AlgName::A128Gcm => AeadAlg::A128Gcm,
+                AlgName::A256Gcm => AeadAlg::A256Gcm,
+            };
+            handle
+                .create_group(id.clone(), alg, scheme)
+                .await
+                .map_err(|e| match e {
+                    Error::Group(sealcast_group::Error::AlreadyMember) => Refusal(format!(
+                        "group {group:?} exists already: see `sealcast group show --group {group}`"
+                    )),
+                    other => about_group(&group, other),
+                })?;
+            Ok(
+                json!({ "group": group, "epoch": 0, "scheme": scheme_name(scheme), "alg": alg_name(alg) }),
+            )
+        }
+        Request::Add { group, members } => {
+            let id = group_id(&group)?;
+            if members.is_empty() {
+                return Err(Refusal("no members to add".into()));
+            }
+            let members = members
+                .iter()
+                .map(|m| {
+                    let role = match m.role {
+                        RoleName::Sender => Role::Sender,
+                        RoleName::Receiver => Role::Receiver,
+                    };
+                    Ok((entity_id(&m.id)?, role))
+                })
+                .collect::<core::result::Result<Vec<_>, Refusal>>()?;
+            let added = members.len();
+            handle
+                .add_members(id.clone(), members)
+                .await
+                .map_err(|e| about_group(&group, e))?;
+            let epoch = current_epoch(handle, &id).await?;
+            Ok(json!({ "group": group, "added": added, "epoch": epoch }))
+        }
+        Request::Evict { group, member } => {
+            let id = group_id(&group)?;
+            let who = entity_id(&member)?;
+            handle
+                .evict(id.clone(), who)
+                .await
+                .map_err(|e| about_group(&group, e))?;
+            let epoch = current_epoch(handle, &id).await?;
+            Ok(json!({ "group": group, "evicted": member, "epoch": epoch }))
+        }
+        Request::Rekey { group } => {
+            let id = group_id(&group)?;
+            let epoch = handle.rekey(id).await.map_err(|e| about_group(&group, e))?;
+            Ok(json!({ "group": group, "epoch": epoch.get() }))
+        }
+        Request::Show { group } => {
+            let id = group_id(&group)?;
+            let detail = handle.detail(id).await?.ok_or_else(|| {
+                about_group(&group, Error::Group(sealcast_group::Error::UnknownGroup))
+            })?;
+            let epoch = detail.summary.epoch;
+            let members: Vec<Value> = detail
+                .members
+                .iter()
+                .map(|(id, m)| {
+                    json!({
+                        "id": id.as_str(),
+                        "role": match m.role { Role::Sender => "sender", Role::Receiver => "receiver" },
+                        "sender_id": m.sender_id.as_ref().map(|s| hex(s.as_bytes())),
+                        "leaf": m.leaf.map(|l| l.get()),
+                        "held": m.held.map(|e| e.get()),
+                        "current": m.held == Some(epoch),
+                    })
+                })
+                .collect();
+            let mut out = summary_json(&detail.summary);
+            if let Value::Object(map) = &mut out {
+                map.insert("alg".into(), json!(alg_name(detail.alg)));
+                map.insert("member_list".into(), Value::Array(members));
+            }
+            Ok(out)
+        }
+        Request::List {} => {
+            let groups: Vec<Value> = handle.groups().await?.iter().map(summary_json).collect();
+            Ok(json!({ "groups": groups }))
+        }
+    }
+}
+
+async fn current_epoch(
+    handle: &ManagerHandle,
+    group: &GroupId,
+) -> core::result::Result<u32, Refusal> {
+    Ok(handle
+        .summary(group.clone())
+        .await?
+        .map_or(0, |s| s.epoch.get()))
+}
+
+/// One response line for a request line.
+async fn respond(handle: &ManagerHandle, line: &[u8]) -> Value {
+    let request: Request = match serde_json::from_slice(line) {
+        Ok(r) => r,
+        Err(e) => {
+            return json!({
+                "ok": false,
+                "error": format!("bad request: {e}; send one JSON object per line, e.g. {{\"op\":\"list\"}}"),
+            });
+        }
+    };
+    match execute(handle, request).await {
+        Ok(Value::Object(mut map)) => {
+            map.insert("ok".into(), Value::Bool(true));
+            Value::Object(map)
+        }
+        Ok(other) => json!({ "ok": true, "result": other }),
+        Err(Refusal(why)) => json!({ "ok": false, "error": why }),
+    }
+}
+
+/// What reading one line found.
+#[derive(Debug, PartialEq, Eq)]
+enum LineRead {
+    /// A line (without its newline) is in the buffer.
+    Line,
+    /// The peer closed the connection.
+    Eof,
+    /// The line exceeded [`MAX_LINE`].
+    TooLong,
+}
+
+/// Reads one line of at most [`MAX_LINE`] bytes into `buf` without ever
+/// holding more than that (plus one read buffer) in memory.
+async fn read_line<R: AsyncBufRead + Unpin>(r: &mut R, buf: &mut Vec<u8>) -> io::Result<LineRead> {
+    buf.clear();
+    loop {
+        let available = r.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(if buf.is_empty() {
+                LineRead::Eof
+            } else {
+                LineRead::Line
+            });
+        }
+        let (take, done) = match available.iter().position(|&b| b == b'\n') {
+            Some(i) => (i, true),
+            None => (available.len(), false),
+        };
+        if buf.len() + take > MAX_LINE {
+            return Ok(LineRead::TooLong);
+        }
+        buf.extend_from_slice(&available[..take]);
+        r.consume(take + usize::from(done));
+        if done {
+            return Ok(LineRead::Line);
+        }
+    }
+}
+
+async fn write_json(w: &mut tokio::net::unix::OwnedWriteHalf, value: &Value) -> io::Result<()> {
+    let mut line = serde_json::to_vec(value).map_err(io::Error::other)?;
+    line.push(b'\n');
+    w.write_all(&line).await
+}
+
+async fn serve_connection(
+    handle: ManagerHandle,
+    stream: UnixStream,
+    owner: u32,
+    mut stop: watch::Receiver<bool>,
+) -> io::Result<()> {
+    match stream.peer_cred() {
+        Ok(cred) if cred.uid() == owner => {}
+        Ok(cred) => {
+            warn!(
+                uid = cred.uid(),
+                "control connection from another user refused"
+            );
+            return Ok(());
+        }
+        Err(e) => {
+            warn!(error = %e, "control connection without peer credentials refused");
+            return Ok(());
+        }
+    }
+    let (read, mut write) = stream.into_split();
+    let mut read = BufReader::with_capacity(64 * 1024, read);
+    let mut line = Vec::new();
+    loop {
+        let got = tokio::select! {
+            got = tokio::time::timeout(IDLE_TIMEOUT, read_line(&mut read, &mut line)) => got,
+            _ = stop.changed() => return Ok(()),
+        };
+        match got {
+            Err(_) => {
+                debug!("idle control connection closed");
+                return Ok(());
+            }
+            Ok(r) => match r? {
+                LineRead::Eof => return Ok(()),
+                LineRead::TooLong => {
+                    let refusal = json!({
+                        "ok": false,
+                        "error": format!("request longer than {MAX_LINE} bytes: split it (the connection is closed)"),
+                    });
+                    write_json(&mut write, &refusal).await?;
+                    return Ok(());
+                }
+                LineRead::Line => {
+                    if line.iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    let response = respond(&handle, &line).await;
+                    write_json(&mut write, &response).await?;
+                }
+            },
+        }
+    }
+}
+
+/// The running control socket; [`ControlServer::shutdown`] stops it and
+/// removes the socket file.
+#[derive(Debug)]
+pub struct ControlServer {
+    path: PathBuf,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ControlServer {
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stops accepting, lets each connection finish the request in hand (at
+    /// most 5 seconds), and removes the socket file.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn refuse(what: String) -> Error {
+    Error::Control(what)
+}
+
+/// Refuses a directory that group or others may write to (unless it is
+/// sticky and ours, like /tmp — then only we can replace our files in it).
+fn check_parent(dir: &Path) -> Result<()> {
+    let meta = std::fs::metadata(dir).map_err(|e| {
+        refuse(format!(
+            "cannot use directory {} for the control socket: {e}",
+            dir.display()
+        ))
+    })?;
+    let mode = meta.mode();
+    if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+        return Err(refuse(format!(
+            "directory {} is writable by group or others (mode {:o}): someone else could \
+             replace the control socket; run `chmod go-w {}` (or 700) and start again",
+            dir.display(),
+            mode & 0o7777,
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Removes a socket left by a manager that is gone; refuses when someone
+/// answers on it or when the path holds something else.
+fn clear_stale(path: &Path) -> Result<()> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(refuse(format!("cannot inspect {}: {e}", path.display()))),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(refuse(format!(
+            "{} exists and is not a socket: move it away or set another control_socket",
+            path.display()
+        )));
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => Err(refuse(format!(
+            "another manager answers on {}: stop it first (or give this one another state_dir / control_socket)",
+            path.display()
+        ))),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            info!(path = %path.display(), "removing the stale control socket of a manager that is gone");
+            std::fs::remove_file(path)
+                .map_err(|e| refuse(format!("cannot remove stale {}: {e}", path.display())))
+        }
+        Err(e) => Err(refuse(format!(
+            "cannot tell whether a manager answers on {} ({e}): remove it if none runs",
+            path.display()
+        ))),
+    }
+}
+
+/// Binds the socket at `path` with mode 0600 from its first moment (see
+/// the module docs) and returns it with the owner's uid.
+fn bind_private(path: &Path) -> Result<(std::os::unix::net::UnixListener, u32)> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| refuse(format!("{} names no file", path.display())))?;
+    check_parent(&dir)?;
+    clear_stale(path)?;
+    let private = dir.join(format!(".control-{}.tmp", std::process::id()));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(|e| refuse(format!("cannot create {}: {e}", private.display())))?;
+    let staged = private.join(name);
+    let result = (|| {
+        let listener = std::os::unix::net::UnixListener::bind(&staged).map_err(|e| {
+            refuse(format!(
+                "cannot bind the control socket {} ({e}); socket paths longer than about 100 bytes \
+                 fail: set a shorter control_socket",
+                staged.display()
+            ))
+        })?;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| refuse(format!("cannot chmod {}: {e}", staged.display())))?;
+        let owner = std::fs::symlink_metadata(&staged)
+            .map_err(|e| refuse(format!("cannot inspect {}: {e}", staged.display())))?
+            .uid();
+        std::fs::rename(&staged, path)
+            .map_err(|e| refuse(format!("cannot move the socket to {}: {e}", path.display())))?;
+        Ok((listener, owner))
+    })();
+    let _ = std::fs::remove_dir_all(&private);
+    result
+}
+
+/// A control socket bound (owner-only, see the module docs) but not served
+/// yet: bind it before connecting the manager to its broker, so a second
+/// manager on the same state directory stops before it disturbs anything.
+#[derive(Debug)]
+pub struct BoundSocket {
+    path: PathBuf,
+    listener: std::os::unix::net::UnixListener,
+    owner: u32,
+}
+
+impl BoundSocket {
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Serves `handle` on the socket until [`ControlServer::shutdown`].
+    pub fn serve(self, handle: ManagerHandle) -> Result<ControlServer> {
+        self.listener
+            .set_nonblocking(true)
+            .map_err(|e| refuse(format!("control socket: {e}")))?;
+        let listener = UnixListener::from_std(self.listener)
+            .map_err(|e| refuse(format!("control socket: {e}")))?;
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(accept_loop(handle, listener, self.owner, stopped));
+        info!(path = %self.path.display(), "control socket listening (owner only)");
+        Ok(ControlServer {
+            path: self.path,
+            stop,
+            task,
+        })
+    }
+
+    /// Closes the socket and removes its file (the manager did not start).
+    pub fn discard(self) {
+        drop(self.listener);
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Binds the control socket at `path`: refuses a directory others may write
+/// to, removes a stale socket nobody answers on, refuses when a manager
+/// answers.
+pub fn bind(path: &Path) -> Result<BoundSocket> {
+    let (listener, owner) = bind_private(path)?;
+    Ok(BoundSocket {
+        path: path.to_path_buf(),
+        listener,
+        owner,
+    })
+}
+
+/// Binds the control socket at `path` and serves `handle` on it.
+pub fn start(handle: ManagerHandle, path: &Path) -> Result<ControlServer> {
+    bind(path)?.serve(handle)
+}
+
+async fn accept_loop(
+    handle: ManagerHandle,
+    listener: UnixListener,
+    owner: u32,
+    mut stop: watch::Receiver<bool>,
+) {
+    let slots = std::sync::Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.changed() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let stream = match accepted {
+            Ok((s, _)) => s,
+            Err(e) => {
+                warn!(error = %e, "control socket accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let (handle, stop) = (handle.clone(), stop.clone());
+        connections.spawn(async move {
+            if let Err(e) = serve_connection(handle, stream, owner, stop).await {
+                debug!(error = %e, "control connection ended");
+            }
+            drop(permit);
+        });
+    }
+    let drained = tokio::time::timeout(Duration::from_secs(5), async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        connections.abort_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    #[test]
+    fn requests_parse_and_refuse_unknown_fields() {
+        let r: Request = serde_json::from_str(
+            r#"{"op":"add","group":"g","members":[{"id":"d-1","role":"sender"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r,
+            Request::Add {
+                group: "g".into(),
+                members: vec![MemberSpec {
+                    id: "d-1".into(),
+                    role: RoleName::Sender
+                }]
+            }
+        );
+        let r: Request = serde_json::from_str(r#"{"op":"create","group":"g"}"#).unwrap();
+        assert_eq!(
+            r,
+            Request::Create {
+                group: "g".into(),
+                scheme: None,
+                alg: None
+            }
+        );
+        let r: Request =
+            serde_json::from_str(r#"{"op":"create","group":"g","scheme":"p2p","alg":"A256GCM"}"#)
+                .unwrap();
+        assert!(matches!(
+            r,
+            Request::Create {
+                scheme: Some(SchemeName::P2p),
+                alg: Some(AlgName::A256Gcm),
+                ..
+            }
+        ));
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"op":"list"}"#).unwrap(),
+            Request::List {}
+        );
+        for bad in [
+            r#"{"op":"list","extra":1}"#,
+            r#"{"op":"drop-tables"}"#,
+            r#"{"op":"evict","group":"g"}"#,
+            r#"{"op":"add","group":"g","members":[{"id":"d","role":"admin"}]}"#,
+            r#"{"op":"enrol","entities":[{"public_key":"00","kind":"robot"}]}"#,
+            r#"{"list":true}"#,
+            "",
+        ] {
+            assert!(serde_json::from_str::<Request>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn hex_roundtrip_and_errors() {
+        assert_eq!(
+            unhex(&hex(&[0, 1, 0xab, 0xff])).unwrap(),
+            vec![0, 1, 0xab, 0xff]
+        );
+        assert_eq!(unhex("ABcd").unwrap(), vec![0xab, 0xcd]);
+        assert!(unhex("abc").is_err());
+        assert!(unhex("zz").is_err());
+        assert_eq!(show_group(&GroupId::new(b"fire").unwrap()), "fire");
+        assert_eq!(show_group(&GroupId::new([0xff, 0]).unwrap()), "0xff00");
+    }
+
+    #[tokio::test]
+    async fn lines_are_bounded() {
+        let mut input: Vec<u8> = b"{\"op\":\"list\"}\n\nlast".to_vec();
+        let mut r = BufReader::with_capacity(7, &input[..]);
+        let mut buf = Vec::new();
+        assert_eq!(read_line(&mut r, &mut buf).await.unwrap(), LineRead::Line);
+        assert_eq!(buf, b"{\"op\":\"list\"}");
+        assert_eq!(read_line(&mut r, &mut buf).await.unwrap(), LineRead::Line);
+        assert!(buf.is_empty());
+        assert_eq!(read_line(&mut r, &mut buf).await.unwrap(), LineRead::Line);
+        assert_eq!(buf, b"last");
+        assert_eq!(read_line(&mut r, &mut buf).await.unwrap(), LineRead::Eof);
+
+        // Exactly MAX_LINE is fine; one more byte is refused without
+        // buffering the rest.
+        input = vec![b'x'; MAX_LINE];
+        input.push(b'\n');
+        let mut r = BufReader::new(&input[..]);
+        assert_eq!(read_line(&mut r, &mut buf).await.unwrap(), LineRead::Line);
+        assert_eq!(buf.len(), MAX_LINE);
+        input = vec![b'x'; 4 * MAX_LINE];
+        let mut r = BufReader::new(&input[..]);
+        assert_eq!(
+            read_line(&mut r, &mut buf).await.unwrap(),
+            LineRead::TooLong
+        );
+        assert!(buf.capacity() <= 2 * MAX_LINE);
+    }
+
+    #[test]
+    fn socket_is_private_and_stale_sockets_are_handled() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        std::fs::DirBuilder::new().mode(0o700).create(&dir).unwrap();
+        let path = dir.join(SOCKET_NAME);
+
+        let (listener, owner) = bind_private(&path).unwrap();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.mode() & 0o777, 0o600);
+        assert_eq!(meta.uid(), owner);
+        // No staging directory is left behind.
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+
+        // Someone answers: a second manager refuses to start and leaves
+        // the socket alone.
+        let err = bind_private(&path).unwrap_err().to_string();
+        assert!(err.contains("another manager answers"), "{err}");
+        assert!(path.exists());
+
+        // The first one is gone (socket file left behind): removed, rebound.
+        drop(listener);
+        let (_again, _) = bind_private(&path).unwrap();
+        assert_eq!(
+            std::fs::symlink_metadata(&path).unwrap().mode() & 0o777,
+            0o600
+        );
+
+        // Not a socket: never removed.
+        let file = dir.join("not-a-socket");
+        std::fs::write(&file, b"keep me").unwrap();
+        assert!(
+            bind_private(&file)
+                .unwrap_err()
+                .to_string()
+                .contains("not a socket")
+        );
+        assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+
+        // A directory others may write to is refused.
+        let open = tmp.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = bind_private(&open.join(SOCKET_NAME))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("writable by group or others"), "{err}");
+        assert!(!open.join(SOCKET_NAME).exists());
+    }
+}

@@ -1,0 +1,464 @@
+//! Smart metering as services: `sealcast headend serve`, the `[dap]`
+//! section of `sealcast agent serve`, and the one-shot meter
+//! `sealcast device report`.
+//!
+//! ```toml
+//! # headend.toml
+//! broker = "mqtt://127.0.0.1:1883"
+//! key = "headend.key"
+//! state_dir = "headend-state"
+//! meters_dir = "meters"             # every *.pub in it is a meter's public key
+//! verify_meter_signatures = false   # true: re-check each meter's signature too
+//! [[dap]]
+//! id = "dap-1"
+//! public_key = "dap-1.pub"
+//! [[meter]]                         # meters may also be listed one by one
+//! id = "meter-9"
+//! public_key = "meter-9.pub"
+//!
+//! # agent.toml (a DAP: manager_public_key may be left out; then only the DAP runs)
+//! broker = "mqtt://127.0.0.1:1883"
+//! key = "dap-1.key"
+//! state_dir = "dap-1-state"
+//! [dap]
+//! group = "street-7"
+//! headend = "headend"
+//! headend_public_key = "headend.pub"
+//! meters_dir = "meters"
+//! batch_size = 64
+//! max_batch_delay_ms = 200
+//!
+//! # meter-1.toml (sealcast device report)
+//! broker = "mqtt://127.0.0.1:1883"
+//! key = "meter-1.key"
+//! state_dir = "meter-1-state"
+//! dap = "dap-1"
+//! headend_public_key = "headend.pub"
+//! ```
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use sealcast_core::credential::PublicCredential;
+use sealcast_node::dap::{self, DapConfig, DapCore, DapEvent};
+use sealcast_node::headend::{
+    self, HeadendConfig, HeadendCore, HeadendEvent, LogReadings, Reading, ReadingHandler,
+};
+use sealcast_node::meter::{MeterConfig, report_once};
+use sealcast_node::metering::{MAX_ANNOUNCED_METERS, MAX_BATCH_REPORTS};
+use sealcast_store::DeviceStateFile;
+use serde::Deserialize;
+use tracing::{info, warn};
+
+use super::{
+    ServeArgs, create_dir, entity, failed, init_logs, node_config, read_config, resolve, runtime,
+    topics, wait_for_ctrl_c,
+};
+use crate::cmd::{load_private_key, load_public_key, say};
+use crate::error::{CliError, Result};
+
+/// Most readings one `device report` sends.
+const MAX_COUNT: u32 = 10_000;
+
+/// Arguments of `sealcast headend serve`.
+#[derive(Debug, Args)]
+pub struct HeadendServeArgs {
+    /// The headend's TOML config file.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Also append one line per reading to this file
+    /// (`meter=<id> seq=<n> dap=<id> reading=<text>`).
+    #[arg(long, value_name = "FILE")]
+    pub readings: Option<PathBuf>,
+}
+
+/// Arguments of `sealcast device report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The meter's TOML config file.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// The reading's text; `{n}` in it becomes the report's index (0..count).
+    #[arg(long, value_name = "TEXT")]
+    pub reading: String,
+    /// Reports to send (consecutive sequence numbers).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub count: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyEntry {
+    id: String,
+    public_key: PathBuf,
+}
+
+/// `headend.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HeadendFile {
+    broker: String,
+    topic_prefix: Option<String>,
+    key: PathBuf,
+    state_dir: PathBuf,
+    #[serde(default)]
+    verify_meter_signatures: bool,
+    meters_dir: Option<PathBuf>,
+    #[serde(default)]
+    meter: Vec<KeyEntry>,
+    #[serde(default)]
+    dap: Vec<KeyEntry>,
+}
+
+/// The `[dap]` section of `agent.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DapSection {
+    #[serde(default = "default_group")]
+    group: String,
+    headend: String,
+    headend_public_key: PathBuf,
+    meters_dir: Option<PathBuf>,
+    #[serde(default)]
+    meter: Vec<KeyEntry>,
+    #[serde(default = "default_batch_size")]
+    batch_size: usize,
+    #[serde(default = "default_delay")]
+    max_batch_delay_ms: u64,
+}
+
+fn default_group() -> String {
+    "meters".into()
+}
+fn default_batch_size() -> usize {
+    64
+}
+fn default_delay() -> u64 {
+    200
+}
+
+/// `agent.toml` as the DAP reads it (the node fields are read by the
+/// gateway part, when `manager_public_key` is present).
+#[derive(Debug, Deserialize)]
+struct AgentFile {
+    broker: String,
+    topic_prefix: Option<String>,
+    key: PathBuf,
+    manager_public_key: Option<PathBuf>,
+    state_dir: PathBuf,
+    dap: Option<DapSection>,
+}
+
+/// `meter.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MeterFile {
+    broker: String,
+    topic_prefix: Option<String>,
+    key: PathBuf,
+    state_dir: PathBuf,
+    dap: String,
+    headend_public_key: PathBuf,
+}
+
+/// Loads one public key and checks it is `id`'s.
+fn keyed(base: &Path, e: &KeyEntry) -> Result<PublicCredential> {
+    let id = entity(&e.id)?;
+    let credential = load_public_key(&resolve(base, &e.public_key))?;
+    if *credential.id() != id {
+        return Err(CliError::usage(format!(
+            "{id}: the public key file {} is for {}",
+            e.public_key.display(),
+            credential.id()
+        )));
+    }
+    Ok(credential)
+}
+
+/// The meters of `[[meter]]` entries and every `*.pub` of `dir`, without
+/// duplicates, at most [`MAX_ANNOUNCED_METERS`].
+fn meters(base: &Path, dir: Option<&Path>, listed: &[KeyEntry]) -> Result<Vec<PublicCredential>> {
+    let mut out = std::collections::BTreeMap::new();
+    for e in listed {
+        let c = keyed(base, e)?;
+        out.insert(c.id().clone(), c);
+    }
+    if let Some(dir) = dir {
+        let dir = resolve(base, dir);
+        let entries =
+            std::fs::read_dir(&dir).map_err(|e| CliError::io("list directory", &dir, e))?;
+        for entry in entries {
+            let path = entry
+                .map_err(|e| CliError::io("list directory", &dir, e))?
+                .path();
+            if path.extension().is_some_and(|x| x == "pub") {
+                let c = load_public_key(&path)?;
+                out.insert(c.id().clone(), c);
+            }
+            if out.len() > MAX_ANNOUNCED_METERS {
+                return Err(CliError::usage(format!(
+                    "more than {MAX_ANNOUNCED_METERS} meters: split them over several DAPs"
+                )));
+            }
+        }
+    }
+    Ok(out.into_values().collect())
+}
+
+/// Appends every reading to a file (and logs it).
+#[derive(Debug)]
+struct ReadingsFile {
+    path: PathBuf,
+}
+
+impl ReadingHandler for ReadingsFile {
+    fn reading(&self, r: &Reading) {
+        LogReadings.reading(r);
+        // Escaped: a reading's bytes cannot add lines or control characters.
+        let line = format!(
+            "meter={} seq={} dap={} reading={}\n",
+            r.meter,
+            r.seq.get(),
+            r.dap,
+            String::from_utf8_lossy(&r.value).escape_debug()
+        );
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        if let Err(e) = written {
+            warn!(path = %self.path.display(), error = %e, "readings file not written");
+        }
+    }
+}
+
+/// Runs `sealcast headend serve`.
+pub fn headend(args: &HeadendServeArgs) -> Result<()> {
+    init_logs();
+    let (config, base): (HeadendFile, _) = read_config(&args.config)?;
+    let state_dir = resolve(&base, &config.state_dir);
+    create_dir(&state_dir)?;
+    let credential = load_private_key(&resolve(&base, &config.key))?;
+    if config.dap.is_empty() {
+        return Err(CliError::usage(format!(
+            "{}: no [[dap]] entries: the headend accepts batches only from DAPs it knows",
+            args.config.display()
+        )));
+    }
+    let daps = config
+        .dap
+        .iter()
+        .map(|d| keyed(&base, d))
+        .collect::<Result<Vec<_>>>()?;
+    let meters = meters(&base, config.meters_dir.as_deref(), &config.meter)?;
+    let n_meters = meters.len();
+    let core = HeadendCore::new(credential, daps, meters, config.verify_meter_signatures)
+        .map_err(|e| failed("cannot set up the headend", e))?;
+    let handler: Arc<dyn ReadingHandler> = match &args.readings {
+        Some(path) => Arc::new(ReadingsFile { path: path.clone() }),
+        None => Arc::new(LogReadings),
+    };
+    let topics = topics(config.topic_prefix.as_deref())?;
+    let broker = config.broker.clone();
+    runtime()?.block_on(async move {
+        let (events, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let handle = headend::spawn(HeadendConfig {
+            core,
+            broker_url: broker.clone(),
+            topics,
+            handler,
+            state_file: Some(DeviceStateFile::new(state_dir.join("headend.cbor"))),
+            events,
+            persistent_session: true,
+        })
+        .await
+        .map_err(|e| failed("the headend could not start", e))?;
+        info!(headend = %handle.id(), broker, meters = n_meters, "headend service running");
+        let failure = async {
+            while let Some(e) = rx.recv().await {
+                if let HeadendEvent::Failed(why) = e {
+                    return why;
+                }
+            }
+            "the headend task ended".to_owned()
+        };
+        tokio::select! {
+            r = wait_for_ctrl_c() => r?,
+            why = failure => return Err(failed("the headend stopped", why)),
+        }
+        handle.stop().await;
+        let s = handle.stats();
+        info!(
+            announcements = s.announcements,
+            batches = s.batches,
+            batches_refused = s.batches_refused,
+            readings = s.readings,
+            replayed = s.replayed,
+            not_announced = s.not_announced,
+            undecryptable = s.undecryptable,
+            "headend stopped"
+        );
+        Ok(())
+    })
+}
+
+/// Whether `agent.toml` has a `[dap]` section (then [`agent_with_dap`] runs it).
+pub fn has_dap_section(path: &Path) -> Result<bool> {
+    let (config, _): (AgentFile, _) = read_config(path)?;
+    Ok(config.dap.is_some())
+}
+
+/// Runs `sealcast agent serve` for an agent with a `[dap]` section: the
+/// DAP, and the gateway node too when `manager_public_key` is set.
+pub fn agent_with_dap(args: &ServeArgs) -> Result<()> {
+    let (config, base): (AgentFile, _) = read_config(&args.config)?;
+    let Some(section) = config.dap else {
+        return Err(CliError::usage("no [dap] section"));
+    };
+    let state_dir = resolve(&base, &config.state_dir);
+    create_dir(&state_dir)?;
+    if section.batch_size == 0 || section.batch_size > MAX_BATCH_REPORTS {
+        return Err(CliError::usage(format!(
+            "[dap] batch_size must be 1..={MAX_BATCH_REPORTS}"
+        )));
+    }
+    if section.max_batch_delay_ms == 0 || section.max_batch_delay_ms > 60_000 {
+        return Err(CliError::usage(
+            "[dap] max_batch_delay_ms must be 1..=60000",
+        ));
+    }
+    let credential = load_private_key(&resolve(&base, &config.key))?;
+    let headend_id = entity(&section.headend)?;
+    let headend = load_public_key(&resolve(&base, &section.headend_public_key))?;
+    if *headend.id() != headend_id {
+        return Err(CliError::usage(format!(
+            "[dap] headend {headend_id}: the public key file is for {}",
+            headend.id()
+        )));
+    }
+    let load_meters = {
+        let base = base.clone();
+        move |s: &DapSection| meters(&base, s.meters_dir.as_deref(), &s.meter)
+    };
+    let meter_keys = load_meters(&section)?;
+    let core = DapCore::new(credential, headend, section.group.clone(), meter_keys)
+        .map_err(|e| failed("cannot set up the DAP", e))?;
+    let node = match &config.manager_public_key {
+        Some(_) => Some(node_config(
+            &args.config,
+            Arc::new(sealcast_node::device::LogHandler),
+        )?),
+        None => None,
+    };
+    let scheme = topics(config.topic_prefix.as_deref())?;
+    let config_path = args.config.clone();
+    runtime()?.block_on(async move {
+        let (events, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let handle = dap::spawn(DapConfig {
+            core,
+            broker_url: config.broker.clone(),
+            topics: scheme,
+            batch_size: section.batch_size,
+            max_batch_delay: Duration::from_millis(section.max_batch_delay_ms),
+            state_file: Some(DeviceStateFile::new(state_dir.join("dap.cbor"))),
+            events,
+            persistent_session: true,
+        })
+            .await
+            .map_err(|e| failed("the DAP could not start", e))?;
+        let gateway = match node {
+            Some(node) => Some(
+                sealcast_node::device::spawn(node)
+                    .await
+                    .map_err(|e| failed("the agent could not start", e))?,
+            ),
+            None => None,
+        };
+        info!(id = %handle.id(), "agent running as DAP");
+        let mut hangup =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .map_err(|e| failed("cannot listen for SIGHUP", e))?;
+        let mut failure = Box::pin(async {
+            while let Some(e) = rx.recv().await {
+                if let DapEvent::Failed(why) = e {
+                    return why;
+                }
+            }
+            "the DAP task ended".to_owned()
+        });
+        let mut ctrl_c = Box::pin(wait_for_ctrl_c());
+        loop {
+            tokio::select! {
+                r = &mut ctrl_c => { r?; break; }
+                why = &mut failure => return Err(failed("the DAP stopped", why)),
+                _ = hangup.recv() => {
+                    // Re-read the meters; a changed set is announced again.
+                    let reloaded = read_config::<AgentFile>(&config_path)
+                        .and_then(|(c, _)| c.dap.ok_or_else(|| CliError::usage("no [dap] section")))
+                        .and_then(|s| load_meters(&s));
+                    match reloaded {
+                        Ok(m) => {
+                            let n = m.len();
+                            match handle.set_meters(m).await {
+                                Ok(changed) => info!(meters = n, changed, "SIGHUP: meters reloaded"),
+                                Err(e) => warn!(error = %e, "SIGHUP: meters not reloaded"),
+                            }
+                        }
+                        Err(e) => warn!(error = %e, "SIGHUP: config not reloaded"),
+                    }
+                }
+            }
+        }
+        handle.stop().await;
+        if let Some(g) = gateway {
+            g.stop().await;
+        }
+        let s = handle.stats();
+        info!(
+            received = s.received,
+            forwarded = s.forwarded,
+            forged = s.forged,
+            unknown = s.unknown,
+            replayed = s.replayed,
+            batches = s.batches,
+            "agent stopped"
+        );
+        Ok(())
+    })
+}
+
+/// Runs `sealcast device report`.
+pub fn device_report(args: &ReportArgs) -> Result<()> {
+    init_logs();
+    if args.count == 0 || args.count > MAX_COUNT {
+        return Err(CliError::usage(format!("--count must be 1..={MAX_COUNT}")));
+    }
+    let (config, base): (MeterFile, _) = read_config(&args.config)?;
+    let state_dir = resolve(&base, &config.state_dir);
+    create_dir(&state_dir)?;
+    let meter = MeterConfig {
+        credential: load_private_key(&resolve(&base, &config.key))?,
+        headend: load_public_key(&resolve(&base, &config.headend_public_key))?,
+        dap: entity(&config.dap)?,
+        broker_url: config.broker.clone(),
+        topics: topics(config.topic_prefix.as_deref())?,
+        state_file: DeviceStateFile::new(state_dir.join("meter.cbor")),
+    };
+    let readings: Vec<Vec<u8>> = (0..args.count)
+        .map(|n| args.reading.replace("{n}", &n.to_string()).into_bytes())
+        .collect();
+    let sent = runtime()?
+        .block_on(report_once(meter, &readings))
+        .map_err(|e| failed("the report was not sent", e))?;
+    for (seq, len) in sent {
+        say(&format!(
+            "sent report to {} seq={seq} ({len} bytes)",
+            config.dap
+        ));
+    }
+    Ok(())
+}

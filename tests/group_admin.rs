@@ -1,0 +1,581 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! `sealcast group …` against a running `sealcast manager serve`, as
+//! separate processes through a broker (the one at `SEALCAST_MQTT_URL` when
+//! set, else an embedded one): enrol a gateway and a door, create a group,
+//! add both, run the door (`sealcast device run`) and see it install the
+//! key; `group show` reports it on the current epoch; `group rekey` moves
+//! the epoch and the door follows; `group evict` removes it. Then the
+//! errors: an unknown group, a manager that is not running.
+
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use sealcast_mqtt::EmbeddedBroker;
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_sealcast")
+}
+
+/// Kills every child on drop (also on panic).
+struct Procs {
+    dir: PathBuf,
+    children: Vec<(String, Child)>,
+}
+
+impl Procs {
+    fn start(&mut self, name: &str, args: &[&str]) {
+        let log = fs::File::create(self.dir.join(format!("{name}.log"))).unwrap();
+        let child = Command::new(bin())
+            .args(args)
+            .current_dir(&self.dir)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.children.push((name.to_owned(), child));
+    }
+
+    fn log(&self, name: &str) -> String {
+        fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    fn logs(&self) -> String {
+        let mut logs = String::new();
+        for (name, _) in &self.children {
+            logs.push_str(&format!("--- {name}\n{}\n", self.log(name)));
+        }
+        logs
+    }
+
+    /// Ctrl-C to one child, and its exit status within 20 s.
+    fn interrupt(&mut self, name: &str) -> std::process::ExitStatus {
+        let i = self.children.iter().position(|(n, _)| n == name).unwrap();
+        let pid = self.children[i].1.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-INT", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.children[i].1.try_wait().unwrap() {
+                self.children.remove(i);
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} did not stop on Ctrl-C\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn wait_until(what: &str, procs: &Procs, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}\n{}",
+            procs.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn run(dir: &Path, args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+fn sealcast(dir: &Path, args: &[&str]) -> String {
+    let out = run(dir, args);
+    assert!(
+        out.status.success(),
+        "sealcast {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs a command that must fail; returns its one-line error.
+fn sealcast_fails(dir: &Path, args: &[&str]) -> String {
+    let out = run(dir, args);
+    assert!(!out.status.success(), "sealcast {args:?} succeeded");
+    assert_eq!(out.status.code(), Some(1), "{args:?}");
+    String::from_utf8(out.stderr).unwrap()
+}
+
+fn show(dir: &Path, group: &str) -> Value {
+    let out = sealcast(
+        dir,
+        &[
+            "group",
+            "show",
+            "--config",
+            "manager.toml",
+            "--group",
+            group,
+            "--json",
+        ],
+    );
+    serde_json::from_str(&out).unwrap()
+}
+
+fn member<'a>(shown: &'a Value, id: &str) -> Option<&'a Value> {
+    shown["member_list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_admin_against_a_running_manager() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let (_broker, url) = match std::env::var("SEALCAST_MQTT_URL") {
+        Ok(url) if !url.is_empty() => (None, url),
+        _ => {
+            let b = tokio::task::spawn_blocking(EmbeddedBroker::start)
+                .await
+                .unwrap()
+                .unwrap();
+            let url = b.url();
+            (Some(b), url)
+        }
+    };
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let run_id = format!("g{}-{nanos}", std::process::id());
+    let name = |n: &str| format!("{run_id}-{n}");
+    let (manager, gateway, door) = (name("manager"), name("gw"), name("door"));
+    for id in [&manager, &gateway, &door] {
+        sealcast(&dir, &["keygen", "--id", id]);
+    }
+    fs::write(
+        dir.join("manager.toml"),
+        format!(
+            "broker = \"{url}\"\ntopic_prefix = \"{run_id}\"\nkey = \"{manager}.key\"\n\
+             state_dir = \"manager-state\"\nkek = \"manager.kek\"\n"
+        ),
+    )
+    .unwrap();
+    fs::write(
+        dir.join("door.toml"),
+        format!(
+            "broker = \"{url}\"\ntopic_prefix = \"{run_id}\"\nkey = \"{door}.key\"\n\
+             manager_public_key = \"{manager}.pub\"\nstate_dir = \"door-state\"\n"
+        ),
+    )
+    .unwrap();
+
+    // Not running yet: the error says how to start it.
+    let err = sealcast_fails(&dir, &["group", "list", "--config", "manager.toml"]);
+    assert!(err.contains("no manager answers on"), "{err}");
+    assert!(
+        err.contains("sealcast manager serve --config manager.toml"),
+        "{err}"
+    );
+
+    let mut procs = Procs {
+        dir: dir.clone(),
+        children: Vec::new(),
+    };
+    procs.start("manager", &["manager", "serve", "--config", "manager.toml"]);
+    wait_until("the control socket", &procs, || {
+        procs.log("manager").contains("control socket listening")
+    });
+    let socket = dir.join("manager-state").join("manager.sock");
+    let meta = fs::symlink_metadata(&socket).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.mode() & 0o777, 0o600, "owner-only socket");
+    assert_eq!(
+        fs::metadata(dir.join("manager-state")).unwrap().mode() & 0o777,
+        0o700
+    );
+    // A second manager on the same state directory refuses to start and
+    // leaves the socket of the first alone.
+    let second = run(&dir, &["manager", "serve", "--config", "manager.toml"]);
+    assert!(!second.status.success());
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("another manager answers"),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert!(socket.exists());
+
+    // --- enrol, create, add ----------------------------------------------------
+    let gw_pub = format!("{gateway}.pub");
+    let door_pub = format!("{door}.pub");
+    let out = sealcast(
+        &dir,
+        &[
+            "group",
+            "enrol",
+            "--config",
+            "manager.toml",
+            "--public-key",
+            &gw_pub,
+            "--kind",
+            "agent",
+        ],
+    );
+    assert!(
+        out.contains("enrolled 1 entities (0 were enrolled already)"),
+        "{out}"
+    );
+    let out = sealcast(
+        &dir,
+        &[
+            "group",
+            "enrol",
+            "--config",
+            "manager.toml",
+            "--public-key",
+            &door_pub,
+            "--kind",
+            "device",
+            "--agent",
+            &gateway,
+        ],
+    );
+    assert!(out.contains("enrolled 1 entities"), "{out}");
+    // Again: unchanged, not an error.
+    let out = sealcast(
+        &dir,
+        &[
+            "group",
+            "enrol",
+            "--config",
+            "manager.toml",
+            "--public-key",
+            &door_pub,
+            "--kind",
+            "device",
+            "--agent",
+            &gateway,
+        ],
+    );
+    assert!(
+        out.contains("enrolled 0 entities (1 were enrolled already)"),
+        "{out}"
+    );
+    // The same id as another kind is refused.
+    let err = sealcast_fails(
+        &dir,
+        &[
+            "group",
+            "enrol",
+            "--config",
+            "manager.toml",
+            "--public-key",
+            &door_pub,
+            "--kind",
+            "agent",
+        ],
+    );
+    assert!(err.contains("enrolled already"), "{err}");
+
+    let out = sealcast(
+        &dir,
+        &[
+            "group",
+            "create",
+            "--config",
+            "manager.toml",
+            "--group",
+            "fire-doors",
+            "--scheme",
+            "tree",
+        ],
+    );
+    assert!(
+        out.contains("created group fire-doors (tree, A128GCM) at epoch 0"),
+        "{out}"
+    );
+    let err = sealcast_fails(
+        &dir,
+        &[
+            "group",
+            "create",
+            "--config",
+            "manager.toml",
+            "--group",
+            "fire-doors",
+        ],
+    );
+    assert!(err.contains("exists already"), "{err}");
+    let err = sealcast_fails(
+        &dir,
+        &[
+            "group",
+            "add",
+            "--config",
+            "manager.toml",
+            "--group",
+            "fire-doors",
+            "--member",
+            "nobody:receiver",
+        ],
+    );
+    assert!(err.contains("enrol it first"), "{err}");
+
+    let door_member = format!("{door}:receiver");
+    let gw_member = format!("{gateway}:sender");
+    let out = sealcast(
+        &dir,
+        &[
+            "group",
+            "add",
+            "--config",
+            "manager.toml",
+            "--group",
+            "fire-doors",
+            "--member",
+            &door_member,
+            "--member",
+            &gw_member,
+        ],
+    );
+    assert!(
+        out.contains("added 2 member(s) to fire-doors: now at epoch 1"),
+        "{out}"
+    );
+
+    let list = sealcast(&dir, &["group", "list", "--config", "manager.toml"]);
+    let row = list.lines().find(|l| l.starts_with("fire-doors")).unwrap();
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cells[1..4], ["1", "tree", "2"], "{list}");
+
+    // --- the door installs the key -------------------------------------------
+    procs.start("door", &["device", "run", "--config", "door.toml"]);
+    let installed = |p: &Procs| p.log("door").matches("key material installed").count();
+    wait_until("the door installs epoch 1", &procs, || {
+        installed(&procs) >= 1
+    });
+    wait_until("the manager sees the door's ack", &procs, || {
+        member(&show(&dir, "fire-doors"), &door).unwrap()["current"] == true
+    });
+    let shown = show(&dir, "fire-doors");
+    assert_eq!(shown["epoch"], 1);
+    assert_eq!(shown["scheme"], "tree");
+    assert_eq!(shown["members"], 2);
+    let d = member(&shown, &door).unwrap();
+    assert_eq!(
+        (d["role"].as_str(), d["held"].as_u64()),
+        (Some("receiver"), Some(1))
+    );
+    let g = member(&shown, &gateway).unwrap();
+    assert_eq!(g["role"], "sender");
+    assert_eq!(g["current"], false, "the gateway is not running");
+    assert!(g["sender_id"].is_string());
+    // The readable table says the same.
+    let table = sealcast(
+        &dir,
+        &[
+            "group",
+            "show",
+            "--config",
+            "manager.toml",
+            "--group",
+            "fire-doors",
+        ],
+    );
+    assert!(table.contains("epoch    1"), "{table}");
+    let door_row = table
+        .lines()
+        .find(|l| l.starts_with(door.as_str()))
+        .unwrap();
+    assert!(door_row.ends_with("yes"), "{table}");
+    assert!(door_row.contains("receiver"), "{table}");
+
+    // --- rekey: the epoch moves, the door follows ---------------------------
+    let out = sealcast(
+        &dir,
+        &[
+            "group",
+            "rekey",
+            "--config",
+            "manager.toml",
+            "--group",
+            "fire-doors",
+        ],
+    );
+    assert!(out.contains("rekeyed fire-doors: now at epoch 2"), "{out}");
+    wait_until("the door installs epoch 2", &procs, || {
+        installed(&procs) >= 2
+    });
+    wait_until("the door holds epoch 2", &procs, || {
+        let s = show(&dir, "fire-doors");
+        s["epoch"] == 2 && member(&s, &door).unwrap()["held"] == 2
+    });
+    assert!(
+        procs.log("door").contains("epoch=2"),
+        "{}",
+        procs.log("door")
+    );
+
+    // --- evict ------------------------------------------------------------------
+    let out = sealcast(
+        &dir,
+        &[
+            "group",
+            "evict",
+            "--config",
+            "manager.toml",
+            "--group",
+            "fire-doors",
+            "--member",
+            &door,
+        ],
+    );
+    assert!(out.contains("now at epoch 3"), "{out}");
+    let shown = show(&dir, "fire-doors");
+    assert_eq!(shown["epoch"], 3);
+    assert_eq!(shown["members"], 1);
+    assert!(member(&shown, &door).is_none());
+    let err = sealcast_fails(
+        &dir,
+        &[
+            "group",
+            "evict",
+            "--config",
+            "manager.toml",
+            "--group",
+            "fire-doors",
+            "--member",
+            &door,
+        ],
+    );
+    assert!(err.contains("not a member"), "{err}");
+
+    // --- unknown group -------------------------------------------------------
+    for args in [
+        &[
+            "group",
+            "show",
+            "--config",
+            "manager.toml",
+            "--group",
+            "nope",
+        ][..],
+        &[
+            "group",
+            "rekey",
+            "--config",
+            "manager.toml",
+            "--group",
+            "nope",
+        ],
+        &[
+            "group",
+            "evict",
+            "--config",
+            "manager.toml",
+            "--group",
+            "nope",
+            "--member",
+            &door,
+        ],
+    ] {
+        let err = sealcast_fails(&dir, args);
+        assert!(err.contains("no group \"nope\""), "{args:?}: {err}");
+        assert!(err.contains("sealcast group list"), "{err}");
+    }
+
+    // The audit log recorded the rekey before it was published.
+    let audit = fs::read_to_string(dir.join("manager-state").join("audit.jsonl")).unwrap();
+    assert!(audit.contains("no membership change"), "{audit}");
+    assert_eq!(audit.matches("\"enrol\"").count(), 2, "{audit}");
+
+    // --- a clean stop removes the socket; then "not running" ----------------
+    let status = procs.interrupt("manager");
+    assert!(status.success(), "manager exit status {status:?}");
+    assert!(!socket.exists(), "socket removed at shutdown");
+    let err = sealcast_fails(&dir, &["group", "list", "--config", "manager.toml"]);
+    assert!(err.contains("no manager answers on"), "{err}");
+    drop(procs);
+
+    // The offline form still works, and needs exactly one of --config / --out.
+    let gk = sealcast(
+        &dir,
+        &[
+            "group",
+            "create",
+            "--group",
+            "offline",
+            "--epoch",
+            "1",
+            "--signer",
+            &format!("{gateway}={gateway}.pub:01"),
+            "--out",
+            "offline.gk",
+        ],
+    );
+    assert!(gk.contains("wrote offline.gk"), "{gk}");
+    let both = run(
+        &dir,
+        &[
+            "group",
+            "create",
+            "--config",
+            "manager.toml",
+            "--out",
+            "x.gk",
+            "--group",
+            "g",
+        ],
+    );
+    assert_eq!(both.status.code(), Some(2));
+    let neither = run(&dir, &["group", "create", "--group", "g"]);
+    assert_eq!(neither.status.code(), Some(2));
+}
+
+/// A socket file nobody answers on (a manager killed with SIGKILL) reads as
+/// "not running", with the socket's path and how to start the manager.
+#[test]
+fn a_stale_socket_reads_as_not_running() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let state = dir.join("state");
+    fs::DirBuilder::new().mode(0o700).create(&state).unwrap();
+    // Leave a socket nobody listens on.
+    let stale = state.join("manager.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    assert!(stale.exists());
+    sealcast(dir, &["keygen", "--id", "m"]);
+    fs::write(
+        dir.join("manager.toml"),
+        "broker = \"mqtt://127.0.0.1:1\"\nkey = \"m.key\"\nstate_dir = \"state\"\nkek = \"m.kek\"\n",
+    )
+    .unwrap();
+    let err = sealcast_fails(dir, &["group", "list", "--config", "manager.toml"]);
+    assert!(err.contains("no manager answers on"), "{err}");
+    assert!(err.contains("state/manager.sock"), "{err}");
+}
