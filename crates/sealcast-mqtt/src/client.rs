@@ -365,6 +365,22 @@ impl MqttClient {
         .await
     }
 
+    /// Waits until fewer than `limit` of this client's publishes await the
+    /// broker's acknowledgement (or `timeout` passes: an error).
+    ///
+    /// A runtime that publishes bursts uses it to stay inside the inflight
+    /// window: rumqttc takes no request, not even the PUBACK of a message
+    /// we received, while the window is full, and a broker that withholds
+    /// its PUBACKs until we acknowledged what it sent us (rumqttd does) would
+    /// then wait for us forever.
+    pub async fn wait_outstanding_below(&self, limit: u64, timeout: Duration) -> Result<()> {
+        let published = self.shared.published.load(Ordering::SeqCst);
+        self.wait_for(timeout, "the broker's acknowledgements", |s| {
+            published.saturating_sub(s.publishes_acked) < limit
+        })
+        .await
+    }
+
     async fn wait_for(
         &self,
         timeout: Duration,

@@ -11,7 +11,7 @@
 //! command, a replay, a command re-wrapped into another group, and an
 //! evicted door trying to follow a command sent after its eviction.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -117,18 +117,25 @@ struct Events {
 }
 
 impl Events {
-    /// Collects events until `done(seen)` holds or `timeout` passes.
+    /// Collects events until `target` of all seen match `wanted`, or
+    /// `timeout` passes. Each event is looked at once (the supervisor must
+    /// not slow down as the fleet grows: it times the pipeline).
     async fn until(
         &mut self,
         timeout: Duration,
-        done: impl Fn(&[Event]) -> bool,
+        wanted: impl Fn(&Event) -> bool,
+        target: usize,
         log: &mut dyn FnMut(&str),
     ) {
         let deadline = tokio::time::Instant::now() + timeout;
-        while !done(&self.seen) {
+        let mut matched = self.count(&wanted);
+        while matched < target {
             match tokio::time::timeout_at(deadline, self.rx.recv()).await {
                 Ok(Some(e)) => {
                     log(&self.describe(&e));
+                    if wanted(&e) {
+                        matched += 1;
+                    }
                     self.seen.push(e);
                 }
                 _ => break,
@@ -329,11 +336,30 @@ pub async fn fire_safety(
     })
     .await?;
     nodes.insert(gateway.clone(), gw.clone());
-    for d in &devices {
-        let cred = EntityCredential::generate(d.clone(), &mut rng);
-        manager
-            .enrol(cred.public(), EntityKind::Device, Some(gateway.clone()))
-            .await?;
+    // One batch enrolment (one store transaction, one audit flush), then
+    // the devices connect; large fleets report their progress.
+    let creds: Vec<EntityCredential> = devices
+        .iter()
+        .map(|d| EntityCredential::generate(d.clone(), &mut rng))
+        .collect();
+    manager
+        .enrol_many(
+            creds
+                .iter()
+                .map(|c| (c.public(), EntityKind::Device, Some(gateway.clone())))
+                .collect(),
+        )
+        .await?;
+    let tenth = (devices.len() / 10).max(1);
+    for (i, cred) in creds.into_iter().enumerate() {
+        let d = cred.id().clone();
+        if devices.len() >= 100 && (i + 1) % tenth == 0 {
+            log(&format!(
+                "  … {} of {} devices connected",
+                i + 1,
+                devices.len()
+            ));
+        }
         let handle = device::spawn(NodeConfig {
             credential: cred,
             manager: manager_pub.clone(),
@@ -346,7 +372,7 @@ pub async fn fire_safety(
             state_file: None,
         })
         .await?;
-        nodes.insert(d.clone(), handle);
+        nodes.insert(d, handle);
     }
     step(
         &mut report,
@@ -418,22 +444,19 @@ pub async fn fire_safety(
         .await?;
     let (nd, ne) = (doors.len(), exts.len());
     let (dg, eg) = (doors_g.clone(), ext_g.clone());
-    let (dl, el) = (doors.clone(), exts.clone());
-    let by = |list: &[EntityId], e: &Event| list.contains(&e.who);
+    let (dl, el): (BTreeSet<EntityId>, BTreeSet<EntityId>) = (
+        doors.iter().cloned().collect(),
+        exts.iter().cloned().collect(),
+    );
+    let by = |list: &BTreeSet<EntityId>, e: &Event| list.contains(&e.who);
     events
         .until(
             wait,
-            |seen| {
-                seen.iter()
-                    .filter(|e| by(&dl, e) && executed(e, &dg, b"unlock"))
-                    .count()
-                    >= nd
-                    && seen
-                        .iter()
-                        .filter(|e| by(&el, e) && executed(e, &eg, b"extinguish"))
-                        .count()
-                        >= ne
+            |e| {
+                (by(&dl, e) && executed(e, &dg, b"unlock"))
+                    || (by(&el, e) && executed(e, &eg, b"extinguish"))
             },
+            nd + ne,
             log,
         )
         .await;
@@ -451,12 +474,12 @@ pub async fn fire_safety(
     report.checks.push(Check {
         what: "doors that executed \"unlock\"".into(),
         expected: nd,
-        observed: events.count(|e| doors.contains(&e.who) && executed(e, &doors_g, b"unlock")),
+        observed: events.count(|e| dl.contains(&e.who) && executed(e, &doors_g, b"unlock")),
     });
     report.checks.push(Check {
         what: "extinguishers that executed \"extinguish\"".into(),
         expected: ne,
-        observed: events.count(|e| exts.contains(&e.who) && executed(e, &ext_g, b"extinguish")),
+        observed: events.count(|e| el.contains(&e.who) && executed(e, &ext_g, b"extinguish")),
     });
     // Everyone subscribed hears the door topic; the door-group members are
     // the doors, mallory (an insider) and the gateway (the sender).
@@ -534,12 +557,8 @@ pub async fn fire_safety(
     events
         .until(
             wait,
-            |s| {
-                s.iter()
-                    .filter(|e| by(&dl, e) && rejected_with(e, &dg, bad_sig))
-                    .count()
-                    >= nd
-            },
+            |e| by(&dl, e) && rejected_with(e, &dg, bad_sig),
+            nd,
             log,
         )
         .await;
@@ -547,7 +566,7 @@ pub async fn fire_safety(
     report.checks.push(Check {
         what: "attack 1, forged command: doors that refused it".into(),
         expected: nd_honest,
-        observed: events.count(|e| doors.contains(&e.who) && rejected_with(e, &doors_g, bad_sig)),
+        observed: events.count(|e| dl.contains(&e.who) && rejected_with(e, &doors_g, bad_sig)),
     });
 
     // 2. Replay: the genuine "unlock" captured off the broker and published again.
@@ -575,12 +594,8 @@ pub async fn fire_safety(
     events
         .until(
             wait,
-            |s| {
-                s.iter()
-                    .filter(|e| by(&dl, e) && executed(e, &dg, b"unlock"))
-                    .count()
-                    >= 2 * nd
-            },
+            |e| by(&dl, e) && executed(e, &dg, b"unlock"),
+            2 * nd,
             log,
         )
         .await;
@@ -590,12 +605,8 @@ pub async fn fire_safety(
     events
         .until(
             wait,
-            |s| {
-                s.iter()
-                    .filter(|e| by(&dl, e) && rejected_with(e, &dg, "replay"))
-                    .count()
-                    >= nd
-            },
+            |e| by(&dl, e) && rejected_with(e, &dg, "replay"),
+            nd,
             log,
         )
         .await;
@@ -603,7 +614,7 @@ pub async fn fire_safety(
     report.checks.push(Check {
         what: "attack 2, replayed \"unlock\": doors that refused it".into(),
         expected: nd_honest,
-        observed: events.count(|e| doors.contains(&e.who) && rejected_with(e, &doors_g, "replay")),
+        observed: events.count(|e| dl.contains(&e.who) && rejected_with(e, &doors_g, "replay")),
     });
 
     // 3. Re-wrap: mallory, a member of both groups, decrypts the genuine
@@ -626,12 +637,8 @@ pub async fn fire_safety(
     events
         .until(
             wait,
-            |s| {
-                s.iter()
-                    .filter(|e| by(&el, e) && rejected_with(e, &eg, bad_sig))
-                    .count()
-                    >= ne
-            },
+            |e| by(&el, e) && rejected_with(e, &eg, bad_sig),
+            ne,
             log,
         )
         .await;
@@ -640,7 +647,7 @@ pub async fn fire_safety(
         what: "attack 3, \"unlock\" re-wrapped for extinguishers: extinguishers that refused it"
             .into(),
         expected: exts.len(),
-        observed: events.count(|e| exts.contains(&e.who) && rejected_with(e, &ext_g, bad_sig)),
+        observed: events.count(|e| el.contains(&e.who) && rejected_with(e, &ext_g, bad_sig)),
     });
     report.checks.push(Check {
         what: "extinguishers that executed \"unlock\" (must be none)".into(),
@@ -663,12 +670,8 @@ pub async fn fire_safety(
     events
         .until(
             wait,
-            |s| {
-                s.iter()
-                    .filter(|e| by(&dl, e) && executed(e, &dg, b"lock"))
-                    .count()
-                    >= nd - 1
-            },
+            |e| by(&dl, e) && executed(e, &dg, b"lock"),
+            nd - 1,
             log,
         )
         .await;
@@ -677,7 +680,7 @@ pub async fn fire_safety(
         what: "attack 4, evicted door: doors that executed \"lock\" (all but the evicted one)"
             .into(),
         expected: nd - 1,
-        observed: events.count(|e| doors.contains(&e.who) && executed(e, &doors_g, b"lock")),
+        observed: events.count(|e| dl.contains(&e.who) && executed(e, &doors_g, b"lock")),
     });
     report.checks.push(Check {
         what: "attack 4, evicted door: times it executed \"lock\" (must be none)".into(),

@@ -440,8 +440,100 @@ pub struct Link {
 }
 
 enum LinkInner {
-    Mqtt(MqttClient),
+    Mqtt(MqttPublisher),
     Coap(Box<CoapLink>),
+}
+
+/// Publishes over MQTT from a task of its own, a bounded number at a time.
+///
+/// The runtime that owns the link hands messages over without waiting, so
+/// it keeps reading and acknowledging its inbox while a burst (a manager's
+/// thousand key deliveries) goes out; the task keeps fewer than
+/// [`MQTT_PACE`] publishes unacknowledged, so rumqttc's inflight window
+/// never fills and our acknowledgements of received messages never queue
+/// behind publishes the broker will not acknowledge until it has them.
+/// Without this, the embedded broker stalled key distribution at about 150
+/// devices.
+struct MqttPublisher {
+    client: MqttClient,
+    queue: Mutex<Option<mpsc::UnboundedSender<(String, Bytes)>>>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Unacknowledged publishes a link allows itself: half the client's window.
+const MQTT_PACE: u64 = sealcast_mqtt::DEFAULT_INFLIGHT as u64 / 2;
+
+/// How long the publisher waits for the broker's acknowledgements before
+/// it publishes anyway (and logs it).
+const MQTT_PACE_WAIT: Duration = Duration::from_secs(2);
+
+impl MqttPublisher {
+    fn start(client: MqttClient) -> Self {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(String, Bytes)>();
+        let c = client.clone();
+        let task = tokio::spawn(async move {
+            while let Some((topic, bytes)) = rx.recv().await {
+                if let Err(e) = c.wait_outstanding_below(MQTT_PACE, MQTT_PACE_WAIT).await {
+                    debug!(error = %e, "publishing without the broker's acknowledgements");
+                }
+                if let Err(e) = c.publish(topic, bytes).await {
+                    warn!(error = %e, "publish failed");
+                }
+            }
+        });
+        Self {
+            client,
+            queue: Mutex::new(Some(tx)),
+            task: Mutex::new(Some(task)),
+        }
+    }
+
+    /// Queues a publish; it fails only once the link is closed.
+    fn publish(&self, topic: String, bytes: Bytes) -> Result<()> {
+        let queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        match queue.as_ref() {
+            Some(tx) if tx.send((topic, bytes)).is_ok() => Ok(()),
+            _ => Err(Error::Runtime("the MQTT link is closed".into())),
+        }
+    }
+
+    /// Sends what is queued (within `timeout`), then disconnects.
+    async fn close(&self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        drop(
+            self.queue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+        let task = self
+            .task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(task) = task {
+            let _ = tokio::time::timeout_at(deadline, task).await;
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let _ = self.client.flush(left).await;
+        let _ = self
+            .client
+            .disconnect(Duration::from_secs(2).min(timeout))
+            .await;
+    }
+}
+
+impl Drop for MqttPublisher {
+    fn drop(&mut self) {
+        if let Some(task) = self
+            .task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            task.abort();
+        }
+    }
 }
 
 impl core::fmt::Debug for Link {
@@ -475,7 +567,7 @@ impl Link {
                     Link {
                         id: id.clone(),
                         topics,
-                        inner: LinkInner::Mqtt(client),
+                        inner: LinkInner::Mqtt(MqttPublisher::start(client)),
                     },
                     Inbox(InboxInner::Mqtt(sub)),
                 ))
@@ -526,7 +618,7 @@ impl Link {
     ) -> Result<()> {
         let target = self.topics.group(group, channel);
         match &self.inner {
-            LinkInner::Mqtt(client) => Ok(client.publish(target, Bytes::from(bytes)).await?),
+            LinkInner::Mqtt(m) => m.publish(target, Bytes::from(bytes)),
             LinkInner::Coap(c) => {
                 c.multicast
                     .send(&target, content_format(&bytes), &bytes)
@@ -541,7 +633,7 @@ impl Link {
     /// queues a confirmable POST to `to`'s endpoint. Returns once queued.
     pub async fn send_to(&self, to: &EntityId, target: String, bytes: Vec<u8>) -> Result<()> {
         match &self.inner {
-            LinkInner::Mqtt(client) => Ok(client.publish(target, Bytes::from(bytes)).await?),
+            LinkInner::Mqtt(m) => m.publish(target, Bytes::from(bytes)),
             LinkInner::Coap(c) => c.send(to, target, bytes),
         }
     }
@@ -560,9 +652,7 @@ impl Link {
     /// the endpoint stops serving and the group is left).
     pub async fn close(&self, timeout: Duration) {
         match &self.inner {
-            LinkInner::Mqtt(client) => {
-                let _ = client.disconnect(timeout).await;
-            }
+            LinkInner::Mqtt(m) => m.close(timeout).await,
             LinkInner::Coap(c) => c.stop(),
         }
     }

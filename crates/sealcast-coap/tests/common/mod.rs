@@ -22,13 +22,22 @@ pub fn fast_server_settings() -> ServerSettings {
     }
 }
 
-/// A UDP port that was free a moment ago on 127.0.0.1.
+/// A port that was free a moment ago on 127.0.0.1 for UDP **and** TCP:
+/// aiocoap's server context also opens CoAP-over-TCP on the port it is
+/// given, and a port free for UDP alone may be some TCP connection's
+/// ephemeral port (it happened in CI while other tests held many).
 pub fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    for _ in 0..100 {
+        let port = UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free for both UDP and TCP on 127.0.0.1 after 100 tries");
 }
 
 pub fn loopback_any_port() -> SocketAddr {
