@@ -3,7 +3,9 @@
 //! through a broker (the Mosquitto at `SEALCAST_MQTT_URL` when set, else an
 //! embedded one): the fire-safety flow, then a door killed with SIGKILL and
 //! restarted — it executes the next command, accepts no replay, and the
-//! sensor's one-shot sends never reuse a sequence number.
+//! sensor's one-shot sends never reuse a sequence number; and the gateway
+//! and a door killed with SIGKILL in the middle of a stream of alerts — no
+//! command's sequence number appears twice, no replay is executed.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -127,154 +129,220 @@ fn send_alert(dir: &Path, sensor: &str, text: &str) -> u64 {
     seq.parse().unwrap()
 }
 
+/// A running deployment: manager, gateway, two sensors and two doors as
+/// `sealcast` processes, every key installed, sensor-1's runtime stopped
+/// (Ctrl-C) so that one-shot sends use its state file, and a raw MQTT client
+/// capturing the door group's commands.
+struct Deployment {
+    _tmp: tempfile::TempDir,
+    _broker: Option<EmbeddedBroker>,
+    dir: PathBuf,
+    gateway: String,
+    sensors: [String; 2],
+    doors: [String; 2],
+    procs: Procs,
+    spy: MqttClient,
+    captured: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+    command_topic: String,
+}
+
+impl Deployment {
+    async fn start() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let (_broker, url) = match std::env::var("SEALCAST_MQTT_URL") {
+            Ok(url) if !url.is_empty() => (None, url),
+            _ => {
+                let b = tokio::task::spawn_blocking(EmbeddedBroker::start)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                let url = b.url();
+                (Some(b), url)
+            }
+        };
+        // Unique per run: topics (prefix) and MQTT client ids (entity ids).
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let run = format!("t{}-{nanos}", std::process::id());
+        let name = |n: &str| format!("{run}-{n}");
+        let (manager, gateway) = (name("manager"), name("gateway"));
+        let sensors = [name("sensor-1"), name("sensor-2")];
+        let doors = [name("door-1"), name("door-2")];
+        for id in [&manager, &gateway]
+            .into_iter()
+            .chain(&sensors)
+            .chain(&doors)
+        {
+            sealcast(&dir, &["keygen", "--id", id]);
+        }
+
+        // --- configs -------------------------------------------------------------
+        let mut m = format!(
+            "broker = \"{url}\"\ntopic_prefix = \"{run}\"\nkey = \"{manager}.key\"\n\
+             state_dir = \"manager-state\"\nkek = \"manager.kek\"\n\n\
+             [[enrol]]\nid = \"{gateway}\"\nkind = \"agent\"\npublic_key = \"{gateway}.pub\"\n"
+        );
+        for d in sensors.iter().chain(&doors) {
+            m.push_str(&format!(
+                "\n[[enrol]]\nid = \"{d}\"\nkind = \"device\"\npublic_key = \"{d}.pub\"\nagent = \"{gateway}\"\n"
+            ));
+        }
+        m.push_str(&format!(
+            "\n[[group]]\nid = \"fire-sensors\"\nscheme = \"p2p\"\nmembers = [\n  \
+             {{ id = \"{}\", role = \"sender\" }},\n  {{ id = \"{}\", role = \"sender\" }},\n  \
+             {{ id = \"{gateway}\", role = \"receiver\" }},\n]\n",
+            sensors[0], sensors[1]
+        ));
+        m.push_str(&format!(
+            "\n[[group]]\nid = \"fire-doors\"\nscheme = \"tree\"\nmembers = [\n  \
+             {{ id = \"{gateway}\", role = \"sender\" }},\n  {{ id = \"{}\", role = \"receiver\" }},\n  \
+             {{ id = \"{}\", role = \"receiver\" }},\n]\n",
+            doors[0], doors[1]
+        ));
+        fs::write(dir.join("manager.toml"), m).unwrap();
+        let node = |id: &str| {
+            format!(
+                "broker = \"{url}\"\ntopic_prefix = \"{run}\"\nkey = \"{id}.key\"\n\
+                 manager_public_key = \"{manager}.pub\"\nstate_dir = \"{id}-state\"\n"
+            )
+        };
+        let relays: Vec<String> = sensors
+            .iter()
+            .chain(&doors)
+            .map(|d| format!("\"{d}\""))
+            .collect();
+        fs::write(
+            dir.join("agent.toml"),
+            format!(
+                "{}relays_for = [{}]\n\n[[rule]]\non_alert_from = \"fire-sensors\"\n\
+                 then_command = \"fire-doors\"\npayload = \"unlock\"\n",
+                node(&gateway),
+                relays.join(", ")
+            ),
+        )
+        .unwrap();
+        for d in sensors.iter().chain(&doors) {
+            fs::write(dir.join(format!("{d}.toml")), node(d)).unwrap();
+        }
+
+        // --- a raw MQTT client watching the door group's commands ---------------
+        let topics = TopicScheme::with_prefix(&run).unwrap();
+        let doors_g = GroupId::new(b"fire-doors").unwrap();
+        let command_topic = topics.group(&doors_g, GroupChannel::Command);
+        let (spy, mut inbox) = MqttClient::connect(
+            MqttConfig::from_url(&url, name("spy"))
+                .unwrap()
+                .with_subscription(topics.group_filter(&doors_g)),
+        )
+        .unwrap();
+        spy.wait_subscribed(Duration::from_secs(10)).await.unwrap();
+        let (captured_tx, captured) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+        let watched = command_topic.clone();
+        tokio::spawn(async move {
+            while let Some(m) = inbox.next_message().await {
+                if m.topic == watched {
+                    let _ = captured_tx.send(m.payload.to_vec());
+                }
+                let _ = m.ack.ack().await;
+            }
+        });
+
+        // --- the services ----------------------------------------------------------
+        let mut procs = Procs {
+            dir: dir.clone(),
+            children: Vec::new(),
+        };
+        procs.start("manager", &["manager", "serve", "--config", "manager.toml"]);
+        procs.start("agent", &["agent", "serve", "--config", "agent.toml"]);
+        for d in sensors.iter().chain(&doors) {
+            let cfg = format!("{d}.toml");
+            let exec = format!("{d}.exec");
+            procs.start(d, &["device", "run", "--config", &cfg, "--exec-log", &exec]);
+        }
+        let installed = |p: &Procs, n: &str| p.log(n).matches("key material installed").count();
+        wait_until("every key installed", &procs, || {
+            installed(&procs, "agent") >= 2
+                && sensors
+                    .iter()
+                    .chain(&doors)
+                    .all(|d| installed(&procs, d) >= 1)
+        })
+        .await;
+
+        // The sensor's device runtime stops cleanly on Ctrl-C (its state is on
+        // disk); one-shot sends then use the same state file.
+        let pid = procs.child(&sensors[0]).id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-INT", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let status = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                if let Some(s) = procs.child(&sensors[0]).try_wait().unwrap() {
+                    break s;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("the sensor did not stop on Ctrl-C");
+        assert!(status.success(), "sensor exit status {status:?}");
+        procs.children.retain(|(n, _)| *n != sensors[0]);
+
+        Deployment {
+            _tmp: tmp,
+            _broker,
+            dir,
+            gateway,
+            sensors,
+            doors,
+            procs,
+            spy,
+            captured,
+            command_topic,
+        }
+    }
+
+    /// Restarts `name` (a device) after moving its log aside.
+    async fn restart_device(&mut self, name: &str, round: usize) {
+        let cfg = format!("{name}.toml");
+        let exec = format!("{name}.exec");
+        fs::rename(
+            self.dir.join(format!("{name}.log")),
+            self.dir.join(format!("{name}.log.{round}")),
+        )
+        .unwrap();
+        self.procs.start(
+            name,
+            &["device", "run", "--config", &cfg, "--exec-log", &exec],
+        );
+        wait_until("the restarted device runs", &self.procs, || {
+            self.procs.log(name).contains("device running")
+        })
+        .await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fire_safety_as_separate_processes_survives_a_sigkilled_door() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().to_path_buf();
-    let (_broker, url) = match std::env::var("SEALCAST_MQTT_URL") {
-        Ok(url) if !url.is_empty() => (None, url),
-        _ => {
-            let b = tokio::task::spawn_blocking(EmbeddedBroker::start)
-                .await
-                .unwrap()
-                .unwrap();
-            let url = b.url();
-            (Some(b), url)
-        }
-    };
-    // Unique per run: topics (prefix) and MQTT client ids (entity ids).
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    let run = format!("t{}-{nanos}", std::process::id());
-    let name = |n: &str| format!("{run}-{n}");
-    let (manager, gateway) = (name("manager"), name("gateway"));
-    let sensors = [name("sensor-1"), name("sensor-2")];
-    let doors = [name("door-1"), name("door-2")];
-    for id in [&manager, &gateway]
-        .into_iter()
-        .chain(&sensors)
-        .chain(&doors)
-    {
-        sealcast(&dir, &["keygen", "--id", id]);
-    }
-
-    // --- configs -------------------------------------------------------------
-    let mut m = format!(
-        "broker = \"{url}\"\ntopic_prefix = \"{run}\"\nkey = \"{manager}.key\"\n\
-         state_dir = \"manager-state\"\nkek = \"manager.kek\"\n\n\
-         [[enrol]]\nid = \"{gateway}\"\nkind = \"agent\"\npublic_key = \"{gateway}.pub\"\n"
-    );
-    for d in sensors.iter().chain(&doors) {
-        m.push_str(&format!(
-            "\n[[enrol]]\nid = \"{d}\"\nkind = \"device\"\npublic_key = \"{d}.pub\"\nagent = \"{gateway}\"\n"
-        ));
-    }
-    m.push_str(&format!(
-        "\n[[group]]\nid = \"fire-sensors\"\nscheme = \"p2p\"\nmembers = [\n  \
-         {{ id = \"{}\", role = \"sender\" }},\n  {{ id = \"{}\", role = \"sender\" }},\n  \
-         {{ id = \"{gateway}\", role = \"receiver\" }},\n]\n",
-        sensors[0], sensors[1]
-    ));
-    m.push_str(&format!(
-        "\n[[group]]\nid = \"fire-doors\"\nscheme = \"tree\"\nmembers = [\n  \
-         {{ id = \"{gateway}\", role = \"sender\" }},\n  {{ id = \"{}\", role = \"receiver\" }},\n  \
-         {{ id = \"{}\", role = \"receiver\" }},\n]\n",
-        doors[0], doors[1]
-    ));
-    fs::write(dir.join("manager.toml"), m).unwrap();
-    let node = |id: &str| {
-        format!(
-            "broker = \"{url}\"\ntopic_prefix = \"{run}\"\nkey = \"{id}.key\"\n\
-             manager_public_key = \"{manager}.pub\"\nstate_dir = \"{id}-state\"\n"
-        )
-    };
-    let relays: Vec<String> = sensors
-        .iter()
-        .chain(&doors)
-        .map(|d| format!("\"{d}\""))
-        .collect();
-    fs::write(
-        dir.join("agent.toml"),
-        format!(
-            "{}relays_for = [{}]\n\n[[rule]]\non_alert_from = \"fire-sensors\"\n\
-             then_command = \"fire-doors\"\npayload = \"unlock\"\n",
-            node(&gateway),
-            relays.join(", ")
-        ),
-    )
-    .unwrap();
-    for d in sensors.iter().chain(&doors) {
-        fs::write(dir.join(format!("{d}.toml")), node(d)).unwrap();
-    }
-
-    // --- a raw MQTT client watching the door group's commands ---------------
-    let topics = TopicScheme::with_prefix(&run).unwrap();
-    let doors_g = GroupId::new(b"fire-doors").unwrap();
-    let command_topic = topics.group(&doors_g, GroupChannel::Command);
-    let (spy, mut inbox) = MqttClient::connect(
-        MqttConfig::from_url(&url, name("spy"))
-            .unwrap()
-            .with_subscription(topics.group_filter(&doors_g)),
-    )
-    .unwrap();
-    spy.wait_subscribed(Duration::from_secs(10)).await.unwrap();
-    let (captured_tx, mut captured) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
-    let watched = command_topic.clone();
-    tokio::spawn(async move {
-        while let Some(m) = inbox.next_message().await {
-            if m.topic == watched {
-                let _ = captured_tx.send(m.payload.to_vec());
-            }
-            let _ = m.ack.ack().await;
-        }
-    });
-
-    // --- the services ----------------------------------------------------------
-    let mut procs = Procs {
-        dir: dir.clone(),
-        children: Vec::new(),
-    };
-    procs.start("manager", &["manager", "serve", "--config", "manager.toml"]);
-    procs.start("agent", &["agent", "serve", "--config", "agent.toml"]);
-    for d in sensors.iter().chain(&doors) {
-        let cfg = format!("{d}.toml");
-        let exec = format!("{d}.exec");
-        procs.start(d, &["device", "run", "--config", &cfg, "--exec-log", &exec]);
-    }
-    let installed = |p: &Procs, n: &str| p.log(n).matches("key material installed").count();
-    wait_until("every key installed", &procs, || {
-        installed(&procs, "agent") >= 2
-            && sensors
-                .iter()
-                .chain(&doors)
-                .all(|d| installed(&procs, d) >= 1)
-    })
-    .await;
-
-    // The sensor's device runtime stops cleanly on Ctrl-C (its state is on
-    // disk); one-shot sends then use the same state file.
-    let pid = procs.child(&sensors[0]).id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-INT", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            if let Some(s) = procs.child(&sensors[0]).try_wait().unwrap() {
-                break s;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("the sensor did not stop on Ctrl-C");
-    assert!(status.success(), "sensor exit status {status:?}");
-    procs.children.retain(|(n, _)| *n != sensors[0]);
+    let Deployment {
+        _tmp,
+        _broker,
+        dir,
+        gateway,
+        sensors,
+        doors,
+        mut procs,
+        spy,
+        mut captured,
+        command_topic,
+    } = Deployment::start().await;
 
     // --- alert → unlock executed once by each door -------------------------
     let seq1 = send_alert(&dir, &sensors[0], "smoke in hall 1");
@@ -339,4 +407,140 @@ async fn fire_safety_as_separate_processes_survives_a_sigkilled_door() {
     }
     drop(procs);
     let _ = spy.disconnect(Duration::from_secs(2)).await;
+}
+
+/// The gateway and a door are killed with SIGKILL while alerts stream in,
+/// then restarted. Every command on the wire has its own sequence number
+/// (the gateway reserved them on disk before using them), the door that
+/// stayed up executed each command once, and a replay of everything
+/// captured is refused by both doors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_mid_stream_reuses_no_sequence_number_and_accepts_no_replay() {
+    use sealcast_core::broadcast::peek_broadcast;
+
+    const ALERTS: usize = 24;
+    let mut d = Deployment::start().await;
+    let (dir, sensor) = (d.dir.clone(), d.sensors[0].clone());
+    let streamer = std::thread::spawn(move || {
+        (0..ALERTS)
+            .map(|i| {
+                let seq = send_alert(&dir, &sensor, &format!("smoke {i}"));
+                std::thread::sleep(Duration::from_millis(40));
+                seq
+            })
+            .collect::<Vec<u64>>()
+    });
+
+    // Mid-stream: a few commands went out; kill the gateway and a door.
+    let (door0, door1) = (d.doors[0].clone(), d.doors[1].clone());
+    wait_until("the first commands executed", &d.procs, || {
+        executed(&d.dir, &door1).len() >= 4
+    })
+    .await;
+    d.procs.sigkill("agent");
+    d.procs.sigkill(&door0);
+    fs::rename(d.dir.join("agent.log"), d.dir.join("agent.log.1")).unwrap();
+    d.procs
+        .start("agent", &["agent", "serve", "--config", "agent.toml"]);
+    wait_until("the restarted gateway runs", &d.procs, || {
+        d.procs.log("agent").contains("agent running")
+    })
+    .await;
+    d.restart_device(&door0, 1).await;
+
+    let seqs = streamer.join().unwrap();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "the sensor reused a sequence number: {seqs:?}"
+    );
+
+    // Let the stream drain: the door that stayed up has executed every
+    // distinct command captured, and nothing moves for a second.
+    let mut commands: Vec<Vec<u8>> = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    let mut stable_since = Instant::now();
+    let mut last = (0, 0);
+    loop {
+        while let Ok(c) = d.captured.try_recv() {
+            if !commands.contains(&c) {
+                commands.push(c);
+            }
+        }
+        let now = (commands.len(), executed(&d.dir, &door1).len());
+        if now != last {
+            last = now;
+            stable_since = Instant::now();
+        }
+        if now.0 == now.1 && now.0 > 4 && stable_since.elapsed() > Duration::from_secs(1) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stream did not settle: {} commands captured, {door1} executed {}\n{}",
+            now.0,
+            now.1,
+            d.procs.log("agent")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // No (sender, epoch, sequence number) twice among distinct commands: a
+    // reuse would mean two different ciphertexts under one AEAD nonce.
+    let mut nonces: Vec<(Vec<u8>, u32, u64)> = commands
+        .iter()
+        .map(|c| {
+            let h = peek_broadcast(c).unwrap();
+            (h.sender_id.as_bytes().to_vec(), h.epoch.get(), h.seq.get())
+        })
+        .collect();
+    let n = nonces.len();
+    nonces.sort();
+    nonces.dedup();
+    assert_eq!(
+        nonces.len(),
+        n,
+        "a sequence number was reused across the gateway's SIGKILL"
+    );
+    let before = (
+        executed(&d.dir, &door0).len(),
+        executed(&d.dir, &door1).len(),
+    );
+    assert!(
+        before.0 <= commands.len(),
+        "{door0} executed more commands ({}) than were sent ({})",
+        before.0,
+        commands.len()
+    );
+
+    // Replay everything captured. The door that stayed up has seen it all
+    // and refuses it all. The restarted door may still take a command it
+    // missed while it was down (authentic, and new to its window), but
+    // never more than were sent; a second replay then changes nothing.
+    let replay = |spy: MqttClient, topic: String, commands: Vec<Vec<u8>>| async move {
+        for c in commands {
+            spy.publish(topic.clone(), Bytes::from(c)).await.unwrap();
+        }
+        spy.flush(Duration::from_secs(10)).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    replay(d.spy.clone(), d.command_topic.clone(), commands.clone()).await;
+    let after = (
+        executed(&d.dir, &door0).len(),
+        executed(&d.dir, &door1).len(),
+    );
+    assert_eq!(after.1, before.1, "{door1} executed a replayed command");
+    assert!(
+        after.0 <= commands.len(),
+        "{door0} executed {} commands of {} sent: a replay was accepted",
+        after.0,
+        commands.len()
+    );
+    replay(d.spy.clone(), d.command_topic.clone(), commands.clone()).await;
+    let again = (
+        executed(&d.dir, &door0).len(),
+        executed(&d.dir, &door1).len(),
+    );
+    assert_eq!(again, after, "a door executed a command replayed twice");
+    drop(d.procs);
+    let _ = d.spy.disconnect(Duration::from_secs(2)).await;
 }

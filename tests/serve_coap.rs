@@ -165,12 +165,10 @@ fn fire_safety_as_separate_processes_over_coap() {
              manager_public_key = \"{manager}.pub\"\nstate_dir = \"{id}-state\"\n"
         )
     };
-    // `broker = ""`: the DAP part of `agent serve` reads agent.toml first
-    // and still requires the key (empty means none).
     fs::write(
         dir.join("agent.toml"),
         format!(
-            "broker = \"\"\n{}relays_for = [\"{sensor}\", \"{}\", \"{}\"]\n{}\
+            "{}relays_for = [\"{sensor}\", \"{}\", \"{}\"]\n{}\
              \n[[rule]]\non_alert_from = \"fire-sensors\"\nthen_command = \"fire-doors\"\npayload = \"unlock\"\n",
             node(gateway),
             doors[0],

@@ -308,8 +308,10 @@ pub fn headend(args: &HeadendServeArgs) -> Result<()> {
 
 /// Whether `agent.toml` has a `[dap]` section (then [`agent_with_dap`] runs it).
 pub fn has_dap_section(path: &Path) -> Result<bool> {
-    let (config, _): (AgentFile, _) = read_config(path)?;
-    Ok(config.dap.is_some())
+    // Only the presence of the table: the gateway part checks the rest of
+    // a config without one (a CoAP gateway has no `broker`).
+    let (config, _): (toml::Table, _) = read_config(path)?;
+    Ok(config.contains_key("dap"))
 }
 
 /// Runs `sealcast agent serve` for an agent with a `[dap]` section: the
