@@ -27,6 +27,13 @@ const NUMBERS: &[&str] = &[
     "batch256_ratio",
     "rekey_tree_bytes_100k",
     "rekey_p2p_bytes_100k",
+    "e2e_devices",
+    "e2e_opens",
+    "e2e_alert_to_last_ms",
+    "e2e_single_open_us",
+    "e2e_cores",
+    "e2e_pipeline_efficiency",
+    "e2e_transport_floor_ms",
 ];
 
 #[test]
@@ -89,4 +96,27 @@ fn bench_table_names_backend_and_profile() {
     assert!(table.contains(" build"), "{table}");
     assert!(table.contains("open 100 B / raw verify_strict"), "{table}");
     assert!(table.contains("extrapolated linearly"), "{table}");
+    assert!(table.contains("pipeline efficiency"), "{table}");
+    assert!(table.contains("no security (MQTT alone"), "{table}");
+}
+
+#[test]
+fn bench_end_to_end_can_be_skipped_and_is_bounded() {
+    let out = Command::new(BIN)
+        .args(["bench", "--quick", "--json", "--e2e-devices", "0"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(json.get("e2e_devices").is_none(), "{json}");
+    let out = Command::new(BIN)
+        .args(["bench", "--quick", "--e2e-devices", "5"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--e2e-devices must be"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

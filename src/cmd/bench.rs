@@ -742,6 +742,10 @@ struct EndToEnd {
     single_open_s: f64,
     cores: usize,
     runs: usize,
+    /// The same fan-out with no cryptography at all: one client publishes
+    /// two messages to `devices` subscribers over the embedded broker, each
+    /// subscriber acknowledges; time to the last receipt (fastest run).
+    transport_floor: Duration,
 }
 
 impl EndToEnd {
@@ -799,7 +803,21 @@ fn end_to_end(devices: usize, runs: usize, results: &Results) -> Result<EndToEnd
         }
     }
     let best = best.ok_or_else(|| CliError::other("no end-to-end run (this is a bug)"))?;
+    // One broker for all the transport-only runs (rumqttd cannot be shut
+    // down; the fire-safety runs started one each).
+    let broker = rt
+        .block_on(async { tokio::task::spawn_blocking(sealcast_mqtt::EmbeddedBroker::start).await })
+        .map_err(|e| CliError::other(format!("broker thread: {e}")))?
+        .map_err(|e| CliError::other(format!("cannot start the embedded broker: {e}")))?;
+    let mut floor: Option<Duration> = None;
+    for run in 0..runs.max(1) {
+        let t = rt
+            .block_on(transport_floor(&broker.url(), devices, run))
+            .map_err(|e| CliError::other(format!("the transport-only fan-out failed: {e}")))?;
+        floor = Some(floor.map_or(t, |f| f.min(t)));
+    }
     Ok(EndToEnd {
+        transport_floor: floor.unwrap_or_default(),
         devices,
         opens: best.opens,
         alert_to_last: best.alert_to_last_action,
@@ -807,6 +825,93 @@ fn end_to_end(devices: usize, runs: usize, results: &Results) -> Result<EndToEnd
         cores,
         runs: runs.max(1),
     })
+}
+
+/// The fire-safety fan-out without the security: `subscribers` MQTT
+/// clients on the embedded broker (each subscribed to a wildcard, as the
+/// devices are), one publisher sending two 64-byte messages (the two
+/// commands) after a warm-up message; the time from the first timed
+/// publish to the last subscriber having received and acknowledged both.
+async fn transport_floor(
+    url: &str,
+    subscribers: usize,
+    run: usize,
+) -> std::result::Result<Duration, String> {
+    use sealcast_mqtt::{Bytes, MqttClient, MqttConfig, TopicFilter};
+    let filter = TopicFilter::new(&format!("floor{run}/+/cmd")).map_err(|e| e.to_string())?;
+    let (warm_tx, mut warm_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    let mut clients = Vec::with_capacity(subscribers);
+    for i in 0..subscribers {
+        let config = MqttConfig::from_url(url, format!("floor{run}-{i}"))
+            .map_err(|e| e.to_string())?
+            .with_subscription(filter.clone());
+        let (client, mut inbox) = MqttClient::connect(config).map_err(|e| e.to_string())?;
+        client
+            .wait_subscribed(Duration::from_secs(10))
+            .await
+            .map_err(|e| e.to_string())?;
+        let (warm, done) = (warm_tx.clone(), done_tx.clone());
+        tokio::spawn(async move {
+            // One warm-up message (the deployment's key traffic warms its
+            // connections the same way), then the two timed ones.
+            for i in 0..3 {
+                let Some(m) = inbox.next_message().await else {
+                    return;
+                };
+                std::hint::black_box(&m.payload);
+                let _ = m.ack.ack().await;
+                if i == 0 {
+                    let _ = warm.send(());
+                }
+            }
+            let _ = done.send(Instant::now());
+        });
+        clients.push(client);
+    }
+    let (publisher, _inbox) = MqttClient::connect(
+        MqttConfig::from_url(url, format!("floor{run}-publisher")).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    publisher
+        .wait_connected(Duration::from_secs(10))
+        .await
+        .map_err(|e| e.to_string())?;
+    publisher
+        .publish(
+            format!("floor{run}/warm-up/cmd"),
+            Bytes::from(vec![0u8; 64]),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    for _ in 0..subscribers {
+        match tokio::time::timeout(Duration::from_secs(60), warm_rx.recv()).await {
+            Ok(Some(())) => {}
+            _ => return Err("not every subscriber received the warm-up within 60 s".into()),
+        }
+    }
+    let start = Instant::now();
+    for group in ["doors", "extinguishers"] {
+        publisher
+            .publish(
+                format!("floor{run}/{group}/cmd"),
+                Bytes::from(vec![0u8; 64]),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let mut last = start;
+    for _ in 0..subscribers {
+        match tokio::time::timeout(Duration::from_secs(60), done_rx.recv()).await {
+            Ok(Some(t)) => last = last.max(t),
+            _ => return Err("not every subscriber received both messages within 60 s".into()),
+        }
+    }
+    for c in clients {
+        let _ = c.disconnect(Duration::from_secs(1)).await;
+    }
+    let _ = publisher.disconnect(Duration::from_secs(1)).await;
+    Ok(last.duration_since(start))
 }
 
 /// One report from each of `count` meters to one headend (a DAP sees many
@@ -1115,6 +1220,17 @@ impl Results {
                 "  pipeline efficiency (opens × one open) ÷ (wall × cores) {:>8.3}  target >= 0.7",
                 e.efficiency()
             );
+            let _ = writeln!(
+                t,
+                "  the same fan-out with no security (MQTT alone, {} subscribers, 2 messages): {:.1} ms = {:.0} % of the pipeline's wall time",
+                e.devices,
+                e.transport_floor.as_secs_f64() * 1e3,
+                100.0
+                    * ratio(
+                        e.transport_floor.as_secs_f64(),
+                        e.alert_to_last.as_secs_f64()
+                    )
+            );
         }
         if self.failures > 0 {
             let _ = writeln!(
@@ -1263,6 +1379,10 @@ impl Results {
                 ("e2e_single_open_us".into(), num(e.single_open_s * 1e6)),
                 ("e2e_cores".into(), e.cores.to_string()),
                 ("e2e_pipeline_efficiency".into(), num(e.efficiency())),
+                (
+                    "e2e_transport_floor_ms".into(),
+                    num(e.transport_floor.as_secs_f64() * 1e3),
+                ),
             ]);
         }
         let body: Vec<String> = fields
