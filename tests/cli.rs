@@ -788,3 +788,27 @@ fn demo_fire_safety_refuses_a_broker_with_coap() {
     let err = fails_cleanly(&out);
     assert!(err.contains("--broker"), "{err}");
 }
+
+#[test]
+fn demo_fire_safety_over_mqtt_passes() {
+    let out = run_bounded(
+        &["demo", "fire-safety", "--devices", "6"],
+        std::time::Duration::from_secs(120),
+    );
+    let text = stdout(ok(&out));
+    assert!(text.contains("over MQTT on loopback"), "{text}");
+    assert!(text.contains("last device acted"), "{text}");
+    assert!(text.contains("PASSED"), "{text}");
+    assert!(!text.contains("FAILED"), "{text}");
+}
+
+#[test]
+fn demo_smart_meter_passes() {
+    let out = run_bounded(
+        &["demo", "smart-meter", "--meters", "20", "--reports", "2"],
+        std::time::Duration::from_secs(120),
+    );
+    let text = stdout(ok(&out));
+    assert!(text.contains("PASSED"), "{text}");
+    assert!(!text.contains("FAILED"), "{text}");
+}
