@@ -7,141 +7,26 @@
 //! the epoch and the door follows; `group evict` removes it. Then the
 //! errors: an unknown group, a manager that is not running.
 
+mod common;
+
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::path::Path;
 
-use sealcast_mqtt::EmbeddedBroker;
+use common::{
+    MqttRun, Procs, keygen, manager_config, run, sealcast, sealcast_fails, wait_until_blocking,
+};
 use serde_json::Value;
 
-const WAIT: Duration = Duration::from_secs(60);
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_sealcast")
-}
-
-/// Kills every child on drop (also on panic).
-struct Procs {
-    dir: PathBuf,
-    children: Vec<(String, Child)>,
-}
-
-impl Procs {
-    fn start(&mut self, name: &str, args: &[&str]) {
-        let log = fs::File::create(self.dir.join(format!("{name}.log"))).unwrap();
-        let child = Command::new(bin())
-            .args(args)
-            .current_dir(&self.dir)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.children.push((name.to_owned(), child));
-    }
-
-    fn log(&self, name: &str) -> String {
-        fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
-    }
-
-    fn logs(&self) -> String {
-        let mut logs = String::new();
-        for (name, _) in &self.children {
-            logs.push_str(&format!("--- {name}\n{}\n", self.log(name)));
-        }
-        logs
-    }
-
-    /// Ctrl-C to one child, and its exit status within 20 s.
-    fn interrupt(&mut self, name: &str) -> std::process::ExitStatus {
-        let i = self.children.iter().position(|(n, _)| n == name).unwrap();
-        let pid = self.children[i].1.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-INT", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.children[i].1.try_wait().unwrap() {
-                self.children.remove(i);
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{name} did not stop on Ctrl-C\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for (_, child) in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn wait_until(what: &str, procs: &Procs, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}\n{}",
-            procs.logs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn run(dir: &Path, args: &[&str]) -> Output {
-    Command::new(bin())
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap()
-}
-
-fn sealcast(dir: &Path, args: &[&str]) -> String {
-    let out = run(dir, args);
-    assert!(
-        out.status.success(),
-        "sealcast {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Runs a command that must fail; returns its one-line error.
-fn sealcast_fails(dir: &Path, args: &[&str]) -> String {
-    let out = run(dir, args);
-    assert!(!out.status.success(), "sealcast {args:?} succeeded");
-    assert_eq!(out.status.code(), Some(1), "{args:?}");
-    String::from_utf8(out.stderr).unwrap()
+/// `group <sub> --config manager.toml <args…>`: a request to the manager.
+fn admin<'a>(sub: &'a str, args: &[&'a str]) -> Vec<&'a str> {
+    let mut all = vec!["group", sub, "--config", "manager.toml"];
+    all.extend_from_slice(args);
+    all
 }
 
 fn show(dir: &Path, group: &str) -> Value {
-    let out = sealcast(
-        dir,
-        &[
-            "group",
-            "show",
-            "--config",
-            "manager.toml",
-            "--group",
-            group,
-            "--json",
-        ],
-    );
+    let out = sealcast(dir, &admin("show", &["--group", group, "--json"]));
     serde_json::from_str(&out).unwrap()
 }
 
@@ -155,35 +40,14 @@ fn member<'a>(shown: &'a Value, id: &str) -> Option<&'a Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_admin_against_a_running_manager() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().to_path_buf();
-    let (_broker, url) = match std::env::var("SEALCAST_MQTT_URL") {
-        Ok(url) if !url.is_empty() => (None, url),
-        _ => {
-            let b = tokio::task::spawn_blocking(EmbeddedBroker::start)
-                .await
-                .unwrap()
-                .unwrap();
-            let url = b.url();
-            (Some(b), url)
-        }
-    };
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    let run_id = format!("g{}-{nanos}", std::process::id());
+    let t = MqttRun::start("g").await;
+    let (dir, url, run_id) = (t.dir.clone(), &t.url, &t.run);
     let name = |n: &str| format!("{run_id}-{n}");
     let (manager, gateway, door) = (name("manager"), name("gw"), name("door"));
-    for id in [&manager, &gateway, &door] {
-        sealcast(&dir, &["keygen", "--id", id]);
-    }
+    keygen(&dir, [&manager, &gateway, &door]);
     fs::write(
         dir.join("manager.toml"),
-        format!(
-            "broker = \"{url}\"\ntopic_prefix = \"{run_id}\"\nkey = \"{manager}.key\"\n\
-             state_dir = \"manager-state\"\nkek = \"manager.kek\"\n"
-        ),
+        manager_config(&format!("broker = \"{url}\"\n"), run_id, &manager),
     )
     .unwrap();
     fs::write(
@@ -196,19 +60,16 @@ async fn group_admin_against_a_running_manager() {
     .unwrap();
 
     // Not running yet: the error says how to start it.
-    let err = sealcast_fails(&dir, &["group", "list", "--config", "manager.toml"]);
+    let err = sealcast_fails(&dir, &admin("list", &[]));
     assert!(err.contains("no manager answers on"), "{err}");
     assert!(
         err.contains("sealcast manager serve --config manager.toml"),
         "{err}"
     );
 
-    let mut procs = Procs {
-        dir: dir.clone(),
-        children: Vec::new(),
-    };
+    let mut procs = Procs::new(&dir);
     procs.start("manager", &["manager", "serve", "--config", "manager.toml"]);
-    wait_until("the control socket", &procs, || {
+    wait_until_blocking("the control socket", &procs, || {
         procs.log("manager").contains("control socket listening")
     });
     let socket = dir.join("manager-state").join("manager.sock");
@@ -233,55 +94,34 @@ async fn group_admin_against_a_running_manager() {
     // --- enrol, create, add ----------------------------------------------------
     let gw_pub = format!("{gateway}.pub");
     let door_pub = format!("{door}.pub");
+    let enrol_door = || {
+        sealcast(
+            &dir,
+            &admin(
+                "enrol",
+                &[
+                    "--public-key",
+                    &door_pub,
+                    "--kind",
+                    "device",
+                    "--agent",
+                    &gateway,
+                ],
+            ),
+        )
+    };
     let out = sealcast(
         &dir,
-        &[
-            "group",
-            "enrol",
-            "--config",
-            "manager.toml",
-            "--public-key",
-            &gw_pub,
-            "--kind",
-            "agent",
-        ],
+        &admin("enrol", &["--public-key", &gw_pub, "--kind", "agent"]),
     );
     assert!(
         out.contains("enrolled 1 entities (0 were enrolled already)"),
         "{out}"
     );
-    let out = sealcast(
-        &dir,
-        &[
-            "group",
-            "enrol",
-            "--config",
-            "manager.toml",
-            "--public-key",
-            &door_pub,
-            "--kind",
-            "device",
-            "--agent",
-            &gateway,
-        ],
-    );
+    let out = enrol_door();
     assert!(out.contains("enrolled 1 entities"), "{out}");
     // Again: unchanged, not an error.
-    let out = sealcast(
-        &dir,
-        &[
-            "group",
-            "enrol",
-            "--config",
-            "manager.toml",
-            "--public-key",
-            &door_pub,
-            "--kind",
-            "device",
-            "--agent",
-            &gateway,
-        ],
-    );
+    let out = enrol_door();
     assert!(
         out.contains("enrolled 0 entities (1 were enrolled already)"),
         "{out}"
@@ -289,60 +129,26 @@ async fn group_admin_against_a_running_manager() {
     // The same id as another kind is refused.
     let err = sealcast_fails(
         &dir,
-        &[
-            "group",
-            "enrol",
-            "--config",
-            "manager.toml",
-            "--public-key",
-            &door_pub,
-            "--kind",
-            "agent",
-        ],
+        &admin("enrol", &["--public-key", &door_pub, "--kind", "agent"]),
     );
     assert!(err.contains("enrolled already"), "{err}");
 
     let out = sealcast(
         &dir,
-        &[
-            "group",
-            "create",
-            "--config",
-            "manager.toml",
-            "--group",
-            "fire-doors",
-            "--scheme",
-            "tree",
-        ],
+        &admin("create", &["--group", "fire-doors", "--scheme", "tree"]),
     );
     assert!(
         out.contains("created group fire-doors (tree, A128GCM) at epoch 0"),
         "{out}"
     );
-    let err = sealcast_fails(
-        &dir,
-        &[
-            "group",
-            "create",
-            "--config",
-            "manager.toml",
-            "--group",
-            "fire-doors",
-        ],
-    );
+    let err = sealcast_fails(&dir, &admin("create", &["--group", "fire-doors"]));
     assert!(err.contains("exists already"), "{err}");
     let err = sealcast_fails(
         &dir,
-        &[
-            "group",
+        &admin(
             "add",
-            "--config",
-            "manager.toml",
-            "--group",
-            "fire-doors",
-            "--member",
-            "nobody:receiver",
-        ],
+            &["--group", "fire-doors", "--member", "nobody:receiver"],
+        ),
     );
     assert!(err.contains("enrol it first"), "{err}");
 
@@ -350,36 +156,34 @@ async fn group_admin_against_a_running_manager() {
     let gw_member = format!("{gateway}:sender");
     let out = sealcast(
         &dir,
-        &[
-            "group",
+        &admin(
             "add",
-            "--config",
-            "manager.toml",
-            "--group",
-            "fire-doors",
-            "--member",
-            &door_member,
-            "--member",
-            &gw_member,
-        ],
+            &[
+                "--group",
+                "fire-doors",
+                "--member",
+                &door_member,
+                "--member",
+                &gw_member,
+            ],
+        ),
     );
     assert!(
         out.contains("added 2 member(s) to fire-doors: now at epoch 1"),
         "{out}"
     );
 
-    let list = sealcast(&dir, &["group", "list", "--config", "manager.toml"]);
+    let list = sealcast(&dir, &admin("list", &[]));
     let row = list.lines().find(|l| l.starts_with("fire-doors")).unwrap();
     let cells: Vec<&str> = row.split_whitespace().collect();
     assert_eq!(cells[1..4], ["1", "tree", "2"], "{list}");
 
     // --- the door installs the key -------------------------------------------
     procs.start("door", &["device", "run", "--config", "door.toml"]);
-    let installed = |p: &Procs| p.log("door").matches("key material installed").count();
-    wait_until("the door installs epoch 1", &procs, || {
-        installed(&procs) >= 1
+    wait_until_blocking("the door installs epoch 1", &procs, || {
+        procs.installed("door") >= 1
     });
-    wait_until("the manager sees the door's ack", &procs, || {
+    wait_until_blocking("the manager sees the door's ack", &procs, || {
         member(&show(&dir, "fire-doors"), &door).unwrap()["current"] == true
     });
     let shown = show(&dir, "fire-doors");
@@ -396,17 +200,7 @@ async fn group_admin_against_a_running_manager() {
     assert_eq!(g["current"], false, "the gateway is not running");
     assert!(g["sender_id"].is_string());
     // The readable table says the same.
-    let table = sealcast(
-        &dir,
-        &[
-            "group",
-            "show",
-            "--config",
-            "manager.toml",
-            "--group",
-            "fire-doors",
-        ],
-    );
+    let table = sealcast(&dir, &admin("show", &["--group", "fire-doors"]));
     assert!(table.contains("epoch    1"), "{table}");
     let door_row = table
         .lines()
@@ -416,22 +210,12 @@ async fn group_admin_against_a_running_manager() {
     assert!(door_row.contains("receiver"), "{table}");
 
     // --- rekey: the epoch moves, the door follows ---------------------------
-    let out = sealcast(
-        &dir,
-        &[
-            "group",
-            "rekey",
-            "--config",
-            "manager.toml",
-            "--group",
-            "fire-doors",
-        ],
-    );
+    let out = sealcast(&dir, &admin("rekey", &["--group", "fire-doors"]));
     assert!(out.contains("rekeyed fire-doors: now at epoch 2"), "{out}");
-    wait_until("the door installs epoch 2", &procs, || {
-        installed(&procs) >= 2
+    wait_until_blocking("the door installs epoch 2", &procs, || {
+        procs.installed("door") >= 2
     });
-    wait_until("the door holds epoch 2", &procs, || {
+    wait_until_blocking("the door holds epoch 2", &procs, || {
         let s = show(&dir, "fire-doors");
         s["epoch"] == 2 && member(&s, &door).unwrap()["held"] == 2
     });
@@ -444,16 +228,7 @@ async fn group_admin_against_a_running_manager() {
     // --- evict ------------------------------------------------------------------
     let out = sealcast(
         &dir,
-        &[
-            "group",
-            "evict",
-            "--config",
-            "manager.toml",
-            "--group",
-            "fire-doors",
-            "--member",
-            &door,
-        ],
+        &admin("evict", &["--group", "fire-doors", "--member", &door]),
     );
     assert!(out.contains("now at epoch 3"), "{out}");
     let shown = show(&dir, "fire-doors");
@@ -462,47 +237,15 @@ async fn group_admin_against_a_running_manager() {
     assert!(member(&shown, &door).is_none());
     let err = sealcast_fails(
         &dir,
-        &[
-            "group",
-            "evict",
-            "--config",
-            "manager.toml",
-            "--group",
-            "fire-doors",
-            "--member",
-            &door,
-        ],
+        &admin("evict", &["--group", "fire-doors", "--member", &door]),
     );
     assert!(err.contains("not a member"), "{err}");
 
     // --- unknown group -------------------------------------------------------
     for args in [
-        &[
-            "group",
-            "show",
-            "--config",
-            "manager.toml",
-            "--group",
-            "nope",
-        ][..],
-        &[
-            "group",
-            "rekey",
-            "--config",
-            "manager.toml",
-            "--group",
-            "nope",
-        ],
-        &[
-            "group",
-            "evict",
-            "--config",
-            "manager.toml",
-            "--group",
-            "nope",
-            "--member",
-            &door,
-        ],
+        &admin("show", &["--group", "nope"]),
+        &admin("rekey", &["--group", "nope"]),
+        &admin("evict", &["--group", "nope", "--member", &door]),
     ] {
         let err = sealcast_fails(&dir, args);
         assert!(err.contains("no group \"nope\""), "{args:?}: {err}");
@@ -518,7 +261,7 @@ async fn group_admin_against_a_running_manager() {
     let status = procs.interrupt("manager");
     assert!(status.success(), "manager exit status {status:?}");
     assert!(!socket.exists(), "socket removed at shutdown");
-    let err = sealcast_fails(&dir, &["group", "list", "--config", "manager.toml"]);
+    let err = sealcast_fails(&dir, &admin("list", &[]));
     assert!(err.contains("no manager answers on"), "{err}");
     drop(procs);
 
@@ -539,19 +282,7 @@ async fn group_admin_against_a_running_manager() {
         ],
     );
     assert!(gk.contains("wrote offline.gk"), "{gk}");
-    let both = run(
-        &dir,
-        &[
-            "group",
-            "create",
-            "--config",
-            "manager.toml",
-            "--out",
-            "x.gk",
-            "--group",
-            "g",
-        ],
-    );
+    let both = run(&dir, &admin("create", &["--out", "x.gk", "--group", "g"]));
     assert_eq!(both.status.code(), Some(2));
     let neither = run(&dir, &["group", "create", "--group", "g"]);
     assert_eq!(neither.status.code(), Some(2));
@@ -569,13 +300,13 @@ fn a_stale_socket_reads_as_not_running() {
     let stale = state.join("manager.sock");
     drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
     assert!(stale.exists());
-    sealcast(dir, &["keygen", "--id", "m"]);
+    keygen(dir, ["m"]);
     fs::write(
         dir.join("manager.toml"),
         "broker = \"mqtt://127.0.0.1:1\"\nkey = \"m.key\"\nstate_dir = \"state\"\nkek = \"m.kek\"\n",
     )
     .unwrap();
-    let err = sealcast_fails(dir, &["group", "list", "--config", "manager.toml"]);
+    let err = sealcast_fails(dir, &admin("list", &[]));
     assert!(err.contains("no manager answers on"), "{err}");
     assert!(err.contains("state/manager.sock"), "{err}");
 }

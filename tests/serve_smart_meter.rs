@@ -7,111 +7,18 @@
 //! genuine readings; a SIGKILLed and restarted headend refuses a replayed
 //! batch; a DAP stopped with Ctrl-C and restarted refuses a replayed report.
 
-use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+mod common;
 
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::{MqttRun, Procs, keygen, sealcast, spy, wait_until};
 use sealcast_core::credential::{EntityCredential, PublicCredential};
 use sealcast_core::crypto::AeadAlg;
 use sealcast_core::ids::{EntityId, SeqNum, UnixMillis};
 use sealcast_core::report::{PairwiseKey, seal_report};
-use sealcast_mqtt::{
-    AgentChannel, Bytes, EmbeddedBroker, MqttClient, MqttConfig, TopicFilter, TopicScheme,
-};
-
-const WAIT: Duration = Duration::from_secs(60);
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_sealcast")
-}
-
-/// Kills every child on drop (also on panic).
-struct Procs {
-    dir: PathBuf,
-    children: Vec<(String, Child)>,
-}
-
-impl Procs {
-    fn start(&mut self, name: &str, args: &[&str]) {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join(format!("{name}.log")))
-            .unwrap();
-        let child = Command::new(bin())
-            .args(args)
-            .current_dir(&self.dir)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.children.push((name.to_owned(), child));
-    }
-
-    fn child(&mut self, name: &str) -> &mut Child {
-        &mut self
-            .children
-            .iter_mut()
-            .find(|(n, _)| n == name)
-            .unwrap_or_else(|| panic!("no process {name}"))
-            .1
-    }
-
-    fn sigkill(&mut self, name: &str) {
-        let child = self.child(name);
-        child.kill().unwrap();
-        child.wait().unwrap();
-        self.children.retain(|(n, _)| n != name);
-    }
-
-    fn log(&self, name: &str) -> String {
-        fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
-    }
-
-    fn logs(&self) -> String {
-        let mut logs = String::new();
-        for name in ["headend", "dap"] {
-            logs.push_str(&format!("--- {name}\n{}\n", self.log(name)));
-        }
-        logs
-    }
-}
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for (_, child) in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-async fn wait_until(what: &str, procs: &Procs, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !done() {
-        if Instant::now() > deadline {
-            panic!("timed out waiting for {what}\n{}", procs.logs());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn sealcast(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new(bin())
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "sealcast {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+use sealcast_mqtt::{AgentChannel, Bytes, TopicFilter, TopicScheme};
 
 fn readings(dir: &Path) -> Vec<String> {
     let mut lines: Vec<String> = fs::read_to_string(dir.join("readings.log"))
@@ -143,6 +50,20 @@ fn report(dir: &Path, meter: &str, reading: &str, count: u32) -> Vec<u64> {
         .collect()
 }
 
+/// The line the headend writes for `meter`'s reading `text` numbered `seq`
+/// through `dap`.
+fn reading_line(meter: &str, seq: u64, dap: &str, text: &str) -> String {
+    format!("meter={meter} seq={seq} dap={dap} reading={text}")
+}
+
+/// One report of `reading` from `meter`, its line added to `expected`
+/// (kept sorted).
+fn report_expected(dir: &Path, meter: &str, dap: &str, reading: &str, expected: &mut Vec<String>) {
+    let seqs = report(dir, meter, reading, 1);
+    expected.push(reading_line(meter, seqs[0], dap, reading));
+    expected.sort();
+}
+
 /// Sums `key=N` over the DAP's "reports dropped" log lines.
 fn dap_dropped(log: &str, key: &str) -> u64 {
     log.lines()
@@ -153,55 +74,29 @@ fn dap_dropped(log: &str, key: &str) -> u64 {
         .sum()
 }
 
-async fn exit_on_ctrl_c(procs: &mut Procs, name: &str) {
-    let pid = procs.child(name).id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-INT", &pid])
-            .status()
-            .unwrap()
-            .success()
+/// Starts the headend service, its log continued across restarts.
+fn start_headend(procs: &mut Procs) {
+    procs.start_appending(
+        "headend",
+        &[
+            "headend",
+            "serve",
+            "--config",
+            "headend.toml",
+            "--readings",
+            "readings.log",
+        ],
     );
-    let status = tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            if let Some(s) = procs.child(name).try_wait().unwrap() {
-                break s;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{name} did not stop on Ctrl-C"));
-    assert!(status.success(), "{name} exit status {status:?}");
-    procs.children.retain(|(n, _)| n != name);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn smart_metering_as_separate_processes() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().to_path_buf();
-    let (_broker, url) = match std::env::var("SEALCAST_MQTT_URL") {
-        Ok(url) if !url.is_empty() => (None, url),
-        _ => {
-            let b = tokio::task::spawn_blocking(EmbeddedBroker::start)
-                .await
-                .unwrap()
-                .unwrap();
-            let url = b.url();
-            (Some(b), url)
-        }
-    };
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    let run = format!("t{}-{nanos}", std::process::id());
+    let t = MqttRun::start("t").await;
+    let (dir, url, run) = (t.dir.clone(), &t.url, &t.run);
     let name = |n: &str| format!("{run}-{n}");
     let (headend, dap) = (name("headend"), name("dap"));
     let meters = [name("meter-1"), name("meter-2"), name("meter-3")];
-    for id in [&headend, &dap].into_iter().chain(&meters) {
-        sealcast(&dir, &["keygen", "--id", id]);
-    }
+    keygen(&dir, [&headend, &dap].into_iter().chain(&meters));
     fs::create_dir(dir.join("meters")).unwrap();
     for m in &meters {
         fs::copy(
@@ -243,47 +138,29 @@ async fn smart_metering_as_separate_processes() {
     }
 
     // --- a raw MQTT client capturing reports and batches -----------------------
-    let topics = TopicScheme::with_prefix(&run).unwrap();
+    let topics = TopicScheme::with_prefix(run).unwrap();
     let dap_id = EntityId::new(&dap).unwrap();
     let report_topic = topics.agent(&dap_id, AgentChannel::Report);
     let batch_topic = topics.agent(&dap_id, AgentChannel::Batch);
-    let (spy, mut inbox) = MqttClient::connect(
-        MqttConfig::from_url(&url, name("spy"))
-            .unwrap()
-            .with_subscription(TopicFilter::new(&report_topic).unwrap())
-            .with_subscription(TopicFilter::new(&batch_topic).unwrap()),
+    let (spy, mut captured) = spy(
+        url,
+        name("spy"),
+        [
+            TopicFilter::new(&report_topic).unwrap(),
+            TopicFilter::new(&batch_topic).unwrap(),
+        ],
+        |_| true,
     )
-    .unwrap();
-    spy.wait_subscribed(Duration::from_secs(10)).await.unwrap();
-    let (tx, mut captured) = tokio::sync::mpsc::unbounded_channel::<(String, Vec<u8>)>();
-    tokio::spawn(async move {
-        while let Some(m) = inbox.next_message().await {
-            let _ = tx.send((m.topic.clone(), m.payload.to_vec()));
-            let _ = m.ack.ack().await;
-        }
-    });
+    .await;
 
     // --- the services ----------------------------------------------------------
-    let mut procs = Procs {
-        dir: dir.clone(),
-        children: Vec::new(),
-    };
-    procs.start(
-        "headend",
-        &[
-            "headend",
-            "serve",
-            "--config",
-            "headend.toml",
-            "--readings",
-            "readings.log",
-        ],
-    );
+    let mut procs = Procs::new(&dir);
+    start_headend(&mut procs);
     wait_until("the headend runs", &procs, || {
         procs.log("headend").contains("headend service running")
     })
     .await;
-    procs.start("dap", &["agent", "serve", "--config", "agent.toml"]);
+    procs.start_appending("dap", &["agent", "serve", "--config", "agent.toml"]);
     wait_until("the headend accepts the DAP's announcement", &procs, || {
         procs.log("headend").contains("DAP announcement accepted")
     })
@@ -311,7 +188,7 @@ async fn smart_metering_as_separate_processes() {
         (&meters[2], 0, "m3 0 kWh"),
         (&meters[0], next[0], "m1 3 kWh"),
     ] {
-        expected.push(format!("meter={m} seq={seq} dap={dap} reading={text}"));
+        expected.push(reading_line(m, seq, &dap, text));
     }
     expected.sort();
     wait_until("the headend has six readings", &procs, || {
@@ -384,17 +261,7 @@ async fn smart_metering_as_separate_processes() {
 
     // --- SIGKILL the headend, restart it, replay a batch -----------------------
     procs.sigkill("headend");
-    procs.start(
-        "headend",
-        &[
-            "headend",
-            "serve",
-            "--config",
-            "headend.toml",
-            "--readings",
-            "readings.log",
-        ],
-    );
+    start_headend(&mut procs);
     wait_until(
         "the restarted headend gets a fresh announcement",
         &procs,
@@ -421,12 +288,7 @@ async fn smart_metering_as_separate_processes() {
     .await;
     assert_eq!(readings(&dir), expected, "{}", procs.logs());
     // And still takes new readings.
-    let s = report(&dir, &meters[2], "m3 1 kWh", 1);
-    expected.push(format!(
-        "meter={} seq={} dap={dap} reading=m3 1 kWh",
-        meters[2], s[0]
-    ));
-    expected.sort();
+    report_expected(&dir, &meters[2], &dap, "m3 1 kWh", &mut expected);
     wait_until("a reading after the restart", &procs, || {
         readings(&dir).len() >= 7
     })
@@ -434,10 +296,10 @@ async fn smart_metering_as_separate_processes() {
     assert_eq!(readings(&dir), expected, "{}", procs.logs());
 
     // --- Ctrl-C the DAP, restart it, replay a report ---------------------------
-    exit_on_ctrl_c(&mut procs, "dap").await;
+    procs.exit_on_ctrl_c("dap").await;
     assert!(procs.log("dap").contains("agent stopped"));
     let dropped_before = dap_dropped(&procs.log("dap"), "replayed");
-    procs.start("dap", &["agent", "serve", "--config", "agent.toml"]);
+    procs.start_appending("dap", &["agent", "serve", "--config", "agent.toml"]);
     wait_until("the restarted DAP announces again", &procs, || {
         procs
             .log("headend")
@@ -454,22 +316,17 @@ async fn smart_metering_as_separate_processes() {
         dap_dropped(&procs.log("dap"), "replayed") > dropped_before
     })
     .await;
-    let s = report(&dir, &meters[1], "m2 1 kWh", 1);
-    expected.push(format!(
-        "meter={} seq={} dap={dap} reading=m2 1 kWh",
-        meters[1], s[0]
-    ));
-    expected.sort();
+    report_expected(&dir, &meters[1], &dap, "m2 1 kWh", &mut expected);
     wait_until("a reading after the DAP restart", &procs, || {
         readings(&dir).len() >= 8
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(readings(&dir), expected, "{}", procs.logs());
-    exit_on_ctrl_c(&mut procs, "headend").await;
+    procs.exit_on_ctrl_c("headend").await;
     drop(procs);
     let _ = spy.disconnect(Duration::from_secs(2)).await;
     if std::env::var_os("SEALCAST_KEEP_TEST_DIR").is_some() {
-        eprintln!("kept {}", tmp.keep().display());
+        eprintln!("kept {}", t.tmp.keep().display());
     }
 }

@@ -1,0 +1,442 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// Each test binary compiles this module on its own and uses only part of it.
+#![allow(dead_code)]
+//! The harness shared by the multi-process tests (`serve`, `serve_coap`,
+//! `serve_smart_meter`, `group_admin`): the `sealcast` binary run once or as
+//! long-lived processes with their logs in the test directory, bounded waits
+//! that dump those logs when they time out, the broker to talk through, key
+//! generation, run-unique names and a raw MQTT client capturing traffic.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use sealcast_mqtt::{EmbeddedBroker, MqttClient, MqttConfig, TopicFilter};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+/// How long any awaited condition may take.
+pub const WAIT: Duration = Duration::from_secs(60);
+/// How often an awaited condition is checked.
+const POLL: Duration = Duration::from_millis(100);
+/// How long a process may take to exit on Ctrl-C, and how often it is checked.
+const STOP_WAIT: Duration = Duration::from_secs(20);
+const STOP_POLL: Duration = Duration::from_millis(50);
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_sealcast")
+}
+
+/// `sealcast` processes running in `dir`, each logging (stderr, at
+/// `RUST_LOG=info`) to `<name>.log` there. Kills every child on drop (also
+/// on panic).
+pub struct Procs {
+    dir: PathBuf,
+    children: Vec<(String, Child)>,
+}
+
+impl Procs {
+    pub fn new(dir: &Path) -> Self {
+        Procs {
+            dir: dir.to_path_buf(),
+            children: Vec::new(),
+        }
+    }
+
+    /// Starts `name`, its log started afresh.
+    pub fn start(&mut self, name: &str, args: &[&str]) {
+        let log = fs::File::create(self.log_path(name)).unwrap();
+        self.spawn(name, args, log);
+    }
+
+    /// Starts `name`, its log continued after what an earlier run wrote.
+    pub fn start_appending(&mut self, name: &str, args: &[&str]) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(name))
+            .unwrap();
+        self.spawn(name, args, log);
+    }
+
+    fn spawn(&mut self, name: &str, args: &[&str], log: fs::File) {
+        let child = Command::new(bin())
+            .args(args)
+            .current_dir(&self.dir)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.children.push((name.to_owned(), child));
+    }
+
+    /// Starts the device runtime `name` (config `<name>.toml`), its executed
+    /// commands logged to `<name>.exec`.
+    pub fn start_device(&mut self, name: &str) {
+        let cfg = format!("{name}.toml");
+        let exec = format!("{name}.exec");
+        self.start(
+            name,
+            &["device", "run", "--config", &cfg, "--exec-log", &exec],
+        );
+    }
+
+    /// Starts the device runtime `name` again after moving its log aside to
+    /// `<name>.log.<round>`.
+    pub fn restart_device(&mut self, name: &str, round: usize) {
+        self.move_log_aside(name, round);
+        self.start_device(name);
+    }
+
+    /// Renames `<name>.log` to `<name>.log.<round>`.
+    pub fn move_log_aside(&self, name: &str, round: usize) {
+        fs::rename(
+            self.log_path(name),
+            self.dir.join(format!("{name}.log.{round}")),
+        )
+        .unwrap();
+    }
+
+    pub fn child(&mut self, name: &str) -> &mut Child {
+        &mut self
+            .children
+            .iter_mut()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no process {name}"))
+            .1
+    }
+
+    /// Kills `name` with SIGKILL and forgets it.
+    pub fn sigkill(&mut self, name: &str) {
+        let child = self.child(name);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        self.children.retain(|(n, _)| n != name);
+    }
+
+    /// Ctrl-C to `name`, and its exit status within 20 s; it is then
+    /// forgotten. Blocks the calling thread.
+    pub fn interrupt(&mut self, name: &str) -> ExitStatus {
+        let deadline = self.ctrl_c(name);
+        loop {
+            if let Some(status) = self.exited(name, deadline) {
+                return status;
+            }
+            std::thread::sleep(STOP_POLL);
+        }
+    }
+
+    /// [`Procs::interrupt`] for async tests.
+    pub async fn interrupt_async(&mut self, name: &str) -> ExitStatus {
+        let deadline = self.ctrl_c(name);
+        loop {
+            if let Some(status) = self.exited(name, deadline) {
+                return status;
+            }
+            tokio::time::sleep(STOP_POLL).await;
+        }
+    }
+
+    /// Ctrl-C to `name`, which must exit successfully within 20 s.
+    pub async fn exit_on_ctrl_c(&mut self, name: &str) {
+        let status = self.interrupt_async(name).await;
+        assert!(status.success(), "{name} exit status {status:?}");
+    }
+
+    /// Sends SIGINT to `name`; returns by when it must have exited.
+    fn ctrl_c(&mut self, name: &str) -> Instant {
+        let pid = self.child(name).id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-INT", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        Instant::now() + STOP_WAIT
+    }
+
+    /// The exit status of `name` (then forgotten) once it has exited;
+    /// panics past `deadline`.
+    fn exited(&mut self, name: &str, deadline: Instant) -> Option<ExitStatus> {
+        if let Some(status) = self.child(name).try_wait().unwrap() {
+            self.children.retain(|(n, _)| n != name);
+            return Some(status);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} did not stop on Ctrl-C\n{}",
+            self.logs()
+        );
+        None
+    }
+
+    fn log_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.log"))
+    }
+
+    pub fn log(&self, name: &str) -> String {
+        fs::read_to_string(self.log_path(name)).unwrap_or_default()
+    }
+
+    /// The logs of every running child, each under a `--- <name>` line.
+    pub fn logs(&self) -> String {
+        let mut logs = String::new();
+        for (name, _) in &self.children {
+            logs.push_str(&format!("--- {name}\n{}\n", self.log(name)));
+        }
+        logs
+    }
+
+    /// How often `name` has logged that it installed key material.
+    pub fn installed(&self, name: &str) -> usize {
+        self.log(name).matches("key material installed").count()
+    }
+
+    /// Panics, with every log, when `deadline` has passed.
+    fn give_up_after(&self, deadline: Instant, what: &str) {
+        if Instant::now() > deadline {
+            panic!("timed out waiting for {what}\n{}", self.logs());
+        }
+    }
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Waits (at most [`WAIT`]) until `done`, else panics with every log.
+pub async fn wait_until(what: &str, procs: &Procs, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !done() {
+        procs.give_up_after(deadline, what);
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// [`wait_until`] blocking the calling thread.
+pub fn wait_until_blocking(what: &str, procs: &Procs, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !done() {
+        procs.give_up_after(deadline, what);
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Runs `sealcast args` in `dir` to completion.
+pub fn run(dir: &Path, args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+/// Runs a command that must succeed; returns its standard output.
+pub fn sealcast(dir: &Path, args: &[&str]) -> String {
+    let out = run(dir, args);
+    assert!(
+        out.status.success(),
+        "sealcast {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs a command that must fail; returns its one-line error.
+pub fn sealcast_fails(dir: &Path, args: &[&str]) -> String {
+    let out = run(dir, args);
+    assert!(!out.status.success(), "sealcast {args:?} succeeded");
+    assert_eq!(out.status.code(), Some(1), "{args:?}");
+    String::from_utf8(out.stderr).unwrap()
+}
+
+/// `sealcast keygen --id <id>` in `dir` for each id.
+pub fn keygen<S: AsRef<str>>(dir: &Path, ids: impl IntoIterator<Item = S>) {
+    for id in ids {
+        sealcast(dir, &["keygen", "--id", id.as_ref()]);
+    }
+}
+
+/// The lines of `<name>.exec` in `dir`: the commands a device executed.
+pub fn executed(dir: &Path, name: &str) -> Vec<String> {
+    fs::read_to_string(dir.join(format!("{name}.exec")))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `sealcast device send` of an alert from `sensor` to `fire-sensors`;
+/// returns its standard output.
+pub fn alert(dir: &Path, sensor: &str, text: &str) -> String {
+    sealcast(
+        dir,
+        &[
+            "device",
+            "send",
+            "--config",
+            &format!("{sensor}.toml"),
+            "--group",
+            "fire-sensors",
+            "--alert",
+            text,
+        ],
+    )
+}
+
+/// [`alert`], returning the sequence number the alert was sent with.
+pub fn send_alert(dir: &Path, sensor: &str, text: &str) -> u64 {
+    let out = alert(dir, sensor, text);
+    let seq = out
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("seq="))
+        .unwrap_or_else(|| panic!("no seq in {out:?}"));
+    seq.parse().unwrap()
+}
+
+/// A prefix unique to this run, for topics and MQTT client ids:
+/// `<tag><pid>-<nanoseconds>`.
+pub fn run_prefix(tag: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{tag}{}-{nanos}", std::process::id())
+}
+
+/// A test's temporary directory, the broker to talk through and a prefix
+/// unique to the run.
+pub struct MqttRun {
+    pub tmp: tempfile::TempDir,
+    pub dir: PathBuf,
+    /// The embedded broker (running while it lives), unless
+    /// `SEALCAST_MQTT_URL` names one.
+    pub broker: Option<EmbeddedBroker>,
+    /// The broker's URL: `SEALCAST_MQTT_URL` when set, else the embedded one's.
+    pub url: String,
+    /// [`run_prefix`] of the tag.
+    pub run: String,
+}
+
+impl MqttRun {
+    pub async fn start(tag: &str) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let (broker, url) = match std::env::var("SEALCAST_MQTT_URL") {
+            Ok(url) if !url.is_empty() => (None, url),
+            _ => {
+                let b = tokio::task::spawn_blocking(EmbeddedBroker::start)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                let url = b.url();
+                (Some(b), url)
+            }
+        };
+        MqttRun {
+            tmp,
+            dir,
+            broker,
+            url,
+            run: run_prefix(tag),
+        }
+    }
+}
+
+/// A raw MQTT client subscribed to `filters`; every message it receives on
+/// a topic that `keep` accepts comes out of the channel as (topic, payload).
+pub async fn spy(
+    url: &str,
+    client_id: String,
+    filters: impl IntoIterator<Item = TopicFilter>,
+    keep: impl Fn(&str) -> bool + Send + 'static,
+) -> (MqttClient, UnboundedReceiver<(String, Vec<u8>)>) {
+    let config = filters.into_iter().fold(
+        MqttConfig::from_url(url, client_id).unwrap(),
+        MqttConfig::with_subscription,
+    );
+    let (spy, mut inbox) = MqttClient::connect(config).unwrap();
+    spy.wait_subscribed(Duration::from_secs(10)).await.unwrap();
+    let (tx, captured) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(m) = inbox.next_message().await {
+            if keep(&m.topic) {
+                let _ = tx.send((m.topic.clone(), m.payload.to_vec()));
+            }
+            let _ = m.ack.ack().await;
+        }
+    });
+    (spy, captured)
+}
+
+/// A manager config's first lines: `head` (its `broker = …` or `transport =
+/// …` line), then its topic prefix, key, state directory and key-encryption
+/// key.
+pub fn manager_config(head: &str, run: &str, manager: &str) -> String {
+    format!(
+        "{head}topic_prefix = \"{run}\"\nkey = \"{manager}.key\"\n\
+         state_dir = \"manager-state\"\nkek = \"manager.kek\"\n"
+    )
+}
+
+/// A field node's config (agent or device) `id` under `manager`: `head`
+/// (its `broker = …` or `transport = …` line), then its topic prefix, key,
+/// the manager's public key and its state directory.
+pub fn node_config(head: &str, run: &str, id: &str, manager: &str) -> String {
+    format!(
+        "{head}topic_prefix = \"{run}\"\nkey = \"{id}.key\"\n\
+         manager_public_key = \"{manager}.pub\"\nstate_dir = \"{id}-state\"\n"
+    )
+}
+
+/// The fire-safety tables of a manager config: `gateway` enrolled as the
+/// agent, every sensor and door as a device behind it; the sensors send to
+/// the gateway in `fire-sensors` (p2p), the gateway to the doors in
+/// `fire-doors` (tree).
+pub fn fire_safety_tables<S: AsRef<str>>(gateway: &str, sensors: &[S], doors: &[S]) -> String {
+    let mut m = format!(
+        "\n[[enrol]]\nid = \"{gateway}\"\nkind = \"agent\"\npublic_key = \"{gateway}.pub\"\n"
+    );
+    for d in sensors.iter().chain(doors).map(AsRef::as_ref) {
+        m.push_str(&format!(
+            "\n[[enrol]]\nid = \"{d}\"\nkind = \"device\"\npublic_key = \"{d}.pub\"\nagent = \"{gateway}\"\n"
+        ));
+    }
+    let group = |id: &str, scheme: &str, senders: &[&str], receivers: &[&str]| {
+        let mut g = format!("\n[[group]]\nid = \"{id}\"\nscheme = \"{scheme}\"\nmembers = [\n");
+        for (ids, role) in [(senders, "sender"), (receivers, "receiver")] {
+            for m in ids {
+                g.push_str(&format!("  {{ id = \"{m}\", role = \"{role}\" }},\n"));
+            }
+        }
+        g.push_str("]\n");
+        g
+    };
+    let sensors: Vec<&str> = sensors.iter().map(AsRef::as_ref).collect();
+    let doors: Vec<&str> = doors.iter().map(AsRef::as_ref).collect();
+    m.push_str(&group("fire-sensors", "p2p", &sensors, &[gateway]));
+    m.push_str(&group("fire-doors", "tree", &[gateway], &doors));
+    m
+}
+
+/// The agent's rule of the fire-safety deployment: an alert in
+/// `fire-sensors` makes it command `unlock` to `fire-doors`.
+pub const FIRE_RULE: &str = "\n[[rule]]\non_alert_from = \"fire-sensors\"\n\
+                             then_command = \"fire-doors\"\npayload = \"unlock\"\n";
+
+/// `relays_for = [...]` naming `ids`, for an agent config.
+pub fn relays_for<S: AsRef<str>>(ids: impl IntoIterator<Item = S>) -> String {
+    let quoted: Vec<String> = ids
+        .into_iter()
+        .map(|id| format!("\"{}\"", id.as_ref()))
+        .collect();
+    format!("relays_for = [{}]\n", quoted.join(", "))
+}
