@@ -532,4 +532,92 @@ mod tests {
         .unwrap();
         assert!(open_solicit(&forged, &dap, headend.id(), &key).is_err());
     }
+
+    /// Signed, so past the signature check, but mutated: the decoders behind
+    /// the signature (a compromised DAP or headend key could send anything)
+    /// refuse or accept, never panic. Bounded: 3 × 1500 mutations.
+    #[test]
+    fn signed_but_mutated_payloads_never_panic() {
+        use rand_core::Rng;
+        let dap = cred("dap-1", 1);
+        let headend = cred("headend", 2);
+        let at = UnixMillis::new(1_790_000_000_000);
+        let reports: Vec<&[u8]> = vec![b"one", b"two", b"three"];
+        let batch_payload = encode(&Value::Array(vec![
+            id_value(dap.id()),
+            id_value(headend.id()),
+            Value::Integer(7.into()),
+            Value::Integer(at.get().into()),
+            Value::Array(reports.iter().map(|r| Value::Bytes(r.to_vec())).collect()),
+        ]))
+        .unwrap();
+        let meters: BTreeSet<EntityId> = (0..5)
+            .map(|i| EntityId::new(&format!("meter-{i}")).unwrap())
+            .collect();
+        let announce_payload = encode(&Value::Array(vec![
+            id_value(dap.id()),
+            id_value(headend.id()),
+            Value::Text("meters".into()),
+            Value::Integer(3.into()),
+            Value::Integer(at.get().into()),
+            Value::Array(meters.iter().map(id_value).collect()),
+        ]))
+        .unwrap();
+        let solicit_payload = encode(&Value::Array(vec![
+            id_value(headend.id()),
+            id_value(dap.id()),
+            Value::Integer(at.get().into()),
+        ]))
+        .unwrap();
+        let dap_key = dap.signing_key().verifying_key();
+        let headend_key = headend.signing_key().verifying_key();
+        let by_dap = |id: &EntityId| (id == dap.id()).then_some(&dap_key);
+        let mut rng = TestRng::new(77);
+        let mut mutate = |base: &[u8]| -> Vec<u8> {
+            let mut m = base.to_vec();
+            for _ in 0..=(rng.next_u64() % 4) {
+                let r = rng.next_u64();
+                let i = (r as usize) % m.len().max(1);
+                match (r >> 32) % 4 {
+                    0 if !m.is_empty() => m[i] ^= 1 << ((r >> 40) % 8),
+                    1 if !m.is_empty() => m[i] = (r >> 48) as u8,
+                    2 => m.insert(i.min(m.len()), (r >> 48) as u8),
+                    _ => m.truncate(i),
+                }
+            }
+            m
+        };
+        for _ in 0..1500 {
+            let p = mutate(&batch_payload);
+            let signed = sign_statement(dap.id(), dap.signing_key(), LABEL_BATCH, &p);
+            let _ = open_batch(&signed, headend.id(), by_dap);
+            let p = mutate(&announce_payload);
+            let signed = sign_statement(dap.id(), dap.signing_key(), LABEL_ANNOUNCE, &p);
+            let _ = Announcement::open(&signed, headend.id(), by_dap);
+            let p = mutate(&solicit_payload);
+            let signed = sign_statement(headend.id(), headend.signing_key(), LABEL_SOLICIT, &p);
+            let _ = open_solicit(&signed, dap.id(), headend.id(), &headend_key);
+        }
+        // The unmutated payloads still open: the loop exercised real shapes.
+        let signed = sign_statement(dap.id(), dap.signing_key(), LABEL_BATCH, &batch_payload);
+        assert_eq!(
+            open_batch(&signed, headend.id(), by_dap)
+                .unwrap()
+                .reports
+                .len(),
+            3
+        );
+        let signed = sign_statement(
+            dap.id(),
+            dap.signing_key(),
+            LABEL_ANNOUNCE,
+            &announce_payload,
+        );
+        assert_eq!(
+            Announcement::open(&signed, headend.id(), by_dap)
+                .unwrap()
+                .meters,
+            meters
+        );
+    }
 }
