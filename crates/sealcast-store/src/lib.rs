@@ -76,8 +76,9 @@ pub trait ManagerStore: Send {
     /// [`Error::NotFound`] if its agent is not enrolled.
     fn insert_entity(&mut self, entity: &EntityRecord) -> Result<()>;
     /// Enrols several entities (agents before the devices naming them). The
-    /// default inserts them one by one; SQLite overrides it with one
-    /// transaction (all or none, one fsync — enrolling thousands at once).
+    /// default inserts them one by one; SQLite and PostgreSQL override it
+    /// with one transaction (all or none, one commit — enrolling thousands
+    /// at once).
     fn insert_entities(&mut self, entities: &[EntityRecord]) -> Result<()> {
         for e in entities {
             self.insert_entity(e)?;

@@ -9,7 +9,7 @@
 //! self-exclusive table lock so sequence numbers never fork.
 
 use postgres::error::SqlState;
-use postgres::{Client, NoTls, Row};
+use postgres::{Client, GenericClient, NoTls, Row};
 use sealcast_core::ids::{EntityId, Epoch, GroupId};
 use zeroize::Zeroizing;
 
@@ -51,6 +51,37 @@ fn db(action: &'static str) -> impl Fn(postgres::Error) -> Error {
             .as_db_error()
             .map_or_else(|| e.to_string(), |d| d.message().to_owned()),
     }
+}
+
+/// Inserts one entity through `client` (the connection, or a transaction).
+fn insert_entity_on(client: &mut impl GenericClient, entity: &EntityRecord) -> Result<()> {
+    let cred = entity.credential.to_cose_key_set()?;
+    client
+        .execute(
+            "INSERT INTO entities (entity_id, kind, credential, agent_id) VALUES ($1, $2, $3, $4)",
+            &[
+                &entity.id().as_str(),
+                &entity.kind.as_str(),
+                &cred,
+                &entity.agent.as_ref().map(EntityId::as_str),
+            ],
+        )
+        .map_err(|e| match classify(&e) {
+            DbFail::Unique => Error::AlreadyExists {
+                what: "entity",
+                id: entity.id().to_string(),
+            },
+            DbFail::ForeignKey => Error::NotFound {
+                what: "agent",
+                id: entity
+                    .agent
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+            },
+            _ => db("insert an entity")(e),
+        })?;
+    Ok(())
 }
 
 fn classify(e: &postgres::Error) -> DbFail {
@@ -242,29 +273,19 @@ impl ManagerStore for PgStore {
     }
 
     fn insert_entity(&mut self, entity: &EntityRecord) -> Result<()> {
-        let cred = entity.credential.to_cose_key_set()?;
-        self.client
-            .execute(
-                "INSERT INTO entities (entity_id, kind, credential, agent_id) VALUES ($1, $2, $3, $4)",
-                &[
-                    &entity.id().as_str(),
-                    &entity.kind.as_str(),
-                    &cred,
-                    &entity.agent.as_ref().map(EntityId::as_str),
-                ],
-            )
-            .map_err(|e| match classify(&e) {
-                DbFail::Unique => Error::AlreadyExists {
-                    what: "entity",
-                    id: entity.id().to_string(),
-                },
-                DbFail::ForeignKey => Error::NotFound {
-                    what: "agent",
-                    id: entity.agent.as_ref().map(ToString::to_string).unwrap_or_default(),
-                },
-                _ => db("insert an entity")(e),
-            })?;
-        Ok(())
+        insert_entity_on(&mut self.client, entity)
+    }
+
+    fn insert_entities(&mut self, entities: &[EntityRecord]) -> Result<()> {
+        // One transaction: all or none, as on SQLite.
+        let mut tx = self
+            .client
+            .transaction()
+            .map_err(db("begin enrolling entities"))?;
+        for e in entities {
+            insert_entity_on(&mut tx, e)?;
+        }
+        tx.commit().map_err(db("finish enrolling entities"))
     }
 
     fn update_entity(&mut self, entity: &EntityRecord) -> Result<()> {

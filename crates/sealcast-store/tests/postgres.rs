@@ -93,6 +93,14 @@ fn pg_crud_edges() {
 }
 
 #[test]
+fn pg_batch_enrolment_is_all_or_none() {
+    let Some(schema) = Schema::new("pg_batch_enrolment") else {
+        return;
+    };
+    batch_enrolment(&mut schema.open(1));
+}
+
+#[test]
 fn pg_advance_epoch_conflict() {
     let Some(schema) = Schema::new("pg_advance_epoch_conflict") else {
         return;

@@ -69,6 +69,12 @@ fn crud_edges_in_memory() {
 }
 
 #[test]
+fn batch_enrolment_is_all_or_none() {
+    let mut s = SqliteStore::open_in_memory(kek(1)).unwrap();
+    batch_enrolment(&mut s);
+}
+
+#[test]
 fn works_as_a_trait_object() {
     let mut s: Box<dyn ManagerStore> = Box::new(SqliteStore::open_in_memory(kek(1)).unwrap());
     populate(s.as_mut());

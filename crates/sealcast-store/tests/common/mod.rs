@@ -445,3 +445,34 @@ pub fn audit_table(s: &mut dyn ManagerStore) {
         .is_err()
     );
 }
+
+/// Batch enrolment is all or none: a batch whose last entity collides
+/// leaves none of the batch behind; a clean batch lands whole.
+pub fn batch_enrolment(s: &mut dyn ManagerStore) {
+    s.insert_entity(&entity("gw-b", EntityKind::Agent, None, 1))
+        .unwrap();
+    let clean: Vec<EntityRecord> = (0..50)
+        .map(|i| {
+            entity(
+                &format!("dev-b{i}"),
+                EntityKind::Device,
+                Some("gw-b"),
+                100 + i,
+            )
+        })
+        .collect();
+    s.insert_entities(&clean).unwrap();
+    assert_eq!(s.list_entities().unwrap().len(), 51);
+
+    let mut doomed: Vec<EntityRecord> = (0..20)
+        .map(|i| entity(&format!("dev-c{i}"), EntityKind::Device, None, 200 + i))
+        .collect();
+    doomed.push(entity("dev-b7", EntityKind::Device, None, 999));
+    assert!(s.insert_entities(&doomed).is_err());
+    assert_eq!(
+        s.list_entities().unwrap().len(),
+        51,
+        "a failed batch left some of its entities behind"
+    );
+    assert!(s.entity(&eid("dev-c0")).unwrap().is_none());
+}
