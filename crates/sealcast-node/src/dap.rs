@@ -314,9 +314,7 @@ impl DapCore {
 }
 
 fn int_of(v: &ciborium::Value) -> Result<u64> {
-    v.as_integer()
-        .and_then(|i| u64::try_from(i).ok())
-        .ok_or_else(|| state_err("malformed integer"))
+    crate::cbor::u64_of(v).ok_or_else(|| state_err("malformed integer"))
 }
 
 /// Something the DAP did.

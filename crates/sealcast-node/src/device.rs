@@ -689,9 +689,7 @@ fn bytes_of(v: &ciborium::Value) -> Result<&[u8]> {
 }
 
 fn int_of(v: &ciborium::Value) -> Result<u64> {
-    v.as_integer()
-        .and_then(|i| u64::try_from(i).ok())
-        .ok_or_else(|| state_err("malformed"))
+    crate::cbor::u64_of(v).ok_or_else(|| state_err("malformed"))
 }
 
 /// Restores what [`save_state_parts`] wrote (nothing if the file is absent).

@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod cbor;
 pub mod control;
 pub mod dap;
 pub mod demo;

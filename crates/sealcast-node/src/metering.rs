@@ -79,9 +79,7 @@ fn text_id(v: &Value) -> Result<EntityId> {
 }
 
 fn uint(v: &Value) -> Result<u64> {
-    v.as_integer()
-        .and_then(|i| u64::try_from(i).ok())
-        .ok_or_else(|| malformed("not an unsigned integer"))
+    crate::cbor::u64_of(v).ok_or_else(|| malformed("not an unsigned integer"))
 }
 
 fn id_value(id: &EntityId) -> Value {
