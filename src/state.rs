@@ -10,6 +10,9 @@ use sealcast_core::groupkey::MAX_SIGNERS;
 use sealcast_core::ids::{Epoch, GroupId, SenderId, SeqNum};
 use sealcast_core::replay::{SeqAllocator, SeqWindow};
 
+use sealcast_store::StateLock;
+use sealcast_store::lock::SHORT_WAIT;
+
 use crate::error::{CliError, Result};
 use crate::files::{self, Overwrite, PRIVATE_MODE};
 use crate::text::{hex, parse_hex, show_id};
@@ -91,6 +94,16 @@ impl SeqState {
     }
 }
 
+/// Takes the exclusive lock of a `--seq-state` or `--replay-state` file
+/// (`<file>.lock`), waiting for another `seal`/`open` of the same file to
+/// finish. Held from before the file is read until after it was replaced,
+/// so concurrent commands never hand out one sequence number twice nor
+/// accept one message twice.
+pub fn lock(path: &Path) -> Result<StateLock> {
+    StateLock::acquire(&StateLock::path_for_file(path), path, SHORT_WAIT)
+        .map_err(|e| CliError::other(e.to_string()))
+}
+
 /// Hands out the next sequence number of `sender` in (`group`, `epoch`),
 /// persisting the state file (fsynced) before the number is returned, so a
 /// number is never used twice, even across crashes.
@@ -105,6 +118,9 @@ pub fn allocate_seq(
     epoch: Epoch,
     sender: &SenderId,
 ) -> Result<SeqNum> {
+    // Read, reserve and write under one lock: two sealers of one file never
+    // see the same `next`.
+    let _lock = lock(path)?;
     let bad = |why: String| {
         CliError::other(format!(
             "{} is not a usable sequence state file ({why}); restore it or pass a new file",

@@ -408,6 +408,92 @@ fn seq_state_never_repeats_across_invocations() {
     assert!(stderr(ok(&f.open("m77.cose", "t", &[]))).contains("seq 77 "));
 }
 
+/// Issue #10, items 1 and 2: sixteen `seal`s of one `--seq-state` file at
+/// once hand out sixteen different sequence numbers (they used to share
+/// some — two ciphertexts under one AES-GCM nonce), and sixteen `open`s of
+/// one message with one `--replay-state` file accept it exactly once.
+#[test]
+fn concurrent_commands_share_no_sequence_number_and_accept_one_message_once() {
+    const N: usize = 16;
+    let f = Fleet::new();
+    let seals: Vec<std::process::Child> = (0..N)
+        .map(|i| {
+            Command::new(BIN)
+                .args([
+                    "seal",
+                    "--group-key",
+                    "fire-doors.gk",
+                    "--key",
+                    "door-gw.key",
+                    "--target",
+                    "t",
+                    "--seq-state",
+                    "door-gw.seq",
+                    "--in",
+                    "-",
+                    "--out",
+                    &format!("c{i}.cose"),
+                ])
+                .current_dir(f.dir.path())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut seqs: Vec<u64> = seals
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().unwrap();
+            let err = stderr(ok(&out));
+            err.split(" seq ")
+                .nth(1)
+                .and_then(|rest| rest.split(' ').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no seq in {err}"))
+        })
+        .collect();
+    seqs.sort_unstable();
+    assert_eq!(
+        seqs,
+        (0..N as u64).collect::<Vec<_>>(),
+        "concurrent seals reused a sequence number"
+    );
+
+    let opens: Vec<std::process::Child> = (0..N)
+        .map(|_| {
+            Command::new(BIN)
+                .args([
+                    "open",
+                    "--group-key",
+                    "fire-doors.gk",
+                    "--target",
+                    "t",
+                    "--replay-state",
+                    "door-17.replay",
+                    "--in",
+                    "c0.cose",
+                ])
+                .current_dir(f.dir.path())
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outcomes: Vec<Output> = opens
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    let accepted = outcomes.iter().filter(|o| o.status.success()).count();
+    assert_eq!(accepted, 1, "one message accepted {accepted} times");
+    for o in outcomes.iter().filter(|o| !o.status.success()) {
+        assert!(fails_cleanly(o).contains("replay"), "{}", stderr(o));
+    }
+}
+
 #[test]
 fn tampered_or_garbage_input_fails_cleanly() {
     let f = Fleet::new();

@@ -85,7 +85,7 @@ async fn group_admin_against_a_running_manager() {
     let second = run(&dir, &["manager", "serve", "--config", "manager.toml"]);
     assert!(!second.status.success());
     assert!(
-        String::from_utf8_lossy(&second.stderr).contains("another manager answers"),
+        String::from_utf8_lossy(&second.stderr).contains("another manager (pid"),
         "{}",
         String::from_utf8_lossy(&second.stderr)
     );
@@ -309,4 +309,63 @@ fn a_stale_socket_reads_as_not_running() {
     let err = sealcast_fails(dir, &admin("list", &[]));
     assert!(err.contains("no manager answers on"), "{err}");
     assert!(err.contains("state/manager.sock"), "{err}");
+}
+
+/// Issue #10, item 4: two `manager serve` started at once on a fresh state
+/// directory. Exactly one runs; the other exits 1 naming the running one's
+/// pid and the directory (both used to generate a KEK, and one in three
+/// times the store was sealed under a KEK that was then replaced: every
+/// later start failed with "this KEK does not open the store"). The
+/// survivor, stopped with SIGTERM and started again, opens its store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_managers_started_at_once_one_runs_and_the_store_stays_readable() {
+    let t = MqttRun::start("m").await;
+    let (dir, url, run_id) = (t.dir.clone(), &t.url, &t.run);
+    let manager = format!("{run_id}-manager");
+    keygen(&dir, [&manager]);
+    fs::write(
+        dir.join("manager.toml"),
+        manager_config(&format!("broker = \"{url}\"\n"), run_id, &manager),
+    )
+    .unwrap();
+    let serve = ["manager", "serve", "--config", "manager.toml"];
+    for trial in 0..3 {
+        let _ = fs::remove_dir_all(dir.join("manager-state"));
+        let _ = fs::remove_file(dir.join("manager.kek"));
+        let mut procs = Procs::new(&dir);
+        procs.start("a", &serve);
+        procs.start("b", &serve);
+        wait_until_blocking("one manager running, the other refused", &procs, || {
+            let (a, b) = (procs.log("a"), procs.log("b"));
+            let running = |l: &str| l.contains("control socket listening");
+            let refused = |l: &str| l.contains("another manager (pid");
+            (running(&a) && refused(&b)) || (running(&b) && refused(&a))
+        });
+        let (winner, loser) = if procs.log("a").contains("control socket listening") {
+            ("a", "b")
+        } else {
+            ("b", "a")
+        };
+        let status = procs.interrupt(loser);
+        assert_eq!(
+            status.code(),
+            Some(1),
+            "trial {trial}: {}",
+            procs.log(loser)
+        );
+        let winner_pid = procs.pid(winner);
+        let refusal = procs.log(loser);
+        assert!(
+            refusal.contains(&format!("pid {winner_pid}")) && refusal.contains("manager-state"),
+            "{refusal}"
+        );
+        let status = procs.terminate_async(winner).await;
+        assert!(status.success(), "trial {trial}: {status:?}");
+        procs.start("again", &serve);
+        wait_until_blocking("the restarted manager", &procs, || {
+            procs.log("again").contains("control socket listening")
+        });
+        assert!(!procs.log("again").contains("does not open"));
+        assert!(procs.terminate_async("again").await.success());
+    }
 }

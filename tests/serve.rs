@@ -329,3 +329,165 @@ async fn sigkill_mid_stream_reuses_no_sequence_number_and_accepts_no_replay() {
     drop(d.procs);
     let _ = d.spy.disconnect(Duration::from_secs(2)).await;
 }
+
+/// `sealcast group <sub> --config manager.toml <args…>` in `dir`.
+fn admin(dir: &std::path::Path, sub: &str, args: &[&str]) -> String {
+    let mut all = vec!["group", sub, "--config", "manager.toml"];
+    all.extend_from_slice(args);
+    common::sealcast(dir, &all)
+}
+
+/// `sealcast device send` of an alert from `sensor`, waiting at most
+/// `wait` seconds for the manager: its whole output.
+fn try_alert(dir: &std::path::Path, sensor: &str, wait: Option<&str>) -> std::process::Output {
+    let config = format!("{sensor}.toml");
+    let mut args = vec![
+        "device",
+        "send",
+        "--config",
+        &config,
+        "--group",
+        "fire-sensors",
+        "--alert",
+        "smoke",
+    ];
+    if let Some(w) = wait {
+        args.extend(["--wait", w]);
+    }
+    common::run(dir, &args)
+}
+
+/// Issue #10, items 1, 3, 5 and 6, through the services as a user runs
+/// them:
+/// - `device send` next to a running `device run` of the same sensor is
+///   refused, naming the state file and the holder (it used to take the
+///   same sequence number as a later send: two plaintexts under one nonce);
+///   after the runtime stopped on SIGTERM (exit 0), sends follow each other
+///   without reusing or skipping numbers;
+/// - after `group rekey` of the sensors' group while the sensor was off,
+///   `device send` fetches the new epoch first, so the gateway verifies the
+///   alert (it used to print "sent" with the stale key, and the gateway
+///   dropped it);
+/// - a door evicted with `group evict` stays evicted when the manager is
+///   restarted with the same config (it used to be re-admitted and to
+///   execute the next command); the manager stops on SIGTERM with exit 0
+///   and removes its control socket;
+/// - with no manager answering, `device send` sends nothing and exits 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn services_lock_state_pull_before_sending_and_keep_evictions_across_restarts() {
+    let mut d = Deployment::start().await;
+    let dir = d.dir.clone();
+    let sensor = d.sensors[0].clone();
+    let [door0, door1] = d.doors.clone();
+
+    // --- item 1: one process per state file -----------------------------------
+    d.restart_device(&sensor, 1).await;
+    let holder = d.procs.pid(&sensor);
+    let refused = try_alert(&dir, &sensor, None);
+    let err = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(
+        !refused.status.success(),
+        "device send ran next to device run: {}",
+        String::from_utf8_lossy(&refused.stdout)
+    );
+    assert!(
+        err.contains("state.cbor") && err.contains(&format!("pid {holder}")),
+        "{err}"
+    );
+    let status = d.procs.terminate_async(&sensor).await;
+    assert!(status.success(), "device run on SIGTERM: {status:?}");
+    assert!(d.procs.log(&sensor).contains("SIGTERM"));
+    let a = send_alert(&dir, &sensor, "smoke A");
+    let b = send_alert(&dir, &sensor, "smoke B");
+    assert_eq!(b, a + 1, "one-shot sends skipped or reused numbers");
+    wait_until(
+        "both doors executed both alerts' commands",
+        &d.procs,
+        || d.doors.iter().all(|x| executed(&dir, x).len() >= 2),
+    )
+    .await;
+
+    // --- item 5: a rekey while the sensor is off --------------------------------
+    let out = admin(&dir, "rekey", &["--group", "fire-sensors"]);
+    assert!(out.contains("fire-sensors"), "{out}");
+    let before = executed(&dir, &door1).len();
+    send_alert(&dir, &sensor, "smoke after rekey");
+    wait_until(
+        "the gateway verified the alert sent after the rekey",
+        &d.procs,
+        || executed(&dir, &door1).len() > before,
+    )
+    .await;
+
+    // --- item 3 and 6: evict, restart the manager on SIGTERM ------------------
+    admin(
+        &dir,
+        "evict",
+        &["--group", "fire-doors", "--member", &door0],
+    );
+    wait_until(
+        "the remaining door follows the eviction rekey",
+        &d.procs,
+        || d.procs.installed(&door1) >= 2,
+    )
+    .await;
+    let status = d.procs.terminate_async("manager").await;
+    assert!(status.success(), "manager on SIGTERM: {status:?}");
+    assert!(
+        !dir.join("manager-state").join("manager.sock").exists(),
+        "the control socket outlived the manager"
+    );
+    let log = d.procs.log("manager");
+    assert!(
+        log.contains("SIGTERM") && log.contains("manager stopped"),
+        "{log}"
+    );
+    d.procs.move_log_aside("manager", 1);
+    d.procs
+        .start("manager", &["manager", "serve", "--config", "manager.toml"]);
+    wait_until("the restarted manager", &d.procs, || {
+        d.procs.log("manager").contains("control socket listening")
+    })
+    .await;
+    let log = d.procs.log("manager");
+    assert!(
+        log.contains(&format!("lists {door0} in group fire-doors"))
+            && !log.contains("members added"),
+        "{log}"
+    );
+    let shown = admin(&dir, "show", &["--group", "fire-doors", "--json"]);
+    let shown: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    let members: Vec<&str> = shown["member_list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert!(!members.contains(&door0.as_str()), "{members:?}");
+    let (evicted_before, kept_before) =
+        (executed(&dir, &door0).len(), executed(&dir, &door1).len());
+    send_alert(&dir, &sensor, "smoke after restart");
+    wait_until("the remaining door executes", &d.procs, || {
+        executed(&dir, &door1).len() > kept_before
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        executed(&dir, &door0).len(),
+        evicted_before,
+        "the evicted door executed a command after the manager restarted"
+    );
+
+    // --- item 5: no manager, nothing sent --------------------------------------
+    let status = d.procs.terminate_async("manager").await;
+    assert!(status.success());
+    let refused = try_alert(&dir, &sensor, Some("2"));
+    let err = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert_eq!(refused.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("did not confirm") && err.contains("nothing was sent"),
+        "{err}"
+    );
+    drop(d.procs);
+    let _ = d.spy.disconnect(Duration::from_secs(2)).await;
+}

@@ -75,6 +75,9 @@ pub fn run(args: &OpenArgs) -> Result<()> {
     };
     let mut receiver = BroadcastReceiver::new(ctx, policy)
         .map_err(|e| CliError::core("cannot set up the receiver", e))?;
+    // Load → check → commit under one lock: two `open`s of one message with
+    // the same replay state accept it once between them.
+    let _lock = args.replay_state.as_deref().map(state::lock).transpose()?;
     if let Some(path) = &args.replay_state {
         for (sender, window) in state::load_replay(path, material.group(), material.epoch())? {
             receiver.restore_window(sender, window);

@@ -20,7 +20,7 @@ use sealcast_node::device::{self, CommandHandler, LogHandler, NodeConfig, Rule};
 use sealcast_node::link::{AddressBook, CoapLinkConfig, LinkConfig};
 use sealcast_store::{AuditLog, DeviceStateFile, Kek, ManagerStore, PgStore, SqliteStore};
 use serde::Deserialize;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::cmd::{load_private_key, load_public_key, say};
 use crate::error::{CliError, Result};
@@ -60,8 +60,12 @@ pub enum DeviceCommand {
     /// Example: sealcast device run --config door-1.toml --exec-log door-1.exec
     Run(RunArgs),
     /// Seal and publish one alert as this device, with the keys and the
-    /// sequence reservation of its state directory (stop 'device run' for
-    /// this device first: both use the same state file).
+    /// sequence reservation of its state directory. It first asks the
+    /// manager for the group's current key material (and installs a newer
+    /// epoch); without the manager's answer within --wait seconds it sends
+    /// nothing and exits 1. It locks the device's state file, so it refuses
+    /// (exit 1, naming the file and the holder's pid) while 'device run' of
+    /// the same device runs: stop that first.
     ///
     /// Example: sealcast device send --config sensor-1.toml --group fire-sensors --alert smoke
     Send(SendArgs),
@@ -117,6 +121,10 @@ pub struct SendArgs {
     /// The alert's text.
     #[arg(long, value_name = "TEXT")]
     pub alert: String,
+    /// How long to wait for the manager to confirm the current key
+    /// material before giving up without sending.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    pub wait: u64,
 }
 
 /// `manager.toml`.
@@ -394,6 +402,27 @@ fn manager_socket(config: &ManagerFile, base: &Path) -> PathBuf {
     )
 }
 
+/// The name of the manager's instance lock in its state directory.
+pub const MANAGER_LOCK: &str = "manager.lock";
+
+/// Takes the manager's single-instance lock on `state_dir`, or says which
+/// manager holds it.
+fn lock_state_dir(state_dir: &Path) -> Result<sealcast_store::StateLock> {
+    sealcast_store::StateLock::acquire(
+        &state_dir.join(MANAGER_LOCK),
+        state_dir,
+        std::time::Duration::ZERO,
+    )
+    .map_err(|e| match e {
+        sealcast_store::Error::Locked { holder, .. } => CliError::other(format!(
+            "another manager{} is running on {}; stop it first (one manager per state_dir; several managers share a PostgreSQL database from different state_dirs)",
+            holder.map_or_else(String::new, |pid| format!(" (pid {pid})")),
+            state_dir.display()
+        )),
+        e => failed("cannot lock the state directory", e),
+    })
+}
+
 /// Runs `sealcast manager serve`.
 pub fn manager(args: &ServeArgs) -> Result<()> {
     init_logs();
@@ -401,16 +430,15 @@ pub fn manager(args: &ServeArgs) -> Result<()> {
     let state_dir = resolve(&base, &config.state_dir);
     create_dir(&state_dir)?;
     let credential = load_private_key(&resolve(&base, &config.key))?;
+    // One manager per state directory, for its whole life: taken before the
+    // KEK or the store is touched, released by the kernel however it exits.
+    let _instance = lock_state_dir(&state_dir)?;
     let kek_path = resolve(&base, &config.kek);
-    let kek = if kek_path.exists() {
-        Kek::from_file(&kek_path).map_err(|e| failed("cannot load the KEK", e))?
-    } else {
-        let kek = Kek::generate().map_err(|e| failed("cannot generate a KEK", e))?;
-        kek.write_file(&kek_path)
-            .map_err(|e| failed("cannot write the KEK", e))?;
+    let (kek, created) =
+        Kek::load_or_create(&kek_path).map_err(|e| failed("cannot load or create the KEK", e))?;
+    if created {
         info!(path = %kek_path.display(), "generated a new key-encryption key");
-        kek
-    };
+    }
     let mut store: Box<dyn ManagerStore> = match &config.postgres {
         Some(url) => {
             Box::new(PgStore::connect(url, kek).map_err(|e| failed("cannot open PostgreSQL", e))?)
@@ -464,7 +492,17 @@ pub fn manager(args: &ServeArgs) -> Result<()> {
             };
             creates.push((group.clone(), scheme));
         }
+        // The store is the authority once a group exists: the config seeds a
+        // group's members only while the store holds no trace of it (absent,
+        // or still at its creation epoch 0 without members — a first start
+        // that stopped between creating and filling it). Afterwards an
+        // eviction or a rekey recorded in the store is never undone by a
+        // restart; what the config still lists is logged and left out.
         let existing = manager.members(&group);
+        let seeding = match manager.material(&group) {
+            None => true,
+            Some(m) => m.epoch().get() == 0 && existing.is_none_or(|x| x.is_empty()),
+        };
         let mut missing = Vec::new();
         for m in &g.members {
             let id = entity(&m.id)?;
@@ -475,6 +513,20 @@ pub fn manager(args: &ServeArgs) -> Result<()> {
                 RoleName::Sender => Role::Sender,
                 RoleName::Receiver => Role::Receiver,
             };
+            if !seeding {
+                let role_name = match m.role {
+                    RoleName::Sender => "sender",
+                    RoleName::Receiver => "receiver",
+                };
+                warn!(
+                    group = %g.id,
+                    member = %id,
+                    "the config lists {id} in group {} but the store does not hold it as a member (it was evicted, or added to the config after the group was created); the store is the authority, so it is not added. If it should be a member, run: sealcast group add --config <manager.toml> --group {} --member {id}:{role_name}",
+                    g.id,
+                    g.id
+                );
+                continue;
+            }
             missing.push((id, role));
         }
         if !missing.is_empty() {
@@ -563,7 +615,7 @@ async fn serve_manager(
             return Err(failed("the manager could not serve its control socket", e));
         }
     };
-    let waited = wait_for_ctrl_c().await;
+    let waited = wait_for_stop_signal().await;
     control.shutdown().await;
     waited?;
     handle.stop().await;
@@ -571,11 +623,21 @@ async fn serve_manager(
     Ok(())
 }
 
-async fn wait_for_ctrl_c() -> Result<()> {
-    tokio::signal::ctrl_c()
-        .await
-        .map_err(|e| failed("cannot listen for Ctrl-C", e))?;
-    info!("Ctrl-C: stopping after the message in hand");
+/// Waits for Ctrl-C (SIGINT) or SIGTERM: every service stops the same way
+/// on both — finish the message in hand, persist, remove its socket and
+/// release its locks, log one line, exit 0.
+pub(crate) async fn wait_for_stop_signal() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term =
+        signal(SignalKind::terminate()).map_err(|e| failed("cannot listen for SIGTERM", e))?;
+    let name = tokio::select! {
+        r = tokio::signal::ctrl_c() => {
+            r.map_err(|e| failed("cannot listen for Ctrl-C", e))?;
+            "Ctrl-C"
+        }
+        _ = term.recv() => "SIGTERM",
+    };
+    info!("{name}: stopping after the message in hand");
     Ok(())
 }
 
@@ -646,7 +708,7 @@ fn run_node(config: NodeConfig, what: &'static str) -> Result<()> {
             .await
             .map_err(|e| failed(&format!("the {what} could not start"), e))?;
         info!(id = %handle.id(), "{what} running");
-        wait_for_ctrl_c().await?;
+        wait_for_stop_signal().await?;
         handle.stop().await;
         info!(id = %handle.id(), "{what} stopped");
         Ok(())
@@ -685,6 +747,7 @@ pub fn device_send(args: &SendArgs) -> Result<()> {
             &group,
             GroupChannel::Alert,
             args.alert.as_bytes(),
+            std::time::Duration::from_secs(args.wait),
         ))
         .map_err(|e| failed("the alert was not sent", e))?;
     say(&format!(

@@ -147,15 +147,38 @@ impl Procs {
 
     /// Sends SIGINT to `name`; returns by when it must have exited.
     fn ctrl_c(&mut self, name: &str) -> Instant {
+        self.signal(name, "-INT")
+    }
+
+    /// Sends `signal` (`-INT`, `-TERM`) to `name`; returns by when it must
+    /// have exited.
+    fn signal(&mut self, name: &str, signal: &str) -> Instant {
         let pid = self.child(name).id().to_string();
         assert!(
             Command::new("kill")
-                .args(["-INT", &pid])
+                .args([signal, &pid])
                 .status()
                 .unwrap()
                 .success()
         );
         Instant::now() + STOP_WAIT
+    }
+
+    /// SIGTERM to `name`, and its exit status within 20 s; it is then
+    /// forgotten.
+    pub async fn terminate_async(&mut self, name: &str) -> ExitStatus {
+        let deadline = self.signal(name, "-TERM");
+        loop {
+            if let Some(status) = self.exited(name, deadline) {
+                return status;
+            }
+            tokio::time::sleep(STOP_POLL).await;
+        }
+    }
+
+    /// The pid of the running child `name`.
+    pub fn pid(&mut self, name: &str) -> u32 {
+        self.child(name).id()
     }
 
     /// The exit status of `name` (then forgotten) once it has exited;
@@ -167,7 +190,7 @@ impl Procs {
         }
         assert!(
             Instant::now() < deadline,
-            "{name} did not stop on Ctrl-C\n{}",
+            "{name} did not stop on its signal\n{}",
             self.logs()
         );
         None

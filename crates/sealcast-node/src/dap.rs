@@ -31,7 +31,7 @@ use sealcast_core::report::verify_reports_batch;
 use sealcast_mqtt::{
     AgentChannel, Bytes, Incoming, MqttClient, MqttConfig, Subscription, TopicFilter, TopicScheme,
 };
-use sealcast_store::DeviceStateFile;
+use sealcast_store::{DeviceStateFile, StateLock};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
@@ -452,6 +452,8 @@ struct Dap {
     batch_size: usize,
     max_batch_delay: Duration,
     state_file: Option<DeviceStateFile>,
+    /// The state file's exclusive lock, held while the service runs.
+    _state_lock: Option<StateLock>,
     events: mpsc::UnboundedSender<DapEvent>,
     stats: DapStats,
     stats_tx: watch::Sender<DapStats>,
@@ -477,11 +479,17 @@ pub async fn spawn(config: DapConfig) -> Result<DapHandle> {
     if batch_size == 0 || batch_size > crate::metering::MAX_BATCH_REPORTS {
         return Err(Error::Runtime("batch size must be 1..=4096".into()));
     }
-    if let Some(file) = &state_file {
-        if let Some(bytes) = file.read()? {
-            core.restore_state(&bytes)?;
+    // Held while the service runs: one process owns this state file.
+    let state_lock = match &state_file {
+        Some(file) => {
+            let lock = file.lock(crate::device::STATE_LOCK_WAIT)?;
+            if let Some(bytes) = file.read()? {
+                core.restore_state(&bytes)?;
+            }
+            Some(lock)
         }
-    }
+        None => None,
+    };
     let id = core.id().clone();
     let report_topic = topics.agent(&id, AgentChannel::Report);
     let solicit_topic = topics.agent(&id, AgentChannel::Solicit);
@@ -504,6 +512,7 @@ pub async fn spawn(config: DapConfig) -> Result<DapHandle> {
         batch_size,
         max_batch_delay,
         state_file,
+        _state_lock: state_lock,
         events,
         stats: DapStats::default(),
         stats_tx,

@@ -157,6 +157,12 @@ impl Events {
             EventKind::Installed { group, epoch } => {
                 format!("installed key of group {} epoch {epoch}", show(group))
             }
+            EventKind::Current { group, epoch } => {
+                format!(
+                    "key of group {} epoch {epoch} confirmed current",
+                    show(group)
+                )
+            }
             EventKind::Executed {
                 group,
                 signer,

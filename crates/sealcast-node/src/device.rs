@@ -21,7 +21,7 @@ use sealcast_core::replay::SeqAllocator;
 use sealcast_group::manager::MessageKind;
 use sealcast_group::member::{Member, MemberEvent};
 use sealcast_mqtt::{DeviceChannel, GroupChannel, Topic, TopicScheme};
-use sealcast_store::DeviceStateFile;
+use sealcast_store::{DeviceStateFile, StateLock};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
@@ -101,12 +101,19 @@ enum Request {
         group: GroupId,
         channel: GroupChannel,
         payload: Vec<u8>,
-        reply: oneshot::Sender<Result<Vec<u8>>>,
+        reply: oneshot::Sender<Result<(Vec<u8>, u64)>>,
     },
     /// The node's current key material of `group`.
     Material {
         group: GroupId,
         reply: oneshot::Sender<Option<GroupKeyMaterial>>,
+    },
+    /// Ask the manager for the current material of `group` (a signed pull);
+    /// answered once the pull is sent. The answer arrives as a delivery and
+    /// is reported as [`EventKind::Installed`] or [`EventKind::Current`].
+    Pull {
+        group: GroupId,
+        reply: oneshot::Sender<()>,
     },
     /// Stop after the current message; answered once stopped.
     Stop { reply: oneshot::Sender<()> },
@@ -133,6 +140,16 @@ impl NodeHandle {
         channel: GroupChannel,
         payload: &[u8],
     ) -> Result<Vec<u8>> {
+        Ok(self.send_counted(group, channel, payload).await?.0)
+    }
+
+    /// [`NodeHandle::send`], also returning the sequence number used.
+    pub async fn send_counted(
+        &self,
+        group: &GroupId,
+        channel: GroupChannel,
+        payload: &[u8],
+    ) -> Result<(Vec<u8>, u64)> {
         let (reply, rx) = oneshot::channel();
         self.requests
             .send(Request::Send {
@@ -153,6 +170,22 @@ impl NodeHandle {
         let (reply, rx) = oneshot::channel();
         self.requests
             .send(Request::Material {
+                group: group.clone(),
+                reply,
+            })
+            .await
+            .map_err(|_| Error::Runtime(format!("node {} stopped", self.id)))?;
+        rx.await
+            .map_err(|_| Error::Runtime(format!("node {} stopped", self.id)))
+    }
+
+    /// Sends the manager a signed pull for the current key material of
+    /// `group`; its answer is reported as an [`EventKind::Installed`] or
+    /// [`EventKind::Current`] event.
+    pub async fn pull(&self, group: &GroupId) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.requests
+            .send(Request::Pull {
                 group: group.clone(),
                 reply,
             })
@@ -186,7 +219,16 @@ struct Node {
     events: EventSink,
     pulls: u64,
     state_file: Option<DeviceStateFile>,
+    /// The state file's exclusive lock, held while the node runs: no other
+    /// process allocates this entity's sequence numbers or commits its
+    /// replay windows meanwhile.
+    _state_lock: Option<StateLock>,
 }
+
+/// How long a node waits for another process to release its state file
+/// (a `device run` that is stopping, a one-shot `device send`) before it
+/// refuses to start.
+pub const STATE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Connects a field node and starts it on the current tokio runtime.
 /// Returns once its subscriptions are in place.
@@ -216,9 +258,14 @@ pub async fn spawn(config: NodeConfig) -> Result<NodeHandle> {
     let mut member = Member::new(config.credential, config.manager);
     let mut receivers = BTreeMap::new();
     let mut senders = BTreeMap::new();
-    if let Some(file) = &config.state_file {
-        restore_state(file, &mut member, &mut receivers, &mut senders)?;
-    }
+    let state_lock = match &config.state_file {
+        Some(file) => {
+            let lock = file.lock(STATE_LOCK_WAIT)?;
+            restore_state(file, &mut member, &mut receivers, &mut senders)?;
+            Some(lock)
+        }
+        None => None,
+    };
     let (link, inbox) = Link::connect(&id, &config.link, config.topics.clone(), interest).await?;
     let (tx, rx) = mpsc::channel(64);
     let node = Node {
@@ -235,6 +282,7 @@ pub async fn spawn(config: NodeConfig) -> Result<NodeHandle> {
         events: config.events,
         pulls: 0,
         state_file: config.state_file,
+        _state_lock: state_lock,
     };
     tokio::spawn(node.run(inbox, rx));
     Ok(NodeHandle { id, requests: tx })
@@ -256,9 +304,39 @@ impl Node {
             }
         };
         self.link.close(std::time::Duration::from_secs(2)).await;
+        self.release_unused_numbers();
         debug!(node = %self.id, "node stopped");
         if let Some(reply) = stopped {
             let _ = reply.send(());
+        }
+    }
+
+    /// On a clean stop: writes each sender reservation down to the next
+    /// unused number, so the next process (a one-shot `device send`)
+    /// continues right after the last number used instead of skipping the
+    /// rest of the block. Safe because this node still holds the state
+    /// file's lock and sends nothing more; after a crash the larger
+    /// reservation on disk stays, which is safe too.
+    fn release_unused_numbers(&mut self) {
+        if self.state_file.is_none() {
+            return;
+        }
+        let mut released = BTreeMap::new();
+        for (key, alloc) in &self.senders {
+            let next = alloc
+                .peek_next()
+                .map_or(alloc.reserved_limit(), SeqNum::get);
+            match SeqAllocator::resume(next, SEQ_BLOCK) {
+                Ok(a) => {
+                    released.insert(key.clone(), a);
+                }
+                Err(_) => return,
+            }
+        }
+        let before = std::mem::replace(&mut self.senders, released);
+        if let Err(e) = self.persist() {
+            self.senders = before;
+            debug!(node = %self.id, error = %e, "unused sequence numbers not released");
         }
     }
 
@@ -287,6 +365,14 @@ impl Node {
             Request::Material { group, reply } => {
                 let _ = reply.send(self.member.material(&group).cloned());
             }
+            Request::Pull { group, reply } => {
+                self.pulls += 1;
+                match self.member.pull_request(&group, self.pulls) {
+                    Ok(pull) => self.send_upstream(DeviceChannel::Pull, pull).await,
+                    Err(e) => warn!(node = %self.id, %group, error = %e, "pull not signed"),
+                }
+                let _ = reply.send(());
+            }
         }
     }
 
@@ -295,7 +381,7 @@ impl Node {
         group: &GroupId,
         channel: GroupChannel,
         payload: &[u8],
-    ) -> Result<Vec<u8>> {
+    ) -> Result<(Vec<u8>, u64)> {
         let material = self
             .member
             .material(group)
@@ -333,7 +419,7 @@ impl Node {
         self.link
             .publish_group(group, channel, bytes.clone())
             .await?;
-        Ok(bytes)
+        Ok((bytes, seq.get()))
     }
 
     async fn on_message(&mut self, incoming: Incoming) {
@@ -470,7 +556,10 @@ impl Node {
                 }
                 self.publish_ack(ack).await;
             }
-            Ok(MemberEvent::AlreadyCurrent { ack, .. }) => self.publish_ack(ack).await,
+            Ok(MemberEvent::AlreadyCurrent { group, epoch, ack }) => {
+                report(&self.events, &self.id, EventKind::Current { group, epoch });
+                self.publish_ack(ack).await;
+            }
             Err(sealcast_group::Error::OutOfSync(_)) => {
                 if let Some(g) = group {
                     self.pulls += 1;
@@ -774,67 +863,62 @@ fn restore_state(
     Ok(())
 }
 
+/// How long a one-shot send waits for the manager to confirm the current
+/// key material before it gives up (`sealcast device send --wait`).
+pub const DEFAULT_CONFIRM_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Seals `payload` for `group` on `channel` once and publishes it, as the
-/// node of `config` would, using (and advancing) the sequence reservation in
-/// its state file: for one-shot senders (`sealcast device send`). Must not
-/// run while a node with the same state file runs. Returns the sealed bytes
-/// and the sequence number used.
+/// node of `config`: for one-shot senders (`sealcast device send`).
+///
+/// It starts the node on its state file (taking the file's lock, so it
+/// refuses while a `device run` of the same entity holds it), first asks
+/// the manager for the group's current key material (a pull) and waits up
+/// to `confirm_wait` for the answer — installing a newer epoch if the
+/// group was rekeyed while the device was off — and only then seals with
+/// the next reserved sequence number and publishes. Without the manager's
+/// answer it fails and sends nothing: a message under a stale key would be
+/// dropped by every receiver while the sender believed it sent. Returns the
+/// sealed bytes and the sequence number used.
 pub async fn send_once(
-    config: NodeConfig,
+    mut config: NodeConfig,
     group: &GroupId,
     channel: GroupChannel,
     payload: &[u8],
+    confirm_wait: std::time::Duration,
 ) -> Result<(Vec<u8>, u64)> {
-    let file = config
-        .state_file
-        .clone()
-        .ok_or_else(|| Error::Runtime("a one-shot send needs a state file".into()))?;
-    let id = config.credential.id().clone();
-    let mut member = Member::new(config.credential, config.manager);
-    let mut receivers = BTreeMap::new();
-    let mut senders = BTreeMap::new();
-    restore_state(&file, &mut member, &mut receivers, &mut senders)?;
-    let material = member
-        .material(group)
-        .ok_or(Error::Group(sealcast_group::Error::UnknownGroup))?;
-    let ctx = GroupContext::new(material)?;
-    let epoch = ctx.epoch().get();
-    let alloc = match senders.entry((group.clone(), epoch)) {
-        std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-        std::collections::btree_map::Entry::Vacant(v) => v.insert(SeqAllocator::new(SEQ_BLOCK)?),
-    };
-    if let Some(limit) = alloc.reservation_request() {
-        alloc.confirm_reservation(limit)?;
-        save_state(&file, &member, &receivers, &senders)?;
+    if config.state_file.is_none() {
+        return Err(Error::Runtime("a one-shot send needs a state file".into()));
     }
-    let seq = senders
-        .get_mut(&(group.clone(), epoch))
-        .ok_or_else(|| Error::Runtime("sequence allocator vanished".into()))?
-        .next()?;
-    let topic = config.topics.group(group, channel);
-    let credential = member.credential();
-    let bytes = seal_broadcast(
-        &ctx,
-        credential.id(),
-        credential.signing_key(),
-        seq,
-        now(),
-        &topic,
-        payload,
-    )?;
-    match &config.link {
-        LinkConfig::Mqtt { broker_url } => {
-            let mqtt = sealcast_mqtt::MqttConfig::from_url(broker_url, format!("{id}-send"))?;
-            let (client, _inbox) = sealcast_mqtt::MqttClient::connect(mqtt)?;
-            let timeout = std::time::Duration::from_secs(10);
-            client.wait_connected(timeout).await?;
-            client
-                .publish(topic, sealcast_mqtt::Bytes::from(bytes.clone()))
-                .await?;
-            client.flush(timeout).await?;
-            let _ = client.disconnect(timeout).await;
+    let (events, mut seen) = mpsc::unbounded_channel();
+    config.events = events;
+    let node = spawn(config).await?;
+    let confirmed = async {
+        node.pull(group).await?;
+        let deadline = tokio::time::Instant::now() + confirm_wait;
+        loop {
+            let event = tokio::time::timeout_at(deadline, seen.recv())
+                .await
+                .map_err(|_| {
+                    Error::Runtime(format!(
+                        "the manager did not confirm the current key material of group {group} within {} s, so nothing was sent; check that the manager runs, that the broker, topic_prefix and manager_public_key match the manager's, and that this device is a member of the group",
+                        confirm_wait.as_secs()
+                    ))
+                })?
+                .ok_or_else(|| Error::Runtime(format!("node {} stopped", node.id())))?;
+            match event.kind {
+                EventKind::Installed { group: g, .. } | EventKind::Current { group: g, .. }
+                    if g == *group =>
+                {
+                    return Ok(());
+                }
+                _ => {}
+            }
         }
-        LinkConfig::Coap(coap) => crate::link::multicast_once(coap, &topic, &bytes).await?,
-    }
-    Ok((bytes, seq.get()))
+    };
+    let result = match confirmed.await {
+        Ok(()) => node.send_counted(group, channel, payload).await,
+        Err(e) => Err(e),
+    };
+    node.stop().await;
+    result
 }

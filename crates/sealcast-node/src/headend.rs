@@ -34,7 +34,7 @@ use sealcast_mqtt::{
     AgentChannel, Bytes, Incoming, MqttClient, MqttConfig, Subscription, Topic, TopicFilter,
     TopicScheme,
 };
-use sealcast_store::DeviceStateFile;
+use sealcast_store::{DeviceStateFile, StateLock};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
@@ -559,6 +559,8 @@ struct Headend {
     topics: TopicScheme,
     handler: Arc<dyn ReadingHandler>,
     state_file: Option<DeviceStateFile>,
+    /// The state file's exclusive lock, held while the service runs.
+    _state_lock: Option<StateLock>,
     events: mpsc::UnboundedSender<HeadendEvent>,
     stats: HeadendStats,
     stats_tx: watch::Sender<HeadendStats>,
@@ -577,11 +579,17 @@ pub async fn spawn(config: HeadendConfig) -> Result<HeadendHandle> {
         events,
         persistent_session,
     } = config;
-    if let Some(file) = &state_file {
-        if let Some(bytes) = file.read()? {
-            core.restore_state(&bytes)?;
+    // Held while the service runs: one process owns this state file.
+    let state_lock = match &state_file {
+        Some(file) => {
+            let lock = file.lock(crate::device::STATE_LOCK_WAIT)?;
+            if let Some(bytes) = file.read()? {
+                core.restore_state(&bytes)?;
+            }
+            Some(lock)
         }
-    }
+        None => None,
+    };
     let id = core.id().clone();
     let mut mqtt =
         MqttConfig::from_url(&broker_url, id.as_str())?.with_persistent_session(persistent_session);
@@ -601,6 +609,7 @@ pub async fn spawn(config: HeadendConfig) -> Result<HeadendHandle> {
         topics,
         handler,
         state_file,
+        _state_lock: state_lock,
         events,
         stats: HeadendStats::default(),
         stats_tx,

@@ -161,6 +161,9 @@ impl core::fmt::Debug for MeterConfig {
 /// of each report sent.
 pub async fn report_once(config: MeterConfig, readings: &[Vec<u8>]) -> Result<Vec<(u64, usize)>> {
     let file = config.state_file;
+    // Read, reserve and write under the file's lock: two reports of one
+    // meter at once never share a sequence number.
+    let _lock = file.lock(crate::device::STATE_LOCK_WAIT)?;
     let limit = match file.read()? {
         Some(bytes) => decode_state(&bytes)?,
         None => 0,

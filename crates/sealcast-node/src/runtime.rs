@@ -34,6 +34,14 @@ pub enum EventKind {
         /// The epoch.
         epoch: Epoch,
     },
+    /// The manager re-sent the epoch this entity holds already (the answer
+    /// to a pull when nothing changed): its key material is current.
+    Current {
+        /// The group.
+        group: GroupId,
+        /// The epoch.
+        epoch: Epoch,
+    },
     /// A command or alert opened, verified and executed.
     Executed {
         /// The group it was sealed for.

@@ -138,6 +138,14 @@ pub enum Error {
         /// What was found.
         reason: String,
     },
+    /// Another process holds the exclusive lock on a state file or state
+    /// directory (a running service, or a command next to it).
+    Locked {
+        /// The state file or directory the lock guards.
+        path: PathBuf,
+        /// The holder's process id, when it could be read.
+        holder: Option<u32>,
+    },
 }
 
 impl Error {
@@ -194,6 +202,17 @@ impl fmt::Display for Error {
                 "{what} {id} is still referenced (a group member, or the agent of other entities); remove those references first"
             ),
             Error::InvalidArgument(why) => write!(f, "refused: {why}"),
+            Error::Locked { path, holder } => {
+                let who = holder.map_or_else(
+                    || "another sealcast process".to_owned(),
+                    |pid| format!("another sealcast process (pid {pid})"),
+                );
+                write!(
+                    f,
+                    "{} is in use by {who}; stop that process (or wait for it to finish) and try again",
+                    path.display()
+                )
+            }
             Error::KekFilePermissions { path, mode } => write!(
                 f,
                 "KEK file {} has mode {mode:04o}, so other users may read it; run `chmod 600 {}` (mode 0600 or 0400 is required)",

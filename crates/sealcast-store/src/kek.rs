@@ -191,6 +191,28 @@ impl Kek {
         s
     }
 
+    /// The KEK in `path`, or — when the file does not exist — a fresh one
+    /// written there (0600, fsynced) with create-new semantics: of two
+    /// processes starting at once on a missing file, one creates it and the
+    /// other loads what the first wrote, so a store is never sealed under a
+    /// KEK that a rename later replaced. The flag tells whether this call
+    /// created the file.
+    pub fn load_or_create(path: impl AsRef<Path>) -> Result<(Self, bool)> {
+        let path = path.as_ref();
+        match Self::from_file(path) {
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+            other => return other.map(|k| (k, false)),
+        }
+        let kek = Self::generate()?;
+        let mut text = Zeroizing::new(kek.to_hex().as_bytes().to_vec());
+        text.push(b'\n');
+        if crate::statefile::write_new(path, &text, 0o600)? {
+            Ok((kek, true))
+        } else {
+            Self::from_file(path).map(|k| (k, false))
+        }
+    }
+
     /// Writes this KEK as hex into a new file of mode 0600 (atomically; an
     /// existing file is replaced).
     pub fn write_file(&self, path: impl AsRef<Path>) -> Result<()> {

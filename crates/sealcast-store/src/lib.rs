@@ -38,6 +38,7 @@
 pub mod audit;
 mod error;
 mod kek;
+pub mod lock;
 mod model;
 pub mod persist;
 mod pg;
@@ -51,6 +52,7 @@ pub use audit::{
 };
 pub use error::{Error, Result};
 pub use kek::{KEK_ENV, KEK_LEN, Kek};
+pub use lock::StateLock;
 pub use model::{EntityKind, EntityRecord, GroupRecord, MemberRecord, RekeyScheme, Role};
 pub use pg::PgStore;
 pub use schema::SCHEMA_VERSION;

@@ -64,6 +64,46 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     sync_dir(&dir)
 }
 
+/// Writes `bytes` to a NEW file `path` with permission bits `mode`: the
+/// content is written and fsynced under a temporary name, then hard-linked
+/// to `path`, which fails if `path` exists — so of two processes creating
+/// the same file at once exactly one wins, and nobody ever sees it
+/// half-written. Returns `false` (and changes nothing) if `path` existed.
+pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<bool> {
+    let (dir, name) = split(path)?;
+    let mut suffix = [0u8; 8];
+    crate::kek::os_random(&mut suffix)?;
+    let mut tmp_name = OsString::from(".");
+    tmp_name.push(&name);
+    tmp_name.push(TEMP_MARK);
+    tmp_name.push(hex(&suffix));
+    let tmp = dir.join(tmp_name);
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(|e| Error::io("create temporary file", &tmp, e))?;
+        file.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(|e| Error::io("set permissions of", &tmp, e))?;
+        file.write_all(bytes)
+            .map_err(|e| Error::io("write temporary file", &tmp, e))?;
+        file.sync_all()
+            .map_err(|e| Error::io("fsync temporary file", &tmp, e))?;
+        drop(file);
+        match fs::hard_link(&tmp, path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(Error::io("link new file", path, e)),
+        }
+    })();
+    let _ = fs::remove_file(&tmp);
+    let created = result?;
+    sync_dir(&dir)?;
+    Ok(created)
+}
+
 fn split(path: &Path) -> Result<(PathBuf, OsString)> {
     let name = path.file_name().ok_or_else(|| {
         Error::InvalidArgument(format!("{} does not name a file", path.display()))
@@ -105,6 +145,19 @@ impl DeviceStateFile {
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Takes the exclusive lock that every process reading-modifying-writing
+    /// this file must hold (`<file>.lock`, see [`crate::lock`]): a running
+    /// service holds it for its lifetime, a one-shot command for its run.
+    /// Waits up to `wait` for another holder, then refuses with
+    /// [`Error::Locked`](crate::Error::Locked) naming this file.
+    pub fn lock(&self, wait: std::time::Duration) -> Result<crate::lock::StateLock> {
+        crate::lock::StateLock::acquire(
+            &crate::lock::StateLock::path_for_file(&self.path),
+            &self.path,
+            wait,
+        )
     }
 
     /// Replaces the content atomically (see [`write_atomic`]).

@@ -55,7 +55,7 @@ use tracing::{info, warn};
 
 use super::{
     ServeArgs, create_dir, entity, failed, init_logs, node_config, read_config, resolve, runtime,
-    topics, wait_for_ctrl_c,
+    topics, wait_for_stop_signal,
 };
 use crate::cmd::{load_private_key, load_public_key, say};
 use crate::error::{CliError, Result};
@@ -287,7 +287,7 @@ pub fn headend(args: &HeadendServeArgs) -> Result<()> {
             "the headend task ended".to_owned()
         };
         tokio::select! {
-            r = wait_for_ctrl_c() => r?,
+            r = wait_for_stop_signal() => r?,
             why = failure => return Err(failed("the headend stopped", why)),
         }
         handle.stop().await;
@@ -392,7 +392,7 @@ pub fn agent_with_dap(args: &ServeArgs) -> Result<()> {
             }
             "the DAP task ended".to_owned()
         });
-        let mut ctrl_c = Box::pin(wait_for_ctrl_c());
+        let mut ctrl_c = Box::pin(wait_for_stop_signal());
         loop {
             tokio::select! {
                 r = &mut ctrl_c => { r?; break; }
