@@ -37,21 +37,22 @@ pub fn render(bytes: &[u8]) -> Result<String, String> {
                 .into(),
         );
     }
-    if let Ok(text) = core::str::from_utf8(bytes) {
-        if text.ends_with('\n') && text.chars().all(|c| !c.is_control() || c.is_whitespace()) {
-            let trimmed = text.trim();
-            return Err(
-                if !trimmed.is_empty()
-                    && trimmed
-                        .bytes()
-                        .all(|b| b.is_ascii_hexdigit() || b.is_ascii_whitespace())
-                {
-                    "the input is hex text; pass --hex".into()
-                } else {
-                    "the input is text, not CBOR; inspect reads COSE/CBOR objects (binary, or hex with --hex)".into()
-                },
-            );
-        }
+    if let Ok(text) = core::str::from_utf8(bytes)
+        && text.ends_with('\n')
+        && text.chars().all(|c| !c.is_control() || c.is_whitespace())
+    {
+        let trimmed = text.trim();
+        return Err(
+            if !trimmed.is_empty()
+                && trimmed
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b.is_ascii_whitespace())
+            {
+                "the input is hex text; pass --hex".into()
+            } else {
+                "the input is text, not CBOR; inspect reads COSE/CBOR objects (binary, or hex with --hex)".into()
+            },
+        );
     }
     let mut p = Printer::default();
     let mut rest = bytes;
@@ -598,10 +599,10 @@ impl Printer {
     /// printable.
     fn id_bytes(&mut self, v: &Value, indent: usize, depth: usize) {
         self.any(v, indent, depth);
-        if let Value::Bytes(b) = v {
-            if let Some(t) = comment_text(b) {
-                self.comment(&format!("\"{t}\""));
-            }
+        if let Value::Bytes(b) = v
+            && let Some(t) = comment_text(b)
+        {
+            self.comment(&format!("\"{t}\""));
         }
     }
 

@@ -17,7 +17,7 @@ pub fn hex(bytes: &[u8]) -> String {
 /// empty byte string.
 pub fn parse_hex(s: &str) -> Result<Vec<u8>, String> {
     let s = s.strip_prefix("0x").unwrap_or(s);
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return Err("hex needs an even number of digits".into());
     }
     s.as_bytes()

@@ -475,7 +475,7 @@ impl BearerSender {
         let data =
             frame::seal_data_frame(&self.service, msk_id, mtk.id, counter, &mtk.key, &padded)?;
         let mut out = Vec::with_capacity(2);
-        if counter.get() % interval == 0 {
+        if counter.get().is_multiple_of(interval) {
             out.push(mtk.key_frame.clone());
         }
         out.push(data);

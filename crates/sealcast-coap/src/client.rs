@@ -271,13 +271,13 @@ impl CoapClient {
         if b2.num != 0 {
             return Err(Error::Protocol("first Block2 response is not block 0"));
         }
-        if let Some(size2) = message::single_option(&first, opt::SIZE2)? {
-            if message::decode_uint(size2, 4)? as usize > self.config.max_body {
-                return Err(Error::TooLarge {
-                    what: "response body (Size2)",
-                    limit: self.config.max_body,
-                });
-            }
+        if let Some(size2) = message::single_option(&first, opt::SIZE2)?
+            && message::decode_uint(size2, 4)? as usize > self.config.max_body
+        {
+            return Err(Error::TooLarge {
+                what: "response body (Size2)",
+                limit: self.config.max_body,
+            });
         }
         let mut body = first.payload;
         let mut size = b2.size.min(self.config.block_size);
@@ -288,7 +288,7 @@ impl CoapClient {
         }
         st.stats.blocks_received += 1;
         loop {
-            if body.len() % size.bytes() != 0 {
+            if !body.len().is_multiple_of(size.bytes()) {
                 return Err(Error::Protocol("Block2 offset not on a block boundary"));
             }
             let num = u32::try_from(body.len() / size.bytes())

@@ -121,12 +121,12 @@ impl CoapServer {
             let reply =
                 self.core
                     .handle_datagram(datagram, peer, Instant::now(), self.handler.as_ref());
-            if let Some(reply) = reply {
-                if !fault::dropped(&self.fault, Direction::Outgoing, &reply) {
-                    // A failed send is the same as a lost datagram: the
-                    // client retransmits and the cache answers.
-                    let _ = self.socket.send_to(&reply, peer).await;
-                }
+            if let Some(reply) = reply
+                && !fault::dropped(&self.fault, Direction::Outgoing, &reply)
+            {
+                // A failed send is the same as a lost datagram: the
+                // client retransmits and the cache answers.
+                let _ = self.socket.send_to(&reply, peer).await;
             }
             stats.send_replace(self.core.stats());
         }

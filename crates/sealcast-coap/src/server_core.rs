@@ -285,10 +285,10 @@ impl ServerCore {
         let lifetime = self.settings.params.exchange_lifetime();
 
         // A later block of a response already produced.
-        if let (Some(b2), None) = (block2, block1) {
-            if b2.num > 0 {
-                return self.serve_cached_block(&key, b2, now);
-            }
+        if let (Some(b2), None) = (block2, block1)
+            && b2.num > 0
+        {
+            return self.serve_cached_block(&key, b2, now);
         }
 
         if size1.is_some_and(|s| s as usize > self.settings.max_body) {
@@ -390,7 +390,7 @@ impl ServerCore {
         // NUM counts blocks of the size the client asked for; keep the
         // offset when serving a smaller size.
         let offset = b2.offset();
-        if offset % now_size.bytes() != 0 {
+        if !offset.is_multiple_of(now_size.bytes()) {
             return Err(ResponseCode::BAD_OPTION);
         }
         let num = u32::try_from(offset / now_size.bytes()).map_err(|_| ResponseCode::BAD_OPTION)?;

@@ -21,7 +21,7 @@ use sealcast_core::testrng::TestRng;
 
 fn handler(req: &Request, _peer: SocketAddr) -> Response {
     // Large answers for some paths, so Block2 caching is exercised too.
-    if req.path().len() % 2 == 0 {
+    if req.path().len().is_multiple_of(2) {
         Response::content(ContentFormat::COSE_SIGN1, vec![0xa5; 3000])
     } else {
         Response::changed()

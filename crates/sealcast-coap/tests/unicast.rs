@@ -212,7 +212,7 @@ struct DropEvery {
 impl DatagramFilter for DropEvery {
     fn drop_datagram(&self, _direction: Direction, _datagram: &[u8]) -> bool {
         let c = self.count.fetch_add(1, Ordering::SeqCst) + 1;
-        let drop = c % self.n == 0;
+        let drop = c.is_multiple_of(self.n);
         if drop {
             self.dropped.fetch_add(1, Ordering::SeqCst);
         }

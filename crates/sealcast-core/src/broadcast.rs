@@ -582,10 +582,9 @@ impl BroadcastReceiver {
             max_skew_ms: Some(skew),
             ..
         } = self.policy
+            && h.timestamp.get().abs_diff(now.get()) > skew
         {
-            if h.timestamp.get().abs_diff(now.get()) > skew {
-                return Err(Error::StaleTimestamp);
-            }
+            return Err(Error::StaleTimestamp);
         }
         match pending.pre {
             PreCheck::Seq(token) => {

@@ -819,10 +819,10 @@ fn read_okp_key<'a>(r: &mut Reader<'a>) -> Result<RawOkpKey<'a>> {
         CRV_X25519 => Curve::X25519,
         other => return Err(Error::UnsupportedAlgorithm(other)),
     };
-    if let Some(alg) = alg {
-        if !curve.accepts_alg(alg) {
-            return Err(Error::UnsupportedAlgorithm(alg));
-        }
+    if let Some(alg) = alg
+        && !curve.accepts_alg(alg)
+    {
+        return Err(Error::UnsupportedAlgorithm(alg));
     }
     Ok(RawOkpKey { curve, kid, x, d })
 }

@@ -737,10 +737,10 @@ fn receiver(fx: &Fixture, cfg: u8) -> Option<BroadcastReceiver> {
 
 /// Opens `bytes` with a fresh receiver, then once more (a replay).
 fn open_broadcast_twice(fx: &Fixture, cfg: u8, bytes: &[u8], now: UnixMillis) {
-    if let Some(mut rx) = receiver(fx, cfg) {
-        if rx.open(bytes, TARGET, now).is_ok() {
-            let _ = rx.open(bytes, TARGET, now);
-        }
+    if let Some(mut rx) = receiver(fx, cfg)
+        && rx.open(bytes, TARGET, now).is_ok()
+    {
+        let _ = rx.open(bytes, TARGET, now);
     }
 }
 
@@ -916,10 +916,10 @@ fn use_window(mut w: SeqWindow) {
         high + size,
         SeqNum::MAX,
     ] {
-        if let Ok(seq) = SeqNum::new(n) {
-            if let Ok(token) = w.check(seq) {
-                let _ = w.commit(token);
-            }
+        if let Ok(seq) = SeqNum::new(n)
+            && let Ok(token) = w.check(seq)
+        {
+            let _ = w.commit(token);
         }
     }
     let _ = w.to_bytes();
@@ -1175,10 +1175,10 @@ pub fn key_delivery_inner_mutated(data: &[u8]) {
         return;
     };
     let (_, script) = config(data);
-    if let Some(bytes) = delivery_outer(fx, &mutate(&fx.delivery.inner, script)) {
-        if let Ok(m) = open_delivery(fx, &bytes) {
-            use_material(&m);
-        }
+    if let Some(bytes) = delivery_outer(fx, &mutate(&fx.delivery.inner, script))
+        && let Ok(m) = open_delivery(fx, &bytes)
+    {
+        use_material(&m);
     }
 }
 
@@ -1190,10 +1190,10 @@ pub fn key_delivery_material_mutated(data: &[u8]) {
         return;
     };
     let (_, script) = config(data);
-    if let Some(bytes) = delivery_from_material(fx, &mutate(&fx.material_cbor, script)) {
-        if let Ok(m) = open_delivery(fx, &bytes) {
-            use_material(&m);
-        }
+    if let Some(bytes) = delivery_from_material(fx, &mutate(&fx.material_cbor, script))
+        && let Ok(m) = open_delivery(fx, &bytes)
+    {
+        use_material(&m);
     }
 }
 

@@ -125,7 +125,7 @@ impl SeqWindow {
                 limit: Self::MAX_SIZE,
             });
         }
-        if size < Self::MIN_SIZE || size % WORD_BITS != 0 {
+        if size < Self::MIN_SIZE || !size.is_multiple_of(WORD_BITS) {
             return Err(Error::InvalidKey(
                 "replay window size must be a multiple of 64, at least 64",
             ));

@@ -975,10 +975,10 @@ impl TreeRekey {
             }
             prev = Some(w);
         }
-        if let Some(last) = prev {
-            if last.node != NodeIndex::ROOT {
-                return Err(Error::Malformed("tree rekey does not reach the root"));
-            }
+        if let Some(last) = prev
+            && last.node != NodeIndex::ROOT
+        {
+            return Err(Error::Malformed("tree rekey does not reach the root"));
         }
         Ok(())
     }

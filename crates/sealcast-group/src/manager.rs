@@ -215,10 +215,10 @@ impl Manager {
         kind: EntityKind,
         agent: Option<EntityId>,
     ) -> Result<()> {
-        if let Some(a) = &agent {
-            if !self.enrolled.contains_key(a) {
-                return Err(Error::UnknownMember);
-            }
+        if let Some(a) = &agent
+            && !self.enrolled.contains_key(a)
+        {
+            return Err(Error::UnknownMember);
         }
         self.enrolled.insert(
             credential.id().clone(),

@@ -132,13 +132,13 @@ impl Member {
         path: Option<MemberPath>,
     ) -> Result<()> {
         let group = material.group().clone();
-        if let Some(held) = self.epoch(&group) {
-            if material.epoch() < held {
-                return Err(Error::StaleEpoch {
-                    current: held,
-                    offered: material.epoch(),
-                });
-            }
+        if let Some(held) = self.epoch(&group)
+            && material.epoch() < held
+        {
+            return Err(Error::StaleEpoch {
+                current: held,
+                offered: material.epoch(),
+            });
         }
         self.groups.insert(group, Held { material, path });
         Ok(())

@@ -233,13 +233,13 @@ impl AckToken {
 
 impl Drop for AckToken {
     fn drop(&mut self) {
-        if let Some(p) = &self.publish {
-            if p.qos != QoS::AtMostOnce {
-                debug!(
-                    pkid = p.pkid,
-                    "message dropped without acknowledgement; the broker redelivers it on the next session"
-                );
-            }
+        if let Some(p) = &self.publish
+            && p.qos != QoS::AtMostOnce
+        {
+            debug!(
+                pkid = p.pkid,
+                "message dropped without acknowledgement; the broker redelivers it on the next session"
+            );
         }
     }
 }

@@ -443,7 +443,7 @@ fn parse_entity(level: &str) -> Result<EntityId> {
 /// Lowercase hex only: one spelling per group, so one topic per group.
 fn parse_group_hex(level: &str) -> Result<GroupId> {
     let digits = level.as_bytes();
-    if digits.is_empty() || digits.len() % 2 != 0 || digits.len() > 2 * GroupId::MAX_LEN {
+    if digits.is_empty() || !digits.len().is_multiple_of(2) || digits.len() > 2 * GroupId::MAX_LEN {
         return Err(Error::InvalidTopic("group id is not 1 to 32 bytes of hex"));
     }
     let nibble = |c: u8| match c {

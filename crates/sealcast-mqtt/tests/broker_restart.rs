@@ -35,10 +35,10 @@ const LIMIT: Duration = Duration::from_secs(180);
 /// Finds `mosquitto`: `SEALCAST_MOSQUITTO_BIN`, else the PATH and the sbin
 /// folders (Debian installs it in /usr/sbin, which a non-root PATH may lack).
 fn mosquitto_bin(test: &str) -> Option<PathBuf> {
-    if let Ok(bin) = std::env::var("SEALCAST_MOSQUITTO_BIN") {
-        if !bin.is_empty() {
-            return Some(PathBuf::from(bin));
-        }
+    if let Ok(bin) = std::env::var("SEALCAST_MOSQUITTO_BIN")
+        && !bin.is_empty()
+    {
+        return Some(PathBuf::from(bin));
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     let found = std::env::split_paths(&path)

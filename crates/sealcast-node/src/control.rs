@@ -195,7 +195,7 @@ pub fn hex(bytes: &[u8]) -> String {
 
 fn unhex(text: &str) -> core::result::Result<Vec<u8>, String> {
     let t = text.as_bytes();
-    if t.len() % 2 != 0 {
+    if !t.len().is_multiple_of(2) {
         return Err("odd number of hex digits".into());
     }
     let digit = |c: u8| match c {

@@ -252,10 +252,10 @@ impl DapCore {
         if issued.get().abs_diff(at.get()) > SOLICIT_SKEW_MS {
             return Err(Error::Refused("announce request outside the clock skew"));
         }
-        if let Some(last) = self.last_solicited_answer {
-            if at.get().saturating_sub(last.get()) < SOLICIT_MIN_INTERVAL_MS {
-                return Ok(false);
-            }
+        if let Some(last) = self.last_solicited_answer
+            && at.get().saturating_sub(last.get()) < SOLICIT_MIN_INTERVAL_MS
+        {
+            return Ok(false);
         }
         self.last_solicited_answer = Some(at);
         Ok(true)

@@ -479,14 +479,13 @@ impl Node {
                     },
                 );
             }
-            if self.relays_for.contains(device) {
-                if let Err(e) = self
+            if self.relays_for.contains(device)
+                && let Err(e) = self
                     .link
                     .relay(device, incoming.target.clone(), incoming.payload.clone())
                     .await
-                {
-                    warn!(node = %self.id, %device, error = %e, "delivery not relayed; the manager re-sends it");
-                }
+            {
+                warn!(node = %self.id, %device, error = %e, "delivery not relayed; the manager re-sends it");
             }
             let _ = incoming.ack.ack().await;
             return;

@@ -74,10 +74,10 @@ fn state_blob(s: &GroupSnapshot) -> Result<Zeroizing<Vec<u8>>> {
     ]);
     let mut out = Zeroizing::new(Vec::new());
     let written = ciborium::into_writer(&value, &mut *out);
-    if let Value::Array(items) = &mut value {
-        if let Some(Value::Bytes(b)) = items.get_mut(1) {
-            b.zeroize();
-        }
+    if let Value::Array(items) = &mut value
+        && let Some(Value::Bytes(b)) = items.get_mut(1)
+    {
+        b.zeroize();
     }
     written.map_err(|_| Error::Corrupt("cannot encode the manager state blob".into()))?;
     Ok(out)
@@ -112,10 +112,10 @@ fn parse_state_blob(bytes: &[u8]) -> Result<StateBlob> {
         },
         _ => Err(bad()),
     };
-    if let Value::Array(items) = &mut value {
-        if let Some(Value::Bytes(b)) = items.get_mut(1) {
-            b.zeroize();
-        }
+    if let Value::Array(items) = &mut value
+        && let Some(Value::Bytes(b)) = items.get_mut(1)
+    {
+        b.zeroize();
     }
     result
 }

@@ -34,10 +34,10 @@ fn make_log(dir: &Path) -> (PathBuf, AuditAnchor) {
             kind,
             format!("action {} — ünïcode \"quoted\"", i + 1),
         );
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             e = e.with_group(g.clone());
         }
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             e = e.with_entity(EntityId::new(&format!("meter-{i}")).unwrap());
         }
         let rec = log.append(&e).unwrap();
@@ -62,10 +62,10 @@ fn write_lines(path: &Path, lines: &[String]) {
 
 fn broken_at(path: &Path) -> (u64, String) {
     let result = verify_audit_file(path);
-    if let Err(e) = &result {
-        if let Error::AuditBroken { record, .. } = e {
-            return (*record, e.to_string());
-        }
+    if let Err(e) = &result
+        && let Error::AuditBroken { record, .. } = e
+    {
+        return (*record, e.to_string());
     }
     panic!("expected AuditBroken, got {result:?}")
 }

@@ -77,7 +77,7 @@ pub fn read_vector(dir: &std::path::Path, rel: &str) -> String {
 #[allow(clippy::panic)]
 pub fn unhex(s: &str) -> Vec<u8> {
     let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         panic!("odd-length hex string: {s}");
     }
     (0..s.len())
