@@ -491,3 +491,104 @@ async fn services_lock_state_pull_before_sending_and_keep_evictions_across_resta
     drop(d.procs);
     let _ = d.spy.disconnect(Duration::from_secs(2)).await;
 }
+
+/// Issue #10, items 7 and 8: a device with the wrong manager key or the
+/// wrong topic prefix used to log only "device running" forever. Now it
+/// warns once, after `no_key_material_warning_s`, with what to check, and a
+/// refused key delivery is a WARN. The logs an operator reads name groups
+/// by their text, the gateway says which alert it verified and which rule
+/// fired, the manager logs every control-socket operation, and no decrypted
+/// command appears in a log at INFO.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn misconfigured_devices_say_what_to_check_and_logs_are_readable() {
+    let mut d = Deployment::start().await;
+    let dir = d.dir.clone();
+    let sensor = d.sensors[0].clone();
+    let [door0, door1] = d.doors.clone();
+    let sensor2 = d.sensors[1].clone();
+
+    send_alert(&dir, &sensor, "smoke");
+    wait_until("both doors unlock", &d.procs, || {
+        d.doors.iter().all(|x| !executed(&dir, x).is_empty())
+    })
+    .await;
+    let gateway = d.procs.log("agent");
+    assert!(
+        gateway.contains("alert verified") && gateway.contains("group=fire-sensors"),
+        "{gateway}"
+    );
+    assert!(
+        gateway.contains("rule fired") && gateway.contains("group=fire-doors"),
+        "{gateway}"
+    );
+    let door = d.procs.log(&door1);
+    assert!(
+        door.contains("executing command") && door.contains("group=fire-doors"),
+        "{door}"
+    );
+    assert!(
+        !door.contains("unlock"),
+        "a decrypted command logged at INFO: {door}"
+    );
+
+    // door-0 again, but trusting the wrong manager key (the gateway's), on a
+    // fresh state directory: the manager's re-sent deliveries are refused.
+    d.procs.exit_on_ctrl_c(&door0).await;
+    let toml = fs::read_to_string(dir.join(format!("{door0}.toml"))).unwrap();
+    let manager_pub = toml
+        .lines()
+        .find_map(|l| l.strip_prefix("manager_public_key = "))
+        .unwrap()
+        .to_owned();
+    let bad = toml
+        .replace(&manager_pub, &format!("\"{}.pub\"", d.gateway))
+        .replace(&format!("{door0}-state"), "door0-bad-state")
+        + "no_key_material_warning_s = 2\n";
+    fs::write(dir.join("door0-bad.toml"), bad).unwrap();
+    // sensor-2 with the wrong topic prefix hears nothing at all.
+    d.procs.exit_on_ctrl_c(&sensor2).await;
+    let toml = fs::read_to_string(dir.join(format!("{sensor2}.toml"))).unwrap();
+    let prefix = toml
+        .lines()
+        .find_map(|l| l.strip_prefix("topic_prefix = "))
+        .unwrap()
+        .to_owned();
+    let bad = toml
+        .replace(&prefix, "\"elsewhere\"")
+        .replace(&format!("{sensor2}-state"), "sensor2-bad-state")
+        + "no_key_material_warning_s = 2\n";
+    fs::write(dir.join("sensor2-bad.toml"), bad).unwrap();
+    d.procs.start(
+        "door0-bad",
+        &["device", "run", "--config", "door0-bad.toml"],
+    );
+    d.procs.start(
+        "sensor2-bad",
+        &["device", "run", "--config", "sensor2-bad.toml"],
+    );
+    // A rekey the door cannot follow: the manager re-sends it the delivery.
+    admin(&dir, "rekey", &["--group", "fire-doors"]);
+    wait_until("both misconfigured devices warn", &d.procs, || {
+        let (door, sensor) = (d.procs.log("door0-bad"), d.procs.log("sensor2-bad"));
+        door.contains("key delivery refused")
+            && door.contains("no key material received yet")
+            && sensor.contains("no key material received yet")
+    })
+    .await;
+    let sensor_log = d.procs.log("sensor2-bad");
+    assert!(
+        sensor_log.contains("topic_prefix") && sensor_log.contains("manager_public_key"),
+        "{sensor_log}"
+    );
+    assert_eq!(
+        sensor_log.matches("no key material received yet").count(),
+        1
+    );
+    let manager = d.procs.log("manager");
+    assert!(
+        manager.contains("control: done") && manager.contains("rekey group fire-doors"),
+        "{manager}"
+    );
+    drop(d.procs);
+    let _ = d.spy.disconnect(Duration::from_secs(2)).await;
+}

@@ -225,9 +225,17 @@ struct NodeFile {
     relays_for: Vec<String>,
     #[serde(default)]
     rule: Vec<RuleEntry>,
+    /// Warn once when no key material arrived this many seconds after
+    /// start (0: never).
+    #[serde(default = "default_no_key_warning_s")]
+    no_key_material_warning_s: u64,
     /// A DAP's `[dap]` section (read by `metering`).
     #[serde(default, rename = "dap")]
     _dap: Option<toml::Value>,
+}
+
+fn default_no_key_warning_s() -> u64 {
+    60
 }
 
 #[derive(Debug, Deserialize)]
@@ -597,7 +605,7 @@ async fn serve_manager(
             .create_group(group.clone(), AeadAlg::A128Gcm, scheme)
             .await
             .map_err(|e| failed("cannot create a group", e))?;
-        info!(group = %String::from_utf8_lossy(group.as_bytes()), ?scheme, "group created");
+        info!(group = %group.name(), ?scheme, "group created");
     }
     for (group, members) in additions {
         let n = members.len();
@@ -605,7 +613,7 @@ async fn serve_manager(
             .add_members(group.clone(), members)
             .await
             .map_err(|e| failed("cannot add members", e))?;
-        info!(group = %String::from_utf8_lossy(group.as_bytes()), added = n, "members added");
+        info!(group = %group.name(), added = n, "members added");
     }
     // `sealcast group …` from now on; stopped (socket removed) before the manager.
     let control = match control.serve(handle.clone()) {
@@ -699,6 +707,8 @@ fn node_config(path: &Path, handler: Arc<dyn CommandHandler>) -> Result<NodeConf
         handler,
         events,
         state_file: Some(DeviceStateFile::new(state_dir.join("state.cbor"))),
+        no_key_warning: (config.no_key_material_warning_s > 0)
+            .then(|| std::time::Duration::from_secs(config.no_key_material_warning_s)),
     })
 }
 

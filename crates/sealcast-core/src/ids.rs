@@ -65,6 +65,34 @@ byte_id!(
     /// ID Context of the RFC 8613 key derivation. 1 to 32 bytes.
     GroupId, "group id", 1, 32
 );
+impl GroupId {
+    /// The id for people to read (logs): its text when it is printable
+    /// ASCII (`fire-doors`), else lowercase hex. [`Display`](fmt::Display)
+    /// stays hex, the one spelling used in topics.
+    pub fn name(&self) -> GroupName<'_> {
+        GroupName(&self.0)
+    }
+}
+
+/// A [`GroupId`] shown for people: see [`GroupId::name`].
+#[derive(Clone, Copy, Debug)]
+pub struct GroupName<'a>(&'a [u8]);
+
+impl fmt::Display for GroupName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let printable = self.0.iter().all(|b| b.is_ascii_graphic());
+        match core::str::from_utf8(self.0) {
+            Ok(text) if printable => f.write_str(text),
+            _ => {
+                for b in self.0 {
+                    write!(f, "{b:02x}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 byte_id!(
     /// A sender's identifier inside one group (the COSE `kid` of the outer
     /// object). At most 6 bytes: RFC 8613 §5.2 pads it into a 12-byte AES-GCM

@@ -352,10 +352,13 @@ async fn execute(handle: &ManagerHandle, request: Request) -> core::result::Resu
         Request::Evict { group, member } => {
             let id = group_id(&group)?;
             let who = entity_id(&member)?;
-            handle
-                .evict(id.clone(), who)
-                .await
-                .map_err(|e| about_group(&group, e))?;
+            handle.evict(id.clone(), who).await.map_err(|e| match e {
+                Error::Group(sealcast_group::Error::UnknownMember) => Refusal(format!(
+                    "{member} is not a member of group {group:?}: nothing to evict; \
+                         see `sealcast group show --group {group}`"
+                )),
+                other => about_group(&group, other),
+            })?;
             let epoch = current_epoch(handle, &id).await?;
             Ok(json!({ "group": group, "evicted": member, "epoch": epoch }))
         }
@@ -419,13 +422,46 @@ async fn respond(handle: &ManagerHandle, line: &[u8]) -> Value {
             });
         }
     };
+    let what = describe(&request);
     match execute(handle, request).await {
         Ok(Value::Object(mut map)) => {
+            info!(request = %what, "control: done");
             map.insert("ok".into(), Value::Bool(true));
             Value::Object(map)
         }
-        Ok(other) => json!({ "ok": true, "result": other }),
-        Err(Refusal(why)) => json!({ "ok": false, "error": why }),
+        Ok(other) => {
+            info!(request = %what, "control: done");
+            json!({ "ok": true, "result": other })
+        }
+        Err(Refusal(why)) => {
+            info!(request = %what, reason = %why, "control: refused");
+            json!({ "ok": false, "error": why })
+        }
+    }
+}
+
+/// One line for the manager's log: the operation and what it names (ids,
+/// counts; never key bytes).
+fn describe(request: &Request) -> String {
+    match request {
+        Request::Enrol { entities } => match entities.as_slice() {
+            [one] => format!("enrol 1 entity ({:?})", one.kind),
+            many => format!("enrol {} entities", many.len()),
+        },
+        Request::Create { group, scheme, .. } => {
+            format!(
+                "create group {group} ({:?})",
+                scheme.unwrap_or(SchemeName::Tree)
+            )
+        }
+        Request::Add { group, members } => match members.as_slice() {
+            [one] => format!("add {} to group {group}", one.id),
+            many => format!("add {} members to group {group}", many.len()),
+        },
+        Request::Evict { group, member } => format!("evict {member} from group {group}"),
+        Request::Rekey { group } => format!("rekey group {group}"),
+        Request::Show { group } => format!("show group {group}"),
+        Request::List {} => "list groups".to_owned(),
     }
 }
 

@@ -339,6 +339,7 @@ pub async fn fire_safety(
         handler: Arc::new(LogHandler),
         events: tx.clone(),
         state_file: None,
+        no_key_warning: None,
     })
     .await?;
     nodes.insert(gateway.clone(), gw.clone());
@@ -376,6 +377,7 @@ pub async fn fire_safety(
             handler: Arc::new(LogHandler),
             events: tx.clone(),
             state_file: None,
+            no_key_warning: None,
         })
         .await?;
         nodes.insert(d, handle);

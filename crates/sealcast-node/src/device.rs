@@ -41,7 +41,10 @@ pub struct LogHandler;
 
 impl CommandHandler for LogHandler {
     fn execute(&self, device: &EntityId, group: &GroupId, signer: &EntityId, command: &[u8]) {
-        info!(%device, %group, %signer, command = %String::from_utf8_lossy(command), "executing command");
+        // The decrypted command is what the encryption protects: its bytes
+        // only at DEBUG.
+        info!(%device, group = %group.name(), %signer, len = command.len(), "executing command");
+        debug!(%device, group = %group.name(), command = %String::from_utf8_lossy(command), "command content");
     }
 }
 
@@ -80,6 +83,10 @@ pub struct NodeConfig {
     /// Where to persist key state, replay windows and sequence reservations
     /// (None: in memory only, as in the demos). Restored at start.
     pub state_file: Option<DeviceStateFile>,
+    /// Warn once when the node still holds no key material this long after
+    /// it started (None: never): the usual causes are a wrong broker,
+    /// topic prefix or manager key, or a missing enrolment.
+    pub no_key_warning: Option<std::time::Duration>,
 }
 
 impl core::fmt::Debug for NodeConfig {
@@ -223,6 +230,8 @@ struct Node {
     /// process allocates this entity's sequence numbers or commits its
     /// replay windows meanwhile.
     _state_lock: Option<StateLock>,
+    no_key_warning: Option<std::time::Duration>,
+    refused_deliveries: crate::runtime::WarnLimiter,
 }
 
 /// How long a node waits for another process to release its state file
@@ -283,6 +292,8 @@ pub async fn spawn(config: NodeConfig) -> Result<NodeHandle> {
         pulls: 0,
         state_file: config.state_file,
         _state_lock: state_lock,
+        no_key_warning: config.no_key_warning,
+        refused_deliveries: crate::runtime::WarnLimiter::new(crate::runtime::REFUSED_WARN_EVERY),
     };
     tokio::spawn(node.run(inbox, rx));
     Ok(NodeHandle { id, requests: tx })
@@ -290,8 +301,23 @@ pub async fn spawn(config: NodeConfig) -> Result<NodeHandle> {
 
 impl Node {
     async fn run(mut self, mut inbox: Inbox, mut requests: mpsc::Receiver<Request>) {
+        let no_key_after = self.no_key_warning.unwrap_or(std::time::Duration::MAX);
+        let no_key_timer =
+            tokio::time::sleep(no_key_after.min(std::time::Duration::from_secs(86_400 * 365)));
+        tokio::pin!(no_key_timer);
+        let mut no_key_armed = self.no_key_warning.is_some();
         let stopped = loop {
             tokio::select! {
+                () = &mut no_key_timer, if no_key_armed => {
+                    no_key_armed = false;
+                    if self.receivers.is_empty() {
+                        warn!(
+                            node = %self.id,
+                            after_s = no_key_after.as_secs(),
+                            "no key material received yet; check that the broker (or CoAP endpoints) and topic_prefix are the manager's, that manager_public_key is the manager's public key, and that this entity is enrolled and a member of a group (sealcast group show --group …)"
+                        );
+                    }
+                }
                 msg = inbox.next_message() => match msg {
                     Some(m) => self.on_message(m).await,
                     None => break None,
@@ -369,7 +395,9 @@ impl Node {
                 self.pulls += 1;
                 match self.member.pull_request(&group, self.pulls) {
                     Ok(pull) => self.send_upstream(DeviceChannel::Pull, pull).await,
-                    Err(e) => warn!(node = %self.id, %group, error = %e, "pull not signed"),
+                    Err(e) => {
+                        warn!(node = %self.id, group = %group.name(), error = %e, "pull not signed")
+                    }
                 }
                 let _ = reply.send(());
             }
@@ -499,6 +527,13 @@ impl Node {
                 .member
                 .handle_delivery(MessageKind::TreeDelivery, &incoming.payload),
         };
+        if let Err(e) = &result {
+            if !matches!(e, sealcast_group::Error::OutOfSync(_)) {
+                if let Some(held_back) = self.refused_deliveries.allow() {
+                    warn!(node = %self.id, error = %e, held_back, "key delivery refused (forged, replayed, stale or not for this entity); if it keeps happening, check that manager_public_key is the manager's public key");
+                }
+            }
+        }
         self.after_key_event(result, None).await;
         let _ = incoming.ack.ack().await;
     }
@@ -542,7 +577,7 @@ impl Node {
                         return;
                     }
                     if installed {
-                        info!(node = %self.id, %group, %epoch, "key material installed");
+                        info!(node = %self.id, group = %group.name(), %epoch, "key material installed");
                         report(
                             &self.events,
                             &self.id,
@@ -629,6 +664,7 @@ impl Node {
                     },
                 );
                 if channel == GroupChannel::Alert {
+                    info!(node = %self.id, group = %group.name(), signer = %value.signer, seq = value.seq.get(), "alert verified");
                     self.apply_rules(&group).await;
                 }
             }
@@ -684,16 +720,19 @@ impl Node {
                 .seal_and_publish(&rule.then_command, GroupChannel::Command, &rule.command)
                 .await
             {
-                Ok(_) => report(
-                    &self.events,
-                    &self.id,
-                    EventKind::Issued {
-                        group: rule.then_command.clone(),
-                        payload: rule.command.clone(),
-                    },
-                ),
+                Ok((_, seq)) => {
+                    info!(node = %self.id, on_alert_from = %rule.on_alert_from.name(), group = %rule.then_command.name(), seq, "rule fired: command sent");
+                    report(
+                        &self.events,
+                        &self.id,
+                        EventKind::Issued {
+                            group: rule.then_command.clone(),
+                            payload: rule.command.clone(),
+                        },
+                    );
+                }
                 Err(e) => {
-                    warn!(node = %self.id, group = %rule.then_command, error = %e, "rule could not issue its command")
+                    warn!(node = %self.id, group = %rule.then_command.name(), error = %e, "rule could not issue its command")
                 }
             }
         }

@@ -386,7 +386,21 @@ where
                     }
                 }
                 Err(reason) => {
-                    warn!(%target, len = payload.len(), %reason, "message can never be opened; refused and dropped");
+                    // Rate-limited: a flood of garbage must not become a
+                    // flood of log lines.
+                    static REFUSED: std::sync::Mutex<crate::runtime::WarnLimiter> =
+                        std::sync::Mutex::new(crate::runtime::WarnLimiter::new(
+                            crate::runtime::REFUSED_WARN_EVERY,
+                        ));
+                    let allowed = REFUSED.lock().ok().and_then(|mut l| l.allow());
+                    match allowed {
+                        Some(held_back) => {
+                            warn!(%target, len = payload.len(), %reason, held_back, "message can never be opened; refused and dropped")
+                        }
+                        None => {
+                            debug!(%target, len = payload.len(), %reason, "message refused and dropped")
+                        }
+                    }
                     ack.reject().await;
                     Delivery::Rejected { reason }
                 }

@@ -89,6 +89,45 @@ pub struct Event {
     pub kind: EventKind,
 }
 
+/// Lets one warning of a kind through per interval and counts the rest,
+/// so that a flood of refused input costs a log line every few seconds,
+/// not one per message.
+#[derive(Debug)]
+pub struct WarnLimiter {
+    every: Duration,
+    last: Option<std::time::Instant>,
+    suppressed: u64,
+}
+
+impl WarnLimiter {
+    /// At most one warning per `every`.
+    pub const fn new(every: Duration) -> Self {
+        Self {
+            every,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(n)` when this warning should be logged, `n` being how many
+    /// were held back since the last one logged; `None` to stay quiet.
+    pub fn allow(&mut self) -> Option<u64> {
+        let now = std::time::Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < self.every)
+        {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+/// The interval of the rate-limited warnings about refused input.
+pub const REFUSED_WARN_EVERY: Duration = Duration::from_secs(5);
+
 /// Where runtimes report events.
 pub type EventSink = mpsc::UnboundedSender<Event>;
 
