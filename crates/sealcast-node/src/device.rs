@@ -527,12 +527,11 @@ impl Node {
                 .member
                 .handle_delivery(MessageKind::TreeDelivery, &incoming.payload),
         };
-        if let Err(e) = &result {
-            if !matches!(e, sealcast_group::Error::OutOfSync(_)) {
-                if let Some(held_back) = self.refused_deliveries.allow() {
-                    warn!(node = %self.id, error = %e, held_back, "key delivery refused (forged, replayed, stale or not for this entity); if it keeps happening, check that manager_public_key is the manager's public key");
-                }
-            }
+        if let Err(e) = &result
+            && !matches!(e, sealcast_group::Error::OutOfSync(_))
+            && let Some(held_back) = self.refused_deliveries.allow()
+        {
+            warn!(node = %self.id, error = %e, held_back, "key delivery refused (forged, replayed, stale or not for this entity); if it keeps happening, check that manager_public_key is the manager's public key");
         }
         self.after_key_event(result, None).await;
         let _ = incoming.ack.ack().await;
