@@ -326,6 +326,23 @@ fn read_config<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<(T, PathBuf)
     let text =
         std::fs::read_to_string(path).map_err(|e| CliError::io("read config file", path, e))?;
     let config = toml::from_str(&text).map_err(|e| {
+        // A missing field has no line of its own: toml points at the start
+        // of the table that lacks it (line 1 for a top-level setting), which
+        // reads as if line 1 were wrong. Say what is missing instead.
+        let message = e.message();
+        if message.starts_with("missing field") {
+            let table = match e.span() {
+                Some(span) if span.start > 0 => text
+                    .get(span.start..)
+                    .and_then(|rest| rest.lines().next())
+                    .map_or_else(|| "a table".to_owned(), |l| format!("table {}", l.trim())),
+                _ => "the top level".to_owned(),
+            };
+            return CliError::usage(format!(
+                "{}: {message} (in {table}); add it — `--help` of the command lists the settings",
+                path.display()
+            ));
+        }
         CliError::usage(format!(
             "{}: {}",
             path.display(),

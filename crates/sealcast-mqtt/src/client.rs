@@ -390,7 +390,16 @@ impl MqttClient {
         let mut rx = self.shared.status.subscribe();
         let waited = tokio::time::timeout(timeout, rx.wait_for(|s| done(s) || s.closed)).await;
         match waited {
-            Err(_) => Err(Error::Timeout(what)),
+            Err(_) => {
+                let s = self.shared.status.borrow().clone();
+                match s.last_error {
+                    Some(last_error) if !s.connected => Err(Error::Unreachable {
+                        waiting_for: what,
+                        last_error,
+                    }),
+                    _ => Err(Error::Timeout(what)),
+                }
+            }
             Ok(Err(_)) => Err(Error::Closed),
             Ok(Ok(s)) if done(&s) => Ok(()),
             Ok(Ok(s)) => match &s.refused_subscription {

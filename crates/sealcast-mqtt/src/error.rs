@@ -22,6 +22,14 @@ pub enum Error {
     Closed,
     /// A bounded wait ran out.
     Timeout(&'static str),
+    /// A bounded wait ran out while no connection to the broker could be
+    /// made: the last connection error says why (refused, unresolvable…).
+    Unreachable {
+        /// What was waited for.
+        waiting_for: &'static str,
+        /// The last connection error.
+        last_error: String,
+    },
     /// The broker refused a subscription (SUBACK failure code).
     SubscriptionRefused(String),
     /// The embedded broker could not be started.
@@ -37,6 +45,13 @@ impl fmt::Display for Error {
             Error::InvalidConfig(why) => write!(f, "invalid MQTT configuration: {why}"),
             Error::Closed => write!(f, "the MQTT client has shut down"),
             Error::Timeout(what) => write!(f, "timed out waiting for {what}"),
+            Error::Unreachable {
+                waiting_for,
+                last_error,
+            } => write!(
+                f,
+                "cannot reach the MQTT broker ({last_error}) while waiting for {waiting_for}; check the broker URL and that the broker runs"
+            ),
             Error::SubscriptionRefused(filter) => {
                 write!(f, "the broker refused the subscription to {filter}")
             }

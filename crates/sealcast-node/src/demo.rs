@@ -263,6 +263,8 @@ pub async fn fire_safety(
     ));
     std::fs::create_dir_all(&dir)
         .map_err(|e| Error::Runtime(format!("cannot create {}: {e}", dir.display())))?;
+    // Removed however the demo ends, a failure included.
+    let _remove_dir = RemoveOnDrop(dir.clone());
     let kek = sealcast_store::Kek::generate()?;
     let store = SqliteStore::open(dir.join("manager.db"), kek)?;
     let audit = AuditLog::open(dir.join("audit.jsonl"))?;
@@ -701,8 +703,17 @@ pub async fn fire_safety(
         log,
     );
     tap.close(Duration::from_secs(1)).await;
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(report)
+}
+
+/// Removes a demo's temporary directory when dropped.
+#[derive(Debug)]
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn ed25519_dalek_key(rng: &mut rand::rngs::StdRng) -> ed25519_dalek::SigningKey {

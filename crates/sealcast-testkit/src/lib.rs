@@ -40,7 +40,7 @@ pub fn require(var: &str, test: &str, why: &str) -> Option<String> {
                 "\n==================== NOT RUN ====================\n\
                  {test}: {var} is not set, so this test did not run.\n\
                  It needs {why}.\n\
-                 `.ci/run` sets it; see README.md, section Testing.\n\
+                 `.ci/run` sets it; see README.md, section \"Testing\".\n\
                  =================================================\n"
             );
             None
