@@ -295,8 +295,25 @@ async fn smart_metering_as_separate_processes() {
     .await;
     assert_eq!(readings(&dir), expected, "{}", procs.logs());
 
-    // --- Ctrl-C the DAP, restart it, replay a report ---------------------------
-    procs.exit_on_ctrl_c("dap").await;
+    // --- one process per state: a second DAP or headend on the same state
+    // refuses to start (its replay windows would be committed twice) --------
+    for (what, args) in [
+        ("DAP", ["agent", "serve", "--config", "agent.toml"]),
+        ("headend", ["headend", "serve", "--config", "headend.toml"]),
+    ] {
+        let second = common::run(&dir, &args);
+        let err = String::from_utf8_lossy(&second.stderr).into_owned();
+        assert_eq!(second.status.code(), Some(1), "a second {what} ran: {err}");
+        assert!(
+            err.contains("is in use by another sealcast process (pid"),
+            "{err}"
+        );
+    }
+
+    // --- SIGTERM the DAP, restart it, replay a report --------------------------
+    let status = procs.terminate_async("dap").await;
+    assert!(status.success(), "DAP on SIGTERM: {status:?}");
+    assert!(procs.log("dap").contains("SIGTERM"));
     assert!(procs.log("dap").contains("agent stopped"));
     let dropped_before = dap_dropped(&procs.log("dap"), "replayed");
     procs.start_appending("dap", &["agent", "serve", "--config", "agent.toml"]);
