@@ -592,3 +592,135 @@ async fn misconfigured_devices_say_what_to_check_and_logs_are_readable() {
     drop(d.procs);
     let _ = d.spy.disconnect(Duration::from_secs(2)).await;
 }
+
+/// Rounds of the kill -9 loops: `SEALCAST_KILL_ROUNDS` (the full run is
+/// `SEALCAST_KILL_ROUNDS=100 cargo test --test serve kill_loops`), else a
+/// count that keeps CI short.
+fn kill_rounds(default: usize) -> usize {
+    std::env::var("SEALCAST_KILL_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Issue #10, "Also": a sender killed with SIGKILL at arbitrary moments,
+/// round after round, while a subscriber records every object on the wire:
+/// no (group, epoch, sender, sequence number) ever carries two different
+/// ciphertexts. Then a receiver killed with SIGKILL and restarted, round
+/// after round, with every recorded command replayed after each restart:
+/// none is executed twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_loops_never_reuse_a_nonce_nor_accept_a_replay() {
+    use sealcast_core::broadcast::peek_broadcast;
+    use std::collections::BTreeMap;
+    use std::process::{Command, Stdio};
+
+    let mut d = Deployment::start().await;
+    let dir = d.dir.clone();
+    let sensor = d.sensors[0].clone();
+    let topics = TopicScheme::with_prefix(&d._run.run).unwrap();
+    let sensors_g = GroupId::new(b"fire-sensors").unwrap();
+    let alert_topic = topics.group(&sensors_g, GroupChannel::Alert);
+    let watched = alert_topic.clone();
+    let (alert_spy, mut alerts) = spy(
+        &d._run.url,
+        format!("{}-alert-spy", d._run.run),
+        [topics.group_filter(&sensors_g)],
+        move |t| t == watched,
+    )
+    .await;
+
+    // --- the sender, killed at arbitrary moments -----------------------------
+    let rounds = kill_rounds(60);
+    let config = format!("{sensor}.toml");
+    let mut completed = 0;
+    for i in 0..rounds {
+        let mut child = Command::new(common::bin())
+            .args([
+                "device",
+                "send",
+                "--config",
+                &config,
+                "--group",
+                "fire-sensors",
+                "--alert",
+                &format!("smoke {i}"),
+            ])
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // A spread of moments: before the lock, during the pull, while
+        // reserving, sealing, publishing — and every fifth round not at all.
+        let delay = Duration::from_millis(((i * 37) % 400) as u64);
+        if i % 5 == 4 {
+            completed += usize::from(child.wait().unwrap().success());
+        } else {
+            tokio::time::sleep(delay).await;
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+    assert!(completed > 0, "no send completed");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut by_nonce: BTreeMap<(Vec<u8>, u32, u64), Vec<Vec<u8>>> = BTreeMap::new();
+    while let Ok((_, object)) = alerts.try_recv() {
+        let h = peek_broadcast(&object).unwrap();
+        let seen = by_nonce
+            .entry((h.sender_id.as_bytes().to_vec(), h.epoch.get(), h.seq.get()))
+            .or_default();
+        if !seen.contains(&object) {
+            seen.push(object);
+        }
+    }
+    assert!(
+        by_nonce.len() >= completed,
+        "{} objects, {completed} sends",
+        by_nonce.len()
+    );
+    for (nonce, objects) in &by_nonce {
+        assert_eq!(
+            objects.len(),
+            1,
+            "two ciphertexts under one nonce {nonce:?}"
+        );
+    }
+
+    // --- the receiver, killed and fed every recorded command ------------------
+    let door = d.doors[0].clone();
+    let mut commands: Vec<Vec<u8>> = Vec::new();
+    for round in 1..=kill_rounds(15) {
+        while let Ok((_, c)) = d.captured.try_recv() {
+            if !commands.contains(&c) {
+                commands.push(c);
+            }
+        }
+        d.procs.sigkill(&door);
+        d.restart_device(&door, round).await;
+        for c in &commands {
+            d.spy
+                .publish(d.command_topic.clone(), Bytes::from(c.clone()))
+                .await
+                .unwrap();
+        }
+        d.spy.flush(Duration::from_secs(10)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let executed_now = executed(&dir, &door).len();
+        assert!(
+            executed_now <= commands.len(),
+            "round {round}: {door} executed {executed_now} commands, {} were sent",
+            commands.len()
+        );
+    }
+    assert!(!commands.is_empty(), "no command was captured to replay");
+    eprintln!(
+        "kill loops: {rounds} sender rounds, {completed} sends completed, {} distinct alerts on the wire; {} commands replayed after each receiver restart",
+        by_nonce.len(),
+        commands.len()
+    );
+    drop(d.procs);
+    let _ = alert_spy.disconnect(Duration::from_secs(2)).await;
+    let _ = d.spy.disconnect(Duration::from_secs(2)).await;
+}
