@@ -145,6 +145,9 @@ struct ManagerFile {
     sqlite: Option<PathBuf>,
     /// PostgreSQL URL: use it instead of SQLite.
     postgres: Option<String>,
+    /// The PostgreSQL schema the store's tables live in (created if
+    /// missing; default: the first of the connection's search_path).
+    postgres_schema: Option<String>,
     /// The key-encryption key file (created, 0600, if missing).
     kek: PathBuf,
     /// Audit log (default `<state_dir>/audit.jsonl`).
@@ -465,9 +468,13 @@ pub fn manager(args: &ServeArgs) -> Result<()> {
         info!(path = %kek_path.display(), "generated a new key-encryption key");
     }
     let mut store: Box<dyn ManagerStore> = match &config.postgres {
-        Some(url) => {
-            Box::new(PgStore::connect(url, kek).map_err(|e| failed("cannot open PostgreSQL", e))?)
-        }
+        Some(url) => Box::new(
+            match &config.postgres_schema {
+                Some(schema) => PgStore::connect_in_schema(url, schema, kek),
+                None => PgStore::connect(url, kek),
+            }
+            .map_err(|e| failed("cannot open PostgreSQL", e))?,
+        ),
         None => {
             let path = config
                 .sqlite

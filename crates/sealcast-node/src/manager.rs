@@ -233,6 +233,21 @@ impl ManagerHandle {
     }
 }
 
+/// Runs a blocking store call from inside the async runtime. The
+/// PostgreSQL client drives a runtime of its own, which must not start on a
+/// thread of this one (it panicked: "Cannot start a runtime from within a
+/// runtime"); `block_in_place` hands this worker's other tasks to another
+/// thread and leaves the runtime context for the call. On a current-thread
+/// runtime (the demos, on SQLite) the call runs as it is.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 struct Runtime {
     manager: Manager,
     store: Box<dyn ManagerStore>,
@@ -283,7 +298,13 @@ pub async fn spawn_on(
         ],
         multicast: false,
     };
-    let (link, inbox) = Link::connect(manager.id(), link, topics.clone(), interest).await?;
+    let (link, inbox) = match Link::connect(manager.id(), link, topics.clone(), interest).await {
+        Ok(x) => x,
+        Err(e) => {
+            blocking(move || drop(store));
+            return Err(e);
+        }
+    };
     let (tx, rx) = mpsc::channel(16);
     let rt = Runtime {
         manager,
@@ -321,6 +342,9 @@ impl Runtime {
             }
         };
         self.link.close(Duration::from_secs(2)).await;
+        // Closing a PostgreSQL connection blocks too.
+        let Runtime { store, .. } = self;
+        blocking(move || drop(store));
         debug!("manager stopped");
         if let Some(reply) = stopped {
             let _ = reply.send(());
@@ -348,7 +372,8 @@ impl Runtime {
 
     fn save(&mut self, group: &GroupId) -> Result<()> {
         let previous = self.saved.get(group).copied();
-        save_group(self.store.as_mut(), &self.manager, group, previous, now())?;
+        let (store, manager) = (self.store.as_mut(), &self.manager);
+        blocking(|| save_group(store, manager, group, previous, now()))?;
         if let Some(m) = self.manager.material(group) {
             self.saved.insert(group.clone(), m.epoch());
         }
@@ -369,7 +394,8 @@ impl Runtime {
                     .enrol(*credential, kind, agent)
                     .map_err(Error::from)
                     .and_then(|()| {
-                        save_enrolment(self.store.as_mut(), &self.manager).map_err(Error::from)
+                        let (store, manager) = (self.store.as_mut(), &self.manager);
+                        blocking(|| save_enrolment(store, manager)).map_err(Error::from)
                     });
                 if r.is_ok() {
                     self.audit(AuditKind::Enrol, None, Some(&id), format!("{kind:?}"));
@@ -631,7 +657,8 @@ impl Runtime {
             return Ok(report);
         }
         // Saved first: a failed save leaves the manager unchanged too.
-        save_new_entities(self.store.as_mut(), &fresh)?;
+        let store = self.store.as_mut();
+        blocking(|| save_new_entities(store, &fresh))?;
         let at = now();
         let mut entries = Vec::with_capacity(fresh.len());
         for (credential, kind, agent) in fresh {
