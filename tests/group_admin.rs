@@ -369,3 +369,110 @@ async fn two_managers_started_at_once_one_runs_and_the_store_stays_readable() {
         assert!(procs.terminate_async("again").await.success());
     }
 }
+
+/// Issue #12, item 3: two managers on one store. Manager A advances a group
+/// (adds door X); manager B, still holding the older epoch in memory, is
+/// asked to add door Y. B must refuse (the store's epoch moved) and stay
+/// exactly as it was — it used to keep Y as a member in memory and, a few
+/// seconds later, re-send that non-member its own, never-stored key for
+/// the group. After the refusal B reloads the group from the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_operation_leaves_the_manager_unchanged_and_leaks_no_key() {
+    let t = MqttRun::start("r").await;
+    let (dir, url, run_id) = (t.dir.clone(), &t.url, &t.run);
+    // Manager A talks through a broker of its own: both managers have the
+    // same id, and one broker would make them fight over the client id.
+    let private = tokio::task::spawn_blocking(sealcast_mqtt::EmbeddedBroker::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let name = |n: &str| format!("{run_id}-{n}");
+    let (manager, gateway, x, y) = (name("manager"), name("gw"), name("x"), name("y"));
+    keygen(&dir, [&manager, &gateway, &x, &y]);
+    let shared = "sqlite = \"shared.db\"\n";
+    let config = |broker: &str, state: &str| {
+        manager_config(&format!("broker = \"{broker}\"\n"), run_id, &manager)
+            .replace("manager-state", state)
+            + shared
+    };
+    let mut tables = format!(
+        "\n[[enrol]]\nid = \"{gateway}\"\nkind = \"agent\"\npublic_key = \"{gateway}.pub\"\n"
+    );
+    for d in [&x, &y] {
+        tables.push_str(&format!(
+            "\n[[enrol]]\nid = \"{d}\"\nkind = \"device\"\npublic_key = \"{d}.pub\"\nagent = \"{gateway}\"\n"
+        ));
+    }
+    tables.push_str(&format!(
+        "\n[[group]]\nid = \"doors\"\nscheme = \"tree\"\nmembers = [{{ id = \"{gateway}\", role = \"sender\" }}]\n"
+    ));
+    fs::write(
+        dir.join("a.toml"),
+        config(&private.url(), "a-state") + &tables,
+    )
+    .unwrap();
+    fs::write(dir.join("b.toml"), config(url, "b-state")).unwrap();
+    fs::write(
+        dir.join("y.toml"),
+        format!(
+            "broker = \"{url}\"\ntopic_prefix = \"{run_id}\"\nkey = \"{y}.key\"\n\
+             manager_public_key = \"{manager}.pub\"\nstate_dir = \"y-state\"\n"
+        ),
+    )
+    .unwrap();
+
+    let mut procs = Procs::new(&dir);
+    procs.start("a", &["manager", "serve", "--config", "a.toml"]);
+    wait_until_blocking("manager A", &procs, || {
+        procs.log("a").contains("control socket listening")
+    });
+    procs.start("b", &["manager", "serve", "--config", "b.toml"]);
+    procs.start("y", &["device", "run", "--config", "y.toml"]);
+    wait_until_blocking("manager B and device Y", &procs, || {
+        procs.log("b").contains("control socket listening")
+            && procs.log("y").contains("device running")
+    });
+
+    let group = |cfg: &str, sub: &str, args: &[&str]| {
+        let mut all = vec!["group", sub, "--config", cfg];
+        all.extend_from_slice(args);
+        all.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let x_member = format!("{x}:receiver");
+    let args = group(
+        "a.toml",
+        "add",
+        &["--group", "doors", "--member", &x_member],
+    );
+    sealcast(&dir, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let y_member = format!("{y}:receiver");
+    let args = group(
+        "b.toml",
+        "add",
+        &["--group", "doors", "--member", &y_member],
+    );
+    let err = sealcast_fails(&dir, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(err.contains("another manager advanced it first"), "{err}");
+
+    // More than one re-send interval (5 s): nothing reaches Y.
+    std::thread::sleep(std::time::Duration::from_secs(7));
+    assert!(
+        !procs.log("y").contains("key material installed"),
+        "a non-member received a key after a refused add:\n{}",
+        procs.logs()
+    );
+    let args = group("b.toml", "show", &["--group", "doors", "--json"]);
+    let shown: Value = serde_json::from_str(&sealcast(
+        &dir,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    ))
+    .unwrap();
+    assert!(member(&shown, &y).is_none(), "{shown}");
+    assert!(
+        member(&shown, &x).is_some(),
+        "B did not reload the group: {shown}"
+    );
+    assert!(procs.log("b").contains("reloaded it from the store"));
+    drop(procs);
+    drop(private);
+}

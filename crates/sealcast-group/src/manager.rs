@@ -135,6 +135,7 @@ pub struct MemberRecord {
     pub last_sent: Option<UnixMillis>,
 }
 
+#[derive(Clone)]
 struct GroupState {
     scheme: RekeyScheme,
     material: GroupKeyMaterial,
@@ -142,6 +143,22 @@ struct GroupState {
     tree: Option<KeyTree>,
     next_sender_id: u64,
     validity_ms: Option<u64>,
+}
+
+/// One group's state as it was, for [`Manager::roll_back`]. Holds key
+/// material: no `Debug` of its content.
+pub struct GroupCheckpoint {
+    group: GroupId,
+    state: Option<GroupState>,
+}
+
+impl core::fmt::Debug for GroupCheckpoint {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("GroupCheckpoint")
+            .field("group", &self.group)
+            .field("existed", &self.state.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A summary of a group for administration and tests.
@@ -689,6 +706,36 @@ impl Manager {
     /// The ids of all groups.
     pub fn groups(&self) -> impl Iterator<Item = &GroupId> {
         self.groups.keys()
+    }
+
+    /// The exact state of `group` now (or its absence), to put back with
+    /// [`Manager::roll_back`] when an operation on it could not be
+    /// persisted: check → persist → apply, so a refused operation leaves
+    /// the manager as it was (no member added in memory only, no key that
+    /// the store never recorded re-sent to anyone).
+    pub fn checkpoint(&self, group: &GroupId) -> GroupCheckpoint {
+        GroupCheckpoint {
+            group: group.clone(),
+            state: self.groups.get(group).cloned(),
+        }
+    }
+
+    /// Drops `group` from memory (the store no longer has it); returns
+    /// whether it was there.
+    pub fn forget_group(&mut self, group: &GroupId) -> bool {
+        self.groups.remove(group).is_some()
+    }
+
+    /// Puts a group back exactly as [`Manager::checkpoint`] found it.
+    pub fn roll_back(&mut self, checkpoint: GroupCheckpoint) {
+        match checkpoint.state {
+            Some(state) => {
+                self.groups.insert(checkpoint.group, state);
+            }
+            None => {
+                self.groups.remove(&checkpoint.group);
+            }
+        }
     }
 
     /// A snapshot of one group, for persistence.

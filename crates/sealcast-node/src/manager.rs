@@ -17,6 +17,7 @@ use rand::rngs::StdRng;
 use sealcast_core::credential::PublicCredential;
 use sealcast_core::crypto::AeadAlg;
 use sealcast_core::ids::{EntityId, Epoch, GroupId};
+use sealcast_group::manager::GroupCheckpoint;
 use sealcast_group::manager::{
     Destination, EntityKind, GroupSummary, Manager, MemberRecord, MessageKind, Outgoing,
     RekeyScheme, Role,
@@ -25,7 +26,7 @@ use sealcast_mqtt::{DeviceChannel, GroupChannel, Topic, TopicScheme};
 use sealcast_store::persist::{save_enrolment, save_group, save_new_entities};
 use sealcast_store::{AuditEntry, AuditKind, AuditLog, ManagerStore};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::link::{Inbox, Incoming, Interest, Link, LinkConfig};
 use crate::runtime::{now, os_rng};
@@ -380,6 +381,42 @@ impl Runtime {
         Ok(())
     }
 
+    /// Persists what an operation changed in `group` since `checkpoint`.
+    /// If that fails, the group is put back exactly as it was (check →
+    /// persist → apply: a refused operation leaves memory as it found it,
+    /// so nothing the store never recorded is ever re-sent), and after a
+    /// conflict — another manager advanced the group first — the group is
+    /// reloaded from the store before anything else is sent.
+    fn commit(&mut self, group: &GroupId, checkpoint: GroupCheckpoint) -> Result<()> {
+        let Err(e) = self.save(group) else {
+            return Ok(());
+        };
+        self.manager.roll_back(checkpoint);
+        self.reload_after_conflict(group, &e);
+        Err(e)
+    }
+
+    /// After `error` from a save of `group`: if it was a conflict (another
+    /// manager advanced the group first), reloads the group from the store.
+    fn reload_after_conflict(&mut self, group: &GroupId, error: &Error) {
+        if !matches!(error, Error::Store(sealcast_store::Error::Conflict { .. })) {
+            return;
+        }
+        let (store, manager) = (self.store.as_mut(), &mut self.manager);
+        match blocking(|| sealcast_store::persist::reload_group(store, manager, group)) {
+            Ok(Some(epoch)) => {
+                info!(group = %group.name(), %epoch, "another manager advanced the group: reloaded it from the store");
+                self.saved.insert(group.clone(), epoch);
+            }
+            Ok(None) => {
+                self.saved.remove(group);
+            }
+            Err(reload) => {
+                warn!(group = %group.name(), error = %reload, "the group could not be reloaded after a conflict; it stays as it was before the refused operation");
+            }
+        }
+    }
+
     async fn on_admin(&mut self, op: Admin) {
         match op {
             Admin::Enrol {
@@ -408,11 +445,18 @@ impl Runtime {
                 scheme,
                 reply,
             } => {
-                let r = self
-                    .manager
-                    .create_group(group.clone(), alg, scheme, None, now(), &mut self.rng)
-                    .map_err(Error::from)
-                    .and_then(|()| self.save(&group));
+                let checkpoint = self.manager.checkpoint(&group);
+                let r = match self.manager.create_group(
+                    group.clone(),
+                    alg,
+                    scheme,
+                    None,
+                    now(),
+                    &mut self.rng,
+                ) {
+                    Ok(()) => self.commit(&group, checkpoint),
+                    Err(e) => Err(e.into()),
+                };
                 if r.is_ok() {
                     self.audit(
                         AuditKind::Other("create-group".into()),
@@ -428,11 +472,12 @@ impl Runtime {
                 members,
                 reply,
             } => {
+                let checkpoint = self.manager.checkpoint(&group);
                 let r = match self
                     .manager
                     .add_members(&group, &members, now(), &mut self.rng)
                 {
-                    Ok(out) => match self.save(&group) {
+                    Ok(out) => match self.commit(&group, checkpoint) {
                         Ok(()) => {
                             let epoch = self
                                 .manager
@@ -461,8 +506,9 @@ impl Runtime {
                 member,
                 reply,
             } => {
+                let checkpoint = self.manager.checkpoint(&group);
                 let r = match self.manager.evict(&group, &member, now(), &mut self.rng) {
-                    Ok(out) => match self.save(&group) {
+                    Ok(out) => match self.commit(&group, checkpoint) {
                         Ok(()) => {
                             let epoch = self
                                 .manager
@@ -525,7 +571,9 @@ impl Runtime {
                 ..
             }) => match self.manager.handle_ack(&incoming.payload) {
                 Ok((group, member, epoch)) => {
-                    let _ = self.save(&group);
+                    if let Err(e) = self.save(&group) {
+                        self.reload_after_conflict(&group, &e);
+                    }
                     self.audit(
                         AuditKind::Ack,
                         Some(&group),
@@ -675,8 +723,9 @@ impl Runtime {
     }
 
     async fn rekey(&mut self, group: &GroupId) -> Result<Epoch> {
+        let checkpoint = self.manager.checkpoint(group);
         let out = self.manager.rekey(group, now(), &mut self.rng)?;
-        self.save(group)?;
+        self.commit(group, checkpoint)?;
         let epoch = self
             .manager
             .material(group)

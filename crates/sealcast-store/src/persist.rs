@@ -261,44 +261,83 @@ pub fn load_manager(
     }
     let mut epochs = BTreeMap::new();
     for g in store.list_groups()? {
-        let material_bytes = store.material(&g.id, g.epoch)?.ok_or_else(|| {
-            Error::Corrupt(format!(
-                "group {} has no key material for epoch {}",
-                g.id, g.epoch
-            ))
-        })?;
-        let material = GroupKeyMaterial::from_cbor(&material_bytes)?;
-        let (validity_ms, tree) = match store.tree_state(&g.id)? {
-            Some((_, blob)) => parse_state_blob(&blob)?,
-            None => (None, None),
-        };
-        let mut members = BTreeMap::new();
-        for m in store.list_members(&g.id)? {
-            let role = match m.role {
-                model::Role::Sender => manager::Role::Sender,
-                model::Role::Receiver => manager::Role::Receiver,
-                // Relays hold no key; the manager routes through them by enrolment.
-                model::Role::Relay => continue,
-            };
-            members.insert(
-                m.entity.clone(),
-                manager::MemberRecord {
-                    role,
-                    sender_id: m.sender_id,
-                    leaf: m.leaf_index.map(sealcast_group::lkh::LeafIndex::new),
-                    held: m.held_epoch,
-                    last_sent: None,
-                },
-            );
-        }
-        manager.import_group(GroupSnapshot {
-            scheme: scheme_from_store(g.scheme),
-            material,
-            tree,
-            members,
-            validity_ms,
-        })?;
-        epochs.insert(g.id, g.epoch);
+        let epoch = load_group(store, &mut manager, &g)?;
+        epochs.insert(g.id, epoch);
     }
     Ok((manager, epochs))
+}
+
+/// Loads one group (its current material, key tree and members) into
+/// `manager`, replacing what it held of it. Returns the epoch loaded.
+fn load_group(
+    store: &mut dyn ManagerStore,
+    manager: &mut Manager,
+    g: &model::GroupRecord,
+) -> Result<Epoch> {
+    let material_bytes = store.material(&g.id, g.epoch)?.ok_or_else(|| {
+        Error::Corrupt(format!(
+            "group {} has no key material for epoch {}",
+            g.id, g.epoch
+        ))
+    })?;
+    let material = GroupKeyMaterial::from_cbor(&material_bytes)?;
+    let (validity_ms, tree) = match store.tree_state(&g.id)? {
+        Some((_, blob)) => parse_state_blob(&blob)?,
+        None => (None, None),
+    };
+    let mut members = BTreeMap::new();
+    for m in store.list_members(&g.id)? {
+        let role = match m.role {
+            model::Role::Sender => manager::Role::Sender,
+            model::Role::Receiver => manager::Role::Receiver,
+            // Relays hold no key; the manager routes through them by enrolment.
+            model::Role::Relay => continue,
+        };
+        members.insert(
+            m.entity.clone(),
+            manager::MemberRecord {
+                role,
+                sender_id: m.sender_id,
+                leaf: m.leaf_index.map(sealcast_group::lkh::LeafIndex::new),
+                held: m.held_epoch,
+                last_sent: None,
+            },
+        );
+    }
+    manager.import_group(GroupSnapshot {
+        scheme: scheme_from_store(g.scheme),
+        material,
+        tree,
+        members,
+        validity_ms,
+    })?;
+    Ok(g.epoch)
+}
+
+/// Reloads `group` from the store into `manager` after a
+/// [`Error::Conflict`] (another manager advanced it first): entities the
+/// store holds and `manager` does not are enrolled first, then the group
+/// replaces what `manager` held of it (or is removed, if the store no longer
+/// has it). Returns the epoch loaded, for the next [`save_group`].
+pub fn reload_group(
+    store: &mut dyn ManagerStore,
+    manager: &mut Manager,
+    group: &GroupId,
+) -> Result<Option<Epoch>> {
+    let mut entities = store.list_entities()?;
+    entities.sort_by_key(|e| e.kind != model::EntityKind::Agent);
+    for e in entities {
+        if manager.kind_of(e.credential.id()).is_none()
+            && let Some(kind) = kind_from_store(e.kind)
+        {
+            manager.enrol(e.credential, kind, e.agent)?;
+        }
+    }
+    match store.group(group)? {
+        Some(g) => load_group(store, manager, &g).map(Some),
+        None => {
+            manager.forget_group(group);
+            Ok(None)
+        }
+    }
 }
