@@ -724,3 +724,80 @@ async fn kill_loops_never_reuse_a_nonce_nor_accept_a_replay() {
     let _ = alert_spy.disconnect(Duration::from_secs(2)).await;
     let _ = d.spy.disconnect(Duration::from_secs(2)).await;
 }
+
+/// Issue #11, item 1: 10 000 hostile payloads at full speed on the doors'
+/// command topic — random bytes, truncated and bit-flipped commands, a
+/// genuine header over random ciphertext — and then a genuine alert: every
+/// door still executes the command that follows (a door used to freeze for
+/// good: its connection task and its runtime each waited for the other).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_garbage_flood_freezes_no_device() {
+    const FLOOD: usize = 10_000;
+    let mut d = Deployment::start().await;
+    let dir = d.dir.clone();
+    let sensor = d.sensors[0].clone();
+    send_alert(&dir, &sensor, "smoke before the flood");
+    wait_until("both doors unlock", &d.procs, || {
+        d.doors.iter().all(|x| !executed(&dir, x).is_empty())
+    })
+    .await;
+    let (_, genuine) = tokio::time::timeout(Duration::from_secs(10), d.captured.recv())
+        .await
+        .unwrap()
+        .unwrap();
+
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let started = Instant::now();
+    for i in 0..FLOOD {
+        let r = next();
+        let payload: Vec<u8> = match i % 4 {
+            0 => (0..1 + (r % 400) as usize).map(|_| next() as u8).collect(),
+            1 => genuine[..(r as usize % genuine.len())].to_vec(),
+            2 => {
+                let mut flipped = genuine.clone();
+                let bit = r as usize % (flipped.len() * 8);
+                flipped[bit / 8] ^= 1 << (bit % 8);
+                flipped
+            }
+            _ => {
+                let mut forged = genuine.clone();
+                let half = forged.len() / 2;
+                for b in &mut forged[half..] {
+                    *b = next() as u8;
+                }
+                forged
+            }
+        };
+        d.spy
+            .publish(d.command_topic.clone(), Bytes::from(payload))
+            .await
+            .unwrap();
+    }
+    d.spy.flush(WAIT).await.unwrap();
+    let flood_time = started.elapsed();
+
+    let before: Vec<usize> = d.doors.iter().map(|x| executed(&dir, x).len()).collect();
+    send_alert(&dir, &sensor, "smoke after the flood");
+    wait_until(
+        "every door executes the command after the flood",
+        &d.procs,
+        || {
+            d.doors
+                .iter()
+                .zip(&before)
+                .all(|(x, n)| executed(&dir, x).len() > *n)
+        },
+    )
+    .await;
+    eprintln!(
+        "flood of {FLOOD} payloads published in {flood_time:?}; every door executed the next command"
+    );
+    drop(d.procs);
+    let _ = d.spy.disconnect(Duration::from_secs(2)).await;
+}

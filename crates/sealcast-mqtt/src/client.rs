@@ -68,6 +68,10 @@ pub struct Status {
     pub refused_subscription: Option<String>,
     /// The connection task has ended; nothing more will be sent or received.
     pub closed: bool,
+    /// Messages dropped (and acknowledged, so the broker does not hold them)
+    /// because the runtime's queue was full: load shed under a flood instead
+    /// of a stalled connection.
+    pub shed: u64,
 }
 
 /// State shared by the handles and the connection task.
@@ -81,16 +85,59 @@ struct Shared {
     published: AtomicU64,
     /// Set before a deliberate DISCONNECT, so the task does not reconnect.
     closing: AtomicBool,
+    /// Acknowledgements to send, in order, by the ack pump task: the
+    /// runtime queues them here without ever waiting for the connection.
+    acks: mpsc::UnboundedSender<PumpItem>,
+}
+
+/// What the ack pump sends, in order.
+#[derive(Debug)]
+enum PumpItem {
+    /// A PUBACK for this message, received on this connection.
+    Ack(Publish, u64),
+    /// DISCONNECT, after every acknowledgement queued before it; the
+    /// sender learns whether it was handed to the connection.
+    Disconnect(tokio::sync::oneshot::Sender<bool>),
 }
 
 /// Aborts the connection task when the last [`MqttClient`] and
 /// [`Subscription`] are gone.
 #[derive(Debug)]
-struct TaskGuard(JoinHandle<()>);
+struct TaskGuard(JoinHandle<()>, JoinHandle<()>);
 
 impl Drop for TaskGuard {
     fn drop(&mut self) {
         self.0.abort();
+        self.1.abort();
+    }
+}
+
+/// Sends the runtime's acknowledgements, in the order they were queued.
+/// An acknowledgement queued on an older connection is not sent: its
+/// packet id may belong to another message now, and the broker redelivers.
+async fn ack_pump(
+    client: AsyncClient,
+    shared: Arc<Shared>,
+    mut queue: mpsc::UnboundedReceiver<PumpItem>,
+) {
+    while let Some(item) = queue.recv().await {
+        match item {
+            PumpItem::Ack(publish, connection) => {
+                if shared.connection.load(Ordering::SeqCst) != connection {
+                    debug!(
+                        pkid = publish.pkid,
+                        "not acknowledging on a newer connection; the broker redelivers"
+                    );
+                    continue;
+                }
+                if client.ack(&publish).await.is_err() {
+                    break;
+                }
+            }
+            PumpItem::Disconnect(done) => {
+                let _ = done.send(client.disconnect().await.is_ok());
+            }
+        }
     }
 }
 
@@ -180,7 +227,6 @@ pub enum Acked {
 /// the broker redelivers it on the next session (persistent sessions) and,
 /// until then, it occupies one of the broker's in-flight slots for us.
 pub struct AckToken {
-    client: AsyncClient,
     shared: Arc<Shared>,
     /// Only `qos` and `pkid` matter for the acknowledgement; the payload is
     /// not kept here.
@@ -198,12 +244,11 @@ impl fmt::Debug for AckToken {
 }
 
 impl AckToken {
-    fn new(client: AsyncClient, shared: Arc<Shared>, p: &Publish, connection: u64) -> Self {
+    fn new(shared: Arc<Shared>, p: &Publish, connection: u64) -> Self {
         let mut header = Publish::new("", p.qos, Vec::new());
         header.pkid = p.pkid;
         header.dup = p.dup;
         Self {
-            client,
             shared,
             publish: Some(header),
             connection,
@@ -226,7 +271,13 @@ impl AckToken {
             );
             return Ok(Acked::Stale);
         }
-        self.client.ack(&publish).await.map_err(|_| Error::Closed)?;
+        // Queued for the ack pump, never awaited here: a runtime waiting for
+        // room in the connection's request queue while the connection task
+        // waits for room in the runtime's queue was a deadlock.
+        self.shared
+            .acks
+            .send(PumpItem::Ack(publish, self.connection))
+            .map_err(|_| Error::Closed)?;
         Ok(Acked::Sent)
     }
 }
@@ -287,23 +338,25 @@ impl MqttClient {
             subscribed: config.subscriptions.is_empty(),
             ..Status::default()
         });
+        let (acks, ack_queue) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             status,
             connection: AtomicU64::new(0),
             published: AtomicU64::new(0),
             closing: AtomicBool::new(false),
+            acks,
         });
+        let pump = tokio::spawn(ack_pump(client.clone(), shared.clone(), ack_queue));
         let (tx, rx) = mpsc::channel(config.incoming_capacity);
         let task = Connection {
             eventloop,
-            client: client.clone(),
             shared: shared.clone(),
             tx,
             filters: config.subscriptions.clone(),
             backoff: config.backoff,
             client_id: config.client_id.clone(),
         };
-        let guard = Arc::new(TaskGuard(tokio::spawn(task.run())));
+        let guard = Arc::new(TaskGuard(tokio::spawn(task.run()), pump));
         Ok((
             MqttClient {
                 client,
@@ -414,7 +467,12 @@ impl MqttClient {
     /// stays on the broker. Waits at most `timeout` for the task to finish.
     pub async fn disconnect(&self, timeout: Duration) -> Result<()> {
         self.shared.closing.store(true, Ordering::SeqCst);
-        if self.client.disconnect().await.is_err() {
+        // Through the ack pump, so every acknowledgement queued before it
+        // leaves first.
+        let (done, handed) = tokio::sync::oneshot::channel();
+        if self.shared.acks.send(PumpItem::Disconnect(done)).is_err()
+            || !handed.await.unwrap_or(false)
+        {
             return Ok(()); // the task is gone already
         }
         self.wait_for(timeout, "the disconnect", |s| s.closed).await
@@ -424,7 +482,6 @@ impl MqttClient {
 /// The connection task.
 struct Connection {
     eventloop: EventLoop,
-    client: AsyncClient,
     shared: Arc<Shared>,
     tx: mpsc::Sender<Incoming>,
     filters: Vec<TopicFilter>,
@@ -518,15 +575,37 @@ impl Connection {
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     let connection = self.shared.connection.load(Ordering::SeqCst);
-                    let ack =
-                        AckToken::new(self.client.clone(), self.shared.clone(), &p, connection);
+                    let ack = AckToken::new(self.shared.clone(), &p, connection);
                     let incoming = Incoming {
                         topic: p.topic,
                         payload: p.payload,
                         redelivered: p.dup,
                         ack,
                     };
-                    if self.tx.send(incoming).await.is_err() {
+                    // Never wait for the runtime: this task alone polls the
+                    // connection, which is what sends the runtime's
+                    // acknowledgements and publishes. A full queue means the
+                    // runtime is `incoming_capacity` messages behind (more
+                    // than a broker's QoS 1 in-flight window, so only under a
+                    // flood): the message is shed — acknowledged through the
+                    // ack pump so the broker frees its slot, and dropped.
+                    // (Not through the event loop's `pending` queue: rumqttc
+                    // takes from it only after a timer tick, and a busy
+                    // socket always wins that race.)
+                    let handed = match self.tx.try_send(incoming) {
+                        Ok(()) => Ok(()),
+                        Err(mpsc::error::TrySendError::Closed(i)) => Err(i),
+                        Err(mpsc::error::TrySendError::Full(dropped)) => {
+                            let _ = dropped.ack.ack().await;
+                            self.shared.status.send_modify(|s| s.shed += 1);
+                            let shed = self.shared.status.borrow().shed;
+                            if shed.is_power_of_two() {
+                                warn!(client = %self.client_id, shed, "the runtime cannot keep up; received messages dropped");
+                            }
+                            Ok(())
+                        }
+                    };
+                    if handed.is_err() {
                         debug!(client = %self.client_id, "no subscription handle; message left unacknowledged");
                     }
                 }
