@@ -801,3 +801,109 @@ async fn a_garbage_flood_freezes_no_device() {
     drop(d.procs);
     let _ = d.spy.disconnect(Duration::from_secs(2)).await;
 }
+
+/// Issue #11, item 2: 200 valid-looking broadcasts whose (unauthenticated)
+/// header names a newer epoch of the doors' group, over random ciphertext.
+/// Each used to make every door sign and send a pull — 400 here — and the
+/// manager froze answering them. Now each door pulls at most once per
+/// interval however many arrive, the manager still answers `group list`
+/// at once, and the doors still execute the next genuine command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_future_epoch_flood_costs_one_pull_per_member() {
+    use sealcast_core::broadcast::seal_broadcast;
+    use sealcast_core::credential::EntityCredential;
+    use sealcast_core::crypto::AeadAlg;
+    use sealcast_core::groupkey::{AuthorizedSigner, GroupContext, GroupKeyMaterial};
+    use sealcast_core::ids::{EntityId, Epoch, SenderId, SeqNum, UnixMillis};
+    use sealcast_core::testrng::TestRng;
+    use sealcast_mqtt::DeviceChannel;
+
+    const FLOOD: u64 = 200;
+    let mut d = Deployment::start().await;
+    let dir = d.dir.clone();
+    let topics = TopicScheme::with_prefix(&d._run.run).unwrap();
+    let (pull_spy, mut pulls) = spy(
+        &d._run.url,
+        format!("{}-pull-spy", d._run.run),
+        [topics.all_devices_filter(DeviceChannel::Pull)],
+        |_| true,
+    )
+    .await;
+    let shown = admin(&dir, "show", &["--group", "fire-doors", "--json"]);
+    let shown: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    let epoch = u32::try_from(shown["epoch"].as_u64().unwrap()).unwrap();
+
+    // Sealed by a stranger under a random key of epoch + 1, with the
+    // gateway's sender id: right header, ciphertext nobody can open.
+    let mut rng = TestRng::new(7);
+    let stranger = EntityCredential::generate(EntityId::new("stranger").unwrap(), &mut rng);
+    let material = GroupKeyMaterial::generate(
+        GroupId::new(b"fire-doors").unwrap(),
+        Epoch::new(epoch + 1),
+        AeadAlg::A128Gcm,
+        vec![AuthorizedSigner {
+            sender_id: SenderId::new([1]).unwrap(),
+            entity: stranger.id().clone(),
+            verifying_key: *stranger.public().verifying_key(),
+        }],
+        None,
+        &mut rng,
+    )
+    .unwrap();
+    let ctx = GroupContext::new(&material).unwrap();
+    let now_ms = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
+    for seq in 0..FLOOD {
+        let forged = seal_broadcast(
+            &ctx,
+            stranger.id(),
+            stranger.signing_key(),
+            SeqNum::new(seq).unwrap(),
+            UnixMillis::new(now_ms),
+            &d.command_topic,
+            b"unlock",
+        )
+        .unwrap();
+        d.spy
+            .publish(d.command_topic.clone(), Bytes::from(forged))
+            .await
+            .unwrap();
+    }
+    d.spy.flush(WAIT).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let started = Instant::now();
+    let listed = common::sealcast(&dir, &["group", "list", "--config", "manager.toml"]);
+    let list_time = started.elapsed();
+    assert!(listed.contains("fire-doors"), "{listed}");
+    let mut count = 0;
+    while pulls.try_recv().is_ok() {
+        count += 1;
+    }
+    // Two doors and the gateway may each pull once (one interval).
+    assert!(
+        count <= 2 * 3,
+        "{count} pulls for {FLOOD} unauthenticated messages"
+    );
+
+    let before: Vec<usize> = d.doors.iter().map(|x| executed(&dir, x).len()).collect();
+    send_alert(&dir, &d.sensors[0], "smoke after the future-epoch flood");
+    wait_until("every door executes the next command", &d.procs, || {
+        d.doors
+            .iter()
+            .zip(&before)
+            .all(|(x, n)| executed(&dir, x).len() > *n)
+    })
+    .await;
+    eprintln!(
+        "{FLOOD} future-epoch messages: {count} pulls reached the broker; group list answered in {list_time:?}"
+    );
+    drop(d.procs);
+    let _ = pull_spy.disconnect(Duration::from_secs(2)).await;
+    let _ = d.spy.disconnect(Duration::from_secs(2)).await;
+}

@@ -232,7 +232,14 @@ struct Node {
     _state_lock: Option<StateLock>,
     no_key_warning: Option<std::time::Duration>,
     refused_deliveries: crate::runtime::WarnLimiter,
+    /// When the last pull per group went out (see `pull_coalesced`).
+    last_pull: BTreeMap<GroupId, std::time::Instant>,
+    pulls_coalesced: u64,
 }
+
+/// The shortest interval between two pulls of one group that unauthenticated
+/// input triggers.
+pub const PULL_MIN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How long a node waits for another process to release its state file
 /// (a `device run` that is stopping, a one-shot `device send`) before it
@@ -294,6 +301,8 @@ pub async fn spawn(config: NodeConfig) -> Result<NodeHandle> {
         _state_lock: state_lock,
         no_key_warning: config.no_key_warning,
         refused_deliveries: crate::runtime::WarnLimiter::new(crate::runtime::REFUSED_WARN_EVERY),
+        last_pull: BTreeMap::new(),
+        pulls_coalesced: 0,
     };
     tokio::spawn(node.run(inbox, rx));
     Ok(NodeHandle { id, requests: tx })
@@ -595,14 +604,35 @@ impl Node {
             }
             Err(sealcast_group::Error::OutOfSync(_)) => {
                 if let Some(g) = group {
-                    self.pulls += 1;
-                    if let Ok(pull) = self.member.pull_request(g, self.pulls) {
-                        self.send_upstream(DeviceChannel::Pull, pull).await;
-                    }
+                    self.pull_coalesced(g).await;
                 }
             }
             // Evicted, or not for us: nothing to install.
             Err(e) => debug!(node = %self.id, error = %e, "key message not installed"),
+        }
+    }
+
+    /// A pull for `group`, unless one went out less than
+    /// [`PULL_MIN_INTERVAL`] ago. What triggers it — a header naming a newer
+    /// epoch, a gap in the rekeys — is not authenticated, so a flood of such
+    /// messages must not become a flood of signed pulls to the manager from
+    /// every member: however many arrive, one pull per interval per group.
+    /// (The manager also re-sends unacknowledged material by itself.)
+    async fn pull_coalesced(&mut self, group: &GroupId) {
+        let now = std::time::Instant::now();
+        if self
+            .last_pull
+            .get(group)
+            .is_some_and(|t| now.duration_since(*t) < PULL_MIN_INTERVAL)
+        {
+            self.pulls_coalesced += 1;
+            debug!(node = %self.id, group = %group.name(), coalesced = self.pulls_coalesced, "pull coalesced with the one just sent");
+            return;
+        }
+        self.last_pull.insert(group.clone(), now);
+        self.pulls += 1;
+        if let Ok(pull) = self.member.pull_request(group, self.pulls) {
+            self.send_upstream(DeviceChannel::Pull, pull).await;
         }
     }
 
@@ -698,10 +728,7 @@ impl Node {
                         reason: reason.to_string(),
                     },
                 );
-                self.pulls += 1;
-                if let Ok(pull) = self.member.pull_request(&group, self.pulls) {
-                    self.send_upstream(DeviceChannel::Pull, pull).await;
-                }
+                self.pull_coalesced(&group).await;
                 incoming.ack.ack().await;
             }
         }

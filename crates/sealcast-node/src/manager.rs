@@ -249,6 +249,9 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
     }
 }
 
+/// The shortest interval between two answered pulls of one device.
+pub const PULL_ANSWER_INTERVAL: Duration = Duration::from_secs(1);
+
 struct Runtime {
     manager: Manager,
     store: Box<dyn ManagerStore>,
@@ -257,6 +260,8 @@ struct Runtime {
     link: Link,
     topics: TopicScheme,
     rng: StdRng,
+    /// When each device's last pull was answered (see `pull_allowed`).
+    last_pull: BTreeMap<EntityId, std::time::Instant>,
 }
 
 /// Starts the manager runtime. `manager` may come fresh or from
@@ -315,6 +320,7 @@ pub async fn spawn_on(
         link,
         topics,
         rng: os_rng()?,
+        last_pull: BTreeMap::new(),
     };
     tokio::spawn(rt.run(inbox, rx));
     Ok(ManagerHandle { admin: tx })
@@ -587,18 +593,41 @@ impl Runtime {
                 channel: DeviceChannel::Pull,
                 device,
             }) => {
-                match self
-                    .manager
-                    .handle_pull(&incoming.payload, now(), &mut self.rng)
-                {
-                    Ok(out) => self.publish(vec![out]).await,
-                    Err(e) => debug!(%device, error = %e, "pull refused"),
+                if self.pull_allowed(&device) {
+                    match self
+                        .manager
+                        .handle_pull(&incoming.payload, now(), &mut self.rng)
+                    {
+                        Ok(out) => self.publish(vec![out]).await,
+                        Err(e) => debug!(%device, error = %e, "pull refused"),
+                    }
+                } else {
+                    debug!(%device, "pull dropped: one was answered for this device less than a second ago");
                 }
             }
             _ => {}
         }
         // Acknowledged only now, after the ack or pull was processed.
         incoming.ack.ack().await;
+    }
+
+    /// At most one pull per device per [`PULL_ANSWER_INTERVAL`] is
+    /// verified and answered; the rest are dropped before any signature
+    /// work (the re-send loop still delivers what a member lacks). Keyed by
+    /// the topic's device, so a flood costs a map lookup per message.
+    fn pull_allowed(&mut self, device: &EntityId) -> bool {
+        let now = std::time::Instant::now();
+        if self.last_pull.len() > 200_000 {
+            self.last_pull
+                .retain(|_, t| now.duration_since(*t) < PULL_ANSWER_INTERVAL);
+        }
+        match self.last_pull.get(device) {
+            Some(t) if now.duration_since(*t) < PULL_ANSWER_INTERVAL => false,
+            _ => {
+                self.last_pull.insert(device.clone(), now);
+                true
+            }
+        }
     }
 
     async fn publish(&mut self, out: Vec<Outgoing>) {
