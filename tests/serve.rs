@@ -819,7 +819,7 @@ async fn a_future_epoch_flood_costs_one_pull_per_member() {
     use sealcast_mqtt::DeviceChannel;
 
     const FLOOD: u64 = 200;
-    let mut d = Deployment::start().await;
+    let d = Deployment::start().await;
     let dir = d.dir.clone();
     let topics = TopicScheme::with_prefix(&d._run.run).unwrap();
     let (pull_spy, mut pulls) = spy(
