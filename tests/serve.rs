@@ -907,3 +907,109 @@ async fn a_future_epoch_flood_costs_one_pull_per_member() {
     let _ = pull_spy.disconnect(Duration::from_secs(2)).await;
     let _ = d.spy.disconnect(Duration::from_secs(2)).await;
 }
+
+/// Issue #11, item 3, and issue #10's timestamp policy:
+/// - a door that was down while commands were issued refuses them when they
+///   are replayed after it came back, once they are older than its
+///   `command_max_age_s` (it used to execute 115 of 116 such commands: the
+///   sequence window has no age), and executes the next fresh one;
+/// - a door on the timestamp policy (`[[group_policy]] replay =
+///   "timestamp"`) refuses a replay, also right after a SIGKILL and restart
+///   (its digests are not on disk: it refuses anything stamped before its
+///   start plus the skew), and executes fresh commands after that interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stale_and_replayed_commands_are_refused_by_age_and_across_restarts() {
+    let mut d = Deployment::start().await;
+    let dir = d.dir.clone();
+    let sensor = d.sensors[0].clone();
+    let [door0, door1] = d.doors.clone();
+    let append = |name: &str, text: &str| {
+        let path = dir.join(format!("{name}.toml"));
+        let mut toml = fs::read_to_string(&path).unwrap();
+        toml.push_str(text);
+        fs::write(path, toml).unwrap();
+    };
+
+    // --- a missed command replayed after its age bound -------------------------
+    append(&door0, "command_max_age_s = 2\n");
+    d.procs.sigkill(&door0);
+    let before = executed(&dir, &door1).len();
+    for i in 0..3 {
+        send_alert(&dir, &sensor, &format!("smoke while door-0 is down {i}"));
+    }
+    wait_until("door-1 executed the three commands", &d.procs, || {
+        executed(&dir, &door1).len() >= before + 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut missed = Vec::new();
+    while let Ok((_, c)) = d.captured.try_recv() {
+        missed.push(c);
+    }
+    assert!(missed.len() >= 3, "{} commands captured", missed.len());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    d.restart_device(&door0, 1).await;
+    let executed_before = executed(&dir, &door0).len();
+    for c in &missed {
+        d.spy
+            .publish(d.command_topic.clone(), Bytes::from(c.clone()))
+            .await
+            .unwrap();
+    }
+    d.spy.flush(WAIT).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        executed(&dir, &door0).len(),
+        executed_before,
+        "a stale command was executed after the door came back"
+    );
+    send_alert(&dir, &sensor, "fresh smoke");
+    wait_until("door-0 executes the fresh command", &d.procs, || {
+        executed(&dir, &door0).len() > executed_before
+    })
+    .await;
+
+    // --- the timestamp policy, across a SIGKILL -------------------------------
+    append(
+        &door1,
+        "\n[[group_policy]]\ngroup = \"fire-doors\"\nreplay = \"timestamp\"\nmax_age_s = 3\n",
+    );
+    d.procs.sigkill(&door1);
+    d.restart_device(&door1, 1).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    while d.captured.try_recv().is_ok() {}
+    let n = executed(&dir, &door1).len();
+    send_alert(&dir, &sensor, "smoke for the timestamp door");
+    wait_until("door-1 executes a fresh command", &d.procs, || {
+        executed(&dir, &door1).len() > n
+    })
+    .await;
+    let (_, fresh) = tokio::time::timeout(Duration::from_secs(10), d.captured.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let replay = |spy: MqttClient, topic: String, c: Vec<u8>| async move {
+        spy.publish(topic, Bytes::from(c)).await.unwrap();
+        spy.flush(WAIT).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    };
+    let n = executed(&dir, &door1).len();
+    replay(d.spy.clone(), d.command_topic.clone(), fresh.clone()).await;
+    assert_eq!(executed(&dir, &door1).len(), n, "replay accepted");
+    d.procs.sigkill(&door1);
+    d.restart_device(&door1, 2).await;
+    replay(d.spy.clone(), d.command_topic.clone(), fresh).await;
+    assert_eq!(
+        executed(&dir, &door1).len(),
+        n,
+        "replay accepted right after a restart"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    send_alert(&dir, &sensor, "smoke after the guard interval");
+    wait_until("door-1 executes after the guard interval", &d.procs, || {
+        executed(&dir, &door1).len() > n
+    })
+    .await;
+    drop(d.procs);
+    let _ = d.spy.disconnect(Duration::from_secs(2)).await;
+}

@@ -16,7 +16,7 @@ use sealcast_core::crypto::AeadAlg;
 use sealcast_core::ids::{EntityId, GroupId};
 use sealcast_group::manager::{EntityKind, Manager, RekeyScheme, Role};
 use sealcast_mqtt::{GroupChannel, TopicScheme};
-use sealcast_node::device::{self, CommandHandler, LogHandler, NodeConfig, Rule};
+use sealcast_node::device::{self, CommandHandler, LogHandler, NodeConfig, ReplayPolicies, Rule};
 use sealcast_node::link::{AddressBook, CoapLinkConfig, LinkConfig};
 use sealcast_store::{AuditLog, DeviceStateFile, Kek, ManagerStore, PgStore, SqliteStore};
 use serde::Deserialize;
@@ -232,6 +232,13 @@ struct NodeFile {
     /// start (0: never).
     #[serde(default = "default_no_key_warning_s")]
     no_key_material_warning_s: u64,
+    /// Largest accepted |timestamp − now| of a command or alert, in seconds,
+    /// on top of the sequence window (0: no age bound).
+    #[serde(default = "default_command_max_age_s")]
+    command_max_age_s: u64,
+    /// Per-group freshness rules.
+    #[serde(default)]
+    group_policy: Vec<GroupPolicyEntry>,
     /// A DAP's `[dap]` section (read by `metering`).
     #[serde(default, rename = "dap")]
     _dap: Option<toml::Value>,
@@ -239,6 +246,70 @@ struct NodeFile {
 
 fn default_no_key_warning_s() -> u64 {
     60
+}
+
+fn default_command_max_age_s() -> u64 {
+    300
+}
+
+/// `[[group_policy]]` of a node config.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupPolicyEntry {
+    group: String,
+    /// `sequence` (default) or `timestamp`.
+    #[serde(default)]
+    replay: ReplayName,
+    /// Sequence: the age bound in seconds (0: none). Timestamp: the skew.
+    max_age_s: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum ReplayName {
+    #[default]
+    Sequence,
+    Timestamp,
+}
+
+/// The freshness rules a node config asks for.
+fn replay_policies(config: &NodeFile) -> Result<ReplayPolicies> {
+    use sealcast_core::broadcast::ReplayPolicy;
+    use sealcast_core::replay::SeqWindow;
+    let sequence = |age_s: u64| ReplayPolicy::Sequence {
+        window: SeqWindow::DEFAULT_SIZE,
+        max_skew_ms: (age_s > 0).then(|| age_s.saturating_mul(1000)),
+    };
+    let mut policies = ReplayPolicies {
+        default: sequence(config.command_max_age_s),
+        groups: BTreeMap::new(),
+    };
+    for p in &config.group_policy {
+        let group = group_id(&p.group)?;
+        let policy = match p.replay {
+            ReplayName::Sequence => sequence(p.max_age_s.unwrap_or(config.command_max_age_s)),
+            ReplayName::Timestamp => {
+                let skew_s = p.max_age_s.unwrap_or(30);
+                if skew_s == 0 {
+                    return Err(CliError::usage(format!(
+                        "group_policy {}: a timestamp policy needs max_age_s > 0 (its skew)",
+                        p.group
+                    )));
+                }
+                ReplayPolicy::Timestamp {
+                    skew_ms: skew_s.saturating_mul(1000),
+                    max_entries: 100_000,
+                }
+            }
+        };
+        if policies.groups.insert(group, policy).is_some() {
+            return Err(CliError::usage(format!(
+                "group_policy {} appears twice",
+                p.group
+            )));
+        }
+    }
+    Ok(policies)
 }
 
 #[derive(Debug, Deserialize)]
@@ -733,6 +804,7 @@ fn node_config(path: &Path, handler: Arc<dyn CommandHandler>) -> Result<NodeConf
         state_file: Some(DeviceStateFile::new(state_dir.join("state.cbor"))),
         no_key_warning: (config.no_key_material_warning_s > 0)
             .then(|| std::time::Duration::from_secs(config.no_key_material_warning_s)),
+        replay: replay_policies(&config)?,
     })
 }
 

@@ -342,6 +342,7 @@ pub async fn fire_safety(
         events: tx.clone(),
         state_file: None,
         no_key_warning: None,
+        replay: device::ReplayPolicies::default(),
     })
     .await?;
     nodes.insert(gateway.clone(), gw.clone());
@@ -380,6 +381,7 @@ pub async fn fire_safety(
             events: tx.clone(),
             state_file: None,
             no_key_warning: None,
+            replay: device::ReplayPolicies::default(),
         })
         .await?;
         nodes.insert(d, handle);

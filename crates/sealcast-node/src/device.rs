@@ -87,6 +87,46 @@ pub struct NodeConfig {
     /// it started (None: never): the usual causes are a wrong broker,
     /// topic prefix or manager key, or a missing enrolment.
     pub no_key_warning: Option<std::time::Duration>,
+    /// How the node decides that a command or alert is fresh, per group.
+    pub replay: ReplayPolicies,
+}
+
+/// The freshness rule of each group a node receives from.
+///
+/// - `Sequence { max_skew_ms: Some(age) }` (the services' default, `age` =
+///   5 minutes): the per-sender sequence window, persisted, *and* a bound on
+///   |timestamp − now|, so a command recorded while a device was off cannot
+///   be executed when it is replayed later (clocks must agree within the
+///   bound).
+/// - `Sequence { max_skew_ms: None }`: the sequence window alone (no clock
+///   needed; a missed command stays acceptable until the window passes it).
+/// - `Timestamp { skew_ms, .. }`: ±skew and digests of accepted messages,
+///   in memory only; restart-safe because after a start the node refuses
+///   every message stamped before start + skew (anything it may have
+///   accepted before the restart is stamped earlier).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplayPolicies {
+    /// The policy of groups not listed.
+    pub default: ReplayPolicy,
+    /// Per-group policies.
+    pub groups: BTreeMap<GroupId, ReplayPolicy>,
+}
+
+impl Default for ReplayPolicies {
+    /// The sequence window alone, for every group (the demos).
+    fn default() -> Self {
+        Self {
+            default: ReplayPolicy::default(),
+            groups: BTreeMap::new(),
+        }
+    }
+}
+
+impl ReplayPolicies {
+    /// The policy of `group`.
+    pub fn for_group(&self, group: &GroupId) -> ReplayPolicy {
+        self.groups.get(group).copied().unwrap_or(self.default)
+    }
 }
 
 impl core::fmt::Debug for NodeConfig {
@@ -235,6 +275,10 @@ struct Node {
     /// When the last pull per group went out (see `pull_coalesced`).
     last_pull: BTreeMap<GroupId, std::time::Instant>,
     pulls_coalesced: u64,
+    replay: ReplayPolicies,
+    /// When the node started: timestamp-policy groups refuse messages
+    /// stamped before this plus their skew (their windows are not on disk).
+    started: sealcast_core::ids::UnixMillis,
 }
 
 /// The shortest interval between two pulls of one group that unauthenticated
@@ -277,7 +321,13 @@ pub async fn spawn(config: NodeConfig) -> Result<NodeHandle> {
     let state_lock = match &config.state_file {
         Some(file) => {
             let lock = file.lock(STATE_LOCK_WAIT)?;
-            restore_state(file, &mut member, &mut receivers, &mut senders)?;
+            restore_state(
+                file,
+                &config.replay,
+                &mut member,
+                &mut receivers,
+                &mut senders,
+            )?;
             Some(lock)
         }
         None => None,
@@ -303,6 +353,8 @@ pub async fn spawn(config: NodeConfig) -> Result<NodeHandle> {
         refused_deliveries: crate::runtime::WarnLimiter::new(crate::runtime::REFUSED_WARN_EVERY),
         last_pull: BTreeMap::new(),
         pulls_coalesced: 0,
+        replay: config.replay,
+        started: now(),
     };
     tokio::spawn(node.run(inbox, rx));
     Ok(NodeHandle { id, requests: tx })
@@ -574,7 +626,7 @@ impl Node {
                 if let Some(Ok(ctx)) = self.member.context(&group) {
                     let installed = match self.receivers.get_mut(&group) {
                         Some(r) => r.install(ctx).is_ok(),
-                        None => BroadcastReceiver::new(ctx, ReplayPolicy::default())
+                        None => BroadcastReceiver::new(ctx, self.replay.for_group(&group))
                             .map(|r| {
                                 self.receivers.insert(group.clone(), r);
                             })
@@ -656,6 +708,15 @@ impl Node {
             return;
         };
         let at = now();
+        // A timestamp-policy group keeps its digests in memory only: right
+        // after a start, anything stamped before start + skew may have been
+        // accepted before the restart, so it is refused.
+        let not_before = match self.replay.for_group(&group) {
+            ReplayPolicy::Timestamp { skew_ms, .. } => {
+                Some(self.started.get().saturating_add(skew_ms))
+            }
+            _ => None,
+        };
         let (member, receivers, senders, file) = (
             &self.member,
             &self.receivers,
@@ -663,6 +724,14 @@ impl Node {
             &self.state_file,
         );
         let delivery = deliver_once(incoming, |target, bytes| {
+            if let Some(limit) = not_before
+                && sealcast_core::broadcast::peek_broadcast(bytes)?
+                    .timestamp
+                    .get()
+                    < limit
+            {
+                return Err(sealcast_core::Error::StaleTimestamp);
+            }
             let opened = receiver.open(bytes, target, at)?;
             // The committed window reaches the disk before the MQTT ack.
             if let Some(file) = file {
@@ -848,6 +917,7 @@ fn int_of(v: &ciborium::Value) -> Result<u64> {
 /// Restores what [`save_state_parts`] wrote (nothing if the file is absent).
 fn restore_state(
     file: &DeviceStateFile,
+    replay: &ReplayPolicies,
     member: &mut Member,
     receivers: &mut BTreeMap<GroupId, BroadcastReceiver>,
     senders: &mut BTreeMap<(GroupId, u32), SeqAllocator>,
@@ -884,10 +954,8 @@ fn restore_state(
         let group = material.group().clone();
         member.import_group(material, path)?;
         if let Some(ctx) = member.context(&group) {
-            receivers.insert(
-                group,
-                BroadcastReceiver::new(ctx?, ReplayPolicy::default())?,
-            );
+            let policy = replay.for_group(&group);
+            receivers.insert(group, BroadcastReceiver::new(ctx?, policy)?);
         }
     }
     for w in windows.as_array().ok_or_else(|| state_err("malformed"))? {
@@ -931,6 +999,10 @@ fn restore_state(
 /// key material before it gives up (`sealcast device send --wait`).
 pub const DEFAULT_CONFIRM_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How long a one-shot send waits for the manager's answer before it pulls
+/// again.
+const PULL_RETRY: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Seals `payload` for `group` on `channel` once and publishes it, as the
 /// node of `config`: for one-shot senders (`sealcast device send`).
 ///
@@ -957,25 +1029,30 @@ pub async fn send_once(
     config.events = events;
     let node = spawn(config).await?;
     let confirmed = async {
-        node.pull(group).await?;
         let deadline = tokio::time::Instant::now() + confirm_wait;
         loop {
-            let event = tokio::time::timeout_at(deadline, seen.recv())
-                .await
-                .map_err(|_| {
-                    Error::Runtime(format!(
-                        "the manager did not confirm the current key material of group {group} within {} s, so nothing was sent; check that the manager runs, that the broker, topic_prefix and manager_public_key match the manager's, and that this device is a member of the group",
-                        confirm_wait.as_secs()
-                    ))
-                })?
-                .ok_or_else(|| Error::Runtime(format!("node {} stopped", node.id())))?;
-            match event.kind {
-                EventKind::Installed { group: g, .. } | EventKind::Current { group: g, .. }
-                    if g == *group =>
-                {
-                    return Ok(());
+            // A pull now and again every few seconds: a lost pull or answer
+            // must not cost the whole wait.
+            node.pull(group).await?;
+            let retry_at = (tokio::time::Instant::now() + PULL_RETRY).min(deadline);
+            while let Ok(event) = tokio::time::timeout_at(retry_at, seen.recv()).await {
+                let event =
+                    event.ok_or_else(|| Error::Runtime(format!("node {} stopped", node.id())))?;
+                match event.kind {
+                    EventKind::Installed { group: g, .. } | EventKind::Current { group: g, .. }
+                        if g == *group =>
+                    {
+                        return Ok(());
+                    }
+                    _ => {}
                 }
-                _ => {}
+            }
+            if retry_at >= deadline {
+                return Err(Error::Runtime(format!(
+                    "the manager did not confirm the current key material of group {} within {} s, so nothing was sent; check that the manager runs, that the broker, topic_prefix and manager_public_key match the manager's, and that this device is a member of the group",
+                    group.name(),
+                    confirm_wait.as_secs()
+                )));
             }
         }
     };

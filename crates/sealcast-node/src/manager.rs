@@ -249,7 +249,9 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
     }
 }
 
-/// The shortest interval between two answered pulls of one device.
+/// Pulls of one device answered at once before the rate limit applies.
+pub const PULL_BURST: u32 = 10;
+/// After a burst, one pull of a device is answered per this interval.
 pub const PULL_ANSWER_INTERVAL: Duration = Duration::from_secs(1);
 
 struct Runtime {
@@ -261,7 +263,7 @@ struct Runtime {
     topics: TopicScheme,
     rng: StdRng,
     /// When each device's last pull was answered (see `pull_allowed`).
-    last_pull: BTreeMap<EntityId, std::time::Instant>,
+    last_pull: BTreeMap<EntityId, (u32, std::time::Instant)>,
 }
 
 /// Starts the manager runtime. `manager` may come fresh or from
@@ -602,7 +604,7 @@ impl Runtime {
                         Err(e) => debug!(%device, error = %e, "pull refused"),
                     }
                 } else {
-                    debug!(%device, "pull dropped: one was answered for this device less than a second ago");
+                    debug!(%device, "pull dropped: this device's pull budget is used up");
                 }
             }
             _ => {}
@@ -611,23 +613,33 @@ impl Runtime {
         incoming.ack.ack().await;
     }
 
-    /// At most one pull per device per [`PULL_ANSWER_INTERVAL`] is
-    /// verified and answered; the rest are dropped before any signature
-    /// work (the re-send loop still delivers what a member lacks). Keyed by
-    /// the topic's device, so a flood costs a map lookup per message.
+    /// A token bucket per device: a burst of [`PULL_BURST`] pulls is
+    /// verified and answered, then one per [`PULL_ANSWER_INTERVAL`]; the
+    /// rest are dropped before any signature work (the re-send loop still
+    /// delivers what a member lacks). Keyed by the topic's device, so a
+    /// flood costs a map lookup per message.
     fn pull_allowed(&mut self, device: &EntityId) -> bool {
         let now = std::time::Instant::now();
         if self.last_pull.len() > 200_000 {
-            self.last_pull
-                .retain(|_, t| now.duration_since(*t) < PULL_ANSWER_INTERVAL);
+            self.last_pull.retain(|_, (_, t)| {
+                now.duration_since(*t) < PULL_ANSWER_INTERVAL * PULL_BURST
+            });
         }
-        match self.last_pull.get(device) {
-            Some(t) if now.duration_since(*t) < PULL_ANSWER_INTERVAL => false,
-            _ => {
-                self.last_pull.insert(device.clone(), now);
-                true
-            }
+        let (tokens, last) = self
+            .last_pull
+            .entry(device.clone())
+            .or_insert((PULL_BURST, now));
+        let refill = now.duration_since(*last).as_millis() / PULL_ANSWER_INTERVAL.as_millis().max(1);
+        let refill = u32::try_from(refill).unwrap_or(u32::MAX);
+        if refill > 0 {
+            *tokens = tokens.saturating_add(refill).min(PULL_BURST);
+            *last = now;
         }
+        if *tokens == 0 {
+            return false;
+        }
+        *tokens -= 1;
+        true
     }
 
     async fn publish(&mut self, out: Vec<Outgoing>) {
