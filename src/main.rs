@@ -35,6 +35,14 @@ Examples (a gateway signs commands for the door controllers of one group):
 #[derive(Debug, Parser)]
 #[command(name = "sealcast", version, after_help = EXAMPLES)]
 struct Cli {
+    /// More log output from the services (-v debug, -vv trace); RUST_LOG,
+    /// when set, wins.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, conflicts_with = "quiet")]
+    verbose: u8,
+    /// Less log output from the services (-q warnings and errors, -qq
+    /// errors only).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    quiet: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -60,9 +68,19 @@ enum Command {
     Device(cmd::serve::DeviceCommand),
     #[command(subcommand)]
     Headend(cmd::serve::HeadendCommand),
+    Completions(cmd::manual::CompletionsArgs),
+    Man(cmd::manual::ManArgs),
 }
 
 fn run(cli: Cli) -> error::Result<()> {
+    let level = match (cli.verbose, cli.quiet) {
+        (0, 0) => "info",
+        (1, _) => "debug",
+        (v, _) if v > 1 => "trace",
+        (_, 1) => "warn",
+        _ => "error",
+    };
+    let _ = cmd::serve::LOG_LEVEL.set(level);
     match cli.command {
         Command::Keygen(args) => cmd::keygen::run(&args),
         Command::Group(cmd::group::GroupCommand::Create(args)) => cmd::group::create(&args),
@@ -89,7 +107,40 @@ fn run(cli: Cli) -> error::Result<()> {
         Command::Headend(cmd::serve::HeadendCommand::Serve(args)) => {
             cmd::serve::metering::headend(&args)
         }
+        Command::Manager(cmd::serve::ManagerCommand::ConfigTemplate) => {
+            template(cmd::templates::MANAGER)
+        }
+        Command::Agent(cmd::serve::AgentCommand::ConfigTemplate(args)) => template(if args.dap {
+            cmd::templates::DAP
+        } else {
+            cmd::templates::NODE
+        }),
+        Command::Device(cmd::serve::DeviceCommand::ConfigTemplate(args)) => {
+            template(if args.meter {
+                cmd::templates::METER
+            } else {
+                cmd::templates::NODE
+            })
+        }
+        Command::Headend(cmd::serve::HeadendCommand::ConfigTemplate) => {
+            template(cmd::templates::HEADEND)
+        }
+        Command::Completions(args) => {
+            use clap::CommandFactory;
+            cmd::manual::completions(&args, Cli::command())
+        }
+        Command::Man(args) => {
+            use clap::CommandFactory;
+            cmd::manual::man(&args, Cli::command())
+        }
     }
+}
+
+/// Prints a config template on standard output.
+fn template(text: &str) -> error::Result<()> {
+    std::io::stdout()
+        .write_all(text.as_bytes())
+        .map_err(|e| CliError::io("write", std::path::Path::new("standard output"), e))
 }
 
 /// Turns a clap error into one line: the first paragraph of its message.

@@ -1013,3 +1013,122 @@ async fn stale_and_replayed_commands_are_refused_by_age_and_across_restarts() {
     drop(d.procs);
     let _ = d.spy.disconnect(Duration::from_secs(2)).await;
 }
+
+/// A free port on 127.0.0.1 (bound, read, released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET path` on 127.0.0.1:port: (status line, body).
+fn http_get(port: u16, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_owned(), body.to_owned())
+}
+
+/// Issue #10, item 10: what operators expect of a service tool — config
+/// templates, shell completions and man pages from the clap definitions,
+/// `-v`, and a readiness and Prometheus metrics endpoint on the manager
+/// and the devices, scraped while they work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn operators_get_templates_completions_man_pages_and_metrics() {
+    let mut d = Deployment::start().await;
+    let dir = d.dir.clone();
+    let door1 = d.doors[1].clone();
+
+    let template = common::sealcast(&dir, &["manager", "config-template"]);
+    assert!(template.contains("metrics_listen") && template.contains("[[group]]"));
+    let template = common::sealcast(&dir, &["agent", "config-template", "--dap"]);
+    assert!(template.contains("[dap]"));
+    let bash = common::sealcast(&dir, &["completions", "bash"]);
+    assert!(bash.contains("_sealcast()"), "{bash}");
+    fs::create_dir(dir.join("man")).unwrap();
+    let out = common::sealcast(&dir, &["man", "--out-dir", "man"]);
+    assert!(out.contains("man pages"), "{out}");
+    let page = fs::read_to_string(dir.join("man/sealcast-manager-serve.1")).unwrap();
+    assert!(
+        page.contains(".TH") && page.contains("config\\-template"),
+        "{page}"
+    );
+
+    // Metrics on the manager (prepended: the file ends in tables) and door-1.
+    let (manager_port, door_port) = (free_port(), free_port());
+    let manager_toml = fs::read_to_string(dir.join("manager.toml")).unwrap();
+    fs::write(
+        dir.join("manager.toml"),
+        format!("metrics_listen = \"127.0.0.1:{manager_port}\"\n{manager_toml}"),
+    )
+    .unwrap();
+    let path = dir.join(format!("{door1}.toml"));
+    let mut toml = fs::read_to_string(&path).unwrap();
+    toml.push_str(&format!("metrics_listen = \"127.0.0.1:{door_port}\"\n"));
+    fs::write(path, toml).unwrap();
+    assert!(d.procs.terminate_async("manager").await.success());
+    d.procs.move_log_aside("manager", 1);
+    d.procs
+        .start("manager", &["manager", "serve", "--config", "manager.toml"]);
+    assert!(d.procs.terminate_async(&door1).await.success());
+    d.restart_device(&door1, 1).await;
+    wait_until("the manager runs", &d.procs, || {
+        d.procs.log("manager").contains("control socket listening")
+    })
+    .await;
+    // -v shows debug lines, -q hides the info lines (RUST_LOG unset).
+    let sensor_cfg = format!("{}.toml", d.sensors[0]);
+    let send = |flag: &str| {
+        std::process::Command::new(common::bin())
+            .args([
+                flag,
+                "device",
+                "send",
+                "--config",
+                &sensor_cfg,
+                "--group",
+                "fire-sensors",
+                "--alert",
+                "smoke",
+            ])
+            .current_dir(&dir)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    };
+    let verbose = send("-v");
+    assert!(verbose.status.success());
+    let err = String::from_utf8_lossy(&verbose.stderr).into_owned();
+    assert!(err.contains("DEBUG"), "-v shows no debug lines: {err}");
+    let quiet = send("-q");
+    assert!(quiet.status.success());
+    let err = String::from_utf8_lossy(&quiet.stderr).into_owned();
+    assert!(!err.contains("INFO") && !err.contains("DEBUG"), "-q: {err}");
+    let (status, body) = http_get(door_port, "/health");
+    assert!(status.contains("200"), "{status} {body}");
+    wait_until("door-1 counts the commands", &d.procs, || {
+        http_get(door_port, "/metrics")
+            .1
+            .contains("sealcast_messages_opened_total{group=\"fire-doors\"} 2")
+    })
+    .await;
+    let (status, _) = http_get(manager_port, "/health");
+    assert!(status.contains("200"), "{status}");
+    wait_until("the manager's gauges", &d.procs, || {
+        let body = http_get(manager_port, "/metrics").1;
+        body.contains("# TYPE sealcast_group_epoch gauge")
+            && body.contains("sealcast_group_members{group=\"fire-doors\"} 3")
+            && body.contains("sealcast_resends_total")
+    })
+    .await;
+    let (status, _) = http_get(door_port, "/nope");
+    assert!(status.contains("404"), "{status}");
+    drop(d.procs);
+    let _ = d.spy.disconnect(Duration::from_secs(2)).await;
+}

@@ -301,7 +301,7 @@ async fn smart_metering_as_separate_processes() {
         ("DAP", ["agent", "serve", "--config", "agent.toml"]),
         ("headend", ["headend", "serve", "--config", "headend.toml"]),
     ] {
-        let second = common::run(&dir, &args);
+        let second = common::run_bounded(&dir, &args, Duration::from_secs(30));
         let err = String::from_utf8_lossy(&second.stderr).into_owned();
         assert_eq!(second.status.code(), Some(1), "a second {what} ran: {err}");
         assert!(

@@ -8,9 +8,11 @@ pub mod group;
 pub mod group_admin;
 pub mod inspect;
 pub mod keygen;
+pub mod manual;
 pub mod open;
 pub mod seal;
 pub mod serve;
+pub mod templates;
 
 use std::path::Path;
 

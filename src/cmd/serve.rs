@@ -26,16 +26,27 @@ use crate::cmd::{load_private_key, load_public_key, say};
 use crate::error::{CliError, Result};
 
 pub mod metering;
+pub mod metrics;
 
 /// The group manager service.
 #[derive(Debug, Subcommand)]
 pub enum ManagerCommand {
     /// Run the group manager: enrolment, key delivery, acks, pulls and
-    /// re-sends over MQTT, with its store and audit log. Applies the
-    /// config's enrolments and groups at start-up (only what is missing).
+    /// re-sends over MQTT or CoAP, with its store and audit log. Seeds the
+    /// store from the config's enrolments and groups on the first start;
+    /// afterwards the store is the authority (new enrolments and groups are
+    /// added, recorded evictions and rekeys are never undone). Stops on
+    /// Ctrl-C or SIGTERM.
+    ///
+    /// Every setting of manager.toml: `sealcast manager config-template`.
     ///
     /// Example: sealcast manager serve --config manager.toml
     Serve(ServeArgs),
+    /// Print a commented manager.toml with every setting, its default and
+    /// what it is for.
+    ///
+    /// Example: sealcast manager config-template > manager.toml
+    ConfigTemplate,
 }
 
 /// The gateway agent service.
@@ -45,8 +56,32 @@ pub enum AgentCommand {
     /// rules, answers verified alerts of one group with signed commands to
     /// other groups.
     ///
+    /// Every setting of agent.toml: `sealcast agent config-template`
+    /// (`--dap` for a Data Aggregation Point).
+    ///
     /// Example: sealcast agent serve --config agent.toml
     Serve(ServeArgs),
+    /// Print a commented agent.toml (gateway, or with --dap a Data
+    /// Aggregation Point) with every setting and its default.
+    ///
+    /// Example: sealcast agent config-template > agent.toml
+    ConfigTemplate(AgentTemplateArgs),
+}
+
+/// Arguments of `sealcast agent config-template`.
+#[derive(Debug, Args)]
+pub struct AgentTemplateArgs {
+    /// The template of a smart-metering Data Aggregation Point.
+    #[arg(long)]
+    pub dap: bool,
+}
+
+/// Arguments of `sealcast device config-template`.
+#[derive(Debug, Args)]
+pub struct DeviceTemplateArgs {
+    /// The template of a meter (`sealcast device report`).
+    #[arg(long)]
+    pub meter: bool,
 }
 
 /// The device service and one-shot device tools.
@@ -57,8 +92,15 @@ pub enum DeviceCommand {
     /// them to a file). Its key state, replay windows and sequence
     /// reservations persist in its state directory.
     ///
+    /// Every setting of door-1.toml: `sealcast device config-template`.
+    ///
     /// Example: sealcast device run --config door-1.toml --exec-log door-1.exec
     Run(RunArgs),
+    /// Print a commented device config (or with --meter a meter's) with
+    /// every setting and its default.
+    ///
+    /// Example: sealcast device config-template > door-1.toml
+    ConfigTemplate(DeviceTemplateArgs),
     /// Seal and publish one alert as this device, with the keys and the
     /// sequence reservation of its state directory. It first asks the
     /// manager for the group's current key material (and installs a newer
@@ -85,8 +127,14 @@ pub enum HeadendCommand {
     /// and per meter persist in its state directory), logs the readings
     /// (--readings also appends them to a file).
     ///
+    /// Every setting of headend.toml: `sealcast headend config-template`.
+    ///
     /// Example: sealcast headend serve --config headend.toml --readings readings.log
     Serve(metering::HeadendServeArgs),
+    /// Print a commented headend.toml with every setting and its default.
+    ///
+    /// Example: sealcast headend config-template > headend.toml
+    ConfigTemplate,
 }
 
 /// `--config` of the services.
@@ -155,6 +203,8 @@ struct ManagerFile {
     /// The control socket of `sealcast group …` (default
     /// `<state_dir>/manager.sock`).
     control_socket: Option<PathBuf>,
+    /// Where to serve `/metrics` and `/health` (none by default).
+    metrics_listen: Option<std::net::SocketAddr>,
     #[serde(default)]
     enrol: Vec<EnrolEntry>,
     #[serde(default)]
@@ -239,6 +289,8 @@ struct NodeFile {
     /// Per-group freshness rules.
     #[serde(default)]
     group_policy: Vec<GroupPolicyEntry>,
+    /// Where to serve `/metrics` and `/health` (none by default).
+    metrics_listen: Option<std::net::SocketAddr>,
     /// A DAP's `[dap]` section (read by `metering`).
     #[serde(default, rename = "dap")]
     _dap: Option<toml::Value>,
@@ -458,9 +510,14 @@ fn failed(what: &str, e: impl std::fmt::Display) -> CliError {
     CliError::other(format!("{what}: {e}"))
 }
 
+/// The log level `-v`/`-q` ask for (`info` without them); `RUST_LOG`, when
+/// set, wins.
+pub static LOG_LEVEL: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
 pub(crate) fn init_logs() {
+    let level = LOG_LEVEL.get().copied().unwrap_or("info");
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -638,6 +695,7 @@ pub fn manager(args: &ServeArgs) -> Result<()> {
     }
     let topics = topics(config.topic_prefix.as_deref())?;
     let socket = manager_socket(&config, &base);
+    let metrics_at = config.metrics_listen;
     let link = link_config(config.transport, &config.broker, config.coap.as_ref())?;
     runtime()?.block_on(serve_manager(
         manager,
@@ -648,6 +706,7 @@ pub fn manager(args: &ServeArgs) -> Result<()> {
         topics,
         (enrolments, creates, additions),
         &socket,
+        metrics_at,
     ))
 }
 
@@ -672,6 +731,7 @@ async fn serve_manager(
     topics: TopicScheme,
     (enrolments, creates, additions): Plan,
     socket: &Path,
+    metrics_at: Option<std::net::SocketAddr>,
 ) -> Result<()> {
     let id = manager.id().clone();
     // The control socket first: a second manager on this state directory
@@ -718,6 +778,16 @@ async fn serve_manager(
             return Err(failed("the manager could not serve its control socket", e));
         }
     };
+    if let Some(addr) = metrics_at {
+        let registry = Arc::new(metrics::Registry::default());
+        if let Err(e) = metrics::start(addr, registry.clone()).await {
+            control.shutdown().await;
+            handle.stop().await;
+            return Err(e);
+        }
+        registry.set_ready();
+        tokio::spawn(watch_manager(handle.clone(), registry));
+    }
     let waited = wait_for_stop_signal().await;
     control.shutdown().await;
     waited?;
@@ -769,7 +839,10 @@ impl CommandHandler for ExecLog {
     }
 }
 
-fn node_config(path: &Path, handler: Arc<dyn CommandHandler>) -> Result<NodeConfig> {
+fn node_config(
+    path: &Path,
+    handler: Arc<dyn CommandHandler>,
+) -> Result<(NodeConfig, Option<std::net::SocketAddr>)> {
     let (config, base): (NodeFile, _) = read_config(path)?;
     let state_dir = resolve(&base, &config.state_dir);
     create_dir(&state_dir)?;
@@ -792,33 +865,150 @@ fn node_config(path: &Path, handler: Arc<dyn CommandHandler>) -> Result<NodeConf
         .map(|d| entity(d))
         .collect::<Result<Vec<_>>>()?;
     let (events, _) = tokio::sync::mpsc::unbounded_channel();
-    Ok(NodeConfig {
-        credential,
-        manager,
-        link: link_config(config.transport, &config.broker, config.coap.as_ref())?,
-        topics: topics(config.topic_prefix.as_deref())?,
-        rules,
-        relays_for,
-        handler,
-        events,
-        state_file: Some(DeviceStateFile::new(state_dir.join("state.cbor"))),
-        no_key_warning: (config.no_key_material_warning_s > 0)
-            .then(|| std::time::Duration::from_secs(config.no_key_material_warning_s)),
-        replay: replay_policies(&config)?,
-    })
+    let metrics_at = config.metrics_listen;
+    Ok((
+        NodeConfig {
+            credential,
+            manager,
+            link: link_config(config.transport, &config.broker, config.coap.as_ref())?,
+            topics: topics(config.topic_prefix.as_deref())?,
+            rules,
+            relays_for,
+            handler,
+            events,
+            state_file: Some(DeviceStateFile::new(state_dir.join("state.cbor"))),
+            no_key_warning: (config.no_key_material_warning_s > 0)
+                .then(|| std::time::Duration::from_secs(config.no_key_material_warning_s)),
+            replay: replay_policies(&config)?,
+        },
+        metrics_at,
+    ))
 }
 
-fn run_node(config: NodeConfig, what: &'static str) -> Result<()> {
+fn run_node(
+    mut config: NodeConfig,
+    what: &'static str,
+    metrics_at: Option<std::net::SocketAddr>,
+) -> Result<()> {
     runtime()?.block_on(async move {
+        let registry = Arc::new(metrics::Registry::default());
+        if let Some(addr) = metrics_at {
+            metrics::start(addr, registry.clone()).await?;
+            let (events, seen) = tokio::sync::mpsc::unbounded_channel();
+            config.events = events;
+            tokio::spawn(count_node_events(seen, registry.clone()));
+        }
         let handle = device::spawn(config)
             .await
             .map_err(|e| failed(&format!("the {what} could not start"), e))?;
         info!(id = %handle.id(), "{what} running");
+        registry.set_ready();
         wait_for_stop_signal().await?;
         handle.stop().await;
         info!(id = %handle.id(), "{what} stopped");
         Ok(())
     })
+}
+
+/// Turns a node's events into its metrics.
+async fn count_node_events(
+    mut seen: tokio::sync::mpsc::UnboundedReceiver<sealcast_node::runtime::Event>,
+    registry: Arc<metrics::Registry>,
+) {
+    use sealcast_node::runtime::EventKind;
+    while let Some(event) = seen.recv().await {
+        match &event.kind {
+            EventKind::Installed { group, epoch } => {
+                let g = group.name().to_string();
+                registry.inc(
+                    "sealcast_key_installs_total",
+                    "Key material installed (deliveries, join notices, tree rekeys).",
+                    &[("group", &g)],
+                );
+                registry.set(
+                    "sealcast_group_epoch",
+                    "The epoch of the key material held.",
+                    &[("group", &g)],
+                    f64::from(epoch.get()),
+                );
+            }
+            EventKind::Executed { group, .. } => registry.inc(
+                "sealcast_messages_opened_total",
+                "Commands and alerts opened, verified and executed.",
+                &[("group", &group.name().to_string())],
+            ),
+            EventKind::Rejected { group, reason } => registry.inc(
+                "sealcast_messages_refused_total",
+                "Commands and alerts refused, by reason.",
+                &[
+                    ("group", &group.name().to_string()),
+                    ("reason", metrics::refusal_reason(reason)),
+                ],
+            ),
+            EventKind::NotMember { group } => registry.inc(
+                "sealcast_messages_not_member_total",
+                "Messages on a group channel of a group this entity holds no key of.",
+                &[("group", &group.name().to_string())],
+            ),
+            EventKind::CannotOpenDelivery { .. } => registry.inc(
+                "sealcast_deliveries_relayed_total",
+                "Key deliveries for other entities relayed or overheard (unreadable here).",
+                &[],
+            ),
+            EventKind::Issued { group, .. } => registry.inc(
+                "sealcast_commands_issued_total",
+                "Commands this gateway sealed and sent by its rules.",
+                &[("group", &group.name().to_string())],
+            ),
+            _ => {}
+        }
+    }
+}
+
+/// Refreshes the manager's gauges every two seconds.
+async fn watch_manager(
+    handle: sealcast_node::manager::ManagerHandle,
+    registry: Arc<metrics::Registry>,
+) {
+    loop {
+        if let Ok(groups) = handle.groups().await {
+            for g in groups {
+                let name = g.group.name().to_string();
+                let labels = [("group", name.as_str())];
+                registry.set(
+                    "sealcast_group_epoch",
+                    "The group's current epoch.",
+                    &labels,
+                    f64::from(g.epoch.get()),
+                );
+                registry.set(
+                    "sealcast_group_members",
+                    "Members of the group.",
+                    &labels,
+                    g.members as f64,
+                );
+                registry.set(
+                    "sealcast_group_members_current",
+                    "Members that acknowledged the current epoch.",
+                    &labels,
+                    g.current as f64,
+                );
+                registry.set(
+                    "sealcast_deliveries_pending",
+                    "Members the current epoch is still to reach (re-sent until acknowledged).",
+                    &labels,
+                    g.members.saturating_sub(g.current) as f64,
+                );
+            }
+        }
+        registry.set(
+            "sealcast_resends_total",
+            "Key deliveries re-sent to members that had not acknowledged.",
+            &[],
+            handle.resends() as f64,
+        );
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
 }
 
 /// Runs `sealcast agent serve`.
@@ -827,8 +1017,8 @@ pub fn agent(args: &ServeArgs) -> Result<()> {
     if metering::has_dap_section(&args.config)? {
         return metering::agent_with_dap(args);
     }
-    let config = node_config(&args.config, Arc::new(LogHandler))?;
-    run_node(config, "agent")
+    let (config, metrics_at) = node_config(&args.config, Arc::new(LogHandler))?;
+    run_node(config, "agent", metrics_at)
 }
 
 /// Runs `sealcast device run`.
@@ -838,14 +1028,14 @@ pub fn device_run(args: &RunArgs) -> Result<()> {
         Some(path) => Arc::new(ExecLog { path: path.clone() }),
         None => Arc::new(LogHandler),
     };
-    let config = node_config(&args.config, handler)?;
-    run_node(config, "device")
+    let (config, metrics_at) = node_config(&args.config, handler)?;
+    run_node(config, "device", metrics_at)
 }
 
 /// Runs `sealcast device send`.
 pub fn device_send(args: &SendArgs) -> Result<()> {
     init_logs();
-    let config = node_config(&args.config, Arc::new(LogHandler))?;
+    let (config, _) = node_config(&args.config, Arc::new(LogHandler))?;
     let group = group_id(&args.group)?;
     let (bytes, seq) = runtime()?
         .block_on(device::send_once(
@@ -862,4 +1052,23 @@ pub fn device_send(args: &SendArgs) -> Result<()> {
         bytes.len()
     ));
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod template_tests {
+    use super::*;
+    use crate::cmd::templates;
+
+    /// Every template parses as the config its service reads (unknown keys
+    /// are refused there, so a stale template would fail here).
+    #[test]
+    fn every_template_is_a_valid_config() {
+        let _: ManagerFile = toml::from_str(templates::MANAGER).unwrap();
+        let node: NodeFile = toml::from_str(templates::NODE).unwrap();
+        assert!(replay_policies(&node).is_ok());
+        let _: metering::HeadendFile = toml::from_str(templates::HEADEND).unwrap();
+        let _: metering::AgentFile = toml::from_str(templates::DAP).unwrap();
+        let _: metering::MeterFile = toml::from_str(templates::METER).unwrap();
+    }
 }

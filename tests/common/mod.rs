@@ -262,6 +262,33 @@ pub fn run(dir: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Runs `sealcast args` in `dir`, which must exit within `limit`: killed
+/// and a panic otherwise (a regression that makes it run on must fail the
+/// test, not hang it).
+pub fn run_bounded(dir: &Path, args: &[&str], limit: Duration) -> Output {
+    let mut child = Command::new(bin())
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "sealcast {args:?} still ran after {limit:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
 /// Runs a command that must succeed; returns its standard output.
 pub fn sealcast(dir: &Path, args: &[&str]) -> String {
     let out = run(dir, args);

@@ -87,6 +87,7 @@ enum Admin {
 #[derive(Clone)]
 pub struct ManagerHandle {
     admin: mpsc::Sender<Admin>,
+    resends: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl core::fmt::Debug for ManagerHandle {
@@ -204,6 +205,11 @@ impl ManagerHandle {
             .map_err(|_| Error::Runtime("the manager stopped".into()))
     }
 
+    /// Key deliveries re-sent so far to members that had not acknowledged.
+    pub fn resends(&self) -> u64 {
+        self.resends.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Stops the manager once it finished the message or operation in hand
     /// (every operation is saved and audited before it is published) and
     /// disconnects it.
@@ -264,6 +270,7 @@ struct Runtime {
     rng: StdRng,
     /// When each device's last pull was answered (see `pull_allowed`).
     last_pull: BTreeMap<EntityId, (u32, std::time::Instant)>,
+    resends: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Starts the manager runtime. `manager` may come fresh or from
@@ -314,6 +321,7 @@ pub async fn spawn_on(
         }
     };
     let (tx, rx) = mpsc::channel(16);
+    let resends = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let rt = Runtime {
         manager,
         store,
@@ -323,9 +331,10 @@ pub async fn spawn_on(
         topics,
         rng: os_rng()?,
         last_pull: BTreeMap::new(),
+        resends: resends.clone(),
     };
     tokio::spawn(rt.run(inbox, rx));
-    Ok(ManagerHandle { admin: tx })
+    Ok(ManagerHandle { admin: tx, resends })
 }
 
 impl Runtime {
@@ -344,7 +353,10 @@ impl Runtime {
                 },
                 _ = resend.tick() => {
                     match self.manager.poll_resend(now(), &mut self.rng) {
-                        Ok(out) => self.publish(out).await,
+                        Ok(out) => {
+                            self.resends.fetch_add(out.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                            self.publish(out).await
+                        }
                         Err(e) => warn!(error = %e, "re-send failed"),
                     }
                 }
@@ -621,15 +633,15 @@ impl Runtime {
     fn pull_allowed(&mut self, device: &EntityId) -> bool {
         let now = std::time::Instant::now();
         if self.last_pull.len() > 200_000 {
-            self.last_pull.retain(|_, (_, t)| {
-                now.duration_since(*t) < PULL_ANSWER_INTERVAL * PULL_BURST
-            });
+            self.last_pull
+                .retain(|_, (_, t)| now.duration_since(*t) < PULL_ANSWER_INTERVAL * PULL_BURST);
         }
         let (tokens, last) = self
             .last_pull
             .entry(device.clone())
             .or_insert((PULL_BURST, now));
-        let refill = now.duration_since(*last).as_millis() / PULL_ANSWER_INTERVAL.as_millis().max(1);
+        let refill =
+            now.duration_since(*last).as_millis() / PULL_ANSWER_INTERVAL.as_millis().max(1);
         let refill = u32::try_from(refill).unwrap_or(u32::MAX);
         if refill > 0 {
             *tokens = tokens.saturating_add(refill).min(PULL_BURST);

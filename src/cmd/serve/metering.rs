@@ -99,7 +99,7 @@ struct KeyEntry {
 /// `headend.toml`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct HeadendFile {
+pub(super) struct HeadendFile {
     broker: String,
     topic_prefix: Option<String>,
     key: PathBuf,
@@ -143,7 +143,7 @@ fn default_delay() -> u64 {
 /// `agent.toml` as the DAP reads it (the node fields are read by the
 /// gateway part, when `manager_public_key` is present).
 #[derive(Debug, Deserialize)]
-struct AgentFile {
+pub(super) struct AgentFile {
     broker: String,
     topic_prefix: Option<String>,
     key: PathBuf,
@@ -155,7 +155,7 @@ struct AgentFile {
 /// `meter.toml`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct MeterFile {
+pub(super) struct MeterFile {
     broker: String,
     topic_prefix: Option<String>,
     key: PathBuf,
@@ -350,10 +350,7 @@ pub fn agent_with_dap(args: &ServeArgs) -> Result<()> {
     let core = DapCore::new(credential, headend, section.group.clone(), meter_keys)
         .map_err(|e| failed("cannot set up the DAP", e))?;
     let node = match &config.manager_public_key {
-        Some(_) => Some(node_config(
-            &args.config,
-            Arc::new(sealcast_node::device::LogHandler),
-        )?),
+        Some(_) => Some(node_config(&args.config, Arc::new(sealcast_node::device::LogHandler))?.0),
         None => None,
     };
     let scheme = topics(config.topic_prefix.as_deref())?;

@@ -1,0 +1,133 @@
+//! `sealcast <service> config-template`: a commented TOML file with every
+//! setting the service reads, its default and what it is for. Each template
+//! parses as the service's config (a unit test in `serve` checks it), so it
+//! can be copied and edited.
+
+/// `manager.toml`.
+pub const MANAGER: &str = r#"# sealcast manager serve --config manager.toml
+# Relative paths are relative to this file's directory.
+
+broker = "mqtt://127.0.0.1:1883"     # MQTT broker (transport = "mqtt", the default)
+# transport = "coap"                 # or CoAP: then leave out `broker` and add [coap] below
+# topic_prefix = "site-a"            # topics under site-a/sealcast/v1/…; must match every node's
+key = "manager.key"                  # this manager's private key (sealcast keygen --id manager)
+state_dir = "manager-state"          # store, audit log, control socket and instance lock (0700)
+kek = "manager.kek"                  # key-encryption key of the store; created (0600) if missing
+# sqlite = "manager-state/manager.db"          # default: <state_dir>/manager.db
+# postgres = "postgres://sealcast@db.example/sealcast"   # instead of SQLite
+# postgres_schema = "site_a"         # PostgreSQL schema of the tables (created if missing)
+# audit_log = "manager-state/audit.jsonl"      # default: <state_dir>/audit.jsonl
+# control_socket = "manager-state/manager.sock" # default: <state_dir>/manager.sock
+# metrics_listen = "127.0.0.1:9464"  # Prometheus text at /metrics, readiness at /health
+
+# [coap]                             # with transport = "coap"
+# listen = "127.0.0.1:5701"          # this entity's unicast endpoint
+# group = "224.0.1.187:5683"         # multicast group of the group channels
+# multicast_interface = "127.0.0.1"  # the interface multicast is pinned to
+# [[coap.endpoint]]                  # one per agent the manager sends deliveries to
+# id = "gateway"
+# address = "127.0.0.1:5702"
+
+# Seeds the store on the first start. Afterwards the store is the authority:
+# new enrolments and new groups are added, but members of a group the store
+# holds are never re-applied (an eviction stays an eviction).
+[[enrol]]
+id = "gateway"
+kind = "agent"                       # device | agent | headend
+public_key = "gateway.pub"
+
+[[enrol]]
+id = "door-1"
+kind = "device"
+public_key = "door-1.pub"
+agent = "gateway"                    # the agent that relays its key deliveries
+
+[[group]]
+id = "fire-doors"
+scheme = "tree"                      # tree (logarithmic rekey) | p2p (one delivery per member)
+members = [{ id = "gateway", role = "sender" }, { id = "door-1", role = "receiver" }]
+"#;
+
+/// `agent.toml` (a gateway) or `device.toml`: the same keys; a device has
+/// no `relays_for` and no `[[rule]]`.
+pub const NODE: &str = r#"# sealcast agent serve --config agent.toml   /   sealcast device run --config door-1.toml
+# Relative paths are relative to this file's directory.
+
+broker = "mqtt://127.0.0.1:1883"     # MQTT broker (transport = "mqtt", the default)
+# transport = "coap"                 # or CoAP: then leave out `broker` and add [coap] below
+# topic_prefix = "site-a"            # must equal the manager's
+key = "gateway.key"                  # this entity's private key
+manager_public_key = "manager.pub"   # the manager it trusts (key deliveries are signed by it)
+state_dir = "gateway-state"          # keys, replay windows, sequence reservations (state.cbor, 0600)
+# no_key_material_warning_s = 60     # warn once when no key arrived this long after start (0: never)
+# command_max_age_s = 300            # refuse commands/alerts stamped further than this from our clock (0: no bound)
+# metrics_listen = "127.0.0.1:9465"  # Prometheus text at /metrics, readiness at /health
+
+relays_for = ["door-1"]              # agents: the devices whose key deliveries it relays
+
+[[rule]]                             # agents: an alert verified from one group → a command to another
+on_alert_from = "fire-sensors"
+then_command = "fire-doors"
+payload = "unlock"
+
+# [[group_policy]]                   # freshness rule of one group (docs/ARCHITECTURE.md, "Replay and freshness")
+# group = "fire-doors"
+# replay = "sequence"                # sequence | timestamp
+# max_age_s = 30                     # sequence: the age bound; timestamp: the skew
+
+# [coap]                             # with transport = "coap"
+# listen = "127.0.0.1:5702"
+# group = "224.0.1.187:5683"
+# multicast_interface = "127.0.0.1"
+# [[coap.endpoint]]                  # the manager, and (agents) each relayed device
+# id = "manager"
+# address = "127.0.0.1:5701"
+"#;
+
+/// `agent.toml` of a Data Aggregation Point (smart metering).
+pub const DAP: &str = r#"# sealcast agent serve --config dap.toml   (a Data Aggregation Point)
+broker = "mqtt://127.0.0.1:1883"
+# topic_prefix = "site-a"
+key = "dap-1.key"
+state_dir = "dap-1-state"            # per-meter windows, batch sequence (dap.cbor, 0600)
+# manager_public_key = "manager.pub" # with it, the gateway node runs beside the DAP
+
+[dap]
+group = "street-7"                   # the meter group's name (default "meters")
+headend = "headend"                  # the headend's id
+headend_public_key = "headend.pub"
+meters_dir = "meters"                # every *.pub in it is a meter it serves
+# [[dap.meter]]                      # or list meters one by one
+# id = "meter-1"
+# public_key = "meter-1.pub"
+batch_size = 64                      # 1-4096
+max_batch_delay_ms = 200             # 1-60000
+"#;
+
+/// `headend.toml`.
+pub const HEADEND: &str = r#"# sealcast headend serve --config headend.toml --readings readings.log
+broker = "mqtt://127.0.0.1:1883"
+# topic_prefix = "site-a"
+key = "headend.key"
+state_dir = "headend-state"          # announcements and replay windows (headend.cbor, 0600)
+meters_dir = "meters"                # every *.pub here is a meter the headend can decrypt
+# verify_meter_signatures = false    # also re-check each meter's signature
+
+# [[meter]]                          # or list meters one by one
+# id = "meter-1"
+# public_key = "meter-1.pub"
+
+[[dap]]                              # at least one
+id = "dap-1"
+public_key = "dap-1.pub"
+"#;
+
+/// `meter.toml` (`sealcast device report`).
+pub const METER: &str = r#"# sealcast device report --config meter-1.toml --reading "1042 kWh"
+broker = "mqtt://127.0.0.1:1883"
+# topic_prefix = "site-a"
+key = "meter-1.key"
+state_dir = "meter-1-state"          # sequence reservation (meter.cbor, 0600)
+dap = "dap-1"                        # the DAP it reports through
+headend_public_key = "headend.pub"   # readings are encrypted for the headend
+"#;
