@@ -898,3 +898,54 @@ fn demo_smart_meter_passes() {
     assert!(text.contains("PASSED"), "{text}");
     assert!(!text.contains("FAILED"), "{text}");
 }
+
+/// Issue #10, item 9: a config without a required field names the field
+/// (toml pointed at line 1, which reads as if line 1 were wrong); a demo
+/// against a broker that refuses connections says so and leaves no
+/// temporary directory behind.
+#[test]
+fn config_errors_name_the_field_and_failed_demos_clean_up() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(
+        dir.path().join("door.toml"),
+        "broker = \"mqtt://127.0.0.1:1883\"\nstate_dir = \"s\"\nmanager_public_key = \"m.pub\"\n",
+    )
+    .unwrap();
+    let err = fails_cleanly(&run_in(
+        dir.path(),
+        &["device", "run", "--config", "door.toml"],
+        b"",
+    ));
+    assert!(err.contains("missing field `key`"), "{err}");
+    assert!(!err.contains("line 1"), "{err}");
+
+    // A port nothing listens on: connection refused.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let tmp = dir.path().join("tmp");
+    fs::create_dir(&tmp).unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "demo",
+            "fire-safety",
+            "--broker",
+            &format!("mqtt://127.0.0.1:{port}"),
+        ])
+        .env("TMPDIR", &tmp)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("cannot reach the MQTT broker") && err.contains("refused"),
+        "{err}"
+    );
+    assert_eq!(
+        fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "the failed demo left its directory behind"
+    );
+}

@@ -240,6 +240,11 @@ async fn group_admin_against_a_running_manager() {
         &admin("evict", &["--group", "fire-doors", "--member", &door]),
     );
     assert!(err.contains("not a member"), "{err}");
+    // Issue #10 item 9: an eviction of a non-member said "enrol it first".
+    assert!(
+        err.contains("nothing to evict") && !err.contains("enrol it first"),
+        "{err}"
+    );
 
     // --- unknown group -------------------------------------------------------
     for args in [
