@@ -187,6 +187,18 @@ struct ManagerFile {
     /// The CoAP endpoint, group and address book (with `transport = "coap"`).
     coap: Option<CoapSection>,
     topic_prefix: Option<String>,
+    /// PEM file of the CA the broker's certificate chains to (with an
+    /// `mqtts://` broker).
+    tls_ca: Option<PathBuf>,
+    /// PEM client certificate chain, for brokers that require one.
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert` (keep it 0600).
+    tls_key: Option<PathBuf>,
+    /// MQTT username.
+    username: Option<String>,
+    /// File whose first line is the MQTT password (else
+    /// `SEALCAST_BROKER_PASSWORD`).
+    password_file: Option<PathBuf>,
     key: PathBuf,
     state_dir: PathBuf,
     /// SQLite database (default `<state_dir>/manager.db`).
@@ -270,6 +282,18 @@ struct NodeFile {
     /// The CoAP endpoint, group and address book (with `transport = "coap"`).
     coap: Option<CoapSection>,
     topic_prefix: Option<String>,
+    /// PEM file of the CA the broker's certificate chains to (with an
+    /// `mqtts://` broker).
+    tls_ca: Option<PathBuf>,
+    /// PEM client certificate chain, for brokers that require one.
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert` (keep it 0600).
+    tls_key: Option<PathBuf>,
+    /// MQTT username.
+    username: Option<String>,
+    /// File whose first line is the MQTT password (else
+    /// `SEALCAST_BROKER_PASSWORD`).
+    password_file: Option<PathBuf>,
     key: PathBuf,
     manager_public_key: PathBuf,
     state_dir: PathBuf,
@@ -403,6 +427,84 @@ struct CoapSection {
 struct EndpointEntry {
     id: String,
     address: std::net::SocketAddr,
+}
+
+/// The broker security settings of a config file.
+#[derive(Debug, Default)]
+pub(crate) struct BrokerSecurity<'a> {
+    pub(crate) ca: Option<&'a Path>,
+    pub(crate) cert: Option<&'a Path>,
+    pub(crate) key: Option<&'a Path>,
+    pub(crate) username: Option<&'a str>,
+    pub(crate) password_file: Option<&'a Path>,
+}
+
+/// The security fields of any config struct that has them.
+macro_rules! broker_security {
+    ($c:expr) => {
+        $crate::cmd::serve::BrokerSecurity {
+            ca: $c.tls_ca.as_deref(),
+            cert: $c.tls_cert.as_deref(),
+            key: $c.tls_key.as_deref(),
+            username: $c.username.as_deref(),
+            password_file: $c.password_file.as_deref(),
+        }
+    };
+}
+pub(crate) use broker_security;
+
+/// `broker` with the config's TLS and credential settings added as URL
+/// parameters (paths resolved against the config's directory), the form
+/// `sealcast_mqtt::MqttConfig::from_url` reads. Secrets stay in their
+/// files; the URL carries paths.
+pub(crate) fn broker_url(
+    broker: &str,
+    base: &Path,
+    security: &BrokerSecurity<'_>,
+) -> Result<String> {
+    fn encode(text: &str) -> String {
+        let mut out = String::with_capacity(text.len());
+        for b in text.bytes() {
+            if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+                out.push(char::from(b));
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+        out
+    }
+    let mut params = Vec::new();
+    let path_param = |name: &str, p: Option<&Path>| -> Result<Option<String>> {
+        p.map(|p| {
+            let resolved = resolve(base, p);
+            let text = resolved.to_str().ok_or_else(|| {
+                CliError::usage(format!(
+                    "{name}: the path {} is not UTF-8",
+                    resolved.display()
+                ))
+            })?;
+            Ok(format!("{name}={}", encode(text)))
+        })
+        .transpose()
+    };
+    params.extend(path_param("ca", security.ca)?);
+    params.extend(path_param("cert", security.cert)?);
+    params.extend(path_param("key", security.key)?);
+    params.extend(path_param("password_file", security.password_file)?);
+    if let Some(u) = security.username {
+        params.push(format!("username={}", encode(u)));
+    }
+    if params.is_empty() || broker.is_empty() {
+        return Ok(broker.to_owned());
+    }
+    if security.ca.is_some() && !(broker.starts_with("mqtts://") || broker.starts_with("ssl://")) {
+        return Err(CliError::usage(format!(
+            "tls_ca is set but broker {} is not an mqtts:// URL",
+            sealcast_mqtt::redact_url(broker)
+        )));
+    }
+    let sep = if broker.contains('?') { '&' } else { '?' };
+    Ok(format!("{broker}{sep}{}", params.join("&")))
 }
 
 /// The transport a config file names.
@@ -696,7 +798,8 @@ pub fn manager(args: &ServeArgs) -> Result<()> {
     let topics = topics(config.topic_prefix.as_deref())?;
     let socket = manager_socket(&config, &base);
     let metrics_at = config.metrics_listen;
-    let link = link_config(config.transport, &config.broker, config.coap.as_ref())?;
+    let broker = broker_url(&config.broker, &base, &broker_security!(config))?;
+    let link = link_config(config.transport, &broker, config.coap.as_ref())?;
     runtime()?.block_on(serve_manager(
         manager,
         store,
@@ -870,7 +973,11 @@ fn node_config(
         NodeConfig {
             credential,
             manager,
-            link: link_config(config.transport, &config.broker, config.coap.as_ref())?,
+            link: link_config(
+                config.transport,
+                &broker_url(&config.broker, &base, &broker_security!(config))?,
+                config.coap.as_ref(),
+            )?,
             topics: topics(config.topic_prefix.as_deref())?,
             rules,
             relays_for,

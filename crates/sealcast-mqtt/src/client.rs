@@ -329,6 +329,11 @@ impl MqttClient {
         if let Some(c) = &config.credentials {
             options.set_credentials(c.username.clone(), c.password.clone());
         }
+        if let Some(tls) = &config.tls {
+            options.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(Arc::new(tls.client_config()?)),
+            ));
+        }
         let (client, mut eventloop) = AsyncClient::new(options, config.request_capacity);
         let mut network = eventloop.network_options();
         network.set_connection_timeout(config.connect_timeout.as_secs().max(1));

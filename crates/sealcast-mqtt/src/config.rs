@@ -60,6 +60,10 @@ pub struct MqttConfig {
     pub(crate) backoff: Backoff,
     pub(crate) subscriptions: Vec<TopicFilter>,
     pub(crate) credentials: Option<Credentials>,
+    pub(crate) tls: Option<crate::tls::TlsSettings>,
+    /// The URL said `mqtts://`: connecting without [`MqttConfig::with_tls`]
+    /// settings is refused rather than silently falling back to plain TCP.
+    pub(crate) tls_required: bool,
 }
 
 impl MqttConfig {
@@ -80,15 +84,68 @@ impl MqttConfig {
             backoff: Backoff::default(),
             subscriptions: Vec::new(),
             credentials: None,
+            tls: None,
+            tls_required: false,
         }
     }
 
-    /// Parses `mqtt://host[:port]` (or `tcp://`; default port 1883; IPv6
-    /// literals in brackets). TLS URLs (`mqtts://`, `ssl://`) are refused:
-    /// this build has no TLS transport (see the crate README).
+    /// Parses a broker URL: `mqtt://host[:port]` (or `tcp://`; default port
+    /// 1883) or `mqtts://host[:port]` (or `ssl://`; default port 8883; TLS),
+    /// IPv6 literals in brackets, optional `user[:password]@` and the query
+    /// parameters of [`crate::tls`] (`ca`, `cert`, `key`, `username`,
+    /// `password_file`), which are read here. A username without a password
+    /// takes it from `password_file` or [`crate::tls::PASSWORD_ENV`].
     pub fn from_url(url: &str, client_id: impl Into<String>) -> Result<Self> {
-        let (host, port) = parse_url(url)?;
-        Ok(Self::new(host, port, client_id))
+        let (host, port, security) = parse_url(url)?;
+        let mut config = Self::new(host, port, client_id);
+        if let Some(ca) = &security.ca {
+            let mut tls = crate::tls::TlsSettings::from_ca_file(ca)?;
+            match (&security.cert, &security.key) {
+                (Some(cert), Some(key)) => {
+                    tls = tls.with_client_auth(
+                        crate::tls::read_file(cert, "client certificate")?,
+                        crate::tls::read_file(key, "client key")?,
+                    );
+                }
+                (None, None) => {}
+                _ => {
+                    return Err(Error::InvalidConfig(
+                        "a client certificate needs both cert= and key=",
+                    ));
+                }
+            }
+            config.tls = Some(tls);
+        } else if security.cert.is_some() || security.key.is_some() {
+            return Err(Error::InvalidConfig("cert= and key= need ca= and mqtts://"));
+        }
+        if config.tls.is_some() && !security.tls {
+            return Err(Error::InvalidConfig(
+                "ca= is for mqtts:// URLs; use mqtts://host:8883?ca=…",
+            ));
+        }
+        config.tls_required = security.tls;
+        if let Some(username) = security.username {
+            let password = match (security.password, &security.password_file) {
+                (Some(p), _) => p,
+                (None, Some(file)) => crate::tls::read_password(file)?,
+                (None, None) => zeroize::Zeroizing::new(
+                    std::env::var(crate::tls::PASSWORD_ENV).unwrap_or_default(),
+                ),
+            };
+            config.credentials = Some(Credentials {
+                username,
+                password: password.to_string(),
+            });
+        }
+        Ok(config)
+    }
+
+    /// TLS to the broker with these settings (implied by an `mqtts://` URL
+    /// with `ca=`).
+    pub fn with_tls(mut self, tls: crate::tls::TlsSettings) -> Self {
+        self.tls = Some(tls);
+        self.tls_required = true;
+        self
     }
 
     /// Keep the MQTT session across disconnections (`clean_session =
@@ -221,31 +278,64 @@ impl MqttConfig {
         if self.backoff.initial > self.backoff.max {
             return Err(Error::InvalidConfig("backoff initial above max"));
         }
+        if self.tls_required && self.tls.is_none() {
+            return Err(Error::InvalidConfig(
+                "mqtts:// needs the broker's CA certificate: add ?ca=PATH to the URL (or tls_ca in the config)",
+            ));
+        }
         Ok(())
     }
 }
 
-fn parse_url(url: &str) -> Result<(String, u16)> {
-    if url.len() > 512 {
+fn parse_url(url: &str) -> Result<(String, u16, crate::tls::UrlSecurity)> {
+    if url.len() > 2048 {
         return Err(Error::InvalidConfig("URL too long"));
     }
+    let mut security = crate::tls::UrlSecurity::default();
     let rest = if let Some(r) = url.strip_prefix("mqtt://") {
         r
     } else if let Some(r) = url.strip_prefix("tcp://") {
         r
-    } else if url.starts_with("mqtts://") || url.starts_with("ssl://") {
-        return Err(Error::InvalidConfig(
-            "TLS URLs are not supported by this build (mqtt:// or tcp:// only)",
-        ));
+    } else if let Some(r) = url
+        .strip_prefix("mqtts://")
+        .or_else(|| url.strip_prefix("ssl://"))
+    {
+        security.tls = true;
+        r
     } else {
         return Err(Error::InvalidConfig(
-            "URL must start with mqtt:// or tcp://",
+            "URL must start with mqtt://, tcp://, mqtts:// or ssl://",
         ));
     };
+    let (rest, query) = match rest.split_once('?') {
+        Some((r, q)) => (r, Some(q)),
+        None => (rest, None),
+    };
+    if let Some(q) = query {
+        crate::tls::parse_query(q, &mut security)?;
+    }
     let authority = rest.strip_suffix('/').unwrap_or(rest);
-    if authority.contains(['/', '?', '#', '@']) {
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let (user, password) = match userinfo.split_once(':') {
+                Some((u, p)) => (u, Some(p)),
+                None => (userinfo, None),
+            };
+            if user.is_empty() {
+                return Err(Error::InvalidConfig("empty username in the URL"));
+            }
+            security.username = Some(crate::tls::percent_decode(user)?);
+            security.password = password
+                .map(crate::tls::percent_decode)
+                .transpose()?
+                .map(zeroize::Zeroizing::new);
+            host
+        }
+        None => authority,
+    };
+    if authority.contains(['/', '#', '@']) {
         return Err(Error::InvalidConfig(
-            "URL must be mqtt://host[:port] (no path, query or user info)",
+            "URL must be mqtt[s]://[user@]host[:port][?parameters] (no path)",
         ));
     }
     let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
@@ -270,6 +360,7 @@ fn parse_url(url: &str) -> Result<(String, u16)> {
         return Err(Error::InvalidConfig("URL without a host"));
     }
     let port = match port {
+        None if security.tls => 8883,
         None => 1883,
         Some(p) => p
             .parse::<u16>()
@@ -277,7 +368,7 @@ fn parse_url(url: &str) -> Result<(String, u16)> {
             .filter(|p| *p != 0)
             .ok_or(Error::InvalidConfig("port must be 1 to 65535"))?,
     };
-    Ok((host.to_owned(), port))
+    Ok((host.to_owned(), port, security))
 }
 
 #[cfg(test)]
@@ -295,26 +386,37 @@ mod tests {
             ("mqtt://[::1]", "::1", 1883),
         ];
         for (url, host, port) in ok {
-            assert_eq!(parse_url(url).unwrap(), (host.to_owned(), port), "{url}");
+            let (h, p, sec) = parse_url(url).unwrap();
+            assert_eq!((h, p), (host.to_owned(), port), "{url}");
+            assert!(!sec.tls);
         }
         for bad in [
             "",
             "127.0.0.1:1883",
             "http://x",
-            "mqtts://x:8883",
             "mqtt://",
             "mqtt://:1883",
             "mqtt://x:0",
             "mqtt://x:65536",
             "mqtt://x:port",
             "mqtt://x/path",
-            "mqtt://user@x",
+            "mqtt://@x",
+            "mqtt://x?password=y",
+            "mqtts://x?ca=%zz",
             "mqtt://[::1",
             "mqtt://[::1]x",
         ] {
             assert!(parse_url(bad).is_err(), "{bad:?}");
         }
-        assert!(parse_url(&format!("mqtt://{}", "h".repeat(600))).is_err());
+        assert!(parse_url(&format!("mqtt://{}", "h".repeat(3000))).is_err());
+        let (host, port, sec) = parse_url("mqtts://dev:p%40ss@b.example?ca=ca.pem").unwrap();
+        assert_eq!((host.as_str(), port), ("b.example", 8883));
+        assert!(sec.tls);
+        assert_eq!(sec.username.as_deref(), Some("dev"));
+        assert_eq!(sec.password.as_deref().map(String::as_str), Some("p@ss"));
+        // mqtts:// without a CA is refused when the client connects.
+        let cfg = MqttConfig::from_url("mqtts://127.0.0.1", "c").unwrap();
+        assert!(cfg.validate().is_err());
     }
 
     #[test]

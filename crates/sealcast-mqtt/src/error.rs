@@ -22,6 +22,8 @@ pub enum Error {
     Closed,
     /// A bounded wait ran out.
     Timeout(&'static str),
+    /// TLS could not be set up (a CA, certificate or key file).
+    Tls(String),
     /// A bounded wait ran out while no connection to the broker could be
     /// made: the last connection error says why (refused, unresolvable…).
     Unreachable {
@@ -45,6 +47,7 @@ impl fmt::Display for Error {
             Error::InvalidConfig(why) => write!(f, "invalid MQTT configuration: {why}"),
             Error::Closed => write!(f, "the MQTT client has shut down"),
             Error::Timeout(what) => write!(f, "timed out waiting for {what}"),
+            Error::Tls(why) => write!(f, "TLS to the MQTT broker: {why}"),
             Error::Unreachable {
                 waiting_for,
                 last_error,

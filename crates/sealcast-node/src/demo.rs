@@ -239,7 +239,10 @@ pub async fn fire_safety(
         Transport::Mqtt => {
             let (broker, url) = crate::runtime::broker(config.broker.as_deref()).await?;
             _broker = broker;
-            log(&format!("MQTT broker at {url}"));
+            log(&format!(
+                "MQTT broker at {}",
+                sealcast_mqtt::redact_url(&url)
+            ));
             LinkConfig::mqtt(url)
         }
         Transport::Coap => {

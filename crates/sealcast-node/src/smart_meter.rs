@@ -71,7 +71,10 @@ pub async fn smart_meter(
     let mut report = DemoReport::default();
     let started = Instant::now();
     let (_broker, url) = crate::runtime::broker(config.broker.as_deref()).await?;
-    log(&format!("MQTT broker at {url}"));
+    log(&format!(
+        "MQTT broker at {}",
+        sealcast_mqtt::redact_url(&url)
+    ));
     let topics = TopicScheme::new();
     let mut rng = os_rng()?;
     let headend = EntityCredential::generate(EntityId::new("headend")?, &mut rng);

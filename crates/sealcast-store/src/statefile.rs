@@ -151,7 +151,7 @@ impl DeviceStateFile {
     /// this file must hold (`<file>.lock`, see [`crate::lock`]): a running
     /// service holds it for its lifetime, a one-shot command for its run.
     /// Waits up to `wait` for another holder, then refuses with
-    /// [`Error::Locked`](crate::Error::Locked) naming this file.
+    /// [`Error::Locked`] naming this file.
     pub fn lock(&self, wait: std::time::Duration) -> Result<crate::lock::StateLock> {
         crate::lock::StateLock::acquire(
             &crate::lock::StateLock::path_for_file(&self.path),

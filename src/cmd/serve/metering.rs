@@ -54,8 +54,8 @@ use serde::Deserialize;
 use tracing::{info, warn};
 
 use super::{
-    ServeArgs, create_dir, entity, failed, init_logs, node_config, read_config, resolve, runtime,
-    topics, wait_for_stop_signal,
+    ServeArgs, broker_security, broker_url, create_dir, entity, failed, init_logs, node_config,
+    read_config, resolve, runtime, topics, wait_for_stop_signal,
 };
 use crate::cmd::{load_private_key, load_public_key, say};
 use crate::error::{CliError, Result};
@@ -102,6 +102,18 @@ struct KeyEntry {
 pub(super) struct HeadendFile {
     broker: String,
     topic_prefix: Option<String>,
+    /// PEM file of the CA the broker's certificate chains to (with an
+    /// `mqtts://` broker).
+    tls_ca: Option<PathBuf>,
+    /// PEM client certificate chain, for brokers that require one.
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert` (keep it 0600).
+    tls_key: Option<PathBuf>,
+    /// MQTT username.
+    username: Option<String>,
+    /// File whose first line is the MQTT password (else
+    /// `SEALCAST_BROKER_PASSWORD`).
+    password_file: Option<PathBuf>,
     key: PathBuf,
     state_dir: PathBuf,
     #[serde(default)]
@@ -146,6 +158,18 @@ fn default_delay() -> u64 {
 pub(super) struct AgentFile {
     broker: String,
     topic_prefix: Option<String>,
+    /// PEM file of the CA the broker's certificate chains to (with an
+    /// `mqtts://` broker).
+    tls_ca: Option<PathBuf>,
+    /// PEM client certificate chain, for brokers that require one.
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert` (keep it 0600).
+    tls_key: Option<PathBuf>,
+    /// MQTT username.
+    username: Option<String>,
+    /// File whose first line is the MQTT password (else
+    /// `SEALCAST_BROKER_PASSWORD`).
+    password_file: Option<PathBuf>,
     key: PathBuf,
     manager_public_key: Option<PathBuf>,
     state_dir: PathBuf,
@@ -158,6 +182,18 @@ pub(super) struct AgentFile {
 pub(super) struct MeterFile {
     broker: String,
     topic_prefix: Option<String>,
+    /// PEM file of the CA the broker's certificate chains to (with an
+    /// `mqtts://` broker).
+    tls_ca: Option<PathBuf>,
+    /// PEM client certificate chain, for brokers that require one.
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert` (keep it 0600).
+    tls_key: Option<PathBuf>,
+    /// MQTT username.
+    username: Option<String>,
+    /// File whose first line is the MQTT password (else
+    /// `SEALCAST_BROKER_PASSWORD`).
+    password_file: Option<PathBuf>,
     key: PathBuf,
     state_dir: PathBuf,
     dap: String,
@@ -263,7 +299,7 @@ pub fn headend(args: &HeadendServeArgs) -> Result<()> {
         None => Arc::new(LogReadings),
     };
     let topics = topics(config.topic_prefix.as_deref())?;
-    let broker = config.broker.clone();
+    let broker = broker_url(&config.broker, &base, &broker_security!(config))?;
     runtime()?.block_on(async move {
         let (events, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let handle = headend::spawn(HeadendConfig {
@@ -277,7 +313,7 @@ pub fn headend(args: &HeadendServeArgs) -> Result<()> {
         })
         .await
         .map_err(|e| failed("the headend could not start", e))?;
-        info!(headend = %handle.id(), broker, meters = n_meters, "headend service running");
+        info!(headend = %handle.id(), broker = %sealcast_mqtt::redact_url(&broker), meters = n_meters, "headend service running");
         let failure = async {
             while let Some(e) = rx.recv().await {
                 if let HeadendEvent::Failed(why) = e {
@@ -359,7 +395,7 @@ pub fn agent_with_dap(args: &ServeArgs) -> Result<()> {
         let (events, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let handle = dap::spawn(DapConfig {
             core,
-            broker_url: config.broker.clone(),
+            broker_url: broker_url(&config.broker, &base, &broker_security!(config))?,
             topics: scheme,
             batch_size: section.batch_size,
             max_batch_delay: Duration::from_millis(section.max_batch_delay_ms),
@@ -443,7 +479,7 @@ pub fn device_report(args: &ReportArgs) -> Result<()> {
         credential: load_private_key(&resolve(&base, &config.key))?,
         headend: load_public_key(&resolve(&base, &config.headend_public_key))?,
         dap: entity(&config.dap)?,
-        broker_url: config.broker.clone(),
+        broker_url: broker_url(&config.broker, &base, &broker_security!(config))?,
         topics: topics(config.topic_prefix.as_deref())?,
         state_file: DeviceStateFile::new(state_dir.join("meter.cbor")),
     };
