@@ -217,6 +217,12 @@ struct ManagerFile {
     control_socket: Option<PathBuf>,
     /// Where to serve `/metrics` and `/health` (none by default).
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Ceiling of the per-member re-send backoff, in seconds (default 600).
+    #[serde(default = "default_resend_max_interval_s")]
+    resend_max_interval_s: u64,
+    /// Most re-sends per re-send round (default 1000).
+    #[serde(default = "default_resend_max_per_round")]
+    resend_max_per_round: usize,
     #[serde(default)]
     enrol: Vec<EnrolEntry>,
     #[serde(default)]
@@ -322,6 +328,14 @@ struct NodeFile {
 
 fn default_no_key_warning_s() -> u64 {
     60
+}
+
+fn default_resend_max_interval_s() -> u64 {
+    600
+}
+
+fn default_resend_max_per_round() -> usize {
+    1000
 }
 
 fn default_command_max_age_s() -> u64 {
@@ -718,8 +732,12 @@ pub fn manager(args: &ServeArgs) -> Result<()> {
         .as_ref()
         .map_or_else(|| state_dir.join("audit.jsonl"), |p| resolve(&base, p));
     let audit = AuditLog::open(&audit_path).map_err(|e| failed("cannot open the audit log", e))?;
-    let (manager, saved) = sealcast_store::persist::load_manager(store.as_mut(), credential)
+    let (mut manager, saved) = sealcast_store::persist::load_manager(store.as_mut(), credential)
         .map_err(|e| failed("cannot restore the manager from its store", e))?;
+    manager.set_resend_limits(
+        config.resend_max_interval_s.saturating_mul(1000),
+        config.resend_max_per_round,
+    );
 
     // What the config asks for and the store does not hold yet.
     let mut enrolments = Vec::new();

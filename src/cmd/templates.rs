@@ -19,6 +19,8 @@ kek = "manager.kek"                  # key-encryption key of the store; created 
 # audit_log = "manager-state/audit.jsonl"      # default: <state_dir>/audit.jsonl
 # control_socket = "manager-state/manager.sock" # default: <state_dir>/manager.sock
 # metrics_listen = "127.0.0.1:9464"  # Prometheus text at /metrics, readiness at /health
+# resend_max_interval_s = 600        # re-sends to a silent member back off 5 s, 10 s, 20 s … up to this
+# resend_max_per_round = 1000        # most re-sends per round (every 5 s); the rest wait for the next
 
 # [coap]                             # with transport = "coap"
 # listen = "127.0.0.1:5701"          # this entity's unicast endpoint

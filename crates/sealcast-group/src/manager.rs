@@ -133,6 +133,9 @@ pub struct MemberRecord {
     pub held: Option<Epoch>,
     /// When key material was last sent to it.
     pub last_sent: Option<UnixMillis>,
+    /// Deliveries sent since it last acknowledged: the re-send backoff
+    /// doubles with each (in memory only; a restart starts over).
+    pub unacked_sends: u32,
 }
 
 #[derive(Clone)]
@@ -182,6 +185,8 @@ pub struct Manager {
     enrolled: BTreeMap<EntityId, Enrolled>,
     groups: BTreeMap<GroupId, GroupState>,
     retry_ms: u64,
+    max_retry_ms: u64,
+    max_resends_per_poll: usize,
 }
 
 impl core::fmt::Debug for Manager {
@@ -198,6 +203,10 @@ impl Manager {
     /// Default interval before key material is re-sent to a member that has
     /// not acknowledged it.
     pub const DEFAULT_RETRY_MS: u64 = 5_000;
+    /// Default ceiling of the per-member re-send backoff (10 minutes).
+    pub const DEFAULT_MAX_RETRY_MS: u64 = 600_000;
+    /// Default largest number of re-sends per [`Manager::poll_resend`].
+    pub const DEFAULT_MAX_RESENDS_PER_POLL: usize = 1_000;
 
     /// A manager signing with `credential`.
     pub fn new(credential: EntityCredential) -> Self {
@@ -206,12 +215,15 @@ impl Manager {
             enrolled: BTreeMap::new(),
             groups: BTreeMap::new(),
             retry_ms: Self::DEFAULT_RETRY_MS,
+            max_retry_ms: Self::DEFAULT_MAX_RETRY_MS,
+            max_resends_per_poll: Self::DEFAULT_MAX_RESENDS_PER_POLL,
         }
     }
 
     /// Sets the re-send interval.
     pub fn set_retry_interval(&mut self, ms: u64) {
         self.retry_ms = ms;
+        self.max_retry_ms = self.max_retry_ms.max(ms);
     }
 
     /// The manager's id.
@@ -392,6 +404,7 @@ impl Manager {
                     leaf,
                     held: None,
                     last_sent: None,
+                    unacked_sends: 0,
                 },
             ));
         }
@@ -604,6 +617,9 @@ impl Manager {
         if rec.held.is_none_or(|h| h < ack.epoch) {
             rec.held = Some(ack.epoch);
         }
+        if ack.epoch == current {
+            rec.unacked_sends = 0;
+        }
         Ok((ack.group, member, ack.epoch))
     }
 
@@ -639,19 +655,28 @@ impl Manager {
         rng: &mut R,
     ) -> Result<Vec<Outgoing>> {
         let mut out = Vec::new();
+        let (base, cap, limit) = (self.retry_ms, self.max_retry_ms, self.max_resends_per_poll);
         for state in self.groups.values_mut() {
+            if out.len() >= limit {
+                break;
+            }
             let epoch = state.material.epoch();
-            let due: Vec<EntityId> = state
+            let mut due: Vec<(u64, EntityId)> = state
                 .members
                 .iter()
-                .filter(|(_, m)| {
-                    m.held != Some(epoch)
-                        && m.last_sent
-                            .is_none_or(|t| now.get().saturating_sub(t.get()) >= self.retry_ms)
+                .filter(|(_, m)| m.held != Some(epoch))
+                .filter_map(|(id, m)| {
+                    let Some(sent) = m.last_sent else {
+                        return Some((0, id.clone()));
+                    };
+                    let waited = now.get().saturating_sub(sent.get());
+                    (waited >= resend_delay(base, cap, m.unacked_sends, id))
+                        .then(|| (sent.get(), id.clone()))
                 })
-                .map(|(id, _)| id.clone())
                 .collect();
-            for id in due {
+            // The longest waiting first, so a per-poll limit starves no one.
+            due.sort();
+            for (_, id) in due.into_iter().take(limit - out.len()) {
                 out.push(delivery_for(
                     &self.credential,
                     &self.enrolled,
@@ -664,6 +689,35 @@ impl Manager {
         }
         Ok(out)
     }
+
+    /// Re-send limits: the backoff doubles from the retry interval up to
+    /// `max_retry_ms` per member, and one poll sends at most
+    /// `max_per_poll` deliveries (the rest wait for the next poll).
+    pub fn set_resend_limits(&mut self, max_retry_ms: u64, max_per_poll: usize) {
+        self.max_retry_ms = max_retry_ms.max(self.retry_ms);
+        self.max_resends_per_poll = max_per_poll.max(1);
+    }
+}
+
+/// How long to wait after the `sends`-th unacknowledged delivery before the
+/// next: `base · 2^(sends−1)`, at most `cap`, spread by ±25 % by a hash of
+/// the member's id so that a fleet that went offline together does not come
+/// due together (deterministic: the core draws no randomness for it).
+fn resend_delay(base: u64, cap: u64, sends: u32, member: &EntityId) -> u64 {
+    let exp = sends.saturating_sub(1).min(32);
+    let delay = base.saturating_mul(1u64 << exp).min(cap);
+    if sends <= 1 {
+        return delay;
+    }
+    let spread = member
+        .as_str()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
+        % 51;
+    // 75 % … 125 % of the delay.
+    delay / 100 * (75 + spread)
 }
 
 /// Everything the manager knows about one group, for a store to persist
@@ -848,6 +902,7 @@ fn delivery_for<R: CryptoRng + ?Sized>(
         rng,
     )?;
     record.last_sent = Some(now);
+    record.unacked_sends = record.unacked_sends.saturating_add(1);
     Ok(Outgoing {
         to: Destination::Member {
             member: member.clone(),

@@ -87,6 +87,7 @@ struct Stats {
     pulls: u64,
     agent_refusals: u64,
     outsider_refusals: u64,
+    late_acks: u64,
 }
 
 fn id(s: &str) -> EntityId {
@@ -100,6 +101,8 @@ impl Sim {
         let manager_pub = manager_cred.public();
         let mut manager = Manager::new(manager_cred);
         manager.set_retry_interval(RETRY_MS);
+        // A fast network: back off at most to a few retry intervals.
+        manager.set_resend_limits(4 * RETRY_MS, usize::MAX);
         let mut members = BTreeMap::new();
         let agents = vec![id("agent-1"), id("agent-2")];
         for a in &agents {
@@ -220,9 +223,12 @@ impl Sim {
                 continue;
             }
             match (msg.to, msg.payload) {
-                (None, Payload::Ack(bytes)) => {
-                    self.manager.handle_ack(&bytes).unwrap();
-                }
+                (None, Payload::Ack(bytes)) => match self.manager.handle_ack(&bytes) {
+                    Ok(_) => {}
+                    // A late ack (reordered) of a member evicted meanwhile.
+                    Err(sealcast_group::Error::UnknownMember) => self.stats.late_acks += 1,
+                    Err(e) => panic!("ack refused: {e}"),
+                },
                 (None, Payload::Pull(bytes)) => {
                     let out = self
                         .manager

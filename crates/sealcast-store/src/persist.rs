@@ -301,6 +301,7 @@ fn load_group(
                 leaf: m.leaf_index.map(sealcast_group::lkh::LeafIndex::new),
                 held: m.held_epoch,
                 last_sent: None,
+                unacked_sends: 0,
             },
         );
     }
