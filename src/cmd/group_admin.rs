@@ -160,9 +160,13 @@ pub struct ShowArgs {
     /// The group (its id as text).
     #[arg(long, value_name = "TEXT")]
     group: String,
-    /// Print the manager's answer as JSON.
+    /// Print the manager's answer as JSON (with every member).
     #[arg(long)]
     json: bool,
+    /// List every member (fetched in pages of 2 000); without it, counts
+    /// by acknowledged epoch only.
+    #[arg(long)]
+    members: bool,
 }
 
 /// List the groups of a running manager.
@@ -509,7 +513,28 @@ fn without_ok(mut v: Value) -> Value {
 /// `sealcast group show`.
 pub fn show(args: &ShowArgs) -> Result<()> {
     let mut control = Control::connect(&args.manager)?;
-    let answer = control.call(&json!({ "op": "show", "group": args.group }))?;
+    // The members come in pages (a group of 100 000 would not fit one
+    // answer line); the summary and counts with the first.
+    let page = sealcast_node::control::MAX_SHOW_PAGE;
+    let limit = if args.json || args.members { page } else { 0 };
+    let mut answer = control.call(&json!({ "op": "show", "group": args.group, "limit": limit }))?;
+    let mut all: Vec<Value> = take_list(&mut answer);
+    while let Some(offset) = answer.get("next_offset").and_then(Value::as_u64) {
+        let mut next = control
+            .call(&json!({ "op": "show", "group": args.group, "offset": offset, "limit": page }))?;
+        let more = take_list(&mut next);
+        if more.is_empty() {
+            break;
+        }
+        all.extend(more);
+        answer = next;
+    }
+    if let Value::Object(map) = &mut answer {
+        map.remove("next_offset");
+        if args.json || args.members {
+            map.insert("member_list".into(), Value::Array(all));
+        }
+    }
     if args.json {
         say(&without_ok(answer).to_string());
         return Ok(());
@@ -524,6 +549,22 @@ pub fn show(args: &ShowArgs) -> Result<()> {
         text(answer.get("members")),
         text(answer.get("current"))
     ));
+    if let Some(counts) = answer.get("held_counts").and_then(Value::as_array) {
+        for c in counts {
+            let held = match c.get("epoch").and_then(Value::as_u64) {
+                Some(e) => format!("hold epoch {e}"),
+                None => "hold no epoch yet".to_owned(),
+            };
+            say(&format!("         {} {held}", text(c.get("members"))));
+        }
+    }
+    if !args.members {
+        if text(answer.get("members")) != "0" {
+            say("");
+            say("(--members lists them)");
+        }
+        return Ok(());
+    }
     let rows: Vec<Vec<String>> = answer
         .get("member_list")
         .and_then(Value::as_array)
@@ -559,6 +600,14 @@ pub fn show(args: &ShowArgs) -> Result<()> {
         say(&line);
     }
     Ok(())
+}
+
+/// Takes the `member_list` array out of an answer.
+fn take_list(answer: &mut Value) -> Vec<Value> {
+    match answer.get_mut("member_list").map(Value::take) {
+        Some(Value::Array(list)) => list,
+        _ => Vec::new(),
+    }
 }
 
 /// `sealcast group list`.

@@ -54,6 +54,10 @@ use tracing::{debug, info, warn};
 use crate::manager::{Enrolment, ManagerHandle};
 use crate::{Error, Result};
 
+/// Most members in one `show` answer: a page stays far below the 1 MiB
+/// line limit (about 100 bytes a member).
+pub const MAX_SHOW_PAGE: usize = 2_000;
+
 /// The socket's file name inside the manager's state directory.
 pub const SOCKET_NAME: &str = "manager.sock";
 /// Longest request or response line (without its newline).
@@ -104,10 +108,19 @@ pub enum Request {
         /// Group id.
         group: String,
     },
-    /// One group: epoch, scheme, members.
+    /// One group: epoch, scheme, counts by acknowledged epoch, and the
+    /// members at positions `offset..offset+limit` (id order; `limit` at
+    /// most [`MAX_SHOW_PAGE`], default 0: no member list). `next_offset` in
+    /// the answer asks for the next page.
     Show {
         /// Group id.
         group: String,
+        /// First member position of the page.
+        #[serde(default)]
+        offset: usize,
+        /// Members in the page.
+        #[serde(default)]
+        limit: usize,
     },
     /// Every group's summary. (A struct variant, so that unknown fields
     /// are refused here too.)
@@ -367,11 +380,23 @@ async fn execute(handle: &ManagerHandle, request: Request) -> core::result::Resu
             let epoch = handle.rekey(id).await.map_err(|e| about_group(&group, e))?;
             Ok(json!({ "group": group, "epoch": epoch.get() }))
         }
-        Request::Show { group } => {
+        Request::Show {
+            group,
+            offset,
+            limit,
+        } => {
             let id = group_id(&group)?;
-            let detail = handle.detail(id).await?.ok_or_else(|| {
-                about_group(&group, Error::Group(sealcast_group::Error::UnknownGroup))
-            })?;
+            if limit > MAX_SHOW_PAGE {
+                return Err(Refusal(format!(
+                    "limit {limit}: at most {MAX_SHOW_PAGE} members per page"
+                )));
+            }
+            let detail = handle
+                .detail_page(id, offset..offset.saturating_add(limit))
+                .await?
+                .ok_or_else(|| {
+                    about_group(&group, Error::Group(sealcast_group::Error::UnknownGroup))
+                })?;
             let epoch = detail.summary.epoch;
             let members: Vec<Value> = detail
                 .members
@@ -387,10 +412,19 @@ async fn execute(handle: &ManagerHandle, request: Request) -> core::result::Resu
                     })
                 })
                 .collect();
+            let held: Vec<Value> = detail
+                .held
+                .iter()
+                .map(|(e, n)| json!({ "epoch": e.map(|e| e.get()), "members": n }))
+                .collect();
+            let end = offset.saturating_add(members.len());
+            let next = (limit > 0 && end < detail.summary.members).then_some(end);
             let mut out = summary_json(&detail.summary);
             if let Value::Object(map) = &mut out {
                 map.insert("alg".into(), json!(alg_name(detail.alg)));
+                map.insert("held_counts".into(), Value::Array(held));
                 map.insert("member_list".into(), Value::Array(members));
+                map.insert("next_offset".into(), json!(next));
             }
             Ok(out)
         }
@@ -460,7 +494,7 @@ fn describe(request: &Request) -> String {
         },
         Request::Evict { group, member } => format!("evict {member} from group {group}"),
         Request::Rekey { group } => format!("rekey group {group}"),
-        Request::Show { group } => format!("show group {group}"),
+        Request::Show { group, .. } => format!("show group {group}"),
         Request::List {} => "list groups".to_owned(),
     }
 }

@@ -76,6 +76,7 @@ enum Admin {
     },
     Detail {
         group: GroupId,
+        page: core::ops::Range<usize>,
         reply: oneshot::Sender<Option<GroupDetail>>,
     },
     Stop {
@@ -196,9 +197,20 @@ impl ManagerHandle {
     }
     /// One group's summary, algorithm and members.
     pub async fn detail(&self, group: GroupId) -> Result<Option<GroupDetail>> {
+        self.detail_page(group, 0..usize::MAX).await
+    }
+
+    /// One group's summary, algorithm, the members at positions `page` (in
+    /// id order) and how many members hold each epoch: a page of a large
+    /// group without copying all its members.
+    pub async fn detail_page(
+        &self,
+        group: GroupId,
+        page: core::ops::Range<usize>,
+    ) -> Result<Option<GroupDetail>> {
         let (reply, rx) = oneshot::channel();
         self.admin
-            .send(Admin::Detail { group, reply })
+            .send(Admin::Detail { group, page, reply })
             .await
             .map_err(|_| Error::Runtime("the manager stopped".into()))?;
         rx.await
@@ -575,8 +587,8 @@ impl Runtime {
                         .collect(),
                 );
             }
-            Admin::Detail { group, reply } => {
-                let _ = reply.send(self.detail(&group));
+            Admin::Detail { group, page, reply } => {
+                let _ = reply.send(self.detail(&group, page));
             }
             Admin::Stop { reply } => {
                 let _ = reply.send(());
@@ -707,8 +719,11 @@ pub struct GroupDetail {
     pub summary: GroupSummary,
     /// The group's AEAD algorithm.
     pub alg: AeadAlg,
-    /// Every member with its role, sender id, leaf and acknowledged epoch.
+    /// The requested members (all, or one page) with role, sender id, leaf
+    /// and acknowledged epoch.
     pub members: Vec<(EntityId, MemberRecord)>,
+    /// How many members acknowledged each epoch (`None`: none yet).
+    pub held: BTreeMap<Option<Epoch>, usize>,
 }
 
 impl Runtime {
@@ -798,16 +813,22 @@ impl Runtime {
         Ok(epoch)
     }
 
-    fn detail(&self, group: &GroupId) -> Option<GroupDetail> {
+    fn detail(&self, group: &GroupId, page: core::ops::Range<usize>) -> Option<GroupDetail> {
+        let members = self.manager.members(group)?;
+        let mut held = BTreeMap::new();
+        for m in members.values() {
+            *held.entry(m.held).or_insert(0usize) += 1;
+        }
         Some(GroupDetail {
             summary: self.manager.summary(group)?,
             alg: self.manager.material(group)?.alg(),
-            members: self
-                .manager
-                .members(group)?
+            members: members
                 .iter()
+                .skip(page.start)
+                .take(page.end.saturating_sub(page.start))
                 .map(|(id, m)| (id.clone(), m.clone()))
                 .collect(),
+            held,
         })
     }
 }
