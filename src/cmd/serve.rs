@@ -217,6 +217,9 @@ struct ManagerFile {
     control_socket: Option<PathBuf>,
     /// Where to serve `/metrics` and `/health` (none by default).
     metrics_listen: Option<std::net::SocketAddr>,
+    /// MQTT client id (default: `<topic_prefix>:<manager id>`): set it when
+    /// two managers of one PostgreSQL store share a broker.
+    mqtt_client_id: Option<String>,
     /// Ceiling of the per-member re-send backoff, in seconds (default 600).
     #[serde(default = "default_resend_max_interval_s")]
     resend_max_interval_s: u64,
@@ -451,6 +454,7 @@ pub(crate) struct BrokerSecurity<'a> {
     pub(crate) key: Option<&'a Path>,
     pub(crate) username: Option<&'a str>,
     pub(crate) password_file: Option<&'a Path>,
+    pub(crate) client_id: Option<&'a str>,
 }
 
 /// The security fields of any config struct that has them.
@@ -462,6 +466,13 @@ macro_rules! broker_security {
             key: $c.tls_key.as_deref(),
             username: $c.username.as_deref(),
             password_file: $c.password_file.as_deref(),
+            client_id: None,
+        }
+    };
+    ($c:expr, client_id) => {
+        $crate::cmd::serve::BrokerSecurity {
+            client_id: $c.mqtt_client_id.as_deref(),
+            ..broker_security!($c)
         }
     };
 }
@@ -507,6 +518,9 @@ pub(crate) fn broker_url(
     params.extend(path_param("password_file", security.password_file)?);
     if let Some(u) = security.username {
         params.push(format!("username={}", encode(u)));
+    }
+    if let Some(c) = security.client_id {
+        params.push(format!("client_id={}", encode(c)));
     }
     if params.is_empty() || broker.is_empty() {
         return Ok(broker.to_owned());
@@ -816,7 +830,7 @@ pub fn manager(args: &ServeArgs) -> Result<()> {
     let topics = topics(config.topic_prefix.as_deref())?;
     let socket = manager_socket(&config, &base);
     let metrics_at = config.metrics_listen;
-    let broker = broker_url(&config.broker, &base, &broker_security!(config))?;
+    let broker = broker_url(&config.broker, &base, &broker_security!(config, client_id))?;
     let link = link_config(config.transport, &broker, config.coap.as_ref())?;
     runtime()?.block_on(serve_manager(
         manager,

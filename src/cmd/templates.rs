@@ -19,6 +19,12 @@ kek = "manager.kek"                  # key-encryption key of the store; created 
 # audit_log = "manager-state/audit.jsonl"      # default: <state_dir>/audit.jsonl
 # control_socket = "manager-state/manager.sock" # default: <state_dir>/manager.sock
 # metrics_listen = "127.0.0.1:9464"  # Prometheus text at /metrics, readiness at /health
+# mqtt_client_id = "site-a:manager-2" # default <topic_prefix>:<id>; set it for a second manager of one PostgreSQL store
+# tls_ca = "ca.pem"                  # with broker = "mqtts://…": the CA the broker's certificate chains to
+# tls_cert = "manager.crt"           # client certificate (and tls_key), for brokers that require one
+# tls_key = "manager.key.pem"
+# username = "manager"               # MQTT username
+# password_file = "manager.pass"     # its first line is the password (else SEALCAST_BROKER_PASSWORD)
 # resend_max_interval_s = 600        # re-sends to a silent member back off 5 s, 10 s, 20 s … up to this
 # resend_max_per_round = 1000        # most re-sends per round (every 5 s); the rest wait for the next
 
@@ -64,6 +70,8 @@ state_dir = "gateway-state"          # keys, replay windows, sequence reservatio
 # no_key_material_warning_s = 60     # warn once when no key arrived this long after start (0: never)
 # command_max_age_s = 300            # refuse commands/alerts stamped further than this from our clock (0: no bound)
 # metrics_listen = "127.0.0.1:9465"  # Prometheus text at /metrics, readiness at /health
+# tls_ca = "ca.pem"                  # with broker = "mqtts://…"; also tls_cert, tls_key
+# username = "gateway"               # MQTT username; password_file = "gateway.pass"
 
 relays_for = ["door-1"]              # agents: the devices whose key deliveries it relays
 

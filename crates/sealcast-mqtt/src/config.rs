@@ -97,6 +97,10 @@ impl MqttConfig {
     /// takes it from `password_file` or [`crate::tls::PASSWORD_ENV`].
     pub fn from_url(url: &str, client_id: impl Into<String>) -> Result<Self> {
         let (host, port, security) = parse_url(url)?;
+        let client_id = match &security.client_id {
+            Some(id) => id.clone(),
+            None => client_id.into(),
+        };
         let mut config = Self::new(host, port, client_id);
         if let Some(ca) = &security.ca {
             let mut tls = crate::tls::TlsSettings::from_ca_file(ca)?;

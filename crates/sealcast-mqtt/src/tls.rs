@@ -20,6 +20,7 @@
 //! | `cert=PATH`, `key=PATH` | PEM client certificate chain and its private key (PKCS#8, SEC1 or PKCS#1), for brokers that require client certificates |
 //! | `username=NAME` | the MQTT username (or `user@host` in the URL) |
 //! | `password_file=PATH` | the password: the file's first line (or `SEALCAST_BROKER_PASSWORD`, or `user:password@host` in the URL — discouraged: URLs end up in shell histories) |
+//! | `client_id=ID` | the MQTT client id, instead of the one the caller derives (two managers of one store on one broker need two) |
 //!
 //! [`redact_url`] gives the form to log: user info replaced, query kept
 //! (it holds paths only).
@@ -149,6 +150,7 @@ pub(crate) struct UrlSecurity {
     pub(crate) username: Option<String>,
     pub(crate) password: Option<zeroize::Zeroizing<String>>,
     pub(crate) password_file: Option<PathBuf>,
+    pub(crate) client_id: Option<String>,
 }
 
 /// Splits `query` (`a=b&c=d`, percent-encoded) into the settings above.
@@ -164,9 +166,10 @@ pub(crate) fn parse_query(query: &str, into: &mut UrlSecurity) -> Result<()> {
             "key" => into.key = Some(PathBuf::from(v)),
             "username" => into.username = Some(v),
             "password_file" => into.password_file = Some(PathBuf::from(v)),
+            "client_id" => into.client_id = Some(v),
             _ => {
                 return Err(Error::InvalidConfig(
-                    "unknown URL parameter (ca, cert, key, username, password_file)",
+                    "unknown URL parameter (ca, cert, key, username, password_file, client_id)",
                 ));
             }
         }

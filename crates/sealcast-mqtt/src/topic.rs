@@ -338,6 +338,21 @@ impl TopicScheme {
         &self.root
     }
 
+    /// The MQTT client id of `entity` in this deployment: the entity id,
+    /// preceded by the topic prefix when there is one (`site-a:door-1`), so
+    /// the same entity id under two prefixes on one broker are two clients
+    /// instead of two connections that keep closing each other (`:` joins
+    /// them: rumqttd, the embedded broker, breaks on `/` in client ids). Falls back
+    /// to the entity id alone when the two would exceed 128 bytes.
+    pub fn client_id(&self, entity: &str) -> String {
+        match self.root.strip_suffix(&format!("/{SCHEME_ROOT}")) {
+            Some(prefix) if prefix.len() + 1 + entity.len() <= 128 => {
+                format!("{prefix}:{entity}")
+            }
+            _ => entity.to_owned(),
+        }
+    }
+
     /// The topic of `channel` of `group`: `<root>/g/<group-hex>/<channel>`.
     pub fn group(&self, group: &GroupId, channel: GroupChannel) -> String {
         format!("{}/g/{group}/{}", self.root, channel.as_str())

@@ -83,7 +83,11 @@ async fn invalid_configurations_and_topics_are_refused_without_panics() {
             Err(sealcast_mqtt::Error::InvalidConfig(_))
         ));
     }
-    assert!(MqttConfig::from_url("mqtts://127.0.0.1:8883", "c").is_err());
+    // mqtts:// without the broker's CA is refused, never plain TCP.
+    assert!(matches!(
+        MqttClient::connect(MqttConfig::from_url("mqtts://127.0.0.1:8883", "c").unwrap()),
+        Err(sealcast_mqtt::Error::InvalidConfig(_))
+    ));
     // A client that never connects still refuses bad topic names up front.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

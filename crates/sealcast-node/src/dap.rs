@@ -493,7 +493,7 @@ pub async fn spawn(config: DapConfig) -> Result<DapHandle> {
     let id = core.id().clone();
     let report_topic = topics.agent(&id, AgentChannel::Report);
     let solicit_topic = topics.agent(&id, AgentChannel::Solicit);
-    let mqtt = MqttConfig::from_url(&broker_url, id.as_str())?
+    let mqtt = MqttConfig::from_url(&broker_url, topics.client_id(id.as_str()))?
         .with_persistent_session(persistent_session)
         .with_subscription(TopicFilter::new(&report_topic)?)
         .with_subscription(TopicFilter::new(&solicit_topic)?)

@@ -1027,6 +1027,13 @@ pub async fn send_once(
     }
     let (events, mut seen) = mpsc::unbounded_channel();
     config.events = events;
+    // A client id of its own: the runtime's may still be known to the
+    // broker from its last session.
+    let client_id = format!(
+        "{}-send",
+        config.topics.client_id(config.credential.id().as_str())
+    );
+    config.link = config.link.with_mqtt_client_id(&client_id);
     let node = spawn(config).await?;
     let confirmed = async {
         let deadline = tokio::time::Instant::now() + confirm_wait;

@@ -594,8 +594,8 @@ pub async fn spawn(config: HeadendConfig) -> Result<HeadendHandle> {
         None => None,
     };
     let id = core.id().clone();
-    let mut mqtt =
-        MqttConfig::from_url(&broker_url, id.as_str())?.with_persistent_session(persistent_session);
+    let mut mqtt = MqttConfig::from_url(&broker_url, topics.client_id(id.as_str()))?
+        .with_persistent_session(persistent_session);
     for dap in core.daps() {
         mqtt = mqtt
             .with_subscription(TopicFilter::new(&topics.agent(dap, AgentChannel::Batch))?)

@@ -95,6 +95,31 @@ impl LinkConfig {
         }
     }
 
+    /// The same link with an explicit MQTT client id (CoAP: unchanged).
+    /// One-shot commands use it so that they never take over, or hand back,
+    /// the client id of the entity's long-running service.
+    pub fn with_mqtt_client_id(&self, client_id: &str) -> Self {
+        match self {
+            Self::Mqtt { broker_url } => {
+                let encoded: String = client_id
+                    .bytes()
+                    .map(|b| {
+                        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+                            char::from(b).to_string()
+                        } else {
+                            format!("%{b:02X}")
+                        }
+                    })
+                    .collect();
+                let sep = if broker_url.contains('?') { '&' } else { '?' };
+                Self::Mqtt {
+                    broker_url: format!("{broker_url}{sep}client_id={encoded}"),
+                }
+            }
+            other => other.clone(),
+        }
+    }
+
     /// The transport.
     pub fn transport(&self) -> Transport {
         match self {
@@ -571,7 +596,7 @@ impl Link {
     ) -> Result<(Link, Inbox)> {
         match config {
             LinkConfig::Mqtt { broker_url } => {
-                let mut mqtt = MqttConfig::from_url(broker_url, id.as_str())?;
+                let mut mqtt = MqttConfig::from_url(broker_url, topics.client_id(id.as_str()))?;
                 for f in interest.filters {
                     mqtt = mqtt.with_subscription(f);
                 }

@@ -179,7 +179,10 @@ pub async fn report_once(config: MeterConfig, readings: &[Vec<u8>]) -> Result<Ve
         sealed.push(meter.seal(reading, now())?);
     }
     let topic = config.topics.agent(&config.dap, AgentChannel::Report);
-    let mqtt = MqttConfig::from_url(&config.broker_url, format!("{id}-report"))?;
+    let mqtt = MqttConfig::from_url(
+        &config.broker_url,
+        config.topics.client_id(&format!("{id}-report")),
+    )?;
     let (client, _inbox) = MqttClient::connect(mqtt)?;
     let timeout = std::time::Duration::from_secs(10);
     client.wait_connected(timeout).await?;
