@@ -565,5 +565,14 @@ async fn group_show_pages_through_a_large_group() {
             .count(),
         N
     );
+    // The 2 500 deliveries were audited in one append: the chain verifies
+    // and holds one delivery record per member.
+    let verified = sealcast(&dir, &["audit", "verify", "manager-state/audit.jsonl"]);
+    assert!(verified.contains("is intact"), "{verified}");
+    let audit = fs::read_to_string(dir.join("manager-state/audit.jsonl")).unwrap();
+    assert!(
+        audit.lines().filter(|l| l.contains("\"delivery\"")).count() >= N,
+        "delivery records missing"
+    );
     drop(procs);
 }

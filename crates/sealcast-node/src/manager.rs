@@ -667,15 +667,28 @@ impl Runtime {
     }
 
     async fn publish(&mut self, out: Vec<Outgoing>) {
+        // The deliveries are audited before they leave, all of them in one
+        // append (one fsync), not one sync per delivery: a re-send round or
+        // a join of thousands costs one disk flush.
+        let at = now();
+        let entries: Vec<AuditEntry> = out
+            .iter()
+            .filter_map(|o| match &o.to {
+                Destination::Member { member, .. } => Some(
+                    AuditEntry::new(at, AuditKind::Delivery, format!("{:?}", o.kind))
+                        .with_entity(member.clone()),
+                ),
+                Destination::Group(_) => None,
+            })
+            .collect();
+        if !entries.is_empty()
+            && let Err(e) = self.audit.append_all(&entries)
+        {
+            warn!(error = %e, "audit log append failed");
+        }
         for o in out {
             let sent = match (&o.to, o.kind) {
                 (Destination::Member { member, via }, _) => {
-                    self.audit(
-                        AuditKind::Delivery,
-                        None,
-                        Some(member),
-                        format!("{:?}", o.kind),
-                    );
                     // End to end through the member's agent, if it has one
                     // (CoAP sends it there; on MQTT both subscribe).
                     let target = self.topics.device(member, DeviceChannel::Delivery);
