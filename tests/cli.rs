@@ -48,6 +48,19 @@ fn run_in(dir: &Path, args: &[&str], stdin: &[u8]) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// Starts the binary in `dir` with `args` and no input, its output captured;
+/// for commands that must run at the same time.
+fn spawn_in(dir: &Path, args: &[&str]) -> std::process::Child {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -418,8 +431,9 @@ fn concurrent_commands_share_no_sequence_number_and_accept_one_message_once() {
     let f = Fleet::new();
     let seals: Vec<std::process::Child> = (0..N)
         .map(|i| {
-            Command::new(BIN)
-                .args([
+            spawn_in(
+                f.dir.path(),
+                &[
                     "seal",
                     "--group-key",
                     "fire-doors.gk",
@@ -433,13 +447,8 @@ fn concurrent_commands_share_no_sequence_number_and_accept_one_message_once() {
                     "-",
                     "--out",
                     &format!("c{i}.cose"),
-                ])
-                .current_dir(f.dir.path())
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
+                ],
+            )
         })
         .collect();
     let mut seqs: Vec<u64> = seals
@@ -463,8 +472,9 @@ fn concurrent_commands_share_no_sequence_number_and_accept_one_message_once() {
 
     let opens: Vec<std::process::Child> = (0..N)
         .map(|_| {
-            Command::new(BIN)
-                .args([
+            spawn_in(
+                f.dir.path(),
+                &[
                     "open",
                     "--group-key",
                     "fire-doors.gk",
@@ -474,13 +484,8 @@ fn concurrent_commands_share_no_sequence_number_and_accept_one_message_once() {
                     "door-17.replay",
                     "--in",
                     "c0.cose",
-                ])
-                .current_dir(f.dir.path())
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
+                ],
+            )
         })
         .collect();
     let outcomes: Vec<Output> = opens

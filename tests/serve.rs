@@ -116,6 +116,14 @@ impl Deployment {
         }
     }
 
+    /// Appends `text` (top-level keys or tables) to the config `<name>.toml`.
+    fn append_to_config(&self, name: &str, text: &str) {
+        let path = self.dir.join(format!("{name}.toml"));
+        let mut toml = fs::read_to_string(&path).unwrap();
+        toml.push_str(text);
+        fs::write(path, toml).unwrap();
+    }
+
     /// Restarts `name` (a device) after moving its log aside.
     async fn restart_device(&mut self, name: &str, round: usize) {
         self.procs.restart_device(name, round);
@@ -929,15 +937,9 @@ async fn stale_and_replayed_commands_are_refused_by_age_and_across_restarts() {
     let dir = d.dir.clone();
     let sensor = d.sensors[0].clone();
     let [door0, door1] = d.doors.clone();
-    let append = |name: &str, text: &str| {
-        let path = dir.join(format!("{name}.toml"));
-        let mut toml = fs::read_to_string(&path).unwrap();
-        toml.push_str(text);
-        fs::write(path, toml).unwrap();
-    };
 
     // --- a missed command replayed after its age bound -------------------------
-    append(&door0, "command_max_age_s = 2\n");
+    d.append_to_config(&door0, "command_max_age_s = 2\n");
     d.procs.sigkill(&door0);
     let before = executed(&dir, &door1).len();
     for i in 0..3 {
@@ -976,7 +978,7 @@ async fn stale_and_replayed_commands_are_refused_by_age_and_across_restarts() {
     .await;
 
     // --- the timestamp policy, across a SIGKILL -------------------------------
-    append(
+    d.append_to_config(
         &door1,
         "\n[[group_policy]]\ngroup = \"fire-doors\"\nreplay = \"timestamp\"\nmax_age_s = 3\n",
     );
@@ -1074,10 +1076,10 @@ async fn operators_get_templates_completions_man_pages_and_metrics() {
         format!("metrics_listen = \"127.0.0.1:{manager_port}\"\n{manager_toml}"),
     )
     .unwrap();
-    let path = dir.join(format!("{door1}.toml"));
-    let mut toml = fs::read_to_string(&path).unwrap();
-    toml.push_str(&format!("metrics_listen = \"127.0.0.1:{door_port}\"\n"));
-    fs::write(path, toml).unwrap();
+    d.append_to_config(
+        &door1,
+        &format!("metrics_listen = \"127.0.0.1:{door_port}\"\n"),
+    );
     assert!(d.procs.terminate_async("manager").await.success());
     d.procs.move_log_aside("manager", 1);
     d.procs

@@ -22,25 +22,6 @@ use common::{
 use sealcast_core::ids::GroupId;
 use sealcast_mqtt::{Bytes, GroupChannel, MqttClient, MqttConfig, TopicScheme};
 
-fn find(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-}
-
-fn running_as_root() -> bool {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(1).map(|uid| uid == "0"))
-        })
-        .unwrap_or(false)
-}
-
 fn sh(dir: &Path, program: &str, args: &[&str]) {
     let out = Command::new(program)
         .args(args)
@@ -55,10 +36,10 @@ fn sh(dir: &Path, program: &str, args: &[&str]) {
 }
 
 /// A CA (`<name>.pem`, `<name>.key`).
-fn make_ca(dir: &Path, name: &str) {
+fn make_ca(openssl: &str, dir: &Path, name: &str) {
     sh(
         dir,
-        "openssl",
+        openssl,
         &[
             "req",
             "-x509",
@@ -80,10 +61,10 @@ fn make_ca(dir: &Path, name: &str) {
 }
 
 /// The broker's certificate for 127.0.0.1, signed by `ca`.
-fn make_server_cert(dir: &Path, ca: &str) {
+fn make_server_cert(openssl: &str, dir: &Path, ca: &str) {
     sh(
         dir,
-        "openssl",
+        openssl,
         &[
             "req",
             "-newkey",
@@ -106,7 +87,7 @@ fn make_server_cert(dir: &Path, ca: &str) {
     .unwrap();
     sh(
         dir,
-        "openssl",
+        openssl,
         &[
             "x509",
             "-req",
@@ -148,16 +129,26 @@ impl Broker {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn services_over_tls_with_passwords_and_an_acl() {
     let test = "services_over_tls_with_passwords_and_an_acl";
-    let tools = [find("mosquitto"), find("mosquitto_passwd"), find("openssl")];
-    let [Some(mosquitto), Some(passwd), Some(_)] = tools else {
-        // Not installed: a loud NOT RUN here, a failure in CI.
-        let _ = sealcast_testkit::require(
-            "SEALCAST_MOSQUITTO_TLS_TOOLS",
-            test,
-            "mosquitto, mosquitto_passwd and openssl (Debian: apt-get install mosquitto openssl)",
-        );
+    // Each missing tool: a loud NOT RUN here, a failure in CI.
+    let why = "mosquitto, mosquitto_passwd and openssl (Debian: apt-get install mosquitto openssl)";
+    let Some(mosquitto) =
+        sealcast_testkit::program("mosquitto", "SEALCAST_MOSQUITTO_BIN", test, why)
+    else {
         return;
     };
+    let Some(passwd) = sealcast_testkit::program(
+        "mosquitto_passwd",
+        "SEALCAST_MOSQUITTO_PASSWD_BIN",
+        test,
+        why,
+    ) else {
+        return;
+    };
+    let Some(openssl) = sealcast_testkit::program("openssl", "SEALCAST_OPENSSL_BIN", test, why)
+    else {
+        return;
+    };
+    let openssl = openssl.to_str().unwrap().to_owned();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
     let run = run_prefix("tls");
@@ -171,9 +162,9 @@ async fn services_over_tls_with_passwords_and_an_acl() {
     keygen(&dir, [&manager, &gateway, &sensor, &door]);
 
     // --- the broker: TLS, passwords, ACL -------------------------------------
-    make_ca(&dir, "ca");
-    make_ca(&dir, "other-ca");
-    make_server_cert(&dir, "ca");
+    make_ca(&openssl, &dir, "ca");
+    make_ca(&openssl, &dir, "other-ca");
+    make_server_cert(&openssl, &dir, "ca");
     let secret = |id: &str| format!("pw-{id}-{}", std::process::id());
     for (i, id) in [&manager, &gateway, &sensor, &door].into_iter().enumerate() {
         let mut args = vec!["-b"];
@@ -207,7 +198,7 @@ async fn services_over_tls_with_passwords_and_an_acl() {
          listener {port} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n",
         d = dir.display()
     );
-    if running_as_root() {
+    if sealcast_testkit::running_as_root() {
         conf.push_str("user root\n");
     }
     fs::write(dir.join("mosquitto.conf"), conf).unwrap();

@@ -171,7 +171,7 @@ pub struct SendArgs {
     pub alert: String,
     /// How long to wait for the manager to confirm the current key
     /// material before giving up without sending.
-    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    #[arg(long, value_name = "SECONDS", default_value_t = device::DEFAULT_CONFIRM_WAIT.as_secs())]
     pub wait: u64,
 }
 
@@ -487,17 +487,7 @@ pub(crate) fn broker_url(
     base: &Path,
     security: &BrokerSecurity<'_>,
 ) -> Result<String> {
-    fn encode(text: &str) -> String {
-        let mut out = String::with_capacity(text.len());
-        for b in text.bytes() {
-            if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
-                out.push(char::from(b));
-            } else {
-                out.push_str(&format!("%{b:02X}"));
-            }
-        }
-        out
-    }
+    use sealcast_mqtt::percent_encode as encode;
     let mut params = Vec::new();
     let path_param = |name: &str, p: Option<&Path>| -> Result<Option<String>> {
         p.map(|p| {

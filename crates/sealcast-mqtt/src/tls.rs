@@ -140,8 +140,9 @@ impl TlsSettings {
     }
 }
 
-/// What a broker URL asks for beyond host and port.
-#[derive(Debug, Default)]
+/// What a broker URL asks for beyond host and port. `Debug` leaves the
+/// password out.
+#[derive(Default)]
 pub(crate) struct UrlSecurity {
     pub(crate) tls: bool,
     pub(crate) ca: Option<PathBuf>,
@@ -151,6 +152,21 @@ pub(crate) struct UrlSecurity {
     pub(crate) password: Option<zeroize::Zeroizing<String>>,
     pub(crate) password_file: Option<PathBuf>,
     pub(crate) client_id: Option<String>,
+}
+
+impl fmt::Debug for UrlSecurity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UrlSecurity")
+            .field("tls", &self.tls)
+            .field("ca", &self.ca)
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("password_file", &self.password_file)
+            .field("client_id", &self.client_id)
+            .finish()
+    }
 }
 
 /// Splits `query` (`a=b&c=d`, percent-encoded) into the settings above.
@@ -175,6 +191,20 @@ pub(crate) fn parse_query(query: &str, into: &mut UrlSecurity) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `%XX` encoding of a URL query value: everything but `A-Z a-z 0-9 - . _
+/// ~ /` is escaped (so paths stay readable in logs).
+pub fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// `%XX` decoding of URL parts; anything else is taken literally.
@@ -252,6 +282,8 @@ mod tests {
         );
         assert_eq!(redact_url("mqtt://broker"), "mqtt://broker");
         assert_eq!(percent_decode("a%2Fb%40c").unwrap(), "a/b@c");
+        let odd = "/tmp/a b&c=d%e?";
+        assert_eq!(percent_decode(&percent_encode(odd)).unwrap(), odd);
         assert!(percent_decode("%zz").is_err());
         let mut s = UrlSecurity::default();
         parse_query("ca=%2Fetc%2Fca.pem&username=dev", &mut s).unwrap();

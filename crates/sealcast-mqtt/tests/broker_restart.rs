@@ -32,41 +32,18 @@ const OUTAGE: Duration = Duration::from_secs(1);
 /// Hard limit for the whole test.
 const LIMIT: Duration = Duration::from_secs(180);
 
-/// Finds `mosquitto`: `SEALCAST_MOSQUITTO_BIN`, else the PATH and the sbin
-/// folders (Debian installs it in /usr/sbin, which a non-root PATH may lack).
+/// Finds `mosquitto` (`SEALCAST_MOSQUITTO_BIN`, else the PATH and the sbin
+/// folders).
 fn mosquitto_bin(test: &str) -> Option<PathBuf> {
-    if let Ok(bin) = std::env::var("SEALCAST_MOSQUITTO_BIN")
-        && !bin.is_empty()
-    {
-        return Some(PathBuf::from(bin));
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let found = std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join("mosquitto"))
-        .find(|p| p.is_file());
-    if found.is_some() {
-        return found;
-    }
-    // Not installed: a loud NOT RUN here, a failure in CI.
-    sealcast_testkit::require(
+    sealcast_testkit::program(
+        "mosquitto",
         "SEALCAST_MOSQUITTO_BIN",
         test,
         "the mosquitto binary (Debian: apt-get install mosquitto) in PATH or at SEALCAST_MOSQUITTO_BIN",
     )
-    .map(PathBuf::from)
 }
 
-fn running_as_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(1).map(|uid| uid == "0"))
-        })
-        .unwrap_or(false)
-}
+use sealcast_testkit::running_as_root;
 
 /// A mosquitto process of this test. Dropping it stops the process (SIGTERM,
 /// then SIGKILL), also when the test panics.

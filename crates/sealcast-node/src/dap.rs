@@ -479,17 +479,8 @@ pub async fn spawn(config: DapConfig) -> Result<DapHandle> {
     if batch_size == 0 || batch_size > crate::metering::MAX_BATCH_REPORTS {
         return Err(Error::Runtime("batch size must be 1..=4096".into()));
     }
-    // Held while the service runs: one process owns this state file.
-    let state_lock = match &state_file {
-        Some(file) => {
-            let lock = file.lock(crate::device::STATE_LOCK_WAIT)?;
-            if let Some(bytes) = file.read()? {
-                core.restore_state(&bytes)?;
-            }
-            Some(lock)
-        }
-        None => None,
-    };
+    let state_lock =
+        crate::runtime::lock_and_restore(state_file.as_ref(), |bytes| core.restore_state(bytes))?;
     let id = core.id().clone();
     let report_topic = topics.agent(&id, AgentChannel::Report);
     let solicit_topic = topics.agent(&id, AgentChannel::Solicit);

@@ -197,49 +197,46 @@ impl NodeHandle {
         channel: GroupChannel,
         payload: &[u8],
     ) -> Result<(Vec<u8>, u64)> {
+        self.ask(|reply| Request::Send {
+            group: group.clone(),
+            channel,
+            payload: payload.to_vec(),
+            reply,
+        })
+        .await?
+    }
+
+    /// Sends the request `make` builds around a reply channel, and waits
+    /// for the answer.
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Request) -> Result<T> {
+        let stopped = || Error::Runtime(format!("node {} stopped", self.id));
         let (reply, rx) = oneshot::channel();
         self.requests
-            .send(Request::Send {
-                group: group.clone(),
-                channel,
-                payload: payload.to_vec(),
-                reply,
-            })
+            .send(make(reply))
             .await
-            .map_err(|_| Error::Runtime(format!("node {} stopped", self.id)))?;
-        rx.await
-            .map_err(|_| Error::Runtime(format!("node {} stopped", self.id)))?
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())
     }
 
     /// The node's current key material of `group` (None: not a member).
     /// The demo's insider attacker uses it; so would an operator's probe.
     pub async fn material(&self, group: &GroupId) -> Result<Option<GroupKeyMaterial>> {
-        let (reply, rx) = oneshot::channel();
-        self.requests
-            .send(Request::Material {
-                group: group.clone(),
-                reply,
-            })
-            .await
-            .map_err(|_| Error::Runtime(format!("node {} stopped", self.id)))?;
-        rx.await
-            .map_err(|_| Error::Runtime(format!("node {} stopped", self.id)))
+        self.ask(|reply| Request::Material {
+            group: group.clone(),
+            reply,
+        })
+        .await
     }
 
     /// Sends the manager a signed pull for the current key material of
     /// `group`; its answer is reported as an [`EventKind::Installed`] or
     /// [`EventKind::Current`] event.
     pub async fn pull(&self, group: &GroupId) -> Result<()> {
-        let (reply, rx) = oneshot::channel();
-        self.requests
-            .send(Request::Pull {
-                group: group.clone(),
-                reply,
-            })
-            .await
-            .map_err(|_| Error::Runtime(format!("node {} stopped", self.id)))?;
-        rx.await
-            .map_err(|_| Error::Runtime(format!("node {} stopped", self.id)))
+        self.ask(|reply| Request::Pull {
+            group: group.clone(),
+            reply,
+        })
+        .await
     }
 
     /// Stops the node once it finished the message in hand (its state is

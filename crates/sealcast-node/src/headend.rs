@@ -582,17 +582,8 @@ pub async fn spawn(config: HeadendConfig) -> Result<HeadendHandle> {
         events,
         persistent_session,
     } = config;
-    // Held while the service runs: one process owns this state file.
-    let state_lock = match &state_file {
-        Some(file) => {
-            let lock = file.lock(crate::device::STATE_LOCK_WAIT)?;
-            if let Some(bytes) = file.read()? {
-                core.restore_state(&bytes)?;
-            }
-            Some(lock)
-        }
-        None => None,
-    };
+    let state_lock =
+        crate::runtime::lock_and_restore(state_file.as_ref(), |bytes| core.restore_state(bytes))?;
     let id = core.id().clone();
     let mut mqtt = MqttConfig::from_url(&broker_url, topics.client_id(id.as_str()))?
         .with_persistent_session(persistent_session);

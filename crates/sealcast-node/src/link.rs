@@ -101,19 +101,12 @@ impl LinkConfig {
     pub fn with_mqtt_client_id(&self, client_id: &str) -> Self {
         match self {
             Self::Mqtt { broker_url } => {
-                let encoded: String = client_id
-                    .bytes()
-                    .map(|b| {
-                        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
-                            char::from(b).to_string()
-                        } else {
-                            format!("%{b:02X}")
-                        }
-                    })
-                    .collect();
                 let sep = if broker_url.contains('?') { '&' } else { '?' };
                 Self::Mqtt {
-                    broker_url: format!("{broker_url}{sep}client_id={encoded}"),
+                    broker_url: format!(
+                        "{broker_url}{sep}client_id={}",
+                        sealcast_mqtt::percent_encode(client_id)
+                    ),
                 }
             }
             other => other.clone(),

@@ -89,6 +89,23 @@ pub struct Event {
     pub kind: EventKind,
 }
 
+/// Takes the exclusive lock of a service's state file (held while the
+/// service runs: one process owns it) and hands its content, if any, to
+/// `restore`. No file: no lock, nothing restored (the demos).
+pub fn lock_and_restore(
+    file: Option<&sealcast_store::DeviceStateFile>,
+    restore: impl FnOnce(&[u8]) -> crate::Result<()>,
+) -> crate::Result<Option<sealcast_store::StateLock>> {
+    let Some(file) = file else {
+        return Ok(None);
+    };
+    let lock = file.lock(crate::device::STATE_LOCK_WAIT)?;
+    if let Some(bytes) = file.read()? {
+        restore(&bytes)?;
+    }
+    Ok(Some(lock))
+}
+
 /// Lets one warning of a kind through per interval and counts the rest,
 /// so that a flood of refused input costs a log line every few seconds,
 /// not one per message.

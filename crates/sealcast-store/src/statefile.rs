@@ -30,6 +30,36 @@ const TEMP_MARK: &str = ".tmp.";
 /// `mode`), write, fsync, rename over `path`, fsync the directory. On any
 /// error the temporary file is removed and `path` is untouched.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let (dir, tmp) = write_temp(path, bytes, mode)?;
+    if let Err(e) = fs::rename(&tmp, path) {
+        let _ = fs::remove_file(&tmp);
+        return Err(Error::io("rename temporary file over", path, e));
+    }
+    sync_dir(&dir)
+}
+
+/// Writes `bytes` to a NEW file `path` with permission bits `mode`: the
+/// content is written and fsynced under a temporary name, then hard-linked
+/// to `path`, which fails if `path` exists — so of two processes creating
+/// the same file at once exactly one wins, and nobody ever sees it
+/// half-written. Returns `false` (and changes nothing) if `path` existed.
+pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<bool> {
+    let (dir, tmp) = write_temp(path, bytes, mode)?;
+    let linked = fs::hard_link(&tmp, path);
+    let _ = fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+        Err(e) => return Err(Error::io("link new file", path, e)),
+    }
+    sync_dir(&dir)?;
+    Ok(true)
+}
+
+/// Writes `bytes` to `.NAME.tmp.<random>` beside `path` (exclusive, exactly
+/// `mode`) and fsyncs it. Returns the directory and the temporary file,
+/// which the caller renames or links into place; on an error it is removed.
+fn write_temp(path: &Path, bytes: &[u8], mode: u32) -> Result<(PathBuf, PathBuf)> {
     let (dir, name) = split(path)?;
     let mut suffix = [0u8; 8];
     crate::kek::os_random(&mut suffix)?;
@@ -38,7 +68,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     tmp_name.push(TEMP_MARK);
     tmp_name.push(hex(&suffix));
     let tmp = dir.join(tmp_name);
-
     let result = (|| {
         let mut file = OpenOptions::new()
             .write(true)
@@ -52,56 +81,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
         file.write_all(bytes)
             .map_err(|e| Error::io("write temporary file", &tmp, e))?;
         file.sync_all()
-            .map_err(|e| Error::io("fsync temporary file", &tmp, e))?;
-        drop(file);
-        fs::rename(&tmp, path).map_err(|e| Error::io("rename temporary file over", path, e))?;
-        Ok(())
+            .map_err(|e| Error::io("fsync temporary file", &tmp, e))
     })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-        return result;
-    }
-    sync_dir(&dir)
-}
-
-/// Writes `bytes` to a NEW file `path` with permission bits `mode`: the
-/// content is written and fsynced under a temporary name, then hard-linked
-/// to `path`, which fails if `path` exists — so of two processes creating
-/// the same file at once exactly one wins, and nobody ever sees it
-/// half-written. Returns `false` (and changes nothing) if `path` existed.
-pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<bool> {
-    let (dir, name) = split(path)?;
-    let mut suffix = [0u8; 8];
-    crate::kek::os_random(&mut suffix)?;
-    let mut tmp_name = OsString::from(".");
-    tmp_name.push(&name);
-    tmp_name.push(TEMP_MARK);
-    tmp_name.push(hex(&suffix));
-    let tmp = dir.join(tmp_name);
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(|e| Error::io("create temporary file", &tmp, e))?;
-        file.set_permissions(fs::Permissions::from_mode(mode))
-            .map_err(|e| Error::io("set permissions of", &tmp, e))?;
-        file.write_all(bytes)
-            .map_err(|e| Error::io("write temporary file", &tmp, e))?;
-        file.sync_all()
-            .map_err(|e| Error::io("fsync temporary file", &tmp, e))?;
-        drop(file);
-        match fs::hard_link(&tmp, path) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
-            Err(e) => Err(Error::io("link new file", path, e)),
+    match result {
+        Ok(()) => Ok((dir, tmp)),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
         }
-    })();
-    let _ = fs::remove_file(&tmp);
-    let created = result?;
-    sync_dir(&dir)?;
-    Ok(created)
+    }
 }
 
 fn split(path: &Path) -> Result<(PathBuf, OsString)> {

@@ -48,6 +48,41 @@ pub fn require(var: &str, test: &str, why: &str) -> Option<String> {
     }
 }
 
+/// A program the tests run (mosquitto, openssl …): the environment
+/// variable `var` if set, else the PATH and the sbin folders (Debian
+/// installs mosquitto in /usr/sbin, which a non-root PATH may lack). Not
+/// found: a loud NOT RUN (a failure under [`REQUIRE_ENV`]) and `None`.
+pub fn program(name: &str, var: &str, test: &str, why: &str) -> Option<PathBuf> {
+    if let Ok(bin) = std::env::var(var)
+        && !bin.is_empty()
+    {
+        return Some(PathBuf::from(bin));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file());
+    if found.is_some() {
+        return found;
+    }
+    // Only banners (or fails under REQUIRE_ENV): `var` is unset here.
+    require(var, test, why).map(PathBuf::from)
+}
+
+/// Whether the tests run as root (mosquitto then needs `user root` to read
+/// the test's private folders).
+pub fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(|uid| uid == "0"))
+        })
+        .unwrap_or(false)
+}
+
 /// The folder of external test vectors (`SEALCAST_VECTORS`, normally
 /// `../shared/vectors`), or `None` after a loud skip.
 pub fn vectors_dir(test: &str) -> Option<PathBuf> {
