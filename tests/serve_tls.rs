@@ -12,9 +12,9 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
 use common::{
     FIRE_RULE, Procs, executed, fire_safety_tables, keygen, relays_for, run_prefix, wait_until,
@@ -108,24 +108,6 @@ fn make_server_cert(openssl: &str, dir: &Path, ca: &str) {
     );
 }
 
-struct Broker {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Broker {
-    fn log(&self) -> String {
-        fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn services_over_tls_with_passwords_and_an_acl() {
     let test = "services_over_tls_with_passwords_and_an_acl";
@@ -187,46 +169,21 @@ async fn services_over_tls_with_passwords_and_an_acl() {
         ),
     )
     .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut conf = format!(
-        "per_listener_settings false\nallow_anonymous false\npassword_file {d}/passwd\n\
-         acl_file {d}/acl\npersistence false\nlog_dest stderr\n\
-         listener {port} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n",
-        d = dir.display()
+    let port = common::Mosquitto::free_port();
+    let broker = common::Mosquitto::start(
+        &mosquitto,
+        &dir,
+        port,
+        &format!(
+            "per_listener_settings false\nallow_anonymous false\npassword_file {d}/passwd\n\
+             acl_file {d}/acl\npersistence false",
+            d = dir.display()
+        ),
+        &format!(
+            "listener {port} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n",
+            d = dir.display()
+        ),
     );
-    if sealcast_testkit::running_as_root() {
-        conf.push_str("user root\n");
-    }
-    fs::write(dir.join("mosquitto.conf"), conf).unwrap();
-    let log = fs::File::create(dir.join("mosquitto.log")).unwrap();
-    let child = Command::new(&mosquitto)
-        .arg("-c")
-        .arg(dir.join("mosquitto.conf"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .unwrap();
-    let mut broker = Broker {
-        child,
-        dir: dir.clone(),
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Some(status) = broker.child.try_wait().unwrap() {
-            panic!("mosquitto exited ({status}):\n{}", broker.log());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "mosquitto does not listen:\n{}",
-            broker.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 
     // --- the services over mqtts:// -------------------------------------------
     let head = |id: &str, ca: &str, pass: &str| {

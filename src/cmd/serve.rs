@@ -16,7 +16,9 @@ use sealcast_core::crypto::AeadAlg;
 use sealcast_core::ids::{EntityId, GroupId};
 use sealcast_group::manager::{EntityKind, Manager, RekeyScheme, Role};
 use sealcast_mqtt::{GroupChannel, TopicScheme};
-use sealcast_node::device::{self, CommandHandler, LogHandler, NodeConfig, ReplayPolicies, Rule};
+use sealcast_node::device::{
+    self, CommandHandler, LogHandler, NodeConfig, ReplayPolicies, Rule, VerifiedCommand,
+};
 use sealcast_node::link::{AddressBook, CoapLinkConfig, LinkConfig};
 use sealcast_store::{AuditLog, DeviceStateFile, Kek, ManagerStore, PgStore, SqliteStore};
 use serde::Deserialize;
@@ -532,7 +534,11 @@ fn link_config(
     coap: Option<&CoapSection>,
 ) -> Result<LinkConfig> {
     match (transport.unwrap_or(TransportName::Mqtt), coap) {
-        (TransportName::Mqtt, None) if !broker.is_empty() => Ok(LinkConfig::mqtt(broker)),
+        // The services keep their MQTT sessions across restarts, so
+        // nothing routed to them while they (or the broker) restart is lost.
+        (TransportName::Mqtt, None) if !broker.is_empty() => {
+            Ok(LinkConfig::mqtt(broker).with_persistent_session(true))
+        }
         (TransportName::Mqtt, None) => Err(CliError::usage(
             "`broker` is required (or set transport = \"coap\" and a [coap] section)",
         )),
@@ -946,12 +952,14 @@ struct ExecLog {
 }
 
 impl CommandHandler for ExecLog {
-    fn execute(&self, device: &EntityId, group: &GroupId, signer: &EntityId, command: &[u8]) {
-        LogHandler.execute(device, group, signer, command);
+    fn execute(&self, c: &VerifiedCommand<'_>) {
+        LogHandler.execute(c);
         let line = format!(
-            "group={} signer={signer} payload={}\n",
-            String::from_utf8_lossy(group.as_bytes()),
-            String::from_utf8_lossy(command)
+            "group={} signer={} seq={} payload={}\n",
+            String::from_utf8_lossy(c.group.as_bytes()),
+            c.signer,
+            c.seq,
+            String::from_utf8_lossy(c.payload)
         );
         let written = std::fs::OpenOptions::new()
             .create(true)

@@ -409,8 +409,22 @@ pub async fn spy(
     filters: impl IntoIterator<Item = TopicFilter>,
     keep: impl Fn(&str) -> bool + Send + 'static,
 ) -> (MqttClient, UnboundedReceiver<(String, Vec<u8>)>) {
+    spy_session(url, client_id, filters, keep, false).await
+}
+
+/// [`spy`] with a persistent session (`persistent`): the broker keeps
+/// what it routes to the spy while the spy, or the broker, restarts.
+pub async fn spy_session(
+    url: &str,
+    client_id: String,
+    filters: impl IntoIterator<Item = TopicFilter>,
+    keep: impl Fn(&str) -> bool + Send + 'static,
+    persistent: bool,
+) -> (MqttClient, UnboundedReceiver<(String, Vec<u8>)>) {
     let config = filters.into_iter().fold(
-        MqttConfig::from_url(url, client_id).unwrap(),
+        MqttConfig::from_url(url, client_id)
+            .unwrap()
+            .with_persistent_session(persistent),
         MqttConfig::with_subscription,
     );
     let (spy, mut inbox) = MqttClient::connect(config).unwrap();
@@ -489,4 +503,111 @@ pub fn relays_for<S: AsRef<str>>(ids: impl IntoIterator<Item = S>) -> String {
         .map(|id| format!("\"{}\"", id.as_ref()))
         .collect();
     format!("relays_for = [{}]\n", quoted.join(", "))
+}
+
+/// A Mosquitto a test starts itself, on a free port of 127.0.0.1, with its
+/// configuration, log and persistence file in `dir`. Killed on drop.
+pub struct Mosquitto {
+    bin: PathBuf,
+    conf: PathBuf,
+    child: Option<Child>,
+    pub dir: PathBuf,
+    pub port: u16,
+}
+
+impl Mosquitto {
+    /// A free TCP port on 127.0.0.1 (the kernel's pick).
+    pub fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    /// Writes `mosquitto.conf` in `dir` — `settings`, logging to stderr,
+    /// `user root` when run as root, and the listener section `listener`
+    /// (which must start with `listener <port> 127.0.0.1`) — and starts the
+    /// broker; returns once it accepts connections.
+    pub fn start(bin: &Path, dir: &Path, port: u16, settings: &str, listener: &str) -> Self {
+        let mut conf = format!("{settings}\nlog_dest stderr\n");
+        if sealcast_testkit::running_as_root() {
+            conf.push_str("user root\n");
+        }
+        conf.push_str(listener);
+        let path = dir.join("mosquitto.conf");
+        fs::write(&path, conf).unwrap();
+        let mut m = Mosquitto {
+            bin: bin.to_path_buf(),
+            conf: path,
+            child: None,
+            dir: dir.to_path_buf(),
+            port,
+        };
+        m.restart();
+        m
+    }
+
+    /// Starts the broker (again) with the same configuration, its log
+    /// appended; returns once it accepts connections.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "mosquitto is running");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("mosquitto.log"))
+            .unwrap();
+        let child = Command::new(&self.bin)
+            .arg("-c")
+            .arg(&self.conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("mosquitto exited ({status}):\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto does not listen:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM (Mosquitto writes its persistence file as it exits); returns
+    /// once it has exited.
+    pub fn stop(&mut self) {
+        let mut child = self.child.take().expect("mosquitto is not running");
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let deadline = Instant::now() + STOP_WAIT;
+        while child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "mosquitto ignores SIGTERM");
+            std::thread::sleep(STOP_POLL);
+        }
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }

@@ -23,7 +23,7 @@ use sealcast_core::groupkey::{AuthorizedSigner, GroupContext, GroupKeyMaterial};
 use sealcast_core::ids::{EntityId, GroupId, SeqNum};
 use sealcast_core::kdf::{self, KdfType};
 use sealcast_group::manager::{EntityKind, Manager, RekeyScheme, Role};
-use sealcast_mqtt::{GroupChannel, TopicScheme};
+use sealcast_mqtt::GroupChannel;
 use sealcast_store::{AuditLog, SqliteStore};
 use tokio::sync::mpsc;
 
@@ -258,7 +258,10 @@ pub async fn fire_safety(
             LinkConfig::Coap(coap)
         }
     };
-    let topics = TopicScheme::new();
+    let topics = crate::runtime::demo_topics(config.broker.is_some())?;
+    if config.broker.is_some() {
+        log(&format!("topic prefix {} (this demo's own)", topics.root()));
+    }
     let dir = std::env::temp_dir().join(format!(
         "sealcast-demo-{}-{}",
         std::process::id(),

@@ -32,7 +32,35 @@ use crate::{Error, Result};
 /// What a device does with a verified command. The default logs it.
 pub trait CommandHandler: Send + Sync {
     /// Called once per verified command, after the replay window committed.
-    fn execute(&self, device: &EntityId, group: &GroupId, signer: &EntityId, command: &[u8]);
+    fn execute(&self, command: &VerifiedCommand<'_>);
+}
+
+/// One verified command, as a [`CommandHandler`] receives it.
+#[derive(Clone, Copy)]
+#[non_exhaustive]
+pub struct VerifiedCommand<'a> {
+    /// The device executing it.
+    pub device: &'a EntityId,
+    /// The group it was broadcast to.
+    pub group: &'a GroupId,
+    /// Who signed it.
+    pub signer: &'a EntityId,
+    /// The signer's sequence number (unique per group, epoch and signer).
+    pub seq: u64,
+    /// The decrypted command: log it at DEBUG at most.
+    pub payload: &'a [u8],
+}
+
+impl core::fmt::Debug for VerifiedCommand<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("VerifiedCommand")
+            .field("device", self.device)
+            .field("group", &self.group.name())
+            .field("signer", self.signer)
+            .field("seq", &self.seq)
+            .field("payload_len", &self.payload.len())
+            .finish()
+    }
 }
 
 /// Logs every command.
@@ -40,11 +68,11 @@ pub trait CommandHandler: Send + Sync {
 pub struct LogHandler;
 
 impl CommandHandler for LogHandler {
-    fn execute(&self, device: &EntityId, group: &GroupId, signer: &EntityId, command: &[u8]) {
+    fn execute(&self, c: &VerifiedCommand<'_>) {
         // The decrypted command is what the encryption protects: its bytes
         // only at DEBUG.
-        info!(%device, group = %group.name(), %signer, len = command.len(), "executing command");
-        debug!(%device, group = %group.name(), command = %String::from_utf8_lossy(command), "command content");
+        info!(device = %c.device, group = %c.group.name(), signer = %c.signer, seq = c.seq, len = c.payload.len(), "executing command");
+        debug!(device = %c.device, group = %c.group.name(), command = %String::from_utf8_lossy(c.payload), "command content");
     }
 }
 
@@ -746,8 +774,13 @@ impl Node {
         match delivery {
             Delivery::Executed { value, .. } => {
                 if channel == GroupChannel::Command {
-                    self.handler
-                        .execute(&self.id, &group, &value.signer, &value.payload);
+                    self.handler.execute(&VerifiedCommand {
+                        device: &self.id,
+                        group: &group,
+                        signer: &value.signer,
+                        seq: value.seq.get(),
+                        payload: &value.payload,
+                    });
                 }
                 report(
                     &self.events,
@@ -1030,7 +1063,12 @@ pub async fn send_once(
         "{}-send",
         config.topics.client_id(config.credential.id().as_str())
     );
-    config.link = config.link.with_mqtt_client_id(&client_id);
+    // A clean session: a one-shot client leaves nothing queued on the
+    // broker behind it.
+    config.link = config
+        .link
+        .with_mqtt_client_id(&client_id)
+        .with_persistent_session(false);
     let node = spawn(config).await?;
     let confirmed = async {
         let deadline = tokio::time::Instant::now() + confirm_wait;

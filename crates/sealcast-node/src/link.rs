@@ -82,6 +82,12 @@ pub enum LinkConfig {
     Mqtt {
         /// The broker.
         broker_url: String,
+        /// Ask the broker to keep the session — subscriptions and the QoS 1
+        /// messages routed while the client is away — across disconnects
+        /// and restarts (`clean_session = false`, a stable client id). The
+        /// long-running services set it; one-shot commands and the demo do
+        /// not, so they leave no session behind on the broker.
+        persistent_session: bool,
     },
     /// CoAP endpoints and a multicast group.
     Coap(CoapLinkConfig),
@@ -92,7 +98,20 @@ impl LinkConfig {
     pub fn mqtt(broker_url: impl Into<String>) -> Self {
         Self::Mqtt {
             broker_url: broker_url.into(),
+            persistent_session: false,
         }
+    }
+
+    /// The same link with a persistent MQTT session or a clean one (see
+    /// [`LinkConfig::Mqtt`]; CoAP: unchanged).
+    pub fn with_persistent_session(mut self, persistent: bool) -> Self {
+        if let Self::Mqtt {
+            persistent_session, ..
+        } = &mut self
+        {
+            *persistent_session = persistent;
+        }
+        self
     }
 
     /// The same link with an explicit MQTT client id (CoAP: unchanged).
@@ -100,13 +119,17 @@ impl LinkConfig {
     /// the client id of the entity's long-running service.
     pub fn with_mqtt_client_id(&self, client_id: &str) -> Self {
         match self {
-            Self::Mqtt { broker_url } => {
+            Self::Mqtt {
+                broker_url,
+                persistent_session,
+            } => {
                 let sep = if broker_url.contains('?') { '&' } else { '?' };
                 Self::Mqtt {
                     broker_url: format!(
                         "{broker_url}{sep}client_id={}",
                         sealcast_mqtt::percent_encode(client_id)
                     ),
+                    persistent_session: *persistent_session,
                 }
             }
             other => other.clone(),
@@ -588,8 +611,12 @@ impl Link {
         interest: Interest,
     ) -> Result<(Link, Inbox)> {
         match config {
-            LinkConfig::Mqtt { broker_url } => {
-                let mut mqtt = MqttConfig::from_url(broker_url, topics.client_id(id.as_str()))?;
+            LinkConfig::Mqtt {
+                broker_url,
+                persistent_session,
+            } => {
+                let mut mqtt = MqttConfig::from_url(broker_url, topics.client_id(id.as_str()))?
+                    .with_persistent_session(*persistent_session);
                 for f in interest.filters {
                     mqtt = mqtt.with_subscription(f);
                 }

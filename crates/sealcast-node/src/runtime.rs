@@ -157,6 +157,22 @@ pub fn report(sink: &EventSink, who: &EntityId, kind: EventKind) {
     });
 }
 
+/// The topics a demo uses: the production scheme on its own embedded
+/// broker; on an external broker (`external`), a prefix of its own,
+/// `sealcast-demo-<pid>-<random>`, so a demo never publishes on, or hears,
+/// a real deployment's topics — nor a second demo's.
+pub fn demo_topics(external: bool) -> crate::Result<sealcast_mqtt::TopicScheme> {
+    if !external {
+        return Ok(sealcast_mqtt::TopicScheme::new());
+    }
+    use rand_core::Rng;
+    let tag = os_rng()?.next_u32();
+    Ok(sealcast_mqtt::TopicScheme::with_prefix(&format!(
+        "sealcast-demo-{}-{tag:08x}",
+        std::process::id()
+    ))?)
+}
+
 /// The broker to use: `url` if given, else an embedded rumqttd started on
 /// 127.0.0.1 (kept alive by the returned handle).
 pub async fn broker(

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use sealcast_core::credential::{EntityCredential, PublicCredential};
 use sealcast_core::ids::EntityId;
-use sealcast_mqtt::{AgentChannel, Bytes, MqttClient, MqttConfig, TopicScheme};
+use sealcast_mqtt::{AgentChannel, Bytes, MqttClient, MqttConfig};
 
 use crate::dap::{self, DapConfig, DapCore};
 use crate::demo::{Check, DemoReport};
@@ -75,7 +75,10 @@ pub async fn smart_meter(
         "MQTT broker at {}",
         sealcast_mqtt::redact_url(&url)
     ));
-    let topics = TopicScheme::new();
+    let topics = crate::runtime::demo_topics(config.broker.is_some())?;
+    if config.broker.is_some() {
+        log(&format!("topic prefix {} (this demo's own)", topics.root()));
+    }
     let mut rng = os_rng()?;
     let headend = EntityCredential::generate(EntityId::new("headend")?, &mut rng);
     let dap = EntityCredential::generate(EntityId::new("dap-1")?, &mut rng);
