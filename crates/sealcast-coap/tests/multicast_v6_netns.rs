@@ -25,7 +25,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{hex, not_run};
+use common::hex;
 use sealcast_coap::{
     ALL_COAP_NODES_V6_LINK, ALL_COAP_NODES_V6_SITE, ContentFormat, MulticastConfig,
     MulticastInterface, MulticastReceiver, MulticastSender,
@@ -36,6 +36,7 @@ use sealcast_core::crypto::AeadAlg;
 use sealcast_core::groupkey::{AuthorizedSigner, GroupContext, GroupKeyMaterial};
 use sealcast_core::ids::{EntityId, Epoch, GroupId, SenderId, SeqNum, UnixMillis};
 use sealcast_core::testrng::TestRng;
+use sealcast_testkit::not_run;
 
 const TEST: &str = "multicast_v6_netns::ipv6_multicast_between_namespaces";
 const ROLE: &str = "SC_NETNS_ROLE";

@@ -389,6 +389,14 @@ struct Pending {
     pre: PreCheck,
 }
 
+/// Replay state captured by [`BroadcastReceiver::undo_point`].
+#[derive(Debug)]
+pub struct ReplayUndo {
+    sender: Option<SenderId>,
+    seq: Option<SeqWindow>,
+    ts: Option<TimestampWindow>,
+}
+
 /// Opens broadcasts of one group: holds the group context of the current
 /// epoch and the replay state.
 #[derive(Debug)]
@@ -452,6 +460,42 @@ impl BroadcastReceiver {
     /// Restores a persisted window (after a restart).
     pub fn restore_window(&mut self, sender: SenderId, window: SeqWindow) {
         self.seq_windows.insert(sender, window);
+    }
+
+    /// The replay state that opening `bytes` may change, to put back with
+    /// [`Self::roll_back`] when the caller cannot make the opened result
+    /// durable (its state file could not be written): the window of the
+    /// sender the header names, and the timestamp window of a timestamp
+    /// policy. Take it just before [`Self::open`] and roll back before any
+    /// other change to this receiver.
+    pub fn undo_point(&self, bytes: &[u8]) -> ReplayUndo {
+        let sender = peek_broadcast(bytes).ok().map(|h| h.sender_id);
+        let seq = sender
+            .as_ref()
+            .and_then(|s| self.seq_windows.get(s).cloned());
+        ReplayUndo {
+            sender,
+            seq,
+            ts: self.ts_window.clone(),
+        }
+    }
+
+    /// Puts back the replay state [`Self::undo_point`] captured: the message
+    /// opened since then becomes acceptable again.
+    pub fn roll_back(&mut self, undo: ReplayUndo) {
+        if let Some(sender) = undo.sender {
+            match undo.seq {
+                Some(window) => {
+                    self.seq_windows.insert(sender, window);
+                }
+                None => {
+                    self.seq_windows.remove(&sender);
+                }
+            }
+        }
+        if undo.ts.is_some() {
+            self.ts_window = undo.ts;
+        }
     }
 
     /// Opens one broadcast received on `target` at time `now`.

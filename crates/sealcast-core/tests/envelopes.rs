@@ -299,6 +299,65 @@ fn broadcast_window_persists_across_restart() {
     rx2.open(&seal(11), "t", NOW).unwrap();
 }
 
+/// A message opened but not saved is put back with `roll_back`: it opens
+/// again (the device retries it once its disk recovers), while what was
+/// committed before stays committed — under both replay policies.
+#[test]
+fn broadcast_roll_back_makes_an_unsaved_message_acceptable_again() {
+    let f = Fixture::new();
+    let ctx = f.context(b"g", 1, AeadAlg::A128Gcm);
+    let seal = |n| {
+        seal_broadcast(
+            &ctx,
+            f.agent_a.id(),
+            f.agent_a.signing_key(),
+            seq(n),
+            NOW,
+            "t",
+            b"x",
+        )
+        .unwrap()
+    };
+    let timestamp = ReplayPolicy::Timestamp {
+        skew_ms: 30_000,
+        max_entries: 1000,
+    };
+    for policy in [ReplayPolicy::default(), timestamp] {
+        let mut rx = BroadcastReceiver::new(ctx.clone(), policy).unwrap();
+        rx.open(&seal(1), "t", NOW).unwrap();
+        // The first message of a sender (no window yet) and a later one.
+        for n in [2, 3] {
+            let undo = rx.undo_point(&seal(n));
+            rx.open(&seal(n), "t", NOW).unwrap();
+            rx.roll_back(undo);
+            rx.open(&seal(n), "t", NOW).unwrap();
+            assert!(matches!(
+                rx.open(&seal(n), "t", NOW),
+                Err(Error::Replay(ReplayKind::Duplicate))
+            ));
+        }
+        assert!(matches!(
+            rx.open(&seal(1), "t", NOW),
+            Err(Error::Replay(ReplayKind::Duplicate))
+        ));
+        // A sender never seen before: its window is removed again.
+        let b = seal_broadcast(
+            &ctx,
+            f.agent_b.id(),
+            f.agent_b.signing_key(),
+            seq(0),
+            NOW,
+            "t",
+            b"y",
+        )
+        .unwrap();
+        let undo = rx.undo_point(&b);
+        rx.open(&b, "t", NOW).unwrap();
+        rx.roll_back(undo);
+        rx.open(&b, "t", NOW).unwrap();
+    }
+}
+
 #[test]
 fn broadcast_timestamp_policy_round_trip() {
     let f = Fixture::new();

@@ -52,6 +52,33 @@ pub enum Delivery<T> {
         /// Why it could not be opened now.
         reason: sealcast_core::Error,
     },
+    /// Opened, but what it committed could not be made durable (a full or
+    /// read-only disk); `open` put its state back. Not acknowledged: the
+    /// caller retries it once the fault clears, or drops it and the broker
+    /// redelivers it on the next session.
+    NotSaved {
+        /// The message, with its unused acknowledgement token.
+        incoming: Incoming,
+        /// What could not be saved, for the caller's log.
+        reason: String,
+    },
+}
+
+/// Why the `open` of [`deliver_once`] did not accept a message.
+#[derive(Debug)]
+pub enum OpenError {
+    /// The bytes were refused: see [`deliver_once`] for which reasons are
+    /// final.
+    Refused(sealcast_core::Error),
+    /// The message opened but its result could not be made durable, and
+    /// the replay state was put back ([`Delivery::NotSaved`]).
+    NotSaved(String),
+}
+
+impl From<sealcast_core::Error> for OpenError {
+    fn from(e: sealcast_core::Error) -> Self {
+        Self::Refused(e)
+    }
 }
 
 /// Opens one received message with `open` and acknowledges it in the right
@@ -69,21 +96,25 @@ pub enum Delivery<T> {
 ///   [`Delivery::Deferred`] (see [`is_transient`]);
 /// - any other error → acknowledged and dropped, [`Delivery::Rejected`],
 ///   with the local reason logged (topic, size and reason; never payload
-///   bytes, and this crate holds no keys).
+///   bytes, and this crate holds no keys);
+/// - [`OpenError::NotSaved`] → *not* acknowledged, [`Delivery::NotSaved`];
+///   nothing is logged here (the caller knows what failed).
 ///
 /// An acknowledgement that cannot be sent (the client shut down) is logged,
 /// not returned as an error: the value was committed and must reach the
 /// caller, and a redelivered copy would be a duplicate.
-pub async fn deliver_once<T, F>(incoming: Incoming, open: F) -> Delivery<T>
+pub async fn deliver_once<T, E, F>(incoming: Incoming, open: F) -> Delivery<T>
 where
-    F: FnOnce(&str, &[u8]) -> Result<T, sealcast_core::Error>,
+    F: FnOnce(&str, &[u8]) -> Result<T, E>,
+    E: Into<OpenError>,
 {
-    match open(&incoming.topic, &incoming.payload) {
+    match open(&incoming.topic, &incoming.payload).map_err(Into::into) {
         Ok(value) => {
             let ack = acknowledge(incoming).await;
             Delivery::Executed { value, ack }
         }
-        Err(sealcast_core::Error::Replay(kind)) => {
+        Err(OpenError::NotSaved(reason)) => Delivery::NotSaved { incoming, reason },
+        Err(OpenError::Refused(sealcast_core::Error::Replay(kind))) => {
             debug!(
                 topic = %incoming.topic,
                 redelivered = incoming.redelivered,
@@ -93,7 +124,7 @@ where
             let ack = acknowledge(incoming).await;
             Delivery::Duplicate { kind, ack }
         }
-        Err(reason) if is_transient(&reason) => {
+        Err(OpenError::Refused(reason)) if is_transient(&reason) => {
             info!(
                 topic = %incoming.topic,
                 %reason,
@@ -101,7 +132,7 @@ where
             );
             Delivery::Deferred { incoming, reason }
         }
-        Err(reason) => {
+        Err(OpenError::Refused(reason)) => {
             warn!(
                 topic = %incoming.topic,
                 len = incoming.payload.len(),

@@ -111,7 +111,7 @@ pub use broker::EmbeddedBroker;
 pub use bytes::Bytes;
 pub use client::{AckToken, Acked, Incoming, MqttClient, Status, Subscription};
 pub use config::{Credentials, DEFAULT_INFLIGHT, DEFAULT_MAX_PACKET, MqttConfig};
-pub use deliver::{Delivery, deliver_once, is_transient};
+pub use deliver::{Delivery, OpenError, deliver_once, is_transient};
 pub use error::{Error, Result};
 pub use tls::{TlsSettings, percent_encode, redact_url};
 pub use topic::{

@@ -20,7 +20,7 @@ use sealcast_core::ids::{EntityId, GroupId, SeqNum};
 use sealcast_core::replay::SeqAllocator;
 use sealcast_group::manager::MessageKind;
 use sealcast_group::member::{Member, MemberEvent};
-use sealcast_mqtt::{DeviceChannel, GroupChannel, Topic, TopicScheme};
+use sealcast_mqtt::{DeviceChannel, GroupChannel, OpenError, Topic, TopicScheme};
 use sealcast_store::{DeviceStateFile, StateLock};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
@@ -304,7 +304,24 @@ struct Node {
     /// When the node started: timestamp-policy groups refuse messages
     /// stamped before this plus their skew (their windows are not on disk).
     started: sealcast_core::ids::UnixMillis,
+    /// Messages opened but not saved (a full or read-only disk), held
+    /// unacknowledged and opened again from `retry_at`.
+    held: std::collections::VecDeque<(GroupId, GroupChannel, Incoming)>,
+    retry_at: tokio::time::Instant,
+    retry_backoff: std::time::Duration,
+    /// Since when the state file cannot be written (None: it can).
+    save_fault: Option<std::time::Instant>,
 }
+
+/// At most this many messages are held while the state file cannot be
+/// written; more stay with the broker (unacknowledged) until the next
+/// session. Brokers stop sending long before: Mosquitto after 20
+/// unacknowledged messages by default.
+pub const MAX_HELD: usize = 256;
+/// The first retry of held messages comes this long after the fault …
+pub const HELD_RETRY_FIRST: std::time::Duration = std::time::Duration::from_secs(1);
+/// … and the interval doubles up to this.
+pub const HELD_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The shortest interval between two pulls of one group that unauthenticated
 /// input triggers.
@@ -380,6 +397,10 @@ pub async fn spawn(config: NodeConfig) -> Result<NodeHandle> {
         pulls_coalesced: 0,
         replay: config.replay,
         started: now(),
+        held: std::collections::VecDeque::new(),
+        retry_at: tokio::time::Instant::now(),
+        retry_backoff: HELD_RETRY_FIRST,
+        save_fault: None,
     };
     tokio::spawn(node.run(inbox, rx));
     Ok(NodeHandle { id, requests: tx })
@@ -403,6 +424,9 @@ impl Node {
                             "no key material received yet; check that the broker (or CoAP endpoints) and topic_prefix are the manager's, that manager_public_key is the manager's public key, and that this entity is enrolled and a member of a group (sealcast group show --group …)"
                         );
                     }
+                }
+                () = tokio::time::sleep_until(self.retry_at), if !self.held.is_empty() => {
+                    self.retry_held().await;
                 }
                 msg = inbox.next_message() => match msg {
                     Some(m) => self.on_message(m).await,
@@ -755,17 +779,20 @@ impl Node {
                     .get()
                     < limit
             {
-                return Err(sealcast_core::Error::StaleTimestamp);
+                return Err(OpenError::Refused(sealcast_core::Error::StaleTimestamp));
             }
+            let undo = file.as_ref().map(|_| receiver.undo_point(bytes));
             let opened = receiver.open(bytes, target, at)?;
-            // The committed window reaches the disk before the MQTT ack.
-            if let Some(file) = file {
+            // The committed window reaches the disk before the ack; if it
+            // cannot, the window is put back and the message is held
+            // unacknowledged, to be opened again once the disk recovers.
+            if let (Some(file), Some(undo)) = (file, undo) {
                 let mut all: Vec<(&GroupId, &BroadcastReceiver)> = receivers.iter().collect();
                 all.push((&group, &receiver));
-                save_state_parts(file, member, &all, senders).map_err(|e| {
-                    warn!(error = %e, "state file not written; message dropped unexecuted");
-                    sealcast_core::Error::Malformed("state file not written")
-                })?;
+                if let Err(e) = save_state_parts(file, member, &all, senders) {
+                    receiver.roll_back(undo);
+                    return Err(OpenError::NotSaved(e.to_string()));
+                }
             }
             Ok(opened)
         })
@@ -829,6 +856,68 @@ impl Node {
                 );
                 self.pull_coalesced(&group).await;
                 incoming.ack.ack().await;
+            }
+            Delivery::NotSaved { incoming, reason } => {
+                self.hold(group, channel, incoming, &reason);
+                return;
+            }
+        }
+        if let Some(fault) = self.save_fault.take() {
+            info!(
+                node = %self.id,
+                held = self.held.len(),
+                since_s = fault.elapsed().as_secs(),
+                "state file written again; processing the messages held meanwhile"
+            );
+            self.retry_backoff = HELD_RETRY_FIRST;
+            self.retry_at = tokio::time::Instant::now();
+        }
+    }
+
+    /// Keeps a message whose result could not be saved, unacknowledged, to
+    /// open again later (see `retry_held`). One WARN per disk fault, not one
+    /// per message.
+    fn hold(&mut self, group: GroupId, channel: GroupChannel, incoming: Incoming, reason: &str) {
+        if self.save_fault.is_none() {
+            self.save_fault = Some(std::time::Instant::now());
+            self.retry_backoff = HELD_RETRY_FIRST;
+            self.retry_at = tokio::time::Instant::now() + HELD_RETRY_FIRST;
+            let dir = self
+                .state_file
+                .as_ref()
+                .and_then(|f| f.path().parent())
+                .map(|d| d.display().to_string())
+                .unwrap_or_default();
+            warn!(
+                node = %self.id,
+                group = %group.name(),
+                error = %reason,
+                "state file not written, so nothing is executed and nothing acknowledged: messages are held and retried (MQTT: the broker keeps them until then); free space in, or restore write access to, {dir}"
+            );
+        }
+        if !incoming.can_wait() {
+            debug!(node = %self.id, group = %group.name(), "message not saved; answered 5.03 for the sender to retry");
+            return;
+        }
+        if self.held.len() >= MAX_HELD {
+            // Unacknowledged: the broker redelivers it on the next session.
+            debug!(node = %self.id, group = %group.name(), "hold queue full; message left to the broker");
+            return;
+        }
+        self.held.push_back((group, channel, incoming));
+    }
+
+    /// Opens the held messages again, oldest first; stops at the first one
+    /// that still cannot be saved and waits longer before the next try.
+    async fn retry_held(&mut self) {
+        let mut queue = std::mem::take(&mut self.held);
+        while let Some((group, channel, incoming)) = queue.pop_front() {
+            self.on_broadcast(group, channel, incoming).await;
+            if !self.held.is_empty() {
+                self.held.append(&mut queue);
+                self.retry_backoff = (self.retry_backoff * 2).min(HELD_RETRY_MAX);
+                self.retry_at = tokio::time::Instant::now() + self.retry_backoff;
+                return;
             }
         }
     }

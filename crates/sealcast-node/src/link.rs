@@ -46,7 +46,8 @@ use sealcast_coap::{
 use sealcast_core::ReplayKind;
 use sealcast_core::ids::{EntityId, GroupId};
 use sealcast_mqtt::{
-    AckToken, Bytes, GroupChannel, MqttClient, MqttConfig, Subscription, TopicFilter, TopicScheme,
+    AckToken, Bytes, GroupChannel, MqttClient, MqttConfig, OpenError, Subscription, TopicFilter,
+    TopicScheme,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -277,6 +278,16 @@ pub struct Incoming {
     pub ack: Ack,
 }
 
+impl Incoming {
+    /// Whether the sender side keeps this message until it is acknowledged,
+    /// so the receiver may hold it and retry (MQTT: the broker redelivers
+    /// it on the next session). False on CoAP, whose server waits for the
+    /// answer: there, drop it (5.03) rather than hold it.
+    pub fn can_wait(&self) -> bool {
+        matches!(self.ack.0, AckInner::Mqtt { .. })
+    }
+}
+
 impl core::fmt::Debug for Incoming {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Incoming")
@@ -367,14 +378,25 @@ pub enum Delivery<T> {
         /// Why it could not be opened now.
         reason: sealcast_core::Error,
     },
+    /// Opened, but its result could not be made durable and `open` put the
+    /// replay state back: not acknowledged. The caller retries it once the
+    /// fault clears, if [`Incoming::can_wait`]; dropping it lets the broker
+    /// redeliver it on the next session (MQTT) or answers 5.03 (CoAP).
+    NotSaved {
+        /// The message with its unused acknowledgement.
+        incoming: Incoming,
+        /// What could not be saved.
+        reason: String,
+    },
 }
 
 /// Opens one message with `open(target, payload)` and acknowledges it only
 /// afterwards — on MQTT through [`sealcast_mqtt::deliver_once`] (the manual
 /// PUBACK), on CoAP by releasing the held response. See there for the rules.
-pub async fn deliver_once<T, F>(incoming: Incoming, open: F) -> Delivery<T>
+pub async fn deliver_once<T, E, F>(incoming: Incoming, open: F) -> Delivery<T>
 where
-    F: FnOnce(&str, &[u8]) -> Result<T, sealcast_core::Error>,
+    F: FnOnce(&str, &[u8]) -> Result<T, E>,
+    E: Into<OpenError>,
 {
     let Incoming {
         target,
@@ -397,6 +419,10 @@ where
                     reason,
                 },
                 sealcast_mqtt::Delivery::Rejected { reason, .. } => Delivery::Rejected { reason },
+                sealcast_mqtt::Delivery::NotSaved { incoming, reason } => Delivery::NotSaved {
+                    incoming: Incoming::from_mqtt(incoming),
+                    reason,
+                },
                 // A future variant: acknowledged by the MQTT layer already.
                 _ => Delivery::Rejected {
                     reason: sealcast_core::Error::Malformed("unknown delivery outcome"),
@@ -405,17 +431,25 @@ where
         }
         inner => {
             let ack = Ack(inner);
-            match open(&target, &payload) {
+            match open(&target, &payload).map_err(Into::into) {
                 Ok(value) => {
                     ack.ack().await;
                     Delivery::Executed { value }
                 }
-                Err(sealcast_core::Error::Replay(kind)) => {
+                Err(OpenError::NotSaved(reason)) => Delivery::NotSaved {
+                    incoming: Incoming {
+                        target,
+                        payload,
+                        ack,
+                    },
+                    reason,
+                },
+                Err(OpenError::Refused(sealcast_core::Error::Replay(kind))) => {
                     debug!(%target, ?kind, "duplicate message acknowledged and dropped");
                     ack.ack().await;
                     Delivery::Duplicate { kind }
                 }
-                Err(reason) if sealcast_mqtt::is_transient(&reason) => {
+                Err(OpenError::Refused(reason)) if sealcast_mqtt::is_transient(&reason) => {
                     info!(%target, %reason, "message for a newer epoch held back; pull the current key");
                     Delivery::Deferred {
                         incoming: Incoming {
@@ -426,7 +460,7 @@ where
                         reason,
                     }
                 }
-                Err(reason) => {
+                Err(OpenError::Refused(reason)) => {
                     // Rate-limited: a flood of garbage must not become a
                     // flood of log lines.
                     static REFUSED: std::sync::Mutex<crate::runtime::WarnLimiter> =
@@ -1088,7 +1122,7 @@ mod tests {
         let x = send(vec![0xd0, 1]);
         let d = deliver_once(next(&mut inbox).await, |target, bytes| {
             assert_eq!(target, "sealcast/v1/g/01/cmd");
-            Ok(bytes.len())
+            Ok::<_, sealcast_core::Error>(bytes.len())
         })
         .await;
         assert!(matches!(d, Delivery::Executed { value: 2 }));
@@ -1127,6 +1161,21 @@ mod tests {
         assert!(!x.is_finished());
         incoming.ack.ack().await;
         assert_eq!(x.await.unwrap().code(), ResponseCode::CHANGED);
+
+        // Opened but not saved: not acknowledged; CoAP cannot hold it, and
+        // dropping it answers 5.03 so that the sender retries.
+        let x = send(vec![0xd0, 5]);
+        let d: Delivery<()> = deliver_once(next(&mut inbox).await, |_, _| {
+            Err(OpenError::NotSaved("no space left".into()))
+        })
+        .await;
+        let Delivery::NotSaved { incoming, reason } = d else {
+            panic!("not saved expected");
+        };
+        assert_eq!(reason, "no space left");
+        assert!(!incoming.can_wait());
+        drop(incoming);
+        assert_eq!(x.await.unwrap().code(), ResponseCode::SERVICE_UNAVAILABLE);
 
         // Only POST is served.
         let r = client

@@ -48,6 +48,27 @@ pub fn require(var: &str, test: &str, why: &str) -> Option<String> {
     }
 }
 
+/// A test that cannot run here for a reason other than a missing variable
+/// (not root, a tool absent): a loud NOT RUN banner naming `test` and
+/// `why`, or a failure under [`REQUIRE_ENV`].
+///
+/// # Panics
+/// When [`external_required`] is true: CI must not skip.
+#[allow(clippy::panic)]
+pub fn not_run(test: &str, why: &str) {
+    if external_required() {
+        panic!("{test}: {why}, but {REQUIRE_ENV}=1 demands that it runs");
+    }
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n==================== NOT RUN ====================\n\
+         {test}: {why}, so this test did not run.\n\
+         `.ci/run` runs it; see README.md, section \"Testing\".\n\
+         =================================================\n"
+    );
+}
+
 /// A program the tests run (mosquitto, openssl …): the environment
 /// variable `var` if set, else the PATH and the sbin folders (Debian
 /// installs mosquitto in /usr/sbin, which a non-root PATH may lack). Not

@@ -69,21 +69,6 @@ pub fn raw_loopback_multicast_sender() -> UdpSocket {
     s.into()
 }
 
-/// Prints a loud NOT RUN banner, or fails when CI requires every external
-/// test (`SEALCAST_REQUIRE_EXTERNAL=1`).
-pub fn not_run(test: &str, why: &str) {
-    if sealcast_testkit::external_required() {
-        panic!("{test}: {why}, but SEALCAST_REQUIRE_EXTERNAL=1 demands that it runs");
-    }
-    use std::io::Write as _;
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n==================== NOT RUN ====================\n\
-         {test}: {why}, so this test did not run.\n\
-         =================================================\n"
-    );
-}
-
 /// Deterministic pattern bytes (the same as tests/aiocoap/server.py's).
 pub fn pattern(n: usize) -> Vec<u8> {
     (0..n).map(|i| ((i * 7) % 251) as u8).collect()
