@@ -364,6 +364,8 @@ impl Runtime {
                     None => break None,
                 },
                 _ = resend.tick() => {
+                    // Re-send nothing from a state another manager left behind.
+                    self.refresh_all();
                     match self.manager.poll_resend(now(), &mut self.rng) {
                         Ok(out) => {
                             self.resends.fetch_add(out.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -431,25 +433,84 @@ impl Runtime {
     /// After `error` from a save of `group`: if it was a conflict (another
     /// manager advanced the group first), reloads the group from the store.
     fn reload_after_conflict(&mut self, group: &GroupId, error: &Error) {
-        if !matches!(error, Error::Store(sealcast_store::Error::Conflict { .. })) {
-            return;
+        if matches!(error, Error::Store(sealcast_store::Error::Conflict { .. })) {
+            self.reload(group, "another manager advanced the group");
         }
+    }
+
+    /// Reloads `group` if the store holds another epoch of it than this
+    /// manager last saved or loaded — another manager of the same store
+    /// changed it (every change of members moves the epoch) — so that
+    /// answers, re-sends and the next operation start from the store's
+    /// state, never from a stale one.
+    fn refresh(&mut self, group: &GroupId) {
+        let store = self.store.as_mut();
+        let stored = match blocking(|| store.group(group)) {
+            Ok(g) => g.map(|g| g.epoch),
+            Err(e) => {
+                warn!(group = %group.name(), error = %e, "cannot read the group from the store; answering from memory");
+                return;
+            }
+        };
+        if stored != self.saved.get(group).copied() {
+            self.reload(group, "the store holds another epoch");
+        }
+    }
+
+    /// [`Self::refresh`] for every group this manager or the store knows.
+    fn refresh_all(&mut self) {
+        let store = self.store.as_mut();
+        let stored = match blocking(|| store.list_groups()) {
+            Ok(groups) => groups,
+            Err(e) => {
+                debug!(error = %e, "cannot list the groups in the store");
+                return;
+            }
+        };
+        let mut stale: Vec<GroupId> = stored
+            .iter()
+            .filter(|g| self.saved.get(&g.id) != Some(&g.epoch))
+            .map(|g| g.id.clone())
+            .collect();
+        stale.extend(
+            self.saved
+                .keys()
+                .filter(|id| !stored.iter().any(|g| &g.id == *id))
+                .cloned(),
+        );
+        for group in stale {
+            self.reload(&group, "the store holds another epoch");
+        }
+    }
+
+    fn reload(&mut self, group: &GroupId, why: &str) {
         let (store, manager) = (self.store.as_mut(), &mut self.manager);
         match blocking(|| sealcast_store::persist::reload_group(store, manager, group)) {
             Ok(Some(epoch)) => {
-                info!(group = %group.name(), %epoch, "another manager advanced the group: reloaded it from the store");
+                info!(group = %group.name(), %epoch, "{why}: reloaded it from the store");
                 self.saved.insert(group.clone(), epoch);
             }
             Ok(None) => {
+                info!(group = %group.name(), "{why}: the group is gone from the store");
                 self.saved.remove(group);
             }
             Err(reload) => {
-                warn!(group = %group.name(), error = %reload, "the group could not be reloaded after a conflict; it stays as it was before the refused operation");
+                warn!(group = %group.name(), error = %reload, "the group could not be reloaded from the store; it stays as it was");
             }
         }
     }
 
     async fn on_admin(&mut self, op: Admin) {
+        // Another manager of this store may have moved the group meanwhile.
+        match &op {
+            Admin::AddMembers { group, .. }
+            | Admin::Evict { group, .. }
+            | Admin::Rekey { group, .. }
+            | Admin::Summary { group, .. }
+            | Admin::Detail { group, .. } => self.refresh(&group.clone()),
+            Admin::Groups { .. } => self.refresh_all(),
+            _ => {}
+        }
         match op {
             Admin::Enrol {
                 credential,

@@ -115,6 +115,26 @@ pub trait ManagerStore: Send {
     /// Removes a group with its members, key material and tree state.
     fn remove_group(&mut self, id: &GroupId) -> Result<bool>;
 
+    /// Starts one transaction for a change of `group` that spans several
+    /// calls (a new epoch, its material and tree, and the member rows), and
+    /// waits until no other manager is changing that group: PostgreSQL locks
+    /// the group's row (`SELECT … FOR UPDATE`), SQLite takes the database's
+    /// write lock (`BEGIN IMMEDIATE`). Until [`Self::finish_group_update`]
+    /// the calls on this store join that transaction, so a manager killed
+    /// half-way leaves nothing behind and a second manager never sees, or
+    /// interleaves with, half a change. The default does nothing (a store
+    /// without transactions).
+    fn begin_group_update(&mut self, group: &GroupId) -> Result<()> {
+        let _ = group;
+        Ok(())
+    }
+    /// Ends what [`Self::begin_group_update`] started: commits when
+    /// `commit`, else rolls everything back.
+    fn finish_group_update(&mut self, commit: bool) -> Result<()> {
+        let _ = commit;
+        Ok(())
+    }
+
     /// Moves `group` from `expected_current` to `new_epoch` and stores that
     /// epoch's material (and, if given, the new tree state) in ONE
     /// transaction. [`Error::Conflict`] when the group is not at

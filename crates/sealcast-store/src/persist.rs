@@ -165,7 +165,27 @@ pub fn save_new_entities(
 /// Saves one group: its epoch (compare-and-set from `persisted_epoch`, the
 /// epoch this instance last saved or loaded — `None` for a group not stored
 /// yet), its material and state blob, and its members.
+///
+/// A group already stored is saved in one transaction that holds the
+/// group's lock ([`ManagerStore::begin_group_update`]): all of it or none,
+/// and never interleaved with another manager's save of the same group.
 pub fn save_group(
+    store: &mut dyn ManagerStore,
+    manager: &Manager,
+    group: &GroupId,
+    persisted_epoch: Option<Epoch>,
+    now: UnixMillis,
+) -> Result<()> {
+    if persisted_epoch.is_none() {
+        return save_group_in(store, manager, group, persisted_epoch, now);
+    }
+    store.begin_group_update(group)?;
+    let saved = save_group_in(store, manager, group, persisted_epoch, now);
+    let ended = store.finish_group_update(saved.is_ok());
+    saved.and(ended)
+}
+
+fn save_group_in(
     store: &mut dyn ManagerStore,
     manager: &Manager,
     group: &GroupId,
@@ -334,11 +354,18 @@ pub fn reload_group(
             manager.enrol(e.credential, kind, e.agent)?;
         }
     }
-    match store.group(group)? {
-        Some(g) => load_group(store, manager, &g).map(Some),
-        None => {
+    // Under the group's lock: never half of another manager's change.
+    store.begin_group_update(group)?;
+    let loaded = match store.group(group) {
+        Ok(Some(g)) => load_group(store, manager, &g).map(Some),
+        Ok(None) => {
             manager.forget_group(group);
             Ok(None)
         }
-    }
+        Err(e) => Err(e),
+    };
+    let ended = store.finish_group_update(false);
+    let loaded = loaded?;
+    ended?;
+    Ok(loaded)
 }

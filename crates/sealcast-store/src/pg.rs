@@ -33,6 +33,8 @@ pub struct PgStore {
     client: Client,
     kek: Kek,
     schema: Option<String>,
+    /// Inside `begin_group_update`: statements join that transaction.
+    in_group_update: bool,
 }
 
 impl core::fmt::Debug for PgStore {
@@ -152,6 +154,7 @@ impl PgStore {
             client,
             kek,
             schema,
+            in_group_update: false,
         };
         store.migrate()?;
         let check = store
@@ -257,6 +260,81 @@ fn audit_row(r: &Row) -> Result<AuditRecord> {
 
 fn rows<T>(rows: &[Row], f: impl Fn(&Row) -> Result<T>) -> Result<Vec<T>> {
     rows.iter().map(f).collect()
+}
+
+/// One epoch advance, applied on a connection or inside a transaction.
+struct EpochChange<'a> {
+    group: &'a GroupId,
+    expected_current: Epoch,
+    new_epoch: Epoch,
+    material_alg: sealcast_core::crypto::AeadAlg,
+    sealed: &'a [u8],
+    sealed_tree: Option<&'a [u8]>,
+}
+
+impl EpochChange<'_> {
+    fn apply(&self, c: &mut impl GenericClient) -> Result<()> {
+        let EpochChange {
+            group,
+            expected_current,
+            new_epoch,
+            material_alg,
+            sealed,
+            sealed_tree,
+        } = *self;
+        // Compare-and-set: only a group still at the expected epoch moves. A
+        // concurrent transaction doing the same waits on the row lock, then
+        // sees the new epoch and matches nothing.
+        let updated = c
+            .query_opt(
+                "UPDATE key_groups SET epoch = $3 WHERE group_id = $1 AND epoch = $2 RETURNING aead_alg",
+                &[
+                    &group.as_bytes(),
+                    &epoch_to_sql(expected_current),
+                    &epoch_to_sql(new_epoch),
+                ],
+            )
+            .map_err(db("advance the epoch"))?;
+        let Some(updated) = updated else {
+            let actual = c
+                .query_opt(
+                    "SELECT epoch FROM key_groups WHERE group_id = $1",
+                    &[&group.as_bytes()],
+                )
+                .map_err(db("read a group"))?;
+            return Err(match actual {
+                None => Error::NotFound {
+                    what: "group",
+                    id: group.to_string(),
+                },
+                Some(row) => Error::Conflict {
+                    group: group.clone(),
+                    expected: expected_current,
+                    actual: epoch_from_sql(col(&row, 0)?)?,
+                },
+            });
+        };
+        check_alg(material_alg, col(&updated, 0)?)?;
+        c.execute(
+            "INSERT INTO epoch_material (group_id, epoch, sealed) VALUES ($1, $2, $3)",
+            &[&group.as_bytes(), &epoch_to_sql(new_epoch), &sealed],
+        )
+        .map_err(|e| match classify(&e) {
+            DbFail::Unique => Error::MaterialExists {
+                group: group.clone(),
+                epoch: new_epoch,
+            },
+            _ => db("store key material")(e),
+        })?;
+        if let Some(t) = sealed_tree {
+            c.execute(
+                "UPDATE key_groups SET tree_epoch = $2, tree_state = $3 WHERE group_id = $1",
+                &[&group.as_bytes(), &epoch_to_sql(new_epoch), &t],
+            )
+            .map_err(db("store the tree state"))?;
+        }
+        Ok(())
+    }
 }
 
 impl ManagerStore for PgStore {
@@ -461,63 +539,61 @@ impl ManagerStore for PgStore {
             return Err(Error::InvalidArgument("no key material to store".into()));
         };
         let sealed_tree = epoch_blobs.tree;
+        let change = EpochChange {
+            group,
+            expected_current,
+            new_epoch,
+            material_alg,
+            sealed: &sealed,
+            sealed_tree: sealed_tree.as_deref(),
+        };
+        if self.in_group_update {
+            // Part of the caller's transaction, which rolls back on error.
+            return change.apply(&mut self.client);
+        }
         let mut tx = self
             .client
             .transaction()
             .map_err(db("start a transaction"))?;
-        // Compare-and-set: only a group still at the expected epoch moves. A
-        // concurrent transaction doing the same waits on the row lock, then
-        // sees the new epoch and matches nothing.
-        let updated = tx
-            .query_opt(
-                "UPDATE key_groups SET epoch = $3 WHERE group_id = $1 AND epoch = $2 RETURNING aead_alg",
-                &[
-                    &group.as_bytes(),
-                    &epoch_to_sql(expected_current),
-                    &epoch_to_sql(new_epoch),
-                ],
-            )
-            .map_err(db("advance the epoch"))?;
-        let Some(updated) = updated else {
-            let actual = tx
-                .query_opt(
-                    "SELECT epoch FROM key_groups WHERE group_id = $1",
-                    &[&group.as_bytes()],
-                )
-                .map_err(db("read a group"))?;
-            return Err(match actual {
-                None => Error::NotFound {
-                    what: "group",
-                    id: group.to_string(),
-                },
-                Some(row) => Error::Conflict {
-                    group: group.clone(),
-                    expected: expected_current,
-                    actual: epoch_from_sql(col(&row, 0)?)?,
-                },
-            });
-        };
-        check_alg(material_alg, col(&updated, 0)?)?;
-        tx.execute(
-            "INSERT INTO epoch_material (group_id, epoch, sealed) VALUES ($1, $2, $3)",
-            &[&group.as_bytes(), &epoch_to_sql(new_epoch), &sealed],
-        )
-        .map_err(|e| match classify(&e) {
-            DbFail::Unique => Error::MaterialExists {
-                group: group.clone(),
-                epoch: new_epoch,
-            },
-            _ => db("store key material")(e),
-        })?;
-        if let Some(t) = sealed_tree {
-            tx.execute(
-                "UPDATE key_groups SET tree_epoch = $2, tree_state = $3 WHERE group_id = $1",
-                &[&group.as_bytes(), &epoch_to_sql(new_epoch), &t],
-            )
-            .map_err(db("store the tree state"))?;
-        }
-        // Dropping `tx` on any early return above rolls everything back.
+        change.apply(&mut tx)?;
+        // Dropping `tx` on an early return above rolls everything back.
         tx.commit().map_err(db("commit the new epoch"))
+    }
+
+    fn begin_group_update(&mut self, group: &GroupId) -> Result<()> {
+        if self.in_group_update {
+            return Err(Error::InvalidArgument(
+                "a group update is already in progress on this connection".into(),
+            ));
+        }
+        self.client
+            .batch_execute("BEGIN")
+            .map_err(db("start a transaction"))?;
+        self.in_group_update = true;
+        // The group's row lock: another manager's update of this group waits
+        // here until this transaction ends (also when its process dies: the
+        // server then ends the connection and its transaction).
+        if let Err(e) = self.client.query_opt(
+            "SELECT epoch FROM key_groups WHERE group_id = $1 FOR UPDATE",
+            &[&group.as_bytes()],
+        ) {
+            let _ = self.finish_group_update(false);
+            return Err(db("lock the group")(e));
+        }
+        Ok(())
+    }
+
+    fn finish_group_update(&mut self, commit: bool) -> Result<()> {
+        if !self.in_group_update {
+            return Ok(());
+        }
+        self.in_group_update = false;
+        let (sql, what) = if commit {
+            ("COMMIT", "commit the group update")
+        } else {
+            ("ROLLBACK", "roll back the group update")
+        };
+        self.client.batch_execute(sql).map_err(db(what))
     }
 
     fn material(&mut self, group: &GroupId, epoch: Epoch) -> Result<Option<Zeroizing<Vec<u8>>>> {

@@ -33,6 +33,8 @@ pub struct SqliteStore {
     conn: Connection,
     kek: Kek,
     path: Option<PathBuf>,
+    /// Inside `begin_group_update`: statements join that transaction.
+    in_group_update: bool,
 }
 
 impl core::fmt::Debug for SqliteStore {
@@ -85,6 +87,7 @@ impl SqliteStore {
             conn,
             kek,
             path: Some(path.to_path_buf()),
+            in_group_update: false,
         };
         store.init(true)?;
         Ok(store)
@@ -97,6 +100,7 @@ impl SqliteStore {
             conn,
             kek,
             path: None,
+            in_group_update: false,
         };
         store.init(false)?;
         Ok(store)
@@ -502,65 +506,103 @@ impl ManagerStore for SqliteStore {
             return Err(Error::InvalidArgument("no key material to store".into()));
         };
         let sealed_tree = epoch_blobs.tree;
+        let change = |c: &Connection| -> Result<()> {
+            // Compare-and-set: only a group still at the expected epoch moves.
+            let alg: Option<i64> = c
+                .query_row(
+                    "UPDATE key_groups SET epoch = ?3 WHERE group_id = ?1 AND epoch = ?2 RETURNING aead_alg",
+                    params![
+                        group.as_bytes(),
+                        epoch_to_sql(expected_current),
+                        epoch_to_sql(new_epoch)
+                    ],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db("advance the epoch"))?;
+            let Some(alg) = alg else {
+                let actual: Option<i64> = c
+                    .query_row(
+                        "SELECT epoch FROM key_groups WHERE group_id = ?1",
+                        params![group.as_bytes()],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(db("read a group"))?;
+                return Err(match actual {
+                    None => Error::NotFound {
+                        what: "group",
+                        id: group.to_string(),
+                    },
+                    Some(a) => Error::Conflict {
+                        group: group.clone(),
+                        expected: expected_current,
+                        actual: epoch_from_sql(a)?,
+                    },
+                });
+            };
+            check_alg(material_alg, alg)?;
+            c.execute(
+                "INSERT INTO epoch_material (group_id, epoch, sealed) VALUES (?1, ?2, ?3)",
+                params![group.as_bytes(), epoch_to_sql(new_epoch), sealed],
+            )
+            .map_err(|e| match classify(&e) {
+                DbFail::Unique => Error::MaterialExists {
+                    group: group.clone(),
+                    epoch: new_epoch,
+                },
+                _ => db("store key material")(e),
+            })?;
+            if let Some(t) = sealed_tree {
+                c.execute(
+                    "UPDATE key_groups SET tree_epoch = ?2, tree_state = ?3 WHERE group_id = ?1",
+                    params![group.as_bytes(), epoch_to_sql(new_epoch), t],
+                )
+                .map_err(db("store the tree state"))?;
+            }
+            Ok(())
+        };
+        if self.in_group_update {
+            // A savepoint inside the caller's transaction.
+            let sp = self.conn.savepoint().map_err(db("start a savepoint"))?;
+            change(&sp)?;
+            return sp.commit().map_err(db("release the savepoint"));
+        }
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db("start a transaction"))?;
-        // Compare-and-set: only a group still at the expected epoch moves.
-        let alg: Option<i64> = tx
-            .query_row(
-                "UPDATE key_groups SET epoch = ?3 WHERE group_id = ?1 AND epoch = ?2 RETURNING aead_alg",
-                params![
-                    group.as_bytes(),
-                    epoch_to_sql(expected_current),
-                    epoch_to_sql(new_epoch)
-                ],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(db("advance the epoch"))?;
-        let Some(alg) = alg else {
-            let actual: Option<i64> = tx
-                .query_row(
-                    "SELECT epoch FROM key_groups WHERE group_id = ?1",
-                    params![group.as_bytes()],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(db("read a group"))?;
-            return Err(match actual {
-                None => Error::NotFound {
-                    what: "group",
-                    id: group.to_string(),
-                },
-                Some(a) => Error::Conflict {
-                    group: group.clone(),
-                    expected: expected_current,
-                    actual: epoch_from_sql(a)?,
-                },
-            });
-        };
-        check_alg(material_alg, alg)?;
-        tx.execute(
-            "INSERT INTO epoch_material (group_id, epoch, sealed) VALUES (?1, ?2, ?3)",
-            params![group.as_bytes(), epoch_to_sql(new_epoch), sealed],
-        )
-        .map_err(|e| match classify(&e) {
-            DbFail::Unique => Error::MaterialExists {
-                group: group.clone(),
-                epoch: new_epoch,
-            },
-            _ => db("store key material")(e),
-        })?;
-        if let Some(t) = sealed_tree {
-            tx.execute(
-                "UPDATE key_groups SET tree_epoch = ?2, tree_state = ?3 WHERE group_id = ?1",
-                params![group.as_bytes(), epoch_to_sql(new_epoch), t],
-            )
-            .map_err(db("store the tree state"))?;
-        }
-        // Dropping `tx` on any early return above rolls everything back.
+        change(&tx)?;
+        // Dropping `tx` on an early return above rolls everything back.
         tx.commit().map_err(db("commit the new epoch"))
+    }
+
+    fn begin_group_update(&mut self, _group: &GroupId) -> Result<()> {
+        if self.in_group_update {
+            return Err(Error::InvalidArgument(
+                "a group update is already in progress on this connection".into(),
+            ));
+        }
+        // The database's write lock: another process's update waits (up to
+        // the busy timeout) until this transaction ends.
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(db("start a transaction"))?;
+        self.in_group_update = true;
+        Ok(())
+    }
+
+    fn finish_group_update(&mut self, commit: bool) -> Result<()> {
+        if !self.in_group_update {
+            return Ok(());
+        }
+        self.in_group_update = false;
+        let (sql, what) = if commit {
+            ("COMMIT", "commit the group update")
+        } else {
+            ("ROLLBACK", "roll back the group update")
+        };
+        self.conn.execute_batch(sql).map_err(db(what))
     }
 
     fn material(&mut self, group: &GroupId, epoch: Epoch) -> Result<Option<Zeroizing<Vec<u8>>>> {
