@@ -581,5 +581,28 @@ async fn group_show_pages_through_a_large_group() {
         audit.lines().filter(|l| l.contains("\"delivery\"")).count() >= N,
         "delivery records missing"
     );
+    // Issue #12, goal "audit log bounded": the members stay offline, and
+    // every re-send round (the first after 5 s) used to append one record
+    // per re-sent delivery. A round is now one record that counts them.
+    let per_member = |audit: &str| {
+        audit
+            .lines()
+            .filter(|l| l.contains("\"delivery\"") && !l.contains("re-send round"))
+            .count()
+    };
+    let before = per_member(&audit);
+    wait_until_blocking("a re-send round", &procs, || {
+        fs::read_to_string(dir.join("manager-state/audit.jsonl"))
+            .unwrap()
+            .contains("re-send round")
+    });
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let audit = fs::read_to_string(dir.join("manager-state/audit.jsonl")).unwrap();
+    assert_eq!(per_member(&audit), before, "re-sends audited one by one");
+    let rounds = audit
+        .lines()
+        .filter(|l| l.contains("re-send round"))
+        .count();
+    assert!(rounds * 10 < N, "{rounds} round records");
     drop(procs);
 }

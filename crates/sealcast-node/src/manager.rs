@@ -369,7 +369,7 @@ impl Runtime {
                     match self.manager.poll_resend(now(), &mut self.rng) {
                         Ok(out) => {
                             self.resends.fetch_add(out.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                            self.publish(out).await
+                            self.publish_audited(out, true).await
                         }
                         Err(e) => warn!(error = %e, "re-send failed"),
                     }
@@ -728,20 +728,42 @@ impl Runtime {
     }
 
     async fn publish(&mut self, out: Vec<Outgoing>) {
-        // The deliveries are audited before they leave, all of them in one
-        // append (one fsync), not one sync per delivery: a re-send round or
-        // a join of thousands costs one disk flush.
+        self.publish_audited(out, false).await;
+    }
+
+    /// Publishes `out`. The deliveries are audited before they leave, all
+    /// in one append (one fsync), not one sync per delivery: a join of
+    /// thousands costs one disk flush. A re-send round (`rollup`) repeats
+    /// deliveries already audited, so it is audited as ONE record that
+    /// counts them: the audit log then grows with what the manager decided,
+    /// not with how long members stay offline.
+    async fn publish_audited(&mut self, out: Vec<Outgoing>, rollup: bool) {
         let at = now();
-        let entries: Vec<AuditEntry> = out
+        let deliveries = out
             .iter()
-            .filter_map(|o| match &o.to {
-                Destination::Member { member, .. } => Some(
-                    AuditEntry::new(at, AuditKind::Delivery, format!("{:?}", o.kind))
-                        .with_entity(member.clone()),
-                ),
-                Destination::Group(_) => None,
-            })
-            .collect();
+            .filter(|o| matches!(o.to, Destination::Member { .. }))
+            .count();
+        let entries: Vec<AuditEntry> = if rollup {
+            if deliveries == 0 {
+                Vec::new()
+            } else {
+                vec![AuditEntry::new(
+                    at,
+                    AuditKind::Delivery,
+                    format!("re-send round: {deliveries} deliveries re-sent"),
+                )]
+            }
+        } else {
+            out.iter()
+                .filter_map(|o| match &o.to {
+                    Destination::Member { member, .. } => Some(
+                        AuditEntry::new(at, AuditKind::Delivery, format!("{:?}", o.kind))
+                            .with_entity(member.clone()),
+                    ),
+                    Destination::Group(_) => None,
+                })
+                .collect()
+        };
         if !entries.is_empty()
             && let Err(e) = self.audit.append_all(&entries)
         {
