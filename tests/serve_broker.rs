@@ -299,3 +299,146 @@ async fn demos_on_an_external_broker_keep_to_their_own_prefix() {
     let _ = spy.disconnect(Duration::from_secs(2)).await;
     drop(broker);
 }
+
+/// Issue #12, goal "fan-out past one broker": two Mosquitto brokers joined
+/// by a bridge (the second forwards this deployment's topic tree both
+/// ways). The manager and the gateway connect to one, the sensor and the
+/// doors to the other: keys reach the doors, acknowledgements reach the
+/// manager, the sensor's alert reaches the gateway and its command every
+/// door, each executed once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deployment_spans_two_bridged_brokers() {
+    let test = "a_deployment_spans_two_bridged_brokers";
+    let Some(bin) = sealcast_testkit::program(
+        "mosquitto",
+        "SEALCAST_MOSQUITTO_BIN",
+        test,
+        "mosquitto (Debian: apt-get install mosquitto)",
+    ) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let run = run_prefix("bb");
+    let name = |n: &str| format!("{run}-{n}");
+    let (manager, gateway, sensor) = (name("manager"), name("gateway"), name("sensor"));
+    let doors = [name("door-1"), name("door-2")];
+    keygen(
+        &dir,
+        [&manager, &gateway, &sensor].into_iter().chain(&doors),
+    );
+    // The core broker (manager, gateway) and the edge broker (devices),
+    // each in a directory of its own; the edge bridges to the core.
+    let (core_dir, edge_dir) = (dir.join("core"), dir.join("edge"));
+    fs::create_dir_all(&core_dir).unwrap();
+    fs::create_dir_all(&edge_dir).unwrap();
+    let (core_port, edge_port) = (Mosquitto::free_port(), Mosquitto::free_port());
+    let core = Mosquitto::start(
+        &bin,
+        &core_dir,
+        core_port,
+        "allow_anonymous true\npersistence false",
+        &format!("listener {core_port} 127.0.0.1\n"),
+    );
+    let edge = Mosquitto::start(
+        &bin,
+        &edge_dir,
+        edge_port,
+        &format!(
+            "allow_anonymous true\npersistence false\n\
+             connection {run}-edge-to-core\naddress 127.0.0.1:{core_port}\n\
+             topic {run}/sealcast/v1/# both 1\ncleansession false\n\
+             bridge_protocol_version mqttv311\ntry_private true\nrestart_timeout 1 2"
+        ),
+        &format!("listener {edge_port} 127.0.0.1\n"),
+    );
+    let core_url = format!("mqtt://127.0.0.1:{core_port}");
+    let edge_url = format!("mqtt://127.0.0.1:{edge_port}");
+    let head = |url: &str| format!("broker = \"{url}\"\n");
+    fs::write(
+        dir.join("manager.toml"),
+        manager_config(&head(&core_url), &run, &manager)
+            + &fire_safety_tables(&gateway, &[&sensor], &[&doors[0], &doors[1]]),
+    )
+    .unwrap();
+    fs::write(
+        dir.join("agent.toml"),
+        node_config(&head(&core_url), &run, &gateway, &manager)
+            + &relays_for([&sensor, &doors[0], &doors[1]])
+            + FIRE_RULE,
+    )
+    .unwrap();
+    for d in std::iter::once(&sensor).chain(&doors) {
+        fs::write(
+            dir.join(format!("{d}.toml")),
+            node_config(&head(&edge_url), &run, d, &manager),
+        )
+        .unwrap();
+    }
+    // The bridge is up before anyone publishes.
+    let deadline = std::time::Instant::now() + common::WAIT;
+    while !core.log().contains(&format!("{run}-edge-to-core")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bridge never connected:\n{}\n{}",
+            edge.log(),
+            core.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let mut procs = Procs::new(&dir);
+    procs.start("manager", &["manager", "serve", "--config", "manager.toml"]);
+    procs.start("agent", &["agent", "serve", "--config", "agent.toml"]);
+    for d in std::iter::once(&sensor).chain(&doors) {
+        procs.start_device(d);
+    }
+    wait_until("keys cross the bridge", &procs, || {
+        procs.installed("agent") >= 2
+            && std::iter::once(&sensor)
+                .chain(&doors)
+                .all(|d| procs.installed(d) >= 1)
+    })
+    .await;
+    procs.exit_on_ctrl_c(&sensor).await;
+    for i in 0..3 {
+        common::send_alert(&dir, &sensor, &format!("smoke {i}"));
+    }
+    wait_until("every door executes three commands", &procs, || {
+        doors.iter().all(|d| executed_seqs(&dir, d).len() >= 3)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for d in &doors {
+        let seqs = executed_seqs(&dir, d);
+        let distinct: BTreeSet<u64> = seqs.iter().copied().collect();
+        assert_eq!(seqs.len(), 3, "{d}: {seqs:?}");
+        assert_eq!(distinct.len(), 3, "{d} executed a command twice: {seqs:?}");
+    }
+    // The manager saw the doors' acknowledgements across the bridge.
+    let shown = common::sealcast(
+        &dir,
+        &[
+            "group",
+            "show",
+            "--config",
+            "manager.toml",
+            "--group",
+            "fire-doors",
+            "--json",
+        ],
+    );
+    let shown: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    for d in &doors {
+        let m = shown["member_list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == d.as_str())
+            .unwrap();
+        assert_eq!(m["held"], shown["epoch"], "{shown}");
+    }
+    drop(procs);
+    drop(edge);
+    drop(core);
+}
