@@ -347,3 +347,136 @@ async fn smart_metering_as_separate_processes() {
         eprintln!("kept {}", t.tmp.keep().display());
     }
 }
+
+/// Issue #12, "fan-out past one broker": two DAPs share one report load.
+/// The meters name the pool as their DAP; both DAPs (each with its own id,
+/// key and state) take a share of the pool's report topic through an MQTT
+/// shared subscription on a Mosquitto the test starts. Every reading
+/// reaches the headend exactly once, and both DAPs forwarded some.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pool_of_two_daps_shares_the_report_load() {
+    let test = "a_pool_of_two_daps_shares_the_report_load";
+    let Some(bin) = sealcast_testkit::program(
+        "mosquitto",
+        "SEALCAST_MOSQUITTO_BIN",
+        test,
+        "mosquitto (Debian: apt-get install mosquitto)",
+    ) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let port = common::Mosquitto::free_port();
+    let broker = common::Mosquitto::start(
+        &bin,
+        &dir,
+        port,
+        "allow_anonymous true\npersistence false",
+        &format!("listener {port} 127.0.0.1\n"),
+    );
+    let url = format!("mqtt://127.0.0.1:{port}");
+    let run = common::run_prefix("pool");
+    let name = |n: &str| format!("{run}-{n}");
+    let (headend, pool) = (name("headend"), name("pool"));
+    let daps = [name("dap-1"), name("dap-2")];
+    let meters = [name("meter-1"), name("meter-2"), name("meter-3")];
+    keygen(&dir, [&headend].into_iter().chain(&daps).chain(&meters));
+    fs::create_dir(dir.join("meters")).unwrap();
+    for m in &meters {
+        fs::copy(
+            dir.join(format!("{m}.pub")),
+            dir.join("meters").join(format!("{m}.pub")),
+        )
+        .unwrap();
+    }
+    let mut headend_toml = format!(
+        "broker = \"{url}\"\ntopic_prefix = \"{run}\"\nkey = \"{headend}.key\"\n\
+         state_dir = \"headend-state\"\nmeters_dir = \"meters\"\n"
+    );
+    for d in &daps {
+        headend_toml.push_str(&format!(
+            "\n[[dap]]\nid = \"{d}\"\npublic_key = \"{d}.pub\"\n"
+        ));
+        fs::write(
+            dir.join(format!("{d}.toml")),
+            format!(
+                "broker = \"{url}\"\ntopic_prefix = \"{run}\"\nkey = \"{d}.key\"\n\
+                 state_dir = \"{d}-state\"\n\n[dap]\ngroup = \"street-7\"\nheadend = \"{headend}\"\n\
+                 headend_public_key = \"{headend}.pub\"\nmeters_dir = \"meters\"\n\
+                 batch_size = 4\nmax_batch_delay_ms = 50\npool = \"{pool}\"\n"
+            ),
+        )
+        .unwrap();
+    }
+    fs::write(dir.join("headend.toml"), headend_toml).unwrap();
+    for m in &meters {
+        fs::write(
+            dir.join(format!("{m}.toml")),
+            format!(
+                "broker = \"{url}\"\ntopic_prefix = \"{run}\"\nkey = \"{m}.key\"\n\
+                 state_dir = \"{m}-state\"\ndap = \"{pool}\"\nheadend_public_key = \"{headend}.pub\"\n"
+            ),
+        )
+        .unwrap();
+    }
+
+    let mut procs = Procs::new(&dir);
+    start_headend(&mut procs);
+    wait_until("the headend runs", &procs, || {
+        procs.log("headend").contains("headend service running")
+    })
+    .await;
+    for d in &daps {
+        procs.start(d, &["agent", "serve", "--config", &format!("{d}.toml")]);
+    }
+    wait_until("both DAPs announced", &procs, || {
+        procs
+            .log("headend")
+            .matches("DAP announcement accepted")
+            .count()
+            >= 2
+    })
+    .await;
+    const EACH: u32 = 20;
+    let mut expected = Vec::new();
+    for (i, m) in meters.iter().enumerate() {
+        let seqs = report(&dir, m, &format!("m{i} {{n}} kWh"), EACH);
+        assert_eq!(seqs.len(), EACH as usize);
+        for (n, seq) in seqs.into_iter().enumerate() {
+            expected.push((m.clone(), seq, format!("m{i} {n} kWh")));
+        }
+    }
+    let total = expected.len();
+    wait_until("every reading reaches the headend", &procs, || {
+        readings(&dir).len() >= total
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = readings(&dir);
+    assert_eq!(got.len(), total, "a reading twice or lost:\n{got:?}");
+    for (m, seq, text) in &expected {
+        assert!(
+            got.iter()
+                .any(|l| l.starts_with(&format!("meter={m} seq={seq} "))
+                    && l.ends_with(&format!("reading={text}"))),
+            "missing {m} {seq}"
+        );
+    }
+    let by_dap: Vec<usize> = daps
+        .iter()
+        .map(|d| {
+            got.iter()
+                .filter(|l| l.contains(&format!(" dap={d} ")))
+                .count()
+        })
+        .collect();
+    assert_eq!(by_dap.iter().sum::<usize>(), total, "{got:?}");
+    assert!(
+        by_dap.iter().all(|&n| n > 0),
+        "one DAP took the whole load: {by_dap:?}\n{}",
+        broker.log()
+    );
+    eprintln!("DAP pool: {total} readings, split {by_dap:?} between the two DAPs");
+    drop(procs);
+    drop(broker);
+}

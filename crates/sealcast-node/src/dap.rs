@@ -366,6 +366,15 @@ pub struct DapConfig {
     /// while the DAP is down and redelivers unacknowledged ones (services:
     /// true; the in-memory demo: false).
     pub persistent_session: bool,
+    /// A report pool this DAP takes a share of: meters configured with the
+    /// pool's name as their DAP publish to the pool's report topic, and
+    /// every DAP of the pool subscribes to it as an MQTT shared
+    /// subscription (`$share/<pool>/…`), so the broker hands each report
+    /// to one of them. Each DAP keeps its own id, key, state and batch
+    /// numbers (the headend enrols each); a report replayed to another DAP
+    /// of the pool passes that DAP's window and is refused by the
+    /// headend's end-to-end window.
+    pub pool: Option<EntityId>,
 }
 
 impl core::fmt::Debug for DapConfig {
@@ -446,6 +455,8 @@ struct Dap {
     core: DapCore,
     client: MqttClient,
     report_topic: String,
+    /// The report topic of its pool, if it has one.
+    pool_topic: Option<String>,
     solicit_topic: String,
     batch_topic: String,
     announce_topic: String,
@@ -475,6 +486,7 @@ pub async fn spawn(config: DapConfig) -> Result<DapHandle> {
         state_file,
         events,
         persistent_session,
+        pool,
     } = config;
     if batch_size == 0 || batch_size > crate::metering::MAX_BATCH_REPORTS {
         return Err(Error::Runtime("batch size must be 1..=4096".into()));
@@ -484,10 +496,15 @@ pub async fn spawn(config: DapConfig) -> Result<DapHandle> {
     let id = core.id().clone();
     let report_topic = topics.agent(&id, AgentChannel::Report);
     let solicit_topic = topics.agent(&id, AgentChannel::Solicit);
-    let mqtt = MqttConfig::from_url(&broker_url, topics.client_id(id.as_str()))?
+    let pool_topic = pool.as_ref().map(|p| topics.agent(p, AgentChannel::Report));
+    let mut mqtt = MqttConfig::from_url(&broker_url, topics.client_id(id.as_str()))?
         .with_persistent_session(persistent_session)
         .with_subscription(TopicFilter::new(&report_topic)?)
-        .with_subscription(TopicFilter::new(&solicit_topic)?)
+        .with_subscription(TopicFilter::new(&solicit_topic)?);
+    if let (Some(pool), Some(topic)) = (&pool, &pool_topic) {
+        mqtt = mqtt.with_subscription(TopicFilter::new(topic)?.shared(pool.as_str())?);
+    }
+    let mqtt = mqtt
         // Hold a full batch (plus requests) without stalling the connection.
         .with_incoming_capacity(batch_size.max(256) + 64);
     let (client, inbox) = MqttClient::connect(mqtt)?;
@@ -497,6 +514,7 @@ pub async fn spawn(config: DapConfig) -> Result<DapHandle> {
         core,
         client,
         report_topic,
+        pool_topic,
         solicit_topic,
         batch_topic: topics.agent(&id, AgentChannel::Batch),
         announce_topic: topics.agent(&id, AgentChannel::Announce),
@@ -584,8 +602,13 @@ impl Dap {
         Ok(())
     }
 
+    /// A report: on the DAP's own report topic or its pool's.
+    fn is_report(&self, topic: &str) -> bool {
+        topic == self.report_topic || self.pool_topic.as_deref() == Some(topic)
+    }
+
     async fn on_message(&mut self, m: Incoming, inbox: &mut Subscription) -> Result<()> {
-        if m.topic == self.report_topic {
+        if self.is_report(&m.topic) {
             if self.pending.is_empty() {
                 self.deadline = Some(tokio::time::Instant::now() + self.max_batch_delay);
             }
@@ -623,7 +646,7 @@ impl Dap {
         loop {
             let arrived = std::mem::take(&mut self.arrived);
             for m in arrived {
-                if m.topic == self.report_topic {
+                if self.is_report(&m.topic) {
                     if self.pending.is_empty() {
                         self.deadline = Some(tokio::time::Instant::now() + self.max_batch_delay);
                     }

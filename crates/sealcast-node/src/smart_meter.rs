@@ -126,6 +126,7 @@ pub async fn smart_meter(
         state_file: None,
         events,
         persistent_session: false,
+        pool: None,
     })
     .await?;
     let announced = headend_handle

@@ -140,6 +140,10 @@ struct DapSection {
     batch_size: usize,
     #[serde(default = "default_delay")]
     max_batch_delay_ms: u64,
+    /// A report pool this DAP takes a share of (an MQTT shared
+    /// subscription to the pool's report topic; meters name the pool as
+    /// their `dap`). Each DAP of a pool has its own id, key and state.
+    pool: Option<String>,
 }
 
 fn default_group() -> String {
@@ -402,6 +406,14 @@ pub fn agent_with_dap(args: &ServeArgs) -> Result<()> {
             state_file: Some(DeviceStateFile::new(state_dir.join("dap.cbor"))),
             events,
             persistent_session: true,
+            pool: section
+                .pool
+                .as_deref()
+                .map(|p| {
+                    sealcast_core::ids::EntityId::new(p)
+                        .map_err(|e| CliError::usage(format!("[dap] pool {p:?}: {e}")))
+                })
+                .transpose()?,
         })
             .await
             .map_err(|e| failed("the DAP could not start", e))?;
