@@ -14,8 +14,8 @@ use std::sync::Arc;
 use clap::{Args, Subcommand};
 use sealcast_core::crypto::AeadAlg;
 use sealcast_core::ids::{EntityId, GroupId};
+use sealcast_core::target::{GroupChannel, TopicScheme};
 use sealcast_group::manager::{EntityKind, Manager, RekeyScheme, Role};
-use sealcast_mqtt::{GroupChannel, TopicScheme};
 use sealcast_node::device::{
     self, CommandHandler, LogHandler, NodeConfig, ReplayPolicies, Rule, VerifiedCommand,
 };

@@ -21,6 +21,9 @@ pub enum Error {
     },
     /// Bytes were not the CBOR / COSE structure expected here.
     Malformed(&'static str),
+    /// A target name (MQTT topic, CoAP Uri-Path) or topic filter did not
+    /// follow the sealcast target scheme or the transport's naming rules.
+    InvalidTarget(&'static str),
     /// An input exceeded a size or count limit.
     TooLarge {
         /// What was too large.
@@ -79,6 +82,7 @@ impl fmt::Display for Error {
         match self {
             Error::InvalidId { kind, reason } => write!(f, "invalid {kind}: {reason}"),
             Error::Malformed(what) => write!(f, "malformed input: {what}"),
+            Error::InvalidTarget(why) => write!(f, "invalid topic: {why}"),
             Error::TooLarge { what, limit } => write!(f, "{what} too large (limit {limit})"),
             Error::UnsupportedAlgorithm(alg) => write!(f, "unsupported algorithm {alg}"),
             Error::InvalidKey(what) => write!(f, "invalid key material: {what}"),

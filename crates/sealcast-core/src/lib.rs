@@ -22,10 +22,12 @@ pub mod fuzzing;
 pub mod groupkey;
 pub mod ids;
 pub mod kdf;
+pub mod receive;
 pub mod replay;
 pub mod report;
 pub mod single;
 pub mod statement;
+pub mod target;
 #[doc(hidden)]
 pub mod testrng;
 

@@ -1,14 +1,15 @@
-//! Acknowledge after commit: the receive pattern every sealcast subscriber
-//! uses.
+//! Acknowledge after commit, on MQTT: the rule itself is
+//! `sealcast_core::receive` (open, commit, then acknowledge; a replay is
+//! acknowledged and dropped; a newer epoch or an unsaved result is held);
+//! this module carries its answers out with the manual PUBACK.
 //!
-//! MQTT QoS 1 delivers at least once. sealcast turns that into *executed
-//! once* with the receiver's replay window (DESIGN §6): the message is
-//! opened — which commits the window — and only then acknowledged. A crash
-//! between commit and acknowledgement makes the broker redeliver; the copy
-//! fails with `Replay` and is acknowledged and dropped. A crash before the
-//! commit leaves nothing committed; the redelivered copy opens normally.
+//! MQTT QoS 1 delivers at least once. A crash between commit and
+//! acknowledgement makes the broker redeliver; the copy fails with `Replay`
+//! and is acknowledged and dropped. A crash before the commit leaves
+//! nothing committed; the redelivered copy opens normally.
 
 use sealcast_core::ReplayKind;
+use sealcast_core::receive::Verdict;
 use tracing::{debug, info, warn};
 
 use crate::client::{Acked, Incoming};
@@ -64,22 +65,7 @@ pub enum Delivery<T> {
     },
 }
 
-/// Why the `open` of [`deliver_once`] did not accept a message.
-#[derive(Debug)]
-pub enum OpenError {
-    /// The bytes were refused: see [`deliver_once`] for which reasons are
-    /// final.
-    Refused(sealcast_core::Error),
-    /// The message opened but its result could not be made durable, and
-    /// the replay state was put back ([`Delivery::NotSaved`]).
-    NotSaved(String),
-}
-
-impl From<sealcast_core::Error> for OpenError {
-    fn from(e: sealcast_core::Error) -> Self {
-        Self::Refused(e)
-    }
-}
+pub use sealcast_core::receive::{OpenError, is_transient};
 
 /// Opens one received message with `open` and acknowledges it in the right
 /// order.
@@ -108,13 +94,13 @@ where
     F: FnOnce(&str, &[u8]) -> Result<T, E>,
     E: Into<OpenError>,
 {
-    match open(&incoming.topic, &incoming.payload).map_err(Into::into) {
-        Ok(value) => {
+    let verdict = Verdict::of(open(&incoming.topic, &incoming.payload).map_err(Into::into));
+    match verdict {
+        Verdict::Executed(value) => {
             let ack = acknowledge(incoming).await;
             Delivery::Executed { value, ack }
         }
-        Err(OpenError::NotSaved(reason)) => Delivery::NotSaved { incoming, reason },
-        Err(OpenError::Refused(sealcast_core::Error::Replay(kind))) => {
+        Verdict::Duplicate(kind) => {
             debug!(
                 topic = %incoming.topic,
                 redelivered = incoming.redelivered,
@@ -124,7 +110,7 @@ where
             let ack = acknowledge(incoming).await;
             Delivery::Duplicate { kind, ack }
         }
-        Err(OpenError::Refused(reason)) if is_transient(&reason) => {
+        Verdict::Deferred(reason) => {
             info!(
                 topic = %incoming.topic,
                 %reason,
@@ -132,7 +118,8 @@ where
             );
             Delivery::Deferred { incoming, reason }
         }
-        Err(OpenError::Refused(reason)) => {
+        Verdict::NotSaved(reason) => Delivery::NotSaved { incoming, reason },
+        Verdict::Rejected(reason) => {
             warn!(
                 topic = %incoming.topic,
                 len = incoming.payload.len(),
@@ -154,12 +141,4 @@ async fn acknowledge(incoming: Incoming) -> Acked {
             Acked::ClientClosed
         }
     }
-}
-
-/// True for the open failures that a newer group key cures: the message
-/// names an epoch newer than the receiver installed
-/// (`BroadcastReceiver::open` refuses those with `Error::FutureEpoch`).
-/// Every other failure is permanent for the bytes at hand.
-pub fn is_transient(e: &sealcast_core::Error) -> bool {
-    matches!(e, sealcast_core::Error::FutureEpoch)
 }

@@ -79,5 +79,16 @@ impl From<std::io::Error> for Error {
     }
 }
 
+impl From<sealcast_core::Error> for Error {
+    /// The core errors this crate meets come from the target scheme
+    /// (topic names and filters).
+    fn from(e: sealcast_core::Error) -> Self {
+        match e {
+            sealcast_core::Error::InvalidTarget(why) => Error::InvalidTopic(why),
+            _ => Error::InvalidTopic("not a valid sealcast topic"),
+        }
+    }
+}
+
 /// Result alias of this crate.
 pub type Result<T, E = Error> = core::result::Result<T, E>;

@@ -103,7 +103,9 @@ mod config;
 mod deliver;
 mod error;
 pub mod tls;
-pub mod topic;
+/// The target scheme, which lives in the core (naming is not an MQTT
+/// concern); re-exported here under its old path.
+pub use sealcast_core::target as topic;
 
 pub use backoff::Backoff;
 #[cfg(feature = "embedded-broker")]

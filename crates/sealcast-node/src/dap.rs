@@ -28,9 +28,8 @@ use sealcast_core::credential::{EntityCredential, PublicCredential};
 use sealcast_core::ids::{EntityId, UnixMillis};
 use sealcast_core::replay::{SeqAllocator, SeqWindow};
 use sealcast_core::report::verify_reports_batch;
-use sealcast_mqtt::{
-    AgentChannel, Bytes, Incoming, MqttClient, MqttConfig, Subscription, TopicFilter, TopicScheme,
-};
+use sealcast_core::target::{AgentChannel, TopicFilter, TopicScheme};
+use sealcast_mqtt::{Bytes, Incoming, MqttClient, MqttConfig, Subscription};
 use sealcast_store::{DeviceStateFile, StateLock};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};

@@ -22,8 +22,8 @@ use sealcast_core::crypto::{AeadAlg, AeadKey, NONCE_LEN};
 use sealcast_core::groupkey::{AuthorizedSigner, GroupContext, GroupKeyMaterial};
 use sealcast_core::ids::{EntityId, GroupId, SeqNum};
 use sealcast_core::kdf::{self, KdfType};
+use sealcast_core::target::GroupChannel;
 use sealcast_group::manager::{EntityKind, Manager, RekeyScheme, Role};
-use sealcast_mqtt::GroupChannel;
 use sealcast_store::{AuditLog, SqliteStore};
 use tokio::sync::mpsc;
 

@@ -30,10 +30,8 @@ use sealcast_core::credential::{EntityCredential, PublicCredential};
 use sealcast_core::ids::{EntityId, SeqNum, UnixMillis};
 use sealcast_core::replay::SeqWindow;
 use sealcast_core::report::{open_report, open_report_unverified, peek_report, verify_report};
-use sealcast_mqtt::{
-    AgentChannel, Bytes, Incoming, MqttClient, MqttConfig, Subscription, Topic, TopicFilter,
-    TopicScheme,
-};
+use sealcast_core::target::{AgentChannel, Topic, TopicFilter, TopicScheme};
+use sealcast_mqtt::{Bytes, Incoming, MqttClient, MqttConfig, Subscription};
 use sealcast_store::{DeviceStateFile, StateLock};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};

@@ -45,10 +45,9 @@ use sealcast_coap::{
 };
 use sealcast_core::ReplayKind;
 use sealcast_core::ids::{EntityId, GroupId};
-use sealcast_mqtt::{
-    AckToken, Bytes, GroupChannel, MqttClient, MqttConfig, OpenError, Subscription, TopicFilter,
-    TopicScheme,
-};
+use sealcast_core::receive::{OpenError, Verdict};
+use sealcast_core::target::{GroupChannel, TopicFilter, TopicScheme};
+use sealcast_mqtt::{AckToken, Bytes, MqttClient, MqttConfig, Subscription};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
@@ -322,6 +321,17 @@ impl core::fmt::Debug for Ack {
 }
 
 impl Ack {
+    /// The transport marked this message as a redelivery (MQTT DUP).
+    fn redelivered(&self) -> bool {
+        matches!(
+            self.0,
+            AckInner::Mqtt {
+                redelivered: true,
+                ..
+            }
+        )
+    }
+
     /// Acknowledges: the message was processed (MQTT PUBACK, CoAP 2.04).
     pub async fn ack(self) {
         self.answer(ResponseCode::CHANGED).await;
@@ -390,96 +400,47 @@ pub enum Delivery<T> {
     },
 }
 
-/// Opens one message with `open(target, payload)` and acknowledges it only
-/// afterwards — on MQTT through [`sealcast_mqtt::deliver_once`] (the manual
-/// PUBACK), on CoAP by releasing the held response. See there for the rules.
+/// Opens one message with `open(target, payload)` and answers it only
+/// afterwards, by the rule of `sealcast_core::receive` — on MQTT with the
+/// manual PUBACK, on CoAP by releasing the held response (2.04, or 4.00 for
+/// a message that can never be opened).
 pub async fn deliver_once<T, E, F>(incoming: Incoming, open: F) -> Delivery<T>
 where
     F: FnOnce(&str, &[u8]) -> Result<T, E>,
     E: Into<OpenError>,
 {
-    let Incoming {
-        target,
-        payload,
-        ack,
-    } = incoming;
-    match ack.0 {
-        AckInner::Mqtt { token, redelivered } => {
-            let mqtt = sealcast_mqtt::Incoming {
-                topic: target,
-                payload,
-                redelivered,
-                ack: token,
-            };
-            match sealcast_mqtt::deliver_once(mqtt, open).await {
-                sealcast_mqtt::Delivery::Executed { value, .. } => Delivery::Executed { value },
-                sealcast_mqtt::Delivery::Duplicate { kind, .. } => Delivery::Duplicate { kind },
-                sealcast_mqtt::Delivery::Deferred { incoming, reason } => Delivery::Deferred {
-                    incoming: Incoming::from_mqtt(incoming),
-                    reason,
-                },
-                sealcast_mqtt::Delivery::Rejected { reason, .. } => Delivery::Rejected { reason },
-                sealcast_mqtt::Delivery::NotSaved { incoming, reason } => Delivery::NotSaved {
-                    incoming: Incoming::from_mqtt(incoming),
-                    reason,
-                },
-                // A future variant: acknowledged by the MQTT layer already.
-                _ => Delivery::Rejected {
-                    reason: sealcast_core::Error::Malformed("unknown delivery outcome"),
-                },
-            }
+    let verdict = Verdict::of(open(&incoming.target, &incoming.payload).map_err(Into::into));
+    match verdict {
+        Verdict::Executed(value) => {
+            incoming.ack.ack().await;
+            Delivery::Executed { value }
         }
-        inner => {
-            let ack = Ack(inner);
-            match open(&target, &payload).map_err(Into::into) {
-                Ok(value) => {
-                    ack.ack().await;
-                    Delivery::Executed { value }
+        Verdict::Duplicate(kind) => {
+            debug!(target = %incoming.target, redelivered = incoming.ack.redelivered(), ?kind, "duplicate message acknowledged and dropped");
+            incoming.ack.ack().await;
+            Delivery::Duplicate { kind }
+        }
+        Verdict::Deferred(reason) => {
+            info!(target = %incoming.target, %reason, "message for a newer epoch held back; pull the current key");
+            Delivery::Deferred { incoming, reason }
+        }
+        Verdict::NotSaved(reason) => Delivery::NotSaved { incoming, reason },
+        Verdict::Rejected(reason) => {
+            // Rate-limited: a flood of garbage must not become a flood of
+            // log lines.
+            static REFUSED: std::sync::Mutex<crate::runtime::WarnLimiter> = std::sync::Mutex::new(
+                crate::runtime::WarnLimiter::new(crate::runtime::REFUSED_WARN_EVERY),
+            );
+            let allowed = REFUSED.lock().ok().and_then(|mut l| l.allow());
+            let (target, len) = (&incoming.target, incoming.payload.len());
+            match allowed {
+                Some(held_back) => {
+                    warn!(%target, len, %reason, held_back, "message can never be opened; refused and dropped")
                 }
-                Err(OpenError::NotSaved(reason)) => Delivery::NotSaved {
-                    incoming: Incoming {
-                        target,
-                        payload,
-                        ack,
-                    },
-                    reason,
-                },
-                Err(OpenError::Refused(sealcast_core::Error::Replay(kind))) => {
-                    debug!(%target, ?kind, "duplicate message acknowledged and dropped");
-                    ack.ack().await;
-                    Delivery::Duplicate { kind }
-                }
-                Err(OpenError::Refused(reason)) if sealcast_mqtt::is_transient(&reason) => {
-                    info!(%target, %reason, "message for a newer epoch held back; pull the current key");
-                    Delivery::Deferred {
-                        incoming: Incoming {
-                            target,
-                            payload,
-                            ack,
-                        },
-                        reason,
-                    }
-                }
-                Err(OpenError::Refused(reason)) => {
-                    // Rate-limited: a flood of garbage must not become a
-                    // flood of log lines.
-                    static REFUSED: std::sync::Mutex<crate::runtime::WarnLimiter> =
-                        std::sync::Mutex::new(crate::runtime::WarnLimiter::new(
-                            crate::runtime::REFUSED_WARN_EVERY,
-                        ));
-                    let allowed = REFUSED.lock().ok().and_then(|mut l| l.allow());
-                    match allowed {
-                        Some(held_back) => {
-                            warn!(%target, len = payload.len(), %reason, held_back, "message can never be opened; refused and dropped")
-                        }
-                        None => {
-                            debug!(%target, len = payload.len(), %reason, "message refused and dropped")
-                        }
-                    }
-                    ack.reject().await;
-                    Delivery::Rejected { reason }
-                }
+                None => debug!(%target, len, %reason, "message refused and dropped"),
             }
+            incoming.ack.reject().await;
+            Delivery::Rejected { reason }
         }
     }
 }

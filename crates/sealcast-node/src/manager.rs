@@ -17,12 +17,12 @@ use rand::rngs::StdRng;
 use sealcast_core::credential::PublicCredential;
 use sealcast_core::crypto::AeadAlg;
 use sealcast_core::ids::{EntityId, Epoch, GroupId};
+use sealcast_core::target::{DeviceChannel, GroupChannel, Topic, TopicScheme};
 use sealcast_group::manager::GroupCheckpoint;
 use sealcast_group::manager::{
     Destination, EntityKind, GroupSummary, Manager, MemberRecord, MessageKind, Outgoing,
     RekeyScheme, Role,
 };
-use sealcast_mqtt::{DeviceChannel, GroupChannel, Topic, TopicScheme};
 use sealcast_store::persist::{save_enrolment, save_group, save_new_entities};
 use sealcast_store::{AuditEntry, AuditKind, AuditLog, ManagerStore};
 use tokio::sync::{mpsc, oneshot};

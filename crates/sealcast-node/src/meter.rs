@@ -13,7 +13,8 @@ use sealcast_core::crypto::AeadAlg;
 use sealcast_core::ids::{EntityId, SeqNum, UnixMillis};
 use sealcast_core::replay::SeqAllocator;
 use sealcast_core::report::{PairwiseKey, seal_report};
-use sealcast_mqtt::{AgentChannel, Bytes, MqttClient, MqttConfig, TopicScheme};
+use sealcast_core::target::{AgentChannel, TopicScheme};
+use sealcast_mqtt::{Bytes, MqttClient, MqttConfig};
 use sealcast_store::DeviceStateFile;
 
 use crate::runtime::now;

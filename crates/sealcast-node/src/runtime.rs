@@ -161,13 +161,13 @@ pub fn report(sink: &EventSink, who: &EntityId, kind: EventKind) {
 /// broker; on an external broker (`external`), a prefix of its own,
 /// `sealcast-demo-<pid>-<random>`, so a demo never publishes on, or hears,
 /// a real deployment's topics — nor a second demo's.
-pub fn demo_topics(external: bool) -> crate::Result<sealcast_mqtt::TopicScheme> {
+pub fn demo_topics(external: bool) -> crate::Result<sealcast_core::target::TopicScheme> {
     if !external {
-        return Ok(sealcast_mqtt::TopicScheme::new());
+        return Ok(sealcast_core::target::TopicScheme::new());
     }
     use rand_core::Rng;
     let tag = os_rng()?.next_u32();
-    Ok(sealcast_mqtt::TopicScheme::with_prefix(&format!(
+    Ok(sealcast_core::target::TopicScheme::with_prefix(&format!(
         "sealcast-demo-{}-{tag:08x}",
         std::process::id()
     ))?)

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use sealcast_core::credential::{EntityCredential, PublicCredential};
 use sealcast_core::ids::EntityId;
-use sealcast_mqtt::{AgentChannel, Bytes, MqttClient, MqttConfig};
+use sealcast_core::target::AgentChannel;
+use sealcast_mqtt::{Bytes, MqttClient, MqttConfig};
 
 use crate::dap::{self, DapConfig, DapCore};
 use crate::demo::{Check, DemoReport};

@@ -1,5 +1,8 @@
-//! The sealcast topic scheme: building topics from typed ids and parsing
-//! them back.
+//! The sealcast target scheme: the names messages travel under — MQTT
+//! topics, CoAP Uri-Paths, and whatever a future transport uses — built
+//! from typed ids and parsed back. Naming is not a transport's concern:
+//! every adapter and runtime uses this one scheme, and a broadcast binds
+//! the full name as its *target*.
 //!
 //! ```text
 //! <root>/g/<group-hex>/cmd | alert | rekey | notice     per group
@@ -15,21 +18,20 @@
 //!
 //! The full topic string is what a broadcast binds as its *target*: a
 //! receiver passes the topic it received on to
-//! `sealcast_core::broadcast::BroadcastReceiver::open`, so a command
+//! [`crate::broadcast::BroadcastReceiver::open`], so a command
 //! re-published on another group's or channel's topic fails to open.
 //!
 //! Parsing is bounded: topics longer than [`MAX_TOPIC_LEN`] are refused
 //! before they are split, at most four levels are looked at, and every
-//! failure is an [`Error::InvalidTopic`], never a panic.
+//! failure is an [`Error::InvalidTarget`], never a panic.
 
 use core::fmt;
 
-use sealcast_core::ids::{EntityId, GroupId};
-
 use crate::error::{Error, Result};
+use crate::ids::{EntityId, GroupId};
 
 /// Largest topic accepted (as the broadcast target limit of the core).
-pub const MAX_TOPIC_LEN: usize = sealcast_core::broadcast::MAX_TARGET_LEN;
+pub const MAX_TOPIC_LEN: usize = crate::broadcast::MAX_TARGET_LEN;
 /// Largest topic filter accepted by [`TopicFilter::new`].
 pub const MAX_FILTER_LEN: usize = 1024;
 /// Largest prefix accepted by [`TopicScheme::with_prefix`].
@@ -101,7 +103,7 @@ impl GroupChannel {
         GroupChannel::ALL
             .into_iter()
             .find(|c| c.as_str() == level)
-            .ok_or(Error::InvalidTopic("unknown group channel"))
+            .ok_or(Error::InvalidTarget("unknown group channel"))
     }
 }
 
@@ -126,7 +128,7 @@ impl DeviceChannel {
         DeviceChannel::ALL
             .into_iter()
             .find(|c| c.as_str() == level)
-            .ok_or(Error::InvalidTopic("unknown device channel"))
+            .ok_or(Error::InvalidTarget("unknown device channel"))
     }
 }
 
@@ -153,7 +155,7 @@ impl AgentChannel {
         AgentChannel::ALL
             .into_iter()
             .find(|c| c.as_str() == level)
-            .ok_or(Error::InvalidTopic("unknown agent channel"))
+            .ok_or(Error::InvalidTarget("unknown agent channel"))
     }
 }
 
@@ -195,32 +197,32 @@ impl TopicFilter {
     /// Checks `filter` against the MQTT filter rules.
     pub fn new(filter: &str) -> Result<Self> {
         if filter.is_empty() {
-            return Err(Error::InvalidTopic("empty filter"));
+            return Err(Error::InvalidTarget("empty filter"));
         }
         if filter.len() > MAX_FILTER_LEN {
-            return Err(Error::InvalidTopic("filter too long"));
+            return Err(Error::InvalidTarget("filter too long"));
         }
         if filter.contains('\0') {
-            return Err(Error::InvalidTopic("NUL in filter"));
+            return Err(Error::InvalidTarget("NUL in filter"));
         }
         let mut levels = filter.split('/').peekable();
         while let Some(level) = levels.next() {
             let last = levels.peek().is_none();
             if level.contains('#') && (level != "#" || !last) {
-                return Err(Error::InvalidTopic(
+                return Err(Error::InvalidTarget(
                     "'#' must be a whole level and the last one",
                 ));
             }
             if level.contains('+') && level != "+" {
-                return Err(Error::InvalidTopic("'+' must be a whole level"));
+                return Err(Error::InvalidTarget("'+' must be a whole level"));
             }
         }
         if let Some(rest) = filter.strip_prefix("$share/") {
             let (name, inner) = rest
                 .split_once('/')
-                .ok_or(Error::InvalidTopic("shared subscription without a filter"))?;
+                .ok_or(Error::InvalidTarget("shared subscription without a filter"))?;
             if name.is_empty() || name.contains(['+', '#']) || inner.is_empty() {
-                return Err(Error::InvalidTopic("malformed shared subscription"));
+                return Err(Error::InvalidTarget("malformed shared subscription"));
             }
         }
         Ok(Self(filter.to_owned()))
@@ -236,7 +238,7 @@ impl TopicFilter {
     /// rumqttd): the broker hands each message to one member of the group.
     pub fn shared(&self, name: &str) -> Result<Self> {
         if self.0.starts_with("$share/") {
-            return Err(Error::InvalidTopic("filter is already shared"));
+            return Err(Error::InvalidTarget("filter is already shared"));
         }
         check_level(name, "invalid share name")?;
         Self::new(&format!("$share/{name}/{}", self.0))
@@ -261,13 +263,13 @@ impl fmt::Display for TopicFilter {
 /// is the strict check.
 pub fn check_topic_name(topic: &str) -> Result<()> {
     if topic.is_empty() {
-        return Err(Error::InvalidTopic("empty topic"));
+        return Err(Error::InvalidTarget("empty topic"));
     }
     if topic.len() > MAX_TOPIC_LEN {
-        return Err(Error::InvalidTopic("topic too long"));
+        return Err(Error::InvalidTarget("topic too long"));
     }
     if topic.contains(['+', '#', '\0']) {
-        return Err(Error::InvalidTopic("wildcard or NUL in a topic name"));
+        return Err(Error::InvalidTarget("wildcard or NUL in a topic name"));
     }
     Ok(())
 }
@@ -280,7 +282,7 @@ fn check_level(level: &str, why: &'static str) -> Result<()> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
     {
-        return Err(Error::InvalidTopic(why));
+        return Err(Error::InvalidTarget(why));
     }
     Ok(())
 }
@@ -318,13 +320,13 @@ impl TopicScheme {
     /// with `$`, which brokers reserve).
     pub fn with_prefix(prefix: &str) -> Result<Self> {
         if prefix.is_empty() || prefix.len() > MAX_PREFIX_LEN {
-            return Err(Error::InvalidTopic("prefix length"));
+            return Err(Error::InvalidTarget("prefix length"));
         }
         let mut count = 0usize;
         for level in prefix.split('/') {
             count += 1;
             if count > MAX_PREFIX_LEVELS {
-                return Err(Error::InvalidTopic("prefix has too many levels"));
+                return Err(Error::InvalidTarget("prefix has too many levels"));
             }
             check_level(level, "invalid prefix level")?;
         }
@@ -412,26 +414,26 @@ impl TopicScheme {
     }
 
     /// Parses a topic of this scheme. Bounded and total: any input gives a
-    /// [`Topic`] or an [`Error::InvalidTopic`].
+    /// [`Topic`] or an [`Error::InvalidTarget`].
     pub fn parse(&self, topic: &str) -> Result<Topic> {
         if topic.len() > MAX_TOPIC_LEN {
-            return Err(Error::InvalidTopic("topic too long"));
+            return Err(Error::InvalidTarget("topic too long"));
         }
         let rest = topic
             .strip_prefix(self.root.as_str())
             .and_then(|r| r.strip_prefix('/'))
-            .ok_or(Error::InvalidTopic("not under this scheme's root"))?;
+            .ok_or(Error::InvalidTarget("not under this scheme's root"))?;
         // kind / id / channel, and nothing after: a fourth piece means extra levels.
         let mut parts = rest.splitn(4, '/');
         let kind = parts.next().unwrap_or_default();
         let id = parts
             .next()
-            .ok_or(Error::InvalidTopic("missing id level"))?;
+            .ok_or(Error::InvalidTarget("missing id level"))?;
         let channel = parts
             .next()
-            .ok_or(Error::InvalidTopic("missing channel level"))?;
+            .ok_or(Error::InvalidTarget("missing channel level"))?;
         if parts.next().is_some() {
-            return Err(Error::InvalidTopic("extra levels after the channel"));
+            return Err(Error::InvalidTarget("extra levels after the channel"));
         }
         match kind {
             "g" => Ok(Topic::Group {
@@ -446,25 +448,25 @@ impl TopicScheme {
                 agent: parse_entity(id)?,
                 channel: AgentChannel::parse(channel)?,
             }),
-            _ => Err(Error::InvalidTopic("unknown topic kind (g, d or a)")),
+            _ => Err(Error::InvalidTarget("unknown topic kind (g, d or a)")),
         }
     }
 }
 
 fn parse_entity(level: &str) -> Result<EntityId> {
-    EntityId::new(level).map_err(|_| Error::InvalidTopic("invalid entity id"))
+    EntityId::new(level).map_err(|_| Error::InvalidTarget("invalid entity id"))
 }
 
 /// Lowercase hex only: one spelling per group, so one topic per group.
 fn parse_group_hex(level: &str) -> Result<GroupId> {
     let digits = level.as_bytes();
     if digits.is_empty() || !digits.len().is_multiple_of(2) || digits.len() > 2 * GroupId::MAX_LEN {
-        return Err(Error::InvalidTopic("group id is not 1 to 32 bytes of hex"));
+        return Err(Error::InvalidTarget("group id is not 1 to 32 bytes of hex"));
     }
     let nibble = |c: u8| match c {
         b'0'..=b'9' => Ok(c - b'0'),
         b'a'..=b'f' => Ok(c - b'a' + 10),
-        _ => Err(Error::InvalidTopic("group id is not lowercase hex")),
+        _ => Err(Error::InvalidTarget("group id is not lowercase hex")),
     };
     let mut bytes = Vec::with_capacity(digits.len() / 2);
     for pair in digits.chunks_exact(2) {
@@ -472,7 +474,7 @@ fn parse_group_hex(level: &str) -> Result<GroupId> {
             bytes.push((nibble(*hi)? << 4) | nibble(*lo)?);
         }
     }
-    GroupId::new(&bytes).map_err(|_| Error::InvalidTopic("invalid group id"))
+    GroupId::new(&bytes).map_err(|_| Error::InvalidTarget("invalid group id"))
 }
 
 #[cfg(test)]
