@@ -115,6 +115,7 @@ impl Muk {
     }
 
     /// A second handle on the same key, for the fuzz fixture only.
+    #[cfg(any(test, feature = "test-support"))]
     pub(crate) fn duplicate(&self) -> Self {
         Self {
             service: self.service.clone(),

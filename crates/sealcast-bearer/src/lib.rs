@@ -66,6 +66,7 @@
 
 pub mod error;
 pub mod frame;
+#[cfg(any(test, feature = "test-support"))]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod ids;
@@ -80,8 +81,9 @@ pub use keys::Muk;
 pub use receiver::{BearerReceiver, Delivered, ReceiverConfig};
 pub use sender::{BearerSender, MskDelivery, SenderConfig};
 
-/// Runs [`fuzzing::fuzz_frame`]: the entry point of the `bearer_frame` fuzz
+/// Runs `fuzzing::fuzz_frame`: the entry point of the `bearer_frame` fuzz
 /// target. Not an API.
+#[cfg(any(test, feature = "test-support"))]
 #[doc(hidden)]
 pub fn fuzz_frame(data: &[u8]) {
     fuzzing::fuzz_frame(data);

@@ -381,6 +381,7 @@ impl BearerReceiver {
     }
 
     /// A second receiver in the same state, for the fuzz fixture only.
+    #[cfg(any(test, feature = "test-support"))]
     pub(crate) fn duplicate(&self) -> Self {
         Self {
             muk: self.muk.duplicate(),

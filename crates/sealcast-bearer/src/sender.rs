@@ -485,6 +485,7 @@ impl BearerSender {
     }
 
     /// The raw keys, for the fuzz fixture only.
+    #[cfg(any(test, feature = "test-support"))]
     pub(crate) fn fuzz_keys(&self) -> Option<(MskId, &AeadKey, MtkId, &AeadKey)> {
         let mtk = self.mtk.as_ref()?;
         Some((self.active.id, &self.active.key.aead, mtk.id, &mtk.key))

@@ -18,6 +18,7 @@ pub mod crypto;
 pub mod delivery;
 pub mod error;
 #[doc(hidden)]
+#[cfg(any(test, feature = "test-support"))]
 pub mod fuzzing;
 pub mod groupkey;
 pub mod ids;
@@ -29,6 +30,7 @@ pub mod single;
 pub mod statement;
 pub mod target;
 #[doc(hidden)]
+#[cfg(any(test, feature = "test-support"))]
 pub mod testrng;
 
 pub use error::{Error, PeerError, ReplayKind, Result};
