@@ -16,25 +16,11 @@ use std::fs;
 use std::time::Duration;
 
 use common::{
-    FIRE_RULE, Mosquitto, Procs, executed, fire_safety_tables, keygen, manager_config, node_config,
-    relays_for, run_prefix, wait_until,
+    FIRE_RULE, Mosquitto, Procs, executed_seqs, fire_safety_tables, keygen, manager_config,
+    node_config, relays_for, run_prefix, wait_until,
 };
 use sealcast_core::ids::GroupId;
 use sealcast_mqtt::{GroupChannel, TopicScheme};
-
-/// The `seq=` of each line of a door's exec log.
-fn executed_seqs(dir: &std::path::Path, door: &str) -> Vec<u64> {
-    executed(dir, door)
-        .iter()
-        .map(|l| {
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix("seq="))
-                .unwrap_or_else(|| panic!("no seq in {l:?}"))
-                .parse()
-                .unwrap()
-        })
-        .collect()
-}
 
 /// Sends `count` alerts from `sensor`, one after the other, each bounded;
 /// returns how many succeeded. Some fail while the broker is down; that is
@@ -68,12 +54,7 @@ fn alerts(dir: std::path::PathBuf, sensor: String, from: usize, count: usize) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_broker_restart_with_persistence_loses_no_command() {
     let test = "a_broker_restart_with_persistence_loses_no_command";
-    let Some(bin) = sealcast_testkit::program(
-        "mosquitto",
-        "SEALCAST_MOSQUITTO_BIN",
-        test,
-        "mosquitto (Debian: apt-get install mosquitto)",
-    ) else {
+    let Some(bin) = Mosquitto::program(test) else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
@@ -243,24 +224,12 @@ async fn a_broker_restart_with_persistence_loses_no_command() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn demos_on_an_external_broker_keep_to_their_own_prefix() {
     let test = "demos_on_an_external_broker_keep_to_their_own_prefix";
-    let Some(bin) = sealcast_testkit::program(
-        "mosquitto",
-        "SEALCAST_MOSQUITTO_BIN",
-        test,
-        "mosquitto (Debian: apt-get install mosquitto)",
-    ) else {
+    let Some(bin) = Mosquitto::program(test) else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let port = Mosquitto::free_port();
-    let broker = Mosquitto::start(
-        &bin,
-        tmp.path(),
-        port,
-        "allow_anonymous true\npersistence false",
-        &format!("listener {port} 127.0.0.1\n"),
-    );
-    let url = format!("mqtt://127.0.0.1:{port}");
+    let broker = Mosquitto::anonymous(&bin, tmp.path());
+    let url = broker.url();
     let (spy, mut captured) = common::spy(
         &url,
         "demo-watch".into(),
@@ -309,12 +278,7 @@ async fn demos_on_an_external_broker_keep_to_their_own_prefix() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_deployment_spans_two_bridged_brokers() {
     let test = "a_deployment_spans_two_bridged_brokers";
-    let Some(bin) = sealcast_testkit::program(
-        "mosquitto",
-        "SEALCAST_MOSQUITTO_BIN",
-        test,
-        "mosquitto (Debian: apt-get install mosquitto)",
-    ) else {
+    let Some(bin) = Mosquitto::program(test) else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
@@ -332,14 +296,8 @@ async fn a_deployment_spans_two_bridged_brokers() {
     let (core_dir, edge_dir) = (dir.join("core"), dir.join("edge"));
     fs::create_dir_all(&core_dir).unwrap();
     fs::create_dir_all(&edge_dir).unwrap();
-    let (core_port, edge_port) = (Mosquitto::free_port(), Mosquitto::free_port());
-    let core = Mosquitto::start(
-        &bin,
-        &core_dir,
-        core_port,
-        "allow_anonymous true\npersistence false",
-        &format!("listener {core_port} 127.0.0.1\n"),
-    );
+    let core = Mosquitto::anonymous(&bin, &core_dir);
+    let (core_port, edge_port) = (core.port, Mosquitto::free_port());
     let edge = Mosquitto::start(
         &bin,
         &edge_dir,

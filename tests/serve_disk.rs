@@ -18,8 +18,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{
-    FIRE_RULE, MqttRun, Procs, executed, fire_safety_tables, keygen, manager_config, node_config,
-    relays_for, send_alert, wait_until,
+    FIRE_RULE, MqttRun, Procs, executed_seqs, fire_safety_tables, keygen, manager_config,
+    node_config, relays_for, send_alert, wait_until,
 };
 
 /// A tmpfs mounted for the test, unmounted on drop.
@@ -101,19 +101,6 @@ impl Drop for Tmpfs {
     }
 }
 
-fn seqs(dir: &Path, door: &str) -> Vec<u64> {
-    executed(dir, door)
-        .iter()
-        .map(|l| {
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix("seq="))
-                .unwrap()
-                .parse()
-                .unwrap()
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_full_or_read_only_disk_holds_commands_until_it_recovers() {
     let test = "a_full_or_read_only_disk_holds_commands_until_it_recovers";
@@ -161,7 +148,10 @@ async fn a_full_or_read_only_disk_holds_commands_until_it_recovers() {
     .await;
     procs.exit_on_ctrl_c(&sensor).await;
     send_alert(&dir, &sensor, "smoke 1");
-    wait_until("the door executes", &procs, || seqs(&dir, &door).len() == 1).await;
+    wait_until("the door executes", &procs, || {
+        executed_seqs(&dir, &door).len() == 1
+    })
+    .await;
 
     // --- the disk fills: two commands held, one warning ------------------------
     disk.fill();
@@ -177,7 +167,11 @@ async fn a_full_or_read_only_disk_holds_commands_until_it_recovers() {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(seqs(&dir, &door).len(), 1, "executed without saving");
+    assert_eq!(
+        executed_seqs(&dir, &door).len(),
+        1,
+        "executed without saving"
+    );
     let log = procs.log(&door);
     assert_eq!(
         log.matches("state file not written").count(),
@@ -196,7 +190,7 @@ async fn a_full_or_read_only_disk_holds_commands_until_it_recovers() {
     // --- space again: both execute, once --------------------------------------
     disk.free();
     wait_until("the held commands execute", &procs, || {
-        seqs(&dir, &door).len() == 3
+        executed_seqs(&dir, &door).len() == 3
     })
     .await;
     assert!(procs.log(&door).contains("state file written again"));
@@ -209,7 +203,11 @@ async fn a_full_or_read_only_disk_holds_commands_until_it_recovers() {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(seqs(&dir, &door).len(), 3, "executed without saving");
+    assert_eq!(
+        executed_seqs(&dir, &door).len(),
+        3,
+        "executed without saving"
+    );
     assert!(
         procs.log(&door).contains("Read-only file system")
             || procs.log(&door).contains("os error 30")
@@ -218,11 +216,11 @@ async fn a_full_or_read_only_disk_holds_commands_until_it_recovers() {
     disk.writable();
     procs.restart_device(&door, 1);
     wait_until("the redelivered command executes", &procs, || {
-        seqs(&dir, &door).len() == 4
+        executed_seqs(&dir, &door).len() == 4
     })
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let all = seqs(&dir, &door);
+    let all = executed_seqs(&dir, &door);
     let mut distinct = all.clone();
     distinct.sort_unstable();
     distinct.dedup();

@@ -356,25 +356,13 @@ async fn smart_metering_as_separate_processes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_pool_of_two_daps_shares_the_report_load() {
     let test = "a_pool_of_two_daps_shares_the_report_load";
-    let Some(bin) = sealcast_testkit::program(
-        "mosquitto",
-        "SEALCAST_MOSQUITTO_BIN",
-        test,
-        "mosquitto (Debian: apt-get install mosquitto)",
-    ) else {
+    let Some(bin) = common::Mosquitto::program(test) else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
-    let port = common::Mosquitto::free_port();
-    let broker = common::Mosquitto::start(
-        &bin,
-        &dir,
-        port,
-        "allow_anonymous true\npersistence false",
-        &format!("listener {port} 127.0.0.1\n"),
-    );
-    let url = format!("mqtt://127.0.0.1:{port}");
+    let broker = common::Mosquitto::anonymous(&bin, &dir);
+    let url = broker.url();
     let run = common::run_prefix("pool");
     let name = |n: &str| format!("{run}-{n}");
     let (headend, pool) = (name("headend"), name("pool"));

@@ -324,6 +324,20 @@ pub fn executed(dir: &Path, name: &str) -> Vec<String> {
         .collect()
 }
 
+/// The `seq=` of each line of a door's exec log, in order.
+pub fn executed_seqs(dir: &Path, door: &str) -> Vec<u64> {
+    executed(dir, door)
+        .iter()
+        .map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("seq="))
+                .unwrap_or_else(|| panic!("no seq in {l:?}"))
+                .parse()
+                .unwrap()
+        })
+        .collect()
+}
+
 /// `sealcast device send` of an alert from `sensor` to `fire-sensors`;
 /// returns its standard output.
 pub fn alert(dir: &Path, sensor: &str, text: &str) -> String {
@@ -516,6 +530,34 @@ pub struct Mosquitto {
 }
 
 impl Mosquitto {
+    /// The mosquitto program, or `None` after a loud NOT RUN (a failure in
+    /// CI) naming `test`.
+    pub fn program(test: &str) -> Option<PathBuf> {
+        sealcast_testkit::program(
+            "mosquitto",
+            "SEALCAST_MOSQUITTO_BIN",
+            test,
+            "mosquitto (Debian: apt-get install mosquitto)",
+        )
+    }
+
+    /// A broker on a free port with anonymous access and no persistence.
+    pub fn anonymous(bin: &Path, dir: &Path) -> Self {
+        let port = Self::free_port();
+        Self::start(
+            bin,
+            dir,
+            port,
+            "allow_anonymous true\npersistence false",
+            &format!("listener {port} 127.0.0.1\n"),
+        )
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
     /// A free TCP port on 127.0.0.1 (the kernel's pick).
     pub fn free_port() -> u16 {
         std::net::TcpListener::bind("127.0.0.1:0")

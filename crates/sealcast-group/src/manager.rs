@@ -72,6 +72,24 @@ impl RekeyScheme {
             RekeyScheme::PointToPoint
         }
     }
+
+    /// Its one name, as configs, the CLI and the store spell it: `p2p`
+    /// or `tree`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RekeyScheme::PointToPoint => "p2p",
+            RekeyScheme::Tree => "tree",
+        }
+    }
+
+    /// Parses [`Self::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "p2p" => RekeyScheme::PointToPoint,
+            "tree" => RekeyScheme::Tree,
+            _ => return None,
+        })
+    }
 }
 
 /// Where an outgoing message goes.

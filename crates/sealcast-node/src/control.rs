@@ -240,13 +240,6 @@ fn entity_id(text: &str) -> core::result::Result<EntityId, Refusal> {
     EntityId::new(text).map_err(|e| Refusal(format!("entity id {text:?}: {e}")))
 }
 
-fn scheme_name(s: RekeyScheme) -> &'static str {
-    match s {
-        RekeyScheme::Tree => "tree",
-        RekeyScheme::PointToPoint => "p2p",
-    }
-}
-
 fn alg_name(a: AeadAlg) -> &'static str {
     match a {
         AeadAlg::A256Gcm => "A256GCM",
@@ -258,7 +251,7 @@ fn summary_json(s: &GroupSummary) -> Value {
     json!({
         "group": show_group(&s.group),
         "epoch": s.epoch.get(),
-        "scheme": scheme_name(s.scheme),
+        "scheme": s.scheme.as_str(),
         "members": s.members,
         "current": s.current,
     })
@@ -336,7 +329,7 @@ async fn execute(handle: &ManagerHandle, request: Request) -> core::result::Resu
                     other => about_group(&group, other),
                 })?;
             Ok(
-                json!({ "group": group, "epoch": 0, "scheme": scheme_name(scheme), "alg": alg_name(alg) }),
+                json!({ "group": group, "epoch": 0, "scheme": scheme.as_str(), "alg": alg_name(alg) }),
             )
         }
         Request::Add { group, members } => {

@@ -45,34 +45,9 @@ impl EntityKind {
     }
 }
 
-/// How a group is rekeyed after an eviction.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum RekeyScheme {
-    /// Point-to-point delivery to every member, O(n) messages.
-    P2p,
-    /// Logical key hierarchy (LKH, RFC 2627): one broadcast of about
-    /// 2·log2(n) wrapped keys.
-    Tree,
-}
-
-impl RekeyScheme {
-    /// The name stored in the database.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            RekeyScheme::P2p => "p2p",
-            RekeyScheme::Tree => "tree",
-        }
-    }
-
-    /// Parses a stored name.
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "p2p" => RekeyScheme::P2p,
-            "tree" => RekeyScheme::Tree,
-            _ => return None,
-        })
-    }
-}
+/// How a group is rekeyed: the group crate's one definition, stored by
+/// its name (`p2p`, `tree`).
+pub use sealcast_group::manager::RekeyScheme;
 
 /// A member's role in a group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -44,20 +44,6 @@ fn kind_from_store(k: model::EntityKind) -> Option<manager::EntityKind> {
     }
 }
 
-fn scheme_to_store(s: manager::RekeyScheme) -> model::RekeyScheme {
-    match s {
-        manager::RekeyScheme::PointToPoint => model::RekeyScheme::P2p,
-        manager::RekeyScheme::Tree => model::RekeyScheme::Tree,
-    }
-}
-
-fn scheme_from_store(s: model::RekeyScheme) -> manager::RekeyScheme {
-    match s {
-        model::RekeyScheme::P2p => manager::RekeyScheme::PointToPoint,
-        model::RekeyScheme::Tree => manager::RekeyScheme::Tree,
-    }
-}
-
 fn role_to_store(r: manager::Role) -> model::Role {
     match r {
         manager::Role::Sender => model::Role::Sender,
@@ -205,7 +191,7 @@ fn save_group_in(
                 id: group.clone(),
                 epoch,
                 alg: snapshot.material.alg(),
-                scheme: scheme_to_store(snapshot.scheme),
+                scheme: snapshot.scheme,
                 created_at: now,
             };
             store.create_group(&record, Some(&material), Some(&blob))?;
@@ -326,7 +312,7 @@ fn load_group(
         );
     }
     manager.import_group(GroupSnapshot {
-        scheme: scheme_from_store(g.scheme),
+        scheme: g.scheme,
         material,
         tree,
         members,
