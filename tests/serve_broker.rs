@@ -374,19 +374,7 @@ async fn a_deployment_spans_two_bridged_brokers() {
         assert_eq!(distinct.len(), 3, "{d} executed a command twice: {seqs:?}");
     }
     // The manager saw the doors' acknowledgements across the bridge.
-    let shown = common::sealcast(
-        &dir,
-        &[
-            "group",
-            "show",
-            "--config",
-            "manager.toml",
-            "--group",
-            "fire-doors",
-            "--json",
-        ],
-    );
-    let shown: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    let shown = common::group_show_json(&dir, "manager.toml", "fire-doors");
     for d in &doors {
         let m = shown["member_list"]
             .as_array()

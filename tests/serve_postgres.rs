@@ -20,6 +20,22 @@ struct Schema {
     name: String,
 }
 
+impl Schema {
+    /// A schema named `<tag>_<pid>` on `SEALCAST_PG_URL`, or `None` after a
+    /// NOT RUN banner (a failure in CI) naming `test`.
+    fn require(test: &str, tag: &str) -> Option<Self> {
+        let url = sealcast_testkit::require(
+            "SEALCAST_PG_URL",
+            test,
+            "a PostgreSQL server (CI uses postgres://postgres@127.0.0.1:5432/test)",
+        )?;
+        Some(Schema {
+            url,
+            name: format!("{tag}_{}", std::process::id()),
+        })
+    }
+}
+
 impl Drop for Schema {
     fn drop(&mut self) {
         // On a thread of its own: the blocking client must not run on a
@@ -37,17 +53,10 @@ impl Drop for Schema {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn manager_service_runs_on_postgres_and_stops_cleanly() {
     let test = "manager_service_runs_on_postgres_and_stops_cleanly";
-    let Some(url) = sealcast_testkit::require(
-        "SEALCAST_PG_URL",
-        test,
-        "a PostgreSQL server (CI uses postgres://postgres@127.0.0.1:5432/test)",
-    ) else {
+    let Some(schema) = Schema::require(test, "serve_pg") else {
         return;
     };
-    let schema = Schema {
-        url: url.clone(),
-        name: format!("serve_pg_{}", std::process::id()),
-    };
+    let url = schema.url.clone();
     let t = MqttRun::start("p").await;
     let (dir, broker, run) = (t.dir.clone(), &t.url, &t.run);
     let name = |n: &str| format!("{run}-{n}");
@@ -103,19 +112,7 @@ async fn manager_service_runs_on_postgres_and_stops_cleanly() {
         procs.log("manager").contains("control socket listening")
     })
     .await;
-    let shown = common::sealcast(
-        &dir,
-        &[
-            "group",
-            "show",
-            "--config",
-            "manager.toml",
-            "--group",
-            "fire-doors",
-            "--json",
-        ],
-    );
-    let shown: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    let shown = common::group_show_json(&dir, "manager.toml", "fire-doors");
     assert_eq!(shown["member_list"].as_array().unwrap().len(), 2, "{shown}");
     let out = common::sealcast(
         &dir,
@@ -166,18 +163,6 @@ fn store_view(url: &str, schema: &str, group: &str) -> (i64, Vec<String>) {
     .unwrap()
 }
 
-/// A manager's view of `group`: epoch, sorted member ids, and each
-/// member's acknowledged epoch.
-fn manager_view(dir: &std::path::Path, config: &str, group: &str) -> serde_json::Value {
-    let out = common::sealcast(
-        dir,
-        &[
-            "group", "show", "--config", config, "--group", group, "--json",
-        ],
-    );
-    serde_json::from_str(&out).unwrap()
-}
-
 fn ids(shown: &serde_json::Value) -> Vec<String> {
     let mut v: Vec<String> = shown["member_list"]
         .as_array()
@@ -201,17 +186,10 @@ fn ids(shown: &serde_json::Value) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_managers_on_one_postgres_agree_with_the_store() {
     let test = "two_managers_on_one_postgres_agree_with_the_store";
-    let Some(url) = sealcast_testkit::require(
-        "SEALCAST_PG_URL",
-        test,
-        "a PostgreSQL server (CI uses postgres://postgres@127.0.0.1:5432/test)",
-    ) else {
+    let Some(schema) = Schema::require(test, "serve_pg2") else {
         return;
     };
-    let schema = Schema {
-        url: url.clone(),
-        name: format!("serve_pg2_{}", std::process::id()),
-    };
+    let url = schema.url.clone();
     let t = MqttRun::start("p2").await;
     let (dir, broker, run) = (t.dir.clone(), &t.url, &t.run);
     let name = |n: &str| format!("{run}-{n}");
@@ -352,7 +330,7 @@ async fn two_managers_on_one_postgres_agree_with_the_store() {
     );
     let (epoch, members) = store_view(&url, &schema.name, "fire-doors");
     for config in ["a.toml", "b.toml"] {
-        let shown = manager_view(&dir, config, "fire-doors");
+        let shown = common::group_show_json(&dir, config, "fire-doors");
         assert_eq!(
             shown["epoch"], epoch,
             "{config} disagrees with the store: {shown}"
@@ -365,7 +343,7 @@ async fn two_managers_on_one_postgres_agree_with_the_store() {
     }
     let member_doors: Vec<&String> = doors.iter().filter(|d| members.contains(d)).collect();
     wait_until("every member door holds the final epoch", &procs, || {
-        let shown = manager_view(&dir, "a.toml", "fire-doors");
+        let shown = common::group_show_json(&dir, "a.toml", "fire-doors");
         member_doors.iter().all(|d| {
             shown["member_list"]
                 .as_array()

@@ -324,6 +324,19 @@ pub fn executed(dir: &Path, name: &str) -> Vec<String> {
         .collect()
 }
 
+/// `sealcast group show --config <config> --group <group> --json`: the
+/// running manager's view of a group (epoch, `member_list` with each
+/// member's acknowledged epoch as `held`).
+pub fn group_show_json(dir: &Path, config: &str, group: &str) -> serde_json::Value {
+    let out = sealcast(
+        dir,
+        &[
+            "group", "show", "--config", config, "--group", group, "--json",
+        ],
+    );
+    serde_json::from_str(&out).unwrap()
+}
+
 /// The `seq=` of each line of a door's exec log, in order.
 pub fn executed_seqs(dir: &Path, door: &str) -> Vec<u64> {
     executed(dir, door)
