@@ -128,5 +128,5 @@ pub use multicast::{
 };
 pub use params::{RetransmitSchedule, TransmissionParams};
 pub use server::{CoapServer, ServerConfig, ServerHandle};
-pub use server_core::{Handler, ServerCore, ServerSettings, ServerStats};
+pub use server_core::{DeferHandler, Handler, ServerCore, ServerSettings, ServerStats, Ticket};
 pub use socket::MulticastInterface;

@@ -18,6 +18,13 @@
 //! The handler never sees a partial body and never a duplicate. What the
 //! peer learns on failure is a bare response code, never a diagnostic
 //! payload.
+//!
+//! A [`DeferHandler`] may keep a request and answer it later: the core then
+//! sends nothing, drops the peer's retransmissions while the request is
+//! open, and [`ServerCore::complete`] encodes the answer (a piggybacked ACK
+//! sent late, RFC 7252 §5.2.1) and remembers it for later duplicates. A
+//! server whose runtime answers only after it processed a request — after
+//! a batch was forwarded, a replay window saved — thus never blocks on it.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -49,6 +56,39 @@ where
     fn handle(&self, request: &Request, peer: SocketAddr) -> Response {
         self(request, peer)
     }
+}
+
+/// Serves requests, answering some of them later: called once per
+/// complete, deduplicated request.
+pub trait DeferHandler: Send + Sync + 'static {
+    /// The response to `request` from `peer` now, or `None` to answer it
+    /// later by [`ServerCore::complete`] with `ticket`.
+    fn handle(&self, request: &Request, peer: SocketAddr, ticket: Ticket) -> Option<Response>;
+}
+
+/// A request answered later: what [`ServerCore::complete`] needs to build
+/// the reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ticket {
+    peer: SocketAddr,
+    mid: MessageId,
+    kind: MessageType,
+    token: Vec<u8>,
+    block1: Option<BlockOpt>,
+}
+
+impl Ticket {
+    /// The peer that sent the request.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+}
+
+/// The handler of one datagram: answering at once, or maybe later.
+#[derive(Clone, Copy)]
+enum Serve<'a> {
+    Now(&'a dyn Handler),
+    Later(&'a dyn DeferHandler),
 }
 
 /// Limits and timing of a server.
@@ -186,6 +226,83 @@ impl ServerCore {
         now: Instant,
         handler: &dyn Handler,
     ) -> Option<Vec<u8>> {
+        self.serve(datagram, peer, now, Serve::Now(handler))
+    }
+
+    /// As [`ServerCore::handle_datagram`], with a handler that may answer
+    /// later: then nothing is sent now, retransmissions of the request are
+    /// dropped until [`ServerCore::complete`] answers it.
+    pub fn handle_datagram_deferred(
+        &mut self,
+        datagram: &[u8],
+        peer: SocketAddr,
+        now: Instant,
+        handler: &dyn DeferHandler,
+    ) -> Option<Vec<u8>> {
+        self.serve(datagram, peer, now, Serve::Later(handler))
+    }
+
+    /// The reply to a request a [`DeferHandler`] kept: the datagram to send
+    /// to [`Ticket::peer`], remembered for the request's duplicates (a
+    /// confirmable request). A response body larger than one block is not
+    /// sent block-wise here: it is answered 5.00.
+    pub fn complete(&mut self, ticket: Ticket, response: Response, now: Instant) -> Vec<u8> {
+        let mut reply = Reply {
+            response,
+            options: Vec::new(),
+        };
+        if reply.response.payload().len() > self.settings.block_size.bytes() {
+            reply = Reply::code(ResponseCode::INTERNAL_SERVER_ERROR);
+        }
+        if let Some(b1) = ticket.block1
+            && let Ok(last) = BlockOpt::new(b1.num, false, b1.size)
+        {
+            reply.options.push((opt::BLOCK1, last.encode()));
+        }
+        let (bytes, remembered, lifetime) =
+            self.encode_for(&reply, ticket.kind, ticket.mid, &ticket.token);
+        self.dedup
+            .insert((ticket.peer, ticket.mid), remembered, now + lifetime, now);
+        bytes
+    }
+
+    /// Encodes `reply` to a request of `kind` with `mid`: the bytes, what
+    /// the deduplication cache keeps, and for how long.
+    fn encode_for(
+        &mut self,
+        reply: &Reply,
+        kind: MessageType,
+        mid: MessageId,
+        token: &[u8],
+    ) -> (Vec<u8>, Option<Vec<u8>>, std::time::Duration) {
+        let (reply_kind, reply_mid, lifetime) = if kind == MessageType::Confirmable {
+            (
+                MessageType::Acknowledgement,
+                mid,
+                self.settings.params.exchange_lifetime(),
+            )
+        } else {
+            let m = self.next_mid;
+            self.next_mid = m.next();
+            (
+                MessageType::NonConfirmable,
+                m,
+                self.settings.params.non_lifetime(),
+            )
+        };
+        let bytes = encode_reply(reply, reply_kind, reply_mid, token);
+        // Duplicates of a NON request are dropped (§4.5), not answered.
+        let remembered = (kind == MessageType::Confirmable).then(|| bytes.clone());
+        (bytes, remembered, lifetime)
+    }
+
+    fn serve(
+        &mut self,
+        datagram: &[u8],
+        peer: SocketAddr,
+        now: Instant,
+        handler: Serve<'_>,
+    ) -> Option<Vec<u8>> {
         let packet = match message::decode(datagram) {
             Ok(p) => p,
             Err(_) => {
@@ -216,25 +333,21 @@ impl ServerCore {
             return cached.clone();
         }
 
-        let reply = self.process_request(&packet, peer, now, handler);
-        let (reply_kind, reply_mid, lifetime) = if kind == MessageType::Confirmable {
-            (
-                MessageType::Acknowledgement,
-                mid,
-                self.settings.params.exchange_lifetime(),
-            )
-        } else {
-            let m = self.next_mid;
-            self.next_mid = m.next();
-            (
-                MessageType::NonConfirmable,
-                m,
-                self.settings.params.non_lifetime(),
-            )
+        let ticket = Ticket {
+            peer,
+            mid,
+            kind,
+            token: packet.get_token().to_vec(),
+            block1: None,
         };
-        let bytes = encode_reply(&reply, reply_kind, reply_mid, packet.get_token());
-        // Duplicates of a NON request are dropped (§4.5), not answered.
-        let remembered = (kind == MessageType::Confirmable).then(|| bytes.clone());
+        let Some(reply) = self.process_request(&packet, ticket, now, handler) else {
+            // Kept for later: duplicates are dropped until it is answered
+            // (the entry is replaced by the answer then).
+            let lifetime = self.settings.params.exchange_lifetime();
+            self.dedup.insert(key, None, now + lifetime, now);
+            return None;
+        };
+        let (bytes, remembered, lifetime) = self.encode_for(&reply, kind, mid, packet.get_token());
         self.dedup.insert(key, remembered, now + lifetime, now);
         Some(bytes)
     }
@@ -244,26 +357,28 @@ impl ServerCore {
         Some(message::empty(MessageType::Reset, mid))
     }
 
+    /// The reply, or `None` when the handler keeps the request.
     fn process_request(
         &mut self,
         p: &Packet,
-        peer: SocketAddr,
+        ticket: Ticket,
         now: Instant,
-        handler: &dyn Handler,
-    ) -> Reply {
-        match self.try_process(p, peer, now, handler) {
+        handler: Serve<'_>,
+    ) -> Option<Reply> {
+        match self.try_process(p, ticket, now, handler) {
             Ok(reply) => reply,
-            Err(code) => Reply::code(code),
+            Err(code) => Some(Reply::code(code)),
         }
     }
 
     fn try_process(
         &mut self,
         p: &Packet,
-        peer: SocketAddr,
+        mut ticket: Ticket,
         now: Instant,
-        handler: &dyn Handler,
-    ) -> std::result::Result<Reply, ResponseCode> {
+        handler: Serve<'_>,
+    ) -> std::result::Result<Option<Reply>, ResponseCode> {
+        let peer = ticket.peer;
         if message::unknown_critical_option(p, REQUEST_OPTIONS_UNDERSTOOD).is_some() {
             return Err(ResponseCode::BAD_OPTION);
         }
@@ -288,11 +403,11 @@ impl ServerCore {
         if let (Some(b2), None) = (block2, block1)
             && b2.num > 0
         {
-            return self.serve_cached_block(&key, b2, now);
+            return self.serve_cached_block(&key, b2, now).map(Some);
         }
 
         if size1.is_some_and(|s| s as usize > self.settings.max_body) {
-            return Ok(self.too_large());
+            return Ok(Some(self.too_large()));
         }
 
         if let Some(b1) = block1 {
@@ -319,7 +434,7 @@ impl ServerCore {
             }
             if upload.body.len() + payload.len() > max_body {
                 self.uploads.remove(&key);
-                return Ok(self.too_large());
+                return Ok(Some(self.too_large()));
             }
             upload.body.extend_from_slice(payload);
             self.stats.blocks_received += 1;
@@ -331,7 +446,7 @@ impl ServerCore {
                     BlockOpt::new(b1.num, true, ours).map_err(|_| ResponseCode::BAD_OPTION)?;
                 let mut reply = Reply::code(ResponseCode::CONTINUE);
                 reply.options.push((opt::BLOCK1, echo.encode()));
-                return Ok(reply);
+                return Ok(Some(reply));
             }
             let body = self
                 .uploads
@@ -342,7 +457,16 @@ impl ServerCore {
         }
 
         self.stats.requests += 1;
-        let response = handler.handle(&request, peer);
+        let response = match handler {
+            Serve::Now(h) => h.handle(&request, peer),
+            Serve::Later(h) => {
+                ticket.block1 = block1;
+                match h.handle(&request, peer, ticket) {
+                    Some(r) => r,
+                    None => return Ok(None),
+                }
+            }
+        };
 
         let mut reply = Reply {
             response,
@@ -377,7 +501,7 @@ impl ServerCore {
             self.downloads
                 .insert(key, CachedResponse { response: full }, now + lifetime, now);
         }
-        Ok(reply)
+        Ok(Some(reply))
     }
 
     fn serve_cached_block(
@@ -519,5 +643,60 @@ mod tests {
         // Id 1 was evicted to make room for 3, so it ran twice.
         assert_eq!(calls.load(Ordering::SeqCst), 4);
         assert!(core.stats().dedup_evictions >= 1);
+    }
+
+    #[test]
+    fn a_deferred_request_is_answered_once_later_and_its_duplicates_wait() {
+        use std::sync::Mutex;
+        struct Keep(Mutex<Vec<Ticket>>);
+        impl DeferHandler for Keep {
+            fn handle(&self, _: &Request, _: SocketAddr, ticket: Ticket) -> Option<Response> {
+                self.0.lock().unwrap().push(ticket);
+                None
+            }
+        }
+        let keep = Keep(Mutex::new(Vec::new()));
+        let mut core = ServerCore::new(ServerSettings::default(), MessageId::new(0));
+        let peer: SocketAddr = "192.0.2.1:5683".parse().unwrap();
+        let t0 = Instant::now();
+        // Nothing is sent while the request is open, retransmissions
+        // included, and the handler runs once.
+        assert_eq!(
+            core.handle_datagram_deferred(&con_get(7), peer, t0, &keep),
+            None
+        );
+        assert_eq!(
+            core.handle_datagram_deferred(&con_get(7), peer, t0, &keep),
+            None
+        );
+        assert_eq!(core.stats().duplicates, 1);
+        // Another request is served meanwhile.
+        assert_eq!(
+            core.handle_datagram_deferred(&con_get(8), peer, t0, &keep),
+            None
+        );
+        let tickets = std::mem::take(&mut *keep.0.lock().unwrap());
+        assert_eq!(tickets.len(), 2);
+        let mut answers = Vec::new();
+        for t in tickets {
+            assert_eq!(t.peer(), peer);
+            answers.push(core.complete(t, Response::changed(), t0));
+        }
+        // A piggybacked ACK with the request's id and token, 2.04.
+        let ack = message::decode(&answers[0]).unwrap();
+        assert_eq!(MessageType::of(&ack), MessageType::Acknowledgement);
+        assert_eq!(ack.header.message_id, 7);
+        assert_eq!(ack.get_token(), &[0x7a][..]);
+        assert_eq!(
+            ack.header.code,
+            coap_lite::MessageClass::Response(coap_lite::ResponseType::Changed)
+        );
+        // A later duplicate gets the same answer from the cache.
+        let (h, calls) = counting();
+        assert_eq!(
+            core.handle_datagram(&con_get(7), peer, t0, &h),
+            Some(answers[0].clone())
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
     }
 }
