@@ -13,18 +13,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{
-    FIRE_RULE, Procs, alert, bin, executed, fire_safety_tables, keygen, manager_config,
-    node_config, relays_for, run_prefix, wait_until_blocking,
+    FIRE_RULE, Procs, alert, bin, executed, fire_safety_tables, free_udp_port, keygen,
+    manager_config, node_config, relays_for, run_prefix, wait_until_blocking,
 };
-
-/// A free UDP port on 127.0.0.1 (the kernel's pick).
-fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 #[test]
 fn fire_safety_as_separate_processes_over_coap() {
@@ -35,12 +26,12 @@ fn fire_safety_as_separate_processes_over_coap() {
     let doors = ["door-1", "door-2"];
     let all = [manager, gateway, sensor, doors[0], doors[1]];
     keygen(&dir, all);
-    let port: Vec<u16> = all.iter().map(|_| free_port()).collect();
+    let port: Vec<u16> = all.iter().map(|_| free_udp_port()).collect();
     let addr = |id: &str| {
         let i = all.iter().position(|x| *x == id).unwrap();
         format!("127.0.0.1:{}", port[i])
     };
-    let group = format!("224.0.1.187:{}", free_port());
+    let group = format!("224.0.1.187:{}", free_udp_port());
     let coap = |id: &str, peers: &[&str]| {
         let mut s = format!(
             "\n[coap]\nlisten = \"{}\"\ngroup = \"{group}\"\nmulticast_interface = \"127.0.0.1\"\n",

@@ -11,24 +11,11 @@ mod common;
 
 use std::fs;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use common::{MqttRun, Procs, keygen, sealcast, spy, wait_until};
-use sealcast_core::credential::{EntityCredential, PublicCredential};
-use sealcast_core::crypto::AeadAlg;
-use sealcast_core::ids::{EntityId, SeqNum, UnixMillis};
-use sealcast_core::report::{PairwiseKey, seal_report};
+use common::{MqttRun, Procs, headend_readings, keygen, sealcast, spy, start_headend, wait_until};
+use sealcast_core::ids::EntityId;
 use sealcast_mqtt::{AgentChannel, Bytes, TopicFilter, TopicScheme};
-
-fn readings(dir: &Path) -> Vec<String> {
-    let mut lines: Vec<String> = fs::read_to_string(dir.join("readings.log"))
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
-        .collect();
-    lines.sort();
-    lines
-}
 
 fn report(dir: &Path, meter: &str, reading: &str, count: u32) -> Vec<u64> {
     let out = sealcast(
@@ -72,21 +59,6 @@ fn dap_dropped(log: &str, key: &str) -> u64 {
         .filter_map(|w| w.strip_prefix(&format!("{key}=")))
         .map(|n| n.parse::<u64>().unwrap())
         .sum()
-}
-
-/// Starts the headend service, its log continued across restarts.
-fn start_headend(procs: &mut Procs) {
-    procs.start_appending(
-        "headend",
-        &[
-            "headend",
-            "serve",
-            "--config",
-            "headend.toml",
-            "--readings",
-            "readings.log",
-        ],
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -192,10 +164,10 @@ async fn smart_metering_as_separate_processes() {
     }
     expected.sort();
     wait_until("the headend has six readings", &procs, || {
-        readings(&dir).len() >= 6
+        headend_readings(&dir).len() >= 6
     })
     .await;
-    assert_eq!(readings(&dir), expected, "{}", procs.logs());
+    assert_eq!(headend_readings(&dir), expected, "{}", procs.logs());
 
     // What the spy saw: the meters' reports and the DAP's batches.
     let mut reports = Vec::new();
@@ -211,34 +183,7 @@ async fn smart_metering_as_separate_processes() {
     assert!(!batches.is_empty());
 
     // --- a forgery, a bit flip and a replay, published directly ----------------
-    let headend_pub =
-        PublicCredential::from_cose_key_set(&fs::read(dir.join(format!("{headend}.pub"))).unwrap())
-            .unwrap();
-    let victim = EntityId::new(&meters[1]).unwrap();
-    let mut rng = sealcast_core::testrng::TestRng::new(7);
-    let forger = EntityCredential::generate(victim.clone(), &mut rng);
-    let pairwise = PairwiseKey::derive(
-        AeadAlg::A128Gcm,
-        forger.agreement_secret(),
-        headend_pub.agreement_key(),
-        &victim,
-        headend_pub.id(),
-    )
-    .unwrap();
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    let forged = seal_report(
-        &victim,
-        forger.signing_key(),
-        headend_pub.id(),
-        &pairwise,
-        SeqNum::new(500).unwrap(),
-        UnixMillis::new(now),
-        b"0 kWh",
-    )
-    .unwrap();
+    let forged = common::forged_report(&dir, &headend, &meters[1], 500);
     let mut flipped = reports[3].clone();
     let n = flipped.len();
     flipped[n - 10] ^= 0x01;
@@ -257,7 +202,7 @@ async fn smart_metering_as_separate_processes() {
     assert_eq!(dap_dropped(&log, "forged"), 2, "{log}");
     assert_eq!(dap_dropped(&log, "replayed"), 1, "{log}");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(readings(&dir), expected, "{}", procs.logs());
+    assert_eq!(headend_readings(&dir), expected, "{}", procs.logs());
 
     // --- SIGKILL the headend, restart it, replay a batch -----------------------
     procs.sigkill("headend");
@@ -286,14 +231,14 @@ async fn smart_metering_as_separate_processes() {
         || procs.log("headend").matches("batch refused").count() >= batches.len(),
     )
     .await;
-    assert_eq!(readings(&dir), expected, "{}", procs.logs());
+    assert_eq!(headend_readings(&dir), expected, "{}", procs.logs());
     // And still takes new readings.
     report_expected(&dir, &meters[2], &dap, "m3 1 kWh", &mut expected);
     wait_until("a reading after the restart", &procs, || {
-        readings(&dir).len() >= 7
+        headend_readings(&dir).len() >= 7
     })
     .await;
-    assert_eq!(readings(&dir), expected, "{}", procs.logs());
+    assert_eq!(headend_readings(&dir), expected, "{}", procs.logs());
 
     // --- one process per state: a second DAP or headend on the same state
     // refuses to start (its replay windows would be committed twice) --------
@@ -335,11 +280,11 @@ async fn smart_metering_as_separate_processes() {
     .await;
     report_expected(&dir, &meters[1], &dap, "m2 1 kWh", &mut expected);
     wait_until("a reading after the DAP restart", &procs, || {
-        readings(&dir).len() >= 8
+        headend_readings(&dir).len() >= 8
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(readings(&dir), expected, "{}", procs.logs());
+    assert_eq!(headend_readings(&dir), expected, "{}", procs.logs());
     procs.exit_on_ctrl_c("headend").await;
     drop(procs);
     let _ = spy.disconnect(Duration::from_secs(2)).await;
@@ -436,11 +381,11 @@ async fn a_pool_of_two_daps_shares_the_report_load() {
     }
     let total = expected.len();
     wait_until("every reading reaches the headend", &procs, || {
-        readings(&dir).len() >= total
+        headend_readings(&dir).len() >= total
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let got = readings(&dir);
+    let got = headend_readings(&dir);
     assert_eq!(got.len(), total, "a reading twice or lost:\n{got:?}");
     for (m, seq, text) in &expected {
         assert!(

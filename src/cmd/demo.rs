@@ -41,6 +41,9 @@ pub struct SmartMeterArgs {
     /// Use this MQTT broker instead of starting the embedded one.
     #[arg(long, value_name = "URL")]
     pub broker: Option<String>,
+    /// The transport: the same link as the fire-safety demo.
+    #[arg(long, value_enum, default_value_t = Transport::Mqtt)]
+    pub transport: Transport,
 }
 
 /// Runs `sealcast demo smart-meter`.
@@ -50,13 +53,15 @@ pub fn smart_meter(args: &SmartMeterArgs) -> Result<()> {
             "--meters must be 2..=100000 and --reports 1..=1000",
         ));
     }
+    let transport = link_transport(args.transport, args.broker.as_deref())?;
     let config = sealcast_node::smart_meter::SmartMeterConfig {
         meters: args.meters,
         reports_per_meter: args.reports,
         broker: args.broker.clone(),
+        transport,
     };
     say(&format!(
-        "sealcast smart-meter demo: {} meters × {} reports over MQTT on loopback",
+        "sealcast smart-meter demo: {} meters × {} reports over {transport} on loopback",
         args.meters, args.reports
     ));
     let report = runtime()?
@@ -106,18 +111,23 @@ pub struct FireSafetyArgs {
     pub broker: Option<String>,
 }
 
+/// The runtimes' transport of `--transport`, refusing `--broker` with CoAP.
+fn link_transport(t: Transport, broker: Option<&str>) -> Result<sealcast_node::link::Transport> {
+    match t {
+        Transport::Mqtt => Ok(sealcast_node::link::Transport::Mqtt),
+        Transport::Coap if broker.is_some() => {
+            Err(CliError::usage("--broker is for --transport mqtt"))
+        }
+        Transport::Coap => Ok(sealcast_node::link::Transport::Coap),
+    }
+}
+
 /// Runs `sealcast demo fire-safety`.
 pub fn fire_safety(args: &FireSafetyArgs) -> Result<()> {
     if args.devices < 3 || args.devices > 2000 {
         return Err(CliError::usage("--devices must be between 3 and 2000"));
     }
-    let transport = match args.transport {
-        Transport::Mqtt => sealcast_node::link::Transport::Mqtt,
-        Transport::Coap => sealcast_node::link::Transport::Coap,
-    };
-    if transport == sealcast_node::link::Transport::Coap && args.broker.is_some() {
-        return Err(CliError::usage("--broker is for --transport mqtt"));
-    }
+    let transport = link_transport(args.transport, args.broker.as_deref())?;
     // The runtimes' logs only when asked for (RUST_LOG=debug …): the
     // timeline is the demo's output.
     if std::env::var_os("RUST_LOG").is_some() {

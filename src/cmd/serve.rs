@@ -417,7 +417,7 @@ struct RuleEntry {
 
 #[derive(Clone, Copy, Debug, Deserialize)]
 #[serde(rename_all = "lowercase")]
-enum TransportName {
+pub(crate) enum TransportName {
     Mqtt,
     Coap,
 }
@@ -426,7 +426,7 @@ enum TransportName {
 /// the interface multicast is pinned to, and where the others listen.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CoapSection {
+pub(crate) struct CoapSection {
     /// This entity's unicast endpoint (`127.0.0.1:5701`).
     listen: std::net::SocketAddr,
     /// The IPv4 multicast group and port (`224.0.1.187:5683`).
@@ -528,7 +528,7 @@ pub(crate) fn broker_url(
 }
 
 /// The transport a config file names.
-fn link_config(
+pub(crate) fn link_config(
     transport: Option<TransportName>,
     broker: &str,
     coap: Option<&CoapSection>,

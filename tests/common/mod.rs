@@ -666,3 +666,78 @@ impl Drop for Mosquitto {
         }
     }
 }
+
+/// A free UDP port on 127.0.0.1 (the kernel's pick), for CoAP endpoints and
+/// multicast groups.
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The headend's `readings.log` in `dir`, sorted.
+pub fn headend_readings(dir: &Path) -> Vec<String> {
+    let mut lines: Vec<String> = fs::read_to_string(dir.join("readings.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// Starts `headend serve --config headend.toml --readings readings.log`,
+/// its log continued across restarts.
+pub fn start_headend(procs: &mut Procs) {
+    procs.start_appending(
+        "headend",
+        &[
+            "headend",
+            "serve",
+            "--config",
+            "headend.toml",
+            "--readings",
+            "readings.log",
+        ],
+    );
+}
+
+/// A report that claims to be `victim`'s reading numbered `seq`, encrypted
+/// for the headend whose public key is `dir/<headend>.pub` but signed with
+/// a forger's key: what a DAP must drop as forged.
+pub fn forged_report(dir: &Path, headend: &str, victim: &str, seq: u64) -> Vec<u8> {
+    use sealcast_core::credential::{EntityCredential, PublicCredential};
+    use sealcast_core::crypto::AeadAlg;
+    use sealcast_core::ids::{EntityId, SeqNum, UnixMillis};
+    use sealcast_core::report::{PairwiseKey, seal_report};
+    let headend_pub =
+        PublicCredential::from_cose_key_set(&fs::read(dir.join(format!("{headend}.pub"))).unwrap())
+            .unwrap();
+    let victim = EntityId::new(victim).unwrap();
+    let mut rng = sealcast_core::testrng::TestRng::new(seq);
+    let forger = EntityCredential::generate(victim.clone(), &mut rng);
+    let pairwise = PairwiseKey::derive(
+        AeadAlg::A128Gcm,
+        forger.agreement_secret(),
+        headend_pub.agreement_key(),
+        &victim,
+        headend_pub.id(),
+    )
+    .unwrap();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    seal_report(
+        &victim,
+        forger.signing_key(),
+        headend_pub.id(),
+        &pairwise,
+        SeqNum::new(seq).unwrap(),
+        UnixMillis::new(now),
+        b"0 kWh",
+    )
+    .unwrap()
+}

@@ -23,13 +23,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use crate::link::{Inbox, Incoming, Interest, Link, LinkConfig};
 use ed25519_dalek::VerifyingKey;
 use sealcast_core::credential::{EntityCredential, PublicCredential};
 use sealcast_core::ids::{EntityId, UnixMillis};
 use sealcast_core::replay::{SeqAllocator, SeqWindow};
 use sealcast_core::report::verify_reports_batch;
 use sealcast_core::target::{AgentChannel, TopicFilter, TopicScheme};
-use sealcast_mqtt::{Bytes, Incoming, MqttClient, MqttConfig, Subscription};
 use sealcast_store::{DeviceStateFile, StateLock};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
@@ -348,8 +348,10 @@ pub enum DapEvent {
 pub struct DapConfig {
     /// The protocol state (with the DAP's credential, headend and meters).
     pub core: DapCore,
-    /// MQTT broker URL.
-    pub broker_url: String,
+    /// How it reaches meters and headend (MQTT or CoAP; services keep a
+    /// persistent MQTT session, so the broker queues reports while the DAP
+    /// is down and redelivers unacknowledged ones).
+    pub link: LinkConfig,
     /// Topic scheme.
     pub topics: TopicScheme,
     /// Most reports per batch (1..=4096).
@@ -361,15 +363,11 @@ pub struct DapConfig {
     pub state_file: Option<DeviceStateFile>,
     /// Where to report events (a closed receiver is fine).
     pub events: mpsc::UnboundedSender<DapEvent>,
-    /// Keep an MQTT session across restarts, so the broker queues reports
-    /// while the DAP is down and redelivers unacknowledged ones (services:
-    /// true; the in-memory demo: false).
-    pub persistent_session: bool,
     /// A report pool this DAP takes a share of: meters configured with the
     /// pool's name as their DAP publish to the pool's report topic, and
     /// every DAP of the pool subscribes to it as an MQTT shared
     /// subscription (`$share/<pool>/…`), so the broker hands each report
-    /// to one of them. Each DAP keeps its own id, key, state and batch
+    /// to one of them (MQTT only). Each DAP keeps its own id, key, state and batch
     /// numbers (the headend enrols each); a report replayed to another DAP
     /// of the pool passes that DAP's window and is refused by the
     /// headend's end-to-end window.
@@ -380,7 +378,7 @@ impl core::fmt::Debug for DapConfig {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("DapConfig")
             .field("core", &self.core)
-            .field("broker_url", &self.broker_url)
+            .field("transport", &self.link.transport())
             .field("batch_size", &self.batch_size)
             .field("max_batch_delay", &self.max_batch_delay)
             .finish_non_exhaustive()
@@ -452,7 +450,7 @@ impl DapHandle {
 
 struct Dap {
     core: DapCore,
-    client: MqttClient,
+    link: Link,
     report_topic: String,
     /// The report topic of its pool, if it has one.
     pool_topic: Option<String>,
@@ -468,7 +466,7 @@ struct Dap {
     stats: DapStats,
     stats_tx: watch::Sender<DapStats>,
     pending: Vec<Incoming>,
-    /// Reports that arrived while a flush waited on the MQTT client.
+    /// Reports that arrived while a flush waited on the transport.
     arrived: Vec<Incoming>,
     deadline: Option<tokio::time::Instant>,
 }
@@ -478,13 +476,12 @@ struct Dap {
 pub async fn spawn(config: DapConfig) -> Result<DapHandle> {
     let DapConfig {
         mut core,
-        broker_url,
+        link,
         topics,
         batch_size,
         max_batch_delay,
         state_file,
         events,
-        persistent_session,
         pool,
     } = config;
     if batch_size == 0 || batch_size > crate::metering::MAX_BATCH_REPORTS {
@@ -496,22 +493,29 @@ pub async fn spawn(config: DapConfig) -> Result<DapHandle> {
     let report_topic = topics.agent(&id, AgentChannel::Report);
     let solicit_topic = topics.agent(&id, AgentChannel::Solicit);
     let pool_topic = pool.as_ref().map(|p| topics.agent(p, AgentChannel::Report));
-    let mut mqtt = MqttConfig::from_url(&broker_url, topics.client_id(id.as_str()))?
-        .with_persistent_session(persistent_session)
-        .with_subscription(TopicFilter::new(&report_topic)?)
-        .with_subscription(TopicFilter::new(&solicit_topic)?);
+    let mut filters = vec![
+        TopicFilter::new(&report_topic)?,
+        TopicFilter::new(&solicit_topic)?,
+    ];
     if let (Some(pool), Some(topic)) = (&pool, &pool_topic) {
-        mqtt = mqtt.with_subscription(TopicFilter::new(topic)?.shared(pool.as_str())?);
+        if link.transport() != crate::link::Transport::Mqtt {
+            return Err(Error::Runtime(format!(
+                "DAP pool {pool}: a pool shares one report topic through the MQTT broker; on CoAP give each DAP its own meters"
+            )));
+        }
+        filters.push(TopicFilter::new(topic)?.shared(pool.as_str())?);
     }
-    let mqtt = mqtt
+    let interest = Interest {
+        filters,
         // Hold a full batch (plus requests) without stalling the connection.
-        .with_incoming_capacity(batch_size.max(256) + 64);
-    let (client, inbox) = MqttClient::connect(mqtt)?;
-    client.wait_subscribed(Duration::from_secs(10)).await?;
+        capacity: Some(batch_size.max(256) + 64),
+        ..Interest::default()
+    };
+    let (link, inbox) = Link::connect(&id, &link, topics.clone(), interest).await?;
     let (stats_tx, stats_rx) = watch::channel(DapStats::default());
     let mut dap = Dap {
         core,
-        client,
+        link,
         report_topic,
         pool_topic,
         solicit_topic,
@@ -540,7 +544,7 @@ pub async fn spawn(config: DapConfig) -> Result<DapHandle> {
 }
 
 impl Dap {
-    async fn run(mut self, mut inbox: Subscription, mut requests: mpsc::Receiver<Request>) {
+    async fn run(mut self, mut inbox: Inbox, mut requests: mpsc::Receiver<Request>) {
         let stopped = loop {
             let deadline = self.deadline;
             let result = tokio::select! {
@@ -570,7 +574,7 @@ impl Dap {
         if let Err(e) = self.flush(&mut inbox).await {
             warn!(dap = %self.core.id(), error = %e, "reports held at stop not forwarded; the broker redelivers them");
         }
-        let _ = self.client.disconnect(Duration::from_secs(2)).await;
+        self.link.close(Duration::from_secs(2)).await;
         debug!(dap = %self.core.id(), "DAP stopped");
         if let Some(reply) = stopped {
             let _ = reply.send(());
@@ -588,9 +592,17 @@ impl Dap {
         let bytes = self.core.announce(now())?;
         // The version reaches the disk before the announcement leaves.
         self.persist()?;
-        self.client
-            .publish(self.announce_topic.clone(), Bytes::from(bytes))
-            .await?;
+        let headend = self.core.headend().clone();
+        if let Err(e) = self
+            .link
+            .send_to(&headend, self.announce_topic.clone(), bytes)
+            .await
+        {
+            // The headend asks again (a solicit) while it has not heard
+            // from this DAP.
+            warn!(dap = %self.core.id(), %headend, error = %e, "announcement not sent; the headend will ask for it");
+            return Ok(());
+        }
         self.stats.announcements += 1;
         self.stats_tx.send_replace(self.stats.clone());
         info!(dap = %self.core.id(), headend = %self.core.headend(), meters = self.core.meter_count(), "announced the meter group to the headend");
@@ -606,8 +618,8 @@ impl Dap {
         topic == self.report_topic || self.pool_topic.as_deref() == Some(topic)
     }
 
-    async fn on_message(&mut self, m: Incoming, inbox: &mut Subscription) -> Result<()> {
-        if self.is_report(&m.topic) {
+    async fn on_message(&mut self, m: Incoming, inbox: &mut Inbox) -> Result<()> {
+        if self.is_report(&m.target) {
             if self.pending.is_empty() {
                 self.deadline = Some(tokio::time::Instant::now() + self.max_batch_delay);
             }
@@ -617,9 +629,9 @@ impl Dap {
             }
             return Ok(());
         }
-        if m.topic == self.solicit_topic {
+        if m.target == self.solicit_topic {
             let answer = self.core.handle_solicit(&m.payload, now());
-            let _ = m.ack.ack().await;
+            m.ack.ack().await;
             match answer {
                 Ok(true) => {
                     info!(dap = %self.core.id(), "the headend asked for an announcement");
@@ -632,20 +644,20 @@ impl Dap {
             }
             return Ok(());
         }
-        debug!(dap = %self.core.id(), topic = %m.topic, "message on an unexpected topic dropped");
-        let _ = m.ack.ack().await;
+        debug!(dap = %self.core.id(), target = %m.target, "message on an unexpected target dropped");
+        m.ack.ack().await;
         Ok(())
     }
 
     /// Flushes the pending reports, then those that arrived meanwhile,
     /// while they fill whole batches (bounded: each round takes what the
     /// broker delivered during the previous one).
-    async fn flush(&mut self, inbox: &mut Subscription) -> Result<()> {
+    async fn flush(&mut self, inbox: &mut Inbox) -> Result<()> {
         self.flush_once(inbox).await?;
         loop {
             let arrived = std::mem::take(&mut self.arrived);
             for m in arrived {
-                if self.is_report(&m.topic) {
+                if self.is_report(&m.target) {
                     if self.pending.is_empty() {
                         self.deadline = Some(tokio::time::Instant::now() + self.max_batch_delay);
                     }
@@ -664,7 +676,7 @@ impl Dap {
 
     /// Verifies the pending reports, forwards the genuine ones in signed
     /// batches, saves the windows and acknowledges the meters' messages.
-    async fn flush_once(&mut self, inbox: &mut Subscription) -> Result<()> {
+    async fn flush_once(&mut self, inbox: &mut Inbox) -> Result<()> {
         self.deadline = None;
         if self.pending.is_empty() {
             return Ok(());
@@ -692,20 +704,45 @@ impl Dap {
             if sealed.persist_first {
                 self.persist()?;
             }
+            let headend = self.core.headend().clone();
             for batch in sealed.batches {
-                let publish = self
-                    .client
-                    .publish(self.batch_topic.clone(), Bytes::from(batch));
-                draining(publish, inbox, &mut self.arrived).await?;
+                let send = self.link.send_to(&headend, self.batch_topic.clone(), batch);
+                draining(send, inbox, &mut self.arrived).await?;
                 self.stats.batches += 1;
             }
         }
+        // A meter that waits for the answer itself (CoAP) is answered only
+        // once the headend took the batch. Reports the broker keeps (MQTT)
+        // are acknowledged once the batch is queued: a broker may withhold
+        // its PUBACK of the batch until we acknowledged what it sent us
+        // (rumqttd does), so waiting for it here would wait forever.
+        let senders_wait = pending.iter().any(|m| !m.can_wait());
+        let taken = if forward.is_empty() || !senders_wait {
+            Ok(())
+        } else {
+            draining(
+                self.link.flush(BATCH_CONFIRM_WAIT),
+                inbox,
+                &mut self.arrived,
+            )
+            .await
+        };
         self.persist()?;
         let forwarded = forward.len();
         drop(refs);
         drop(forward);
-        for m in pending {
-            let _ = draining(m.ack.ack(), inbox, &mut self.arrived).await;
+        match taken {
+            Ok(()) => {
+                for m in pending {
+                    draining(m.ack.ack(), inbox, &mut self.arrived).await;
+                }
+            }
+            Err(e) => {
+                // Not acknowledged: CoAP meters are answered 5.03 and report
+                // again; MQTT redelivers on the next session.
+                warn!(dap = %self.core.id(), error = %e, reports = pending.len(), "the headend's side did not take the batch; the reports are not acknowledged");
+                drop(pending);
+            }
         }
         let received = verdicts.len();
         self.stats.received += received as u64;
@@ -730,13 +767,13 @@ impl Dap {
     }
 }
 
-/// Awaits `fut` (a publish or an acknowledgement, which wait for room in
-/// the MQTT client's request queue) while taking what the connection
+/// Awaits `fut` (a send or an acknowledgement, which may wait for room in
+/// the MQTT client's request queue) while taking what the transport
 /// delivers meanwhile: the connection task waits for room in our inbox, so
 /// not reading it while waiting on the client could stall both for good.
 async fn draining<F: std::future::Future>(
     fut: F,
-    inbox: &mut Subscription,
+    inbox: &mut Inbox,
     arrived: &mut Vec<Incoming>,
 ) -> F::Output {
     tokio::pin!(fut);
@@ -751,6 +788,10 @@ async fn draining<F: std::future::Future>(
         }
     }
 }
+
+/// How long the DAP waits for its batches to be taken before it leaves
+/// the meters' reports unacknowledged.
+const BATCH_CONFIRM_WAIT: Duration = Duration::from_secs(30);
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {

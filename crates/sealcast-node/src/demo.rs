@@ -28,7 +28,7 @@ use sealcast_store::{AuditLog, SqliteStore};
 use tokio::sync::mpsc;
 
 use crate::device::{LogHandler, NodeConfig, NodeHandle, Rule};
-use crate::link::{AddressBook, CoapLinkConfig, Interest, Link, LinkConfig, Transport};
+use crate::link::{Interest, Link, Transport};
 use crate::runtime::{Event, EventKind, now, os_rng};
 use crate::{Error, Result, device, manager};
 
@@ -234,30 +234,8 @@ pub async fn fire_safety(
     };
 
     // --- infrastructure ---------------------------------------------------
-    let mut _broker = None;
-    let link = match config.transport {
-        Transport::Mqtt => {
-            let (broker, url) = crate::runtime::broker(config.broker.as_deref()).await?;
-            _broker = broker;
-            log(&format!(
-                "MQTT broker at {}",
-                sealcast_mqtt::redact_url(&url)
-            ));
-            LinkConfig::mqtt(url)
-        }
-        Transport::Coap => {
-            if config.broker.is_some() {
-                return Err(Error::Runtime("a broker is for MQTT, not CoAP".into()));
-            }
-            let coap =
-                CoapLinkConfig::loopback(crate::link::free_loopback_port()?, AddressBook::new())?;
-            log(&format!(
-                "CoAP: unicast CON endpoints on 127.0.0.1, group channels by multicast to {} pinned to 127.0.0.1",
-                coap.group
-            ));
-            LinkConfig::Coap(coap)
-        }
-    };
+    let (_transport, link) =
+        crate::runtime::demo_link(config.transport, config.broker.as_deref(), log).await?;
     let topics = crate::runtime::demo_topics(config.broker.is_some())?;
     if config.broker.is_some() {
         log(&format!("topic prefix {} (this demo's own)", topics.root()));
@@ -527,6 +505,7 @@ pub async fn fire_safety(
         Interest {
             filters: vec![topics.group_filter(&doors_g)],
             multicast: true,
+            ..Interest::default()
         },
     )
     .await?;

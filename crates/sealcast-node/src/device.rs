@@ -357,6 +357,7 @@ pub async fn spawn(config: NodeConfig) -> Result<NodeHandle> {
     let interest = Interest {
         filters,
         multicast: true,
+        ..Interest::default()
     };
     let mut member = Member::new(config.credential, config.manager);
     let mut receivers = BTreeMap::new();

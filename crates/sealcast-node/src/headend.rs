@@ -25,13 +25,13 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::link::{Inbox, Incoming, Interest, Link, LinkConfig};
 use ed25519_dalek::VerifyingKey;
 use sealcast_core::credential::{EntityCredential, PublicCredential};
 use sealcast_core::ids::{EntityId, SeqNum, UnixMillis};
 use sealcast_core::replay::SeqWindow;
 use sealcast_core::report::{open_report, open_report_unverified, peek_report, verify_report};
 use sealcast_core::target::{AgentChannel, Topic, TopicFilter, TopicScheme};
-use sealcast_mqtt::{Bytes, Incoming, MqttClient, MqttConfig, Subscription};
 use sealcast_store::{DeviceStateFile, StateLock};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
@@ -491,8 +491,10 @@ pub enum HeadendEvent {
 pub struct HeadendConfig {
     /// The protocol state.
     pub core: HeadendCore,
-    /// MQTT broker URL.
-    pub broker_url: String,
+    /// How it reaches its DAPs (MQTT or CoAP; services keep a persistent
+    /// MQTT session, so the broker queues batches while the headend is down
+    /// and redelivers unacknowledged ones).
+    pub link: LinkConfig,
     /// Topic scheme.
     pub topics: TopicScheme,
     /// What to do with each reading.
@@ -501,16 +503,13 @@ pub struct HeadendConfig {
     pub state_file: Option<DeviceStateFile>,
     /// Where to report events.
     pub events: mpsc::UnboundedSender<HeadendEvent>,
-    /// Keep an MQTT session across restarts, so the broker queues batches
-    /// while the headend is down and redelivers unacknowledged ones.
-    pub persistent_session: bool,
 }
 
 impl core::fmt::Debug for HeadendConfig {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("HeadendConfig")
             .field("core", &self.core)
-            .field("broker_url", &self.broker_url)
+            .field("transport", &self.link.transport())
             .finish_non_exhaustive()
     }
 }
@@ -556,7 +555,7 @@ impl HeadendHandle {
 
 struct Headend {
     core: HeadendCore,
-    client: MqttClient,
+    link: Link,
     topics: TopicScheme,
     handler: Arc<dyn ReadingHandler>,
     state_file: Option<DeviceStateFile>,
@@ -573,31 +572,31 @@ struct Headend {
 pub async fn spawn(config: HeadendConfig) -> Result<HeadendHandle> {
     let HeadendConfig {
         mut core,
-        broker_url,
+        link,
         topics,
         handler,
         state_file,
         events,
-        persistent_session,
     } = config;
     let state_lock =
         crate::runtime::lock_and_restore(state_file.as_ref(), |bytes| core.restore_state(bytes))?;
     let id = core.id().clone();
-    let mut mqtt = MqttConfig::from_url(&broker_url, topics.client_id(id.as_str()))?
-        .with_persistent_session(persistent_session);
+    let mut filters = Vec::new();
     for dap in core.daps() {
-        mqtt = mqtt
-            .with_subscription(TopicFilter::new(&topics.agent(dap, AgentChannel::Batch))?)
-            .with_subscription(TopicFilter::new(
-                &topics.agent(dap, AgentChannel::Announce),
-            )?);
+        filters.push(TopicFilter::new(&topics.agent(dap, AgentChannel::Batch))?);
+        filters.push(TopicFilter::new(
+            &topics.agent(dap, AgentChannel::Announce),
+        )?);
     }
-    let (client, inbox) = MqttClient::connect(mqtt)?;
-    client.wait_subscribed(Duration::from_secs(10)).await?;
+    let interest = Interest {
+        filters,
+        ..Interest::default()
+    };
+    let (link, inbox) = Link::connect(&id, &link, topics.clone(), interest).await?;
     let (stats_tx, stats_rx) = watch::channel(HeadendStats::default());
     let mut headend = Headend {
         core,
-        client,
+        link,
         topics,
         handler,
         state_file,
@@ -624,7 +623,7 @@ pub async fn spawn(config: HeadendConfig) -> Result<HeadendHandle> {
 }
 
 impl Headend {
-    async fn run(mut self, mut inbox: Subscription, mut stop: mpsc::Receiver<oneshot::Sender<()>>) {
+    async fn run(mut self, mut inbox: Inbox, mut stop: mpsc::Receiver<oneshot::Sender<()>>) {
         let mut retry = tokio::time::interval(SOLICIT_RETRY);
         retry.tick().await;
         let stopped = loop {
@@ -642,7 +641,7 @@ impl Headend {
                 break None;
             }
         };
-        let _ = self.client.disconnect(Duration::from_secs(2)).await;
+        self.link.close(Duration::from_secs(2)).await;
         debug!(headend = %self.core.id(), "headend stopped");
         if let Some(reply) = stopped {
             let _ = reply.send(());
@@ -662,13 +661,18 @@ impl Headend {
 
     async fn solicit(&mut self, dap: &EntityId) -> Result<()> {
         let bytes = self.core.solicit(dap, now())?;
-        self.client
-            .publish(
-                self.topics.agent(dap, AgentChannel::Solicit),
-                Bytes::from(bytes),
-            )
-            .await?;
-        debug!(headend = %self.core.id(), %dap, "asked the DAP to announce");
+        // A DAP out of reach now is asked again by the retry timer while
+        // it has not announced.
+        match self
+            .link
+            .send_to(dap, self.topics.agent(dap, AgentChannel::Solicit), bytes)
+            .await
+        {
+            Ok(()) => debug!(headend = %self.core.id(), %dap, "asked the DAP to announce"),
+            Err(e) => {
+                warn!(headend = %self.core.id(), %dap, error = %e, "cannot ask the DAP to announce yet; will ask again")
+            }
+        }
         Ok(())
     }
 
@@ -686,7 +690,7 @@ impl Headend {
     }
 
     async fn on_message(&mut self, m: Incoming) -> Result<()> {
-        match self.topics.parse(&m.topic) {
+        match self.topics.parse(&m.target) {
             Ok(Topic::Agent {
                 agent,
                 channel: AgentChannel::Announce,
@@ -696,8 +700,8 @@ impl Headend {
                 channel: AgentChannel::Batch,
             }) => self.on_batch(&agent, m).await,
             _ => {
-                debug!(topic = %m.topic, "message on an unexpected topic dropped");
-                let _ = m.ack.ack().await;
+                debug!(target = %m.target, "message on an unexpected target dropped");
+                m.ack.ack().await;
                 Ok(())
             }
         }
@@ -708,7 +712,7 @@ impl Headend {
         match result {
             Ok(a) if a.dap == *topic_dap => {
                 self.persist()?;
-                let _ = m.ack.ack().await;
+                m.ack.ack().await;
                 info!(headend = %self.core.id(), dap = %a.dap, group = %a.group, meters = a.meters, unknown_meters = a.unknown, version = a.version, "DAP announcement accepted");
                 if a.unknown > 0 {
                     warn!(dap = %a.dap, unknown_meters = a.unknown, "the DAP announced meters this headend holds no credential for; their reports will be dropped");
@@ -725,13 +729,13 @@ impl Headend {
             }
             Ok(a) => {
                 // Verified, but on another DAP's topic: harmless, ignored.
-                warn!(dap = %a.dap, topic = %m.topic, "announcement on another DAP's topic");
-                let _ = m.ack.ack().await;
+                warn!(dap = %a.dap, target = %m.target, "announcement on another DAP's target");
+                m.ack.ack().await;
                 Ok(())
             }
             Err(e) => {
                 warn!(headend = %self.core.id(), error = %e, "announcement refused");
-                let _ = m.ack.ack().await;
+                m.ack.ack().await;
                 Ok(())
             }
         }
@@ -745,7 +749,7 @@ impl Headend {
                 for r in &outcome.readings {
                     self.handler.reading(r);
                 }
-                let _ = m.ack.ack().await;
+                m.ack.ack().await;
                 for (meter, why) in &outcome.dropped {
                     match why {
                         ReportDrop::Replayed => self.stats.replayed += 1,
@@ -764,6 +768,16 @@ impl Headend {
                     dropped: outcome.dropped.len(),
                 });
             }
+            Err(Error::NotAnnounced(dap)) if dap == *topic_dap && !m.can_wait() => {
+                // CoAP: the DAP waits for this answer before it answers its
+                // meters; holding it would hold the DAP. Refused (5.03), so
+                // the DAP and its meters see it, and the DAP is asked to
+                // announce.
+                debug!(%dap, "batch of an unannounced DAP refused until it announces");
+                drop(m);
+                self.refused("DAP not announced");
+                self.solicit(&dap).await?;
+            }
             Err(Error::NotAnnounced(dap)) if dap == *topic_dap => {
                 let queue = self.held.entry(dap.clone()).or_default();
                 if queue.len() < MAX_HELD_BATCHES {
@@ -774,13 +788,13 @@ impl Headend {
                     }
                 } else {
                     warn!(%dap, "too many batches held for an unannounced DAP; dropped");
-                    let _ = m.ack.ack().await;
+                    m.ack.ack().await;
                     self.refused("DAP not announced; hold queue full");
                 }
             }
             Err(e) => {
-                warn!(headend = %self.core.id(), topic = %m.topic, error = %e, "batch refused");
-                let _ = m.ack.ack().await;
+                warn!(headend = %self.core.id(), target = %m.target, error = %e, "batch refused");
+                m.ack.ack().await;
                 self.refused(&e.to_string());
             }
         }

@@ -324,6 +324,7 @@ pub async fn spawn_on(
             topics.all_devices_filter(DeviceChannel::Pull),
         ],
         multicast: false,
+        ..Interest::default()
     };
     let (link, inbox) = match Link::connect(manager.id(), link, topics.clone(), interest).await {
         Ok(x) => x,

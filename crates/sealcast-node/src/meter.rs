@@ -8,13 +8,13 @@
 //! `sealcast device report`: it resumes the reservation from the meter's
 //! state file, writes each new reservation before using it, and publishes.
 
+use crate::link::{Interest, Link, LinkConfig};
 use sealcast_core::credential::{EntityCredential, PublicCredential};
 use sealcast_core::crypto::AeadAlg;
 use sealcast_core::ids::{EntityId, SeqNum, UnixMillis};
 use sealcast_core::replay::SeqAllocator;
 use sealcast_core::report::{PairwiseKey, seal_report};
 use sealcast_core::target::{AgentChannel, TopicScheme};
-use sealcast_mqtt::{Bytes, MqttClient, MqttConfig};
 use sealcast_store::DeviceStateFile;
 
 use crate::runtime::now;
@@ -136,8 +136,8 @@ pub struct MeterConfig {
     pub headend: PublicCredential,
     /// The DAP it reports through.
     pub dap: EntityId,
-    /// MQTT broker URL.
-    pub broker_url: String,
+    /// How it reaches its DAP (MQTT or CoAP).
+    pub link: LinkConfig,
     /// Topic scheme.
     pub topics: TopicScheme,
     /// Where its sequence reservation persists.
@@ -150,16 +150,22 @@ impl core::fmt::Debug for MeterConfig {
             .field("id", self.credential.id())
             .field("headend", self.headend.id())
             .field("dap", &self.dap)
-            .field("broker_url", &self.broker_url)
+            .field("transport", &self.link.transport())
             .finish_non_exhaustive()
     }
 }
 
-/// Seals each reading and publishes it to the DAP's report topic, with
+/// Reports in flight at once to the DAP on CoAP: the DAP answers each one
+/// only when its batch was forwarded.
+const REPORTS_IN_FLIGHT: usize = 64;
+
+/// Seals each reading and sends it to the DAP's report target, with
 /// sequence numbers from (and reservations written to) the meter's state
 /// file, each reservation on disk before a number of it is used. Must not
-/// run twice at once for one meter. Returns the sequence number and size
-/// of each report sent.
+/// run twice at once for one meter. Returns once every report was taken
+/// (MQTT: acknowledged by the broker; CoAP: answered by the DAP after it
+/// forwarded the report's batch), with the sequence number and size of
+/// each report sent; fails if any was refused or unanswered.
 pub async fn report_once(config: MeterConfig, readings: &[Vec<u8>]) -> Result<Vec<(u64, usize)>> {
     let file = config.state_file;
     // Read, reserve and write under the file's lock: two reports of one
@@ -180,20 +186,30 @@ pub async fn report_once(config: MeterConfig, readings: &[Vec<u8>]) -> Result<Ve
         sealed.push(meter.seal(reading, now())?);
     }
     let topic = config.topics.agent(&config.dap, AgentChannel::Report);
-    let mqtt = MqttConfig::from_url(
-        &config.broker_url,
-        config.topics.client_id(&format!("{id}-report")),
-    )?;
-    let (client, _inbox) = MqttClient::connect(mqtt)?;
-    let timeout = std::time::Duration::from_secs(10);
-    client.wait_connected(timeout).await?;
+    // A client id of its own and a clean session: a one-shot sender never
+    // takes over a service's session nor leaves one behind.
+    let link_config = config
+        .link
+        .with_mqtt_client_id(&config.topics.client_id(&format!("{id}-report")))
+        .with_persistent_session(false)
+        .with_nstart(REPORTS_IN_FLIGHT);
+    let (link, _inbox) = Link::connect(
+        &id,
+        &link_config,
+        config.topics.clone(),
+        Interest::send_only(),
+    )
+    .await?;
     let mut sent = Vec::with_capacity(sealed.len());
     for (seq, bytes) in sealed {
         sent.push((seq.get(), bytes.len()));
-        client.publish(topic.clone(), Bytes::from(bytes)).await?;
+        link.send_to(&config.dap, topic.clone(), bytes).await?;
     }
-    client.flush(timeout).await?;
-    let _ = client.disconnect(timeout).await;
+    // Each report waits for its batch (the DAP's batch delay) and may be
+    // retransmitted; a minute covers thousands.
+    let taken = link.flush(std::time::Duration::from_secs(60)).await;
+    link.close(std::time::Duration::from_secs(10)).await;
+    taken?;
     Ok(sent)
 }
 

@@ -173,19 +173,51 @@ pub fn demo_topics(external: bool) -> crate::Result<sealcast_core::target::Topic
     ))?)
 }
 
-/// The broker to use: `url` if given, else an embedded rumqttd started on
-/// 127.0.0.1 (kept alive by the returned handle).
-pub async fn broker(
-    url: Option<&str>,
-) -> crate::Result<(Option<sealcast_mqtt::EmbeddedBroker>, String)> {
-    match url {
-        Some(url) => Ok((None, url.to_owned())),
-        None => {
-            let broker = tokio::task::spawn_blocking(sealcast_mqtt::EmbeddedBroker::start)
-                .await
-                .map_err(|e| crate::Error::Runtime(format!("broker thread: {e}")))??;
-            let url = broker.url();
-            Ok((Some(broker), url))
+/// What a demo's links need kept alive while it runs (the embedded MQTT
+/// broker, if it started one).
+#[derive(Debug)]
+pub struct DemoTransport {
+    _broker: Option<crate::link::mqtt::EmbeddedBroker>,
+}
+
+/// The link configuration of a demo on `transport`: MQTT through `broker`
+/// if given, else through an embedded broker on 127.0.0.1; CoAP on
+/// loopback with a group port of its own. `log` hears where.
+pub async fn demo_link(
+    transport: crate::link::Transport,
+    broker: Option<&str>,
+    log: &mut dyn FnMut(&str),
+) -> crate::Result<(DemoTransport, crate::link::LinkConfig)> {
+    use crate::link::{AddressBook, CoapLinkConfig, LinkConfig, Transport};
+    match transport {
+        Transport::Mqtt => {
+            let (embedded, url) = match broker {
+                Some(url) => (None, url.to_owned()),
+                None => {
+                    let b = crate::link::mqtt::EmbeddedBroker::start().await?;
+                    let url = b.url();
+                    (Some(b), url)
+                }
+            };
+            log(&format!(
+                "MQTT broker at {}",
+                crate::link::mqtt::redact_url(&url)
+            ));
+            Ok((DemoTransport { _broker: embedded }, LinkConfig::mqtt(url)))
+        }
+        Transport::Coap => {
+            if broker.is_some() {
+                return Err(crate::Error::Runtime(
+                    "a broker is for MQTT, not CoAP".into(),
+                ));
+            }
+            let coap =
+                CoapLinkConfig::loopback(crate::link::free_loopback_port()?, AddressBook::new())?;
+            log(&format!(
+                "CoAP: unicast CON endpoints on 127.0.0.1, group channels by multicast to {} pinned to 127.0.0.1",
+                coap.group
+            ));
+            Ok((DemoTransport { _broker: None }, LinkConfig::Coap(coap)))
         }
     }
 }

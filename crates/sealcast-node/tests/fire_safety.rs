@@ -64,14 +64,14 @@ async fn fire_safety_on_mosquitto() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn smart_meter_on_the_embedded_broker() {
+async fn smart_meter_on(transport: Transport) {
     use sealcast_node::smart_meter::{SmartMeterConfig, smart_meter};
     let mut lines = Vec::new();
     let config = SmartMeterConfig {
         meters: 40,
         reports_per_meter: 2,
         broker: None,
+        transport,
     };
     let report = smart_meter(config, &mut |l| lines.push(l.to_owned()))
         .await
@@ -79,7 +79,7 @@ async fn smart_meter_on_the_embedded_broker() {
     for c in &report.checks {
         assert!(
             c.passed(),
-            "{} expected {} observed {}\n{}",
+            "{transport}: {} expected {} observed {}\n{}",
             c.what,
             c.expected,
             c.observed,
@@ -88,4 +88,17 @@ async fn smart_meter_on_the_embedded_broker() {
     }
     assert!(report.passed());
     assert!(report.rate.is_some_and(|r| r > 0.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smart_meter_on_the_embedded_broker() {
+    smart_meter_on(Transport::Mqtt).await;
+}
+
+/// The same deployment through the same link over CoAP: meters' reports
+/// by confirmable unicast to the DAP, batches and announcements to the
+/// headend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smart_meter_over_coap() {
+    smart_meter_on(Transport::Coap).await;
 }

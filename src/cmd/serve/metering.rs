@@ -34,6 +34,17 @@
 //! state_dir = "meter-1-state"
 //! dap = "dap-1"
 //! headend_public_key = "headend.pub"
+//!
+//! # On CoAP instead of `broker`, in each of the three (as for the other
+//! # services): the entity's endpoint, the group, and its peers' endpoints
+//! # (headend: its DAPs; DAP: the headend; meter: its DAP).
+//! transport = "coap"
+//! [coap]
+//! listen = "127.0.0.1:5711"        # a meter only sends: "127.0.0.1:0"
+//! group = "224.0.1.187:5683"
+//! [[coap.endpoint]]
+//! id = "headend"
+//! address = "127.0.0.1:5710"
 //! ```
 
 use std::io::Write;
@@ -54,8 +65,9 @@ use serde::Deserialize;
 use tracing::{info, warn};
 
 use super::{
-    ServeArgs, broker_security, broker_url, create_dir, entity, failed, init_logs, node_config,
-    read_config, resolve, runtime, topics, wait_for_stop_signal,
+    CoapSection, ServeArgs, TransportName, broker_security, broker_url, create_dir, entity, failed,
+    init_logs, link_config, node_config, read_config, resolve, runtime, topics,
+    wait_for_stop_signal,
 };
 use crate::cmd::{load_private_key, load_public_key, say};
 use crate::error::{CliError, Result};
@@ -100,7 +112,13 @@ struct KeyEntry {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct HeadendFile {
+    /// MQTT broker URL (with `transport = "mqtt"`, the default).
+    #[serde(default)]
     broker: String,
+    /// `"mqtt"` (default) or `"coap"`.
+    transport: Option<TransportName>,
+    /// The CoAP endpoint, group and address book (with `transport = "coap"`).
+    coap: Option<CoapSection>,
     topic_prefix: Option<String>,
     /// PEM file of the CA the broker's certificate chains to (with an
     /// `mqtts://` broker).
@@ -160,7 +178,13 @@ fn default_delay() -> u64 {
 /// gateway part, when `manager_public_key` is present).
 #[derive(Debug, Deserialize)]
 pub(super) struct AgentFile {
+    /// MQTT broker URL (with `transport = "mqtt"`, the default).
+    #[serde(default)]
     broker: String,
+    /// `"mqtt"` (default) or `"coap"`.
+    transport: Option<TransportName>,
+    /// The CoAP endpoint, group and address book (with `transport = "coap"`).
+    coap: Option<CoapSection>,
     topic_prefix: Option<String>,
     /// PEM file of the CA the broker's certificate chains to (with an
     /// `mqtts://` broker).
@@ -184,7 +208,13 @@ pub(super) struct AgentFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct MeterFile {
+    /// MQTT broker URL (with `transport = "mqtt"`, the default).
+    #[serde(default)]
     broker: String,
+    /// `"mqtt"` (default) or `"coap"`.
+    transport: Option<TransportName>,
+    /// The CoAP endpoint, group and address book (with `transport = "coap"`).
+    coap: Option<CoapSection>,
     topic_prefix: Option<String>,
     /// PEM file of the CA the broker's certificate chains to (with an
     /// `mqtts://` broker).
@@ -303,21 +333,25 @@ pub fn headend(args: &HeadendServeArgs) -> Result<()> {
         None => Arc::new(LogReadings),
     };
     let topics = topics(config.topic_prefix.as_deref())?;
-    let broker = broker_url(&config.broker, &base, &broker_security!(config))?;
+    let link = link_config(
+        config.transport,
+        &broker_url(&config.broker, &base, &broker_security!(config))?,
+        config.coap.as_ref(),
+    )?;
     runtime()?.block_on(async move {
         let (events, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let transport = link.transport();
         let handle = headend::spawn(HeadendConfig {
             core,
-            broker_url: broker.clone(),
+            link,
             topics,
             handler,
             state_file: Some(DeviceStateFile::new(state_dir.join("headend.cbor"))),
             events,
-            persistent_session: true,
         })
         .await
         .map_err(|e| failed("the headend could not start", e))?;
-        info!(headend = %handle.id(), broker = %sealcast_mqtt::redact_url(&broker), meters = n_meters, "headend service running");
+        info!(headend = %handle.id(), %transport, meters = n_meters, "headend service running");
         let failure = async {
             while let Some(e) = rx.recv().await {
                 if let HeadendEvent::Failed(why) = e {
@@ -389,7 +423,17 @@ pub fn agent_with_dap(args: &ServeArgs) -> Result<()> {
     let meter_keys = load_meters(&section)?;
     let core = DapCore::new(credential, headend, section.group.clone(), meter_keys)
         .map_err(|e| failed("cannot set up the DAP", e))?;
+    let link = link_config(
+        config.transport,
+        &broker_url(&config.broker, &base, &broker_security!(config))?,
+        config.coap.as_ref(),
+    )?;
     let node = match &config.manager_public_key {
+        Some(_) if link.transport() == sealcast_node::link::Transport::Coap => {
+            return Err(CliError::usage(
+                "on CoAP the DAP and the gateway cannot share one endpoint: run the gateway as an agent of its own (drop manager_public_key here)",
+            ));
+        }
         Some(_) => Some(node_config(&args.config, Arc::new(sealcast_node::device::LogHandler))?.0),
         None => None,
     };
@@ -399,13 +443,12 @@ pub fn agent_with_dap(args: &ServeArgs) -> Result<()> {
         let (events, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let handle = dap::spawn(DapConfig {
             core,
-            broker_url: broker_url(&config.broker, &base, &broker_security!(config))?,
+            link,
             topics: scheme,
             batch_size: section.batch_size,
             max_batch_delay: Duration::from_millis(section.max_batch_delay_ms),
             state_file: Some(DeviceStateFile::new(state_dir.join("dap.cbor"))),
             events,
-            persistent_session: true,
             pool: section
                 .pool
                 .as_deref()
@@ -491,7 +534,11 @@ pub fn device_report(args: &ReportArgs) -> Result<()> {
         credential: load_private_key(&resolve(&base, &config.key))?,
         headend: load_public_key(&resolve(&base, &config.headend_public_key))?,
         dap: entity(&config.dap)?,
-        broker_url: broker_url(&config.broker, &base, &broker_security!(config))?,
+        link: link_config(
+            config.transport,
+            &broker_url(&config.broker, &base, &broker_security!(config))?,
+            config.coap.as_ref(),
+        )?,
         topics: topics(config.topic_prefix.as_deref())?,
         state_file: DeviceStateFile::new(state_dir.join("meter.cbor")),
     };

@@ -1,17 +1,20 @@
-//! The transport under the runtimes: MQTT or CoAP, chosen by a
-//! [`LinkConfig`], the same three operations either way.
+//! The transport under the runtimes: one seam, three operations, whatever
+//! carries them. MQTT ([`mqtt`]) and CoAP ([`coap`]) are adapters behind
+//! it, chosen by a [`LinkConfig`]; a runtime never names either.
 //!
 //! - **publish** to a group channel ([`Link::publish_group`]) or send to one
-//!   entity ([`Link::send_to`], [`Link::relay`]);
+//!   entity ([`Link::send_to`], [`Link::relay`]); [`Link::flush`] waits
+//!   until what was sent was taken (MQTT: the broker's PUBACKs; CoAP: the
+//!   peers' answers) and says if anything was refused;
 //! - an **inbox** ([`Inbox`]) of [`Incoming`] messages, each with the
 //!   *target* it arrived on — the string a broadcast binds into both COSE
 //!   layers;
 //! - an **acknowledgement** ([`Ack`]) the runtime sends only after the
 //!   message was processed — for broadcasts, after the replay window
-//!   committed ([`deliver_once`]).
+//!   committed ([`deliver_once`], by the rule of `sealcast_core::receive`).
 //!
 //! The target is the same string on both transports: the [`TopicScheme`]
-//! topic (`sealcast/v1/g/<group-hex>/cmd`, `sealcast/v1/d/<entity>/ack`, …).
+//! name (`sealcast/v1/g/<group-hex>/cmd`, `sealcast/v1/d/<entity>/ack`, …).
 //! Over MQTT it is the topic; over CoAP it is the Uri-Path (segments joined
 //! with `/`), so a sealed object opens, or fails to, identically on both.
 //!
@@ -20,40 +23,43 @@
 //! | group channels (cmd, alert, notice, rekey) | QoS 1 publish to the group topic | NON POST to the group address (224.0.1.187 and a port), interface pinned |
 //! | key delivery | QoS 1 publish to `d/<device>/delivery` (the agent subscribes too) | CON POST to the agent's endpoint (`via`), which forwards it by CON to the device |
 //! | ack, pull | QoS 1 publish to `d/<device>/ack\|pull` | CON POST to the manager's endpoint |
-//! | acknowledgement | PUBACK after processing (manual ack) | the CON response (2.04; 4.00 for a rejected broadcast), sent after processing |
+//! | meter report, DAP batch and announcement, solicit | QoS 1 publish to `a/<dap>/report\|batch\|announce\|solicit` | CON POST to the DAP's (report, solicit) or headend's (batch, announce) endpoint |
+//! | acknowledgement | PUBACK after processing (manual ack) | the CON response (2.04; 4.00 for a rejected broadcast), sent after processing as a late piggybacked ACK |
 //!
 //! CoAP endpoints come from an [`AddressBook`]: in the demo every link
 //! registers the endpoint it bound; a service fills it from its config.
-//! Unicast sends are queued per destination and sent by a worker task
-//! (confirmable, retransmitted, one exchange at a time per destination), so
-//! a runtime never waits on a peer that is itself waiting on it. Lost
-//! multicast is tolerated by design: a member that misses a join notice or
-//! a tree rekey does not acknowledge the new epoch, and the manager re-sends
-//! the current material to it by unicast until it does; a member that hears
-//! a command of a newer epoch pulls.
+//! Unicast sends are queued per destination and sent by worker tasks
+//! (confirmable, retransmitted, [`CoapLinkConfig::nstart`] exchanges at a
+//! time per destination), so a runtime never waits on a peer that is
+//! itself waiting on it. The endpoint answers a request only when the
+//! runtime acknowledges it, without holding its thread meanwhile, so many
+//! requests can be open at once (a DAP's batch). Lost multicast is
+//! tolerated by design: a member that misses a join notice or a tree rekey
+//! does not acknowledge the new epoch, and the manager re-sends the
+//! current material to it by unicast until it does; a member that hears a
+//! command of a newer epoch pulls.
+
+pub mod coap;
+pub mod mqtt;
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use sealcast_coap::{
-    ALL_COAP_NODES_V4, ClientConfig, CoapClient, ContentFormat, Handler, MAX_DATAGRAM, Method,
-    MulticastConfig, MulticastReceiver, MulticastSender, Request, Response, ResponseCode,
-    ServerCore, ServerSettings, TransmissionParams,
-};
+pub use bytes::Bytes;
+use sealcast_coap::ResponseCode;
 use sealcast_core::ReplayKind;
 use sealcast_core::ids::{EntityId, GroupId};
 use sealcast_core::receive::{OpenError, Verdict};
 use sealcast_core::target::{GroupChannel, TopicFilter, TopicScheme};
-use sealcast_mqtt::{AckToken, Bytes, MqttClient, MqttConfig, Subscription};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::sync::{Notify, mpsc};
 use tracing::{debug, info, warn};
 
 use crate::{Error, Result};
 
+pub use coap::{CoapLinkConfig, free_loopback_port, multicast_once};
 pub use sealcast_coap::MulticastInterface;
 
 /// Which transport a deployment runs on.
@@ -122,16 +128,20 @@ impl LinkConfig {
             Self::Mqtt {
                 broker_url,
                 persistent_session,
-            } => {
-                let sep = if broker_url.contains('?') { '&' } else { '?' };
-                Self::Mqtt {
-                    broker_url: format!(
-                        "{broker_url}{sep}client_id={}",
-                        sealcast_mqtt::percent_encode(client_id)
-                    ),
-                    persistent_session: *persistent_session,
-                }
-            }
+            } => Self::Mqtt {
+                broker_url: mqtt::with_client_id(broker_url, client_id),
+                persistent_session: *persistent_session,
+            },
+            other => other.clone(),
+        }
+    }
+
+    /// The same link with `nstart` CoAP exchanges in flight per peer (see
+    /// [`CoapLinkConfig::nstart`]; MQTT: unchanged).
+    #[must_use]
+    pub fn with_nstart(&self, nstart: usize) -> Self {
+        match self {
+            Self::Coap(c) => Self::Coap(c.clone().with_nstart(nstart)),
             other => other.clone(),
         }
     }
@@ -190,81 +200,42 @@ impl AddressBook {
     }
 }
 
-/// How long a CoAP server waits for its runtime to process one request
-/// before it answers 5.03 (the sender's re-send or pull recovers).
-pub const PROCESS_TIMEOUT: Duration = Duration::from_secs(10);
-/// Unicast messages queued per destination before new ones are dropped
-/// (the manager's re-sends recover key traffic).
-const OUTBOX_DEPTH: usize = 1024;
-/// Messages queued between the sockets and the runtime.
-const INBOX_DEPTH: usize = 1024;
-/// How often a blocked CoAP server thread looks at its stop flag.
-const SERVER_POLL: Duration = Duration::from_millis(200);
-
-/// A CoAP link's settings.
-#[derive(Clone, Debug)]
-pub struct CoapLinkConfig {
-    /// The unicast endpoint to listen on (port 0: any free port; the bound
-    /// endpoint is recorded in the book). Unicast clients bind its address.
-    pub listen: SocketAddr,
-    /// The group address and port of the group channels.
-    pub group: SocketAddr,
-    /// The interface multicast leaves by and is joined on (never left to
-    /// the kernel's default route).
-    pub interface: MulticastInterface,
-    /// Where the other entities listen.
-    pub book: AddressBook,
-    /// Confirmable-message timing (RFC 7252 §4.8).
-    pub params: TransmissionParams,
-    /// The largest multicast datagram sent or accepted.
-    pub max_multicast: usize,
-}
-
-impl CoapLinkConfig {
-    /// Everything on loopback: listen on `127.0.0.1:0`, group
-    /// `224.0.1.187:group_port` pinned to the interface `127.0.0.1`, CON
-    /// timing for loopback (ACK_TIMEOUT 500 ms, 4 retransmissions), and
-    /// multicast datagrams up to 16 KiB (loopback's MTU is 64 KiB; a tree
-    /// rekey of a thousand members is about 1.1 KiB).
-    pub fn loopback(group_port: u16, book: AddressBook) -> Result<Self> {
-        let params =
-            TransmissionParams::new(Duration::from_millis(500), 1.5, 4, Duration::from_secs(2))?;
-        Ok(Self {
-            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
-            group: SocketAddr::new(IpAddr::V4(ALL_COAP_NODES_V4), group_port),
-            interface: MulticastInterface::LOOPBACK_V4,
-            book,
-            params,
-            max_multicast: 16 * 1024,
-        })
-    }
-
-    /// The same settings listening on `listen`.
-    #[must_use]
-    pub fn listening_on(mut self, listen: SocketAddr) -> Self {
-        self.listen = listen;
-        self
-    }
-
-    fn multicast(&self) -> Result<MulticastConfig> {
-        Ok(MulticastConfig::new(self.group.ip(), self.interface)?
-            .with_port(self.group.port())
-            .with_hops(1)?
-            .with_loopback(true)
-            .with_max_message(self.max_multicast.min(MAX_DATAGRAM))?
-            .with_params(self.params))
-    }
-}
-
 /// What a link listens to.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Interest {
-    /// MQTT topic filters to subscribe to. CoAP needs none: unicast
-    /// requests reach the entity's endpoint by address.
+    /// MQTT topic filters to subscribe to (shared ones included). CoAP
+    /// needs none: unicast requests reach the entity's endpoint by address.
     pub filters: Vec<TopicFilter>,
     /// CoAP: join the multicast group (field nodes and taps do; the manager
     /// does not).
     pub multicast: bool,
+    /// False for a link that only sends (a one-shot meter): MQTT subscribes
+    /// to nothing, CoAP binds no endpoint.
+    pub receive: bool,
+    /// Messages the transport may hold for the runtime before it stops
+    /// reading (MQTT; default: the client's).
+    pub capacity: Option<usize>,
+}
+
+impl Default for Interest {
+    fn default() -> Self {
+        Self {
+            filters: Vec::new(),
+            multicast: false,
+            receive: true,
+            capacity: None,
+        }
+    }
+}
+
+impl Interest {
+    /// A link that only sends.
+    pub fn send_only() -> Self {
+        Self {
+            receive: false,
+            ..Self::default()
+        }
+    }
 }
 
 /// One received message.
@@ -283,7 +254,7 @@ impl Incoming {
     /// it on the next session). False on CoAP, whose server waits for the
     /// answer: there, drop it (5.03) rather than hold it.
     pub fn can_wait(&self) -> bool {
-        matches!(self.ack.0, AckInner::Mqtt { .. })
+        matches!(self.ack.0, AckInner::Mqtt(_))
     }
 }
 
@@ -305,15 +276,15 @@ impl core::fmt::Debug for Incoming {
 pub struct Ack(AckInner);
 
 enum AckInner {
-    Mqtt { token: AckToken, redelivered: bool },
-    Coap(std::sync::mpsc::SyncSender<ResponseCode>),
+    Mqtt(mqtt::MqttAck),
+    Coap(coap::CoapAnswer),
     None,
 }
 
 impl core::fmt::Debug for Ack {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str(match self.0 {
-            AckInner::Mqtt { .. } => "Ack(MQTT)",
+            AckInner::Mqtt(_) => "Ack(MQTT)",
             AckInner::Coap(_) => "Ack(CoAP)",
             AckInner::None => "Ack(none)",
         })
@@ -323,13 +294,7 @@ impl core::fmt::Debug for Ack {
 impl Ack {
     /// The transport marked this message as a redelivery (MQTT DUP).
     fn redelivered(&self) -> bool {
-        matches!(
-            self.0,
-            AckInner::Mqtt {
-                redelivered: true,
-                ..
-            }
-        )
+        matches!(&self.0, AckInner::Mqtt(a) if a.redelivered())
     }
 
     /// Acknowledges: the message was processed (MQTT PUBACK, CoAP 2.04).
@@ -345,16 +310,10 @@ impl Ack {
 
     async fn answer(self, code: ResponseCode) {
         match self.0 {
-            AckInner::Mqtt { token, .. } => {
-                if let Err(e) = token.ack().await {
-                    debug!(error = %e, "could not acknowledge; a redelivery will be dropped as a duplicate");
-                }
-            }
-            AckInner::Coap(reply) => {
-                // The server thread waits on the other end; if it gave up,
-                // the sender retries and the replay window drops the copy.
-                let _ = reply.try_send(code);
-            }
+            AckInner::Mqtt(a) => a.send().await,
+            // If the peer gave up meanwhile, it retries and the replay
+            // window drops the copy.
+            AckInner::Coap(a) => a.send(code),
             AckInner::None => {}
         }
     }
@@ -445,16 +404,63 @@ where
     }
 }
 
-impl Incoming {
-    fn from_mqtt(m: sealcast_mqtt::Incoming) -> Self {
-        Self {
-            target: m.topic,
-            payload: m.payload,
-            ack: Ack(AckInner::Mqtt {
-                token: m.ack,
-                redelivered: m.redelivered,
-            }),
+/// Sends in flight and failures since the last [`Link::flush`].
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    outstanding: AtomicU64,
+    failed: AtomicU64,
+    last_error: Mutex<Option<String>>,
+    idle: Notify,
+}
+
+impl Progress {
+    fn started(&self) {
+        self.outstanding.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn finished(&self, error: Option<String>) {
+        if let Some(e) = error {
+            self.failed.fetch_add(1, Ordering::SeqCst);
+            *self
+                .last_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(e);
         }
+        if self.outstanding.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+
+    /// Waits until nothing is in flight (or `deadline`), then reports the
+    /// failures since the last call.
+    async fn settle(&self, deadline: tokio::time::Instant, what: &str) -> Result<()> {
+        loop {
+            let idle = self.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            let left = self.outstanding.load(Ordering::SeqCst);
+            if left == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                return Err(Error::Runtime(format!(
+                    "{left} {what} message(s) still unsent when the wait ended"
+                )));
+            }
+        }
+        let failed = self.failed.swap(0, Ordering::SeqCst);
+        if failed > 0 {
+            let last = self
+                .last_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take()
+                .unwrap_or_default();
+            return Err(Error::Runtime(format!(
+                "{failed} {what} message(s) were not accepted (last: {last})"
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -462,7 +468,7 @@ impl Incoming {
 pub struct Inbox(InboxInner);
 
 enum InboxInner {
-    Mqtt(Subscription),
+    Mqtt(sealcast_mqtt::Subscription),
     Coap(mpsc::Receiver<Incoming>),
 }
 
@@ -476,7 +482,7 @@ impl Inbox {
     /// The next message, or `None` once the link is closed.
     pub async fn next_message(&mut self) -> Option<Incoming> {
         match &mut self.0 {
-            InboxInner::Mqtt(sub) => sub.next_message().await.map(Incoming::from_mqtt),
+            InboxInner::Mqtt(sub) => mqtt::next_message(sub).await,
             InboxInner::Coap(rx) => rx.recv().await,
         }
     }
@@ -490,100 +496,8 @@ pub struct Link {
 }
 
 enum LinkInner {
-    Mqtt(MqttPublisher),
-    Coap(Box<CoapLink>),
-}
-
-/// Publishes over MQTT from a task of its own, a bounded number at a time.
-///
-/// The runtime that owns the link hands messages over without waiting, so
-/// it keeps reading and acknowledging its inbox while a burst (a manager's
-/// thousand key deliveries) goes out; the task keeps fewer than
-/// [`MQTT_PACE`] publishes unacknowledged, so rumqttc's inflight window
-/// never fills and our acknowledgements of received messages never queue
-/// behind publishes the broker will not acknowledge until it has them.
-/// Without this, the embedded broker stalled key distribution at about 150
-/// devices.
-struct MqttPublisher {
-    client: MqttClient,
-    queue: Mutex<Option<mpsc::UnboundedSender<(String, Bytes)>>>,
-    task: Mutex<Option<JoinHandle<()>>>,
-}
-
-/// Unacknowledged publishes a link allows itself: half the client's window.
-const MQTT_PACE: u64 = sealcast_mqtt::DEFAULT_INFLIGHT as u64 / 2;
-
-/// How long the publisher waits for the broker's acknowledgements before
-/// it publishes anyway (and logs it).
-const MQTT_PACE_WAIT: Duration = Duration::from_secs(2);
-
-impl MqttPublisher {
-    fn start(client: MqttClient) -> Self {
-        let (tx, mut rx) = mpsc::unbounded_channel::<(String, Bytes)>();
-        let c = client.clone();
-        let task = tokio::spawn(async move {
-            while let Some((topic, bytes)) = rx.recv().await {
-                if let Err(e) = c.wait_outstanding_below(MQTT_PACE, MQTT_PACE_WAIT).await {
-                    debug!(error = %e, "publishing without the broker's acknowledgements");
-                }
-                if let Err(e) = c.publish(topic, bytes).await {
-                    warn!(error = %e, "publish failed");
-                }
-            }
-        });
-        Self {
-            client,
-            queue: Mutex::new(Some(tx)),
-            task: Mutex::new(Some(task)),
-        }
-    }
-
-    /// Queues a publish; it fails only once the link is closed.
-    fn publish(&self, topic: String, bytes: Bytes) -> Result<()> {
-        let queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-        match queue.as_ref() {
-            Some(tx) if tx.send((topic, bytes)).is_ok() => Ok(()),
-            _ => Err(Error::Runtime("the MQTT link is closed".into())),
-        }
-    }
-
-    /// Sends what is queued (within `timeout`), then disconnects.
-    async fn close(&self, timeout: Duration) {
-        let deadline = tokio::time::Instant::now() + timeout;
-        drop(
-            self.queue
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take(),
-        );
-        let task = self
-            .task
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(task) = task {
-            let _ = tokio::time::timeout_at(deadline, task).await;
-        }
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let _ = self.client.flush(left).await;
-        let _ = self
-            .client
-            .disconnect(Duration::from_secs(2).min(timeout))
-            .await;
-    }
-}
-
-impl Drop for MqttPublisher {
-    fn drop(&mut self) {
-        if let Some(task) = self
-            .task
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        {
-            task.abort();
-        }
-    }
+    Mqtt(mqtt::MqttPublisher),
+    Coap(Box<coap::CoapLink>),
 }
 
 impl core::fmt::Debug for Link {
@@ -605,39 +519,29 @@ impl Link {
         topics: TopicScheme,
         interest: Interest,
     ) -> Result<(Link, Inbox)> {
-        match config {
+        let (inner, inbox) = match config {
             LinkConfig::Mqtt {
                 broker_url,
                 persistent_session,
             } => {
-                let mut mqtt = MqttConfig::from_url(broker_url, topics.client_id(id.as_str()))?
-                    .with_persistent_session(*persistent_session);
-                for f in interest.filters {
-                    mqtt = mqtt.with_subscription(f);
-                }
-                let (client, sub) = MqttClient::connect(mqtt)?;
-                client.wait_subscribed(Duration::from_secs(10)).await?;
-                Ok((
-                    Link {
-                        id: id.clone(),
-                        topics,
-                        inner: LinkInner::Mqtt(MqttPublisher::start(client)),
-                    },
-                    Inbox(InboxInner::Mqtt(sub)),
-                ))
+                let (publisher, sub) =
+                    mqtt::connect(id, broker_url, *persistent_session, &topics, interest).await?;
+                (LinkInner::Mqtt(publisher), InboxInner::Mqtt(sub))
             }
             LinkConfig::Coap(c) => {
-                let (coap, rx) = CoapLink::start(id, c, interest.multicast).await?;
-                Ok((
-                    Link {
-                        id: id.clone(),
-                        topics,
-                        inner: LinkInner::Coap(Box::new(coap)),
-                    },
-                    Inbox(InboxInner::Coap(rx)),
-                ))
+                let (coap, rx) =
+                    coap::CoapLink::start(id, c, interest.receive, interest.multicast).await?;
+                (LinkInner::Coap(Box::new(coap)), InboxInner::Coap(rx))
             }
-        }
+        };
+        Ok((
+            Link {
+                id: id.clone(),
+                topics,
+                inner,
+            },
+            Inbox(inbox),
+        ))
     }
 
     /// The transport.
@@ -653,11 +557,12 @@ impl Link {
         &self.topics
     }
 
-    /// The CoAP endpoint this link listens on (None on MQTT).
+    /// The CoAP endpoint this link listens on (None on MQTT, and for a
+    /// link that only sends).
     pub fn endpoint(&self) -> Option<SocketAddr> {
         match &self.inner {
             LinkInner::Mqtt(_) => None,
-            LinkInner::Coap(c) => Some(c.endpoint),
+            LinkInner::Coap(c) => c.endpoint(),
         }
     }
 
@@ -675,7 +580,7 @@ impl Link {
             LinkInner::Mqtt(m) => m.publish(target, Bytes::from(bytes)),
             LinkInner::Coap(c) => {
                 c.multicast
-                    .send(&target, content_format(&bytes), &bytes)
+                    .send(&target, coap::content_format(&bytes), &bytes)
                     .await?;
                 Ok(())
             }
@@ -684,7 +589,8 @@ impl Link {
 
     /// Sends `bytes` on the per-entity `target` to `to`: MQTT publishes on
     /// the target (whoever subscribed gets it, `to` is not used); CoAP
-    /// queues a confirmable POST to `to`'s endpoint. Returns once queued.
+    /// queues a confirmable POST to `to`'s endpoint. Returns once queued;
+    /// [`Link::flush`] waits for the outcome.
     pub async fn send_to(&self, to: &EntityId, target: String, bytes: Vec<u8>) -> Result<()> {
         match &self.inner {
             LinkInner::Mqtt(m) => m.publish(target, Bytes::from(bytes)),
@@ -702,6 +608,17 @@ impl Link {
         }
     }
 
+    /// Waits until everything sent so far was taken — MQTT: handed to the
+    /// broker and acknowledged; CoAP: answered by its peer — within
+    /// `timeout`, and fails if anything was refused or lost since the last
+    /// flush (the error says how many).
+    pub async fn flush(&self, timeout: Duration) -> Result<()> {
+        match &self.inner {
+            LinkInner::Mqtt(m) => m.flush(timeout).await,
+            LinkInner::Coap(c) => c.flush(timeout).await,
+        }
+    }
+
     /// Closes the link (MQTT: a clean DISCONNECT within `timeout`; CoAP:
     /// the endpoint stops serving and the group is left).
     pub async fn close(&self, timeout: Duration) {
@@ -712,269 +629,11 @@ impl Link {
     }
 }
 
-fn content_format(bytes: &[u8]) -> ContentFormat {
-    ContentFormat::of_tagged_cose(bytes).unwrap_or(ContentFormat::OCTET_STREAM)
-}
-
-/// The CoAP side of a link.
-struct CoapLink {
-    id: EntityId,
-    endpoint: SocketAddr,
-    book: AddressBook,
-    multicast: MulticastSender,
-    outbox: Mutex<BTreeMap<SocketAddr, mpsc::Sender<Request>>>,
-    client_config: ClientConfig,
-    stop: Arc<AtomicBool>,
-    receiver: Option<JoinHandle<()>>,
-}
-
-impl CoapLink {
-    async fn start(
-        id: &EntityId,
-        config: &CoapLinkConfig,
-        join: bool,
-    ) -> Result<(CoapLink, mpsc::Receiver<Incoming>)> {
-        let (tx, rx) = mpsc::channel(INBOX_DEPTH);
-        let multicast_config = config.multicast()?;
-        let multicast = MulticastSender::bind(multicast_config.clone()).await?;
-        let receiver = if join {
-            let mut group = MulticastReceiver::join(multicast_config).await?;
-            let inbox = tx.clone();
-            Some(tokio::spawn(async move {
-                loop {
-                    let request = match group.recv().await {
-                        Ok(r) => r,
-                        Err(e) => {
-                            warn!(error = %e, "multicast receiver failed; the group is left");
-                            break;
-                        }
-                    };
-                    if request.request().method() != Method::Post {
-                        continue;
-                    }
-                    let target = request.path();
-                    let message = Incoming {
-                        target,
-                        payload: Bytes::from(request.into_request().into_payload()),
-                        ack: Ack(AckInner::None),
-                    };
-                    if inbox.send(message).await.is_err() {
-                        break;
-                    }
-                }
-            }))
-        } else {
-            None
-        };
-        let socket = std::net::UdpSocket::bind(config.listen)?;
-        socket.set_read_timeout(Some(SERVER_POLL))?;
-        let endpoint = socket.local_addr()?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let settings = ServerSettings {
-            params: config.params,
-            max_body: 64 * 1024,
-            ..ServerSettings::default()
-        };
-        let server = UnicastServer {
-            socket,
-            core: ServerCore::new(settings, sealcast_coap::MessageId::new(first_mid()?)),
-            handler: ToRuntime { inbox: tx },
-            stop: Arc::clone(&stop),
-        };
-        std::thread::Builder::new()
-            .name(format!("coap-{id}"))
-            .stack_size(256 * 1024)
-            .spawn(move || server.run())
-            .map_err(|e| Error::Runtime(format!("cannot start the CoAP server thread: {e}")))?;
-        config.book.insert(id.clone(), endpoint);
-        debug!(%id, %endpoint, group = %config.group, "CoAP link up");
-        let bind = SocketAddr::new(config.listen.ip(), 0);
-        Ok((
-            CoapLink {
-                id: id.clone(),
-                endpoint,
-                book: config.book.clone(),
-                multicast,
-                outbox: Mutex::new(BTreeMap::new()),
-                client_config: ClientConfig::new(bind)
-                    .with_params(config.params)
-                    .with_max_body(64 * 1024),
-                stop,
-                receiver,
-            },
-            rx,
-        ))
-    }
-
-    /// Queues a confirmable POST of `bytes` on `target` to `to`.
-    fn send(&self, to: &EntityId, target: String, bytes: Vec<u8>) -> Result<()> {
-        let peer = self
-            .book
-            .get(to)
-            .ok_or_else(|| Error::Runtime(format!("no CoAP endpoint known for {to}")))?;
-        let request = Request::post(&target, content_format(&bytes), bytes)?;
-        let mut outbox = self.outbox.lock().unwrap_or_else(PoisonError::into_inner);
-        let queue = outbox.entry(peer).or_insert_with(|| {
-            let (tx, rx) = mpsc::channel(OUTBOX_DEPTH);
-            tokio::spawn(send_worker(
-                self.id.clone(),
-                peer,
-                self.client_config.clone(),
-                rx,
-            ));
-            tx
-        });
-        queue.try_send(request).map_err(|_| {
-            Error::Runtime(format!(
-                "CoAP queue to {to} is full or closed; the message was dropped"
-            ))
-        })
-    }
-
-    fn stop(&self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(r) = &self.receiver {
-            r.abort();
-        }
-    }
-}
-
-impl Drop for CoapLink {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// Sends the queued requests to one peer, one confirmable exchange at a
-/// time (RFC 7252 §4.7, NSTART 1). Ends when the link is dropped.
-async fn send_worker(
-    from: EntityId,
-    peer: SocketAddr,
-    config: ClientConfig,
-    mut queue: mpsc::Receiver<Request>,
-) {
-    let client = match CoapClient::bind(config).await {
-        Ok(c) => c,
-        Err(e) => {
-            warn!(%from, %peer, error = %e, "cannot bind a CoAP client; messages to this peer are dropped");
-            return;
-        }
-    };
-    while let Some(request) = queue.recv().await {
-        match client.request(peer, &request).await {
-            Ok(response) if response.code().is_success() => {}
-            Ok(response) => {
-                debug!(%from, %peer, target = %request.path(), code = %response.code(), "peer refused");
-            }
-            Err(e) => {
-                warn!(%from, %peer, target = %request.path(), error = %e, "CoAP request failed; re-sends and pulls recover key traffic");
-            }
-        }
-    }
-}
-
-/// The unicast endpoint: a [`ServerCore`] (deduplication, block-wise) on a
-/// blocking socket in its own thread, because its handler waits until the
-/// runtime processed the request — the response is the acknowledgement.
-struct UnicastServer {
-    socket: std::net::UdpSocket,
-    core: ServerCore,
-    handler: ToRuntime,
-    stop: Arc<AtomicBool>,
-}
-
-impl UnicastServer {
-    fn run(mut self) {
-        let mut buf = vec![0u8; MAX_DATAGRAM + 1];
-        while !self.stop.load(Ordering::SeqCst) {
-            let (n, peer) = match self.socket.recv_from(&mut buf) {
-                Ok(x) => x,
-                // Timeouts (to look at the stop flag) and ICMP errors about
-                // earlier replies.
-                Err(_) => continue,
-            };
-            let datagram = buf.get(..n).unwrap_or_default();
-            if let Some(reply) =
-                self.core
-                    .handle_datagram(datagram, peer, std::time::Instant::now(), &self.handler)
-            {
-                // A failed send is a lost datagram: the client retransmits
-                // and the deduplication cache answers.
-                let _ = self.socket.send_to(&reply, peer);
-            }
-        }
-    }
-}
-
-/// Hands each complete, deduplicated request to the runtime and answers
-/// with what the runtime acknowledges.
-struct ToRuntime {
-    inbox: mpsc::Sender<Incoming>,
-}
-
-impl Handler for ToRuntime {
-    fn handle(&self, request: &Request, _peer: SocketAddr) -> Response {
-        if request.method() != Method::Post {
-            return Response::new(ResponseCode::METHOD_NOT_ALLOWED);
-        }
-        let (reply, answer) = std::sync::mpsc::sync_channel(1);
-        let mut message = Incoming {
-            target: request.path(),
-            payload: Bytes::copy_from_slice(request.payload()),
-            ack: Ack(AckInner::Coap(reply)),
-        };
-        let deadline = std::time::Instant::now() + PROCESS_TIMEOUT;
-        // Bounded wait for room in the inbox (never a blocking call that
-        // could outlive the runtime).
-        loop {
-            match self.inbox.try_send(message) {
-                Ok(()) => break,
-                Err(mpsc::error::TrySendError::Full(m)) => {
-                    if std::time::Instant::now() >= deadline {
-                        return Response::new(ResponseCode::SERVICE_UNAVAILABLE);
-                    }
-                    message = m;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    return Response::new(ResponseCode::SERVICE_UNAVAILABLE);
-                }
-            }
-        }
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match answer.recv_timeout(left) {
-            Ok(code) => Response::new(code),
-            Err(_) => Response::new(ResponseCode::SERVICE_UNAVAILABLE),
-        }
-    }
-}
-
-/// Sends one group message (NON POST to the group of `config` on
-/// `target`) from a fresh, pinned sender socket: for one-shot senders.
-pub async fn multicast_once(config: &CoapLinkConfig, target: &str, bytes: &[u8]) -> Result<()> {
-    let sender = MulticastSender::bind(config.multicast()?).await?;
-    sender.send(target, content_format(bytes), bytes).await?;
-    Ok(())
-}
-
-/// A random first message id for a server's own messages (RFC 7252 §4.4).
-fn first_mid() -> Result<u16> {
-    use rand_core::Rng;
-    Ok(crate::runtime::os_rng()?.next_u32() as u16)
-}
-
-/// A free UDP port on 127.0.0.1 for a loopback multicast group (the
-/// kernel's pick; tests and the demo use one per run so parallel runs do
-/// not hear each other).
-pub fn free_loopback_port() -> Result<u16> {
-    let s = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
-    Ok(s.local_addr()?.port())
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+    use sealcast_coap::{ClientConfig, CoapClient, ContentFormat, Request, TransmissionParams};
 
     const WAIT: Duration = Duration::from_secs(10);
 
@@ -988,8 +647,8 @@ mod tests {
             &LinkConfig::Coap(config.clone()),
             TopicScheme::new(),
             Interest {
-                filters: Vec::new(),
                 multicast,
+                ..Interest::default()
             },
         )
         .await
@@ -1156,9 +815,10 @@ mod tests {
         assert_eq!(config.book.len(), 3);
 
         // An ack to the manager: CON to its endpoint, target = Uri-Path.
-        let target = device
-            .topics()
-            .device(&entity("sensor-1"), sealcast_mqtt::DeviceChannel::Ack);
+        let target = device.topics().device(
+            &entity("sensor-1"),
+            sealcast_core::target::DeviceChannel::Ack,
+        );
         device
             .send_to(&entity("manager"), target.clone(), vec![0xd2, 9])
             .await
@@ -1217,5 +877,49 @@ mod tests {
         let m = next(&mut door_inbox).await;
         assert_eq!(m.target, target);
         m.ack.ack().await;
+    }
+
+    #[tokio::test]
+    async fn many_requests_stay_open_at_once_and_are_answered_in_any_order() {
+        let config =
+            CoapLinkConfig::loopback(free_loopback_port().unwrap(), AddressBook::new()).unwrap();
+        let (link, mut inbox) = coap_link("dap-1", &config, false).await;
+        let endpoint = link.endpoint().unwrap();
+        let mut exchanges = Vec::new();
+        for i in 0..8u8 {
+            let client = raw_client().await;
+            exchanges.push(tokio::spawn(async move {
+                let r = Request::post(
+                    "sealcast/v1/a/dap-1/report",
+                    ContentFormat::COSE_SIGN1,
+                    vec![0xd2, i],
+                )
+                .unwrap();
+                client.request(endpoint, &r).await.unwrap()
+            }));
+        }
+        // All eight reach the runtime before any is answered: the server
+        // does not wait on the runtime.
+        let mut held = Vec::new();
+        for _ in 0..8 {
+            held.push(next(&mut inbox).await);
+        }
+        assert!(exchanges.iter().all(|x| !x.is_finished()));
+        // Answered last to first; one refused, one dropped unanswered.
+        held.sort_by_key(|m| m.payload[1]);
+        let dropped = held.remove(0);
+        let refused = held.remove(0);
+        for m in held.into_iter().rev() {
+            m.ack.ack().await;
+        }
+        refused.ack.reject().await;
+        drop(dropped);
+        let mut codes = Vec::new();
+        for x in exchanges {
+            codes.push(tokio::time::timeout(WAIT, x).await.unwrap().unwrap().code());
+        }
+        assert_eq!(codes[0], ResponseCode::SERVICE_UNAVAILABLE);
+        assert_eq!(codes[1], ResponseCode::BAD_REQUEST);
+        assert!(codes[2..].iter().all(|c| *c == ResponseCode::CHANGED));
     }
 }

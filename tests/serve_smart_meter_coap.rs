@@ -1,0 +1,232 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! Smart metering over CoAP as separate `sealcast` processes, through the
+//! same link as the fire-safety services: a headend, a DAP (`agent serve`
+//! with `[dap]`) and meters sending with `device report`, each on the
+//! endpoint of its config. A meter's report is answered only once the DAP
+//! forwarded its batch and the headend took it: with the headend stopped a
+//! report fails instead of vanishing, and succeeds once it is back. A
+//! forgery sent with a raw CoAP client is dropped at the DAP; a SIGKILLed
+//! DAP restarted on the same endpoint carries on with no reading lost or
+//! doubled.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{
+    Procs, free_udp_port, headend_readings, keygen, run_bounded, run_prefix, start_headend,
+    wait_until,
+};
+use sealcast_coap::{ClientConfig, CoapClient, ContentFormat, Request, ResponseCode};
+use sealcast_core::ids::EntityId;
+use sealcast_core::target::{AgentChannel, TopicScheme};
+
+/// `device report` for `meter`; the process output.
+fn report(dir: &Path, meter: &str, reading: &str, count: u32) -> std::process::Output {
+    run_bounded(
+        dir,
+        &[
+            "device",
+            "report",
+            "--config",
+            &format!("{meter}.toml"),
+            "--reading",
+            reading,
+            "--count",
+            &count.to_string(),
+        ],
+        Duration::from_secs(120),
+    )
+}
+
+fn seqs(out: &std::process::Output) -> Vec<u64> {
+    assert!(
+        out.status.success(),
+        "device report failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("seq="))
+        .map(|s| s.parse().unwrap())
+        .collect()
+}
+
+fn line(meter: &str, seq: u64, dap: &str, text: &str) -> String {
+    format!("meter={meter} seq={seq} dap={dap} reading={text}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn smart_metering_over_coap_as_separate_processes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let run = run_prefix("m");
+    let (headend, dap) = ("headend", "dap-1");
+    let meters = ["meter-1", "meter-2"];
+    keygen(&dir, [headend, dap, meters[0], meters[1]]);
+    fs::create_dir(dir.join("meters")).unwrap();
+    for m in meters {
+        fs::copy(
+            dir.join(format!("{m}.pub")),
+            dir.join("meters").join(format!("{m}.pub")),
+        )
+        .unwrap();
+    }
+    let (headend_at, dap_at) = (
+        format!("127.0.0.1:{}", free_udp_port()),
+        format!("127.0.0.1:{}", free_udp_port()),
+    );
+    let group = format!("224.0.1.187:{}", free_udp_port());
+    let coap = |listen: &str, peers: &[(&str, &str)]| {
+        let mut s = format!(
+            "[coap]\nlisten = \"{listen}\"\n\
+             group = \"{group}\"\nmulticast_interface = \"127.0.0.1\"\n"
+        );
+        for (id, at) in peers {
+            s.push_str(&format!(
+                "[[coap.endpoint]]\nid = \"{id}\"\naddress = \"{at}\"\n"
+            ));
+        }
+        s
+    };
+    // The top-level keys first: the tables close the top level.
+    let top = format!("transport = \"coap\"\ntopic_prefix = \"{run}\"\n");
+    fs::write(
+        dir.join("headend.toml"),
+        format!(
+            "{top}key = \"{headend}.key\"\nstate_dir = \"headend-state\"\nmeters_dir = \"meters\"\n\
+             [[dap]]\nid = \"{dap}\"\npublic_key = \"{dap}.pub\"\n{}",
+            coap(&headend_at, &[(dap, &dap_at)])
+        ),
+    )
+    .unwrap();
+    fs::write(
+        dir.join("agent.toml"),
+        format!(
+            "{top}key = \"{dap}.key\"\nstate_dir = \"dap-state\"\n\
+             [dap]\ngroup = \"street-7\"\nheadend = \"{headend}\"\n\
+             headend_public_key = \"{headend}.pub\"\nmeters_dir = \"meters\"\n\
+             batch_size = 16\nmax_batch_delay_ms = 100\n{}",
+            coap(&dap_at, &[(headend, &headend_at)])
+        ),
+    )
+    .unwrap();
+    for m in meters {
+        fs::write(
+            dir.join(format!("{m}.toml")),
+            format!(
+                "{top}key = \"{m}.key\"\nstate_dir = \"{m}-state\"\ndap = \"{dap}\"\n\
+                 headend_public_key = \"{headend}.pub\"\n{}",
+                coap("127.0.0.1:0", &[(dap, &dap_at)])
+            ),
+        )
+        .unwrap();
+    }
+
+    // --- the services ----------------------------------------------------------
+    let mut procs = Procs::new(&dir);
+    start_headend(&mut procs);
+    procs.start_appending("dap", &["agent", "serve", "--config", "agent.toml"]);
+    wait_until("the headend accepts the DAP's announcement", &procs, || {
+        procs.log("headend").contains("DAP announcement accepted")
+    })
+    .await;
+    assert!(
+        procs.log("headend").contains("transport=CoAP"),
+        "{}",
+        procs.logs()
+    );
+
+    // --- genuine readings: a batch of ten from one meter, one from another --
+    let m1 = seqs(&report(&dir, meters[0], "m1 {n} kWh", 10));
+    assert_eq!(m1, (0..10).collect::<Vec<_>>());
+    let m2 = seqs(&report(&dir, meters[1], "m2 0 kWh", 1));
+    let mut expected: Vec<String> = (0..10)
+        .map(|n| line(meters[0], n, dap, &format!("m1 {n} kWh")))
+        .chain([line(meters[1], m2[0], dap, "m2 0 kWh")])
+        .collect();
+    expected.sort();
+    // `device report` returned after the headend took them: no waiting.
+    assert_eq!(headend_readings(&dir), expected, "{}", procs.logs());
+
+    // --- a forgery from a raw CoAP client: answered, dropped at the DAP ----
+    let forged = common::forged_report(&dir, headend, meters[1], 500);
+    let target = TopicScheme::with_prefix(&run)
+        .unwrap()
+        .agent(&EntityId::new(dap).unwrap(), AgentChannel::Report);
+    let client = CoapClient::bind(ClientConfig::new("127.0.0.1:0".parse().unwrap()))
+        .await
+        .unwrap();
+    let answer = client
+        .request(
+            dap_at.parse().unwrap(),
+            &Request::post(&target, ContentFormat::COSE_SIGN1, forged).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.code(), ResponseCode::CHANGED);
+    assert!(answer.payload().is_empty());
+    wait_until("the DAP drops the forgery", &procs, || {
+        procs.log("dap").contains("forged=1")
+    })
+    .await;
+
+    // --- the headend stops: a report fails instead of vanishing -------------
+    let status = procs.terminate_async("headend").await;
+    assert!(status.success(), "headend on SIGTERM: {status:?}");
+    let started = Instant::now();
+    let lost = report(&dir, meters[1], "m2 lost kWh", 1);
+    assert!(!lost.status.success(), "a report succeeded with no headend");
+    let err = String::from_utf8_lossy(&lost.stderr).into_owned();
+    assert!(err.contains("the report was not sent"), "{err}");
+    assert!(err.contains("not accepted"), "{err}");
+    eprintln!(
+        "report without a headend failed after {:?}",
+        started.elapsed()
+    );
+    // The DAP gives up on the headend about when the meter gives up on it.
+    wait_until("the DAP leaves the report unacknowledged", &procs, || {
+        procs
+            .log("dap")
+            .contains("the reports are not acknowledged")
+    })
+    .await;
+
+    // --- back: the DAP is asked to announce again and reports flow ----------
+    start_headend(&mut procs);
+    wait_until("the restarted headend hears the DAP", &procs, || {
+        procs
+            .log("headend")
+            .matches("DAP announcement accepted")
+            .count()
+            >= 2
+    })
+    .await;
+    let again = seqs(&report(&dir, meters[1], "m2 1 kWh", 1));
+    expected.push(line(meters[1], again[0], dap, "m2 1 kWh"));
+    expected.sort();
+    assert_eq!(headend_readings(&dir), expected, "{}", procs.logs());
+
+    // --- SIGKILL the DAP, restart it on the same endpoint --------------------
+    procs.sigkill("dap");
+    procs.start_appending("dap", &["agent", "serve", "--config", "agent.toml"]);
+    wait_until("the restarted DAP announces", &procs, || {
+        procs
+            .log("headend")
+            .matches("DAP announcement accepted")
+            .count()
+            >= 3
+    })
+    .await;
+    let later = seqs(&report(&dir, meters[0], "m1 late {n} kWh", 3));
+    assert!(later[0] >= 10, "sequence number reused: {later:?}");
+    for (i, seq) in later.iter().enumerate() {
+        expected.push(line(meters[0], *seq, dap, &format!("m1 late {i} kWh")));
+    }
+    expected.sort();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(headend_readings(&dir), expected, "{}", procs.logs());
+    procs.exit_on_ctrl_c("headend").await;
+}
