@@ -161,6 +161,13 @@ pub(crate) fn check_len(bytes: &[u8], limit: usize, what: &'static str) -> Resul
 
 /// Strips an expected leading CBOR tag if present (sealcast accepts its
 /// objects tagged or untagged, and refuses any other tag).
+///
+/// The tag's head may have any of CBOR's lengths (`d0`, `d8 10`,
+/// `d9 00 10`, … for tag 16), as everywhere else in the object: sealcast
+/// accepts what coset (ciborium) decodes, preferred serialization or not,
+/// and writes only the preferred form. None of these heads is covered by
+/// a signature or a MAC, so the choice changes what parses, never what
+/// verifies.
 fn untag(bytes: &[u8], tag: u64) -> Result<&[u8]> {
     let first = bytes
         .first()
@@ -169,36 +176,29 @@ fn untag(bytes: &[u8], tag: u64) -> Result<&[u8]> {
     if first >> 5 != 6 {
         return Ok(bytes);
     }
-    let mut head = [0u8; 9];
-    let len = head_into(&mut head, 6, tag);
-    bytes
-        .strip_prefix(&head[..len])
-        .ok_or(Error::Malformed("unexpected CBOR tag"))
-}
-
-/// Writes a CBOR head in its shortest form into `out`; returns its length.
-fn head_into(out: &mut [u8; 9], major: u8, arg: u64) -> usize {
-    let m = major << 5;
-    if arg < 24 {
-        out[0] = m | arg as u8;
-        1
-    } else if arg <= 0xff {
-        out[0] = m | 24;
-        out[1] = arg as u8;
-        2
-    } else if arg <= 0xffff {
-        out[0] = m | 25;
-        out[1..3].copy_from_slice(&(arg as u16).to_be_bytes());
-        3
-    } else if arg <= 0xffff_ffff {
-        out[0] = m | 26;
-        out[1..5].copy_from_slice(&(arg as u32).to_be_bytes());
-        5
+    let arg_len = match first & 0x1f {
+        0..=23 => 0,
+        24 => 1,
+        25 => 2,
+        26 => 4,
+        27 => 8,
+        // Reserved, and indefinite length (not for tags).
+        _ => return Err(Error::Malformed("unexpected CBOR tag")),
+    };
+    let arg = bytes
+        .get(1..1 + arg_len)
+        .ok_or(Error::Malformed("truncated CBOR tag"))?;
+    let value = if arg_len == 0 {
+        u64::from(first & 0x1f)
     } else {
-        out[0] = m | 27;
-        out[1..9].copy_from_slice(&arg.to_be_bytes());
-        9
+        arg.iter().fold(0u64, |v, b| (v << 8) | u64::from(*b))
+    };
+    if value != tag {
+        return Err(Error::Malformed("unexpected CBOR tag"));
     }
+    bytes
+        .get(1 + arg_len..)
+        .ok_or(Error::Malformed("truncated CBOR tag"))
 }
 
 macro_rules! parse_fn {
