@@ -10,6 +10,8 @@ pub enum Error {
     Core(sealcast_core::Error),
     /// The group logic refused something.
     Group(sealcast_group::Error),
+    /// A smart-metering state machine refused something.
+    Metering(sealcast_metering::Error),
     /// The store failed.
     Store(sealcast_store::Error),
     /// The MQTT transport failed.
@@ -21,13 +23,6 @@ pub enum Error {
     /// The manager's control socket could not be set up (what to do is in
     /// the text).
     Control(String),
-    /// A peer's message was refused (the local reason; never sent back).
-    Refused(&'static str),
-    /// A DAP's batch arrived before the headend accepted an announcement
-    /// from that DAP (hold it, or ask the DAP to announce).
-    NotAnnounced(sealcast_core::ids::EntityId),
-    /// A service state file is unreadable or could not be written.
-    State(String),
 }
 
 impl fmt::Display for Error {
@@ -35,14 +30,12 @@ impl fmt::Display for Error {
         match self {
             Error::Core(e) => write!(f, "{e}"),
             Error::Group(e) => write!(f, "{e}"),
+            Error::Metering(e) => write!(f, "{e}"),
             Error::Store(e) => write!(f, "{e}"),
             Error::Mqtt(e) => write!(f, "MQTT: {e}"),
             Error::Coap(e) => write!(f, "CoAP: {e}"),
             Error::Runtime(why) => write!(f, "{why}"),
             Error::Control(why) => write!(f, "control socket: {why}"),
-            Error::Refused(why) => write!(f, "message refused: {why}"),
-            Error::NotAnnounced(dap) => write!(f, "no announcement from DAP {dap} yet"),
-            Error::State(why) => write!(f, "state file: {why}"),
         }
     }
 }
@@ -57,6 +50,11 @@ impl From<sealcast_core::Error> for Error {
 impl From<sealcast_group::Error> for Error {
     fn from(e: sealcast_group::Error) -> Self {
         Error::Group(e)
+    }
+}
+impl From<sealcast_metering::Error> for Error {
+    fn from(e: sealcast_metering::Error) -> Self {
+        Error::Metering(e)
     }
 }
 impl From<sealcast_store::Error> for Error {

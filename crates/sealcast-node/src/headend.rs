@@ -2,7 +2,7 @@
 //! the DAP once per batch, and decrypts every report end to end.
 //!
 //! A DAP first **announces** the meters it serves (a signed
-//! [`Announcement`]); the headend keeps the newest announcement of each DAP
+//! `sealcast_metering::wire::Announcement`); the headend keeps the newest announcement of each DAP
 //! it knows and accepts reports from a DAP only for meters it announced. A
 //! batch from a DAP not announced yet is held (bounded) and processed once
 //! the announcement arrives; the headend asks each DAP to announce at start
@@ -21,88 +21,28 @@
 //! restarted headend accepts no replay. A crash between the save and the
 //! handler loses that batch's readings rather than delivering them twice.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::link::{Inbox, Incoming, Interest, Link, LinkConfig};
-use ed25519_dalek::VerifyingKey;
-use sealcast_core::credential::{EntityCredential, PublicCredential};
-use sealcast_core::ids::{EntityId, SeqNum, UnixMillis};
-use sealcast_core::replay::SeqWindow;
-use sealcast_core::report::{open_report, open_report_unverified, peek_report, verify_report};
+use sealcast_core::ids::EntityId;
 use sealcast_core::target::{AgentChannel, Topic, TopicFilter, TopicScheme};
+use sealcast_metering::Error as MeteringError;
+pub use sealcast_metering::headend::{
+    AnnouncementAccepted, BatchOutcome, HeadendCore, Reading, ReportDrop,
+};
 use sealcast_store::{DeviceStateFile, StateLock};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
-use zeroize::Zeroizing;
 
-use crate::meter::PAIRWISE_ALG;
-use crate::metering::{Announcement, open_batch, seal_solicit};
+use crate::Result;
 use crate::runtime::now;
-use crate::{Error, Result};
 
-/// Window of batch sequence numbers per DAP.
-const BATCH_WINDOW: usize = 256;
 /// Batches held per DAP while its announcement is awaited.
 const MAX_HELD_BATCHES: usize = 64;
 /// How often the headend asks an unannounced DAP again.
 const SOLICIT_RETRY: Duration = Duration::from_secs(2);
-const STATE_VERSION: u64 = 1;
-
-/// One decrypted reading.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Reading {
-    /// The meter.
-    pub meter: EntityId,
-    /// The DAP that forwarded it.
-    pub dap: EntityId,
-    /// The meter's sequence number.
-    pub seq: SeqNum,
-    /// The meter's timestamp.
-    pub timestamp: UnixMillis,
-    /// The reading.
-    pub value: Zeroizing<Vec<u8>>,
-}
-
-impl core::fmt::Debug for Reading {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Reading")
-            .field("meter", &self.meter)
-            .field("dap", &self.dap)
-            .field("seq", &self.seq.get())
-            .field("len", &self.value.len())
-            .finish()
-    }
-}
-
-/// Why one report of an accepted batch was dropped.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ReportDrop {
-    /// Unparseable.
-    Malformed,
-    /// The DAP did not announce this meter.
-    NotAnnounced,
-    /// The headend has no credential for it.
-    UnknownMeter,
-    /// Seen before (or too old).
-    Replayed,
-    /// Decryption (or the policy's signature check) failed.
-    Undecryptable,
-}
-
-/// The result of one accepted batch.
-#[derive(Debug)]
-pub struct BatchOutcome {
-    /// The DAP.
-    pub dap: EntityId,
-    /// Its batch sequence number.
-    pub seq: SeqNum,
-    /// Readings decrypted, in batch order.
-    pub readings: Vec<Reading>,
-    /// Reports dropped, with the meter when it could be read.
-    pub dropped: Vec<(Option<EntityId>, ReportDrop)>,
-}
 
 /// What a headend does with each reading. The default logs it.
 pub trait ReadingHandler: Send + Sync {
@@ -120,330 +60,6 @@ impl ReadingHandler for LogReadings {
         // content only at DEBUG.
         info!(meter = %r.meter, dap = %r.dap, seq = r.seq.get(), len = r.value.len(), "reading");
         debug!(meter = %r.meter, seq = r.seq.get(), reading = %String::from_utf8_lossy(&r.value).escape_debug(), "reading content");
-    }
-}
-
-struct DapEntry {
-    key: VerifyingKey,
-    announced: Option<Announced>,
-    batches: SeqWindow,
-}
-
-#[derive(Clone)]
-struct Announced {
-    version: u64,
-    group: String,
-    meters: BTreeSet<EntityId>,
-}
-
-struct MeterEntry {
-    pairwise: sealcast_core::report::PairwiseKey,
-    key: VerifyingKey,
-    window: SeqWindow,
-}
-
-/// Accepted announcement.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AnnouncementAccepted {
-    /// The DAP.
-    pub dap: EntityId,
-    /// Its meter group.
-    pub group: String,
-    /// Meters it named.
-    pub meters: usize,
-    /// Meters named that the headend holds no credential for.
-    pub unknown: usize,
-    /// Its version.
-    pub version: u64,
-}
-
-/// The headend's protocol state, without I/O.
-pub struct HeadendCore {
-    credential: EntityCredential,
-    daps: BTreeMap<EntityId, DapEntry>,
-    meters: BTreeMap<EntityId, MeterEntry>,
-    verify_meter_signatures: bool,
-}
-
-impl core::fmt::Debug for HeadendCore {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("HeadendCore")
-            .field("id", self.credential.id())
-            .field("daps", &self.daps.keys().collect::<Vec<_>>())
-            .field("meters", &self.meters.len())
-            .field("verify_meter_signatures", &self.verify_meter_signatures)
-            .finish_non_exhaustive()
-    }
-}
-
-fn state_err(what: &str) -> Error {
-    Error::State(format!("headend state: {what}"))
-}
-
-impl HeadendCore {
-    /// A headend trusting `daps` and holding the credentials of `meters`
-    /// (their key-agreement keys give the pairwise keys). With
-    /// `verify_meter_signatures` it also re-checks each meter's signature
-    /// instead of relying on the DAP's batch signature alone.
-    pub fn new(
-        credential: EntityCredential,
-        daps: Vec<PublicCredential>,
-        meters: Vec<PublicCredential>,
-        verify_meter_signatures: bool,
-    ) -> Result<Self> {
-        let daps = daps
-            .into_iter()
-            .map(|d| {
-                Ok((
-                    d.id().clone(),
-                    DapEntry {
-                        key: *d.verifying_key(),
-                        announced: None,
-                        batches: SeqWindow::with_size(BATCH_WINDOW)?,
-                    },
-                ))
-            })
-            .collect::<Result<_>>()?;
-        let mut pairwise = BTreeMap::new();
-        for m in meters {
-            let key = sealcast_core::report::PairwiseKey::derive(
-                PAIRWISE_ALG,
-                credential.agreement_secret(),
-                m.agreement_key(),
-                m.id(),
-                credential.id(),
-            )?;
-            pairwise.insert(
-                m.id().clone(),
-                MeterEntry {
-                    pairwise: key,
-                    key: *m.verifying_key(),
-                    window: SeqWindow::new(),
-                },
-            );
-        }
-        Ok(Self {
-            credential,
-            daps,
-            meters: pairwise,
-            verify_meter_signatures,
-        })
-    }
-
-    /// The headend's id.
-    pub fn id(&self) -> &EntityId {
-        self.credential.id()
-    }
-
-    /// The DAPs it trusts.
-    pub fn daps(&self) -> impl Iterator<Item = &EntityId> {
-        self.daps.keys()
-    }
-
-    /// Whether `dap` has an accepted announcement.
-    pub fn is_announced(&self, dap: &EntityId) -> bool {
-        self.daps.get(dap).is_some_and(|d| d.announced.is_some())
-    }
-
-    /// A signed request that `dap` announce itself.
-    pub fn solicit(&self, dap: &EntityId, at: UnixMillis) -> Result<Vec<u8>> {
-        seal_solicit(self.credential.id(), self.credential.signing_key(), dap, at)
-    }
-
-    /// Accepts a DAP's announcement if it verifies and is newer than the
-    /// one held (a replayed older announcement is refused).
-    pub fn handle_announcement(&mut self, bytes: &[u8]) -> Result<AnnouncementAccepted> {
-        let daps = &self.daps;
-        let ann = Announcement::open(bytes, self.credential.id(), |id| {
-            daps.get(id).map(|d| &d.key)
-        })?;
-        let entry = self
-            .daps
-            .get_mut(&ann.dap)
-            .ok_or(Error::Refused("announcement from an unknown DAP"))?;
-        if entry
-            .announced
-            .as_ref()
-            .is_some_and(|a| ann.version <= a.version)
-        {
-            return Err(Error::Refused("announcement not newer than the one held"));
-        }
-        let unknown = ann
-            .meters
-            .iter()
-            .filter(|m| !self.meters.contains_key(*m))
-            .count();
-        let accepted = AnnouncementAccepted {
-            dap: ann.dap.clone(),
-            group: ann.group.clone(),
-            meters: ann.meters.len(),
-            unknown,
-            version: ann.version,
-        };
-        entry.announced = Some(Announced {
-            version: ann.version,
-            group: ann.group,
-            meters: ann.meters,
-        });
-        Ok(accepted)
-    }
-
-    /// Checks a batch and decrypts its reports. The whole batch is refused
-    /// (nothing changes) if the DAP's signature fails, the DAP has not
-    /// announced ([`Error::NotAnnounced`]: hold it), or the batch is a
-    /// replay; otherwise each report is decrypted or dropped on its own.
-    pub fn handle_batch(&mut self, bytes: &[u8]) -> Result<BatchOutcome> {
-        let daps = &self.daps;
-        let batch = open_batch(bytes, self.credential.id(), |id| {
-            daps.get(id).map(|d| &d.key)
-        })?;
-        let entry = self
-            .daps
-            .get_mut(&batch.dap)
-            .ok_or(Error::Refused("batch from an unknown DAP"))?;
-        let Some(announced) = entry.announced.as_ref() else {
-            return Err(Error::NotAnnounced(batch.dap));
-        };
-        let token = entry.batches.check(batch.seq)?;
-        let mut readings = Vec::new();
-        let mut dropped = Vec::new();
-        for report in &batch.reports {
-            let Ok(header) = peek_report(report, self.credential.id()) else {
-                dropped.push((None, ReportDrop::Malformed));
-                continue;
-            };
-            let meter = header.reporter.clone();
-            if !announced.meters.contains(&meter) {
-                dropped.push((Some(meter), ReportDrop::NotAnnounced));
-                continue;
-            }
-            let Some(m) = self.meters.get_mut(&meter) else {
-                dropped.push((Some(meter), ReportDrop::UnknownMeter));
-                continue;
-            };
-            let Ok(check) = m.window.check(header.seq) else {
-                dropped.push((Some(meter), ReportDrop::Replayed));
-                continue;
-            };
-            let opened = if self.verify_meter_signatures {
-                verify_report(report, self.credential.id(), |id| {
-                    (*id == meter).then_some(&m.key)
-                })
-                .and_then(|v| {
-                    open_report(&v, self.credential.id(), &m.pairwise)
-                        .map(|r| (v.header().clone(), r))
-                })
-            } else {
-                open_report_unverified(report, self.credential.id(), &m.pairwise)
-            };
-            let Ok((header, value)) = opened else {
-                dropped.push((Some(meter), ReportDrop::Undecryptable));
-                continue;
-            };
-            if m.window.commit(check).is_err() {
-                dropped.push((Some(meter), ReportDrop::Replayed));
-                continue;
-            }
-            readings.push(Reading {
-                meter,
-                dap: batch.dap.clone(),
-                seq: header.seq,
-                timestamp: header.timestamp,
-                value,
-            });
-        }
-        entry.batches.commit(token)?;
-        Ok(BatchOutcome {
-            dap: batch.dap,
-            seq: batch.seq,
-            readings,
-            dropped,
-        })
-    }
-
-    /// The state to persist: per DAP its announcement and batch window, per
-    /// meter its window. CBOR: `[1, [[dap, window, null / [version, group,
-    /// [meter...]]]...], [[meter, window]...]]`.
-    pub fn export_state(&self) -> Result<Vec<u8>> {
-        use ciborium::Value;
-        let text = |id: &EntityId| Value::Text(id.as_str().to_owned());
-        let daps = self
-            .daps
-            .iter()
-            .map(|(id, d)| {
-                let ann = match &d.announced {
-                    None => Value::Null,
-                    Some(a) => Value::Array(vec![
-                        Value::Integer(a.version.into()),
-                        Value::Text(a.group.clone()),
-                        Value::Array(a.meters.iter().map(text).collect()),
-                    ]),
-                };
-                Value::Array(vec![text(id), Value::Bytes(d.batches.to_bytes()), ann])
-            })
-            .collect();
-        let meters = self
-            .meters
-            .iter()
-            .filter(|(_, m)| m.window.highest().is_some())
-            .map(|(id, m)| Value::Array(vec![text(id), Value::Bytes(m.window.to_bytes())]))
-            .collect();
-        let value = Value::Array(vec![
-            Value::Integer(STATE_VERSION.into()),
-            Value::Array(daps),
-            Value::Array(meters),
-        ]);
-        let mut out = Vec::new();
-        ciborium::into_writer(&value, &mut out).map_err(|e| state_err(&e.to_string()))?;
-        Ok(out)
-    }
-
-    /// Restores what [`HeadendCore::export_state`] wrote. DAPs and meters
-    /// no longer configured are skipped.
-    pub fn restore_state(&mut self, bytes: &[u8]) -> Result<()> {
-        use ciborium::Value;
-        let value: Value = ciborium::from_reader(bytes).map_err(|_| state_err("not CBOR"))?;
-        let Some([version, daps, meters]) = value.as_array().map(Vec::as_slice) else {
-            return Err(state_err("malformed"));
-        };
-        if version.as_integer() != Some(STATE_VERSION.into()) {
-            return Err(state_err("unsupported version"));
-        }
-        let id_of = |v: &Value| match v {
-            Value::Text(t) => Ok(EntityId::new(t)?),
-            _ => Err(state_err("malformed id")),
-        };
-        for d in daps.as_array().ok_or_else(|| state_err("malformed"))? {
-            let Some([id, Value::Bytes(window), ann]) = d.as_array().map(Vec::as_slice) else {
-                return Err(state_err("malformed DAP entry"));
-            };
-            let announced = match ann {
-                Value::Null => None,
-                Value::Array(a) => match a.as_slice() {
-                    [v, Value::Text(group), Value::Array(ms)] => Some(Announced {
-                        version: crate::cbor::u64_of(v)
-                            .ok_or_else(|| state_err("malformed version"))?,
-                        group: group.clone(),
-                        meters: ms.iter().map(id_of).collect::<Result<_>>()?,
-                    }),
-                    _ => return Err(state_err("malformed announcement")),
-                },
-                _ => return Err(state_err("malformed announcement")),
-            };
-            if let Some(entry) = self.daps.get_mut(&id_of(id)?) {
-                entry.batches = SeqWindow::from_bytes(window)?;
-                entry.announced = announced;
-            }
-        }
-        for m in meters.as_array().ok_or_else(|| state_err("malformed"))? {
-            let Some([id, Value::Bytes(window)]) = m.as_array().map(Vec::as_slice) else {
-                return Err(state_err("malformed meter entry"));
-            };
-            if let Some(entry) = self.meters.get_mut(&id_of(id)?) {
-                entry.window = SeqWindow::from_bytes(window)?;
-            }
-        }
-        Ok(())
     }
 }
 
@@ -578,8 +194,9 @@ pub async fn spawn(config: HeadendConfig) -> Result<HeadendHandle> {
         state_file,
         events,
     } = config;
-    let state_lock =
-        crate::runtime::lock_and_restore(state_file.as_ref(), |bytes| core.restore_state(bytes))?;
+    let state_lock = crate::runtime::lock_and_restore(state_file.as_ref(), |bytes| {
+        Ok(core.restore_state(bytes)?)
+    })?;
     let id = core.id().clone();
     let mut filters = Vec::new();
     for dap in core.daps() {
@@ -612,7 +229,7 @@ pub async fn spawn(config: HeadendConfig) -> Result<HeadendHandle> {
     for dap in &daps {
         headend.solicit(dap).await?;
     }
-    info!(headend = %id, daps = daps.len(), meters = headend.core.meters.len(), "headend running");
+    info!(headend = %id, daps = daps.len(), meters = headend.core.meter_count(), "headend running");
     let (tx, rx) = mpsc::channel(4);
     tokio::spawn(headend.run(inbox, rx));
     Ok(HeadendHandle {
@@ -768,7 +385,7 @@ impl Headend {
                     dropped: outcome.dropped.len(),
                 });
             }
-            Err(Error::NotAnnounced(dap)) if dap == *topic_dap && !m.can_wait() => {
+            Err(MeteringError::NotAnnounced(dap)) if dap == *topic_dap && !m.can_wait() => {
                 // CoAP: the DAP waits for this answer before it answers its
                 // meters; holding it would hold the DAP. Refused (5.03), so
                 // the DAP and its meters see it, and the DAP is asked to
@@ -778,7 +395,7 @@ impl Headend {
                 self.refused("DAP not announced");
                 self.solicit(&dap).await?;
             }
-            Err(Error::NotAnnounced(dap)) if dap == *topic_dap => {
+            Err(MeteringError::NotAnnounced(dap)) if dap == *topic_dap => {
                 let queue = self.held.entry(dap.clone()).or_default();
                 if queue.len() < MAX_HELD_BATCHES {
                     debug!(%dap, "batch held until the DAP announces");
@@ -805,166 +422,5 @@ impl Headend {
         self.stats.batches_refused += 1;
         self.publish_stats();
         let _ = self.events.send(HeadendEvent::BatchRefused(why.to_owned()));
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-mod tests {
-    use super::*;
-    use crate::dap::DapCore;
-    use crate::meter::Meter;
-    use sealcast_core::testrng::TestRng;
-
-    struct World {
-        headend: HeadendCore,
-        headend_public: PublicCredential,
-        dap: DapCore,
-        meters: Vec<Meter>,
-        creds: Vec<PublicCredential>,
-    }
-
-    fn world(seed: u64, verify: bool) -> World {
-        let mut rng = TestRng::new(seed);
-        let headend = EntityCredential::generate(EntityId::new("headend").unwrap(), &mut rng);
-        let dap = EntityCredential::generate(EntityId::new("dap-1").unwrap(), &mut rng);
-        let creds: Vec<EntityCredential> = (0..3)
-            .map(|i| {
-                EntityCredential::generate(EntityId::new(&format!("meter-{i}")).unwrap(), &mut rng)
-            })
-            .collect();
-        let publics: Vec<PublicCredential> = creds.iter().map(EntityCredential::public).collect();
-        let headend_public = headend.public();
-        let core = HeadendCore::new(headend, vec![dap.public()], publics.clone(), verify).unwrap();
-        // The DAP serves meters 0 and 1 only.
-        let dap = DapCore::new(
-            dap,
-            headend_public.clone(),
-            "street-7".into(),
-            publics[..2].to_vec(),
-        )
-        .unwrap();
-        let meters = creds
-            .into_iter()
-            .map(|c| {
-                let mut m = Meter::new(c, &headend_public, 0).unwrap();
-                let l = m.reservation_request().unwrap();
-                m.confirm_reservation(l).unwrap();
-                m
-            })
-            .collect();
-        World {
-            headend: core,
-            headend_public,
-            dap,
-            meters,
-            creds: publics,
-        }
-    }
-
-    fn batch(w: &mut World, reports: &[&[u8]]) -> Vec<u8> {
-        w.dap
-            .seal_batches(reports, UnixMillis::new(5))
-            .unwrap()
-            .batches
-            .remove(0)
-    }
-
-    #[test]
-    fn announced_meters_only_replays_refused_and_state_survives() {
-        for verify in [false, true] {
-            let mut w = world(21, verify);
-            let at = UnixMillis::new(1_000);
-            let (_, a) = w.meters[0].seal(b"1 kWh", at).unwrap();
-            let (_, c) = w.meters[2].seal(b"3 kWh", at).unwrap();
-            let b1 = batch(&mut w, &[&a, &c]);
-            // Before the announcement: held, nothing changes.
-            assert!(matches!(
-                w.headend.handle_batch(&b1),
-                Err(Error::NotAnnounced(_))
-            ));
-            let ann = w.dap.announce(at).unwrap();
-            let accepted = w.headend.handle_announcement(&ann).unwrap();
-            assert_eq!(accepted.meters, 2);
-            assert_eq!(accepted.group, "street-7");
-            // A replayed (not newer) announcement is refused.
-            assert!(w.headend.handle_announcement(&ann).is_err());
-            let out = w.headend.handle_batch(&b1).unwrap();
-            assert_eq!(out.readings.len(), 1);
-            assert_eq!(out.readings[0].meter.as_str(), "meter-0");
-            assert_eq!(out.readings[0].value.as_slice(), b"1 kWh");
-            assert_eq!(
-                out.dropped,
-                vec![(Some(w.creds[2].id().clone()), ReportDrop::NotAnnounced)]
-            );
-            // The same batch again: refused whole.
-            assert!(matches!(
-                w.headend.handle_batch(&b1),
-                Err(Error::Core(sealcast_core::Error::Replay(_)))
-            ));
-            // The same report in a new batch: dropped as a replay.
-            let b2 = batch(&mut w, &[&a]);
-            let out = w.headend.handle_batch(&b2).unwrap();
-            assert!(out.readings.is_empty());
-            assert_eq!(out.dropped[0].1, ReportDrop::Replayed);
-
-            // A restart from the saved state accepts neither.
-            let state = w.headend.export_state().unwrap();
-            let mut again = world(21, verify);
-            again.headend.restore_state(&state).unwrap();
-            assert!(again.headend.is_announced(w.dap.id()));
-            assert!(again.headend.handle_batch(&b1).is_err());
-            let b3 = batch(&mut w, &[&a]);
-            let out = again.headend.handle_batch(&b3).unwrap();
-            assert_eq!(out.dropped[0].1, ReportDrop::Replayed);
-            // A fresh reading still gets through.
-            let (_, a2) = w.meters[0].seal(b"4 kWh", at).unwrap();
-            let b4 = batch(&mut w, &[&a2]);
-            let out = again.headend.handle_batch(&b4).unwrap();
-            assert_eq!(out.readings[0].value.as_slice(), b"4 kWh");
-            assert!(again.headend.restore_state(b"\x80").is_err());
-        }
-    }
-
-    #[test]
-    fn forged_batches_and_undecryptable_reports() {
-        let mut w = world(22, false);
-        let at = UnixMillis::new(1_000);
-        let ann = w.dap.announce(at).unwrap();
-        w.headend.handle_announcement(&ann).unwrap();
-        // A report encrypted for another headend (wrong pairwise key): the
-        // DAP cannot tell, the headend drops it.
-        let mut rng = TestRng::new(3);
-        let elsewhere = EntityCredential::generate(EntityId::new("headend").unwrap(), &mut rng);
-        let meter1 = EntityCredential::generate(EntityId::new("meter-1").unwrap(), &mut rng);
-        let mut wrong = Meter::new(meter1, &elsewhere.public(), 0).unwrap();
-        let l = wrong.reservation_request().unwrap();
-        wrong.confirm_reservation(l).unwrap();
-        let (_, bad) = wrong.seal(b"x", at).unwrap();
-        let b = batch(&mut w, &[&bad, b"junk"]);
-        let out = w.headend.handle_batch(&b).unwrap();
-        assert!(out.readings.is_empty());
-        assert_eq!(
-            out.dropped.iter().map(|d| &d.1).collect::<Vec<_>>(),
-            vec![&ReportDrop::Undecryptable, &ReportDrop::Malformed]
-        );
-        // A batch signed by someone else, and a flipped bit.
-        let mallory = EntityCredential::generate(EntityId::new("dap-1").unwrap(), &mut rng);
-        let forged = crate::metering::seal_batch(
-            mallory.id(),
-            mallory.signing_key(),
-            w.headend.id(),
-            SeqNum::new(900).unwrap(),
-            at,
-            &[],
-        )
-        .unwrap();
-        assert!(w.headend.handle_batch(&forged).is_err());
-        let (_, a) = w.meters[0].seal(b"1 kWh", at).unwrap();
-        let mut flipped = batch(&mut w, &[&a]);
-        let n = flipped.len();
-        flipped[n / 2] ^= 1;
-        assert!(w.headend.handle_batch(&flipped).is_err());
-        let _ = &w.headend_public;
     }
 }

@@ -3,7 +3,7 @@
 //! The runtimes that wire sealcast's sans-IO core and group logic to real
 //! transports and storage: the group manager (IN), the gateway agent (MN:
 //! relay and group controller) and the device (ASN), over MQTT or CoAP
-//! ([`link`]). Each runtime
+//! ([`link`], the one transport seam). Each runtime
 //! is a tokio task that owns its protocol state; the clock and OS randomness
 //! are read here, never in the protocol crates.
 //!
@@ -12,11 +12,11 @@
 //! broker, a manager with its SQLite store and audit log, a gateway and the
 //! devices — then the attacks.
 //!
-//! Smart metering: [`meter`] seals readings, [`dap`] is the Data Aggregation
+//! Smart metering: [`meter`] sends readings, [`dap`] is the Data Aggregation
 //! Point (batch verification without reading, announcement of its meter
-//! group), [`headend`] checks the DAP and decrypts end to end; their wire
-//! formats are in [`metering`]. [`smart_meter::smart_meter`] runs them all
-//! in one process.
+//! group), [`headend`] checks the DAP and decrypts end to end — tokio shells
+//! around the state machines and wire formats of `sealcast-metering`.
+//! [`smart_meter::smart_meter`] runs them all in one process.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -30,7 +30,6 @@ pub mod headend;
 pub mod link;
 pub mod manager;
 pub mod meter;
-pub mod metering;
 pub mod runtime;
 pub mod smart_meter;
 

@@ -25,8 +25,8 @@ use crate::meter::Meter;
 use crate::runtime::{now, os_rng};
 use crate::{Error, Result};
 
-/// Label of the DAP's signed batches (see [`crate::metering`]).
-pub use crate::metering::LABEL_BATCH;
+/// Label of the DAP's signed batches (see [`sealcast_metering::wire`]).
+pub use sealcast_metering::wire::LABEL_BATCH;
 
 /// Reports per DAP batch in the demo.
 const DEMO_BATCH: usize = 64;

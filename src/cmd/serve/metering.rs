@@ -54,12 +54,12 @@ use std::time::Duration;
 
 use clap::Args;
 use sealcast_core::credential::PublicCredential;
+use sealcast_metering::wire::{MAX_ANNOUNCED_METERS, MAX_BATCH_REPORTS};
 use sealcast_node::dap::{self, DapConfig, DapCore, DapEvent};
 use sealcast_node::headend::{
     self, HeadendConfig, HeadendCore, HeadendEvent, LogReadings, Reading, ReadingHandler,
 };
 use sealcast_node::meter::{MeterConfig, report_once};
-use sealcast_node::metering::{MAX_ANNOUNCED_METERS, MAX_BATCH_REPORTS};
 use sealcast_store::DeviceStateFile;
 use serde::Deserialize;
 use tracing::{info, warn};

@@ -1,0 +1,437 @@
+//! The Data Aggregation Point's protocol state, without I/O.
+//!
+//! Meters send sealed reports (encrypted for the headend, then signed) to
+//! their DAP. [`DapCore::verify`] checks a batch of them in one batch
+//! signature verification **without being able to read the readings**,
+//! dropping forgeries, unknown meters and replays (a sequence window per
+//! meter); [`DapCore::seal_batches`] forwards what remains as batches signed
+//! by the DAP. Instead of one handshake per meter, the DAP **announces its
+//! group** to the headend ([`DapCore::announce`]: one signed statement
+//! naming the DAP, its meter group and its meters), and answers the
+//! headend's signed requests to announce again ([`DapCore::handle_solicit`]).
+//! [`DapCore::export_state`] / [`DapCore::restore_state`] are its state file.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ed25519_dalek::VerifyingKey;
+use sealcast_core::credential::{EntityCredential, PublicCredential};
+use sealcast_core::ids::{EntityId, UnixMillis};
+use sealcast_core::replay::{SeqAllocator, SeqWindow};
+use sealcast_core::report::verify_reports_batch;
+
+use crate::wire::{Announcement, open_solicit, seal_batch, split_for_batches};
+use crate::{Error, Result};
+
+/// Batch sequence numbers reserved at a time.
+const BATCH_SEQ_BLOCK: u64 = 256;
+/// Announce requests older or newer than this are ignored.
+const SOLICIT_SKEW_MS: u64 = 5 * 60 * 1000;
+/// At most one announcement per this interval in answer to requests.
+const SOLICIT_MIN_INTERVAL_MS: u64 = 500;
+const STATE_VERSION: u64 = 1;
+
+/// What the DAP decided about one report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReportVerdict {
+    /// Genuine and fresh: forwarded.
+    Forward,
+    /// Signature or format wrong (the local reason).
+    Forged(String),
+    /// The reporter is not one of this DAP's meters.
+    UnknownMeter,
+    /// Its sequence number was seen before (or is too old).
+    Replayed,
+}
+
+/// A sealed batch and whether state must reach the disk before it leaves.
+#[derive(Debug)]
+pub struct SealedBatches {
+    /// The signed batches (more than one only if the reports did not fit one).
+    pub batches: Vec<Vec<u8>>,
+    /// A new batch-sequence reservation was made: persist before publishing.
+    pub persist_first: bool,
+}
+
+/// The DAP's protocol state, without I/O.
+pub struct DapCore {
+    credential: EntityCredential,
+    headend: PublicCredential,
+    group: String,
+    meters: BTreeMap<EntityId, VerifyingKey>,
+    windows: BTreeMap<EntityId, SeqWindow>,
+    batch_seq: SeqAllocator,
+    announce_version: u64,
+    last_solicited_answer: Option<UnixMillis>,
+}
+
+impl core::fmt::Debug for DapCore {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("DapCore")
+            .field("id", self.credential.id())
+            .field("headend", self.headend.id())
+            .field("group", &self.group)
+            .field("meters", &self.meters.len())
+            .field("announce_version", &self.announce_version)
+            .finish_non_exhaustive()
+    }
+}
+
+fn state_err(what: &str) -> Error {
+    Error::State(format!("DAP state: {what}"))
+}
+
+impl DapCore {
+    /// A DAP for `headend` serving `meters` (their Ed25519 keys are what it
+    /// verifies), under the meter-group name `group`.
+    pub fn new(
+        credential: EntityCredential,
+        headend: PublicCredential,
+        group: String,
+        meters: Vec<PublicCredential>,
+    ) -> Result<Self> {
+        let mut core = Self {
+            credential,
+            headend,
+            group,
+            meters: BTreeMap::new(),
+            windows: BTreeMap::new(),
+            batch_seq: SeqAllocator::new(BATCH_SEQ_BLOCK)?,
+            announce_version: 0,
+            last_solicited_answer: None,
+        };
+        core.set_meters(meters);
+        Ok(core)
+    }
+
+    /// The DAP's id.
+    pub fn id(&self) -> &EntityId {
+        self.credential.id()
+    }
+
+    /// The headend's id.
+    pub fn headend(&self) -> &EntityId {
+        self.headend.id()
+    }
+
+    /// How many meters it serves.
+    pub fn meter_count(&self) -> usize {
+        self.meters.len()
+    }
+
+    /// Replaces the set of meters; true if it changed (then announce).
+    /// Windows of meters that stay are kept.
+    pub fn set_meters(&mut self, meters: Vec<PublicCredential>) -> bool {
+        let new: BTreeMap<EntityId, VerifyingKey> = meters
+            .into_iter()
+            .map(|m| (m.id().clone(), *m.verifying_key()))
+            .collect();
+        let changed = new != self.meters;
+        self.meters = new;
+        changed
+    }
+
+    /// Verifies `reports` in one batch and checks and commits each genuine
+    /// one's window (in memory; see [`DapCore::export_state`]), in order, so
+    /// a second copy inside the same batch is a replay too.
+    pub fn verify(&mut self, reports: &[&[u8]]) -> Vec<ReportVerdict> {
+        let meters = &self.meters;
+        let verdicts = verify_reports_batch(reports, self.headend.id(), |id| meters.get(id));
+        verdicts
+            .into_iter()
+            .map(|v| match v {
+                Ok(report) => {
+                    let h = report.header();
+                    let window = self.windows.entry(h.reporter.clone()).or_default();
+                    match window.check(h.seq).and_then(|t| window.commit(t)) {
+                        Ok(()) => ReportVerdict::Forward,
+                        Err(_) => ReportVerdict::Replayed,
+                    }
+                }
+                Err(sealcast_core::Error::UnknownSender) => ReportVerdict::UnknownMeter,
+                Err(e) => ReportVerdict::Forged(e.to_string()),
+            })
+            .collect()
+    }
+
+    /// Signs `reports` (already verified) into one or more batches for the
+    /// headend.
+    pub fn seal_batches(&mut self, reports: &[&[u8]], at: UnixMillis) -> Result<SealedBatches> {
+        let mut persist_first = false;
+        let mut batches = Vec::new();
+        for chunk in split_for_batches(reports)? {
+            if let Some(limit) = self.batch_seq.reservation_request() {
+                self.batch_seq.confirm_reservation(limit)?;
+                persist_first = true;
+            }
+            let seq = self.batch_seq.next()?;
+            batches.push(seal_batch(
+                self.credential.id(),
+                self.credential.signing_key(),
+                self.headend.id(),
+                seq,
+                at,
+                &chunk,
+            )?);
+        }
+        Ok(SealedBatches {
+            batches,
+            persist_first,
+        })
+    }
+
+    /// The version of the last announcement sealed (0: none yet).
+    pub fn announce_version(&self) -> u64 {
+        self.announce_version
+    }
+
+    /// A fresh signed announcement (its version is above every earlier
+    /// one: persist the state before publishing it).
+    pub fn announce(&mut self, at: UnixMillis) -> Result<Vec<u8>> {
+        self.announce_version = self.announce_version.saturating_add(1).max(at.get());
+        Announcement {
+            dap: self.credential.id().clone(),
+            headend: self.headend.id().clone(),
+            group: self.group.clone(),
+            version: self.announce_version,
+            issued: at,
+            meters: self.meters.keys().cloned().collect::<BTreeSet<_>>(),
+        }
+        .seal(self.credential.signing_key())
+    }
+
+    /// Checks a headend's request to announce: true if the DAP should
+    /// announce now (genuine, fresh, and not answered within the last
+    /// moment — requests cannot make it sign in a loop).
+    pub fn handle_solicit(&mut self, bytes: &[u8], at: UnixMillis) -> Result<bool> {
+        let issued = open_solicit(
+            bytes,
+            self.credential.id(),
+            self.headend.id(),
+            self.headend.verifying_key(),
+        )?;
+        if issued.get().abs_diff(at.get()) > SOLICIT_SKEW_MS {
+            return Err(Error::Refused("announce request outside the clock skew"));
+        }
+        if let Some(last) = self.last_solicited_answer
+            && at.get().saturating_sub(last.get()) < SOLICIT_MIN_INTERVAL_MS
+        {
+            return Ok(false);
+        }
+        self.last_solicited_answer = Some(at);
+        Ok(true)
+    }
+
+    /// The state to persist: each meter's window, the batch-sequence
+    /// reservation and the announcement version. CBOR:
+    /// `[1, [[meter, window]...], batch_reserved_limit, announce_version]`.
+    pub fn export_state(&self) -> Result<Vec<u8>> {
+        use ciborium::Value;
+        let windows = self
+            .windows
+            .iter()
+            .map(|(m, w)| {
+                Value::Array(vec![
+                    Value::Text(m.as_str().to_owned()),
+                    Value::Bytes(w.to_bytes()),
+                ])
+            })
+            .collect();
+        let value = Value::Array(vec![
+            Value::Integer(STATE_VERSION.into()),
+            Value::Array(windows),
+            Value::Integer(self.batch_seq.reserved_limit().into()),
+            Value::Integer(self.announce_version.into()),
+        ]);
+        let mut out = Vec::new();
+        ciborium::into_writer(&value, &mut out).map_err(|e| state_err(&e.to_string()))?;
+        Ok(out)
+    }
+
+    /// Restores what [`DapCore::export_state`] wrote: windows, the batch
+    /// sequence (resumed above the stored reservation) and the version.
+    pub fn restore_state(&mut self, bytes: &[u8]) -> Result<()> {
+        use ciborium::Value;
+        let value: Value = ciborium::from_reader(bytes).map_err(|_| state_err("not CBOR"))?;
+        let Some([version, windows, limit, announced]) = value.as_array().map(Vec::as_slice) else {
+            return Err(state_err("malformed"));
+        };
+        if int_of(version)? != STATE_VERSION {
+            return Err(state_err("unsupported version"));
+        }
+        let mut restored = BTreeMap::new();
+        for w in windows.as_array().ok_or_else(|| state_err("malformed"))? {
+            let Some([Value::Text(meter), Value::Bytes(window)]) = w.as_array().map(Vec::as_slice)
+            else {
+                return Err(state_err("malformed window"));
+            };
+            restored.insert(EntityId::new(meter)?, SeqWindow::from_bytes(window)?);
+        }
+        self.windows = restored;
+        self.batch_seq = SeqAllocator::resume(int_of(limit)?, BATCH_SEQ_BLOCK)?;
+        self.announce_version = int_of(announced)?;
+        Ok(())
+    }
+}
+
+fn int_of(v: &ciborium::Value) -> Result<u64> {
+    crate::cbor::u64_of(v).ok_or_else(|| state_err("malformed integer"))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::meter::Meter;
+    use crate::wire::open_batch;
+    use sealcast_core::testrng::TestRng;
+
+    struct World {
+        headend: EntityCredential,
+        dap: DapCore,
+        meters: Vec<Meter>,
+        mallory: Meter,
+    }
+
+    fn world() -> World {
+        let mut rng = TestRng::new(11);
+        let headend = EntityCredential::generate(EntityId::new("headend").unwrap(), &mut rng);
+        let dap_cred = EntityCredential::generate(EntityId::new("dap-1").unwrap(), &mut rng);
+        let creds: Vec<EntityCredential> = (0..3)
+            .map(|i| {
+                EntityCredential::generate(EntityId::new(&format!("meter-{i}")).unwrap(), &mut rng)
+            })
+            .collect();
+        let dap = DapCore::new(
+            dap_cred,
+            headend.public(),
+            "street-7".into(),
+            creds.iter().map(EntityCredential::public).collect(),
+        )
+        .unwrap();
+        let meters = creds
+            .into_iter()
+            .map(|c| {
+                let mut m = Meter::new(c, &headend.public(), 0).unwrap();
+                let l = m.reservation_request().unwrap();
+                m.confirm_reservation(l).unwrap();
+                m
+            })
+            .collect();
+        // Claims to be meter-0 with its own key.
+        let forger = EntityCredential::generate(EntityId::new("meter-0").unwrap(), &mut rng);
+        let mut mallory = Meter::new(forger, &headend.public(), 1000).unwrap();
+        let l = mallory.reservation_request().unwrap();
+        mallory.confirm_reservation(l).unwrap();
+        World {
+            headend,
+            dap,
+            meters,
+            mallory,
+        }
+    }
+
+    #[test]
+    fn drops_forgeries_unknowns_and_replays_in_one_batch() {
+        let mut w = world();
+        let at = UnixMillis::new(1_000);
+        let (_, a) = w.meters[0].seal(b"1 kWh", at).unwrap();
+        let (_, b) = w.meters[1].seal(b"2 kWh", at).unwrap();
+        let (_, forged) = w.mallory.seal(b"0 kWh", at).unwrap();
+        let mut flipped = b.clone();
+        let n = flipped.len();
+        flipped[n - 3] ^= 0x40;
+        let mut rng = TestRng::new(99);
+        let stranger_cred =
+            EntityCredential::generate(EntityId::new("meter-99").unwrap(), &mut rng);
+        let mut stranger = Meter::new(stranger_cred, &w.headend.public(), 0).unwrap();
+        let l = stranger.reservation_request().unwrap();
+        stranger.confirm_reservation(l).unwrap();
+        let (_, unknown) = stranger.seal(b"9 kWh", at).unwrap();
+        let batch: Vec<&[u8]> = vec![&a, &b, &forged, &flipped, &unknown, &a, b"junk"];
+        let verdicts = w.dap.verify(&batch);
+        assert_eq!(verdicts[0], ReportVerdict::Forward);
+        assert_eq!(verdicts[1], ReportVerdict::Forward);
+        assert!(matches!(verdicts[2], ReportVerdict::Forged(_)));
+        assert!(matches!(verdicts[3], ReportVerdict::Forged(_)));
+        assert_eq!(verdicts[4], ReportVerdict::UnknownMeter);
+        assert_eq!(verdicts[5], ReportVerdict::Replayed);
+        assert!(matches!(verdicts[6], ReportVerdict::Forged(_)));
+        // In a later batch as well.
+        assert_eq!(w.dap.verify(&[&b]), vec![ReportVerdict::Replayed]);
+    }
+
+    #[test]
+    fn windows_and_sequences_survive_a_restart() {
+        let mut w = world();
+        let at = UnixMillis::new(1_000);
+        let (_, a) = w.meters[0].seal(b"1 kWh", at).unwrap();
+        assert_eq!(w.dap.verify(&[&a]), vec![ReportVerdict::Forward]);
+        let sealed = w.dap.seal_batches(&[&a], at).unwrap();
+        assert!(
+            sealed.persist_first,
+            "the first batch reserves sequence numbers"
+        );
+        let v1 = {
+            let ann = w.dap.announce(at).unwrap();
+            let key = w.dap.credential.signing_key().verifying_key();
+            Announcement::open(&ann, w.headend.id(), |_| Some(&key))
+                .unwrap()
+                .version
+        };
+        let state = w.dap.export_state().unwrap();
+
+        let mut restarted = world().dap;
+        restarted.restore_state(&state).unwrap();
+        assert_eq!(restarted.verify(&[&a]), vec![ReportVerdict::Replayed]);
+        let key = restarted.credential.signing_key().verifying_key();
+        let lookup = |_: &EntityId| Some(&key);
+        let before = open_batch(&sealed.batches[0], w.headend.id(), lookup).unwrap();
+        let (_, b) = w.meters[1].seal(b"2 kWh", at).unwrap();
+        let after = restarted.seal_batches(&[&b], at).unwrap();
+        let after = open_batch(&after.batches[0], w.headend.id(), lookup).unwrap();
+        assert!(
+            after.seq > before.seq,
+            "batch sequence reused after a restart"
+        );
+        let ann = restarted.announce(at).unwrap();
+        let v2 = Announcement::open(&ann, w.headend.id(), lookup)
+            .unwrap()
+            .version;
+        assert!(v2 > v1);
+        assert!(restarted.restore_state(b"junk").is_err());
+    }
+
+    #[test]
+    fn solicits_are_checked_and_rate_limited() {
+        let mut w = world();
+        let at = UnixMillis::new(10_000_000);
+        let req =
+            crate::wire::seal_solicit(w.headend.id(), w.headend.signing_key(), w.dap.id(), at)
+                .unwrap();
+        assert!(w.dap.handle_solicit(&req, at).unwrap());
+        assert!(
+            !w.dap
+                .handle_solicit(&req, UnixMillis::new(at.get() + 10))
+                .unwrap()
+        );
+        assert!(
+            w.dap
+                .handle_solicit(&req, UnixMillis::new(at.get() + 1_000))
+                .unwrap()
+        );
+        assert!(
+            w.dap
+                .handle_solicit(&req, UnixMillis::new(at.get() + SOLICIT_SKEW_MS + 1))
+                .is_err()
+        );
+        let mut rng = TestRng::new(1);
+        let mallory = EntityCredential::generate(w.headend.id().clone(), &mut rng);
+        let forged =
+            crate::wire::seal_solicit(mallory.id(), mallory.signing_key(), w.dap.id(), at).unwrap();
+        assert!(w.dap.handle_solicit(&forged, at).is_err());
+        // A changed meter set is reported; the same one is not.
+        let same: Vec<PublicCredential> = Vec::new();
+        assert!(w.dap.set_meters(same.clone()));
+        assert!(!w.dap.set_meters(same));
+    }
+}
