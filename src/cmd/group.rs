@@ -110,21 +110,21 @@ pub enum SchemeArg {
 }
 
 impl SchemeArg {
-    /// The name on the control socket.
-    pub fn wire(self) -> &'static str {
+    /// The scheme on the control socket.
+    pub fn wire(self) -> sealcast_node::control::SchemeName {
         match self {
-            SchemeArg::Tree => "tree",
-            SchemeArg::P2p => "p2p",
+            SchemeArg::Tree => sealcast_node::control::SchemeName::Tree,
+            SchemeArg::P2p => sealcast_node::control::SchemeName::P2p,
         }
     }
 }
 
 impl AlgArg {
-    /// The name on the control socket.
-    pub fn wire(self) -> &'static str {
+    /// The algorithm on the control socket.
+    pub fn wire(self) -> sealcast_node::control::AlgName {
         match self {
-            AlgArg::A128Gcm => "A128GCM",
-            AlgArg::A256Gcm => "A256GCM",
+            AlgArg::A128Gcm => sealcast_node::control::AlgName::A128Gcm,
+            AlgArg::A256Gcm => sealcast_node::control::AlgName::A256Gcm,
         }
     }
 

@@ -1,7 +1,8 @@
 //! `sealcast group enrol | add | evict | rekey | show | list` and
 //! `group create --config`: administration of a running manager through its
 //! control socket (`sealcast_node::control`: one JSON request per line, one
-//! JSON response per line).
+//! JSON response per line). Requests and answers are the protocol's own
+//! types (`sealcast_node::control::protocol`), the ones the server uses.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -11,8 +12,12 @@ use std::time::{Duration, Instant};
 use clap::{ArgGroup, Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use sealcast_core::credential::MAX_CREDENTIAL_FILE_LEN;
-use sealcast_node::control::{MAX_LINE, hex};
-use serde_json::{Value, json};
+use sealcast_node::control::{
+    Added, EnrolEntity, Enrolled, Evicted, GroupShow, Groups, KindName, MAX_LINE, MemberSpec,
+    Rekeyed, Request, RoleName, hex,
+};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 use super::group::{AlgArg, SchemeArg};
 use super::{load_public_key, note, say};
@@ -52,11 +57,11 @@ pub enum KindArg {
 }
 
 impl KindArg {
-    fn wire(self) -> &'static str {
+    fn wire(self) -> KindName {
         match self {
-            KindArg::Device => "device",
-            KindArg::Agent => "agent",
-            KindArg::Headend => "headend",
+            KindArg::Device => KindName::Device,
+            KindArg::Agent => KindName::Agent,
+            KindArg::Headend => KindName::Headend,
         }
     }
 }
@@ -257,7 +262,8 @@ impl Control {
 
     /// Sends one request and returns the manager's answer, or its refusal
     /// as an error.
-    fn call(&mut self, request: &Value) -> Result<Value> {
+    /// Sends `request` and reads its answer as `T`.
+    fn call<T: DeserializeOwned>(&mut self, request: &Request) -> Result<T> {
         let mut line = serde_json::to_vec(request)
             .map_err(|e| CliError::other(format!("cannot encode the request: {e}")))?;
         if line.len() > MAX_LINE {
@@ -288,7 +294,11 @@ impl Control {
         let value: Value = serde_json::from_slice(&answer)
             .map_err(|e| CliError::other(format!("unreadable answer from the manager: {e}")))?;
         if value.get("ok") == Some(&Value::Bool(true)) {
-            Ok(value)
+            serde_json::from_value(value).map_err(|e| {
+                CliError::other(format!(
+                    "the manager's answer does not match this client ({e}): use the same sealcast version for both"
+                ))
+            })
         } else {
             let why = value
                 .get("error")
@@ -348,17 +358,17 @@ pub fn enrol(args: &EnrolArgs) -> Result<()> {
             // Parsed here too, so a wrong file is named by its path.
             load_public_key(path)?;
             let bytes = files::read_limited(Some(path), MAX_CREDENTIAL_FILE_LEN, "public key")?;
-            entities.push(json!({
-                "public_key": hex(&bytes),
-                "kind": args.kind.wire(),
-                "agent": args.agent,
-            }));
+            entities.push(EnrolEntity {
+                public_key: hex(&bytes),
+                kind: args.kind.wire(),
+                agent: args.agent.clone(),
+            });
         }
-        let answer = control
-            .call(&json!({ "op": "enrol", "entities": entities }))
+        let answer: Enrolled = control
+            .call(&Request::Enrol { entities })
             .inspect_err(|_| bar.abandon())?;
-        enrolled += answer.get("enrolled").and_then(Value::as_u64).unwrap_or(0);
-        unchanged += answer.get("unchanged").and_then(Value::as_u64).unwrap_or(0);
+        enrolled += answer.enrolled;
+        unchanged += answer.unchanged;
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
@@ -376,13 +386,16 @@ pub fn create(config: &Path, group: &str, scheme: SchemeArg, alg: AlgArg) -> Res
         socket: None,
     };
     let mut control = Control::connect(&manager)?;
-    control.call(&json!({
-        "op": "create", "group": group, "scheme": scheme.wire(), "alg": alg.wire(),
-    }))?;
+    let created: sealcast_node::control::Created = control.call(&Request::Create {
+        group: group.to_owned(),
+        scheme: Some(scheme.wire()),
+        alg: Some(alg.wire()),
+    })?;
     say(&format!(
-        "created group {group} ({}, {}) at epoch 0; add members with `sealcast group add`",
-        scheme.wire(),
-        alg.wire()
+        "created group {group} ({}, {}) at epoch {}; add members with `sealcast group add`",
+        created.scheme.as_str(),
+        created.alg.as_str(),
+        created.epoch
     ));
     Ok(())
 }
@@ -426,14 +439,25 @@ pub fn add(args: &AddArgs) -> Result<()> {
     let bar = progress(members.len() as u64, "adding");
     let mut epoch = 0;
     for chunk in members.chunks(ADD_BATCH) {
-        let list: Vec<Value> = chunk
+        let members = chunk
             .iter()
-            .map(|(id, role)| json!({ "id": id, "role": role }))
-            .collect();
-        let answer = control
-            .call(&json!({ "op": "add", "group": args.group, "members": list }))
+            .map(|(id, role)| {
+                let role = RoleName::parse(role).ok_or_else(|| {
+                    CliError::usage(format!("role {role:?}: use sender or receiver"))
+                })?;
+                Ok(MemberSpec {
+                    id: id.clone(),
+                    role,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let answer: Added = control
+            .call(&Request::Add {
+                group: args.group.clone(),
+                members,
+            })
             .inspect_err(|_| bar.abandon())?;
-        epoch = answer.get("epoch").and_then(Value::as_u64).unwrap_or(0);
+        epoch = answer.epoch;
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
@@ -448,13 +472,13 @@ pub fn add(args: &AddArgs) -> Result<()> {
 /// `sealcast group evict`.
 pub fn evict(args: &EvictArgs) -> Result<()> {
     let mut control = Control::connect(&args.manager)?;
-    let answer =
-        control.call(&json!({ "op": "evict", "group": args.group, "member": args.member }))?;
+    let answer: Evicted = control.call(&Request::Evict {
+        group: args.group.clone(),
+        member: args.member.clone(),
+    })?;
     say(&format!(
         "evicted {} from {}: now at epoch {} (a fresh key)",
-        args.member,
-        args.group,
-        answer.get("epoch").and_then(Value::as_u64).unwrap_or(0)
+        answer.evicted, answer.group, answer.epoch
     ));
     Ok(())
 }
@@ -462,21 +486,19 @@ pub fn evict(args: &EvictArgs) -> Result<()> {
 /// `sealcast group rekey`.
 pub fn rekey(args: &RekeyArgs) -> Result<()> {
     let mut control = Control::connect(&args.manager)?;
-    let answer = control.call(&json!({ "op": "rekey", "group": args.group }))?;
+    let answer: Rekeyed = control.call(&Request::Rekey {
+        group: args.group.clone(),
+    })?;
     say(&format!(
         "rekeyed {}: now at epoch {}",
-        args.group,
-        answer.get("epoch").and_then(Value::as_u64).unwrap_or(0)
+        answer.group, answer.epoch
     ));
     Ok(())
 }
 
-fn text(v: Option<&Value>) -> String {
-    match v {
-        None | Some(Value::Null) => "-".to_owned(),
-        Some(Value::String(s)) => s.clone(),
-        Some(other) => other.to_string(),
-    }
+/// An optional number, or `-`.
+fn text<T: ToString>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
 
 /// Left-aligned columns, two spaces apart.
@@ -503,11 +525,10 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> Vec<String> {
     out
 }
 
-fn without_ok(mut v: Value) -> Value {
-    if let Value::Object(map) = &mut v {
-        map.remove("ok");
-    }
-    v
+/// An answer as JSON for `--json` (the protocol's own field names).
+fn json_line<T: serde::Serialize>(answer: &T) -> Result<String> {
+    serde_json::to_string(answer)
+        .map_err(|e| CliError::other(format!("cannot print the answer: {e}")))
 }
 
 /// `sealcast group show`.
@@ -517,76 +538,70 @@ pub fn show(args: &ShowArgs) -> Result<()> {
     // answer line); the summary and counts with the first.
     let page = sealcast_node::control::MAX_SHOW_PAGE;
     let limit = if args.json || args.members { page } else { 0 };
-    let mut answer = control.call(&json!({ "op": "show", "group": args.group, "limit": limit }))?;
-    let mut all: Vec<Value> = take_list(&mut answer);
-    while let Some(offset) = answer.get("next_offset").and_then(Value::as_u64) {
-        let mut next = control
-            .call(&json!({ "op": "show", "group": args.group, "offset": offset, "limit": page }))?;
-        let more = take_list(&mut next);
-        if more.is_empty() {
+    let mut answer: GroupShow = control.call(&Request::Show {
+        group: args.group.clone(),
+        offset: 0,
+        limit,
+    })?;
+    let mut next_offset = answer.next_offset.take();
+    while let Some(offset) = next_offset {
+        let next: GroupShow = control.call(&Request::Show {
+            group: args.group.clone(),
+            offset,
+            limit: page,
+        })?;
+        if next.member_list.is_empty() {
             break;
         }
-        all.extend(more);
-        answer = next;
-    }
-    if let Value::Object(map) = &mut answer {
-        map.remove("next_offset");
-        if args.json || args.members {
-            map.insert("member_list".into(), Value::Array(all));
-        }
+        answer.member_list.extend(next.member_list);
+        next_offset = next.next_offset;
     }
     if args.json {
-        say(&without_ok(answer).to_string());
+        let mut line = serde_json::to_value(&answer)
+            .map_err(|e| CliError::other(format!("cannot print the answer: {e}")))?;
+        if let Value::Object(map) = &mut line {
+            map.remove("next_offset");
+        }
+        say(&line.to_string());
         return Ok(());
     }
-    let epoch = text(answer.get("epoch"));
-    say(&format!("group    {}", text(answer.get("group"))));
-    say(&format!("epoch    {epoch}"));
-    say(&format!("scheme   {}", text(answer.get("scheme"))));
-    say(&format!("alg      {}", text(answer.get("alg"))));
+    let s = &answer.summary;
+    say(&format!("group    {}", s.group));
+    say(&format!("epoch    {}", s.epoch));
+    say(&format!("scheme   {}", s.scheme.as_str()));
+    say(&format!("alg      {}", answer.alg.as_str()));
     say(&format!(
-        "members  {} ({} hold epoch {epoch})",
-        text(answer.get("members")),
-        text(answer.get("current"))
+        "members  {} ({} hold epoch {})",
+        s.members, s.current, s.epoch
     ));
-    if let Some(counts) = answer.get("held_counts").and_then(Value::as_array) {
-        for c in counts {
-            let held = match c.get("epoch").and_then(Value::as_u64) {
-                Some(e) => format!("hold epoch {e}"),
-                None => "hold no epoch yet".to_owned(),
-            };
-            say(&format!("         {} {held}", text(c.get("members"))));
-        }
+    for c in &answer.held_counts {
+        let held = match c.epoch {
+            Some(e) => format!("hold epoch {e}"),
+            None => "hold no epoch yet".to_owned(),
+        };
+        say(&format!("         {} {held}", c.members));
     }
     if !args.members {
-        if text(answer.get("members")) != "0" {
+        if s.members != 0 {
             say("");
             say("(--members lists them)");
         }
         return Ok(());
     }
     let rows: Vec<Vec<String>> = answer
-        .get("member_list")
-        .and_then(Value::as_array)
-        .map(|list| {
-            list.iter()
-                .map(|m| {
-                    vec![
-                        text(m.get("id")),
-                        text(m.get("role")),
-                        text(m.get("sender_id")),
-                        text(m.get("leaf")),
-                        text(m.get("held")),
-                        if m.get("current") == Some(&Value::Bool(true)) {
-                            "yes".to_owned()
-                        } else {
-                            "no".to_owned()
-                        },
-                    ]
-                })
-                .collect()
+        .member_list
+        .iter()
+        .map(|m| {
+            vec![
+                m.id.clone(),
+                m.role.as_str().to_owned(),
+                text(m.sender_id.as_ref()),
+                text(m.leaf),
+                text(m.held),
+                if m.current { "yes" } else { "no" }.to_owned(),
+            ]
         })
-        .unwrap_or_default();
+        .collect();
     if rows.is_empty() {
         say("");
         say("no members yet: add them with `sealcast group add`");
@@ -602,39 +617,27 @@ pub fn show(args: &ShowArgs) -> Result<()> {
     Ok(())
 }
 
-/// Takes the `member_list` array out of an answer.
-fn take_list(answer: &mut Value) -> Vec<Value> {
-    match answer.get_mut("member_list").map(Value::take) {
-        Some(Value::Array(list)) => list,
-        _ => Vec::new(),
-    }
-}
-
 /// `sealcast group list`.
 pub fn list(args: &ListArgs) -> Result<()> {
     let mut control = Control::connect(&args.manager)?;
-    let answer = control.call(&json!({ "op": "list" }))?;
+    let answer: Groups = control.call(&Request::List {})?;
     if args.json {
-        say(&without_ok(answer).to_string());
+        say(&json_line(&answer)?);
         return Ok(());
     }
     let rows: Vec<Vec<String>> = answer
-        .get("groups")
-        .and_then(Value::as_array)
-        .map(|list| {
-            list.iter()
-                .map(|g| {
-                    vec![
-                        text(g.get("group")),
-                        text(g.get("epoch")),
-                        text(g.get("scheme")),
-                        text(g.get("members")),
-                        text(g.get("current")),
-                    ]
-                })
-                .collect()
+        .groups
+        .iter()
+        .map(|g| {
+            vec![
+                g.group.clone(),
+                g.epoch.to_string(),
+                g.scheme.as_str().to_owned(),
+                g.members.to_string(),
+                g.current.to_string(),
+            ]
         })
-        .unwrap_or_default();
+        .collect();
     if rows.is_empty() {
         note("no groups yet: create one with `sealcast group create --config …`");
         return Ok(());

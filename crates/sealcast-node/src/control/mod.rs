@@ -17,7 +17,8 @@
 //! ```
 //!
 //! Every response has `"ok": true` and the operation's result, or
-//! `"ok": false` and an `"error"` that says what to do. Group ids are text
+//! `"ok": false` and an `"error"` that says what to do. The messages are
+//! the types of [`protocol`], which the CLI client uses too. Group ids are text
 //! (their UTF-8 bytes are the id). Lines are at most [`MAX_LINE`] bytes; a
 //! longer one is answered with an error and the connection is closed.
 //!
@@ -43,7 +44,7 @@ use sealcast_core::credential::{MAX_CREDENTIAL_FILE_LEN, PublicCredential};
 use sealcast_core::crypto::AeadAlg;
 use sealcast_core::ids::{EntityId, GroupId};
 use sealcast_group::manager::{EntityKind, GroupSummary, RekeyScheme, Role};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -54,139 +55,15 @@ use tracing::{debug, info, warn};
 use crate::manager::{Enrolment, ManagerHandle};
 use crate::{Error, Result};
 
-/// Most members in one `show` answer: a page stays far below the 1 MiB
-/// line limit (about 100 bytes a member).
-pub const MAX_SHOW_PAGE: usize = 2_000;
+pub mod protocol;
 
-/// The socket's file name inside the manager's state directory.
-pub const SOCKET_NAME: &str = "manager.sock";
-/// Longest request or response line (without its newline).
-pub const MAX_LINE: usize = 1 << 20;
-/// Most entities in one enrol request (the CLI sends batches of 500).
-pub const MAX_ENROL_BATCH: usize = 10_000;
-/// Connections served at once; more wait for a free slot.
-pub const MAX_CONNECTIONS: usize = 16;
-/// A connection with no request for this long is closed.
+pub use protocol::{
+    Added, AlgName, Created, EnrolEntity, Enrolled, Evicted, GroupShow, GroupSummaryWire, Groups,
+    HeldCount, KindName, MAX_CONNECTIONS, MAX_ENROL_BATCH, MAX_LINE, MAX_SHOW_PAGE, MemberSpec,
+    MemberWire, Rekeyed, Request, RoleName, SOCKET_NAME, SchemeName,
+};
+/// How long an idle connection stays open.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// One request.
-#[derive(Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
-pub enum Request {
-    /// Enrol entities (all or none).
-    Enrol {
-        /// The entities.
-        entities: Vec<EnrolEntity>,
-    },
-    /// Create a group at epoch 0, without members.
-    Create {
-        /// Group id (text).
-        group: String,
-        /// `tree` (default) or `p2p`.
-        #[serde(default)]
-        scheme: Option<SchemeName>,
-        /// `A128GCM` (default) or `A256GCM`.
-        #[serde(default)]
-        alg: Option<AlgName>,
-    },
-    /// Add enrolled entities to a group (one join event).
-    Add {
-        /// Group id.
-        group: String,
-        /// The newcomers.
-        members: Vec<MemberSpec>,
-    },
-    /// Evict a member (rekey).
-    Evict {
-        /// Group id.
-        group: String,
-        /// The member's entity id.
-        member: String,
-    },
-    /// A fresh key without a membership change.
-    Rekey {
-        /// Group id.
-        group: String,
-    },
-    /// One group: epoch, scheme, counts by acknowledged epoch, and the
-    /// members at positions `offset..offset+limit` (id order; `limit` at
-    /// most [`MAX_SHOW_PAGE`], default 0: no member list). `next_offset` in
-    /// the answer asks for the next page.
-    Show {
-        /// Group id.
-        group: String,
-        /// First member position of the page.
-        #[serde(default)]
-        offset: usize,
-        /// Members in the page.
-        #[serde(default)]
-        limit: usize,
-    },
-    /// Every group's summary. (A struct variant, so that unknown fields
-    /// are refused here too.)
-    List {},
-}
-
-/// One entity of an enrol request.
-#[derive(Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct EnrolEntity {
-    /// The entity's public COSE_KeySet (the `.pub` file), hex.
-    pub public_key: String,
-    /// `device`, `agent` or `headend`.
-    pub kind: KindName,
-    /// The agent that relays to it, if any.
-    #[serde(default)]
-    pub agent: Option<String>,
-}
-
-/// One member of an add request.
-#[derive(Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct MemberSpec {
-    /// The entity id.
-    pub id: String,
-    /// `sender` or `receiver`.
-    pub role: RoleName,
-}
-
-/// Entity kinds on the wire.
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-#[allow(missing_docs)]
-pub enum KindName {
-    Device,
-    Agent,
-    Headend,
-}
-
-/// Roles on the wire.
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-#[allow(missing_docs)]
-pub enum RoleName {
-    Sender,
-    Receiver,
-}
-
-/// Rekey schemes on the wire.
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-#[allow(missing_docs)]
-pub enum SchemeName {
-    Tree,
-    P2p,
-}
-
-/// AEAD algorithms on the wire.
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[allow(missing_docs)]
-pub enum AlgName {
-    #[serde(rename = "A128GCM")]
-    A128Gcm,
-    #[serde(rename = "A256GCM")]
-    A256Gcm,
-}
 
 /// The group id as it is shown: its text, or `0x…` when it is not UTF-8.
 pub fn show_group(group: &GroupId) -> String {
@@ -240,21 +117,33 @@ fn entity_id(text: &str) -> core::result::Result<EntityId, Refusal> {
     EntityId::new(text).map_err(|e| Refusal(format!("entity id {text:?}: {e}")))
 }
 
-fn alg_name(a: AeadAlg) -> &'static str {
+fn alg_name(a: AeadAlg) -> AlgName {
     match a {
-        AeadAlg::A256Gcm => "A256GCM",
-        _ => "A128GCM",
+        AeadAlg::A256Gcm => AlgName::A256Gcm,
+        _ => AlgName::A128Gcm,
     }
 }
 
-fn summary_json(s: &GroupSummary) -> Value {
-    json!({
-        "group": show_group(&s.group),
-        "epoch": s.epoch.get(),
-        "scheme": s.scheme.as_str(),
-        "members": s.members,
-        "current": s.current,
-    })
+fn scheme_name(s: RekeyScheme) -> SchemeName {
+    match s {
+        RekeyScheme::Tree => SchemeName::Tree,
+        RekeyScheme::PointToPoint => SchemeName::P2p,
+    }
+}
+
+fn summary_wire(s: &GroupSummary) -> GroupSummaryWire {
+    GroupSummaryWire {
+        group: show_group(&s.group),
+        epoch: s.epoch.get(),
+        scheme: scheme_name(s.scheme),
+        members: s.members,
+        current: s.current,
+    }
+}
+
+/// An answer as the JSON object the response line carries.
+fn answer<T: Serialize>(t: &T) -> core::result::Result<Value, Refusal> {
+    serde_json::to_value(t).map_err(|e| Refusal(format!("cannot encode the answer: {e}")))
 }
 
 /// Adds the group id to an unknown-group or unknown-member error.
@@ -307,7 +196,10 @@ async fn execute(handle: &ManagerHandle, request: Request) -> core::result::Resu
                 batch.push((credential, kind, agent));
             }
             let report = handle.enrol_many(batch).await?;
-            Ok(json!({ "enrolled": report.enrolled, "unchanged": report.unchanged }))
+            answer(&Enrolled {
+                enrolled: report.enrolled as u64,
+                unchanged: report.unchanged as u64,
+            })
         }
         Request::Create { group, scheme, alg } => {
             let id = group_id(&group)?;
@@ -328,9 +220,12 @@ async fn execute(handle: &ManagerHandle, request: Request) -> core::result::Resu
                     )),
                     other => about_group(&group, other),
                 })?;
-            Ok(
-                json!({ "group": group, "epoch": 0, "scheme": scheme.as_str(), "alg": alg_name(alg) }),
-            )
+            answer(&Created {
+                group,
+                epoch: 0,
+                scheme: scheme_name(scheme),
+                alg: alg_name(alg),
+            })
         }
         Request::Add { group, members } => {
             let id = group_id(&group)?;
@@ -353,7 +248,11 @@ async fn execute(handle: &ManagerHandle, request: Request) -> core::result::Resu
                 .await
                 .map_err(|e| about_group(&group, e))?;
             let epoch = current_epoch(handle, &id).await?;
-            Ok(json!({ "group": group, "added": added, "epoch": epoch }))
+            answer(&Added {
+                group,
+                added,
+                epoch,
+            })
         }
         Request::Evict { group, member } => {
             let id = group_id(&group)?;
@@ -366,12 +265,19 @@ async fn execute(handle: &ManagerHandle, request: Request) -> core::result::Resu
                 other => about_group(&group, other),
             })?;
             let epoch = current_epoch(handle, &id).await?;
-            Ok(json!({ "group": group, "evicted": member, "epoch": epoch }))
+            answer(&Evicted {
+                group,
+                evicted: member,
+                epoch,
+            })
         }
         Request::Rekey { group } => {
             let id = group_id(&group)?;
             let epoch = handle.rekey(id).await.map_err(|e| about_group(&group, e))?;
-            Ok(json!({ "group": group, "epoch": epoch.get() }))
+            answer(&Rekeyed {
+                group,
+                epoch: epoch.get(),
+            })
         }
         Request::Show {
             group,
@@ -391,39 +297,42 @@ async fn execute(handle: &ManagerHandle, request: Request) -> core::result::Resu
                     about_group(&group, Error::Group(sealcast_group::Error::UnknownGroup))
                 })?;
             let epoch = detail.summary.epoch;
-            let members: Vec<Value> = detail
+            let member_list: Vec<MemberWire> = detail
                 .members
                 .iter()
-                .map(|(id, m)| {
-                    json!({
-                        "id": id.as_str(),
-                        "role": match m.role { Role::Sender => "sender", Role::Receiver => "receiver" },
-                        "sender_id": m.sender_id.as_ref().map(|s| hex(s.as_bytes())),
-                        "leaf": m.leaf.map(|l| l.get()),
-                        "held": m.held.map(|e| e.get()),
-                        "current": m.held == Some(epoch),
-                    })
+                .map(|(id, m)| MemberWire {
+                    id: id.as_str().to_owned(),
+                    role: match m.role {
+                        Role::Sender => RoleName::Sender,
+                        Role::Receiver => RoleName::Receiver,
+                    },
+                    sender_id: m.sender_id.as_ref().map(|s| hex(s.as_bytes())),
+                    leaf: m.leaf.map(|l| l.get()),
+                    held: m.held.map(|e| e.get()),
+                    current: m.held == Some(epoch),
                 })
                 .collect();
-            let held: Vec<Value> = detail
+            let held_counts: Vec<HeldCount> = detail
                 .held
                 .iter()
-                .map(|(e, n)| json!({ "epoch": e.map(|e| e.get()), "members": n }))
+                .map(|(e, n)| HeldCount {
+                    epoch: e.map(|e| e.get()),
+                    members: *n,
+                })
                 .collect();
-            let end = offset.saturating_add(members.len());
-            let next = (limit > 0 && end < detail.summary.members).then_some(end);
-            let mut out = summary_json(&detail.summary);
-            if let Value::Object(map) = &mut out {
-                map.insert("alg".into(), json!(alg_name(detail.alg)));
-                map.insert("held_counts".into(), Value::Array(held));
-                map.insert("member_list".into(), Value::Array(members));
-                map.insert("next_offset".into(), json!(next));
-            }
-            Ok(out)
+            let end = offset.saturating_add(member_list.len());
+            let next_offset = (limit > 0 && end < detail.summary.members).then_some(end);
+            answer(&GroupShow {
+                summary: summary_wire(&detail.summary),
+                alg: alg_name(detail.alg),
+                held_counts,
+                member_list,
+                next_offset,
+            })
         }
         Request::List {} => {
-            let groups: Vec<Value> = handle.groups().await?.iter().map(summary_json).collect();
-            Ok(json!({ "groups": groups }))
+            let groups = handle.groups().await?.iter().map(summary_wire).collect();
+            answer(&Groups { groups })
         }
     }
 }
