@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::{
     FIRE_RULE, Procs, alert, bin, executed, fire_safety_tables, free_udp_port, keygen,
-    manager_config, node_config, relays_for, run_prefix, wait_until_blocking,
+    manager_config, node_config, relays_for, run_prefix, wait_until, wait_until_blocking,
 };
 
 #[test]
@@ -154,5 +154,207 @@ fn coap_settings_are_checked_before_anything_starts() {
         assert!(!out.status.success(), "{config}");
         assert!(err.contains(needle), "{config}\n{err}");
         assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+/// The fire-safety services over CoAP with the group channels on the
+/// MBMS-like bearer (issue #13): the gateway is the bearer service, the
+/// sensor and the doors its entitled devices, the manager sends its notices
+/// through it. A listener on the multicast group without the MSK hears only
+/// bearer frames — one constant path, no group id, no command, padded
+/// sizes — while both doors execute the alert's command. A door killed with
+/// SIGKILL gets the MSK again and executes the next command. Removing
+/// door-2's key from the service's devices_dir and sending SIGHUP revokes it:
+/// the next command reaches door-1 only, though door-2 still holds the
+/// group's COSE keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_bearer_hides_group_traffic_and_revocation_locks_a_door_out() {
+    use std::sync::{Arc, Mutex};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let run = run_prefix("b");
+    let (manager, gateway, sensor) = ("manager", "gateway", "sensor-1");
+    let doors = ["door-1", "door-2"];
+    let all = [manager, gateway, sensor, doors[0], doors[1]];
+    keygen(&dir, all);
+    fs::create_dir(dir.join("bearer-devices")).unwrap();
+    for d in [sensor, doors[0], doors[1]] {
+        fs::copy(
+            dir.join(format!("{d}.pub")),
+            dir.join("bearer-devices").join(format!("{d}.pub")),
+        )
+        .unwrap();
+    }
+    let port: Vec<u16> = all.iter().map(|_| free_udp_port()).collect();
+    let addr = |id: &str| {
+        let i = all.iter().position(|x| *x == id).unwrap();
+        format!("127.0.0.1:{}", port[i])
+    };
+    let group_port = free_udp_port();
+    let group = format!("224.0.1.187:{group_port}");
+    let coap = |id: &str, peers: &[&str], bearer: &str| {
+        let mut s = format!(
+            "\n[coap]\nlisten = \"{}\"\ngroup = \"{group}\"\nmulticast_interface = \"127.0.0.1\"\n",
+            addr(id)
+        );
+        for p in peers {
+            s.push_str(&format!(
+                "\n[[coap.endpoint]]\nid = \"{p}\"\naddress = \"{}\"\n",
+                addr(p)
+            ));
+        }
+        s.push_str("\n[coap.bearer]\n");
+        s.push_str(bearer);
+        s
+    };
+    let head = "transport = \"coap\"\n";
+    let member = format!("service = \"{gateway}\"\nservice_public_key = \"{gateway}.pub\"\n");
+    fs::write(
+        dir.join("manager.toml"),
+        manager_config(head, &run, manager)
+            + &fire_safety_tables(gateway, &[sensor], &doors)
+            + &coap(manager, &[gateway], &format!("service = \"{gateway}\"\n")),
+    )
+    .unwrap();
+    let node = |id: &str| node_config(head, &run, id, manager);
+    fs::write(
+        dir.join("agent.toml"),
+        node(gateway)
+            + &relays_for([sensor, doors[0], doors[1]])
+            + FIRE_RULE
+            + &coap(
+                gateway,
+                &[manager, sensor, doors[0], doors[1]],
+                "devices_dir = \"bearer-devices\"\nredeliver_s = 2\n",
+            ),
+    )
+    .unwrap();
+    for d in [sensor, doors[0], doors[1]] {
+        fs::write(
+            dir.join(format!("{d}.toml")),
+            format!("{}{}", node(d), coap(d, &[manager, gateway], &member)),
+        )
+        .unwrap();
+    }
+
+    // --- an outsider on the multicast group: every datagram it hears ------
+    // (Uri-Path, payload) of each datagram.
+    type Heard = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+    let heard: Heard = Arc::default();
+    let config = sealcast_coap::MulticastConfig::new(
+        "224.0.1.187".parse().unwrap(),
+        sealcast_coap::MulticastInterface::LOOPBACK_V4,
+    )
+    .unwrap()
+    .with_port(group_port)
+    .with_loopback(true);
+    let mut listener = sealcast_coap::MulticastReceiver::join(config)
+        .await
+        .unwrap();
+    let h = Arc::clone(&heard);
+    let listening = tokio::spawn(async move {
+        while let Ok(r) = listener.recv().await {
+            let path = r.path();
+            let payload = r.into_request().into_payload();
+            h.lock().unwrap().push((path, payload));
+        }
+    });
+
+    // --- the services: field nodes first, then the service, then the manager
+    let mut procs = Procs::new(&dir);
+    for d in [sensor, doors[0], doors[1]] {
+        procs.start_device(d);
+    }
+    procs.start("agent", &["agent", "serve", "--config", "agent.toml"]);
+    procs.start("manager", &["manager", "serve", "--config", "manager.toml"]);
+    wait_until("every key installed over the bearer", &procs, || {
+        procs.installed("agent") >= 2
+            && [sensor, doors[0], doors[1]]
+                .iter()
+                .all(|d| procs.installed(d) >= 1)
+    })
+    .await;
+    assert!(
+        procs.log("agent").contains("bearer service running"),
+        "{}",
+        procs.logs()
+    );
+    procs.interrupt_async(sensor).await;
+
+    // --- alert → unlock at both doors, all of it on the bearer --------------
+    alert(&dir, sensor, "smoke in hall 1");
+    wait_until("both doors unlock", &procs, || {
+        doors.iter().all(|d| executed(&dir, d).len() == 1)
+    })
+    .await;
+    {
+        let heard = heard.lock().unwrap();
+        assert!(
+            heard.len() >= 4,
+            "the listener heard {} datagrams",
+            heard.len()
+        );
+        let group_hex: String = b"fire-doors".iter().map(|b| format!("{b:02x}")).collect();
+        for (path, payload) in heard.iter() {
+            assert_eq!(
+                path, "sealcast/v1/bearer",
+                "a clear group message on the wire"
+            );
+            let text = String::from_utf8_lossy(payload);
+            assert!(
+                !text.contains(&group_hex) && !text.contains("unlock"),
+                "{text}"
+            );
+        }
+        // Padded: every data frame has one of a few bucket sizes.
+        let sizes: std::collections::BTreeSet<usize> = heard.iter().map(|(_, p)| p.len()).collect();
+        assert!(sizes.len() <= 6, "frame sizes {sizes:?}");
+    }
+
+    // --- SIGKILL door-1: back, it gets the MSK again and follows ------------
+    procs.sigkill(doors[0]);
+    procs.restart_device(doors[0], 1);
+    wait_until("the restarted door runs", &procs, || {
+        procs.log(doors[0]).contains("device running")
+    })
+    .await;
+    // The service re-delivers the MSK every 2 s.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    alert(&dir, sensor, "smoke in hall 2");
+    wait_until("both doors execute the second command", &procs, || {
+        doors.iter().all(|d| executed(&dir, d).len() == 2)
+    })
+    .await;
+
+    // --- revoke door-2 on the bearer: SIGHUP after removing its key ---------
+    fs::remove_file(dir.join("bearer-devices").join(format!("{}.pub", doors[1]))).unwrap();
+    procs.hangup("agent");
+    wait_until("the service revokes door-2", &procs, || {
+        procs
+            .log("agent")
+            .contains("SIGHUP: bearer devices reloaded")
+    })
+    .await;
+    assert!(
+        procs.log("agent").contains("revoked=[\"door-2\"]"),
+        "{}",
+        procs.logs()
+    );
+    alert(&dir, sensor, "smoke in hall 3");
+    wait_until("door-1 executes the third command", &procs, || {
+        executed(&dir, doors[0]).len() == 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        executed(&dir, doors[1]).len(),
+        2,
+        "the revoked door executed a command sent after its revocation: {:?}",
+        executed(&dir, doors[1])
+    );
+    assert_eq!(executed(&dir, doors[0]).len(), 3);
+    listening.abort();
+    for name in ["manager", "agent", doors[0], doors[1]] {
+        procs.exit_on_ctrl_c(name).await;
     }
 }

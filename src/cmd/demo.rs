@@ -109,6 +109,11 @@ pub struct FireSafetyArgs {
     /// starting the embedded one.
     #[arg(long, value_name = "URL")]
     pub broker: Option<String>,
+    /// With --transport coap: run the group channels on the MBMS-like
+    /// bearer (the gateway is its service; devices get the MSK under their
+    /// MUK; frames padded and encrypted beneath COSE).
+    #[arg(long)]
+    pub bearer: bool,
 }
 
 /// The runtimes' transport of `--transport`, refusing `--broker` with CoAP.
@@ -128,6 +133,11 @@ pub fn fire_safety(args: &FireSafetyArgs) -> Result<()> {
         return Err(CliError::usage("--devices must be between 3 and 2000"));
     }
     let transport = link_transport(args.transport, args.broker.as_deref())?;
+    if args.bearer && transport != sealcast_node::link::Transport::Coap {
+        return Err(CliError::usage(
+            "--bearer runs under CoAP multicast: add --transport coap",
+        ));
+    }
     // The runtimes' logs only when asked for (RUST_LOG=debug …): the
     // timeline is the demo's output.
     if std::env::var_os("RUST_LOG").is_some() {
@@ -138,10 +148,12 @@ pub fn fire_safety(args: &FireSafetyArgs) -> Result<()> {
         devices: args.devices,
         broker: args.broker.clone(),
         transport,
+        bearer: args.bearer,
     };
     say(&format!(
-        "sealcast fire-safety demo: {} devices over {transport} on loopback",
-        args.devices
+        "sealcast fire-safety demo: {} devices over {transport}{} on loopback",
+        args.devices,
+        if args.bearer { " with the bearer" } else { "" }
     ));
     let report = runtime
         .block_on(async {

@@ -439,6 +439,117 @@ pub(crate) struct CoapSection {
     /// also the devices it relays for.
     #[serde(default)]
     endpoint: Vec<EndpointEntry>,
+    /// `[coap.bearer]`: the group channels run on the MBMS-like bearer.
+    bearer: Option<BearerSection>,
+}
+
+/// `[coap.bearer]`: this entity's place on the bearer. The service (the
+/// gateway agent) names `devices_dir`; a device names the `service` and its
+/// `service_public_key`; the manager names only the `service`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BearerSection {
+    /// The bearer service's entity id (devices and the manager).
+    service: Option<String>,
+    /// The service's public key file (devices: their MUK with it).
+    service_public_key: Option<PathBuf>,
+    /// The service: every `*.pub` in this directory is an entitled device;
+    /// remove one and send SIGHUP to revoke it.
+    devices_dir: Option<PathBuf>,
+    /// The service: how often every entitled device gets the MSK again
+    /// (seconds; default 60).
+    redeliver_s: Option<u64>,
+}
+
+/// What a bearer service re-reads on SIGHUP.
+pub(crate) struct BearerReload {
+    control: sealcast_node::link::bearer::BearerControl,
+    devices_dir: PathBuf,
+}
+
+/// Every `*.pub` of `dir`: the devices a bearer service entitles.
+fn bearer_devices(dir: &Path) -> Result<Vec<sealcast_core::credential::PublicCredential>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| CliError::io("list directory", dir, e))?;
+    let mut out = Vec::new();
+    for entry in entries {
+        let path = entry
+            .map_err(|e| CliError::io("list directory", dir, e))?
+            .path();
+        if path.extension().is_some_and(|x| x == "pub") {
+            out.push(load_public_key(&path)?);
+        }
+    }
+    out.sort_by(|a, b| a.id().cmp(b.id()));
+    Ok(out)
+}
+
+/// The bearer role a `[coap.bearer]` section gives the entity whose key
+/// file is `key` (relative paths against `base`), and for a service what
+/// SIGHUP re-reads.
+fn bearer_role(
+    section: &BearerSection,
+    key: &Path,
+    base: &Path,
+    state_dir: &Path,
+) -> Result<(
+    sealcast_node::link::bearer::BearerRole,
+    Option<BearerReload>,
+)> {
+    use sealcast_node::link::bearer::{BearerRole, DEFAULT_REDELIVER, ServiceSetup};
+    let own = load_private_key(key)?;
+    match (
+        &section.devices_dir,
+        &section.service,
+        &section.service_public_key,
+    ) {
+        (Some(dir), None, None) => {
+            let dir = resolve(base, dir);
+            let devices = bearer_devices(&dir)?;
+            let redeliver = section
+                .redeliver_s
+                .map_or(DEFAULT_REDELIVER, std::time::Duration::from_secs);
+            let (setup, control) = ServiceSetup::new(
+                devices,
+                Arc::new(move |d: &sealcast_core::credential::PublicCredential| {
+                    sealcast_bearer::Muk::for_service(&own, d)
+                }),
+                redeliver,
+                Some(DeviceStateFile::new(state_dir.join("bearer.cbor"))),
+            );
+            Ok((
+                BearerRole::Service(setup),
+                Some(BearerReload {
+                    control,
+                    devices_dir: dir,
+                }),
+            ))
+        }
+        (None, Some(service), Some(public)) => {
+            let service_pub = load_public_key(&resolve(base, public))?;
+            if service_pub.id().as_str() != service {
+                return Err(CliError::usage(format!(
+                    "[coap.bearer] service_public_key is {}'s, not the service {service}'s",
+                    service_pub.id()
+                )));
+            }
+            Ok((
+                BearerRole::Member {
+                    service: entity(service)?,
+                    muk: Arc::new(move || sealcast_bearer::Muk::for_device(&own, &service_pub)),
+                },
+                None,
+            ))
+        }
+        (None, Some(service), None) => Ok((
+            BearerRole::Sender {
+                service: entity(service)?,
+            },
+            None,
+        )),
+        _ => Err(CliError::usage(
+            "[coap.bearer]: the service sets devices_dir (alone); a device sets service and service_public_key; the manager sets service",
+        )),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -827,7 +938,25 @@ pub fn manager(args: &ServeArgs) -> Result<()> {
     let socket = manager_socket(&config, &base);
     let metrics_at = config.metrics_listen;
     let broker = broker_url(&config.broker, &base, &broker_security!(config, client_id))?;
-    let link = link_config(config.transport, &broker, config.coap.as_ref())?;
+    let mut link = link_config(config.transport, &broker, config.coap.as_ref())?;
+    if let Some(section) = config.coap.as_ref().and_then(|c| c.bearer.as_ref()) {
+        match (
+            &section.service,
+            &section.service_public_key,
+            &section.devices_dir,
+        ) {
+            (Some(service), None, None) => {
+                link = link.with_bearer(sealcast_node::link::bearer::BearerRole::Sender {
+                    service: entity(service)?,
+                });
+            }
+            _ => {
+                return Err(CliError::usage(
+                    "[coap.bearer] of the manager: set only service (the gateway that runs the bearer)",
+                ));
+            }
+        }
+    }
     runtime()?.block_on(serve_manager(
         manager,
         store,
@@ -975,7 +1104,11 @@ impl CommandHandler for ExecLog {
 fn node_config(
     path: &Path,
     handler: Arc<dyn CommandHandler>,
-) -> Result<(NodeConfig, Option<std::net::SocketAddr>)> {
+) -> Result<(
+    NodeConfig,
+    Option<std::net::SocketAddr>,
+    Option<BearerReload>,
+)> {
     let (config, base): (NodeFile, _) = read_config(path)?;
     let state_dir = resolve(&base, &config.state_dir);
     create_dir(&state_dir)?;
@@ -999,15 +1132,22 @@ fn node_config(
         .collect::<Result<Vec<_>>>()?;
     let (events, _) = tokio::sync::mpsc::unbounded_channel();
     let metrics_at = config.metrics_listen;
+    let mut link = link_config(
+        config.transport,
+        &broker_url(&config.broker, &base, &broker_security!(config))?,
+        config.coap.as_ref(),
+    )?;
+    let mut reload = None;
+    if let Some(section) = config.coap.as_ref().and_then(|c| c.bearer.as_ref()) {
+        let (role, r) = bearer_role(section, &resolve(&base, &config.key), &base, &state_dir)?;
+        link = link.with_bearer(role);
+        reload = r;
+    }
     Ok((
         NodeConfig {
             credential,
             manager,
-            link: link_config(
-                config.transport,
-                &broker_url(&config.broker, &base, &broker_security!(config))?,
-                config.coap.as_ref(),
-            )?,
+            link,
             topics: topics(config.topic_prefix.as_deref())?,
             rules,
             relays_for,
@@ -1019,6 +1159,7 @@ fn node_config(
             replay: replay_policies(&config)?,
         },
         metrics_at,
+        reload,
     ))
 }
 
@@ -1026,6 +1167,7 @@ fn run_node(
     mut config: NodeConfig,
     what: &'static str,
     metrics_at: Option<std::net::SocketAddr>,
+    bearer: Option<BearerReload>,
 ) -> Result<()> {
     runtime()?.block_on(async move {
         let registry = Arc::new(metrics::Registry::default());
@@ -1040,11 +1182,35 @@ fn run_node(
             .map_err(|e| failed(&format!("the {what} could not start"), e))?;
         info!(id = %handle.id(), "{what} running");
         registry.set_ready();
-        wait_for_stop_signal().await?;
+        match bearer {
+            None => wait_for_stop_signal().await?,
+            Some(b) => serve_bearer_reloads(b).await?,
+        }
         handle.stop().await;
         info!(id = %handle.id(), "{what} stopped");
         Ok(())
     })
+}
+
+/// Waits for the stop signal; on each SIGHUP, entitles exactly the devices
+/// whose public keys are in the bearer's `devices_dir` (a removed one is
+/// revoked: the service moves to a fresh MSK without it).
+async fn serve_bearer_reloads(b: BearerReload) -> Result<()> {
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| failed("cannot listen for SIGHUP", e))?;
+    let mut stop = Box::pin(wait_for_stop_signal());
+    loop {
+        tokio::select! {
+            r = &mut stop => return r,
+            _ = hangup.recv() => match bearer_devices(&b.devices_dir) {
+                Ok(devices) => match b.control.set_devices(devices).await {
+                    Ok(c) => info!(entitled = ?c.entitled.iter().map(|d| d.as_str()).collect::<Vec<_>>(), revoked = ?c.revoked.iter().map(|d| d.as_str()).collect::<Vec<_>>(), "SIGHUP: bearer devices reloaded"),
+                    Err(e) => warn!(error = %e, "SIGHUP: bearer devices not changed"),
+                },
+                Err(e) => warn!(error = %e, "SIGHUP: bearer devices not reloaded"),
+            },
+        }
+    }
 }
 
 /// Turns a node's events into its metrics.
@@ -1154,8 +1320,8 @@ pub fn agent(args: &ServeArgs) -> Result<()> {
     if metering::has_dap_section(&args.config)? {
         return metering::agent_with_dap(args);
     }
-    let (config, metrics_at) = node_config(&args.config, Arc::new(LogHandler))?;
-    run_node(config, "agent", metrics_at)
+    let (config, metrics_at, bearer) = node_config(&args.config, Arc::new(LogHandler))?;
+    run_node(config, "agent", metrics_at, bearer)
 }
 
 /// Runs `sealcast device run`.
@@ -1165,14 +1331,14 @@ pub fn device_run(args: &RunArgs) -> Result<()> {
         Some(path) => Arc::new(ExecLog { path: path.clone() }),
         None => Arc::new(LogHandler),
     };
-    let (config, metrics_at) = node_config(&args.config, handler)?;
-    run_node(config, "device", metrics_at)
+    let (config, metrics_at, bearer) = node_config(&args.config, handler)?;
+    run_node(config, "device", metrics_at, bearer)
 }
 
 /// Runs `sealcast device send`.
 pub fn device_send(args: &SendArgs) -> Result<()> {
     init_logs();
-    let (config, _) = node_config(&args.config, Arc::new(LogHandler))?;
+    let (config, _, _) = node_config(&args.config, Arc::new(LogHandler))?;
     let group = group_id(&args.group)?;
     let (bytes, seq) = runtime()?
         .block_on(device::send_once(

@@ -164,6 +164,11 @@ impl Procs {
         Instant::now() + STOP_WAIT
     }
 
+    /// SIGHUP to `name` (it re-reads what its config names and runs on).
+    pub fn hangup(&mut self, name: &str) {
+        self.signal(name, "-HUP");
+    }
+
     /// SIGTERM to `name`, and its exit status within 20 s; it is then
     /// forgotten.
     pub async fn terminate_async(&mut self, name: &str) -> ExitStatus {

@@ -63,6 +63,9 @@ pub enum DeviceChannel {
     Pull,
     /// `ack`: the device's acknowledgements of deliveries.
     Ack,
+    /// `bearer`: MSK deliveries of the multicast bearer service to the
+    /// device (CoAP with the bearer on).
+    Bearer,
 }
 
 /// What an agent topic carries.
@@ -109,10 +112,11 @@ impl GroupChannel {
 
 impl DeviceChannel {
     /// Every device channel.
-    pub const ALL: [DeviceChannel; 3] = [
+    pub const ALL: [DeviceChannel; 4] = [
         DeviceChannel::Delivery,
         DeviceChannel::Pull,
         DeviceChannel::Ack,
+        DeviceChannel::Bearer,
     ];
 
     /// The topic level.
@@ -121,6 +125,7 @@ impl DeviceChannel {
             DeviceChannel::Delivery => "delivery",
             DeviceChannel::Pull => "pull",
             DeviceChannel::Ack => "ack",
+            DeviceChannel::Bearer => "bearer",
         }
     }
 

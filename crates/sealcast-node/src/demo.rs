@@ -28,7 +28,8 @@ use sealcast_store::{AuditLog, SqliteStore};
 use tokio::sync::mpsc;
 
 use crate::device::{LogHandler, NodeConfig, NodeHandle, Rule};
-use crate::link::{Interest, Link, Transport};
+use crate::link::bearer::{BearerRole, ServiceSetup};
+use crate::link::{Interest, Link, LinkConfig, Transport};
 use crate::runtime::{Event, EventKind, now, os_rng};
 use crate::{Error, Result, device, manager};
 
@@ -43,6 +44,9 @@ pub struct FireSafetyConfig {
     /// The transport: MQTT (the default) or CoAP (unicast CON per entity,
     /// multicast NON per group, everything on 127.0.0.1).
     pub transport: Transport,
+    /// CoAP only: the group channels run on the MBMS-like bearer, the
+    /// gateway its service ([`crate::link::bearer`]).
+    pub bearer: bool,
 }
 
 impl Default for FireSafetyConfig {
@@ -51,6 +55,7 @@ impl Default for FireSafetyConfig {
             devices: 12,
             broker: None,
             transport: Transport::Mqtt,
+            bearer: false,
         }
     }
 }
@@ -104,6 +109,26 @@ impl DemoReport {
     pub fn passed(&self) -> bool {
         !self.checks.is_empty() && self.checks.iter().all(Check::passed)
     }
+}
+
+/// A copy of a credential (through its COSE_KeySet), for a MUK derivation
+/// that outlives the runtime the credential moves into.
+fn copy_credential(c: &EntityCredential) -> Result<EntityCredential> {
+    Ok(EntityCredential::from_cose_key_set(&c.to_cose_key_set()?)?)
+}
+
+/// A device's place on the bearer of `service`.
+fn member_of(
+    service: &EntityId,
+    service_pub: &sealcast_core::credential::PublicCredential,
+    own: &EntityCredential,
+) -> Result<BearerRole> {
+    let own = copy_credential(own)?;
+    let service_pub = service_pub.clone();
+    Ok(BearerRole::Member {
+        service: service.clone(),
+        muk: Arc::new(move || sealcast_bearer::Muk::for_device(&own, &service_pub)),
+    })
 }
 
 fn id(s: &str) -> Result<EntityId> {
@@ -234,8 +259,21 @@ pub async fn fire_safety(
     };
 
     // --- infrastructure ---------------------------------------------------
+    if config.bearer && config.transport != Transport::Coap {
+        return Err(Error::Runtime(
+            "the bearer runs under CoAP multicast: use it with the CoAP transport".into(),
+        ));
+    }
     let (_transport, link) =
         crate::runtime::demo_link(config.transport, config.broker.as_deref(), log).await?;
+    let gateway = id("gateway")?;
+    let on_bearer = |role: BearerRole| -> LinkConfig {
+        if config.bearer {
+            link.with_bearer(role)
+        } else {
+            link.clone()
+        }
+    };
     let topics = crate::runtime::demo_topics(config.broker.is_some())?;
     if config.broker.is_some() {
         log(&format!("topic prefix {} (this demo's own)", topics.root()));
@@ -266,7 +304,9 @@ pub async fn fire_safety(
         Box::new(store),
         audit,
         BTreeMap::new(),
-        &link,
+        &on_bearer(BearerRole::Sender {
+            service: gateway.clone(),
+        }),
         topics.clone(),
     )
     .await?;
@@ -283,7 +323,6 @@ pub async fn fire_safety(
     let sensors = names("sensor", n_sensors)?;
     let doors = names("door", n_doors)?;
     let exts = names("ext", n_ext)?;
-    let gateway = id("gateway")?;
     let mallory = id("mallory")?;
     let devices: Vec<EntityId> = sensors
         .iter()
@@ -301,13 +340,28 @@ pub async fn fire_safety(
     };
     let mut nodes: BTreeMap<EntityId, NodeHandle> = BTreeMap::new();
     let gw_cred = EntityCredential::generate(gateway.clone(), &mut rng);
+    let gw_pub = gw_cred.public();
     manager
         .enrol(gw_cred.public(), EntityKind::Agent, None)
         .await?;
+    // The bearer service entitles the devices once they listen.
+    let (service, bearer_control) = ServiceSetup::new(
+        Vec::new(),
+        {
+            let gw = copy_credential(&gw_cred)?;
+            Arc::new(
+                move |device: &sealcast_core::credential::PublicCredential| {
+                    sealcast_bearer::Muk::for_service(&gw, device)
+                },
+            )
+        },
+        crate::link::bearer::DEFAULT_REDELIVER,
+        None,
+    );
     let gw = device::spawn(NodeConfig {
         credential: gw_cred,
         manager: manager_pub.clone(),
-        link: link.clone(),
+        link: on_bearer(BearerRole::Service(service)),
         topics: topics.clone(),
         rules: vec![
             Rule {
@@ -336,6 +390,12 @@ pub async fn fire_safety(
         .iter()
         .map(|d| EntityCredential::generate(d.clone(), &mut rng))
         .collect();
+    // The attacker's tap (below): on the bearer an insider there too,
+    // entitled like any device, so its attacks reach every door's
+    // end-to-end layer.
+    let tap_id = id("tap")?;
+    let tap_cred = EntityCredential::generate(tap_id.clone(), &mut rng);
+    let mut bearer_devices: Vec<_> = creds.iter().map(EntityCredential::public).collect();
     manager
         .enrol_many(
             creds
@@ -354,10 +414,11 @@ pub async fn fire_safety(
                 devices.len()
             ));
         }
+        let link = on_bearer(member_of(&gateway, &gw_pub, &cred)?);
         let handle = device::spawn(NodeConfig {
             credential: cred,
             manager: manager_pub.clone(),
-            link: link.clone(),
+            link,
             topics: topics.clone(),
             rules: Vec::new(),
             relays_for: Vec::new(),
@@ -369,6 +430,13 @@ pub async fn fire_safety(
         })
         .await?;
         nodes.insert(d, handle);
+    }
+    if config.bearer {
+        let change = bearer_control.set_devices(bearer_devices.clone()).await?;
+        log(&format!(
+            "bearer: the gateway entitled {} devices (MSK by unicast under each one's MUK); group traffic leaves as padded, encrypted bearer frames",
+            change.entitled.len()
+        ));
     }
     step(
         &mut report,
@@ -499,8 +567,8 @@ pub async fn fire_safety(
     // The attacker's tap: subscribed to the door topics (MQTT) or joined to
     // the group address (CoAP); it publishes where everyone does.
     let (tap, mut tap_inbox) = Link::connect(
-        &id("tap")?,
-        &link,
+        &tap_id,
+        &on_bearer(member_of(&gateway, &gw_pub, &tap_cred)?),
         topics.clone(),
         Interest {
             filters: vec![topics.group_filter(&doors_g)],
@@ -509,6 +577,10 @@ pub async fn fire_safety(
         },
     )
     .await?;
+    if config.bearer {
+        bearer_devices.push(tap_cred.public());
+        bearer_control.set_devices(bearer_devices).await?;
+    }
     let door_topic = topics.group(&doors_g, GroupChannel::Command);
     let ext_topic = topics.group(&ext_g, GroupChannel::Command);
 

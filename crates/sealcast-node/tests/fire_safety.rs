@@ -31,6 +31,7 @@ async fn fire_safety_on_the_embedded_broker() {
         devices: 8,
         broker: None,
         transport: Transport::Mqtt,
+        bearer: false,
     })
     .await;
 }
@@ -41,10 +42,26 @@ async fn fire_safety_over_coap() {
         devices: 8,
         broker: None,
         transport: Transport::Coap,
+        bearer: false,
     });
     tokio::time::timeout(std::time::Duration::from_secs(120), run)
         .await
         .expect("the CoAP demo finished within 120 s");
+}
+
+/// The same deployment with its group channels on the MBMS-like bearer:
+/// every check (deliveries, commands, and every attack refused) holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fire_safety_over_coap_on_the_bearer() {
+    let run = run(FireSafetyConfig {
+        devices: 8,
+        broker: None,
+        transport: Transport::Coap,
+        bearer: true,
+    });
+    tokio::time::timeout(std::time::Duration::from_secs(120), run)
+        .await
+        .expect("the CoAP demo on the bearer finished within 120 s");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -60,6 +77,7 @@ async fn fire_safety_on_mosquitto() {
         devices: 10,
         broker: Some(url),
         transport: Transport::Mqtt,
+        bearer: false,
     })
     .await;
 }

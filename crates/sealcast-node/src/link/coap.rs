@@ -16,10 +16,12 @@ use sealcast_coap::{
     ResponseCode, ServerCore, ServerSettings, Ticket, TransmissionParams,
 };
 use sealcast_core::ids::EntityId;
+use sealcast_core::target::{DeviceChannel, Topic as Target, TopicScheme};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
+use super::bearer::{BEARER_PATH, BearerRole, Member, Service};
 use super::{AddressBook, Incoming, Progress};
 use crate::{Error, Result};
 
@@ -54,6 +56,9 @@ pub struct CoapLinkConfig {
     /// report only once the report's batch was forwarded, so one at a
     /// time would send one report per batch.
     pub nstart: usize,
+    /// The MBMS-like bearer under the group channels, if the deployment
+    /// runs one (see [`super::bearer`]); None: clear multicast.
+    pub bearer: Option<Box<BearerRole>>,
 }
 
 impl CoapLinkConfig {
@@ -73,6 +78,7 @@ impl CoapLinkConfig {
             params,
             max_multicast: 16 * 1024,
             nstart: 1,
+            bearer: None,
         })
     }
 
@@ -150,68 +156,28 @@ impl Shared {
     }
 }
 
-/// The CoAP side of a link.
-pub(super) struct CoapLink {
+/// The bearer side of a CoAP link.
+#[derive(Clone)]
+pub(super) enum BearerState {
+    /// This link is the bearer service.
+    Service(Arc<Service>),
+    /// It hears the bearer and sends group messages through the service.
+    Member(Arc<Member>),
+    /// It sends group messages through the service.
+    Sender(EntityId),
+}
+
+/// Confirmable unicast, queued per destination.
+pub(super) struct Outbox {
     id: EntityId,
-    endpoint: Option<SocketAddr>,
     book: AddressBook,
-    pub(super) multicast: MulticastSender,
-    outbox: Mutex<BTreeMap<SocketAddr, mpsc::Sender<Request>>>,
+    queues: Mutex<BTreeMap<SocketAddr, mpsc::Sender<Request>>>,
     client_config: ClientConfig,
     nstart: usize,
     progress: Arc<Progress>,
-    stop: Arc<AtomicBool>,
-    receiver: Option<JoinHandle<()>>,
 }
 
-impl CoapLink {
-    /// Binds the senders; with `receive`, also the unicast endpoint
-    /// (recorded in the book) and, with `join`, the multicast group.
-    pub(super) async fn start(
-        id: &EntityId,
-        config: &CoapLinkConfig,
-        receive: bool,
-        join: bool,
-    ) -> Result<(CoapLink, mpsc::Receiver<Incoming>)> {
-        let (tx, rx) = mpsc::channel(INBOX_DEPTH);
-        let multicast_config = config.multicast()?;
-        let multicast = MulticastSender::bind(multicast_config.clone()).await?;
-        let receiver = if receive && join {
-            let group = MulticastReceiver::join(multicast_config).await?;
-            Some(tokio::spawn(hear_group(group, tx.clone())))
-        } else {
-            None
-        };
-        let stop = Arc::new(AtomicBool::new(false));
-        let endpoint = if receive {
-            Some(serve_unicast(id, config, tx, Arc::clone(&stop))?)
-        } else {
-            None
-        };
-        let bind = SocketAddr::new(config.listen.ip(), 0);
-        Ok((
-            CoapLink {
-                id: id.clone(),
-                endpoint,
-                book: config.book.clone(),
-                multicast,
-                outbox: Mutex::new(BTreeMap::new()),
-                client_config: ClientConfig::new(bind)
-                    .with_params(config.params)
-                    .with_max_body(64 * 1024),
-                nstart: config.nstart.max(1),
-                progress: Arc::new(Progress::default()),
-                stop,
-                receiver,
-            },
-            rx,
-        ))
-    }
-
-    pub(super) fn endpoint(&self) -> Option<SocketAddr> {
-        self.endpoint
-    }
-
+impl Outbox {
     /// Queues a confirmable POST of `bytes` on `target` to `to`.
     pub(super) fn send(&self, to: &EntityId, target: String, bytes: Vec<u8>) -> Result<()> {
         let peer = self
@@ -219,8 +185,8 @@ impl CoapLink {
             .get(to)
             .ok_or_else(|| Error::Runtime(format!("no CoAP endpoint known for {to}")))?;
         let request = Request::post(&target, content_format(&bytes), bytes)?;
-        let mut outbox = self.outbox.lock().unwrap_or_else(PoisonError::into_inner);
-        let queue = outbox.entry(peer).or_insert_with(|| {
+        let mut queues = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
+        let queue = queues.entry(peer).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(OUTBOX_DEPTH);
             let rx = Arc::new(tokio::sync::Mutex::new(rx));
             for _ in 0..self.nstart {
@@ -242,19 +208,242 @@ impl CoapLink {
             ))
         })
     }
+}
+
+/// The CoAP side of a link.
+pub(super) struct CoapLink {
+    endpoint: Option<SocketAddr>,
+    multicast: Arc<MulticastSender>,
+    outbox: Arc<Outbox>,
+    bearer: Option<BearerState>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl CoapLink {
+    /// Binds the senders; with `receive`, also the unicast endpoint
+    /// (recorded in the book) and, with `join`, the multicast group; starts
+    /// the bearer if the config names one.
+    pub(super) async fn start(
+        id: &EntityId,
+        config: &CoapLinkConfig,
+        topics: &TopicScheme,
+        receive: bool,
+        join: bool,
+    ) -> Result<(CoapLink, mpsc::Receiver<Incoming>)> {
+        let (tx, rx) = mpsc::channel(INBOX_DEPTH);
+        let multicast_config = config.multicast()?;
+        let multicast = Arc::new(MulticastSender::bind(multicast_config.clone()).await?);
+        let bind = SocketAddr::new(config.listen.ip(), 0);
+        let outbox = Arc::new(Outbox {
+            id: id.clone(),
+            book: config.book.clone(),
+            queues: Mutex::new(BTreeMap::new()),
+            client_config: ClientConfig::new(bind)
+                .with_params(config.params)
+                .with_max_body(64 * 1024),
+            nstart: config.nstart.max(1),
+            progress: Arc::new(Progress::default()),
+        });
+        let mut tasks = Vec::new();
+        let bearer = match config.bearer.as_deref() {
+            None => None,
+            Some(BearerRole::Member { service, muk }) => {
+                Some(BearerState::Member(Arc::new(Member::new(
+                    service.clone(),
+                    muk,
+                    topics.device(id, DeviceChannel::Bearer),
+                )?)))
+            }
+            Some(BearerRole::Sender { service }) => Some(BearerState::Sender(service.clone())),
+            Some(BearerRole::Service(setup)) => {
+                let (service, deliveries, frames) = Service::start(id, setup)?;
+                tasks.push(tokio::spawn(send_frames(frames, Arc::clone(&multicast))));
+                send_deliveries(&outbox, topics, deliveries);
+                let control = setup
+                    .control
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take();
+                tasks.push(tokio::spawn(run_service(
+                    Arc::clone(&service),
+                    Arc::clone(&outbox),
+                    topics.clone(),
+                    setup.redeliver,
+                    control,
+                )));
+                info!(service = %id, devices = setup.devices.len(), "bearer service running: group traffic leaves as bearer frames");
+                Some(BearerState::Service(service))
+            }
+        };
+        if receive && join {
+            let group = MulticastReceiver::join(multicast_config).await?;
+            let member = match &bearer {
+                Some(BearerState::Member(m)) => Hear::Bearer(Arc::clone(m)),
+                Some(_) => Hear::Nothing,
+                None => Hear::Clear,
+            };
+            tasks.push(tokio::spawn(hear_group(group, tx.clone(), member)));
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let endpoint = if receive {
+            let relay = match &bearer {
+                Some(BearerState::Service(s)) => Some(Arc::clone(s)),
+                _ => None,
+            };
+            let member = match &bearer {
+                Some(BearerState::Member(m)) => Some(Arc::clone(m)),
+                _ => None,
+            };
+            Some(serve_unicast(
+                id,
+                config,
+                ToRuntime {
+                    inbox: tx,
+                    shared: None,
+                    topics: topics.clone(),
+                    relay,
+                    member,
+                },
+                Arc::clone(&stop),
+            )?)
+        } else {
+            None
+        };
+        Ok((
+            CoapLink {
+                endpoint,
+                multicast,
+                outbox,
+                bearer,
+                stop,
+                tasks,
+            },
+            rx,
+        ))
+    }
+
+    pub(super) fn endpoint(&self) -> Option<SocketAddr> {
+        self.endpoint
+    }
+
+    /// Sends a group message: to the multicast group in the clear, as
+    /// bearer frames (the service), or to the bearer service by unicast
+    /// (its members and senders).
+    pub(super) async fn publish_group(&self, target: String, bytes: Vec<u8>) -> Result<()> {
+        match &self.bearer {
+            None => {
+                self.multicast
+                    .send(&target, content_format(&bytes), &bytes)
+                    .await?;
+                Ok(())
+            }
+            Some(BearerState::Service(s)) => s.protect(&target, &bytes),
+            Some(BearerState::Member(m)) => self.outbox.send(&m.service, target, bytes),
+            Some(BearerState::Sender(service)) => self.outbox.send(service, target, bytes),
+        }
+    }
+
+    /// Queues a confirmable POST of `bytes` on `target` to `to`.
+    pub(super) fn send(&self, to: &EntityId, target: String, bytes: Vec<u8>) -> Result<()> {
+        self.outbox.send(to, target, bytes)
+    }
 
     /// Waits until every queued request was answered (within `timeout`);
     /// fails if any was refused or unanswered since the last flush.
     pub(super) async fn flush(&self, timeout: Duration) -> Result<()> {
-        self.progress
+        self.outbox
+            .progress
             .settle(tokio::time::Instant::now() + timeout, "CoAP")
             .await
     }
 
     pub(super) fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
-        if let Some(r) = &self.receiver {
-            r.abort();
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Sends MSK deliveries, each to its device's `bearer` target.
+fn send_deliveries(
+    outbox: &Outbox,
+    topics: &TopicScheme,
+    deliveries: Vec<sealcast_bearer::MskDelivery>,
+) {
+    for d in deliveries {
+        let target = topics.device(&d.device, DeviceChannel::Bearer);
+        if let Err(e) = outbox.send(&d.device, target, d.bytes) {
+            warn!(device = %d.device, error = %e, "MSK delivery not sent; it is sent again at the next round");
+        }
+    }
+}
+
+/// Multicasts the bearer frames in the order they were protected.
+async fn send_frames(
+    mut frames: mpsc::UnboundedReceiver<Vec<u8>>,
+    multicast: Arc<MulticastSender>,
+) {
+    while let Some(f) = frames.recv().await {
+        if let Err(e) = multicast
+            .send(BEARER_PATH, ContentFormat::OCTET_STREAM, &f)
+            .await
+        {
+            warn!(error = %e, "bearer frame not sent");
+        }
+    }
+}
+
+/// The bearer service's rounds: the MSK again for every entitled device
+/// every `redeliver`, and changes of the entitled devices.
+async fn run_service(
+    service: Arc<Service>,
+    outbox: Arc<Outbox>,
+    topics: TopicScheme,
+    redeliver: Duration,
+    mut control: Option<mpsc::Receiver<super::bearer::ControlMsg>>,
+) {
+    let mut tick = tokio::time::interval(redeliver.max(Duration::from_millis(100)));
+    tick.tick().await;
+    loop {
+        let msg = async {
+            match control.as_mut() {
+                Some(c) => c.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tick.tick() => match service.redeliver_all() {
+                Ok(d) => send_deliveries(&outbox, &topics, d),
+                Err(e) => warn!(service = %service.id(), error = %e, "MSK re-delivery failed"),
+            },
+            m = msg => match m {
+                Some(m) => {
+                    let (devices, reply) = m.into_parts();
+                    let result = service.set_devices(devices).map(|(change, d)| {
+                        send_deliveries(&outbox, &topics, d);
+                        change
+                    });
+                    // Answered once the deliveries were (a newcomer can read
+                    // the bearer when this returns); a device that did not
+                    // answer gets the MSK again at the next round.
+                    if result.is_ok()
+                        && let Err(e) = outbox
+                            .progress
+                            .settle(tokio::time::Instant::now() + Duration::from_secs(10), "MSK delivery")
+                            .await
+                    {
+                        warn!(service = %service.id(), error = %e, "MSK deliveries unanswered; sent again every round");
+                    }
+                    match &result {
+                        Ok(c) => info!(service = %service.id(), entitled = ?c.entitled, revoked = ?c.revoked, "bearer devices changed"),
+                        Err(e) => warn!(service = %service.id(), error = %e, "bearer devices not changed"),
+                    }
+                    let _ = reply.send(result);
+                }
+                None => control = None,
+            },
         }
     }
 }
@@ -265,8 +454,18 @@ impl Drop for CoapLink {
     }
 }
 
+/// What a link takes from the multicast group.
+enum Hear {
+    /// Every NON POST, as it is (no bearer).
+    Clear,
+    /// Bearer frames only, opened by this member.
+    Bearer(Arc<Member>),
+    /// Nothing (the bearer service hears its own frames).
+    Nothing,
+}
+
 /// Hands the group's NON POSTs to the runtime (nothing to answer).
-async fn hear_group(mut group: MulticastReceiver, inbox: mpsc::Sender<Incoming>) {
+async fn hear_group(mut group: MulticastReceiver, inbox: mpsc::Sender<Incoming>, hear: Hear) {
     loop {
         let request = match group.recv().await {
             Ok(r) => r,
@@ -278,10 +477,28 @@ async fn hear_group(mut group: MulticastReceiver, inbox: mpsc::Sender<Incoming>)
         if request.request().method() != Method::Post {
             continue;
         }
-        let target = request.path();
+        let path = request.path();
+        let payload = request.into_request().into_payload();
+        let (target, payload) = match &hear {
+            Hear::Clear => (path, payload),
+            Hear::Nothing => continue,
+            Hear::Bearer(_) if path != BEARER_PATH => {
+                debug!(%path, "clear multicast dropped: this deployment's group traffic runs on the bearer");
+                continue;
+            }
+            Hear::Bearer(member) => match member.open(&payload) {
+                Ok(Some(opened)) => opened,
+                // A key frame: installed, nothing to hand on.
+                Ok(None) => continue,
+                Err(e) => {
+                    debug!(error = %e, "bearer frame dropped");
+                    continue;
+                }
+            },
+        };
         let message = Incoming {
             target,
-            payload: Bytes::from(request.into_request().into_payload()),
+            payload: Bytes::from(payload),
             ack: super::Ack(super::AckInner::None),
         };
         if inbox.send(message).await.is_err() {
@@ -295,7 +512,7 @@ async fn hear_group(mut group: MulticastReceiver, inbox: mpsc::Sender<Incoming>)
 fn serve_unicast(
     id: &EntityId,
     config: &CoapLinkConfig,
-    inbox: mpsc::Sender<Incoming>,
+    mut handler: ToRuntime,
     stop: Arc<AtomicBool>,
 ) -> Result<SocketAddr> {
     let socket = UdpSocket::bind(config.listen)?;
@@ -313,12 +530,10 @@ fn serve_unicast(
         )),
         socket: socket.try_clone()?,
     });
+    handler.shared = Some(Arc::clone(&shared));
     let server = UnicastServer {
         socket,
-        handler: ToRuntime {
-            inbox,
-            shared: Arc::clone(&shared),
-        },
+        handler,
         shared,
         stop,
     };
@@ -411,9 +626,56 @@ impl UnicastServer {
 /// Hands each complete, deduplicated request to the runtime, to be
 /// answered with what the runtime acknowledges. Never blocks (it runs under
 /// the core's lock): a full inbox answers 5.03 at once.
+///
+/// With the bearer on, two requests never reach the runtime as such: a
+/// member's MSK delivery is installed here; a group message sent to the
+/// bearer service is put on the bearer, answered 2.04 and handed to the
+/// service's own runtime as if heard on the group.
 struct ToRuntime {
     inbox: mpsc::Sender<Incoming>,
-    shared: Arc<Shared>,
+    shared: Option<Arc<Shared>>,
+    topics: TopicScheme,
+    /// This link is the bearer service.
+    relay: Option<Arc<Service>>,
+    /// This link is a bearer member.
+    member: Option<Arc<Member>>,
+}
+
+impl ToRuntime {
+    /// A bearer request handled here, if it is one.
+    fn bearer(&self, request: &Request) -> Option<Response> {
+        let path = request.path();
+        if let Some(member) = &self.member
+            && path == member.delivery_target
+        {
+            return Some(match member.install(request.payload()) {
+                Ok(msk) => {
+                    debug!(msk = msk.get(), "bearer MSK installed");
+                    Response::new(ResponseCode::CHANGED)
+                }
+                Err(e) => {
+                    warn!(error = %e, "MSK delivery refused");
+                    Response::new(ResponseCode::BAD_REQUEST)
+                }
+            });
+        }
+        let service = self.relay.as_ref()?;
+        if !matches!(self.topics.parse(&path), Ok(Target::Group { .. })) {
+            return None;
+        }
+        if let Err(e) = service.protect(&path, request.payload()) {
+            warn!(target = %path, error = %e, "group message not put on the bearer");
+            return Some(Response::new(ResponseCode::SERVICE_UNAVAILABLE));
+        }
+        // The service's runtime hears it as every member does: nothing to
+        // answer (a full inbox drops it, as a lost datagram would).
+        let _ = self.inbox.try_send(Incoming {
+            target: path,
+            payload: Bytes::copy_from_slice(request.payload()),
+            ack: super::Ack(super::AckInner::None),
+        });
+        Some(Response::new(ResponseCode::CHANGED))
+    }
 }
 
 impl DeferHandler for ToRuntime {
@@ -421,9 +683,15 @@ impl DeferHandler for ToRuntime {
         if request.method() != Method::Post {
             return Some(Response::new(ResponseCode::METHOD_NOT_ALLOWED));
         }
+        if let Some(answer) = self.bearer(request) {
+            return Some(answer);
+        }
+        let Some(shared) = &self.shared else {
+            return Some(Response::new(ResponseCode::SERVICE_UNAVAILABLE));
+        };
         let answer = CoapAnswer {
             ticket: Some(ticket),
-            server: Arc::clone(&self.shared),
+            server: Arc::clone(shared),
         };
         let message = Incoming {
             target: request.path(),

@@ -39,6 +39,7 @@
 //! current material to it by unicast until it does; a member that hears a
 //! command of a newer epoch pulls.
 
+pub mod bearer;
 pub mod coap;
 pub mod mqtt;
 
@@ -132,6 +133,20 @@ impl LinkConfig {
                 broker_url: mqtt::with_client_id(broker_url, client_id),
                 persistent_session: *persistent_session,
             },
+            other => other.clone(),
+        }
+    }
+
+    /// The same link with the entity's place on the CoAP multicast bearer
+    /// (see [`bearer`]; MQTT: unchanged).
+    #[must_use]
+    pub fn with_bearer(&self, role: bearer::BearerRole) -> Self {
+        match self {
+            Self::Coap(c) => {
+                let mut c = c.clone();
+                c.bearer = Some(Box::new(role));
+                Self::Coap(c)
+            }
             other => other.clone(),
         }
     }
@@ -530,7 +545,8 @@ impl Link {
             }
             LinkConfig::Coap(c) => {
                 let (coap, rx) =
-                    coap::CoapLink::start(id, c, interest.receive, interest.multicast).await?;
+                    coap::CoapLink::start(id, c, &topics, interest.receive, interest.multicast)
+                        .await?;
                 (LinkInner::Coap(Box::new(coap)), InboxInner::Coap(rx))
             }
         };
@@ -578,12 +594,7 @@ impl Link {
         let target = self.topics.group(group, channel);
         match &self.inner {
             LinkInner::Mqtt(m) => m.publish(target, Bytes::from(bytes)),
-            LinkInner::Coap(c) => {
-                c.multicast
-                    .send(&target, coap::content_format(&bytes), &bytes)
-                    .await?;
-                Ok(())
-            }
+            LinkInner::Coap(c) => c.publish_group(target, bytes).await,
         }
     }
 
