@@ -20,7 +20,7 @@ use sealcast_core::crypto::AeadAlg;
 use sealcast_core::groupkey::{AuthorizedSigner, GroupContext, GroupKeyMaterial};
 use sealcast_core::ids::{EntityId, Epoch, GroupId, SenderId, SeqNum, UnixMillis};
 use sealcast_core::testrng::TestRng;
-use sealcast_node::demo::{FireSafetyConfig, fire_safety};
+use sealcast_demo::fire_safety::{FireSafetyConfig, fire_safety};
 
 const NOW: UnixMillis = UnixMillis::new(1_790_000_000_000);
 const TARGET: &str = "sealcast/v1/g/646f6f7273/cmd";

@@ -762,7 +762,7 @@ impl EndToEnd {
 /// Runs the fire-safety deployment `runs` times with `devices` devices and
 /// keeps the fastest alert → last action.
 fn end_to_end(devices: usize, runs: usize, results: &Results) -> Result<EndToEnd> {
-    use sealcast_node::demo::{FireSafetyConfig, fire_safety};
+    use sealcast_demo::fire_safety::{FireSafetyConfig, fire_safety};
     let single_open_s = results
         .open
         .iter()
@@ -773,7 +773,7 @@ fn end_to_end(devices: usize, runs: usize, results: &Results) -> Result<EndToEnd
         .enable_all()
         .build()
         .map_err(|e| CliError::other(format!("cannot start the async runtime: {e}")))?;
-    let mut best: Option<sealcast_node::demo::Pipeline> = None;
+    let mut best: Option<sealcast_demo::fire_safety::Pipeline> = None;
     for _ in 0..runs.max(1) {
         let config = FireSafetyConfig {
             devices,

@@ -54,7 +54,7 @@ pub fn smart_meter(args: &SmartMeterArgs) -> Result<()> {
         ));
     }
     let transport = link_transport(args.transport, args.broker.as_deref())?;
-    let config = sealcast_node::smart_meter::SmartMeterConfig {
+    let config = sealcast_demo::smart_meter::SmartMeterConfig {
         meters: args.meters,
         reports_per_meter: args.reports,
         broker: args.broker.clone(),
@@ -67,7 +67,7 @@ pub fn smart_meter(args: &SmartMeterArgs) -> Result<()> {
     let report = runtime()?
         .block_on(async {
             let mut log = |line: &str| say(line);
-            sealcast_node::smart_meter::smart_meter(config, &mut log).await
+            sealcast_demo::smart_meter::smart_meter(config, &mut log).await
         })
         .map_err(|e| CliError::other(format!("the demo could not run: {e}")))?;
     if let Some(rate) = report.rate {
@@ -144,7 +144,7 @@ pub fn fire_safety(args: &FireSafetyArgs) -> Result<()> {
         crate::cmd::serve::init_logs();
     }
     let runtime = runtime()?;
-    let config = sealcast_node::demo::FireSafetyConfig {
+    let config = sealcast_demo::fire_safety::FireSafetyConfig {
         devices: args.devices,
         broker: args.broker.clone(),
         transport,
@@ -158,13 +158,13 @@ pub fn fire_safety(args: &FireSafetyArgs) -> Result<()> {
     let report = runtime
         .block_on(async {
             let mut log = |line: &str| say(line);
-            sealcast_node::demo::fire_safety(config, &mut log).await
+            sealcast_demo::fire_safety::fire_safety(config, &mut log).await
         })
         .map_err(|e| CliError::other(format!("the demo could not run: {e}")))?;
     print_report(&report)
 }
 
-fn print_report(report: &sealcast_node::demo::DemoReport) -> Result<()> {
+fn print_report(report: &sealcast_demo::fire_safety::DemoReport) -> Result<()> {
     say("");
     say("Summary");
     say(&format!(

@@ -27,11 +27,12 @@ use sealcast_group::manager::{EntityKind, Manager, RekeyScheme, Role};
 use sealcast_store::{AuditLog, SqliteStore};
 use tokio::sync::mpsc;
 
-use crate::device::{LogHandler, NodeConfig, NodeHandle, Rule};
-use crate::link::bearer::{BearerRole, ServiceSetup};
-use crate::link::{Interest, Link, LinkConfig, Transport};
-use crate::runtime::{Event, EventKind, now, os_rng};
-use crate::{Error, Result, device, manager};
+use crate::{Error, Result};
+use sealcast_node::device::{LogHandler, NodeConfig, NodeHandle, Rule};
+use sealcast_node::link::bearer::{BearerRole, ServiceSetup};
+use sealcast_node::link::{Interest, Link, LinkConfig, Transport};
+use sealcast_node::runtime::{Event, EventKind, now, os_rng};
+use sealcast_node::{device, manager};
 
 /// Settings of the fire-safety demo.
 #[derive(Clone, Debug)]
@@ -45,7 +46,7 @@ pub struct FireSafetyConfig {
     /// multicast NON per group, everything on 127.0.0.1).
     pub transport: Transport,
     /// CoAP only: the group channels run on the MBMS-like bearer, the
-    /// gateway its service ([`crate::link::bearer`]).
+    /// gateway its service ([`sealcast_node::link::bearer`]).
     pub bearer: bool,
 }
 
@@ -215,6 +216,7 @@ impl Events {
                     show(group)
                 )
             }
+            other => format!("{other:?}"),
         };
         format!("  {t:>6} ms  {:<10} {what}", e.who.as_str())
     }
@@ -265,7 +267,7 @@ pub async fn fire_safety(
         ));
     }
     let (_transport, link) =
-        crate::runtime::demo_link(config.transport, config.broker.as_deref(), log).await?;
+        crate::demo_link(config.transport, config.broker.as_deref(), log).await?;
     let gateway = id("gateway")?;
     let on_bearer = |role: BearerRole| -> LinkConfig {
         if config.bearer {
@@ -274,7 +276,7 @@ pub async fn fire_safety(
             link.clone()
         }
     };
-    let topics = crate::runtime::demo_topics(config.broker.is_some())?;
+    let topics = crate::demo_topics(config.broker.is_some())?;
     if config.broker.is_some() {
         log(&format!("topic prefix {} (this demo's own)", topics.root()));
     }
@@ -355,7 +357,7 @@ pub async fn fire_safety(
                 },
             )
         },
-        crate::link::bearer::DEFAULT_REDELIVER,
+        sealcast_node::link::bearer::DEFAULT_REDELIVER,
         None,
     );
     let gw = device::spawn(NodeConfig {

@@ -13,17 +13,17 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::link::{Interest, Link, Transport};
 use sealcast_core::credential::{EntityCredential, PublicCredential};
 use sealcast_core::ids::EntityId;
 use sealcast_core::target::AgentChannel;
+use sealcast_node::link::{Interest, Link, Transport};
 
-use crate::dap::{self, DapConfig, DapCore};
-use crate::demo::{Check, DemoReport};
-use crate::headend::{self, HeadendConfig, HeadendCore, Reading, ReadingHandler};
-use crate::meter::Meter;
-use crate::runtime::{now, os_rng};
+use crate::{Check, DemoReport};
 use crate::{Error, Result};
+use sealcast_node::dap::{self, DapConfig, DapCore};
+use sealcast_node::headend::{self, HeadendConfig, HeadendCore, Reading, ReadingHandler};
+use sealcast_node::meter::Meter;
+use sealcast_node::runtime::{now, os_rng};
 
 /// Label of the DAP's signed batches (see [`sealcast_metering::wire`]).
 pub use sealcast_metering::wire::LABEL_BATCH;
@@ -76,8 +76,8 @@ pub async fn smart_meter(
     let mut report = DemoReport::default();
     let started = Instant::now();
     let (_transport, link) =
-        crate::runtime::demo_link(config.transport, config.broker.as_deref(), log).await?;
-    let topics = crate::runtime::demo_topics(config.broker.is_some())?;
+        crate::demo_link(config.transport, config.broker.as_deref(), log).await?;
+    let topics = crate::demo_topics(config.broker.is_some())?;
     if config.broker.is_some() {
         log(&format!("topic prefix {} (this demo's own)", topics.root()));
     }

@@ -3,7 +3,7 @@
 //! with the embedded broker (always), over CoAP (unicast CON and multicast
 //! pinned to 127.0.0.1, always) and with the machine's Mosquitto (CI).
 
-use sealcast_node::demo::{FireSafetyConfig, fire_safety};
+use sealcast_demo::fire_safety::{FireSafetyConfig, fire_safety};
 use sealcast_node::link::Transport;
 
 async fn run(config: FireSafetyConfig) {
@@ -83,7 +83,7 @@ async fn fire_safety_on_mosquitto() {
 }
 
 async fn smart_meter_on(transport: Transport) {
-    use sealcast_node::smart_meter::{SmartMeterConfig, smart_meter};
+    use sealcast_demo::smart_meter::{SmartMeterConfig, smart_meter};
     let mut lines = Vec::new();
     let config = SmartMeterConfig {
         meters: 40,
