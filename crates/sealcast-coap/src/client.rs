@@ -3,7 +3,6 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use coap_lite::Packet;
@@ -13,7 +12,7 @@ use tokio::time::{Instant, timeout_at};
 
 use crate::block::{BlockOpt, BlockSize};
 use crate::error::{Error, Result};
-use crate::fault::{self, DatagramFilter, Direction, Fault};
+use crate::fault::{self, Direction, Fault};
 use crate::message::{
     self, CodeKind, MAX_DATAGRAM, MessageId, MessageType, RESPONSE_OPTIONS_UNDERSTOOD, Request,
     Response, ResponseCode, Token, opt,
@@ -75,9 +74,13 @@ impl ClientConfig {
         self
     }
 
+    #[cfg(any(test, feature = "test-support"))]
     /// Installs a fault-injection filter (tests).
     #[must_use]
-    pub fn with_fault_injection(mut self, filter: Arc<dyn DatagramFilter>) -> Self {
+    pub fn with_fault_injection(
+        mut self,
+        filter: std::sync::Arc<dyn crate::fault::DatagramFilter>,
+    ) -> Self {
         self.fault = Some(filter);
         self
     }

@@ -1,9 +1,12 @@
 //! Fault injection for tests: a hook that silently drops datagrams, so
 //! retransmission and deduplication can be shown to work on a loopback
-//! link that never loses anything by itself.
+//! link that never loses anything by itself. Installing one
+//! (`with_fault_injection`) and [`DropFirst`] exist only with the
+//! `test-support` feature; production builds carry the empty hook alone.
 
 use std::fmt;
 use std::sync::Arc;
+#[cfg(any(test, feature = "test-support"))]
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Which way a datagram travels, seen from the endpoint holding the hook.
@@ -23,7 +26,8 @@ pub trait DatagramFilter: Send + Sync + fmt::Debug {
 }
 
 /// Drops the first `n` datagrams travelling in one direction, then lets
-/// everything through.
+/// everything through. Test support (feature `test-support`).
+#[cfg(any(test, feature = "test-support"))]
 #[derive(Debug)]
 pub struct DropFirst {
     direction: Direction,
@@ -31,6 +35,7 @@ pub struct DropFirst {
     dropped: AtomicU64,
 }
 
+#[cfg(any(test, feature = "test-support"))]
 impl DropFirst {
     /// A filter dropping the first `n` datagrams in `direction`.
     pub fn new(direction: Direction, n: u64) -> Arc<Self> {
@@ -47,6 +52,7 @@ impl DropFirst {
     }
 }
 
+#[cfg(any(test, feature = "test-support"))]
 impl DatagramFilter for DropFirst {
     fn drop_datagram(&self, direction: Direction, _datagram: &[u8]) -> bool {
         if direction != self.direction {

@@ -117,7 +117,9 @@ pub use block::BlockSize;
 pub use client::{ClientConfig, ClientStats, CoapClient};
 pub use content_format::ContentFormat;
 pub use error::{Error, Result};
-pub use fault::{DatagramFilter, Direction, DropFirst};
+#[cfg(any(test, feature = "test-support"))]
+pub use fault::DropFirst;
+pub use fault::{DatagramFilter, Direction};
 pub use message::{
     MAX_DATAGRAM, MessageId, MessageType, Method, Request, Response, ResponseCode, Token,
 };

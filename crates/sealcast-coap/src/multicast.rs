@@ -13,8 +13,8 @@
 //! default: with `127.0.0.1` as the interface nothing leaves the machine.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use rand_core::Rng;
@@ -22,7 +22,7 @@ use rand_core::Rng;
 use crate::content_format::ContentFormat;
 use crate::error::{Error, Result};
 use crate::expiring::ExpiringMap;
-use crate::fault::{self, DatagramFilter, Direction, Fault};
+use crate::fault::{self, Direction, Fault};
 use crate::message::{
     self, CodeKind, MAX_DATAGRAM, MessageId, MessageType, Method, Request, Token, opt,
 };
@@ -132,9 +132,13 @@ impl MulticastConfig {
         self
     }
 
+    #[cfg(any(test, feature = "test-support"))]
     /// Installs a fault-injection filter (tests).
     #[must_use]
-    pub fn with_fault_injection(mut self, filter: Arc<dyn DatagramFilter>) -> Self {
+    pub fn with_fault_injection(
+        mut self,
+        filter: std::sync::Arc<dyn crate::fault::DatagramFilter>,
+    ) -> Self {
         self.fault = Some(filter);
         self
     }

@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::error::Result;
-use crate::fault::{self, DatagramFilter, Direction, Fault};
+use crate::fault::{self, Direction, Fault};
 use crate::message::{MAX_DATAGRAM, MessageId};
 use crate::server_core::{Handler, ServerCore, ServerSettings, ServerStats};
 use crate::socket;
@@ -40,9 +40,13 @@ impl ServerConfig {
         self
     }
 
+    #[cfg(any(test, feature = "test-support"))]
     /// Installs a fault-injection filter (tests).
     #[must_use]
-    pub fn with_fault_injection(mut self, filter: Arc<dyn DatagramFilter>) -> Self {
+    pub fn with_fault_injection(
+        mut self,
+        filter: std::sync::Arc<dyn crate::fault::DatagramFilter>,
+    ) -> Self {
         self.fault = Some(filter);
         self
     }
