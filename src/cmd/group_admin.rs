@@ -194,11 +194,9 @@ fn parse_member(s: &str) -> core::result::Result<(String, String), String> {
 }
 
 fn role_name(role: &str) -> core::result::Result<&'static str, String> {
-    match role {
-        "sender" => Ok("sender"),
-        "receiver" => Ok("receiver"),
-        other => Err(format!("role {other:?}: use sender or receiver")),
-    }
+    RoleName::parse(role)
+        .map(RoleName::as_str)
+        .ok_or_else(|| format!("role {role:?}: use sender or receiver"))
 }
 
 /// One connection to the manager's control socket.

@@ -124,18 +124,11 @@ fn alg_name(a: AeadAlg) -> AlgName {
     }
 }
 
-fn scheme_name(s: RekeyScheme) -> SchemeName {
-    match s {
-        RekeyScheme::Tree => SchemeName::Tree,
-        RekeyScheme::PointToPoint => SchemeName::P2p,
-    }
-}
-
 fn summary_wire(s: &GroupSummary) -> GroupSummaryWire {
     GroupSummaryWire {
         group: show_group(&s.group),
         epoch: s.epoch.get(),
-        scheme: scheme_name(s.scheme),
+        scheme: s.scheme.into(),
         members: s.members,
         current: s.current,
     }
@@ -187,11 +180,7 @@ async fn execute(handle: &ManagerHandle, request: Request) -> core::result::Resu
                          `sealcast keygen` wrote"
                     ))
                 })?;
-                let kind = match e.kind {
-                    KindName::Device => EntityKind::Device,
-                    KindName::Agent => EntityKind::Agent,
-                    KindName::Headend => EntityKind::Headend,
-                };
+                let kind: EntityKind = e.kind.into();
                 let agent = e.agent.as_deref().map(entity_id).transpose()?;
                 batch.push((credential, kind, agent));
             }
@@ -203,14 +192,8 @@ async fn execute(handle: &ManagerHandle, request: Request) -> core::result::Resu
         }
         Request::Create { group, scheme, alg } => {
             let id = group_id(&group)?;
-            let scheme = match scheme.unwrap_or(SchemeName::Tree) {
-                SchemeName::Tree => RekeyScheme::Tree,
-                SchemeName::P2p => RekeyScheme::PointToPoint,
-            };
-            let alg = match alg.unwrap_or(AlgName::A128Gcm) {
-                AlgName::A128Gcm => AeadAlg::A128Gcm,
-                AlgName::A256Gcm => AeadAlg::A256Gcm,
-            };
+            let scheme: RekeyScheme = scheme.unwrap_or(SchemeName::Tree).into();
+            let alg: AeadAlg = alg.unwrap_or(AlgName::A128Gcm).into();
             handle
                 .create_group(id.clone(), alg, scheme)
                 .await
@@ -223,7 +206,7 @@ async fn execute(handle: &ManagerHandle, request: Request) -> core::result::Resu
             answer(&Created {
                 group,
                 epoch: 0,
-                scheme: scheme_name(scheme),
+                scheme: scheme.into(),
                 alg: alg_name(alg),
             })
         }
@@ -234,13 +217,7 @@ async fn execute(handle: &ManagerHandle, request: Request) -> core::result::Resu
             }
             let members = members
                 .iter()
-                .map(|m| {
-                    let role = match m.role {
-                        RoleName::Sender => Role::Sender,
-                        RoleName::Receiver => Role::Receiver,
-                    };
-                    Ok((entity_id(&m.id)?, role))
-                })
+                .map(|m| Ok((entity_id(&m.id)?, Role::from(m.role))))
                 .collect::<core::result::Result<Vec<_>, Refusal>>()?;
             let added = members.len();
             handle
@@ -302,10 +279,7 @@ async fn execute(handle: &ManagerHandle, request: Request) -> core::result::Resu
                 .iter()
                 .map(|(id, m)| MemberWire {
                     id: id.as_str().to_owned(),
-                    role: match m.role {
-                        Role::Sender => RoleName::Sender,
-                        Role::Receiver => RoleName::Receiver,
-                    },
+                    role: m.role.into(),
                     sender_id: m.sender_id.as_ref().map(|s| hex(s.as_bytes())),
                     leaf: m.leaf.map(|l| l.get()),
                     held: m.held.map(|e| e.get()),

@@ -8,6 +8,8 @@
 //! "error": "…"}` with what to do. Both sides use these types, so a field
 //! renamed on one side cannot go unnoticed on the other.
 
+use sealcast_core::crypto::AeadAlg;
+use sealcast_group::manager::{EntityKind, RekeyScheme, Role};
 use serde::{Deserialize, Serialize};
 
 /// Most members in one `show` answer: a page stays far below the 1 MiB
@@ -264,6 +266,64 @@ pub struct Groups {
 pub struct Refused {
     /// The reason and the remedy.
     pub error: String,
+}
+
+// The one mapping between the names on the wire (and in config files) and
+// the group crate's types.
+
+impl From<KindName> for EntityKind {
+    fn from(k: KindName) -> Self {
+        match k {
+            KindName::Device => EntityKind::Device,
+            KindName::Agent => EntityKind::Agent,
+            KindName::Headend => EntityKind::Headend,
+        }
+    }
+}
+
+impl From<RoleName> for Role {
+    fn from(r: RoleName) -> Self {
+        match r {
+            RoleName::Sender => Role::Sender,
+            RoleName::Receiver => Role::Receiver,
+        }
+    }
+}
+
+impl From<Role> for RoleName {
+    fn from(r: Role) -> Self {
+        match r {
+            Role::Sender => RoleName::Sender,
+            Role::Receiver => RoleName::Receiver,
+        }
+    }
+}
+
+impl From<SchemeName> for RekeyScheme {
+    fn from(s: SchemeName) -> Self {
+        match s {
+            SchemeName::Tree => RekeyScheme::Tree,
+            SchemeName::P2p => RekeyScheme::PointToPoint,
+        }
+    }
+}
+
+impl From<RekeyScheme> for SchemeName {
+    fn from(s: RekeyScheme) -> Self {
+        match s {
+            RekeyScheme::Tree => SchemeName::Tree,
+            RekeyScheme::PointToPoint => SchemeName::P2p,
+        }
+    }
+}
+
+impl From<AlgName> for AeadAlg {
+    fn from(a: AlgName) -> Self {
+        match a {
+            AlgName::A128Gcm => AeadAlg::A128Gcm,
+            AlgName::A256Gcm => AeadAlg::A256Gcm,
+        }
+    }
 }
 
 impl KindName {
