@@ -13,8 +13,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{
-    FIRE_RULE, Procs, alert, bin, executed, fire_safety_tables, free_udp_port, keygen,
-    manager_config, node_config, relays_for, run_prefix, wait_until, wait_until_blocking,
+    CoapPlan, FIRE_RULE, Procs, alert, bin, executed, fire_safety_tables, keygen, manager_config,
+    node_config, relays_for, run_prefix, wait_until, wait_until_blocking,
 };
 
 #[test]
@@ -26,25 +26,8 @@ fn fire_safety_as_separate_processes_over_coap() {
     let doors = ["door-1", "door-2"];
     let all = [manager, gateway, sensor, doors[0], doors[1]];
     keygen(&dir, all);
-    let port: Vec<u16> = all.iter().map(|_| free_udp_port()).collect();
-    let addr = |id: &str| {
-        let i = all.iter().position(|x| *x == id).unwrap();
-        format!("127.0.0.1:{}", port[i])
-    };
-    let group = format!("224.0.1.187:{}", free_udp_port());
-    let coap = |id: &str, peers: &[&str]| {
-        let mut s = format!(
-            "\n[coap]\nlisten = \"{}\"\ngroup = \"{group}\"\nmulticast_interface = \"127.0.0.1\"\n",
-            addr(id)
-        );
-        for p in peers {
-            s.push_str(&format!(
-                "\n[[coap.endpoint]]\nid = \"{p}\"\naddress = \"{}\"\n",
-                addr(p)
-            ));
-        }
-        s
-    };
+    let plan = CoapPlan::new(&all);
+    let coap = |id: &str, peers: &[&str]| plan.section(id, peers);
 
     // --- configs: the manager knows the agent's endpoint (deliveries go
     // through it), the agent its devices', everyone the manager's ---------
@@ -185,27 +168,10 @@ async fn the_bearer_hides_group_traffic_and_revocation_locks_a_door_out() {
         )
         .unwrap();
     }
-    let port: Vec<u16> = all.iter().map(|_| free_udp_port()).collect();
-    let addr = |id: &str| {
-        let i = all.iter().position(|x| *x == id).unwrap();
-        format!("127.0.0.1:{}", port[i])
-    };
-    let group_port = free_udp_port();
-    let group = format!("224.0.1.187:{group_port}");
+    let plan = CoapPlan::new(&all);
+    let group_port = plan.group_port;
     let coap = |id: &str, peers: &[&str], bearer: &str| {
-        let mut s = format!(
-            "\n[coap]\nlisten = \"{}\"\ngroup = \"{group}\"\nmulticast_interface = \"127.0.0.1\"\n",
-            addr(id)
-        );
-        for p in peers {
-            s.push_str(&format!(
-                "\n[[coap.endpoint]]\nid = \"{p}\"\naddress = \"{}\"\n",
-                addr(p)
-            ));
-        }
-        s.push_str("\n[coap.bearer]\n");
-        s.push_str(bearer);
-        s
+        format!("{}\n[coap.bearer]\n{bearer}", plan.section(id, peers))
     };
     let head = "transport = \"coap\"\n";
     let member = format!("service = \"{gateway}\"\nservice_public_key = \"{gateway}.pub\"\n");

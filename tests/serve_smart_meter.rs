@@ -13,34 +13,14 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{MqttRun, Procs, headend_readings, keygen, sealcast, spy, start_headend, wait_until};
+use common::{
+    MqttRun, Procs, headend_readings, keygen, reading_line, spy, start_headend, wait_until,
+};
 use sealcast_core::ids::EntityId;
 use sealcast_mqtt::{AgentChannel, Bytes, TopicFilter, TopicScheme};
 
 fn report(dir: &Path, meter: &str, reading: &str, count: u32) -> Vec<u64> {
-    let out = sealcast(
-        dir,
-        &[
-            "device",
-            "report",
-            "--config",
-            &format!("{meter}.toml"),
-            "--reading",
-            reading,
-            "--count",
-            &count.to_string(),
-        ],
-    );
-    out.split_whitespace()
-        .filter_map(|w| w.strip_prefix("seq="))
-        .map(|s| s.parse().unwrap())
-        .collect()
-}
-
-/// The line the headend writes for `meter`'s reading `text` numbered `seq`
-/// through `dap`.
-fn reading_line(meter: &str, seq: u64, dap: &str, text: &str) -> String {
-    format!("meter={meter} seq={seq} dap={dap} reading={text}")
+    common::report_seqs(&common::device_report(dir, meter, reading, count))
 }
 
 /// One report of `reading` from `meter`, its line added to `expected`

@@ -12,51 +12,15 @@
 mod common;
 
 use std::fs;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{
-    Procs, free_udp_port, headend_readings, keygen, run_bounded, run_prefix, start_headend,
-    wait_until,
+    Procs, free_udp_port, headend_readings, keygen, reading_line, report_seqs, run_prefix,
+    start_headend, wait_until,
 };
 use sealcast_coap::{ClientConfig, CoapClient, ContentFormat, Request, ResponseCode};
 use sealcast_core::ids::EntityId;
 use sealcast_core::target::{AgentChannel, TopicScheme};
-
-/// `device report` for `meter`; the process output.
-fn report(dir: &Path, meter: &str, reading: &str, count: u32) -> std::process::Output {
-    run_bounded(
-        dir,
-        &[
-            "device",
-            "report",
-            "--config",
-            &format!("{meter}.toml"),
-            "--reading",
-            reading,
-            "--count",
-            &count.to_string(),
-        ],
-        Duration::from_secs(120),
-    )
-}
-
-fn seqs(out: &std::process::Output) -> Vec<u64> {
-    assert!(
-        out.status.success(),
-        "device report failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .filter_map(|w| w.strip_prefix("seq="))
-        .map(|s| s.parse().unwrap())
-        .collect()
-}
-
-fn line(meter: &str, seq: u64, dap: &str, text: &str) -> String {
-    format!("meter={meter} seq={seq} dap={dap} reading={text}")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn smart_metering_over_coap_as_separate_processes() {
@@ -140,12 +104,12 @@ async fn smart_metering_over_coap_as_separate_processes() {
     );
 
     // --- genuine readings: a batch of ten from one meter, one from another --
-    let m1 = seqs(&report(&dir, meters[0], "m1 {n} kWh", 10));
+    let m1 = report_seqs(&common::device_report(&dir, meters[0], "m1 {n} kWh", 10));
     assert_eq!(m1, (0..10).collect::<Vec<_>>());
-    let m2 = seqs(&report(&dir, meters[1], "m2 0 kWh", 1));
+    let m2 = report_seqs(&common::device_report(&dir, meters[1], "m2 0 kWh", 1));
     let mut expected: Vec<String> = (0..10)
-        .map(|n| line(meters[0], n, dap, &format!("m1 {n} kWh")))
-        .chain([line(meters[1], m2[0], dap, "m2 0 kWh")])
+        .map(|n| reading_line(meters[0], n, dap, &format!("m1 {n} kWh")))
+        .chain([reading_line(meters[1], m2[0], dap, "m2 0 kWh")])
         .collect();
     expected.sort();
     // `device report` returned after the headend took them: no waiting.
@@ -177,7 +141,7 @@ async fn smart_metering_over_coap_as_separate_processes() {
     let status = procs.terminate_async("headend").await;
     assert!(status.success(), "headend on SIGTERM: {status:?}");
     let started = Instant::now();
-    let lost = report(&dir, meters[1], "m2 lost kWh", 1);
+    let lost = common::device_report(&dir, meters[1], "m2 lost kWh", 1);
     assert!(!lost.status.success(), "a report succeeded with no headend");
     let err = String::from_utf8_lossy(&lost.stderr).into_owned();
     assert!(err.contains("the report was not sent"), "{err}");
@@ -204,8 +168,8 @@ async fn smart_metering_over_coap_as_separate_processes() {
             >= 2
     })
     .await;
-    let again = seqs(&report(&dir, meters[1], "m2 1 kWh", 1));
-    expected.push(line(meters[1], again[0], dap, "m2 1 kWh"));
+    let again = report_seqs(&common::device_report(&dir, meters[1], "m2 1 kWh", 1));
+    expected.push(reading_line(meters[1], again[0], dap, "m2 1 kWh"));
     expected.sort();
     assert_eq!(headend_readings(&dir), expected, "{}", procs.logs());
 
@@ -220,10 +184,20 @@ async fn smart_metering_over_coap_as_separate_processes() {
             >= 3
     })
     .await;
-    let later = seqs(&report(&dir, meters[0], "m1 late {n} kWh", 3));
+    let later = report_seqs(&common::device_report(
+        &dir,
+        meters[0],
+        "m1 late {n} kWh",
+        3,
+    ));
     assert!(later[0] >= 10, "sequence number reused: {later:?}");
     for (i, seq) in later.iter().enumerate() {
-        expected.push(line(meters[0], *seq, dap, &format!("m1 late {i} kWh")));
+        expected.push(reading_line(
+            meters[0],
+            *seq,
+            dap,
+            &format!("m1 late {i} kWh"),
+        ));
     }
     expected.sort();
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -746,3 +746,84 @@ pub fn forged_report(dir: &Path, headend: &str, victim: &str, seq: u64) -> Vec<u
     )
     .unwrap()
 }
+
+/// Loopback CoAP endpoints for a set of entities and a multicast group of
+/// their own (free ports, picked once).
+pub struct CoapPlan {
+    ids: Vec<String>,
+    ports: Vec<u16>,
+    /// The group's port (224.0.1.187).
+    pub group_port: u16,
+}
+
+impl CoapPlan {
+    /// Endpoints for `ids`.
+    pub fn new<S: AsRef<str>>(ids: &[S]) -> Self {
+        Self {
+            ids: ids.iter().map(|s| s.as_ref().to_owned()).collect(),
+            ports: ids.iter().map(|_| free_udp_port()).collect(),
+            group_port: free_udp_port(),
+        }
+    }
+
+    /// Where `id` listens.
+    pub fn addr(&self, id: &str) -> String {
+        let i = self.ids.iter().position(|x| x == id).unwrap();
+        format!("127.0.0.1:{}", self.ports[i])
+    }
+
+    /// The `[coap]` section of `id`: its endpoint, the group pinned to
+    /// 127.0.0.1, and `peers`' endpoints.
+    pub fn section(&self, id: &str, peers: &[&str]) -> String {
+        let mut s = format!(
+            "\n[coap]\nlisten = \"{}\"\ngroup = \"224.0.1.187:{}\"\nmulticast_interface = \"127.0.0.1\"\n",
+            self.addr(id),
+            self.group_port
+        );
+        for p in peers {
+            s.push_str(&format!(
+                "\n[[coap.endpoint]]\nid = \"{p}\"\naddress = \"{}\"\n",
+                self.addr(p)
+            ));
+        }
+        s
+    }
+}
+
+/// `sealcast device report` for `meter` (its `<meter>.toml`), bounded.
+pub fn device_report(dir: &Path, meter: &str, reading: &str, count: u32) -> Output {
+    run_bounded(
+        dir,
+        &[
+            "device",
+            "report",
+            "--config",
+            &format!("{meter}.toml"),
+            "--reading",
+            reading,
+            "--count",
+            &count.to_string(),
+        ],
+        Duration::from_secs(120),
+    )
+}
+
+/// The sequence numbers a successful `device report` printed.
+pub fn report_seqs(out: &Output) -> Vec<u64> {
+    assert!(
+        out.status.success(),
+        "device report failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("seq="))
+        .map(|s| s.parse().unwrap())
+        .collect()
+}
+
+/// The line the headend writes for `meter`'s reading `text` numbered `seq`
+/// through `dap`.
+pub fn reading_line(meter: &str, seq: u64, dap: &str, text: &str) -> String {
+    format!("meter={meter} seq={seq} dap={dap} reading={text}")
+}
