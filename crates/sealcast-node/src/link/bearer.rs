@@ -285,20 +285,29 @@ impl Service {
     }
 
     fn persist(&self) -> Result<()> {
-        let Some(file) = &self.msk_ids else {
-            return Ok(());
-        };
         let next = self
             .sender
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .next_msk_id()
-            .ok_or_else(|| {
-                Error::Runtime(
-                    "the bearer service used up its MSK ids; start a new service id".into(),
-                )
-            })?;
-        file.write(&encode_msk_state(next)?)?;
+            .next_msk_id();
+        self.persist_above(next, 0)
+    }
+
+    /// Writes, as the first MSK id of a restarted service, the id `ahead`
+    /// places after `next` (the ids `ahead` fresh MSKs will take are then
+    /// never used again).
+    fn persist_above(&self, next: Option<MskId>, ahead: u32) -> Result<()> {
+        let Some(file) = &self.msk_ids else {
+            return Ok(());
+        };
+        let used_up = || {
+            Error::Runtime("the bearer service used up its MSK ids; start a new service id".into())
+        };
+        let first = next
+            .and_then(|n| n.get().checked_add(ahead))
+            .map(MskId::new)
+            .ok_or_else(used_up)?;
+        file.write(&encode_msk_state(first)?)?;
         Ok(())
     }
 
@@ -345,37 +354,42 @@ impl Service {
         let wanted: BTreeMap<EntityId, PublicCredential> =
             devices.into_iter().map(|d| (d.id().clone(), d)).collect();
         let mut current = self.devices.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut change = BearerChange::default();
-        let mut deliveries = Vec::new();
-        {
-            let mut sender = self.sender.lock().unwrap_or_else(PoisonError::into_inner);
-            let gone: Vec<EntityId> = current
-                .keys()
-                .filter(|d| !wanted.contains_key(*d))
-                .cloned()
-                .collect();
-            for d in gone {
-                // A fresh MSK for everyone else: persist its successor's id
-                // before anything under it leaves.
-                let out = sender.revoke(&d, now(), &mut rng).map_err(bearer_err)?;
-                current.remove(&d);
-                deliveries.retain(|x: &MskDelivery| x.device != d);
-                deliveries.extend(out);
-                change.revoked.push(d);
-            }
-            for (id, public) in &wanted {
-                if current.contains_key(id) {
-                    continue;
-                }
-                let muk = (self.muk)(public).map_err(bearer_err)?;
-                deliveries.extend(sender.entitle(muk, &mut rng).map_err(bearer_err)?);
-                current.insert(id.clone(), public.clone());
-                change.entitled.push(id.clone());
+        let mut sender = self.sender.lock().unwrap_or_else(PoisonError::into_inner);
+        let gone: Vec<EntityId> = current
+            .keys()
+            .filter(|d| !wanted.contains_key(*d))
+            .cloned()
+            .collect();
+        // Everything that can fail before any state changes: the newcomers'
+        // MUKs, and the MSK ids the revocations will take, on disk.
+        let mut newcomers = Vec::new();
+        for (id, public) in &wanted {
+            if !current.contains_key(id) {
+                newcomers.push((
+                    id.clone(),
+                    public.clone(),
+                    (self.muk)(public).map_err(bearer_err)?,
+                ));
             }
         }
-        drop(current);
-        if !change.revoked.is_empty() {
-            self.persist()?;
+        if !gone.is_empty() {
+            let ahead = u32::try_from(gone.len()).unwrap_or(u32::MAX);
+            self.persist_above(sender.next_msk_id(), ahead)?;
+        }
+        let mut change = BearerChange::default();
+        let mut deliveries = Vec::new();
+        for d in gone {
+            // A fresh MSK for everyone else, delivered only to them.
+            let out = sender.revoke(&d, now(), &mut rng).map_err(bearer_err)?;
+            current.remove(&d);
+            deliveries.retain(|x: &MskDelivery| x.device != d);
+            deliveries.extend(out);
+            change.revoked.push(d);
+        }
+        for (id, public, muk) in newcomers {
+            deliveries.extend(sender.entitle(muk, &mut rng).map_err(bearer_err)?);
+            current.insert(id.clone(), public);
+            change.entitled.push(id);
         }
         Ok((change, deliveries))
     }
