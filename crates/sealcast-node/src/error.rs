@@ -62,11 +62,6 @@ impl From<sealcast_store::Error> for Error {
         Error::Store(e)
     }
 }
-impl From<sealcast_mqtt::Error> for Error {
-    fn from(e: sealcast_mqtt::Error) -> Self {
-        Error::Mqtt(e)
-    }
-}
 
 impl From<sealcast_coap::Error> for Error {
     fn from(e: sealcast_coap::Error) -> Self {

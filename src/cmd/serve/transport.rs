@@ -194,14 +194,14 @@ pub(crate) use broker_security;
 
 /// `broker` with the config's TLS and credential settings added as URL
 /// parameters (paths resolved against the config's directory), the form
-/// `sealcast_mqtt::MqttConfig::from_url` reads. Secrets stay in their
+/// MQTT adapter reads. Secrets stay in their
 /// files; the URL carries paths.
 pub(crate) fn broker_url(
     broker: &str,
     base: &Path,
     security: &BrokerSecurity<'_>,
 ) -> Result<String> {
-    use sealcast_mqtt::percent_encode as encode;
+    use sealcast_node::link::mqtt::percent_encode as encode;
     let mut params = Vec::new();
     let path_param = |name: &str, p: Option<&Path>| -> Result<Option<String>> {
         p.map(|p| {
@@ -232,7 +232,7 @@ pub(crate) fn broker_url(
     if security.ca.is_some() && !(broker.starts_with("mqtts://") || broker.starts_with("ssl://")) {
         return Err(CliError::usage(format!(
             "tls_ca is set but broker {} is not an mqtts:// URL",
-            sealcast_mqtt::redact_url(broker)
+            sealcast_node::link::mqtt::redact_url(broker)
         )));
     }
     let sep = if broker.contains('?') { '&' } else { '?' };

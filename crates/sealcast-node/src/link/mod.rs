@@ -483,7 +483,7 @@ impl Progress {
 pub struct Inbox(InboxInner);
 
 enum InboxInner {
-    Mqtt(sealcast_mqtt::Subscription),
+    Mqtt(mqtt::Subscription),
     Coap(mpsc::Receiver<Incoming>),
 }
 

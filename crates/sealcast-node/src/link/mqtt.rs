@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use sealcast_core::ids::EntityId;
 use sealcast_core::target::TopicScheme;
-use sealcast_mqtt::{AckToken, MqttClient, MqttConfig, Subscription};
+use sealcast_mqtt::{AckToken, MqttClient, MqttConfig};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
@@ -29,6 +29,19 @@ pub(super) fn with_client_id(url: &str, client_id: &str) -> String {
 /// A broker URL fit for logs: credentials and secrets' paths left out.
 pub fn redact_url(url: &str) -> String {
     sealcast_mqtt::redact_url(url)
+}
+
+/// `text` percent-encoded for a broker URL's query parameters.
+pub fn percent_encode(text: &str) -> String {
+    sealcast_mqtt::percent_encode(text)
+}
+
+pub(super) use sealcast_mqtt::Subscription;
+
+impl From<sealcast_mqtt::Error> for Error {
+    fn from(e: sealcast_mqtt::Error) -> Self {
+        Error::Mqtt(e)
+    }
 }
 
 /// The embedded MQTT broker (rumqttd on 127.0.0.1) the demos and benches
