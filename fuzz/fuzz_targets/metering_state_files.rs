@@ -3,7 +3,7 @@
 // windows and reservations, the headend's windows and announcements, the
 // meter's reservation): any bytes are refused or restored, never a panic,
 // and a refused restore leaves the state machine as it was.
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use sealcast_core::credential::EntityCredential;
 use sealcast_core::ids::EntityId;
@@ -12,9 +12,10 @@ use sealcast_metering::dap::DapCore;
 use sealcast_metering::headend::HeadendCore;
 
 struct World {
-    headend: Vec<u8>,
-    dap: Vec<u8>,
-    meter: EntityCredential,
+    /// Built once (their key derivations are the slow part); every input is
+    /// restored into them in turn.
+    dap: Mutex<DapCore>,
+    headend: Mutex<HeadendCore>,
 }
 
 fn world() -> &'static World {
@@ -22,11 +23,19 @@ fn world() -> &'static World {
     WORLD.get_or_init(|| {
         let mut rng = TestRng::new(2);
         let id = |s: &str| EntityId::new(s).unwrap_or_else(|_| unreachable!());
-        let key = |c: EntityCredential| c.to_cose_key_set().map(|k| k.to_vec()).unwrap_or_default();
+        let headend = EntityCredential::generate(id("headend"), &mut rng);
+        let dap = EntityCredential::generate(id("dap-1"), &mut rng);
+        let meter = EntityCredential::generate(id("meter-1"), &mut rng);
+        let (headend_pub, dap_pub) = (headend.public(), dap.public());
         World {
-            headend: key(EntityCredential::generate(id("headend"), &mut rng)),
-            dap: key(EntityCredential::generate(id("dap-1"), &mut rng)),
-            meter: EntityCredential::generate(id("meter-1"), &mut rng),
+            dap: Mutex::new(
+                DapCore::new(dap, headend_pub, "meters".into(), vec![meter.public()])
+                    .unwrap_or_else(|_| unreachable!()),
+            ),
+            headend: Mutex::new(
+                HeadendCore::new(headend, vec![dap_pub], vec![meter.public()], false)
+                    .unwrap_or_else(|_| unreachable!()),
+            ),
         }
     })
 }
@@ -34,27 +43,13 @@ fn world() -> &'static World {
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let w = world();
     let _ = sealcast_metering::meter::decode_state(data);
-    let cred = |bytes: &[u8]| {
-        EntityCredential::from_cose_key_set(bytes).unwrap_or_else(|_| unreachable!())
-    };
-    let headend_public = cred(&w.headend).public();
-    if let Ok(mut dap) = DapCore::new(
-        cred(&w.dap),
-        headend_public,
-        "meters".into(),
-        vec![w.meter.public()],
-    ) {
+    if let Ok(mut dap) = w.dap.lock() {
         let before = dap.export_state().ok();
         if dap.restore_state(data).is_err() {
             assert_eq!(dap.export_state().ok(), before, "a refused DAP state changed the DAP");
         }
     }
-    if let Ok(mut headend) = HeadendCore::new(
-        cred(&w.headend),
-        vec![cred(&w.dap).public()],
-        vec![w.meter.public()],
-        false,
-    ) {
+    if let Ok(mut headend) = w.headend.lock() {
         let before = headend.export_state().ok();
         if headend.restore_state(data).is_err() {
             assert_eq!(
