@@ -36,7 +36,7 @@ use crate::cose::{
 };
 use crate::crypto::{NONCE_LEN, ed25519_signature, ed25519_verify_batch};
 use crate::error::{Error, Result};
-use crate::groupkey::GroupContext;
+use crate::groupkey::{GroupContext, GroupKeyMaterial};
 use crate::ids::{EntityId, Epoch, GroupId, SenderId, SeqNum, UnixMillis};
 use crate::kdf;
 use crate::replay::{SeqCheck, SeqWindow, TimestampWindow, TsCheck};
@@ -395,6 +395,86 @@ pub struct ReplayUndo {
     sender: Option<SenderId>,
     seq: Option<SeqWindow>,
     ts: Option<TimestampWindow>,
+}
+
+/// One member's sending side of a group at one epoch: the group context
+/// derived once (common IV and every authorised sender's key), the
+/// member's sender id, entity id and signing key. Each
+/// [`BroadcastSender::seal`] then costs the signature and the AEAD only —
+/// not the HKDF runs of [`GroupContext::new`] on every send. The sequence
+/// numbers stay with the caller, whose reservations must reach its state
+/// file before they are used.
+pub struct BroadcastSender {
+    ctx: GroupContext,
+    signer: EntityId,
+    key: SigningKey,
+}
+
+impl core::fmt::Debug for BroadcastSender {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("BroadcastSender")
+            .field("group", self.ctx.group())
+            .field("epoch", &self.ctx.epoch())
+            .field("signer", &self.signer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BroadcastSender {
+    /// The sender `signer` (signing with `key`) of the group and epoch of
+    /// `material`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::SignerNotAuthorized`] when `signer` is not one of the
+    /// group's authorised signers; [`Error::InvalidKey`] when `key` is not
+    /// the key the group lists for it.
+    pub fn new(material: &GroupKeyMaterial, signer: &EntityId, key: &SigningKey) -> Result<Self> {
+        let ctx = GroupContext::new(material)?;
+        let sender_id = ctx.sender_id_of(signer).ok_or(Error::SignerNotAuthorized)?;
+        let entry = ctx.sender(sender_id).ok_or(Error::SignerNotAuthorized)?;
+        if entry.verifying_key != key.verifying_key() {
+            return Err(Error::InvalidKey(
+                "signing key does not match the group's signer list",
+            ));
+        }
+        Ok(Self {
+            ctx,
+            signer: signer.clone(),
+            key: key.clone(),
+        })
+    }
+
+    /// The group.
+    pub fn group(&self) -> &GroupId {
+        self.ctx.group()
+    }
+
+    /// The epoch it seals for.
+    pub fn epoch(&self) -> Epoch {
+        self.ctx.epoch()
+    }
+
+    /// Seals `payload` with sequence number `seq` (never used before with
+    /// this epoch: the caller's allocator) for `target`, as
+    /// [`seal_broadcast`] does.
+    pub fn seal(
+        &self,
+        seq: SeqNum,
+        timestamp: UnixMillis,
+        target: &str,
+        payload: &[u8],
+    ) -> Result<Vec<u8>> {
+        seal_broadcast(
+            &self.ctx,
+            &self.signer,
+            &self.key,
+            seq,
+            timestamp,
+            target,
+            payload,
+        )
+    }
 }
 
 /// Opens broadcasts of one group: holds the group context of the current

@@ -1165,3 +1165,51 @@ fn mac_key_length_limits_and_debug() {
     let dbg = format!("{k:?}");
     assert!(!dbg.to_lowercase().contains("5a5a"), "{dbg}");
 }
+
+/// A `BroadcastSender` (context derived once) seals exactly what
+/// `seal_broadcast` seals, and every member opens it; it refuses a signer
+/// the group does not list and a key that is not the listed one.
+#[test]
+fn a_broadcast_sender_seals_what_seal_broadcast_seals() {
+    use sealcast_core::broadcast::BroadcastSender;
+    let f = Fixture::new();
+    for alg in BOTH_ALGS {
+        let material = f.material(b"doors", 3, alg);
+        let ctx = GroupContext::new(&material).unwrap();
+        let sender =
+            BroadcastSender::new(&material, f.agent_a.id(), f.agent_a.signing_key()).unwrap();
+        assert_eq!(sender.epoch(), Epoch::new(3));
+        assert_eq!(sender.group(), ctx.group());
+        let mut rx = BroadcastReceiver::new(ctx.clone(), ReplayPolicy::default()).unwrap();
+        for n in 0..3 {
+            let bytes = sender.seal(seq(n), NOW, "g/doors/cmd", b"unlock").unwrap();
+            let same = seal_broadcast(
+                &ctx,
+                f.agent_a.id(),
+                f.agent_a.signing_key(),
+                seq(n),
+                NOW,
+                "g/doors/cmd",
+                b"unlock",
+            )
+            .unwrap();
+            assert_eq!(bytes, same);
+            let opened = rx.open(&bytes, "g/doors/cmd", NOW).unwrap();
+            assert_eq!(&opened.payload[..], b"unlock");
+        }
+        assert!(matches!(
+            BroadcastSender::new(&material, f.device.id(), f.device.signing_key()),
+            Err(Error::SignerNotAuthorized)
+        ));
+        assert!(matches!(
+            BroadcastSender::new(&material, f.agent_a.id(), f.agent_b.signing_key()),
+            Err(Error::InvalidKey(_))
+        ));
+        // Its Debug names the group, epoch and signer, never key bytes.
+        let shown = format!("{sender:?}");
+        assert!(
+            shown.contains("agent-a") && !shown.contains("key:"),
+            "{shown}"
+        );
+    }
+}

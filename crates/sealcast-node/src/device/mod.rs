@@ -13,9 +13,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use sealcast_core::broadcast::{BroadcastReceiver, ReplayPolicy, seal_broadcast};
+use sealcast_core::broadcast::{BroadcastReceiver, BroadcastSender, ReplayPolicy};
 use sealcast_core::credential::{EntityCredential, PublicCredential};
-use sealcast_core::groupkey::{GroupContext, GroupKeyMaterial};
+use sealcast_core::groupkey::GroupKeyMaterial;
 use sealcast_core::ids::{EntityId, GroupId, SeqNum};
 use sealcast_core::receive::OpenError;
 use sealcast_core::replay::SeqAllocator;
@@ -145,6 +145,9 @@ struct Node {
     member: Member,
     receivers: BTreeMap<GroupId, BroadcastReceiver>,
     senders: BTreeMap<(GroupId, u32), SeqAllocator>,
+    /// The sending side of each group it sends to, for the epoch it holds:
+    /// the group context derived once per epoch, not once per message.
+    broadcasters: BTreeMap<GroupId, BroadcastSender>,
     manager: EntityId,
     link: Link,
     topics: TopicScheme,
@@ -245,6 +248,7 @@ pub async fn spawn(config: NodeConfig) -> Result<NodeHandle> {
         member,
         receivers,
         senders,
+        broadcasters: BTreeMap::new(),
         manager: manager_id,
         link,
         topics: config.topics,
@@ -388,8 +392,19 @@ impl Node {
             .member
             .material(group)
             .ok_or(Error::Group(sealcast_group::Error::UnknownGroup))?;
-        let ctx = GroupContext::new(material)?;
-        let epoch = ctx.epoch().get();
+        // Key material never changes within an epoch (every membership
+        // change is a new one), so the context is derived again only when
+        // the epoch moves.
+        if self
+            .broadcasters
+            .get(group)
+            .is_none_or(|b| b.epoch() != material.epoch())
+        {
+            let credential = self.member.credential();
+            let sender = BroadcastSender::new(material, credential.id(), credential.signing_key())?;
+            self.broadcasters.insert(group.clone(), sender);
+        }
+        let epoch = material.epoch().get();
         // A fresh allocator per epoch: new keys, so numbers start over. With a
         // state file, each new reservation is written before it is used;
         // without one (the demos) it lives in memory only.
@@ -408,16 +423,11 @@ impl Node {
             .ok_or_else(|| Error::Runtime("sequence allocator vanished".into()))?
             .next()?;
         let topic = self.topics.group(group, channel);
-        let credential = self.member.credential();
-        let bytes = seal_broadcast(
-            &ctx,
-            credential.id(),
-            credential.signing_key(),
-            seq,
-            now(),
-            &topic,
-            payload,
-        )?;
+        let bytes = self
+            .broadcasters
+            .get(group)
+            .ok_or_else(|| Error::Runtime("broadcast sender vanished".into()))?
+            .seal(seq, now(), &topic, payload)?;
         self.link
             .publish_group(group, channel, bytes.clone())
             .await?;
