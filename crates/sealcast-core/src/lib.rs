@@ -11,7 +11,7 @@
 #![deny(missing_docs)]
 
 pub mod broadcast;
-mod cbor;
+pub mod cbor;
 pub mod cose;
 pub mod credential;
 pub mod crypto;

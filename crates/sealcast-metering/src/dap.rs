@@ -274,7 +274,7 @@ impl DapCore {
 }
 
 fn int_of(v: &ciborium::Value) -> Result<u64> {
-    crate::cbor::u64_of(v).ok_or_else(|| state_err("malformed integer"))
+    sealcast_core::cbor::u64_of(v).ok_or_else(|| state_err("malformed integer"))
 }
 
 #[cfg(test)]

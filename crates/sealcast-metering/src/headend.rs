@@ -388,7 +388,7 @@ impl HeadendCore {
                 Value::Null => None,
                 Value::Array(a) => match a.as_slice() {
                     [v, Value::Text(group), Value::Array(ms)] => Some(Announced {
-                        version: crate::cbor::u64_of(v)
+                        version: sealcast_core::cbor::u64_of(v)
                             .ok_or_else(|| state_err("malformed version"))?,
                         group: group.clone(),
                         meters: ms.iter().map(id_of).collect::<Result<_>>()?,

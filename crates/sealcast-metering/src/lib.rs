@@ -17,7 +17,6 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-mod cbor;
 pub mod dap;
 pub mod error;
 pub mod headend;

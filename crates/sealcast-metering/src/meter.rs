@@ -113,7 +113,7 @@ pub fn decode_state(bytes: &[u8]) -> Result<u64> {
         return Err(bad());
     }
     let value: ciborium::Value = ciborium::from_reader(bytes).map_err(|_| bad())?;
-    let int = |v: &ciborium::Value| crate::cbor::u64_of(v).ok_or_else(bad);
+    let int = |v: &ciborium::Value| sealcast_core::cbor::u64_of(v).ok_or_else(bad);
     match value.as_array().map(Vec::as_slice) {
         Some([version, limit]) if int(version)? == STATE_VERSION => int(limit),
         _ => Err(bad()),

@@ -79,7 +79,7 @@ fn text_id(v: &Value) -> Result<EntityId> {
 }
 
 fn uint(v: &Value) -> Result<u64> {
-    crate::cbor::u64_of(v).ok_or_else(|| malformed("not an unsigned integer"))
+    sealcast_core::cbor::u64_of(v).ok_or_else(|| malformed("not an unsigned integer"))
 }
 
 fn id_value(id: &EntityId) -> Value {

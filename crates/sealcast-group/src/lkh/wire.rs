@@ -280,43 +280,7 @@ impl TreeJoin {
 }
 
 pub(super) fn uint(v: &Value) -> Result<u64> {
-    match v {
-        Value::Integer(i) => {
-            u64::try_from(*i).map_err(|_| Error::Malformed("expected an unsigned integer"))
-        }
-        _ => Err(Error::Malformed("expected an unsigned integer")),
-    }
+    sealcast_core::cbor::u64_of(v).ok_or(Error::Malformed("expected an unsigned integer"))
 }
 
-pub(super) fn head_len(arg: u64) -> usize {
-    match arg {
-        0..=23 => 1,
-        24..=0xff => 2,
-        0x100..=0xffff => 3,
-        0x1_0000..=0xffff_ffff => 5,
-        _ => 9,
-    }
-}
-
-pub(super) fn write_head(out: &mut Vec<u8>, major: u8, arg: u64) {
-    let m = major << 5;
-    match head_len(arg) {
-        1 => out.push(m | arg as u8),
-        2 => {
-            out.push(m | 24);
-            out.push(arg as u8);
-        }
-        3 => {
-            out.push(m | 25);
-            out.extend_from_slice(&(arg as u16).to_be_bytes());
-        }
-        5 => {
-            out.push(m | 26);
-            out.extend_from_slice(&(arg as u32).to_be_bytes());
-        }
-        _ => {
-            out.push(m | 27);
-            out.extend_from_slice(&arg.to_be_bytes());
-        }
-    }
-}
+pub(super) use sealcast_core::cbor::{head_len, write_head};

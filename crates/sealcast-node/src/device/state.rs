@@ -81,7 +81,7 @@ pub(super) fn bytes_of(v: &ciborium::Value) -> Result<&[u8]> {
 }
 
 pub(super) fn int_of(v: &ciborium::Value) -> Result<u64> {
-    crate::cbor::u64_of(v).ok_or_else(|| state_err("malformed"))
+    sealcast_core::cbor::u64_of(v).ok_or_else(|| state_err("malformed"))
 }
 
 /// Restores what [`save_state_parts`] wrote (nothing if the file is absent).

@@ -225,7 +225,7 @@ fn decode_msk_state(bytes: &[u8]) -> Result<MskId> {
         return Err(bad());
     }
     let value: ciborium::Value = ciborium::from_reader(bytes).map_err(|_| bad())?;
-    let int = |v: &ciborium::Value| crate::cbor::u64_of(v).ok_or_else(bad);
+    let int = |v: &ciborium::Value| sealcast_core::cbor::u64_of(v).ok_or_else(bad);
     match value.as_array().map(Vec::as_slice) {
         Some([version, next]) if int(version)? == MSK_STATE_VERSION => {
             let next = u32::try_from(int(next)?).map_err(|_| bad())?;
