@@ -8,11 +8,9 @@
 //! sees either the old file or the complete new one, and a private file is
 //! never readable by others, not even for a moment.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, IsTerminal, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use zeroize::Zeroizing;
 
@@ -109,99 +107,23 @@ pub fn check_absent(path: &Path, overwrite: Overwrite) -> Result<()> {
     Ok(())
 }
 
-/// Writes `bytes` to `path` atomically with file mode `mode`.
+/// Writes `bytes` to `path` atomically with file mode `mode` — the store's
+/// one atomic write (temporary file, fsync, rename or hard link, fsync of
+/// the directory). With [`Overwrite::Refuse`] an existing `path`, or one
+/// created meanwhile by someone else, is never replaced.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32, overwrite: Overwrite) -> Result<()> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| CliError::other(format!("{} is not a file name", path.display())))?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    if overwrite == Overwrite::Refuse {
-        check_absent(path, overwrite)?;
-    }
-    let mut tmp = TempFile::create(&dir, &name.to_string_lossy(), mode)?;
-    tmp.file
-        .write_all(bytes)
-        .and_then(|()| tmp.file.sync_all())
-        .map_err(|e| CliError::io("write", &tmp.path, e))?;
+    let failed =
+        |e: sealcast_store::Error| CliError::other(format!("cannot write {}: {e}", path.display()));
     match overwrite {
-        Overwrite::Replace => {
-            fs::rename(&tmp.path, path).map_err(|e| CliError::io("write", path, e))?;
-            tmp.disarm();
-        }
+        Overwrite::Replace => sealcast_store::write_atomic(path, bytes, mode).map_err(failed),
         Overwrite::Refuse => {
-            // A hard link never replaces an existing file, so a file created
-            // since the check above is not clobbered either.
-            match fs::hard_link(&tmp.path, path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    return Err(CliError::io("write", path, e));
-                }
-                // File systems without hard links: check, then rename.
-                Err(_) => {
-                    check_absent(path, overwrite)?;
-                    fs::rename(&tmp.path, path).map_err(|e| CliError::io("write", path, e))?;
-                    tmp.disarm();
-                }
+            check_absent(path, overwrite)?;
+            if sealcast_store::statefile::write_new(path, bytes, mode).map_err(failed)? {
+                Ok(())
+            } else {
+                // Created since the check: not clobbered.
+                check_absent(path, overwrite)
             }
-        }
-    }
-    drop(tmp);
-    File::open(&dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| CliError::io("sync directory", &dir, e))
-}
-
-/// A temporary file next to the target; removed on drop unless it was
-/// renamed into place.
-struct TempFile {
-    path: PathBuf,
-    file: File,
-    armed: bool,
-}
-
-impl TempFile {
-    fn create(dir: &Path, name: &str, mode: u32) -> Result<Self> {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let mut last = None;
-        for _ in 0..16 {
-            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-            let path = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
-            match OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(mode)
-                .open(&path)
-            {
-                Ok(file) => {
-                    return Ok(Self {
-                        path,
-                        file,
-                        armed: true,
-                    });
-                }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
-                Err(e) => return Err(CliError::io("create a file in", dir, e)),
-            }
-        }
-        Err(CliError::io(
-            "create a file in",
-            dir,
-            last.unwrap_or_else(|| io::Error::other("no free temporary name")),
-        ))
-    }
-
-    fn disarm(&mut self) {
-        self.armed = false;
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if self.armed {
-            let _ = fs::remove_file(&self.path);
         }
     }
 }
