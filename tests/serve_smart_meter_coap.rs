@@ -114,6 +114,15 @@ async fn smart_metering_over_coap_as_separate_processes() {
     expected.sort();
     // `device report` returned after the headend took them: no waiting.
     assert_eq!(headend_readings(&dir), expected, "{}", procs.logs());
+    // More reports in one run than a CoAP peer's queue holds (1 024): the
+    // meter paces itself and every one arrives.
+    let bulk = report_seqs(&common::device_report(&dir, meters[1], "bulk {n}", 1100));
+    assert_eq!(bulk.len(), 1100);
+    for (i, seq) in bulk.iter().enumerate() {
+        expected.push(reading_line(meters[1], *seq, dap, &format!("bulk {i}")));
+    }
+    expected.sort();
+    assert_eq!(headend_readings(&dir), expected, "{}", procs.logs());
 
     // --- a forgery from a raw CoAP client: answered, dropped at the DAP ----
     let forged = common::forged_report(&dir, headend, meters[1], 500);

@@ -158,6 +158,12 @@ pub async fn smart_meter(
         .into_iter()
         .map(|m| meter_sealer(m, &headend_public, 0))
         .collect::<Result<Vec<_>>>()?;
+    let mut sending = Paced {
+        link: &meter_link,
+        to: &dap_id,
+        target: &report_topic,
+        sent: 0,
+    };
     for round in 0..config.reports_per_meter {
         for (i, m) in sealers.iter_mut().enumerate() {
             let reading = format!("{} kWh", 1000 + i * 7 + round);
@@ -165,9 +171,7 @@ pub async fn smart_meter(
             if round == 0 && i < 5 {
                 first_reports.push(bytes.clone());
             }
-            meter_link
-                .send_to(&dap_id, report_topic.clone(), bytes)
-                .await?;
+            sending.send(bytes).await?;
             genuine += 1;
         }
     }
@@ -178,15 +182,11 @@ pub async fn smart_meter(
         let forger = EntityCredential::generate(victim, &mut rng);
         let mut forger = meter_sealer(forger, &headend_public, 10_000 + i as u64)?;
         let (_, bytes) = forger.seal(b"0 kWh", now())?;
-        meter_link
-            .send_to(&dap_id, report_topic.clone(), bytes)
-            .await?;
+        sending.send(bytes).await?;
     }
     let replays = first_reports.len();
     for r in &first_reports {
-        meter_link
-            .send_to(&dap_id, report_topic.clone(), r.clone())
-            .await?;
+        sending.send(r.clone()).await?;
     }
     // Every report was taken (the broker's PUBACKs; on CoAP the DAP's
     // answers, 2.04 for the genuine, forged and replayed alike).
@@ -273,6 +273,27 @@ pub async fn smart_meter(
     });
     report.rate = Some(verify_rate);
     Ok(report)
+}
+
+/// Sends to one peer, waiting for what is in flight every
+/// [`sealcast_node::link::SEND_WINDOW`] messages.
+struct Paced<'a> {
+    link: &'a Link,
+    to: &'a EntityId,
+    target: &'a str,
+    sent: usize,
+}
+
+impl Paced<'_> {
+    async fn send(&mut self, bytes: Vec<u8>) -> Result<()> {
+        if self.sent > 0 && self.sent.is_multiple_of(sealcast_node::link::SEND_WINDOW) {
+            self.link.flush(Duration::from_secs(60)).await?;
+        }
+        self.sent += 1;
+        self.link
+            .send_to(self.to, self.target.to_owned(), bytes)
+            .await
+    }
 }
 
 /// A meter's sealer with a reservation made at once (the demo keeps no

@@ -88,7 +88,10 @@ pub async fn report_once(config: MeterConfig, readings: &[Vec<u8>]) -> Result<Ve
     )
     .await?;
     let mut sent = Vec::with_capacity(sealed.len());
-    for (seq, bytes) in sealed {
+    for (i, (seq, bytes)) in sealed.into_iter().enumerate() {
+        if i > 0 && i.is_multiple_of(crate::link::SEND_WINDOW) {
+            link.flush(std::time::Duration::from_secs(60)).await?;
+        }
         sent.push((seq.get(), bytes.len()));
         link.send_to(&config.dap, topic.clone(), bytes).await?;
     }

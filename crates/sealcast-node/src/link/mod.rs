@@ -419,6 +419,11 @@ where
     }
 }
 
+/// Messages one caller queues to one peer before it waits for them with
+/// [`Link::flush`]: the CoAP queue of a peer holds 1 024, and a send to a
+/// full queue fails rather than wait (a runtime never waits on a peer).
+pub const SEND_WINDOW: usize = 512;
+
 /// Sends in flight and failures since the last [`Link::flush`].
 #[derive(Debug, Default)]
 pub(crate) struct Progress {
