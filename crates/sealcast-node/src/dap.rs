@@ -15,9 +15,10 @@
 //!
 //! [`DapCore`] (in `sealcast-metering`) is the sans-IO part (verification,
 //! windows, batch and announcement sealing, state encoding); [`spawn`] runs
-//! it as a tokio task over the link. Order per batch: verify and commit the windows in memory,
-//! publish the signed batch, persist the windows, then acknowledge the
-//! meters' MQTT messages — so a crash before the save re-forwards (the
+//! it as a tokio task over the link. Order per batch: verify and commit the
+//! windows in memory, send the signed batch, persist the windows, then
+//! acknowledge the meters' messages — on CoAP only once the headend
+//! answered the batch — so a crash before the save re-forwards (the
 //! headend's own windows drop the copies) rather than losing reports.
 
 use std::time::{Duration, Instant};
