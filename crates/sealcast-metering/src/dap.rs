@@ -266,9 +266,13 @@ impl DapCore {
             };
             restored.insert(EntityId::new(meter)?, SeqWindow::from_bytes(window)?);
         }
+        // Everything checked before anything changes: a refused state
+        // leaves the DAP as it was.
+        let batch_seq = SeqAllocator::resume(int_of(limit)?, BATCH_SEQ_BLOCK)?;
+        let announce_version = int_of(announced)?;
         self.windows = restored;
-        self.batch_seq = SeqAllocator::resume(int_of(limit)?, BATCH_SEQ_BLOCK)?;
-        self.announce_version = int_of(announced)?;
+        self.batch_seq = batch_seq;
+        self.announce_version = announce_version;
         Ok(())
     }
 }
@@ -433,5 +437,25 @@ mod tests {
         let same: Vec<PublicCredential> = Vec::new();
         assert!(w.dap.set_meters(same.clone()));
         assert!(!w.dap.set_meters(same));
+    }
+
+    /// Found by the `metering_state_files` fuzz target: a state whose last
+    /// field was refused had already replaced the windows and the batch
+    /// reservation. A refused state now changes nothing.
+    #[test]
+    fn a_refused_state_changes_nothing() {
+        let mut w = world();
+        let at = UnixMillis::new(1_000);
+        let (_, a) = w.meters[0].seal(b"1 kWh", at).unwrap();
+        assert_eq!(w.dap.verify(&[&a]), vec![ReportVerdict::Forward]);
+        w.dap.seal_batches(&[&a], at).unwrap();
+        w.dap.announce(at).unwrap();
+        let before = w.dap.export_state().unwrap();
+        // [1, [], 0, -huge] as an indefinite array: valid up to the last field.
+        let crash = [
+            0x9f, 0x01, 0x80, 0x00, 0x3b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x20, 0xff,
+        ];
+        assert!(w.dap.restore_state(&crash).is_err());
+        assert_eq!(w.dap.export_state().unwrap(), before);
     }
 }

@@ -380,6 +380,7 @@ impl HeadendCore {
             Value::Text(t) => Ok(EntityId::new(t)?),
             _ => Err(state_err("malformed id")),
         };
+        let mut dap_updates = Vec::new();
         for d in daps.as_array().ok_or_else(|| state_err("malformed"))? {
             let Some([id, Value::Bytes(window), ann]) = d.as_array().map(Vec::as_slice) else {
                 return Err(state_err("malformed DAP entry"));
@@ -397,17 +398,32 @@ impl HeadendCore {
                 },
                 _ => return Err(state_err("malformed announcement")),
             };
-            if let Some(entry) = self.daps.get_mut(&id_of(id)?) {
-                entry.batches = SeqWindow::from_bytes(window)?;
-                entry.announced = announced;
+            let id = id_of(id)?;
+            if self.daps.contains_key(&id) {
+                dap_updates.push((id, SeqWindow::from_bytes(window)?, announced));
             }
         }
+        let mut meter_updates = Vec::new();
         for m in meters.as_array().ok_or_else(|| state_err("malformed"))? {
             let Some([id, Value::Bytes(window)]) = m.as_array().map(Vec::as_slice) else {
                 return Err(state_err("malformed meter entry"));
             };
-            if let Some(entry) = self.meters.get_mut(&id_of(id)?) {
-                entry.window = SeqWindow::from_bytes(window)?;
+            let id = id_of(id)?;
+            if self.meters.contains_key(&id) {
+                meter_updates.push((id, SeqWindow::from_bytes(window)?));
+            }
+        }
+        // Everything checked before anything changes: a refused state
+        // leaves the headend as it was.
+        for (id, batches, announced) in dap_updates {
+            if let Some(entry) = self.daps.get_mut(&id) {
+                entry.batches = batches;
+                entry.announced = announced;
+            }
+        }
+        for (id, window) in meter_updates {
+            if let Some(entry) = self.meters.get_mut(&id) {
+                entry.window = window;
             }
         }
         Ok(())
