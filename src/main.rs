@@ -13,7 +13,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cmd;
-mod diag;
 mod error;
 mod files;
 mod state;

@@ -2,7 +2,7 @@
 //! `group create --config`: administration of a running manager through its
 //! control socket (`sealcast_node::control`: one JSON request per line, one
 //! JSON response per line). Requests and answers are the protocol's own
-//! types (`sealcast_node::control::protocol`), the ones the server uses.
+//! types (`sealcast_group::admin`, re-exported as `sealcast_node::control::protocol`), the ones the server uses.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::diag;
 use crate::error::{CliError, Result};
 use crate::files;
 use crate::text::parse_hex_text;
@@ -60,7 +59,7 @@ pub fn run(args: &InspectArgs) -> Result<()> {
     } else {
         raw
     };
-    let text = diag::render(&bytes).map_err(CliError::other)?;
+    let text = sealcast_inspect::render(&bytes).map_err(|e| CliError::other(e.to_string()))?;
     files::write_output(
         None,
         text.as_bytes(),

@@ -8,15 +8,19 @@
 //! Nothing here opens a socket, reads a clock or asks the operating system
 //! for randomness: randomness comes in as a [`rand_core::CryptoRng`] the
 //! caller passes, and every message is returned as bytes for the caller to
-//! sign, encrypt and send.
+//! sign, encrypt and send. [`admin`] holds the typed messages of the
+//! manager's administration protocol (JSON lines), shared by its server and
+//! the CLI client.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod error;
 pub mod lkh;
 pub mod manager;
 pub mod member;
 pub mod messages;
+pub mod state_file;
 pub mod tree_delivery;
 
 pub use error::{Error, Result};

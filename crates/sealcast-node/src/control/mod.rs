@@ -55,7 +55,9 @@ use tracing::{debug, info, warn};
 use crate::manager::{Enrolment, ManagerHandle};
 use crate::{Error, Result};
 
-pub mod protocol;
+/// The protocol's messages (they live in `sealcast_group::admin`, shared
+/// with the CLI client and fuzzed there).
+pub use sealcast_group::admin as protocol;
 
 pub use protocol::{
     Added, AlgName, Created, EnrolEntity, Enrolled, Evicted, GroupShow, GroupSummaryWire, Groups,
@@ -323,7 +325,7 @@ async fn current_epoch(
 
 /// One response line for a request line.
 async fn respond(handle: &ManagerHandle, line: &[u8]) -> Value {
-    let request: Request = match serde_json::from_slice(line) {
+    let request: Request = match protocol::parse_request(line) {
         Ok(r) => r,
         Err(e) => {
             return json!({

@@ -3,8 +3,8 @@
 //! written before anything that depends on them leaves the node.
 
 use super::*;
+use sealcast_group::state_file::MemberState;
 
-pub(super) const STATE_VERSION: u64 = 1;
 /// Sequence numbers reserved at a time by a sender with a state file.
 pub(super) const SEQ_BLOCK: u64 = 64;
 
@@ -22,69 +22,33 @@ pub(super) fn save_state(
     save_state_parts(file, member, &all, senders)
 }
 
-/// Encodes and writes (0600, atomically) a device's state: each held
-/// group's material and tree path, each receiver's replay windows and each
-/// sender reservation. CBOR: `[1, [[material, path/null]...],
-/// [[group, sender, window]...], [[group, epoch, limit]...]]`.
+/// Encodes ([`MemberState`], `sealcast_group::state_file`) and writes
+/// (0600, atomically) a device's state: each held group's material and tree
+/// path, each receiver's replay windows and each sender reservation.
 pub(super) fn save_state_parts(
     file: &DeviceStateFile,
     member: &Member,
     receivers: &[(&GroupId, &BroadcastReceiver)],
     senders: &BTreeMap<(GroupId, u32), SeqAllocator>,
 ) -> Result<()> {
-    use ciborium::Value;
-    let mut groups = Vec::new();
-    for (material, path) in member.export_groups() {
-        let m = material.to_cbor()?;
-        let p = match path {
-            Some(p) => Value::Bytes(p.to_bytes().to_vec()),
-            None => Value::Null,
-        };
-        groups.push(Value::Array(vec![Value::Bytes(m.to_vec()), p]));
-    }
-    let mut windows = Vec::new();
-    for (group, receiver) in receivers {
-        for (sender, window) in receiver.windows() {
-            windows.push(Value::Array(vec![
-                Value::Bytes(group.as_bytes().to_vec()),
-                Value::Bytes(sender.as_bytes().to_vec()),
-                Value::Bytes(window.to_bytes()),
-            ]));
-        }
-    }
+    let groups = member.export_groups();
+    let windows = receivers.iter().flat_map(|(group, receiver)| {
+        receiver
+            .windows()
+            .map(move |(sender, window)| (*group, sender, window))
+    });
     let reservations = senders
         .iter()
-        .map(|((group, epoch), alloc)| {
-            Value::Array(vec![
-                Value::Bytes(group.as_bytes().to_vec()),
-                Value::Integer((*epoch).into()),
-                Value::Integer(alloc.reserved_limit().into()),
-            ])
-        })
-        .collect();
-    let value = Value::Array(vec![
-        Value::Integer(STATE_VERSION.into()),
-        Value::Array(groups),
-        Value::Array(windows),
-        Value::Array(reservations),
-    ]);
-    let mut bytes = zeroize::Zeroizing::new(Vec::new());
-    ciborium::into_writer(&value, &mut *bytes).map_err(|e| state_err(&e.to_string()))?;
+        .map(|((group, epoch), alloc)| (group, *epoch, alloc.reserved_limit()));
+    let bytes = MemberState::encode(&groups, windows, reservations)?;
     file.write(&bytes)?;
     Ok(())
 }
 
-pub(super) fn bytes_of(v: &ciborium::Value) -> Result<&[u8]> {
-    v.as_bytes()
-        .map(Vec::as_slice)
-        .ok_or_else(|| state_err("malformed"))
-}
-
-pub(super) fn int_of(v: &ciborium::Value) -> Result<u64> {
-    sealcast_core::cbor::u64_of(v).ok_or_else(|| state_err("malformed"))
-}
-
 /// Restores what [`save_state_parts`] wrote (nothing if the file is absent).
+/// The whole file is decoded and checked before anything is applied; it is
+/// applied to the fresh member of a starting device, which does not start
+/// if any part is refused.
 pub(super) fn restore_state(
     file: &DeviceStateFile,
     replay: &ReplayPolicies,
@@ -92,75 +56,29 @@ pub(super) fn restore_state(
     receivers: &mut BTreeMap<GroupId, BroadcastReceiver>,
     senders: &mut BTreeMap<(GroupId, u32), SeqAllocator>,
 ) -> Result<()> {
-    use ciborium::Value;
-    use sealcast_core::ids::SenderId;
-    use sealcast_core::replay::SeqWindow;
-    use sealcast_group::lkh::MemberPath;
     let Some(bytes) = file.read()? else {
         return Ok(());
     };
-    let value: Value =
-        ciborium::from_reader(bytes.as_slice()).map_err(|e| state_err(&e.to_string()))?;
-    let items = value.as_array().ok_or_else(|| state_err("malformed"))?;
-    let [version, groups, windows, reservations] = items.as_slice() else {
-        return Err(state_err("malformed"));
-    };
-    if int_of(version)? != STATE_VERSION {
-        return Err(state_err("unsupported version"));
+    let state = MemberState::decode(&bytes).map_err(|e| state_err(&e.to_string()))?;
+    let mut restored_senders = BTreeMap::new();
+    for (group, epoch, limit) in state.reservations {
+        restored_senders.insert((group, epoch), SeqAllocator::resume(limit, SEQ_BLOCK)?);
     }
-    for g in groups.as_array().ok_or_else(|| state_err("malformed"))? {
-        let [m, p] = g
-            .as_array()
-            .map(Vec::as_slice)
-            .ok_or_else(|| state_err("malformed"))?
-        else {
-            return Err(state_err("malformed"));
-        };
-        let material = GroupKeyMaterial::from_cbor(bytes_of(m)?)?;
-        let path = match p {
-            Value::Null => None,
-            p => Some(MemberPath::from_bytes(bytes_of(p)?)?),
-        };
+    let mut next_receivers = BTreeMap::new();
+    for (material, path) in state.groups {
         let group = material.group().clone();
         member.import_group(material, path)?;
         if let Some(ctx) = member.context(&group) {
             let policy = replay.for_group(&group);
-            receivers.insert(group, BroadcastReceiver::new(ctx?, policy)?);
+            next_receivers.insert(group, BroadcastReceiver::new(ctx?, policy)?);
         }
     }
-    for w in windows.as_array().ok_or_else(|| state_err("malformed"))? {
-        let [g, sender, window] = w
-            .as_array()
-            .map(Vec::as_slice)
-            .ok_or_else(|| state_err("malformed"))?
-        else {
-            return Err(state_err("malformed"));
-        };
-        let group = GroupId::new(bytes_of(g)?)?;
-        if let Some(r) = receivers.get_mut(&group) {
-            r.restore_window(
-                SenderId::new(bytes_of(sender)?)?,
-                SeqWindow::from_bytes(bytes_of(window)?)?,
-            );
+    for (group, sender, window) in state.windows {
+        if let Some(r) = next_receivers.get_mut(&group) {
+            r.restore_window(sender, window);
         }
     }
-    for r in reservations
-        .as_array()
-        .ok_or_else(|| state_err("malformed"))?
-    {
-        let [g, epoch, limit] = r
-            .as_array()
-            .map(Vec::as_slice)
-            .ok_or_else(|| state_err("malformed"))?
-        else {
-            return Err(state_err("malformed"));
-        };
-        let group = GroupId::new(bytes_of(g)?)?;
-        let epoch = u32::try_from(int_of(epoch)?).map_err(|_| state_err("malformed"))?;
-        senders.insert(
-            (group, epoch),
-            SeqAllocator::resume(int_of(limit)?, SEQ_BLOCK)?,
-        );
-    }
+    receivers.extend(next_receivers);
+    senders.extend(restored_senders);
     Ok(())
 }

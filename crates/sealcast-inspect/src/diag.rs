@@ -19,6 +19,7 @@ use sealcast_core::broadcast::peek_broadcast;
 use sealcast_core::delivery::peek_key_delivery;
 
 use crate::text::{fingerprint, hex, printable, rfc3339};
+use crate::{CborFault, Error};
 
 /// Deepest nesting parsed or printed.
 pub const MAX_DEPTH: usize = 48;
@@ -27,15 +28,12 @@ const MAX_ITEMS: usize = 10_000;
 
 /// Renders every CBOR item in `bytes` (a CBOR sequence) as diagnostic
 /// notation, each preceded by a comment that names what it is.
-pub fn render(bytes: &[u8]) -> Result<String, String> {
+pub fn render(bytes: &[u8]) -> Result<String, Error> {
     if bytes.is_empty() {
-        return Err("the input is empty".into());
+        return Err(Error::Empty);
     }
     if bytes.starts_with(b"-----BEGIN") {
-        return Err(
-            "the input is PEM text, not CBOR; inspect reads COSE/CBOR objects (binary, or hex with --hex)"
-                .into(),
-        );
+        return Err(Error::Pem);
     }
     if let Ok(text) = core::str::from_utf8(bytes)
         && text.ends_with('\n')
@@ -48,9 +46,9 @@ pub fn render(bytes: &[u8]) -> Result<String, String> {
                     .bytes()
                     .all(|b| b.is_ascii_hexdigit() || b.is_ascii_whitespace())
             {
-                "the input is hex text; pass --hex".into()
+                Error::HexText
             } else {
-                "the input is text, not CBOR; inspect reads COSE/CBOR objects (binary, or hex with --hex)".into()
+                Error::Text
             },
         );
     }
@@ -59,21 +57,15 @@ pub fn render(bytes: &[u8]) -> Result<String, String> {
     let mut count = 0;
     while !rest.is_empty() {
         if count == MAX_ITEMS {
-            return Err(format!("more than {MAX_ITEMS} CBOR items in the input"));
+            return Err(Error::TooManyItems { max: MAX_ITEMS });
         }
         let offset = bytes.len() - rest.len();
-        let value = decode(&mut rest, MAX_DEPTH).map_err(|why| {
-            let hint = if bytes
+        let value = decode(&mut rest, MAX_DEPTH).map_err(|why| Error::NotCbor {
+            why,
+            offset,
+            looks_like_hex: bytes
                 .iter()
-                .all(|b| b.is_ascii_hexdigit() || b.is_ascii_whitespace())
-            {
-                "; it looks like hex text: pass --hex"
-            } else {
-                ""
-            };
-            format!(
-                "the input is not valid CBOR: {why} the item that starts at byte {offset}{hint}"
-            )
+                .all(|b| b.is_ascii_hexdigit() || b.is_ascii_whitespace()),
         })?;
         let item = &bytes[offset..bytes.len() - rest.len()];
         if count > 0 {
@@ -88,12 +80,12 @@ pub fn render(bytes: &[u8]) -> Result<String, String> {
 }
 
 /// Decodes one CBOR item from the front of `input`, advancing it.
-fn decode(input: &mut &[u8], depth_limit: usize) -> Result<Value, String> {
+fn decode(input: &mut &[u8], depth_limit: usize) -> Result<Value, CborFault> {
     ciborium::de::from_reader_with_recursion_limit(&mut *input, depth_limit).map_err(|e| match e {
-        ciborium::de::Error::Io(_) => "the input ends inside".to_owned(),
-        ciborium::de::Error::Syntax(at) => format!("a syntax error {at} bytes into"),
-        ciborium::de::Error::Semantic(_, _) => "an unsupported structure in".to_owned(),
-        ciborium::de::Error::RecursionLimitExceeded => "nesting too deep in".to_owned(),
+        ciborium::de::Error::Io(_) => CborFault::Truncated,
+        ciborium::de::Error::Syntax(at) => CborFault::Syntax { at },
+        ciborium::de::Error::Semantic(_, _) => CborFault::Unsupported,
+        ciborium::de::Error::RecursionLimitExceeded => CborFault::TooDeep,
     })
 }
 
@@ -1003,7 +995,7 @@ mod tests {
         use sealcast_core::crypto::AeadAlg;
         use sealcast_core::groupkey::GroupKeyMaterial;
         use sealcast_core::ids::{EntityId, Epoch, GroupId};
-        let mut rng = crate::system::rng().unwrap();
+        let mut rng = sealcast_core::testrng::TestRng::new(7);
         let manager = EntityCredential::generate(EntityId::new("manager").unwrap(), &mut rng);
         let device = EntityCredential::generate(EntityId::new("door-17").unwrap(), &mut rng);
         let material = GroupKeyMaterial::generate(

@@ -1,5 +1,7 @@
-//! The control protocol's messages, shared by the manager's server and the
-//! `sealcast group …` client: one JSON object per line each way.
+//! The group administration (control) protocol's messages, shared by the
+//! manager's control server (`sealcast_node::control`) and the `sealcast
+//! group …` client: one JSON object per line each way. No I/O here: the
+//! types, their limits, and [`parse_request`] for the server's side.
 //!
 //! A request is a [`Request`] (`"op"` names the variant). A response is
 //! `{"ok": true, …}` with the fields of the operation's answer type —
@@ -8,8 +10,8 @@
 //! "error": "…"}` with what to do. Both sides use these types, so a field
 //! renamed on one side cannot go unnoticed on the other.
 
+use crate::manager::{EntityKind, RekeyScheme, Role};
 use sealcast_core::crypto::AeadAlg;
-use sealcast_group::manager::{EntityKind, RekeyScheme, Role};
 use serde::{Deserialize, Serialize};
 
 /// Most members in one `show` answer: a page stays far below the 1 MiB
@@ -374,6 +376,13 @@ impl AlgName {
             AlgName::A256Gcm => "A256GCM",
         }
     }
+}
+
+/// Decodes one request line (without its newline), as the manager's control
+/// server does. Any bytes give a request or an error, never a panic; the
+/// line's length is the caller's to bound ([`MAX_LINE`]).
+pub fn parse_request(line: &[u8]) -> Result<Request, serde_json::Error> {
+    serde_json::from_slice(line)
 }
 
 #[cfg(test)]
