@@ -8,7 +8,7 @@
 //! `sealcast_store::DeviceStateFile`. Decoding is strict and complete before
 //! anything is returned, so a caller applies a state only once all of it is
 //! known to be good. Every decoder here is fuzzed
-//! (`fuzz/fuzz_targets/member_state_files.rs`).
+//! (`fuzz/fuzz_targets/group_state_files.rs`).
 
 use ciborium::Value;
 use sealcast_core::groupkey::{GroupKeyMaterial, MAX_SIGNERS};
@@ -342,6 +342,71 @@ impl SeqState {
     }
 }
 
+/// What the manager stores beside a group's key material (the store's
+/// tree-state blob): the key material's validity and the LKH tree's state
+/// (`KeyTree::to_bytes`). CBOR: `[validity_ms / null, tree / null]`.
+/// **Secret** when it holds a tree.
+#[derive(Debug, Default)]
+pub struct GroupStateBlob {
+    /// How long the group's key material is valid, in milliseconds.
+    pub validity_ms: Option<u64>,
+    /// The tree's state, for a tree group.
+    pub tree: Option<Zeroizing<Vec<u8>>>,
+}
+
+impl GroupStateBlob {
+    /// Encodes the blob.
+    pub fn encode(validity_ms: Option<u64>, tree: Option<&[u8]>) -> Result<Zeroizing<Vec<u8>>> {
+        let value = Value::Array(vec![
+            validity_ms.map_or(Value::Null, Value::from),
+            tree.map_or(Value::Null, |t| Value::Bytes(t.to_vec())),
+        ]);
+        let mut out = Zeroizing::new(Vec::new());
+        let written = ciborium::into_writer(&value, &mut *out);
+        wipe(value);
+        written.map_err(|_| Error::Malformed("manager state blob: cannot encode"))?;
+        Ok(out)
+    }
+
+    /// Decodes what [`GroupStateBlob::encode`] wrote.
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        const BAD: Error = Error::Malformed("manager state blob: malformed");
+        let items = top_array(bytes, MAX_MEMBER_STATE_LEN, "manager state blob")?;
+        let result = match items.as_slice() {
+            [v, t] => {
+                let validity_ms = match v {
+                    Value::Null => Ok(None),
+                    v => sealcast_core::cbor::u64_of(v).map(Some).ok_or(BAD),
+                };
+                let tree = match t {
+                    Value::Null => Ok(None),
+                    Value::Bytes(b) => Ok(Some(Zeroizing::new(b.clone()))),
+                    _ => Err(BAD),
+                };
+                match (validity_ms, tree) {
+                    (Ok(validity_ms), Ok(tree)) => Ok(Self { validity_ms, tree }),
+                    _ => Err(BAD),
+                }
+            }
+            _ => Err(BAD),
+        };
+        wipe(Value::Array(items));
+        result
+    }
+}
+
+/// Zeroizes the byte strings of a decoded or encoded blob (tree keys).
+fn wipe(value: Value) {
+    use zeroize::Zeroize;
+    if let Value::Array(items) = value {
+        for item in items {
+            if let Value::Bytes(mut b) = item {
+                b.zeroize();
+            }
+        }
+    }
+}
+
 fn top_array(bytes: &[u8], max: usize, what: &'static str) -> Result<Vec<Value>> {
     if bytes.len() > max {
         return Err(Error::TooLarge { what, limit: max });
@@ -447,6 +512,22 @@ mod tests {
         assert!(ReplayState::decode(&bytes[..bytes.len() - 1]).is_err());
         assert!(ReplayState::decode(&[bytes.as_slice(), &[0]].concat()).is_err());
         assert!(ReplayState::decode(b"\x80").is_err());
+    }
+
+    #[test]
+    fn group_state_blob_round_trip_and_refusals() {
+        let bytes = GroupStateBlob::encode(Some(86_400_000), Some(&[1, 2, 3])).unwrap();
+        let back = GroupStateBlob::decode(&bytes).unwrap();
+        assert_eq!(back.validity_ms, Some(86_400_000));
+        assert_eq!(
+            back.tree.as_deref().map(Vec::as_slice),
+            Some(&[1u8, 2, 3][..])
+        );
+        let none = GroupStateBlob::decode(&GroupStateBlob::encode(None, None).unwrap()).unwrap();
+        assert_eq!((none.validity_ms, none.tree.is_none()), (None, true));
+        assert!(GroupStateBlob::decode(&[0x82, 0x20, 0xf6]).is_err());
+        assert!(GroupStateBlob::decode(&[0x82, 0xf6, 0x01]).is_err());
+        assert!(GroupStateBlob::decode(&[0x81, 0xf6]).is_err());
     }
 
     #[test]

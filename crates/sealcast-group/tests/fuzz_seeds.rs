@@ -1,5 +1,5 @@
 //! Seeds for the fuzz targets of this crate's text and state decoders
-//! (`member_state_files`, `control_protocol`): valid objects, so the fuzzers
+//! (`group_state_files`, `control_protocol`): valid objects, so the fuzzers
 //! start past the parsers. `cargo test` runs every decoder over each seed and
 //! its truncations and bit flips (no panic, valid seeds decode); with
 //! `SEALCAST_FUZZ_CORPUS_DIR` set (`.ci/run` sets it) the seeds are written
@@ -12,7 +12,8 @@ use sealcast_core::ids::{Epoch, GroupId, SenderId, SeqNum};
 use sealcast_core::replay::SeqWindow;
 use sealcast_core::testrng::TestRng;
 use sealcast_group::admin::parse_request;
-use sealcast_group::state_file::{MemberState, ReplayState, SeqState};
+use sealcast_group::lkh::KeyTree;
+use sealcast_group::state_file::{GroupStateBlob, MemberState, ReplayState, SeqState};
 
 fn state_seeds() -> Vec<Vec<u8>> {
     let mut rng = TestRng::new(11);
@@ -48,7 +49,9 @@ fn state_seeds() -> Vec<Vec<u8>> {
         reserved: 100,
     }
     .encode();
-    vec![member.to_vec(), replay, seq.into_bytes()]
+    let tree = KeyTree::with_members(5, Epoch::new(3), &mut rng).unwrap();
+    let blob = GroupStateBlob::encode(Some(86_400_000), Some(&tree.to_bytes())).unwrap();
+    vec![member.to_vec(), replay, seq.into_bytes(), blob.to_vec()]
 }
 
 fn control_seeds() -> Vec<Vec<u8>> {
@@ -68,6 +71,11 @@ fn every_decoder(bytes: &[u8]) {
     let _ = MemberState::decode(bytes);
     let _ = ReplayState::decode(bytes);
     let _ = SeqState::decode(bytes);
+    if let Ok(blob) = GroupStateBlob::decode(bytes)
+        && let Some(tree) = blob.tree
+    {
+        let _ = KeyTree::from_bytes(&tree);
+    }
     let _ = parse_request(bytes);
 }
 
@@ -77,6 +85,8 @@ fn seeds_decode_and_their_mutations_never_panic() {
     assert!(MemberState::decode(&states[0]).is_ok());
     assert!(ReplayState::decode(&states[1]).is_ok());
     assert!(SeqState::decode(&states[2]).is_ok());
+    let blob = GroupStateBlob::decode(&states[3]).unwrap();
+    assert!(KeyTree::from_bytes(blob.tree.as_deref().unwrap()).is_ok());
     let controls = control_seeds();
     for seed in &controls[..4] {
         assert!(
@@ -105,7 +115,7 @@ fn write_seed_corpus_when_asked() {
         return;
     };
     for (target, seeds) in [
-        ("member_state_files", state_seeds()),
+        ("group_state_files", state_seeds()),
         ("control_protocol", control_seeds()),
     ] {
         let target_dir = std::path::Path::new(&dir).join(target);

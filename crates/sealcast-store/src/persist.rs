@@ -15,12 +15,12 @@
 
 use std::collections::BTreeMap;
 
-use ciborium::Value;
 use sealcast_core::credential::EntityCredential;
 use sealcast_core::groupkey::GroupKeyMaterial;
 use sealcast_core::ids::{EntityId, Epoch, GroupId, UnixMillis};
 use sealcast_group::manager::{self, GroupSnapshot, Manager};
-use zeroize::{Zeroize, Zeroizing};
+use sealcast_group::state_file::GroupStateBlob;
+use zeroize::Zeroizing;
 
 use crate::ManagerStore;
 use crate::error::{Error, Result};
@@ -52,58 +52,17 @@ fn role_to_store(r: manager::Role) -> model::Role {
 }
 
 fn state_blob(s: &GroupSnapshot) -> Result<Zeroizing<Vec<u8>>> {
-    let mut value = Value::Array(vec![
-        s.validity_ms.map_or(Value::Null, Value::from),
-        s.tree
-            .as_ref()
-            .map_or(Value::Null, |t| Value::Bytes(t.to_vec())),
-    ]);
-    let mut out = Zeroizing::new(Vec::new());
-    let written = ciborium::into_writer(&value, &mut *out);
-    if let Value::Array(items) = &mut value
-        && let Some(Value::Bytes(b)) = items.get_mut(1)
-    {
-        b.zeroize();
-    }
-    written.map_err(|_| Error::Corrupt("cannot encode the manager state blob".into()))?;
-    Ok(out)
+    GroupStateBlob::encode(s.validity_ms, s.tree.as_ref().map(|t| t.as_slice()))
+        .map_err(|e| Error::Corrupt(format!("cannot encode the manager state blob: {e}")))
 }
 
 /// The decoded state blob: validity and the key tree bytes.
 type StateBlob = (Option<u64>, Option<Zeroizing<Vec<u8>>>);
 
 fn parse_state_blob(bytes: &[u8]) -> Result<StateBlob> {
-    let bad = || Error::Corrupt("manager state blob".into());
-    let mut value: Value = ciborium::from_reader(bytes).map_err(|_| bad())?;
-    let result = match &value {
-        Value::Array(items) => match items.as_slice() {
-            [v, t] => {
-                let validity = if v.is_null() {
-                    None
-                } else {
-                    Some(
-                        v.as_integer()
-                            .and_then(|i| u64::try_from(i).ok())
-                            .ok_or_else(bad)?,
-                    )
-                };
-                let tree = match t {
-                    Value::Null => None,
-                    Value::Bytes(b) => Some(Zeroizing::new(b.clone())),
-                    _ => return Err(bad()),
-                };
-                Ok((validity, tree))
-            }
-            _ => Err(bad()),
-        },
-        _ => Err(bad()),
-    };
-    if let Value::Array(items) = &mut value
-        && let Some(Value::Bytes(b)) = items.get_mut(1)
-    {
-        b.zeroize();
-    }
-    result
+    let blob = GroupStateBlob::decode(bytes)
+        .map_err(|e| Error::Corrupt(format!("the group's stored state: {e}")))?;
+    Ok((blob.validity_ms, blob.tree))
 }
 
 /// Stores every enrolled entity (insert or update).

@@ -1,9 +1,10 @@
 #![no_main]
-// The member-side state files (`sealcast_group::state_file`): a device
-// service's state, and `sealcast seal --seq-state` / `open --replay-state`
-// files. Any bytes are refused or decoded whole, never a panic; whatever
+// The state files of `sealcast_group::state_file`: a device service's
+// state, `sealcast seal --seq-state` / `open --replay-state` files, and the
+// manager's stored group state blob (with the key tree it holds). Any bytes are refused or decoded whole, never a panic; whatever
 // decodes re-encodes to a file that decodes to the same state.
-use sealcast_group::state_file::{MemberState, ReplayState, SeqState};
+use sealcast_group::lkh::KeyTree;
+use sealcast_group::state_file::{GroupStateBlob, MemberState, ReplayState, SeqState};
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     if let Ok(state) = MemberState::decode(data) {
@@ -28,5 +29,16 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         let back = SeqState::decode(state.encode().as_bytes())
             .unwrap_or_else(|e| panic!("re-decoding a sequence state: {e}"));
         assert_eq!(back, state);
+    }
+    if let Ok(blob) = GroupStateBlob::decode(data) {
+        let again = GroupStateBlob::encode(blob.validity_ms, blob.tree.as_deref().map(Vec::as_slice))
+            .unwrap_or_else(|e| panic!("re-encoding a manager state blob: {e}"));
+        let back = GroupStateBlob::decode(&again)
+            .unwrap_or_else(|e| panic!("re-decoding a manager state blob: {e}"));
+        assert_eq!(back.validity_ms, blob.validity_ms);
+        assert_eq!(back.tree, blob.tree);
+        if let Some(tree) = &blob.tree {
+            let _ = KeyTree::from_bytes(tree);
+        }
     }
 });
