@@ -1,31 +1,18 @@
 //! The outside world the sans-IO core leaves to the command: the clock and
-//! the operating system's random source.
+//! the operating system's random source — the same ones the services use
+//! (`sealcast_node::runtime`), so every shell follows one rule for each.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use rand::SeedableRng;
-use rand::rngs::{StdRng, SysRng};
+use rand::rngs::StdRng;
 use sealcast_core::ids::UnixMillis;
 
 use crate::error::{CliError, Result};
 
-/// The current wall-clock time.
+/// The current wall-clock time (an error before 1970).
 pub fn now() -> Result<UnixMillis> {
-    let since = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_err(|_| CliError::other("the system clock is set before 1970; correct it"))?;
-    let ms = u64::try_from(since.as_millis())
-        .map_err(|_| CliError::other("the system clock is implausibly far in the future"))?;
-    Ok(UnixMillis::new(ms))
+    sealcast_node::runtime::checked_now().map_err(|e| CliError::other(e.to_string()))
 }
 
-/// A cryptographic generator seeded from the operating system. Seeding is
-/// the only step that can fail, and it fails here, as an error, rather than
-/// as a panic deep inside key generation.
+/// A cryptographic generator seeded from the operating system.
 pub fn rng() -> Result<StdRng> {
-    StdRng::try_from_rng(&mut SysRng).map_err(|e| {
-        CliError::other(format!(
-            "the operating system's random source failed ({e}); try again"
-        ))
-    })
+    sealcast_node::runtime::os_rng().map_err(|e| CliError::other(e.to_string()))
 }

@@ -478,7 +478,12 @@ pub(crate) fn init_logs() {
         .try_init();
 }
 
+/// Every service and service command starts here: the clock is checked
+/// first (one rule with the CLI's commands: a clock before 1970 is refused
+/// at start-up, see `sealcast_node::runtime::checked_now`), then the async
+/// runtime starts.
 fn runtime() -> Result<tokio::runtime::Runtime> {
+    crate::system::now()?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -8,19 +8,37 @@ use rand::rngs::StdRng;
 use sealcast_core::ids::{EntityId, Epoch, GroupId, UnixMillis};
 use tokio::sync::mpsc;
 
-/// Wall-clock time for the protocol crates.
-pub fn now() -> UnixMillis {
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_millis();
-    UnixMillis::new(u64::try_from(ms).unwrap_or(u64::MAX))
+/// The wall clock, read in this one place by every shell (the services, the
+/// demos and the one-shot commands of the CLI). Refused, with what to do,
+/// when it is set before 1970 or implausibly far in the future: the
+/// commands call this, and the services call it once at start-up.
+pub fn checked_now() -> crate::Result<UnixMillis> {
+    let since = SystemTime::now().duration_since(UNIX_EPOCH).map_err(|_| {
+        crate::Error::Runtime("the system clock is set before 1970; correct it".into())
+    })?;
+    let ms = u64::try_from(since.as_millis()).map_err(|_| {
+        crate::Error::Runtime("the system clock is implausibly far in the future".into())
+    })?;
+    Ok(UnixMillis::new(ms))
 }
 
-/// A cryptographically secure generator seeded from the operating system.
+/// [`checked_now`] for a runtime that checked the clock when it started: a
+/// clock set back before 1970 while it runs reads as the epoch (0), so
+/// timestamp checks fail closed instead of the runtime stopping.
+pub fn now() -> UnixMillis {
+    checked_now().unwrap_or(UnixMillis::new(0))
+}
+
+/// A cryptographically secure generator seeded from the operating system,
+/// the one source of OS randomness of the shells (the CLI's commands use it
+/// too). Seeding is the only step that can fail, and it fails here, as an
+/// error, rather than as a panic deep inside key generation.
 pub fn os_rng() -> crate::Result<StdRng> {
-    StdRng::try_from_rng(&mut rand::rngs::SysRng)
-        .map_err(|e| crate::Error::Runtime(format!("the operating system gave no randomness: {e}")))
+    StdRng::try_from_rng(&mut rand::rngs::SysRng).map_err(|e| {
+        crate::Error::Runtime(format!(
+            "the operating system's random source failed ({e}); try again"
+        ))
+    })
 }
 
 /// Something a runtime did that a supervisor may want to see.
