@@ -9,6 +9,7 @@
 #![deny(missing_docs)]
 
 pub mod fire_safety;
+pub mod fixture;
 pub mod smart_meter;
 
 pub use fire_safety::{Check, DemoReport, Pipeline};
