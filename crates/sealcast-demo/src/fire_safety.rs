@@ -28,6 +28,14 @@ use sealcast_store::{AuditLog, SqliteStore};
 use tokio::sync::mpsc;
 
 use crate::{Error, Result};
+use rand::rngs::StdRng;
+use sealcast_core::credential::PublicCredential;
+use sealcast_core::target::TopicScheme;
+use sealcast_node::link::Inbox;
+use sealcast_node::link::bearer::BearerControl;
+use sealcast_node::manager::ManagerHandle;
+
+mod attacks;
 use sealcast_node::device::{LogHandler, NodeConfig, NodeHandle, Rule};
 use sealcast_node::link::bearer::{BearerRole, ServiceSetup};
 use sealcast_node::link::{Interest, Link, LinkConfig, Transport};
@@ -249,314 +257,31 @@ pub async fn fire_safety(
             "the fire-safety demo needs at least 3 devices".into(),
         ));
     }
-    let mut report = DemoReport::default();
-    let mut step_start = Instant::now();
-    let mut step = |report: &mut DemoReport, name: &str, log: &mut dyn FnMut(&str)| {
-        report.steps.push((name.to_owned(), step_start.elapsed()));
-        step_start = Instant::now();
-        log(&format!(
-            "== {name} ({} ms)",
-            report.steps.last().map_or(0, |s| s.1.as_millis())
-        ));
-    };
-
-    // --- infrastructure ---------------------------------------------------
     if config.bearer && config.transport != Transport::Coap {
         return Err(Error::Runtime(
             "the bearer runs under CoAP multicast: use it with the CoAP transport".into(),
         ));
     }
-    let (_transport, link) =
-        crate::demo_link(config.transport, config.broker.as_deref(), log).await?;
-    let gateway = id("gateway")?;
-    let on_bearer = |role: BearerRole| -> LinkConfig {
-        if config.bearer {
-            link.with_bearer(role)
-        } else {
-            link.clone()
-        }
-    };
-    let topics = crate::demo_topics(config.broker.is_some())?;
-    if config.broker.is_some() {
-        log(&format!("topic prefix {} (this demo's own)", topics.root()));
-    }
-    let dir = std::env::temp_dir().join(format!(
-        "sealcast-demo-{}-{}",
-        std::process::id(),
-        now().get()
-    ));
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| Error::Runtime(format!("cannot create {}: {e}", dir.display())))?;
-    // Removed however the demo ends, a failure included.
-    let _remove_dir = RemoveOnDrop(dir.clone());
-    let kek = sealcast_store::Kek::generate()?;
-    let store = SqliteStore::open(dir.join("manager.db"), kek)?;
-    let audit = AuditLog::open(dir.join("audit.jsonl"))?;
-    log(&format!(
-        "manager state: SQLite {} and audit log {}",
-        dir.join("manager.db").display(),
-        dir.join("audit.jsonl").display()
-    ));
-
-    let mut rng = os_rng()?;
-    let manager_cred = EntityCredential::generate(id("manager")?, &mut rng);
-    let manager_pub = manager_cred.public();
-    let manager = manager::spawn_on(
-        Manager::new(manager_cred),
-        Box::new(store),
-        audit,
-        BTreeMap::new(),
-        &on_bearer(BearerRole::Sender {
-            service: gateway.clone(),
-        }),
-        topics.clone(),
-    )
-    .await?;
-
-    let sensors_g = GroupId::new(b"fire-sensors")?;
-    let doors_g = GroupId::new(b"fire-doors")?;
-    let ext_g = GroupId::new(b"extinguishers")?;
-    let n_sensors = (config.devices / 4).max(1);
-    let n_doors = ((config.devices - n_sensors) / 2).max(1);
-    let n_ext = config.devices - n_sensors - n_doors;
-    let names = |prefix: &str, n: usize| -> Result<Vec<EntityId>> {
-        (1..=n).map(|i| id(&format!("{prefix}-{i}"))).collect()
-    };
-    let sensors = names("sensor", n_sensors)?;
-    let doors = names("door", n_doors)?;
-    let exts = names("ext", n_ext)?;
-    let mallory = id("mallory")?;
-    let devices: Vec<EntityId> = sensors
-        .iter()
-        .chain(&doors)
-        .chain(&exts)
-        .chain(std::iter::once(&mallory))
-        .cloned()
-        .collect();
-
-    let (tx, rx) = mpsc::unbounded_channel();
-    let mut events = Events {
-        rx,
-        seen: Vec::new(),
-        start: Instant::now(),
-    };
-    let mut nodes: BTreeMap<EntityId, NodeHandle> = BTreeMap::new();
-    let gw_cred = EntityCredential::generate(gateway.clone(), &mut rng);
-    let gw_pub = gw_cred.public();
-    manager
-        .enrol(gw_cred.public(), EntityKind::Agent, None)
-        .await?;
-    // The bearer service entitles the devices once they listen.
-    let (service, bearer_control) = ServiceSetup::new(
-        Vec::new(),
-        {
-            let gw = copy_credential(&gw_cred)?;
-            Arc::new(
-                move |device: &sealcast_core::credential::PublicCredential| {
-                    sealcast_bearer::Muk::for_service(&gw, device)
-                },
-            )
-        },
-        sealcast_node::link::bearer::DEFAULT_REDELIVER,
-        None,
-    );
-    let gw = device::spawn(NodeConfig {
-        credential: gw_cred,
-        manager: manager_pub.clone(),
-        link: on_bearer(BearerRole::Service(service)),
-        topics: topics.clone(),
-        rules: vec![
-            Rule {
-                on_alert_from: sensors_g.clone(),
-                then_command: doors_g.clone(),
-                command: b"unlock".to_vec(),
-            },
-            Rule {
-                on_alert_from: sensors_g.clone(),
-                then_command: ext_g.clone(),
-                command: b"extinguish".to_vec(),
-            },
-        ],
-        relays_for: devices.clone(),
-        handler: Arc::new(LogHandler),
-        events: tx.clone(),
-        state_file: None,
-        no_key_warning: None,
-        replay: device::ReplayPolicies::default(),
-    })
-    .await?;
-    nodes.insert(gateway.clone(), gw.clone());
-    // One batch enrolment (one store transaction, one audit flush), then
-    // the devices connect; large fleets report their progress.
-    let creds: Vec<EntityCredential> = devices
-        .iter()
-        .map(|d| EntityCredential::generate(d.clone(), &mut rng))
-        .collect();
-    // The attacker's tap (below): on the bearer an insider there too,
-    // entitled like any device, so its attacks reach every door's
-    // end-to-end layer.
-    let tap_id = id("tap")?;
-    let tap_cred = EntityCredential::generate(tap_id.clone(), &mut rng);
-    let mut bearer_devices: Vec<_> = creds.iter().map(EntityCredential::public).collect();
-    manager
-        .enrol_many(
-            creds
-                .iter()
-                .map(|c| (c.public(), EntityKind::Device, Some(gateway.clone())))
-                .collect(),
-        )
-        .await?;
-    let tenth = (devices.len() / 10).max(1);
-    for (i, cred) in creds.into_iter().enumerate() {
-        let d = cred.id().clone();
-        if devices.len() >= 100 && (i + 1) % tenth == 0 {
-            log(&format!(
-                "  … {} of {} devices connected",
-                i + 1,
-                devices.len()
-            ));
-        }
-        let link = on_bearer(member_of(&gateway, &gw_pub, &cred)?);
-        let handle = device::spawn(NodeConfig {
-            credential: cred,
-            manager: manager_pub.clone(),
-            link,
-            topics: topics.clone(),
-            rules: Vec::new(),
-            relays_for: Vec::new(),
-            handler: Arc::new(LogHandler),
-            events: tx.clone(),
-            state_file: None,
-            no_key_warning: None,
-            replay: device::ReplayPolicies::default(),
-        })
-        .await?;
-        nodes.insert(d, handle);
-    }
-    if config.bearer {
-        let change = bearer_control.set_devices(bearer_devices.clone()).await?;
-        log(&format!(
-            "bearer: the gateway entitled {} devices (MSK by unicast under each one's MUK); group traffic leaves as padded, encrypted bearer frames",
-            change.entitled.len()
-        ));
-    }
-    step(
+    let mut report = DemoReport::default();
+    let mut steps = Steps::start();
+    let mut d = Deployment::start(&config, log).await?;
+    d.enrol(log).await?;
+    steps.done(
         &mut report,
         &format!(
             "enrolment: manager, gateway and {} devices connected and enrolled",
-            devices.len()
+            d.devices.len()
         ),
         log,
     );
-
-    // --- groups and key distribution through the gateway ------------------
-    manager
-        .create_group(
-            sensors_g.clone(),
-            AeadAlg::A128Gcm,
-            RekeyScheme::PointToPoint,
-        )
-        .await?;
-    manager
-        .create_group(doors_g.clone(), AeadAlg::A128Gcm, RekeyScheme::Tree)
-        .await?;
-    manager
-        .create_group(ext_g.clone(), AeadAlg::A128Gcm, RekeyScheme::PointToPoint)
-        .await?;
-    let mut sensor_members: Vec<(EntityId, Role)> =
-        sensors.iter().map(|s| (s.clone(), Role::Sender)).collect();
-    sensor_members.push((gateway.clone(), Role::Receiver));
-    let mut door_members: Vec<(EntityId, Role)> = vec![(gateway.clone(), Role::Sender)];
-    door_members.extend(doors.iter().map(|d| (d.clone(), Role::Receiver)));
-    door_members.push((mallory.clone(), Role::Receiver));
-    let mut ext_members: Vec<(EntityId, Role)> = vec![(gateway.clone(), Role::Sender)];
-    ext_members.extend(exts.iter().map(|d| (d.clone(), Role::Receiver)));
-    ext_members.push((mallory.clone(), Role::Receiver));
-    manager
-        .add_members(sensors_g.clone(), sensor_members.clone())
-        .await?;
-    manager
-        .add_members(doors_g.clone(), door_members.clone())
-        .await?;
-    manager
-        .add_members(ext_g.clone(), ext_members.clone())
-        .await?;
-    let wait = Duration::from_secs(20);
-    for g in [&sensors_g, &doors_g, &ext_g] {
-        manager.wait_converged(g, wait).await?;
-    }
-    events.settle(Duration::from_millis(200), log).await;
-    let memberships = sensor_members.len() + door_members.len() + ext_members.len();
-    report.checks.push(Check {
-        what: "group keys installed end to end (member × group)".into(),
-        expected: memberships,
-        observed: events.count(|e| matches!(e.kind, EventKind::Installed { .. })),
-    });
-    report.checks.push(Check {
-        what: "key deliveries the gateway relayed but could not open".into(),
-        expected: memberships - 3,
-        observed: events.count(|e| matches!(e.kind, EventKind::CannotOpenDelivery { .. })),
-    });
-    step(
+    d.distribute_keys(&mut report, log).await?;
+    steps.done(
         &mut report,
         "key distribution: 3 groups, every member acknowledged its epoch",
         log,
     );
-
-    // --- the fire ---------------------------------------------------------
-    let alert_at = Instant::now();
-    nodes[&sensors[0]]
-        .send(&sensors_g, GroupChannel::Alert, b"smoke in zone 3")
-        .await?;
-    let (nd, ne) = (doors.len(), exts.len());
-    let (dg, eg) = (doors_g.clone(), ext_g.clone());
-    let (dl, el): (BTreeSet<EntityId>, BTreeSet<EntityId>) = (
-        doors.iter().cloned().collect(),
-        exts.iter().cloned().collect(),
-    );
-    let by = |list: &BTreeSet<EntityId>, e: &Event| list.contains(&e.who);
-    events
-        .until(
-            wait,
-            |e| {
-                (by(&dl, e) && executed(e, &dg, b"unlock"))
-                    || (by(&el, e) && executed(e, &eg, b"extinguish"))
-            },
-            nd + ne,
-            log,
-        )
-        .await;
-    let alert_to_last = alert_at.elapsed();
-    report.pipeline = Some(Pipeline {
-        alert_to_last_action: alert_to_last,
-        opens: 1 + nd + ne,
-    });
-    events.settle(Duration::from_millis(200), log).await;
-    report.checks.push(Check {
-        what: "gateway verified the sensor's alert".into(),
-        expected: 1,
-        observed: events.count(|e| e.who == gateway && executed(e, &sensors_g, b"smoke in zone 3")),
-    });
-    report.checks.push(Check {
-        what: "doors that executed \"unlock\"".into(),
-        expected: nd,
-        observed: events.count(|e| dl.contains(&e.who) && executed(e, &doors_g, b"unlock")),
-    });
-    report.checks.push(Check {
-        what: "extinguishers that executed \"extinguish\"".into(),
-        expected: ne,
-        observed: events.count(|e| el.contains(&e.who) && executed(e, &ext_g, b"extinguish")),
-    });
-    // Everyone subscribed hears the door topic; the door-group members are
-    // the doors, mallory (an insider) and the gateway (the sender).
-    let outsiders = devices.len() + 1 - (doors.len() + 2);
-    report.checks.push(Check {
-        what: "devices that heard \"unlock\" but hold no door key".into(),
-        expected: outsiders,
-        observed: events
-            .count(|e| matches!(&e.kind, EventKind::NotMember { group } if *group == doors_g)),
-    });
-    step(
+    let alert_to_last = d.the_fire(&mut report, log).await?;
+    steps.done(
         &mut report,
         &format!(
             "alert → unlock + extinguish: last device acted {} ms after the alert",
@@ -564,207 +289,420 @@ pub async fn fire_safety(
         ),
         log,
     );
-
-    // --- attacks ------------------------------------------------------------
-    // The attacker's tap: subscribed to the door topics (MQTT) or joined to
-    // the group address (CoAP); it publishes where everyone does.
-    let (tap, mut tap_inbox) = Link::connect(
-        &tap_id,
-        &on_bearer(member_of(&gateway, &gw_pub, &tap_cred)?),
-        topics.clone(),
-        Interest {
-            filters: vec![topics.group_filter(&doors_g)],
-            multicast: true,
-            ..Interest::default()
-        },
-    )
-    .await?;
-    if config.bearer {
-        bearer_devices.push(tap_cred.public());
-        bearer_control.set_devices(bearer_devices).await?;
-    }
-    let door_topic = topics.group(&doors_g, GroupChannel::Command);
-    let ext_topic = topics.group(&ext_g, GroupChannel::Command);
-
-    // 1. Forged command: mallory, an insider of the door group, seals "open
-    //    all" under the gateway's sender key and signs it with its own key.
-    let doors_material = nodes[&mallory]
-        .material(&doors_g)
-        .await?
-        .ok_or_else(|| Error::Runtime("mallory holds no door key".into()))?;
-    let gw_signer = doors_material
-        .signers()
-        .iter()
-        .find(|s| s.entity == gateway)
-        .cloned()
-        .ok_or_else(|| Error::Runtime("gateway is not a door signer".into()))?;
-    let mallory_key = ed25519_dalek_key(&mut rng);
-    let fake = GroupKeyMaterial::new(
-        doors_g.clone(),
-        doors_material.epoch(),
-        doors_material.alg(),
-        doors_material.master_secret(),
-        doors_material.master_salt(),
-        vec![AuthorizedSigner {
-            sender_id: gw_signer.sender_id.clone(),
-            entity: mallory.clone(),
-            verifying_key: mallory_key.verifying_key(),
-        }],
-        None,
-    )?;
-    let forged = seal_broadcast(
-        &GroupContext::new(&fake)?,
-        &mallory,
-        &mallory_key,
-        SeqNum::new(500)?,
-        now(),
-        &door_topic,
-        b"open all",
-    )?;
-    tap.publish_group(&doors_g, GroupChannel::Command, forged)
-        .await?;
-    let bad_sig = "signature";
-    let nd_honest = doors.len();
-    events
-        .until(
-            wait,
-            |e| by(&dl, e) && rejected_with(e, &dg, bad_sig),
-            nd,
-            log,
-        )
-        .await;
-    events.settle(Duration::from_millis(100), log).await;
-    report.checks.push(Check {
-        what: "attack 1, forged command: doors that refused it".into(),
-        expected: nd_honest,
-        observed: events.count(|e| dl.contains(&e.who) && rejected_with(e, &doors_g, bad_sig)),
-    });
-
-    // 2. Replay: the genuine "unlock" captured off the broker and published again.
-    let mut unlock = None;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    // The tap subscribed after the unlock went out; ask the gateway for one
-    // more "unlock", capture it, let it execute, then replay it.
-    nodes[&gateway]
-        .send(&doors_g, GroupChannel::Command, b"unlock")
-        .await?;
-    while let Ok(Some(m)) = tokio::time::timeout_at(deadline, tap_inbox.next_message()).await {
-        let payload = m.payload.clone();
-        let on_door_topic = m.target == door_topic;
-        m.ack.ack().await;
-        if on_door_topic
-            && peek_broadcast(&payload)
-                .is_ok_and(|h| h.sender_id == gw_signer.sender_id && h.seq.get() < 500)
-        {
-            unlock = Some(payload);
-            break;
-        }
-    }
-    let unlock =
-        unlock.ok_or_else(|| Error::Runtime("did not capture an unlock command".into()))?;
-    events
-        .until(
-            wait,
-            |e| by(&dl, e) && executed(e, &dg, b"unlock"),
-            2 * nd,
-            log,
-        )
-        .await;
-    events.settle(Duration::from_millis(100), log).await;
-    tap.publish_group(&doors_g, GroupChannel::Command, unlock.to_vec())
-        .await?;
-    events
-        .until(
-            wait,
-            |e| by(&dl, e) && rejected_with(e, &dg, "replay"),
-            nd,
-            log,
-        )
-        .await;
-    events.settle(Duration::from_millis(100), log).await;
-    report.checks.push(Check {
-        what: "attack 2, replayed \"unlock\": doors that refused it".into(),
-        expected: nd_honest,
-        observed: events.count(|e| dl.contains(&e.who) && rejected_with(e, &doors_g, "replay")),
-    });
-
-    // 3. Re-wrap: mallory, a member of both groups, decrypts the genuine
-    //    "unlock" and re-encrypts the gateway-signed inner object for the
-    //    extinguisher group under a fresh sequence number.
-    let ext_material = nodes[&mallory]
-        .material(&ext_g)
-        .await?
-        .ok_or_else(|| Error::Runtime("mallory holds no extinguisher key".into()))?;
-    let rewrapped = rewrap(
-        &unlock,
-        &doors_material,
-        &door_topic,
-        &ext_material,
-        &gateway,
-        &ext_topic,
-    )?;
-    tap.publish_group(&ext_g, GroupChannel::Command, rewrapped)
-        .await?;
-    events
-        .until(
-            wait,
-            |e| by(&el, e) && rejected_with(e, &eg, bad_sig),
-            ne,
-            log,
-        )
-        .await;
-    events.settle(Duration::from_millis(100), log).await;
-    report.checks.push(Check {
-        what: "attack 3, \"unlock\" re-wrapped for extinguishers: extinguishers that refused it"
-            .into(),
-        expected: exts.len(),
-        observed: events.count(|e| el.contains(&e.who) && rejected_with(e, &ext_g, bad_sig)),
-    });
-    report.checks.push(Check {
-        what: "extinguishers that executed \"unlock\" (must be none)".into(),
-        expected: 0,
-        observed: events.count(|e| executed(e, &ext_g, b"unlock")),
-    });
-
-    // 4. Eviction: the last door is evicted (tree rekey: one broadcast); a
-    //    command sent afterwards is for everyone but it.
-    let evicted = doors
-        .last()
-        .cloned()
-        .ok_or_else(|| Error::Runtime("no doors".into()))?;
-    manager.evict(doors_g.clone(), evicted.clone()).await?;
-    manager.wait_converged(&doors_g, wait).await?;
-    events.settle(Duration::from_millis(200), log).await;
-    nodes[&gateway]
-        .send(&doors_g, GroupChannel::Command, b"lock")
-        .await?;
-    events
-        .until(
-            wait,
-            |e| by(&dl, e) && executed(e, &dg, b"lock"),
-            nd - 1,
-            log,
-        )
-        .await;
-    events.settle(Duration::from_millis(300), log).await;
-    report.checks.push(Check {
-        what: "attack 4, evicted door: doors that executed \"lock\" (all but the evicted one)"
-            .into(),
-        expected: nd - 1,
-        observed: events.count(|e| dl.contains(&e.who) && executed(e, &doors_g, b"lock")),
-    });
-    report.checks.push(Check {
-        what: "attack 4, evicted door: times it executed \"lock\" (must be none)".into(),
-        expected: 0,
-        observed: events.count(|e| e.who == evicted && executed(e, &doors_g, b"lock")),
-    });
-    step(
+    attacks::run(&mut d, &mut report, log).await?;
+    steps.done(
         &mut report,
         "attacks: forged, replayed, re-wrapped, after eviction",
         log,
     );
-    tap.close(Duration::from_secs(1)).await;
     Ok(report)
+}
+
+/// The timeline: each step's name and how long it took.
+struct Steps {
+    start: Instant,
+}
+
+impl Steps {
+    fn start() -> Self {
+        Self {
+            start: Instant::now(),
+        }
+    }
+
+    fn done(&mut self, report: &mut DemoReport, name: &str, log: &mut dyn FnMut(&str)) {
+        report.steps.push((name.to_owned(), self.start.elapsed()));
+        self.start = Instant::now();
+        log(&format!(
+            "== {name} ({} ms)",
+            report.steps.last().map_or(0, |s| s.1.as_millis())
+        ));
+    }
+}
+
+/// The three groups.
+struct Groups {
+    sensors: GroupId,
+    doors: GroupId,
+    exts: GroupId,
+}
+
+/// Everything running: the transport, the manager, the gateway and the
+/// devices, the events they report, and what the attacks need.
+struct Deployment {
+    /// Keeps the embedded broker (MQTT) alive.
+    _transport: crate::DemoTransport,
+    link: LinkConfig,
+    bearer: bool,
+    topics: TopicScheme,
+    /// Removed however the demo ends, a failure included.
+    _remove_dir: RemoveOnDrop,
+    rng: StdRng,
+    manager: ManagerHandle,
+    manager_pub: PublicCredential,
+    g: Groups,
+    gateway: EntityId,
+    gw_pub: PublicCredential,
+    sensors: Vec<EntityId>,
+    doors: Vec<EntityId>,
+    exts: Vec<EntityId>,
+    mallory: EntityId,
+    devices: Vec<EntityId>,
+    events: Events,
+    events_tx: mpsc::UnboundedSender<Event>,
+    nodes: BTreeMap<EntityId, NodeHandle>,
+    bearer_control: BearerControl,
+    bearer_devices: Vec<PublicCredential>,
+    /// The attacker's tap (see `attacks`): on the bearer an insider there
+    /// too, entitled like any device, so its attacks reach every door's
+    /// end-to-end layer.
+    tap_cred: EntityCredential,
+    /// How long any one wait may take.
+    wait: Duration,
+}
+
+impl Deployment {
+    /// The transport, the manager (SQLite store and audit log in a
+    /// temporary directory) and the gateway agent, with its bearer service.
+    async fn start(config: &FireSafetyConfig, log: &mut dyn FnMut(&str)) -> Result<Self> {
+        let (transport, link) =
+            crate::demo_link(config.transport, config.broker.as_deref(), log).await?;
+        let topics = crate::demo_topics(config.broker.is_some())?;
+        if config.broker.is_some() {
+            log(&format!("topic prefix {} (this demo's own)", topics.root()));
+        }
+        let dir = std::env::temp_dir().join(format!(
+            "sealcast-demo-{}-{}",
+            std::process::id(),
+            now().get()
+        ));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::Runtime(format!("cannot create {}: {e}", dir.display())))?;
+        let remove_dir = RemoveOnDrop(dir.clone());
+        let kek = sealcast_store::Kek::generate()?;
+        let store = SqliteStore::open(dir.join("manager.db"), kek)?;
+        let audit = AuditLog::open(dir.join("audit.jsonl"))?;
+        log(&format!(
+            "manager state: SQLite {} and audit log {}",
+            dir.join("manager.db").display(),
+            dir.join("audit.jsonl").display()
+        ));
+
+        let mut rng = os_rng()?;
+        let gateway = id("gateway")?;
+        let on_bearer = |role: BearerRole| -> LinkConfig {
+            if config.bearer {
+                link.with_bearer(role)
+            } else {
+                link.clone()
+            }
+        };
+        let manager_cred = EntityCredential::generate(id("manager")?, &mut rng);
+        let manager_pub = manager_cred.public();
+        let manager = manager::spawn_on(
+            Manager::new(manager_cred),
+            Box::new(store),
+            audit,
+            BTreeMap::new(),
+            &on_bearer(BearerRole::Sender {
+                service: gateway.clone(),
+            }),
+            topics.clone(),
+        )
+        .await?;
+
+        let g = Groups {
+            sensors: GroupId::new(b"fire-sensors")?,
+            doors: GroupId::new(b"fire-doors")?,
+            exts: GroupId::new(b"extinguishers")?,
+        };
+        let n_sensors = (config.devices / 4).max(1);
+        let n_doors = ((config.devices - n_sensors) / 2).max(1);
+        let n_ext = config.devices - n_sensors - n_doors;
+        let names = |prefix: &str, n: usize| -> Result<Vec<EntityId>> {
+            (1..=n).map(|i| id(&format!("{prefix}-{i}"))).collect()
+        };
+        let sensors = names("sensor", n_sensors)?;
+        let doors = names("door", n_doors)?;
+        let exts = names("ext", n_ext)?;
+        let mallory = id("mallory")?;
+        let devices: Vec<EntityId> = sensors
+            .iter()
+            .chain(&doors)
+            .chain(&exts)
+            .chain(std::iter::once(&mallory))
+            .cloned()
+            .collect();
+
+        let (events_tx, rx) = mpsc::unbounded_channel();
+        let events = Events {
+            rx,
+            seen: Vec::new(),
+            start: Instant::now(),
+        };
+        let gw_cred = EntityCredential::generate(gateway.clone(), &mut rng);
+        let gw_pub = gw_cred.public();
+        manager
+            .enrol(gw_cred.public(), EntityKind::Agent, None)
+            .await?;
+        // The bearer service entitles the devices once they listen.
+        let (service, bearer_control) = ServiceSetup::new(
+            Vec::new(),
+            {
+                let gw = copy_credential(&gw_cred)?;
+                Arc::new(move |device: &PublicCredential| {
+                    sealcast_bearer::Muk::for_service(&gw, device)
+                })
+            },
+            sealcast_node::link::bearer::DEFAULT_REDELIVER,
+            None,
+        );
+        let gw = device::spawn(NodeConfig {
+            credential: gw_cred,
+            manager: manager_pub.clone(),
+            link: on_bearer(BearerRole::Service(service)),
+            topics: topics.clone(),
+            rules: vec![
+                Rule {
+                    on_alert_from: g.sensors.clone(),
+                    then_command: g.doors.clone(),
+                    command: b"unlock".to_vec(),
+                },
+                Rule {
+                    on_alert_from: g.sensors.clone(),
+                    then_command: g.exts.clone(),
+                    command: b"extinguish".to_vec(),
+                },
+            ],
+            relays_for: devices.clone(),
+            handler: Arc::new(LogHandler),
+            events: events_tx.clone(),
+            state_file: None,
+            no_key_warning: None,
+            replay: device::ReplayPolicies::default(),
+        })
+        .await?;
+        let mut nodes = BTreeMap::new();
+        nodes.insert(gateway.clone(), gw);
+        let tap_cred = EntityCredential::generate(id("tap")?, &mut rng);
+        Ok(Self {
+            _transport: transport,
+            link,
+            bearer: config.bearer,
+            topics,
+            _remove_dir: remove_dir,
+            rng,
+            manager,
+            manager_pub,
+            g,
+            gateway,
+            gw_pub,
+            sensors,
+            doors,
+            exts,
+            mallory,
+            devices,
+            events,
+            events_tx,
+            nodes,
+            bearer_control,
+            bearer_devices: Vec::new(),
+            tap_cred,
+            wait: Duration::from_secs(20),
+        })
+    }
+
+    /// The link of an entity in `role` on the bearer, or the plain link.
+    fn on_bearer(&self, role: BearerRole) -> LinkConfig {
+        if self.bearer {
+            self.link.with_bearer(role)
+        } else {
+            self.link.clone()
+        }
+    }
+
+    /// One batch enrolment of the devices (one store transaction, one audit
+    /// flush), then they connect; large fleets report their progress.
+    async fn enrol(&mut self, log: &mut dyn FnMut(&str)) -> Result<()> {
+        let creds: Vec<EntityCredential> = self
+            .devices
+            .iter()
+            .map(|d| EntityCredential::generate(d.clone(), &mut self.rng))
+            .collect();
+        self.bearer_devices = creds.iter().map(EntityCredential::public).collect();
+        self.manager
+            .enrol_many(
+                creds
+                    .iter()
+                    .map(|c| (c.public(), EntityKind::Device, Some(self.gateway.clone())))
+                    .collect(),
+            )
+            .await?;
+        let total = self.devices.len();
+        let tenth = (total / 10).max(1);
+        for (i, cred) in creds.into_iter().enumerate() {
+            let d = cred.id().clone();
+            if total >= 100 && (i + 1) % tenth == 0 {
+                log(&format!("  … {} of {total} devices connected", i + 1));
+            }
+            let link = self.on_bearer(member_of(&self.gateway, &self.gw_pub, &cred)?);
+            let handle = device::spawn(NodeConfig {
+                credential: cred,
+                manager: self.manager_pub.clone(),
+                link,
+                topics: self.topics.clone(),
+                rules: Vec::new(),
+                relays_for: Vec::new(),
+                handler: Arc::new(LogHandler),
+                events: self.events_tx.clone(),
+                state_file: None,
+                no_key_warning: None,
+                replay: device::ReplayPolicies::default(),
+            })
+            .await?;
+            self.nodes.insert(d, handle);
+        }
+        if self.bearer {
+            let change = self
+                .bearer_control
+                .set_devices(self.bearer_devices.clone())
+                .await?;
+            log(&format!(
+                "bearer: the gateway entitled {} devices (MSK by unicast under each one's MUK); group traffic leaves as padded, encrypted bearer frames",
+                change.entitled.len()
+            ));
+        }
+        Ok(())
+    }
+
+    /// The three groups created, their members added, and every member's
+    /// key delivered through the gateway and acknowledged.
+    async fn distribute_keys(
+        &mut self,
+        report: &mut DemoReport,
+        log: &mut dyn FnMut(&str),
+    ) -> Result<()> {
+        let (m, g, gateway) = (&self.manager, &self.g, &self.gateway);
+        m.create_group(
+            g.sensors.clone(),
+            AeadAlg::A128Gcm,
+            RekeyScheme::PointToPoint,
+        )
+        .await?;
+        m.create_group(g.doors.clone(), AeadAlg::A128Gcm, RekeyScheme::Tree)
+            .await?;
+        m.create_group(g.exts.clone(), AeadAlg::A128Gcm, RekeyScheme::PointToPoint)
+            .await?;
+        let mut sensor_members: Vec<(EntityId, Role)> = self
+            .sensors
+            .iter()
+            .map(|s| (s.clone(), Role::Sender))
+            .collect();
+        sensor_members.push((gateway.clone(), Role::Receiver));
+        let mut door_members: Vec<(EntityId, Role)> = vec![(gateway.clone(), Role::Sender)];
+        door_members.extend(self.doors.iter().map(|d| (d.clone(), Role::Receiver)));
+        door_members.push((self.mallory.clone(), Role::Receiver));
+        let mut ext_members: Vec<(EntityId, Role)> = vec![(gateway.clone(), Role::Sender)];
+        ext_members.extend(self.exts.iter().map(|d| (d.clone(), Role::Receiver)));
+        ext_members.push((self.mallory.clone(), Role::Receiver));
+        let memberships = sensor_members.len() + door_members.len() + ext_members.len();
+        m.add_members(g.sensors.clone(), sensor_members).await?;
+        m.add_members(g.doors.clone(), door_members).await?;
+        m.add_members(g.exts.clone(), ext_members).await?;
+        for group in [&g.sensors, &g.doors, &g.exts] {
+            m.wait_converged(group, self.wait).await?;
+        }
+        self.events.settle(Duration::from_millis(200), log).await;
+        report.checks.push(Check {
+            what: "group keys installed end to end (member × group)".into(),
+            expected: memberships,
+            observed: self
+                .events
+                .count(|e| matches!(e.kind, EventKind::Installed { .. })),
+        });
+        report.checks.push(Check {
+            what: "key deliveries the gateway relayed but could not open".into(),
+            expected: memberships - 3,
+            observed: self
+                .events
+                .count(|e| matches!(e.kind, EventKind::CannotOpenDelivery { .. })),
+        });
+        Ok(())
+    }
+
+    /// A sensor's alert: the gateway verifies it and commands "unlock" to
+    /// the doors and "extinguish" to the extinguishers. Returns the time
+    /// from the alert to the last device acting.
+    async fn the_fire(
+        &mut self,
+        report: &mut DemoReport,
+        log: &mut dyn FnMut(&str),
+    ) -> Result<Duration> {
+        let alert_at = Instant::now();
+        let sensor = self
+            .sensors
+            .first()
+            .and_then(|s| self.nodes.get(s))
+            .ok_or_else(|| Error::Runtime("no sensors".into()))?;
+        sensor
+            .send(&self.g.sensors, GroupChannel::Alert, b"smoke in zone 3")
+            .await?;
+        let (nd, ne) = (self.doors.len(), self.exts.len());
+        let (dg, eg) = (&self.g.doors, &self.g.exts);
+        let dl: BTreeSet<&EntityId> = self.doors.iter().collect();
+        let el: BTreeSet<&EntityId> = self.exts.iter().collect();
+        self.events
+            .until(
+                self.wait,
+                |e| {
+                    (dl.contains(&e.who) && executed(e, dg, b"unlock"))
+                        || (el.contains(&e.who) && executed(e, eg, b"extinguish"))
+                },
+                nd + ne,
+                log,
+            )
+            .await;
+        let alert_to_last = alert_at.elapsed();
+        report.pipeline = Some(Pipeline {
+            alert_to_last_action: alert_to_last,
+            opens: 1 + nd + ne,
+        });
+        self.events.settle(Duration::from_millis(200), log).await;
+        let gateway = &self.gateway;
+        let sg = &self.g.sensors;
+        report.checks.push(Check {
+            what: "gateway verified the sensor's alert".into(),
+            expected: 1,
+            observed: self
+                .events
+                .count(|e| e.who == *gateway && executed(e, sg, b"smoke in zone 3")),
+        });
+        report.checks.push(Check {
+            what: "doors that executed \"unlock\"".into(),
+            expected: nd,
+            observed: self
+                .events
+                .count(|e| dl.contains(&e.who) && executed(e, dg, b"unlock")),
+        });
+        report.checks.push(Check {
+            what: "extinguishers that executed \"extinguish\"".into(),
+            expected: ne,
+            observed: self
+                .events
+                .count(|e| el.contains(&e.who) && executed(e, eg, b"extinguish")),
+        });
+        // Everyone subscribed hears the door topic; the door-group members
+        // are the doors, mallory (an insider) and the gateway (the sender).
+        let outsiders = self.devices.len() + 1 - (nd + 2);
+        report.checks.push(Check {
+            what: "devices that heard \"unlock\" but hold no door key".into(),
+            expected: outsiders,
+            observed: self
+                .events
+                .count(|e| matches!(&e.kind, EventKind::NotMember { group } if group == dg)),
+        });
+        Ok(alert_to_last)
+    }
 }
 
 /// Removes a demo's temporary directory when dropped.
@@ -775,10 +713,6 @@ impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-fn ed25519_dalek_key(rng: &mut rand::rngs::StdRng) -> ed25519_dalek::SigningKey {
-    ed25519_dalek::SigningKey::generate(rng)
 }
 
 /// The insider's re-wrap: open the outer layer of `bytes` (sealed for group
