@@ -339,56 +339,21 @@ pub(crate) mod fast {
     const MAP1: u8 = 0xa1;
     const MAP5: u8 = 0xa5;
 
-    struct Reader<'a> {
-        bytes: &'a [u8],
-        pos: usize,
-    }
+    /// The shared reader (`cbor::Reader`) in its preferred-only mode, with
+    /// every refusal as `None`: the caller falls back to coset.
+    struct Fast<'a>(crate::cbor::Reader<'a>);
 
-    impl<'a> Reader<'a> {
+    impl<'a> Fast<'a> {
         fn new(bytes: &'a [u8]) -> Self {
-            Self { bytes, pos: 0 }
+            Self(crate::cbor::Reader::preferred(bytes))
         }
 
-        fn byte(&mut self) -> Option<u8> {
-            let b = *self.bytes.get(self.pos)?;
-            self.pos += 1;
-            Some(b)
-        }
-
-        fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-            let end = self.pos.checked_add(n)?;
-            let out = self.bytes.get(self.pos..end)?;
-            self.pos = end;
-            Some(out)
-        }
-
-        /// A head with a definite argument in its shortest form.
-        fn head(&mut self) -> Option<(u8, u64)> {
-            let b = self.byte()?;
-            let (major, info) = (b >> 5, b & 0x1f);
-            let arg = match info {
-                0..=23 => u64::from(info),
-                24 => Some(u64::from(self.byte()?)).filter(|a| *a >= 24)?,
-                25 => Some(u64::from(u16::from_be_bytes(
-                    self.take(2)?.try_into().ok()?,
-                )))
-                .filter(|a| *a > 0xff)?,
-                26 => Some(u64::from(u32::from_be_bytes(
-                    self.take(4)?.try_into().ok()?,
-                )))
-                .filter(|a| *a > 0xffff)?,
-                27 => Some(u64::from_be_bytes(self.take(8)?.try_into().ok()?))
-                    .filter(|a| *a > 0xffff_ffff)?,
-                _ => return None,
-            };
-            Some((major, arg))
+        fn expect(&mut self, b: u8) -> Option<()> {
+            self.0.expect(b).ok()
         }
 
         fn bstr(&mut self) -> Option<&'a [u8]> {
-            match self.head()? {
-                (2, len) => self.take(usize::try_from(len).ok()?),
-                _ => None,
-            }
+            self.0.bstr().ok()
         }
 
         fn nonempty_bstr(&mut self) -> Option<&'a [u8]> {
@@ -396,27 +361,20 @@ pub(crate) mod fast {
         }
 
         fn uint(&mut self) -> Option<u64> {
-            match self.head()? {
-                (0, v) => Some(v),
-                _ => None,
-            }
+            self.0.uint().ok()
         }
 
-        /// A label: an integer that fits an i64 (as coset's `Label::Int`).
+        /// An integer label (as coset's `Label::Int`); a text label is
+        /// left to coset.
         fn label(&mut self) -> Option<i64> {
-            match self.head()? {
-                (0, v) => i64::try_from(v).ok(),
-                (1, v) => i64::try_from(v).ok().map(|v| -1 - v),
-                _ => None,
+            match self.0.label().ok()? {
+                crate::cbor::Label::Int(i) => Some(i),
+                crate::cbor::Label::Text(_) => None,
             }
-        }
-
-        fn expect(&mut self, b: u8) -> Option<()> {
-            (self.byte()? == b).then_some(())
         }
 
         fn at_end(&self) -> bool {
-            self.pos == self.bytes.len()
+            self.0.at_end()
         }
     }
 
@@ -437,7 +395,7 @@ pub(crate) mod fast {
     /// ciphertext])`, tagged or not; `None` for anything else.
     pub(crate) fn broadcast_outer(bytes: &[u8]) -> Option<Outer<'_>> {
         let body = bytes.strip_prefix(&[TAG16]).unwrap_or(bytes);
-        let mut r = Reader::new(body);
+        let mut r = Fast::new(body);
         r.expect(ARRAY3)?;
         let protected = r.bstr()?;
         let alg = match OUTER_PROTECTED.iter().position(|p| p == protected)? {
@@ -488,7 +446,7 @@ pub(crate) mod fast {
     /// `None` for anything else.
     pub(crate) fn broadcast_inner(bytes: &[u8]) -> Option<Inner<'_>> {
         let body = bytes.strip_prefix(&[TAG18]).unwrap_or(bytes);
-        let mut r = Reader::new(body);
+        let mut r = Fast::new(body);
         r.expect(ARRAY4)?;
         let protected = r.bstr().filter(|p| *p == INNER_PROTECTED)?;
         r.expect(MAP1)?;

@@ -298,6 +298,15 @@ pub async fn fire_safety(
     Ok(report)
 }
 
+/// The link of an entity in `role`: on the bearer when the demo runs one.
+fn link_for(link: &LinkConfig, bearer: bool, role: BearerRole) -> LinkConfig {
+    if bearer {
+        link.with_bearer(role)
+    } else {
+        link.clone()
+    }
+}
+
 /// The timeline: each step's name and how long it took.
 struct Steps {
     start: Instant,
@@ -390,13 +399,7 @@ impl Deployment {
 
         let mut rng = os_rng()?;
         let gateway = id("gateway")?;
-        let on_bearer = |role: BearerRole| -> LinkConfig {
-            if config.bearer {
-                link.with_bearer(role)
-            } else {
-                link.clone()
-            }
-        };
+        let on_bearer = |role: BearerRole| link_for(&link, config.bearer, role);
         let manager_cred = EntityCredential::generate(id("manager")?, &mut rng);
         let manager_pub = manager_cred.public();
         let manager = manager::spawn_on(
@@ -514,11 +517,7 @@ impl Deployment {
 
     /// The link of an entity in `role` on the bearer, or the plain link.
     fn on_bearer(&self, role: BearerRole) -> LinkConfig {
-        if self.bearer {
-            self.link.with_bearer(role)
-        } else {
-            self.link.clone()
-        }
+        link_for(&self.link, self.bearer, role)
     }
 
     /// One batch enrolment of the devices (one store transaction, one audit

@@ -24,6 +24,10 @@ use crate::model::{
 };
 use crate::schema::{CREATE_VERSION_TABLE, Dialect, SCHEMA_VERSION, migrations};
 
+mod rows;
+
+use rows::*;
+
 const BACKEND: &str = "postgres";
 /// Advisory lock that serializes schema creation and migrations.
 const MIGRATION_LOCK: i64 = 0x5ea1_ca57_0000_0001;
@@ -53,37 +57,6 @@ fn db(action: &'static str) -> impl Fn(postgres::Error) -> Error {
             .as_db_error()
             .map_or_else(|| e.to_string(), |d| d.message().to_owned()),
     }
-}
-
-/// Inserts one entity through `client` (the connection, or a transaction).
-fn insert_entity_on(client: &mut impl GenericClient, entity: &EntityRecord) -> Result<()> {
-    let cred = entity.credential.to_cose_key_set()?;
-    client
-        .execute(
-            "INSERT INTO entities (entity_id, kind, credential, agent_id) VALUES ($1, $2, $3, $4)",
-            &[
-                &entity.id().as_str(),
-                &entity.kind.as_str(),
-                &cred,
-                &entity.agent.as_ref().map(EntityId::as_str),
-            ],
-        )
-        .map_err(|e| match classify(&e) {
-            DbFail::Unique => Error::AlreadyExists {
-                what: "entity",
-                id: entity.id().to_string(),
-            },
-            DbFail::ForeignKey => Error::NotFound {
-                what: "agent",
-                id: entity
-                    .agent
-                    .as_ref()
-                    .map(ToString::to_string)
-                    .unwrap_or_default(),
-            },
-            _ => db("insert an entity")(e),
-        })?;
-    Ok(())
 }
 
 fn classify(e: &postgres::Error) -> DbFail {
@@ -212,54 +185,6 @@ impl PgStore {
         }
         tx.commit().map_err(db("commit the migration"))
     }
-}
-
-const MEMBER_COLS: &str = "group_id, entity_id, role, sender_id, leaf_index, held_epoch";
-const GROUP_COLS: &str = "group_id, epoch, aead_alg, rekey_scheme, created_at_ms";
-const ENTITY_COLS: &str = "entity_id, kind, credential, agent_id";
-const AUDIT_COLS: &str = "seq, time_ms, kind, group_id, entity_id, detail, prev_hash, hash";
-
-fn member_row(r: &Row) -> Result<MemberRecord> {
-    let group: &[u8] = col(r, 0)?;
-    let entity: &str = col(r, 1)?;
-    let role: &str = col(r, 2)?;
-    let sender: Option<&[u8]> = col(r, 3)?;
-    member_from_sql(MemberRow {
-        group,
-        entity,
-        role,
-        sender_id: sender,
-        leaf_index: col(r, 4)?,
-        held_epoch: col(r, 5)?,
-    })
-}
-
-fn group_row(r: &Row) -> Result<GroupRecord> {
-    group_from_sql(col(r, 0)?, col(r, 1)?, col(r, 2)?, col(r, 3)?, col(r, 4)?)
-}
-
-fn entity_row(r: &Row) -> Result<EntityRecord> {
-    entity_from_sql(col(r, 0)?, col(r, 1)?, col(r, 2)?, col(r, 3)?)
-}
-
-fn audit_row(r: &Row) -> Result<AuditRecord> {
-    audit_from_sql(
-        AuditRow {
-            seq: col(r, 0)?,
-            time_ms: col(r, 1)?,
-            kind: col(r, 2)?,
-            group: col(r, 3)?,
-            entity: col(r, 4)?,
-            detail: col(r, 5)?,
-            prev_hash: col(r, 6)?,
-            hash: col(r, 7)?,
-        },
-        "postgres table audit_log",
-    )
-}
-
-fn rows<T>(rows: &[Row], f: impl Fn(&Row) -> Result<T>) -> Result<Vec<T>> {
-    rows.iter().map(f).collect()
 }
 
 /// One epoch advance, applied on a connection or inside a transaction.

@@ -264,3 +264,49 @@ async fn serve_manager(
     info!("manager stopped");
     Ok(())
 }
+
+/// Refreshes the manager's gauges every two seconds.
+async fn watch_manager(
+    handle: sealcast_node::manager::ManagerHandle,
+    registry: Arc<metrics::Registry>,
+) {
+    loop {
+        if let Ok(groups) = handle.groups().await {
+            for g in groups {
+                let name = g.group.name().to_string();
+                let labels = [("group", name.as_str())];
+                registry.set(
+                    "sealcast_group_epoch",
+                    "The group's current epoch.",
+                    &labels,
+                    f64::from(g.epoch.get()),
+                );
+                registry.set(
+                    "sealcast_group_members",
+                    "Members of the group.",
+                    &labels,
+                    g.members as f64,
+                );
+                registry.set(
+                    "sealcast_group_members_current",
+                    "Members that acknowledged the current epoch.",
+                    &labels,
+                    g.current as f64,
+                );
+                registry.set(
+                    "sealcast_deliveries_pending",
+                    "Members the current epoch is still to reach (re-sent until acknowledged).",
+                    &labels,
+                    g.members.saturating_sub(g.current) as f64,
+                );
+            }
+        }
+        registry.set(
+            "sealcast_resends_total",
+            "Key deliveries re-sent to members that had not acknowledged.",
+            &[],
+            handle.resends() as f64,
+        );
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
+}

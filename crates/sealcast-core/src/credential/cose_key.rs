@@ -73,132 +73,7 @@ pub(super) struct RawOkpKey<'a> {
     pub(super) d: Option<&'a [u8]>,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum Label<'a> {
-    Int(i64),
-    Text(&'a str),
-}
-
-pub(super) struct Reader<'a> {
-    pub(super) rest: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    pub(super) fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        if n > self.rest.len() {
-            return Err(Error::Malformed("CBOR item runs past the end"));
-        }
-        let (head, tail) = self.rest.split_at(n);
-        self.rest = tail;
-        Ok(head)
-    }
-
-    pub(super) fn fixed<const N: usize>(&mut self) -> Result<[u8; N]> {
-        let mut a = [0u8; N];
-        a.copy_from_slice(self.take(N)?);
-        Ok(a)
-    }
-
-    /// Major type and argument of the next item (floats and simple values
-    /// are consumed whole).
-    pub(super) fn head(&mut self) -> Result<(u8, u64)> {
-        let [first] = self.fixed::<1>()?;
-        let arg = match first & 0x1f {
-            info @ 0..=23 => u64::from(info),
-            24 => u64::from(u8::from_be_bytes(self.fixed()?)),
-            25 => u64::from(u16::from_be_bytes(self.fixed()?)),
-            26 => u64::from(u32::from_be_bytes(self.fixed()?)),
-            27 => u64::from_be_bytes(self.fixed()?),
-            31 => return Err(Error::Malformed("indefinite-length CBOR is not accepted")),
-            _ => return Err(Error::Malformed("reserved CBOR additional information")),
-        };
-        Ok((first >> 5, arg))
-    }
-
-    /// A length or count; never more than the bytes left (every item takes
-    /// at least one byte), which bounds all loops by the input size.
-    pub(super) fn length(&self, arg: u64) -> Result<usize> {
-        usize::try_from(arg)
-            .ok()
-            .filter(|&n| n <= self.rest.len())
-            .ok_or(Error::Malformed("CBOR length runs past the end"))
-    }
-
-    pub(super) fn expect_major(&mut self, major: u8, what: &'static str) -> Result<usize> {
-        let (m, arg) = self.head()?;
-        if m != major {
-            return Err(Error::Malformed(what));
-        }
-        self.length(arg)
-    }
-
-    pub(super) fn bstr(&mut self) -> Result<&'a [u8]> {
-        let n = self.expect_major(2, "expected a CBOR byte string")?;
-        self.take(n)
-    }
-
-    pub(super) fn label(&mut self) -> Result<Label<'a>> {
-        let (m, arg) = self.head()?;
-        match m {
-            0 => i64::try_from(arg)
-                .map(Label::Int)
-                .map_err(|_| Error::Malformed("CBOR integer out of range")),
-            1 => i64::try_from(arg)
-                .map(|n| Label::Int(-1 - n))
-                .map_err(|_| Error::Malformed("CBOR integer out of range")),
-            3 => {
-                let n = self.length(arg)?;
-                core::str::from_utf8(self.take(n)?)
-                    .map(Label::Text)
-                    .map_err(|_| Error::Malformed("CBOR text is not UTF-8"))
-            }
-            _ => Err(Error::Malformed("expected a CBOR integer or text string")),
-        }
-    }
-
-    pub(super) fn int(&mut self) -> Result<i64> {
-        match self.label()? {
-            Label::Int(n) => Ok(n),
-            Label::Text(_) => Err(Error::Malformed(
-                "text-valued kty, crv and alg are not supported",
-            )),
-        }
-    }
-
-    /// Skips one well-formed item, at most [`MAX_NESTING`] levels deep.
-    pub(super) fn skip(&mut self, depth: usize) -> Result<()> {
-        if depth > MAX_NESTING {
-            return Err(Error::Malformed("CBOR nested too deeply"));
-        }
-        let (major, arg) = self.head()?;
-        match major {
-            2 => {
-                let n = self.length(arg)?;
-                self.take(n)?;
-            }
-            3 => {
-                let n = self.length(arg)?;
-                core::str::from_utf8(self.take(n)?)
-                    .map_err(|_| Error::Malformed("CBOR text is not UTF-8"))?;
-            }
-            4 => {
-                for _ in 0..self.length(arg)? {
-                    self.skip(depth + 1)?;
-                }
-            }
-            5 => {
-                for _ in 0..self.length(arg)? {
-                    self.skip(depth + 1)?;
-                    self.skip(depth + 1)?;
-                }
-            }
-            6 => self.skip(depth + 1)?,
-            // 0, 1: integers; 7: simple values and floats, consumed by head().
-            _ => {}
-        }
-        Ok(())
-    }
-}
+pub(super) use crate::cbor::{Label, Reader};
 
 pub(super) fn read_key_set(
     bytes: &[u8],
@@ -211,7 +86,7 @@ pub(super) fn read_key_set(
             limit: max_len,
         });
     }
-    let mut r = Reader { rest: bytes };
+    let mut r = Reader::new(bytes);
     let n = r.expect_major(4, "a COSE_KeySet must be a CBOR array")?;
     if n > max_keys {
         return Err(Error::TooLarge {
@@ -222,7 +97,7 @@ pub(super) fn read_key_set(
     let keys = (0..n)
         .map(|_| read_okp_key(&mut r))
         .collect::<Result<Vec<_>>>()?;
-    if !r.rest.is_empty() {
+    if !r.at_end() {
         return Err(Error::Malformed("trailing bytes after the COSE_KeySet"));
     }
     Ok(keys)
@@ -246,14 +121,14 @@ pub(super) fn read_okp_key<'a>(r: &mut Reader<'a>) -> Result<RawOkpKey<'a>> {
         }
         seen.push(label);
         match label {
-            Label::Int(LABEL_KTY) => kty = Some(r.int()?),
+            Label::Int(LABEL_KTY) => kty = Some(int_value(r)?),
             Label::Int(LABEL_KID) => kid = Some(r.bstr()?),
-            Label::Int(LABEL_ALG) => alg = Some(r.int()?),
-            Label::Int(LABEL_CRV) => crv = Some(r.int()?),
+            Label::Int(LABEL_ALG) => alg = Some(int_value(r)?),
+            Label::Int(LABEL_CRV) => crv = Some(int_value(r)?),
             Label::Int(LABEL_X) => x = Some(r.bstr()?),
             Label::Int(LABEL_D) => d = Some(r.bstr()?),
             // key_ops, Base IV and anything unknown.
-            _ => r.skip(0)?,
+            _ => r.skip(MAX_NESTING)?,
         }
     }
     let kty = kty.ok_or(Error::Malformed("COSE_Key without kty"))?;
@@ -312,4 +187,14 @@ pub(super) fn group_public_keys(
             )),
         })
         .collect()
+}
+
+/// The integer value of kty, crv or alg.
+fn int_value(r: &mut Reader<'_>) -> Result<i64> {
+    match r.label()? {
+        Label::Int(n) => Ok(n),
+        Label::Text(_) => Err(Error::Malformed(
+            "text-valued kty, crv and alg are not supported",
+        )),
+    }
 }

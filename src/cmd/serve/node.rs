@@ -1,0 +1,242 @@
+//! `sealcast agent serve`, `sealcast device run` and `sealcast device send`:
+//! the field-node runtime (gateway agent, DAP, device) as a service or a
+//! one-shot command.
+
+use super::*;
+
+/// Appends every executed command to a file (and logs it).
+#[derive(Debug)]
+struct ExecLog {
+    path: PathBuf,
+}
+
+impl CommandHandler for ExecLog {
+    fn execute(&self, c: &VerifiedCommand<'_>) {
+        LogHandler.execute(c);
+        let line = format!(
+            "group={} signer={} seq={} payload={}\n",
+            String::from_utf8_lossy(c.group.as_bytes()),
+            c.signer,
+            c.seq,
+            String::from_utf8_lossy(c.payload)
+        );
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        if let Err(e) = written {
+            tracing::warn!(path = %self.path.display(), error = %e, "exec log not written");
+        }
+    }
+}
+
+pub(super) fn node_config(
+    path: &Path,
+    handler: Arc<dyn CommandHandler>,
+) -> Result<(
+    NodeConfig,
+    Option<std::net::SocketAddr>,
+    Option<BearerReload>,
+)> {
+    let (config, base): (NodeFile, _) = read_config(path)?;
+    let state_dir = resolve(&base, &config.state_dir);
+    create_dir(&state_dir)?;
+    let credential = load_private_key(&resolve(&base, &config.key))?;
+    let manager = load_public_key(&resolve(&base, &config.manager_public_key))?;
+    let rules = config
+        .rule
+        .iter()
+        .map(|r| {
+            Ok(Rule {
+                on_alert_from: group_id(&r.on_alert_from)?,
+                then_command: group_id(&r.then_command)?,
+                command: r.payload.as_bytes().to_vec(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let relays_for = config
+        .relays_for
+        .iter()
+        .map(|d| entity(d))
+        .collect::<Result<Vec<_>>>()?;
+    let (events, _) = tokio::sync::mpsc::unbounded_channel();
+    let metrics_at = config.metrics_listen;
+    let mut link = link_config(
+        config.transport,
+        &broker_url(&config.broker, &base, &broker_security!(config))?,
+        config.coap.as_ref(),
+    )?;
+    let mut reload = None;
+    if let Some(section) = config.coap.as_ref().and_then(|c| c.bearer.as_ref()) {
+        let (role, r) = bearer_role(section, &resolve(&base, &config.key), &base, &state_dir)?;
+        link = link.with_bearer(role);
+        reload = r;
+    }
+    Ok((
+        NodeConfig {
+            credential,
+            manager,
+            link,
+            topics: topics(config.topic_prefix.as_deref())?,
+            rules,
+            relays_for,
+            handler,
+            events,
+            state_file: Some(DeviceStateFile::new(state_dir.join("state.cbor"))),
+            no_key_warning: (config.no_key_material_warning_s > 0)
+                .then(|| std::time::Duration::from_secs(config.no_key_material_warning_s)),
+            replay: replay_policies(&config)?,
+        },
+        metrics_at,
+        reload,
+    ))
+}
+
+fn run_node(
+    mut config: NodeConfig,
+    what: &'static str,
+    metrics_at: Option<std::net::SocketAddr>,
+    bearer: Option<BearerReload>,
+) -> Result<()> {
+    runtime()?.block_on(async move {
+        let registry = Arc::new(metrics::Registry::default());
+        if let Some(addr) = metrics_at {
+            metrics::start(addr, registry.clone()).await?;
+            let (events, seen) = tokio::sync::mpsc::unbounded_channel();
+            config.events = events;
+            tokio::spawn(count_node_events(seen, registry.clone()));
+        }
+        let handle = device::spawn(config)
+            .await
+            .map_err(|e| failed(&format!("the {what} could not start"), e))?;
+        info!(id = %handle.id(), "{what} running");
+        registry.set_ready();
+        match bearer {
+            None => wait_for_stop_signal().await?,
+            Some(b) => serve_bearer_reloads(b).await?,
+        }
+        handle.stop().await;
+        info!(id = %handle.id(), "{what} stopped");
+        Ok(())
+    })
+}
+
+/// Waits for the stop signal; on each SIGHUP, entitles exactly the devices
+/// whose public keys are in the bearer's `devices_dir` (a removed one is
+/// revoked: the service moves to a fresh MSK without it).
+async fn serve_bearer_reloads(b: BearerReload) -> Result<()> {
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| failed("cannot listen for SIGHUP", e))?;
+    let mut stop = Box::pin(wait_for_stop_signal());
+    loop {
+        tokio::select! {
+            r = &mut stop => return r,
+            _ = hangup.recv() => match bearer_devices(&b.devices_dir) {
+                Ok(devices) => match b.control.set_devices(devices).await {
+                    Ok(c) => info!(entitled = ?c.entitled.iter().map(|d| d.as_str()).collect::<Vec<_>>(), revoked = ?c.revoked.iter().map(|d| d.as_str()).collect::<Vec<_>>(), "SIGHUP: bearer devices reloaded"),
+                    Err(e) => warn!(error = %e, "SIGHUP: bearer devices not changed"),
+                },
+                Err(e) => warn!(error = %e, "SIGHUP: bearer devices not reloaded"),
+            },
+        }
+    }
+}
+
+/// Turns a node's events into its metrics.
+async fn count_node_events(
+    mut seen: tokio::sync::mpsc::UnboundedReceiver<sealcast_node::runtime::Event>,
+    registry: Arc<metrics::Registry>,
+) {
+    use sealcast_node::runtime::EventKind;
+    while let Some(event) = seen.recv().await {
+        match &event.kind {
+            EventKind::Installed { group, epoch } => {
+                let g = group.name().to_string();
+                registry.inc(
+                    "sealcast_key_installs_total",
+                    "Key material installed (deliveries, join notices, tree rekeys).",
+                    &[("group", &g)],
+                );
+                registry.set(
+                    "sealcast_group_epoch",
+                    "The epoch of the key material held.",
+                    &[("group", &g)],
+                    f64::from(epoch.get()),
+                );
+            }
+            EventKind::Executed { group, .. } => registry.inc(
+                "sealcast_messages_opened_total",
+                "Commands and alerts opened, verified and executed.",
+                &[("group", &group.name().to_string())],
+            ),
+            EventKind::Rejected { group, reason } => registry.inc(
+                "sealcast_messages_refused_total",
+                "Commands and alerts refused, by reason.",
+                &[
+                    ("group", &group.name().to_string()),
+                    ("reason", metrics::refusal_reason(reason)),
+                ],
+            ),
+            EventKind::NotMember { group } => registry.inc(
+                "sealcast_messages_not_member_total",
+                "Messages on a group channel of a group this entity holds no key of.",
+                &[("group", &group.name().to_string())],
+            ),
+            EventKind::CannotOpenDelivery { .. } => registry.inc(
+                "sealcast_deliveries_relayed_total",
+                "Key deliveries for other entities relayed or overheard (unreadable here).",
+                &[],
+            ),
+            EventKind::Issued { group, .. } => registry.inc(
+                "sealcast_commands_issued_total",
+                "Commands this gateway sealed and sent by its rules.",
+                &[("group", &group.name().to_string())],
+            ),
+            _ => {}
+        }
+    }
+}
+
+/// Runs `sealcast agent serve`.
+pub fn agent(args: &ServeArgs) -> Result<()> {
+    init_logs();
+    if metering::has_dap_section(&args.config)? {
+        return metering::agent_with_dap(args);
+    }
+    let (config, metrics_at, bearer) = node_config(&args.config, Arc::new(LogHandler))?;
+    run_node(config, "agent", metrics_at, bearer)
+}
+
+/// Runs `sealcast device run`.
+pub fn device_run(args: &RunArgs) -> Result<()> {
+    init_logs();
+    let handler: Arc<dyn CommandHandler> = match &args.exec_log {
+        Some(path) => Arc::new(ExecLog { path: path.clone() }),
+        None => Arc::new(LogHandler),
+    };
+    let (config, metrics_at, bearer) = node_config(&args.config, handler)?;
+    run_node(config, "device", metrics_at, bearer)
+}
+
+/// Runs `sealcast device send`.
+pub fn device_send(args: &SendArgs) -> Result<()> {
+    init_logs();
+    let (config, _, _) = node_config(&args.config, Arc::new(LogHandler))?;
+    let group = group_id(&args.group)?;
+    let (bytes, seq) = runtime()?
+        .block_on(device::send_once(
+            config,
+            &group,
+            GroupChannel::Alert,
+            args.alert.as_bytes(),
+            std::time::Duration::from_secs(args.wait),
+        ))
+        .map_err(|e| failed("the alert was not sent", e))?;
+    say(&format!(
+        "sent alert to {} seq={seq} ({} bytes)",
+        args.group,
+        bytes.len()
+    ));
+    Ok(())
+}
