@@ -73,6 +73,7 @@ pub mod ids;
 pub mod keys;
 pub mod receiver;
 pub mod sender;
+pub mod state;
 
 pub use error::{Error, Result};
 pub use frame::{FrameInfo, FrameKind, peek};

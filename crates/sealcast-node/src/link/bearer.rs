@@ -204,35 +204,12 @@ fn sender_config() -> SenderConfig {
     }
 }
 
-const MSK_STATE_VERSION: u64 = 1;
-
 fn encode_msk_state(next: MskId) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    ciborium::into_writer(
-        &ciborium::Value::Array(vec![
-            ciborium::Value::Integer(MSK_STATE_VERSION.into()),
-            ciborium::Value::Integer(next.get().into()),
-        ]),
-        &mut out,
-    )
-    .map_err(|e| Error::Runtime(format!("bearer state: {e}")))?;
-    Ok(out)
+    Ok(sealcast_bearer::state::encode_next_msk(next))
 }
 
 fn decode_msk_state(bytes: &[u8]) -> Result<MskId> {
-    let bad = || Error::Runtime("bearer state file: not a state this version wrote".into());
-    if bytes.len() > 32 {
-        return Err(bad());
-    }
-    let value: ciborium::Value = ciborium::from_reader(bytes).map_err(|_| bad())?;
-    let int = |v: &ciborium::Value| sealcast_core::cbor::u64_of(v).ok_or_else(bad);
-    match value.as_array().map(Vec::as_slice) {
-        Some([version, next]) if int(version)? == MSK_STATE_VERSION => {
-            let next = u32::try_from(int(next)?).map_err(|_| bad())?;
-            Ok(MskId::new(next))
-        }
-        _ => Err(bad()),
-    }
+    sealcast_bearer::state::decode_next_msk(bytes).map_err(|e| Error::Runtime(e.to_string()))
 }
 
 /// A started service, its first MSK deliveries and its queue of frames.
