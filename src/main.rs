@@ -67,6 +67,7 @@ enum Command {
     Device(cmd::serve::DeviceCommand),
     #[command(subcommand)]
     Headend(cmd::serve::HeadendCommand),
+    Info(cmd::info::InfoArgs),
     Completions(cmd::manual::CompletionsArgs),
     Man(cmd::manual::ManArgs),
 }
@@ -94,6 +95,7 @@ fn run(cli: Cli) -> error::Result<()> {
         Command::Inspect(args) => cmd::inspect::run(&args),
         Command::Audit(cmd::audit::AuditCommand::Verify(args)) => cmd::audit::verify(&args),
         Command::Bench(args) => cmd::bench::run(&args),
+        Command::Info(args) => cmd::info::run(&args),
         Command::Demo(cmd::demo::DemoCommand::FireSafety(args)) => cmd::demo::fire_safety(&args),
         Command::Demo(cmd::demo::DemoCommand::SmartMeter(args)) => cmd::demo::smart_meter(&args),
         Command::Manager(cmd::serve::ManagerCommand::Serve(args)) => cmd::serve::manager(&args),

@@ -954,3 +954,36 @@ fn config_errors_name_the_field_and_failed_demos_clean_up() {
         "the failed demo left its directory behind"
     );
 }
+
+/// `sealcast info` names the Ed25519 backend this CPU runs: the workspace
+/// builds the AVX-512 IFMA backend with run-time detection by default, so
+/// on a CPU with AVX-512 IFMA and VL it must be that one, and on any other
+/// x86-64 CPU AVX2 (or serial without AVX2). (CI also runs the release
+/// binary under qemu-x86_64 without AVX-512 and without AVX2.)
+#[test]
+fn info_names_the_backend_this_cpu_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_in(dir.path(), &["info", "--json"], b"");
+    let v: serde_json::Value = serde_json::from_str(&stdout(ok(&out))).unwrap();
+    let backend = v["ed25519_backend"].as_str().unwrap().to_owned();
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let has = |flag: &str| cpuinfo.split_whitespace().any(|w| w == flag);
+    let expected = if cfg!(target_arch = "x86_64") {
+        if has("avx512ifma") && has("avx512vl") {
+            "avx512ifma"
+        } else if has("avx2") {
+            "avx2"
+        } else {
+            "serial"
+        }
+    } else {
+        "serial"
+    };
+    assert_eq!(backend, expected, "{cpuinfo:.0}");
+    let text = stdout(ok(&run_in(dir.path(), &["info"], b"")));
+    assert!(
+        text.contains(&format!("ed25519 backend: {expected}")),
+        "{text}"
+    );
+}

@@ -41,7 +41,7 @@ const EXAMPLES: &str = "\
 Examples:
   sealcast bench
   sealcast bench --quick --json > bench.json
-  RUSTFLAGS='-C target-cpu=native' cargo run --release -- bench   # the AVX-512 IFMA backend, where the CPU has it";
+  sealcast info            # which Ed25519 backend this CPU runs (AVX-512 IFMA, AVX2 or serial)";
 
 /// Measure open, seal, report-batch, burst, multi-core and rekey rates.
 ///

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod demo;
 pub mod group;
 pub mod group_admin;
+pub mod info;
 pub mod inspect;
 pub mod keygen;
 pub mod manual;

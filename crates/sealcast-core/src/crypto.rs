@@ -416,8 +416,10 @@ pub enum Ed25519Backend {
     Fiat,
     /// The AVX2 vector backend (chosen at run time on x86-64).
     Avx2,
-    /// The AVX-512 IFMA vector backend (compiled in only when the build
-    /// enables `avx512ifma` and `avx512vl`, e.g. `-C target-cpu=native`).
+    /// The AVX-512 IFMA vector backend: compiled in with run-time detection
+    /// by the workspace's default `curve25519_dalek_backend="avx512"` cfg
+    /// (`.cargo/config.toml`), or statically when the build enables
+    /// `avx512ifma` and `avx512vl`; runs where the CPU has both.
     Avx512Ifma,
 }
 
@@ -442,13 +444,14 @@ impl core::fmt::Display for Ed25519Backend {
 /// Which backend curve25519-dalek uses here, decided the way it decides.
 ///
 /// At build time its `build.rs` picks from the `curve25519_dalek_backend`
-/// and `curve25519_dalek_bits` cfgs (overrides arrive through `RUSTFLAGS`,
-/// so this crate sees them too) and the target features: the AVX-512 backend
-/// is compiled in only when `avx512ifma` and `avx512vl` are enabled at
-/// compile time (stable rustc reports those features only from 1.89 on,
-/// the same condition curve25519-dalek checks), the AVX2 one on every
-/// 64-bit x86-64 build. At run time it takes the best compiled-in backend
-/// the CPU supports (cpufeatures), which is what this function checks too.
+/// and `curve25519_dalek_bits` cfgs (set by the workspace's
+/// `.cargo/config.toml` or by `RUSTFLAGS`, so this crate sees them too) and
+/// the target features: the AVX-512 backend is compiled in when the cfg is
+/// `"avx512"` (the workspace default, with run-time detection) or when
+/// `avx512ifma` and `avx512vl` are enabled at compile time (stable rustc
+/// reports those only from 1.89 on), the AVX2 one on every 64-bit x86-64
+/// build. At run time it takes the best compiled-in backend the CPU
+/// supports (cpufeatures), which is what this function checks too.
 #[allow(unexpected_cfgs)]
 pub fn ed25519_backend() -> Ed25519Backend {
     if cfg!(curve25519_dalek_backend = "fiat") {

@@ -14,10 +14,15 @@ pub enum Error {
     Metering(sealcast_metering::Error),
     /// The store failed.
     Store(sealcast_store::Error),
-    /// The MQTT transport failed.
-    Mqtt(sealcast_mqtt::Error),
-    /// The CoAP transport failed.
-    Coap(sealcast_coap::Error),
+    /// A transport adapter failed. Each adapter (`link/mqtt.rs`,
+    /// `link/coap.rs`) converts its own errors into this variant, so the
+    /// runtimes and this enum name no transport and a new adapter adds none.
+    Transport {
+        /// Which transport (`"MQTT"`, `"CoAP"`).
+        transport: &'static str,
+        /// The adapter's error.
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
     /// A runtime task ended or did not answer in time.
     Runtime(String),
     /// The manager's control socket could not be set up (what to do is in
@@ -32,8 +37,7 @@ impl fmt::Display for Error {
             Error::Group(e) => write!(f, "{e}"),
             Error::Metering(e) => write!(f, "{e}"),
             Error::Store(e) => write!(f, "{e}"),
-            Error::Mqtt(e) => write!(f, "MQTT: {e}"),
-            Error::Coap(e) => write!(f, "CoAP: {e}"),
+            Error::Transport { transport, source } => write!(f, "{transport}: {source}"),
             Error::Runtime(why) => write!(f, "{why}"),
             Error::Control(why) => write!(f, "control socket: {why}"),
         }
@@ -60,18 +64,6 @@ impl From<sealcast_metering::Error> for Error {
 impl From<sealcast_store::Error> for Error {
     fn from(e: sealcast_store::Error) -> Self {
         Error::Store(e)
-    }
-}
-
-impl From<sealcast_coap::Error> for Error {
-    fn from(e: sealcast_coap::Error) -> Self {
-        Error::Coap(e)
-    }
-}
-/// A socket error of the CoAP link.
-impl From<std::io::Error> for Error {
-    fn from(e: std::io::Error) -> Self {
-        Error::Coap(sealcast_coap::Error::Io(e))
     }
 }
 

@@ -25,6 +25,22 @@ use super::bearer::{BEARER_PATH, BearerRole, Member, Service};
 use super::{AddressBook, Incoming, Progress};
 use crate::{Error, Result};
 
+impl From<sealcast_coap::Error> for Error {
+    fn from(e: sealcast_coap::Error) -> Self {
+        Error::Transport {
+            transport: "CoAP",
+            source: Box::new(e),
+        }
+    }
+}
+
+/// A socket error of the CoAP link.
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::from(sealcast_coap::Error::Io(e))
+    }
+}
+
 /// Unicast messages queued per destination before new ones are dropped
 /// (the manager's re-sends recover key traffic).
 const OUTBOX_DEPTH: usize = 1024;

@@ -40,7 +40,10 @@ pub(super) use sealcast_mqtt::Subscription;
 
 impl From<sealcast_mqtt::Error> for Error {
     fn from(e: sealcast_mqtt::Error) -> Self {
-        Error::Mqtt(e)
+        Error::Transport {
+            transport: "MQTT",
+            source: Box::new(e),
+        }
     }
 }
 
