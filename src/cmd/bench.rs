@@ -235,7 +235,7 @@ fn slice(unit: &mut dyn FnMut() -> u64, offset: usize) -> (u64, Duration) {
 // ---------------------------------------------------------------------------
 
 /// open ×3, seal, batch ×3, burst, threads, point-to-point, tree ×3.
-const STEPS: usize = 13;
+const STEPS: usize = 14;
 
 struct Progress {
     total: usize,
@@ -327,6 +327,8 @@ struct Results {
     seal_per_sec: f64,
     sign_per_sec: f64,
     batches: Vec<BatchFigure>,
+    /// A batch of 64 reports with one forgery, beside one by one.
+    forged64: BatchFigure,
     burst64_open_per_sec: f64,
     burst64_single_open_per_sec: f64,
     threads: ThreadRates,
@@ -442,6 +444,41 @@ fn measure(plan: Plan, progress: &mut Progress) -> FixtureResult<Results> {
         });
     }
 
+    // The same batch of 64 with one forged report (its signature spoiled):
+    // the batch finds it by bisection, beside one by one.
+    progress.step("report batch 64 with one forgery vs one by one");
+    let mut spoiled: Vec<Vec<u8>> = reports.reports[..64].to_vec();
+    if let Some(last) = spoiled[37].len().checked_sub(3) {
+        spoiled[37][last] ^= 0x40;
+    }
+    let slice: Vec<&[u8]> = spoiled.iter().map(Vec::as_slice).collect();
+    let slice = slice.as_slice();
+    let (mut batch_wrong, mut single_wrong) = (0u64, 0u64);
+    let (forged_batch_rate, forged_single_rate) = paired(
+        plan,
+        &mut || {
+            let out = verify_reports_batch(slice, &reports.headend, |id| reports.key(id));
+            let refused: Vec<usize> = (0..out.len()).filter(|i| out[*i].is_err()).collect();
+            batch_wrong += u64::from(refused != [37]);
+            64
+        },
+        &mut || {
+            let refused: Vec<usize> = (0..slice.len())
+                .filter(|i| {
+                    verify_report(slice[*i], &reports.headend, |id| reports.key(id)).is_err()
+                })
+                .collect();
+            single_wrong += u64::from(refused != [37]);
+            64
+        },
+    );
+    failures += batch_wrong + single_wrong;
+    let forged64 = BatchFigure {
+        size: 64,
+        batch_per_sec: forged_batch_rate,
+        single_per_sec: forged_single_rate,
+    };
+
     // Burst open of 64 beside one-by-one open.
     progress.step("burst open 64 vs one by one");
     let burst_pool = group.pool(64, PAYLOAD)?;
@@ -506,6 +543,7 @@ fn measure(plan: Plan, progress: &mut Progress) -> FixtureResult<Results> {
         sign_per_sec,
         batches,
         burst64_open_per_sec,
+        forged64,
         burst64_single_open_per_sec,
         threads: thread_rates,
         p2p_measured_members: p2p.members,

@@ -260,7 +260,13 @@ pub fn ed25519_verify_strict(key: &VerifyingKey, msg: &[u8], sig: &[u8]) -> Resu
 /// Verifies many Ed25519 signatures at once. Returns one result per item:
 /// when the batch equation holds every item is accepted (after the same
 /// small-order and canonicity checks `verify_strict` makes); when it fails,
-/// the items are checked one by one, so a single forgery rejects only itself.
+/// the batch is split in halves and each half checked the same way, down to
+/// [`BISECT_SINGLY`] items, which are checked one by one with
+/// `verify_strict`. So a forgery rejects only itself, and finding one
+/// forgery in a batch of n costs batch equations over about n items in all
+/// (n/2 + n/4 + …) and at most 2 · [`BISECT_SINGLY`] single verifications,
+/// instead of n single verifications (when the left half holds, the right
+/// one is known to fail and is split at once, unchecked).
 ///
 /// **Where batch and strict differ.** The batch equation is cofactorless with
 /// 128-bit weights derived from the inputs. A signature whose `R` carries a
@@ -280,19 +286,68 @@ pub fn ed25519_verify_batch(items: &[(&VerifyingKey, &[u8], &Signature)]) -> Vec
         .iter()
         .map(|(k, m, s)| BatchItem::new(k, m, s))
         .collect();
-    if prepared.iter().all(Option::is_some) && batch_equation_holds(&prepared) {
-        return items.iter().map(|_| Ok(())).collect();
-    }
-    items
+    // Items that fail the prechecks can never verify; the rest are settled
+    // by bisection.
+    let mut results: Vec<Result<()>> = prepared
         .iter()
-        .zip(prepared)
-        .map(|((k, m, s), pre)| {
-            if pre.is_none() {
-                return Err(Error::BadSignature);
-            }
-            k.verify_strict(m, s).map_err(|_| Error::BadSignature)
-        })
-        .collect()
+        .map(|p| p.as_ref().map_or(Err(Error::BadSignature), |_| Ok(())))
+        .collect();
+    let candidates: Vec<(usize, &BatchItem)> = prepared
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| p.as_ref().map(|p| (i, p)))
+        .collect();
+    settle(items, &candidates, false, &mut results);
+    results
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Single verifications `settle` made on this thread (tests count them).
+    static SINGLE_VERIFICATIONS: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
+}
+
+/// Batches this small or smaller are checked one by one (`verify_strict`):
+/// below it a batch equation saves less than the split costs.
+pub const BISECT_SINGLY: usize = 2;
+
+/// Sets `results[i]` for every `i` of `part`: all accepted when their batch
+/// equation holds, else each half settled in turn. `known_bad`: the caller
+/// knows the equation fails for `part` (its sibling held), so it is not
+/// checked again.
+fn settle(
+    items: &[(&VerifyingKey, &[u8], &Signature)],
+    part: &[(usize, &BatchItem)],
+    known_bad: bool,
+    results: &mut [Result<()>],
+) {
+    if part.is_empty() {
+        return;
+    }
+    if part.len() <= BISECT_SINGLY {
+        for (i, _) in part {
+            let (k, m, s) = items[*i];
+            #[cfg(test)]
+            SINGLE_VERIFICATIONS.with(|n| n.set(n.get() + 1));
+            results[*i] = k.verify_strict(m, s).map_err(|_| Error::BadSignature);
+        }
+        return;
+    }
+    if !known_bad {
+        let batch: Vec<&BatchItem> = part.iter().map(|(_, b)| *b).collect();
+        if batch_equation_holds(&batch) {
+            return; // every result of `part` is Ok already
+        }
+    }
+    let (left, right) = part.split_at(part.len() / 2);
+    let left_batch: Vec<&BatchItem> = left.iter().map(|(_, b)| *b).collect();
+    if left.len() > BISECT_SINGLY && batch_equation_holds(&left_batch) {
+        // The whole failed and the left half holds: the right one fails.
+        settle(items, right, true, results);
+    } else {
+        settle(items, left, left.len() > BISECT_SINGLY, results);
+        settle(items, right, false, results);
+    }
 }
 
 /// One signature of a batch after the checks `verify_strict` makes beyond
@@ -354,12 +409,11 @@ fn canonical_y(bytes: &[u8; 32]) -> bool {
 /// signer, not two per signature. The weights are derived from a hash of
 /// every input, as ed25519-dalek derives them: a forger would have to
 /// predict them.
-fn batch_equation_holds(items: &[Option<BatchItem>]) -> bool {
-    let items: Vec<&BatchItem> = items.iter().flatten().collect();
+fn batch_equation_holds(items: &[&BatchItem]) -> bool {
     let mut transcript = Sha512::new();
     transcript.update(b"sealcast ed25519 batch v1");
     transcript.update((items.len() as u64).to_le_bytes());
-    for it in &items {
+    for it in items {
         transcript.update(it.k.as_bytes());
         transcript.update(it.s.as_bytes());
     }
@@ -542,5 +596,63 @@ mod tests {
         signed[31] |= 0x80;
         assert!(!canonical_y(&signed));
         assert!(canonical_y(&[0u8; 32]));
+    }
+
+    #[test]
+    fn bisection_finds_forgeries_with_few_single_verifications() {
+        use crate::testrng::TestRng;
+        use ed25519_dalek::{Signer, SigningKey};
+        let mut rng = TestRng::new(3);
+        let keys: Vec<SigningKey> = (0..8).map(|_| SigningKey::generate(&mut rng)).collect();
+        let msgs: Vec<Vec<u8>> = (0..64u8).map(|i| vec![i; 40]).collect();
+        let run = |forged: &[usize]| -> (Vec<bool>, usize) {
+            let vks: Vec<VerifyingKey> = keys.iter().map(SigningKey::verifying_key).collect();
+            let sigs: Vec<Signature> = msgs
+                .iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    let sig = keys[i % 8].sign(m);
+                    if forged.contains(&i) {
+                        // Signed by another key: well-formed, wrong.
+                        keys[(i + 1) % 8].sign(m)
+                    } else {
+                        sig
+                    }
+                })
+                .collect();
+            let items: Vec<(&VerifyingKey, &[u8], &Signature)> = (0..msgs.len())
+                .map(|i| (&vks[i % 8], msgs[i].as_slice(), &sigs[i]))
+                .collect();
+            SINGLE_VERIFICATIONS.with(|n| n.set(0));
+            let got: Vec<bool> = ed25519_verify_batch(&items)
+                .iter()
+                .map(Result::is_ok)
+                .collect();
+            let singles = SINGLE_VERIFICATIONS.with(core::cell::Cell::get);
+            // Exactly what verify_strict says, item by item.
+            for (i, (k, m, s)) in items.iter().enumerate() {
+                assert_eq!(got[i], k.verify_strict(m, s).is_ok(), "item {i}");
+            }
+            (got, singles)
+        };
+        let (all, singles) = run(&[]);
+        assert!(all.iter().all(|ok| *ok));
+        assert_eq!(singles, 0);
+        let (one, singles) = run(&[37]);
+        assert_eq!(one.iter().filter(|ok| !**ok).count(), 1);
+        assert!(!one[37]);
+        assert!(
+            singles <= 2 * BISECT_SINGLY,
+            "{singles} single verifications for one forgery in 64"
+        );
+        let (three, singles) = run(&[0, 31, 63]);
+        assert_eq!(three.iter().filter(|ok| !**ok).count(), 3);
+        assert!(
+            singles <= 6 * BISECT_SINGLY,
+            "{singles} for three forgeries in 64"
+        );
+        let every: Vec<usize> = (0..64).collect();
+        let (none, _) = run(&every);
+        assert!(none.iter().all(|ok| !*ok));
     }
 }

@@ -17,7 +17,7 @@ use ed25519_dalek::VerifyingKey;
 use sealcast_core::credential::{EntityCredential, PublicCredential};
 use sealcast_core::ids::{EntityId, UnixMillis};
 use sealcast_core::replay::{SeqAllocator, SeqWindow};
-use sealcast_core::report::verify_reports_batch;
+use sealcast_core::report::{peek_report, verify_reports_batch};
 
 use crate::wire::{Announcement, open_solicit, seal_batch, split_for_batches};
 use crate::{Error, Result};
@@ -133,13 +133,38 @@ impl DapCore {
     /// Verifies `reports` in one batch and checks and commits each genuine
     /// one's window (in memory; see [`DapCore::export_state`]), in order, so
     /// a second copy inside the same batch is a replay too.
+    ///
+    /// A report whose (meter, sequence number) its meter's window already
+    /// holds is refused as a replay *before* any signature work: a flood of
+    /// replayed reports costs a header parse each, not a verification.
+    /// (Copies inside one call are still settled after verification, in
+    /// order, so a forged copy sent ahead of the genuine report cannot
+    /// shadow it.) The batch verification finds forgeries by bisection
+    /// (`sealcast_core::crypto::ed25519_verify_batch`).
     pub fn verify(&mut self, reports: &[&[u8]]) -> Vec<ReportVerdict> {
+        let mut out: Vec<Option<ReportVerdict>> = reports
+            .iter()
+            .map(|bytes| {
+                let h = peek_report(bytes, self.headend.id()).ok()?;
+                let window = self.windows.get(&h.reporter)?;
+                window
+                    .check(h.seq)
+                    .is_err()
+                    .then_some(ReportVerdict::Replayed)
+            })
+            .collect();
+        let fresh: Vec<&[u8]> = reports
+            .iter()
+            .zip(&out)
+            .filter(|(_, v)| v.is_none())
+            .map(|(b, _)| *b)
+            .collect();
         let meters = &self.meters;
-        let verdicts = verify_reports_batch(reports, self.headend.id(), |id| meters.get(id));
-        verdicts
-            .into_iter()
-            .map(|v| match v {
-                Ok(report) => {
+        let verdicts = verify_reports_batch(&fresh, self.headend.id(), |id| meters.get(id));
+        let mut verdicts = verdicts.into_iter();
+        for slot in out.iter_mut().filter(|v| v.is_none()) {
+            *slot = Some(match verdicts.next() {
+                Some(Ok(report)) => {
                     let h = report.header();
                     let window = self.windows.entry(h.reporter.clone()).or_default();
                     match window.check(h.seq).and_then(|t| window.commit(t)) {
@@ -147,9 +172,13 @@ impl DapCore {
                         Err(_) => ReportVerdict::Replayed,
                     }
                 }
-                Err(sealcast_core::Error::UnknownSender) => ReportVerdict::UnknownMeter,
-                Err(e) => ReportVerdict::Forged(e.to_string()),
-            })
+                Some(Err(sealcast_core::Error::UnknownSender)) => ReportVerdict::UnknownMeter,
+                Some(Err(e)) => ReportVerdict::Forged(e.to_string()),
+                None => ReportVerdict::Forged("not verified".into()),
+            });
+        }
+        out.into_iter()
+            .map(|v| v.unwrap_or_else(|| ReportVerdict::Forged("not verified".into())))
             .collect()
     }
 
@@ -362,6 +391,36 @@ mod tests {
         assert!(matches!(verdicts[6], ReportVerdict::Forged(_)));
         // In a later batch as well.
         assert_eq!(w.dap.verify(&[&b]), vec![ReportVerdict::Replayed]);
+    }
+
+    #[test]
+    fn replays_are_refused_before_signature_work_and_forgeries_cannot_shadow() {
+        let mut w = world();
+        let at = UnixMillis::new(1_000);
+        let (_, a) = w.meters[0].seal(b"1 kWh", at).unwrap();
+        let (_, b) = w.meters[1].seal(b"2 kWh", at).unwrap();
+        let spoil = |r: &[u8]| {
+            let mut f = r.to_vec();
+            let n = f.len();
+            f[n - 3] ^= 0x40;
+            f
+        };
+        // A forged copy ahead of the genuine report in one call: the
+        // forgery is refused, the genuine report still goes through.
+        let b_forged = spoil(&b);
+        assert!(matches!(
+            w.dap.verify(&[&b_forged, &b])[..],
+            [ReportVerdict::Forged(_), ReportVerdict::Forward]
+        ));
+        assert_eq!(w.dap.verify(&[&a]), vec![ReportVerdict::Forward]);
+        // Later copies of committed reports are replays whatever their
+        // signature: refused on the window alone, before any verification
+        // (the spoiled copy would otherwise be reported as forged).
+        let a_spoiled = spoil(&a);
+        assert_eq!(
+            w.dap.verify(&[&a_spoiled, &b, &a]),
+            vec![ReportVerdict::Replayed; 3]
+        );
     }
 
     #[test]

@@ -94,6 +94,13 @@ impl Results {
         }
         row(
             &mut t,
+            "report batch 64, 1 forged / one by one",
+            self.forged64.batch_per_sec,
+            self.forged64.single_per_sec,
+            "",
+        );
+        row(
+            &mut t,
             "burst open 64 / one by one",
             self.burst64_open_per_sec,
             self.burst64_single_open_per_sec,
@@ -242,6 +249,17 @@ impl Results {
             ));
         }
         fields.extend([
+            (
+                "batch64_one_forged_per_sec".into(),
+                num(self.forged64.batch_per_sec),
+            ),
+            (
+                "batch64_one_forged_ratio".into(),
+                num(ratio(
+                    self.forged64.batch_per_sec,
+                    self.forged64.single_per_sec,
+                )),
+            ),
             (
                 "burst64_open_per_sec".into(),
                 num(self.burst64_open_per_sec),
