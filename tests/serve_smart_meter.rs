@@ -393,3 +393,108 @@ async fn a_pool_of_two_daps_shares_the_report_load() {
     drop(procs);
     drop(broker);
 }
+
+/// `[dap] max_reports_per_meter_per_minute`: a meter that floods the DAP
+/// with genuine reports gets its burst through and no more; the rest are
+/// dropped and counted (`rate_limited`), and another meter is unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flooding_meter_is_capped_at_the_dap() {
+    let t = MqttRun::start("r").await;
+    let (dir, url, run) = (t.dir.clone(), &t.url, &t.run);
+    let name = |n: &str| format!("{run}-{n}");
+    let (headend, dap) = (name("headend"), name("dap"));
+    let meters = [name("meter-1"), name("meter-2")];
+    keygen(&dir, [&headend, &dap].into_iter().chain(&meters));
+    fs::create_dir(dir.join("meters")).unwrap();
+    for m in &meters {
+        fs::copy(
+            dir.join(format!("{m}.pub")),
+            dir.join("meters").join(format!("{m}.pub")),
+        )
+        .unwrap();
+        fs::write(
+            dir.join(format!("{m}.toml")),
+            format!(
+                "broker = \"{url}\"\ntopic_prefix = \"{run}\"\nkey = \"{m}.key\"\n\
+                 state_dir = \"{m}-state\"\ndap = \"{dap}\"\nheadend_public_key = \"{headend}.pub\"\n"
+            ),
+        )
+        .unwrap();
+    }
+    fs::write(
+        dir.join("headend.toml"),
+        format!(
+            "broker = \"{url}\"\ntopic_prefix = \"{run}\"\nkey = \"{headend}.key\"\n\
+             state_dir = \"headend-state\"\nmeters_dir = \"meters\"\n\n\
+             [[dap]]\nid = \"{dap}\"\npublic_key = \"{dap}.pub\"\n"
+        ),
+    )
+    .unwrap();
+    // 3 at once, then 1 a minute: the test ends long before a refill.
+    fs::write(
+        dir.join("agent.toml"),
+        format!(
+            "broker = \"{url}\"\ntopic_prefix = \"{run}\"\nkey = \"{dap}.key\"\n\
+             state_dir = \"dap-state\"\n\n[dap]\nheadend = \"{headend}\"\n\
+             headend_public_key = \"{headend}.pub\"\nmeters_dir = \"meters\"\n\
+             batch_size = 16\nmax_batch_delay_ms = 100\n\
+             max_reports_per_meter_per_minute = 1\nmax_report_burst = 3\n"
+        ),
+    )
+    .unwrap();
+    let mut procs = Procs::new(&dir);
+    start_headend(&mut procs);
+    wait_until("the headend runs", &procs, || {
+        procs.log("headend").contains("headend service running")
+    })
+    .await;
+    procs.start_appending("dap", &["agent", "serve", "--config", "agent.toml"]);
+    wait_until("the headend accepts the DAP's announcement", &procs, || {
+        procs.log("headend").contains("DAP announcement accepted")
+    })
+    .await;
+
+    assert_eq!(report(&dir, &meters[0], "flood {n}", 10).len(), 10);
+    assert_eq!(report(&dir, &meters[1], "calm 0", 1), vec![0]);
+    wait_until("the DAP drops the flood beyond the burst", &procs, || {
+        dap_dropped(&procs.log("dap"), "rate_limited") >= 7
+    })
+    .await;
+    wait_until("the headend has four readings", &procs, || {
+        headend_readings(&dir).len() >= 4
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let readings = headend_readings(&dir);
+    let flood = readings
+        .iter()
+        .filter(|l| l.contains("reading=flood"))
+        .count();
+    assert_eq!(flood, 3, "{readings:?}\n{}", procs.logs());
+    assert!(
+        readings.contains(&reading_line(&meters[1], 0, &dap, "calm 0")),
+        "{readings:?}"
+    );
+    assert_eq!(
+        dap_dropped(&procs.log("dap"), "rate_limited"),
+        7,
+        "{}",
+        procs.logs()
+    );
+    // A config with a burst but no rate is refused with what to do.
+    fs::write(
+        dir.join("bad.toml"),
+        fs::read_to_string(dir.join("agent.toml"))
+            .unwrap()
+            .replace("max_reports_per_meter_per_minute = 1\n", ""),
+    )
+    .unwrap();
+    let out = common::run(&dir, &["agent", "serve", "--config", "bad.toml"]);
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("max_report_burst needs max_reports_per_meter_per_minute"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

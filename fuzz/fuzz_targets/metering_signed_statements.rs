@@ -91,7 +91,7 @@ libfuzzer_sys::fuzz_target!(|input: &[u8]| {
                 let _ = headend.handle_batch(data);
             }
             if let Ok(mut dap) = w.dap_core.lock() {
-                let _ = dap.verify(&[data]);
+                let _ = dap.verify(&[data], sealcast_core::ids::UnixMillis::new(1_000));
             }
         }
     }

@@ -112,6 +112,8 @@ meters_dir = "meters"                # every *.pub in it is a meter it serves
 # public_key = "meter-1.pub"
 batch_size = 64                      # 1-4096
 max_batch_delay_ms = 200             # 1-60000
+# max_reports_per_meter_per_minute = 60  # cap per meter: genuine reports beyond it are dropped
+# max_report_burst = 60              #   and counted (default burst: the per-minute number)
 # pool = "street-7-daps"             # share a report pool with other DAPs (MQTT shared
 #                                    # subscription); meters then set dap = "street-7-daps"
 "#;

@@ -41,6 +41,28 @@ pub enum ReportVerdict {
     UnknownMeter,
     /// Its sequence number was seen before (or is too old).
     Replayed,
+    /// Genuine and fresh, but its meter is over its rate
+    /// ([`DapCore::set_rate_limit`]): dropped, its window not moved (the
+    /// same report is accepted again once the meter is within its rate).
+    RateLimited,
+}
+
+/// A per-meter cap on forwarded reports: a token bucket of `burst` reports
+/// refilled at `per_minute` reports a minute. Only reports that verified
+/// count (a forger cannot spend a genuine meter's budget).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Reports a meter may send at once after a quiet period (≥ 1).
+    pub burst: u32,
+    /// Reports a meter may send per minute on average (≥ 1).
+    pub per_minute: u32,
+}
+
+/// One meter's bucket: tokens in thousandths, and when it was last filled.
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    milli_tokens: u64,
+    at: UnixMillis,
 }
 
 /// A sealed batch and whether state must reach the disk before it leaves.
@@ -62,6 +84,8 @@ pub struct DapCore {
     batch_seq: SeqAllocator,
     announce_version: u64,
     last_solicited_answer: Option<UnixMillis>,
+    rate: Option<RateLimit>,
+    buckets: BTreeMap<EntityId, Bucket>,
 }
 
 impl core::fmt::Debug for DapCore {
@@ -73,6 +97,35 @@ impl core::fmt::Debug for DapCore {
             .field("meters", &self.meters.len())
             .field("announce_version", &self.announce_version)
             .finish_non_exhaustive()
+    }
+}
+
+/// Takes one report's token from `meter`'s bucket (refilled up to `at`);
+/// false when the bucket is empty. No limit: always true.
+fn take_token(
+    rate: Option<RateLimit>,
+    buckets: &mut BTreeMap<EntityId, Bucket>,
+    meter: &EntityId,
+    at: UnixMillis,
+) -> bool {
+    let Some(rate) = rate else {
+        return true;
+    };
+    let full = u64::from(rate.burst) * 1000;
+    let bucket = buckets.entry(meter.clone()).or_insert(Bucket {
+        milli_tokens: full,
+        at,
+    });
+    // per_minute tokens per 60 000 ms = per_minute thousandths per 60 ms.
+    let elapsed = at.get().saturating_sub(bucket.at.get());
+    let refill = elapsed.saturating_mul(u64::from(rate.per_minute)) / 60;
+    bucket.milli_tokens = bucket.milli_tokens.saturating_add(refill).min(full);
+    bucket.at = UnixMillis::new(bucket.at.get().max(at.get()));
+    if bucket.milli_tokens >= 1000 {
+        bucket.milli_tokens -= 1000;
+        true
+    } else {
+        false
     }
 }
 
@@ -98,6 +151,8 @@ impl DapCore {
             batch_seq: SeqAllocator::new(BATCH_SEQ_BLOCK)?,
             announce_version: 0,
             last_solicited_answer: None,
+            rate: None,
+            buckets: BTreeMap::new(),
         };
         core.set_meters(meters);
         Ok(core)
@@ -141,7 +196,11 @@ impl DapCore {
     /// order, so a forged copy sent ahead of the genuine report cannot
     /// shadow it.) The batch verification finds forgeries by bisection
     /// (`sealcast_core::crypto::ed25519_verify_batch`).
-    pub fn verify(&mut self, reports: &[&[u8]]) -> Vec<ReportVerdict> {
+    ///
+    /// With a rate limit set, a verified, fresh report of a meter over its
+    /// rate is [`ReportVerdict::RateLimited`]; `at` is the time the rate is
+    /// measured at.
+    pub fn verify(&mut self, reports: &[&[u8]], at: UnixMillis) -> Vec<ReportVerdict> {
         let mut out: Vec<Option<ReportVerdict>> = reports
             .iter()
             .map(|bytes| {
@@ -167,9 +226,18 @@ impl DapCore {
                 Some(Ok(report)) => {
                     let h = report.header();
                     let window = self.windows.entry(h.reporter.clone()).or_default();
-                    match window.check(h.seq).and_then(|t| window.commit(t)) {
-                        Ok(()) => ReportVerdict::Forward,
+                    match window.check(h.seq) {
                         Err(_) => ReportVerdict::Replayed,
+                        Ok(token) => {
+                            if take_token(self.rate, &mut self.buckets, &h.reporter, at) {
+                                match window.commit(token) {
+                                    Ok(()) => ReportVerdict::Forward,
+                                    Err(_) => ReportVerdict::Replayed,
+                                }
+                            } else {
+                                ReportVerdict::RateLimited
+                            }
+                        }
                     }
                 }
                 Some(Err(sealcast_core::Error::UnknownSender)) => ReportVerdict::UnknownMeter,
@@ -180,6 +248,21 @@ impl DapCore {
         out.into_iter()
             .map(|v| v.unwrap_or_else(|| ReportVerdict::Forged("not verified".into())))
             .collect()
+    }
+
+    /// Sets (or with `None` removes) the per-meter rate cap. Buckets start
+    /// full; they live in memory (a restarted DAP starts them full again).
+    pub fn set_rate_limit(&mut self, limit: Option<RateLimit>) -> Result<()> {
+        if let Some(l) = limit
+            && (l.burst == 0 || l.per_minute == 0)
+        {
+            return Err(Error::State(
+                "a rate limit needs a burst and a rate of at least 1".into(),
+            ));
+        }
+        self.rate = limit;
+        self.buckets.clear();
+        Ok(())
     }
 
     /// Signs `reports` (already verified) into one or more batches for the
@@ -381,7 +464,7 @@ mod tests {
         stranger.confirm_reservation(l).unwrap();
         let (_, unknown) = stranger.seal(b"9 kWh", at).unwrap();
         let batch: Vec<&[u8]> = vec![&a, &b, &forged, &flipped, &unknown, &a, b"junk"];
-        let verdicts = w.dap.verify(&batch);
+        let verdicts = w.dap.verify(&batch, UnixMillis::new(1_000));
         assert_eq!(verdicts[0], ReportVerdict::Forward);
         assert_eq!(verdicts[1], ReportVerdict::Forward);
         assert!(matches!(verdicts[2], ReportVerdict::Forged(_)));
@@ -390,7 +473,10 @@ mod tests {
         assert_eq!(verdicts[5], ReportVerdict::Replayed);
         assert!(matches!(verdicts[6], ReportVerdict::Forged(_)));
         // In a later batch as well.
-        assert_eq!(w.dap.verify(&[&b]), vec![ReportVerdict::Replayed]);
+        assert_eq!(
+            w.dap.verify(&[&b], UnixMillis::new(1_000)),
+            vec![ReportVerdict::Replayed]
+        );
     }
 
     #[test]
@@ -409,17 +495,88 @@ mod tests {
         // forgery is refused, the genuine report still goes through.
         let b_forged = spoil(&b);
         assert!(matches!(
-            w.dap.verify(&[&b_forged, &b])[..],
+            w.dap.verify(&[&b_forged, &b], UnixMillis::new(1_000))[..],
             [ReportVerdict::Forged(_), ReportVerdict::Forward]
         ));
-        assert_eq!(w.dap.verify(&[&a]), vec![ReportVerdict::Forward]);
+        assert_eq!(
+            w.dap.verify(&[&a], UnixMillis::new(1_000)),
+            vec![ReportVerdict::Forward]
+        );
         // Later copies of committed reports are replays whatever their
         // signature: refused on the window alone, before any verification
         // (the spoiled copy would otherwise be reported as forged).
         let a_spoiled = spoil(&a);
         assert_eq!(
-            w.dap.verify(&[&a_spoiled, &b, &a]),
+            w.dap.verify(&[&a_spoiled, &b, &a], UnixMillis::new(1_000)),
             vec![ReportVerdict::Replayed; 3]
+        );
+    }
+
+    #[test]
+    fn a_meter_over_its_rate_is_dropped_without_moving_its_window() {
+        let mut w = world();
+        w.dap
+            .set_rate_limit(Some(RateLimit {
+                burst: 3,
+                per_minute: 60,
+            }))
+            .unwrap();
+        assert!(
+            w.dap
+                .set_rate_limit(Some(RateLimit {
+                    burst: 0,
+                    per_minute: 1,
+                }))
+                .is_err()
+        );
+        let t0 = UnixMillis::new(10_000);
+        let reports: Vec<Vec<u8>> = (0..5)
+            .map(|i| {
+                w.meters[0]
+                    .seal(format!("{i} kWh").as_bytes(), t0)
+                    .unwrap()
+                    .1
+            })
+            .collect();
+        let (_, other) = w.meters[1].seal(b"7 kWh", t0).unwrap();
+        let refs: Vec<&[u8]> = reports
+            .iter()
+            .map(Vec::as_slice)
+            .chain([other.as_slice()])
+            .collect();
+        let v = w.dap.verify(&refs, t0);
+        // The burst of 3, then the cap; another meter has its own bucket.
+        assert_eq!(
+            v,
+            vec![
+                ReportVerdict::Forward,
+                ReportVerdict::Forward,
+                ReportVerdict::Forward,
+                ReportVerdict::RateLimited,
+                ReportVerdict::RateLimited,
+                ReportVerdict::Forward,
+            ]
+        );
+        // One second later one more token (60 a minute): the first dropped
+        // report goes through now (its window did not move), the second not.
+        let later = UnixMillis::new(11_000);
+        assert_eq!(
+            w.dap.verify(&[&reports[3], &reports[4]], later),
+            vec![ReportVerdict::Forward, ReportVerdict::RateLimited]
+        );
+        // Forgeries in a meter's name do not spend its budget.
+        let (_, forged) = w.mallory.seal(b"0 kWh", later).unwrap();
+        let much_later = UnixMillis::new(20_000);
+        let flood: Vec<&[u8]> = std::iter::repeat_n(forged.as_slice(), 10).collect();
+        assert!(
+            w.dap
+                .verify(&flood, much_later)
+                .iter()
+                .all(|v| matches!(v, ReportVerdict::Forged(_)))
+        );
+        assert_eq!(
+            w.dap.verify(&[&reports[4]], much_later),
+            vec![ReportVerdict::Forward]
         );
     }
 
@@ -428,7 +585,10 @@ mod tests {
         let mut w = world();
         let at = UnixMillis::new(1_000);
         let (_, a) = w.meters[0].seal(b"1 kWh", at).unwrap();
-        assert_eq!(w.dap.verify(&[&a]), vec![ReportVerdict::Forward]);
+        assert_eq!(
+            w.dap.verify(&[&a], UnixMillis::new(1_000)),
+            vec![ReportVerdict::Forward]
+        );
         let sealed = w.dap.seal_batches(&[&a], at).unwrap();
         assert!(
             sealed.persist_first,
@@ -445,7 +605,10 @@ mod tests {
 
         let mut restarted = world().dap;
         restarted.restore_state(&state).unwrap();
-        assert_eq!(restarted.verify(&[&a]), vec![ReportVerdict::Replayed]);
+        assert_eq!(
+            restarted.verify(&[&a], UnixMillis::new(1_000)),
+            vec![ReportVerdict::Replayed]
+        );
         let key = restarted.credential.signing_key().verifying_key();
         let lookup = |_: &EntityId| Some(&key);
         let before = open_batch(&sealed.batches[0], w.headend.id(), lookup).unwrap();
@@ -506,7 +669,10 @@ mod tests {
         let mut w = world();
         let at = UnixMillis::new(1_000);
         let (_, a) = w.meters[0].seal(b"1 kWh", at).unwrap();
-        assert_eq!(w.dap.verify(&[&a]), vec![ReportVerdict::Forward]);
+        assert_eq!(
+            w.dap.verify(&[&a], UnixMillis::new(1_000)),
+            vec![ReportVerdict::Forward]
+        );
         w.dap.seal_batches(&[&a], at).unwrap();
         w.dap.announce(at).unwrap();
         let before = w.dap.export_state().unwrap();

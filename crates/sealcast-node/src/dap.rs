@@ -27,7 +27,7 @@ use crate::link::{Inbox, Incoming, Interest, Link, LinkConfig};
 use sealcast_core::credential::PublicCredential;
 use sealcast_core::ids::EntityId;
 use sealcast_core::target::{AgentChannel, TopicFilter, TopicScheme};
-pub use sealcast_metering::dap::{DapCore, ReportVerdict, SealedBatches};
+pub use sealcast_metering::dap::{DapCore, RateLimit, ReportVerdict, SealedBatches};
 use sealcast_store::{DeviceStateFile, StateLock};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
@@ -48,6 +48,9 @@ pub struct DapStats {
     pub unknown: u64,
     /// Replays dropped.
     pub replayed: u64,
+    /// Genuine reports dropped because their meter was over its rate
+    /// (`[dap] max_reports_per_meter_per_minute`).
+    pub rate_limited: u64,
     /// Signed batches published.
     pub batches: u64,
     /// Announcements published.
@@ -432,9 +435,9 @@ impl Dap {
         let pending = std::mem::take(&mut self.pending);
         let refs: Vec<&[u8]> = pending.iter().map(|m| m.payload.as_ref()).collect();
         let started = Instant::now();
-        let verdicts = self.core.verify(&refs);
+        let verdicts = self.core.verify(&refs, now());
         self.stats.verify_time += started.elapsed();
-        let (mut forged, mut unknown, mut replayed) = (0usize, 0usize, 0usize);
+        let (mut forged, mut unknown, mut replayed, mut limited) = (0usize, 0usize, 0usize, 0usize);
         let mut forward: Vec<&[u8]> = Vec::new();
         for (bytes, verdict) in refs.iter().zip(&verdicts) {
             match verdict {
@@ -445,6 +448,7 @@ impl Dap {
                 }
                 ReportVerdict::UnknownMeter => unknown += 1,
                 ReportVerdict::Replayed => replayed += 1,
+                ReportVerdict::RateLimited => limited += 1,
             }
         }
         if !forward.is_empty() {
@@ -498,9 +502,10 @@ impl Dap {
         self.stats.forged += forged as u64;
         self.stats.unknown += unknown as u64;
         self.stats.replayed += replayed as u64;
+        self.stats.rate_limited += limited as u64;
         self.stats_tx.send_replace(self.stats.clone());
-        if forged + unknown + replayed > 0 {
-            warn!(dap = %self.core.id(), received, forwarded, forged, unknown, replayed, "reports dropped");
+        if forged + unknown + replayed + limited > 0 {
+            warn!(dap = %self.core.id(), received, forwarded, forged, unknown, replayed, rate_limited = limited, "reports dropped");
         } else {
             debug!(dap = %self.core.id(), received, forwarded, "batch forwarded");
         }

@@ -162,6 +162,11 @@ struct DapSection {
     /// subscription to the pool's report topic; meters name the pool as
     /// their `dap`). Each DAP of a pool has its own id, key and state.
     pool: Option<String>,
+    /// Caps what one meter may send: genuine reports beyond this many a
+    /// minute on average (after a burst of `max_report_burst`, default the
+    /// same number) are dropped and counted (`rate_limited`). Unset: no cap.
+    max_reports_per_meter_per_minute: Option<u32>,
+    max_report_burst: Option<u32>,
 }
 
 fn default_group() -> String {
@@ -421,8 +426,23 @@ pub fn agent_with_dap(args: &ServeArgs) -> Result<()> {
         move |s: &DapSection| meters(&base, s.meters_dir.as_deref(), &s.meter)
     };
     let meter_keys = load_meters(&section)?;
-    let core = DapCore::new(credential, headend, section.group.clone(), meter_keys)
+    let mut core = DapCore::new(credential, headend, section.group.clone(), meter_keys)
         .map_err(|e| failed("cannot set up the DAP", e))?;
+    if let Some(per_minute) = section.max_reports_per_meter_per_minute {
+        let limit = sealcast_node::dap::RateLimit {
+            burst: section.max_report_burst.unwrap_or(per_minute),
+            per_minute,
+        };
+        core.set_rate_limit(Some(limit)).map_err(|e| {
+            CliError::usage(format!(
+                "[dap] max_reports_per_meter_per_minute and max_report_burst must be at least 1 ({e})"
+            ))
+        })?;
+    } else if section.max_report_burst.is_some() {
+        return Err(CliError::usage(
+            "[dap] max_report_burst needs max_reports_per_meter_per_minute",
+        ));
+    }
     let link = link_config(
         config.transport,
         &broker_url(&config.broker, &base, &broker_security!(config))?,
