@@ -81,6 +81,20 @@ fn bench_quick_json_has_every_field() {
         Some(0),
         "operations failed during the run"
     );
+    // The security overhead factor is what its definition says, from the
+    // same run's figures (it may be below 0 on a noisy quick run).
+    let f = |k: &str| {
+        obj[k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{k} is not a number"))
+    };
+    let factor = f("e2e_security_overhead_factor");
+    let expected = (f("e2e_alert_to_last_ms") - f("e2e_transport_floor_ms"))
+        / (f("e2e_opens") * f("e2e_single_open_us") / 1e3 / f("e2e_cores"));
+    assert!(
+        (factor - expected).abs() <= 1e-3 * expected.abs().max(1.0),
+        "factor {factor} vs {expected}"
+    );
 }
 
 #[test]
@@ -97,6 +111,7 @@ fn bench_table_names_backend_and_profile() {
     assert!(table.contains("open 100 B / raw verify_strict"), "{table}");
     assert!(table.contains("extrapolated linearly"), "{table}");
     assert!(table.contains("pipeline efficiency"), "{table}");
+    assert!(table.contains("security overhead factor"), "{table}");
     assert!(table.contains("no security (MQTT alone"), "{table}");
 }
 

@@ -24,6 +24,18 @@ pub(super) struct EndToEnd {
 }
 
 impl EndToEnd {
+    /// The security overhead factor: (alert → last − transport floor) ÷
+    /// (opens × one open ÷ cores), all from this run. What the security
+    /// adds to the fan-out's time, in units of the least its cryptography
+    /// needs on these cores: 1.0 when the system adds nothing beyond its
+    /// opens. The headline end-to-end figure (docs/PERFORMANCE.md).
+    pub(super) fn security_overhead_factor(&self) -> f64 {
+        ratio(
+            self.alert_to_last.as_secs_f64() - self.transport_floor.as_secs_f64(),
+            self.opens as f64 * self.single_open_s / self.cores.max(1) as f64,
+        )
+    }
+
     /// (opens × single-open time) ÷ (wall time × cores): the share of the
     /// machine's cores the pipeline spent on the opens themselves, 1.0 when
     /// the messaging, scheduling and gateway hop cost nothing.

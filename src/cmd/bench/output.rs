@@ -161,7 +161,12 @@ impl Results {
             );
             let _ = writeln!(
                 t,
-                "  pipeline efficiency (opens × one open) ÷ (wall × cores) {:>8.3}  target >= 0.7",
+                "  security overhead factor (alert→last − transport floor) ÷ (opens × one open ÷ cores) {:>7.2}  goal <= 1.5",
+                e.security_overhead_factor()
+            );
+            let _ = writeln!(
+                t,
+                "  (secondary) pipeline efficiency (opens × one open) ÷ (wall × cores) {:>8.3}",
                 e.efficiency()
             );
             let _ = writeln!(
@@ -333,6 +338,10 @@ impl Results {
                 ),
                 ("e2e_single_open_us".into(), num(e.single_open_s * 1e6)),
                 ("e2e_cores".into(), Value::from(e.cores)),
+                (
+                    "e2e_security_overhead_factor".into(),
+                    num(e.security_overhead_factor()),
+                ),
                 ("e2e_pipeline_efficiency".into(), num(e.efficiency())),
                 (
                     "e2e_transport_floor_ms".into(),
