@@ -313,21 +313,7 @@ async fn the_bearer_hides_group_traffic_and_revocation_locks_a_door_out() {
     // the sensor hears the manager's answer only once a retransmission
     // lands. Seen once in CI as more than the default 10 s, so this send
     // may wait longer; the checks below are unchanged.
-    common::sealcast(
-        &dir,
-        &[
-            "device",
-            "send",
-            "--config",
-            &format!("{sensor}.toml"),
-            "--group",
-            "fire-sensors",
-            "--alert",
-            "smoke in hall 3",
-            "--wait",
-            "45",
-        ],
-    );
+    common::alert_waiting(&dir, sensor, "smoke in hall 3", 45);
     wait_until("door-1 executes the third command", &procs, || {
         executed(&dir, doors[0]).len() == 3
     })

@@ -359,6 +359,11 @@ pub fn executed_seqs(dir: &Path, door: &str) -> Vec<u64> {
 /// `sealcast device send` of an alert from `sensor` to `fire-sensors`;
 /// returns its standard output.
 pub fn alert(dir: &Path, sensor: &str, text: &str) -> String {
+    alert_waiting(dir, sensor, text, 10)
+}
+
+/// [`alert`] waiting up to `wait_s` seconds for the manager's answer.
+pub fn alert_waiting(dir: &Path, sensor: &str, text: &str, wait_s: u64) -> String {
     sealcast(
         dir,
         &[
@@ -370,6 +375,8 @@ pub fn alert(dir: &Path, sensor: &str, text: &str) -> String {
             "fire-sensors",
             "--alert",
             text,
+            "--wait",
+            &wait_s.to_string(),
         ],
     )
 }

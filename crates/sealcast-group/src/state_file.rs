@@ -345,13 +345,22 @@ impl SeqState {
 /// What the manager stores beside a group's key material (the store's
 /// tree-state blob): the key material's validity and the LKH tree's state
 /// (`KeyTree::to_bytes`). CBOR: `[validity_ms / null, tree / null]`.
-/// **Secret** when it holds a tree.
-#[derive(Debug, Default)]
+/// **Secret** when it holds a tree: `Debug` shows its length only.
+#[derive(Default)]
 pub struct GroupStateBlob {
     /// How long the group's key material is valid, in milliseconds.
     pub validity_ms: Option<u64>,
     /// The tree's state, for a tree group.
     pub tree: Option<Zeroizing<Vec<u8>>>,
+}
+
+impl core::fmt::Debug for GroupStateBlob {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("GroupStateBlob")
+            .field("validity_ms", &self.validity_ms)
+            .field("tree_len", &self.tree.as_ref().map(|t| t.len()))
+            .finish()
+    }
 }
 
 impl GroupStateBlob {
@@ -518,6 +527,12 @@ mod tests {
     fn group_state_blob_round_trip_and_refusals() {
         let bytes = GroupStateBlob::encode(Some(86_400_000), Some(&[1, 2, 3])).unwrap();
         let back = GroupStateBlob::decode(&bytes).unwrap();
+        // The tree's keys never reach a Debug print.
+        let shown = format!("{back:?}");
+        assert!(
+            shown.contains("tree_len: Some(3)") && !shown.contains("[1, 2, 3]"),
+            "{shown}"
+        );
         assert_eq!(back.validity_ms, Some(86_400_000));
         assert_eq!(
             back.tree.as_deref().map(Vec::as_slice),
