@@ -54,6 +54,11 @@ pub fn smart_meter(args: &SmartMeterArgs) -> Result<()> {
         ));
     }
     let transport = link_transport(args.transport, args.broker.as_deref())?;
+    if transport == sealcast_node::link::Transport::OneM2m {
+        return Err(CliError::usage(
+            "the smart-meter demo does not run on oneM2M yet; the fire-safety demo does (sealcast demo fire-safety --transport onem2m --cse …)",
+        ));
+    }
     let config = sealcast_demo::smart_meter::SmartMeterConfig {
         meters: args.meters,
         reports_per_meter: args.reports,
@@ -94,6 +99,10 @@ pub enum Transport {
     /// deliveries, acks and pulls) and group channels by multicast, all on
     /// 127.0.0.1 (multicast pinned to the loopback interface).
     Coap,
+    /// oneM2M: every entity an AE on a CSE (--cse), every message a
+    /// content instance, groups fanned out by the CSE's <group> resources,
+    /// receipt by notification. Needs a running CSE (README: ACME).
+    Onem2m,
 }
 
 /// Arguments of `sealcast demo fire-safety`.
@@ -114,6 +123,23 @@ pub struct FireSafetyArgs {
     /// MUK; frames padded and encrypted beneath COSE).
     #[arg(long)]
     pub bearer: bool,
+    /// With --transport onem2m: the IN-CSE's CSEBase URL, then optionally
+    /// the MN-CSE's (the field devices' registrar and the groups' host),
+    /// e.g. --cse http://127.0.0.1:8080/cse-in --cse http://127.0.0.1:8081/cse-mn.
+    #[arg(long, value_name = "URL")]
+    pub cse: Vec<String>,
+    /// With --transport onem2m: the primitives' serialization.
+    #[arg(long, value_enum, default_value_t = CseSerialization::Json)]
+    pub cse_serialization: CseSerialization,
+}
+
+/// oneM2M serializations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CseSerialization {
+    /// application/json.
+    Json,
+    /// application/cbor.
+    Cbor,
 }
 
 /// The runtimes' transport of `--transport`, refusing `--broker` with CoAP.
@@ -124,6 +150,10 @@ fn link_transport(t: Transport, broker: Option<&str>) -> Result<sealcast_node::l
             Err(CliError::usage("--broker is for --transport mqtt"))
         }
         Transport::Coap => Ok(sealcast_node::link::Transport::Coap),
+        Transport::Onem2m if broker.is_some() => {
+            Err(CliError::usage("--broker is for --transport mqtt"))
+        }
+        Transport::Onem2m => Ok(sealcast_node::link::Transport::OneM2m),
     }
 }
 
@@ -133,6 +163,15 @@ pub fn fire_safety(args: &FireSafetyArgs) -> Result<()> {
         return Err(CliError::usage("--devices must be between 3 and 2000"));
     }
     let transport = link_transport(args.transport, args.broker.as_deref())?;
+    let onem2m = transport == sealcast_node::link::Transport::OneM2m;
+    if onem2m && !(1..=2).contains(&args.cse.len()) {
+        return Err(CliError::usage(
+            "--transport onem2m needs --cse <IN-CSE URL> and optionally a second --cse <MN-CSE URL>, e.g. http://127.0.0.1:8080/cse-in (README: starting ACME)",
+        ));
+    }
+    if !onem2m && !args.cse.is_empty() {
+        return Err(CliError::usage("--cse is for --transport onem2m"));
+    }
     if args.bearer && transport != sealcast_node::link::Transport::Coap {
         return Err(CliError::usage(
             "--bearer runs under CoAP multicast: add --transport coap",
@@ -149,6 +188,13 @@ pub fn fire_safety(args: &FireSafetyArgs) -> Result<()> {
         broker: args.broker.clone(),
         transport,
         bearer: args.bearer,
+        onem2m: sealcast_demo::OneM2mOptions {
+            cse: args.cse.clone(),
+            serialization: match args.cse_serialization {
+                CseSerialization::Json => sealcast_onem2m::Serialization::Json,
+                CseSerialization::Cbor => sealcast_onem2m::Serialization::Cbor,
+            },
+        },
     };
     say(&format!(
         "sealcast fire-safety demo: {} devices over {transport}{} on loopback",

@@ -47,6 +47,9 @@ pub enum Error {
     SignerNotAuthorized,
     /// The signer of the inner object is not the sender of the outer one.
     SignerMismatch,
+    /// The transport's originator (a oneM2M AE the CSE accepted) is not the
+    /// entity that signed the object: AE impersonation (TS-0003 §7.2).
+    OriginatorMismatch,
     /// The object was made for another group, epoch, recipient or target.
     ContextMismatch(&'static str),
     /// The sequence number was seen already, or is older than the window.
@@ -99,6 +102,12 @@ impl fmt::Display for Error {
             Error::UnknownSender => write!(f, "unknown sender or key id"),
             Error::SignerNotAuthorized => write!(f, "signer is not authorized for this group"),
             Error::SignerMismatch => write!(f, "inner signer differs from outer sender"),
+            Error::OriginatorMismatch => {
+                write!(
+                    f,
+                    "the transport's originator is not the signer (impersonation)"
+                )
+            }
             Error::ContextMismatch(what) => write!(f, "object was made for another {what}"),
             Error::Replay(ReplayKind::Duplicate) => write!(f, "replay: already accepted"),
             Error::Replay(ReplayKind::TooOld) => write!(f, "replay: older than the replay window"),

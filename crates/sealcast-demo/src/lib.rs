@@ -31,6 +31,20 @@ pub fn demo_topics(external: bool) -> Result<sealcast_core::target::TopicScheme>
     ))?)
 }
 
+/// The demos' group manager (on oneM2M: the AE on the IN-CSE that also
+/// hosts the groups on the field CSE).
+pub const DEMO_MANAGER: &str = "manager";
+
+/// Where a demo on oneM2M finds its CSEs, and how it talks to them.
+#[derive(Clone, Debug, Default)]
+pub struct OneM2mOptions {
+    /// The IN-CSE's `<CSEBase>` URL and optionally the MN-CSE's
+    /// (`http://127.0.0.1:8080/cse-in`).
+    pub cse: Vec<String>,
+    /// JSON or CBOR primitives.
+    pub serialization: sealcast_onem2m::Serialization,
+}
+
 /// What a demo's links need kept alive while it runs (the embedded MQTT
 /// broker, if it started one).
 #[derive(Debug)]
@@ -44,9 +58,16 @@ pub struct DemoTransport {
 pub async fn demo_link(
     transport: sealcast_node::link::Transport,
     broker: Option<&str>,
+    onem2m: &OneM2mOptions,
     log: &mut dyn FnMut(&str),
 ) -> Result<(DemoTransport, sealcast_node::link::LinkConfig)> {
-    use sealcast_node::link::{AddressBook, CoapLinkConfig, LinkConfig, Transport};
+    use sealcast_node::link::{
+        AddressBook, CoapLinkConfig, LinkConfig, OneM2mLinkConfig, Transport,
+    };
+    let cse = onem2m.cse.as_slice();
+    if transport != Transport::OneM2m && !cse.is_empty() {
+        return Err(Error::Runtime("a CSE is for the oneM2M transport".into()));
+    }
     match transport {
         Transport::Mqtt => {
             let (embedded, url) = match broker {
@@ -76,6 +97,32 @@ pub async fn demo_link(
                 coap.group
             ));
             Ok((DemoTransport { _broker: None }, LinkConfig::Coap(coap)))
+        }
+        Transport::OneM2m => {
+            if broker.is_some() {
+                return Err(Error::Runtime("a broker is for MQTT, not oneM2M".into()));
+            }
+            let (infrastructure, field) = match cse {
+                [i] => (i, None),
+                [i, f] => (i, Some(f.as_str())),
+                _ => {
+                    return Err(Error::Runtime(
+                        "the oneM2M transport needs the IN-CSE's URL and optionally the MN-CSE's (http://host:port/<CSEBase name>)".into(),
+                    ));
+                }
+            };
+            let mut config = OneM2mLinkConfig::new(
+                infrastructure,
+                field,
+                sealcast_core::ids::EntityId::new(DEMO_MANAGER)?,
+            );
+            config.serialization = onem2m.serialization;
+            log(&format!(
+                "oneM2M over HTTP ({}): the manager an AE on the IN-CSE {infrastructure}, everyone else AEs on {}; groups are <group> resources fanned out by the CSE",
+                onem2m.serialization.media_type(),
+                field.unwrap_or("the same CSE")
+            ));
+            Ok((DemoTransport { _broker: None }, LinkConfig::OneM2m(config)))
         }
     }
 }

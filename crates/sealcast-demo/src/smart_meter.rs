@@ -75,8 +75,18 @@ pub async fn smart_meter(
     }
     let mut report = DemoReport::default();
     let started = Instant::now();
-    let (_transport, link) =
-        crate::demo_link(config.transport, config.broker.as_deref(), log).await?;
+    if config.transport == Transport::OneM2m {
+        return Err(Error::Runtime(
+            "the smart-meter demo does not run on oneM2M yet; the fire-safety demo does (sealcast demo fire-safety --transport onem2m)".into(),
+        ));
+    }
+    let (_transport, link) = crate::demo_link(
+        config.transport,
+        config.broker.as_deref(),
+        &crate::OneM2mOptions::default(),
+        log,
+    )
+    .await?;
     let topics = crate::demo_topics(config.broker.is_some())?;
     if config.broker.is_some() {
         log(&format!("topic prefix {} (this demo's own)", topics.root()));

@@ -32,6 +32,7 @@ async fn fire_safety_on_the_embedded_broker() {
         broker: None,
         transport: Transport::Mqtt,
         bearer: false,
+        ..FireSafetyConfig::default()
     })
     .await;
 }
@@ -43,6 +44,7 @@ async fn fire_safety_over_coap() {
         broker: None,
         transport: Transport::Coap,
         bearer: false,
+        ..FireSafetyConfig::default()
     });
     tokio::time::timeout(std::time::Duration::from_secs(120), run)
         .await
@@ -58,6 +60,7 @@ async fn fire_safety_over_coap_on_the_bearer() {
         broker: None,
         transport: Transport::Coap,
         bearer: true,
+        ..FireSafetyConfig::default()
     });
     tokio::time::timeout(std::time::Duration::from_secs(120), run)
         .await
@@ -78,6 +81,7 @@ async fn fire_safety_on_mosquitto() {
         broker: Some(url),
         transport: Transport::Mqtt,
         bearer: false,
+        ..FireSafetyConfig::default()
     })
     .await;
 }

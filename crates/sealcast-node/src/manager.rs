@@ -203,6 +203,7 @@ impl Runtime {
                 _ = resend.tick() => {
                     // Re-send nothing from a state another manager left behind.
                     self.refresh_all();
+                    self.sync_all_members().await;
                     match self.manager.poll_resend(now(), &mut self.rng) {
                         Ok(out) => {
                             self.resends.fetch_add(out.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -291,6 +292,34 @@ impl Runtime {
         };
         if stored != self.saved.get(group).copied() {
             self.reload(group, "the store holds another epoch");
+        }
+    }
+
+    /// Tells the transport the members of `group` (oneM2M keeps them in the
+    /// group's `<group>` resource; MQTT and CoAP need nothing). Called
+    /// before every publish to the group — every change of members
+    /// publishes one — and on each re-send tick, so members that start
+    /// later are added once they are there.
+    async fn sync_members(&mut self, group: &GroupId) {
+        if self.link.transport() != crate::link::Transport::OneM2m {
+            return;
+        }
+        let Some(members) = self.manager.members(group) else {
+            return;
+        };
+        let members: BTreeSet<EntityId> = members.keys().cloned().collect();
+        if let Err(e) = self.link.set_group_members(group, &members).await {
+            warn!(group = %group.name(), error = %e, "cannot set the group's members on the transport; retrying on the next tick");
+        }
+    }
+
+    async fn sync_all_members(&mut self) {
+        if self.link.transport() != crate::link::Transport::OneM2m {
+            return;
+        }
+        let groups: Vec<GroupId> = self.manager.groups().cloned().collect();
+        for g in groups {
+            self.sync_members(&g).await;
         }
     }
 
@@ -616,11 +645,13 @@ impl Runtime {
                     self.link.send_to(next_hop, target, o.bytes).await
                 }
                 (Destination::Group(g), MessageKind::TreeRekey) => {
+                    self.sync_members(g).await;
                     self.link
                         .publish_group(g, GroupChannel::Rekey, o.bytes)
                         .await
                 }
                 (Destination::Group(g), _) => {
+                    self.sync_members(g).await;
                     self.link
                         .publish_group(g, GroupChannel::Notice, o.bytes)
                         .await

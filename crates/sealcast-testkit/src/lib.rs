@@ -10,6 +10,8 @@
 
 use std::path::PathBuf;
 
+pub mod acme;
+
 /// Environment variable that turns a missing external resource into a failure.
 pub const REQUIRE_ENV: &str = "SEALCAST_REQUIRE_EXTERNAL";
 

@@ -17,6 +17,35 @@ struct Attacker {
     gw_signer: AuthorizedSigner,
 }
 
+impl Attacker {
+    /// Publishes `bytes` as a command of `group` where every device can
+    /// get it: through the tap on MQTT and CoAP; on oneM2M through the
+    /// group's fan-out with `X-M2M-Origin` claiming the gateway, which ACME
+    /// accepts — so what refuses it is sealcast's cryptography, not the
+    /// originator check.
+    async fn inject(&self, d: &Deployment, group: &GroupId, bytes: Vec<u8>) -> Result<()> {
+        match &d.link {
+            LinkConfig::OneM2m(cse) => {
+                let target = d.topics.group(group, GroupChannel::Command);
+                let gateway_ae = sealcast_onem2m::ae_id(&d.gateway)?;
+                Ok(sealcast_node::link::onem2m::publish_group_as(
+                    cse,
+                    &gateway_ae,
+                    group,
+                    &target,
+                    &bytes,
+                )
+                .await?)
+            }
+            _ => {
+                self.tap
+                    .publish_group(group, GroupChannel::Command, bytes)
+                    .await
+            }
+        }
+    }
+}
+
 /// Runs the four attacks; each adds its checks to `report`.
 pub(super) async fn run(
     d: &mut Deployment,
@@ -101,9 +130,7 @@ async fn forged_command(
         &a.door_topic,
         b"open all",
     )?;
-    a.tap
-        .publish_group(&d.g.doors, GroupChannel::Command, forged)
-        .await?;
+    a.inject(d, &d.g.doors, forged).await?;
     let refused = d.doors_that(|e, g| rejected_with(e, g, BAD_SIG), log).await;
     report.checks.push(Check {
         what: "attack 1, forged command: doors that refused it".into(),
@@ -128,7 +155,13 @@ async fn replay(
     d.node(&d.gateway)?
         .send(&d.g.doors, GroupChannel::Command, b"unlock")
         .await?;
-    while let Ok(Some(m)) = tokio::time::timeout_at(deadline, a.tap_inbox.next_message()).await {
+    // On oneM2M nothing reaches a tap that is not a member: the attacker
+    // reads a door's container as the CSE's administrator instead, after
+    // the command went out (below).
+    let on_onem2m = matches!(d.link, LinkConfig::OneM2m(_));
+    while !on_onem2m
+        && let Ok(Some(m)) = tokio::time::timeout_at(deadline, a.tap_inbox.next_message()).await
+    {
         let payload = m.payload.clone();
         let on_door_topic = m.target == a.door_topic;
         m.ack.ack().await;
@@ -140,8 +173,6 @@ async fn replay(
             break;
         }
     }
-    let unlock =
-        unlock.ok_or_else(|| Error::Runtime("did not capture an unlock command".into()))?;
     // Both unlocks executed by every door before the replay goes out.
     let nd = d.doors.len();
     let (dl, dg) = (d.door_set(), d.g.doors.clone());
@@ -154,9 +185,29 @@ async fn replay(
         )
         .await;
     d.events.settle(Duration::from_millis(100), log).await;
-    a.tap
-        .publish_group(&d.g.doors, GroupChannel::Command, unlock.to_vec())
-        .await?;
+    if let LinkConfig::OneM2m(cse) = &d.link {
+        unlock = Some(sealcast_node::link::Bytes::from(
+            admin_capture(d, cse, a, report).await?,
+        ));
+    }
+    let unlock =
+        unlock.ok_or_else(|| Error::Runtime("did not capture an unlock command".into()))?;
+    if matches!(d.link, LinkConfig::OneM2m(_)) {
+        // The tap's own AE re-posts it: the CSE accepts, every door refuses
+        // an originator that is not the signer before any replay check.
+        a.tap
+            .publish_group(&d.g.doors, GroupChannel::Command, unlock.to_vec())
+            .await?;
+        let refused = d
+            .doors_that(|e, g| rejected_with(e, g, "impersonation"), log)
+            .await;
+        report.checks.push(Check {
+            what: "oneM2M: \"unlock\" re-posted by mallory's own AE: doors that refused the impersonation".into(),
+            expected: nd,
+            observed: refused,
+        });
+    }
+    a.inject(d, &d.g.doors, unlock.to_vec()).await?;
     let refused = d
         .doors_that(|e, g| rejected_with(e, g, "replay"), log)
         .await;
@@ -166,6 +217,37 @@ async fn replay(
         observed: refused,
     });
     Ok(unlock.to_vec())
+}
+
+/// oneM2M: the CSE's administrator (ACME's `CAdmin`, which its policy lets
+/// read everything) reads the latest instance in the first door's group
+/// container: the "unlock" just sent, as ciphertext only.
+async fn admin_capture(
+    d: &Deployment,
+    cse: &sealcast_node::link::OneM2mLinkConfig,
+    a: &Attacker,
+    report: &mut DemoReport,
+) -> Result<Vec<u8>> {
+    let door = d
+        .doors
+        .first()
+        .ok_or_else(|| Error::Runtime("no door".into()))?;
+    let (target, content) = sealcast_node::link::onem2m::read_latest(
+        cse,
+        "CAdmin",
+        door,
+        sealcast_onem2m::GROUP_CONTAINER,
+    )
+    .await?;
+    let plaintext_visible = content.windows(b"unlock".len()).any(|w| w == b"unlock");
+    let from_gateway = peek_broadcast(&content)
+        .is_ok_and(|h| h.sender_id == a.gw_signer.sender_id && h.seq.get() < 500);
+    report.checks.push(Check {
+        what: "oneM2M: the CSE admin reading a door's container finds the gateway's command, as ciphertext only".into(),
+        expected: 1,
+        observed: usize::from(target == a.door_topic && from_gateway && !plaintext_visible),
+    });
+    Ok(content)
 }
 
 /// 3. Re-wrap: mallory, a member of both groups, decrypts the genuine
@@ -191,9 +273,7 @@ async fn rewrapped(
         &d.gateway,
         &a.ext_topic,
     )?;
-    a.tap
-        .publish_group(&d.g.exts, GroupChannel::Command, rewrapped)
-        .await?;
+    a.inject(d, &d.g.exts, rewrapped).await?;
     let ne = d.exts.len();
     let el: BTreeSet<&EntityId> = d.exts.iter().collect();
     let eg = &d.g.exts;

@@ -563,6 +563,7 @@ impl Node {
             &self.senders,
             &self.state_file,
         );
+        let origin = incoming.origin.clone();
         let delivery = deliver_once(incoming, |target, bytes| {
             if let Some(limit) = not_before
                 && sealcast_core::broadcast::peek_broadcast(bytes)?
@@ -572,8 +573,29 @@ impl Node {
             {
                 return Err(OpenError::Refused(sealcast_core::Error::StaleTimestamp));
             }
-            let undo = file.as_ref().map(|_| receiver.undo_point(bytes));
+            // The originator the transport vouches for (a oneM2M AE) must be
+            // the entity behind the sender id, checked before any crypto or
+            // replay state is touched …
+            if let Some(origin) = &origin
+                && let Ok(h) = sealcast_core::broadcast::peek_broadcast(bytes)
+                && receiver
+                    .context()
+                    .entity_of(&h.sender_id)
+                    .is_some_and(|e| e != origin)
+            {
+                return Err(OpenError::Refused(sealcast_core::Error::OriginatorMismatch));
+            }
+            let mut undo = (file.is_some() || origin.is_some()).then(|| receiver.undo_point(bytes));
             let opened = receiver.open(bytes, target, at)?;
+            // … and the verified signer; if not, nothing of this open stays.
+            if let Some(origin) = &origin
+                && *origin != opened.signer
+            {
+                if let Some(undo) = undo.take() {
+                    receiver.roll_back(undo);
+                }
+                return Err(OpenError::Refused(sealcast_core::Error::OriginatorMismatch));
+            }
             // The committed window reaches the disk before the ack; if it
             // cannot, the window is put back and the message is held
             // unacknowledged, to be opened again once the disk recovers.

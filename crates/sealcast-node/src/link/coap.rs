@@ -513,6 +513,7 @@ async fn hear_group(mut group: MulticastReceiver, inbox: mpsc::Sender<Incoming>,
             },
         };
         let message = Incoming {
+            origin: None,
             target,
             payload: Bytes::from(payload),
             ack: super::Ack(super::AckInner::None),
@@ -686,6 +687,7 @@ impl ToRuntime {
         // The service's runtime hears it as every member does: nothing to
         // answer (a full inbox drops it, as a lost datagram would).
         let _ = self.inbox.try_send(Incoming {
+            origin: None,
             target: path,
             payload: Bytes::copy_from_slice(request.payload()),
             ack: super::Ack(super::AckInner::None),
@@ -710,6 +712,7 @@ impl DeferHandler for ToRuntime {
             server: Arc::clone(shared),
         };
         let message = Incoming {
+            origin: None,
             target: request.path(),
             payload: Bytes::copy_from_slice(request.payload()),
             ack: super::Ack(super::AckInner::Coap(answer)),

@@ -42,6 +42,7 @@
 pub mod bearer;
 pub mod coap;
 pub mod mqtt;
+pub mod onem2m;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -61,6 +62,7 @@ use tracing::{debug, info, warn};
 use crate::{Error, Result};
 
 pub use coap::{CoapLinkConfig, free_loopback_port, multicast_once};
+pub use onem2m::OneM2mLinkConfig;
 pub use sealcast_coap::MulticastInterface;
 
 /// Which transport a deployment runs on.
@@ -71,6 +73,9 @@ pub enum Transport {
     Mqtt,
     /// CoAP: unicast CON per entity, multicast NON per group.
     Coap,
+    /// oneM2M: AEs on CSEs, content instances, `<group>` fan-out,
+    /// notifications ([`onem2m`]).
+    OneM2m,
 }
 
 impl core::fmt::Display for Transport {
@@ -78,6 +83,7 @@ impl core::fmt::Display for Transport {
         f.write_str(match self {
             Transport::Mqtt => "MQTT",
             Transport::Coap => "CoAP",
+            Transport::OneM2m => "oneM2M",
         })
     }
 }
@@ -98,6 +104,8 @@ pub enum LinkConfig {
     },
     /// CoAP endpoints and a multicast group.
     Coap(CoapLinkConfig),
+    /// oneM2M CSEs over their HTTP binding.
+    OneM2m(OneM2mLinkConfig),
 }
 
 impl LinkConfig {
@@ -166,6 +174,7 @@ impl LinkConfig {
         match self {
             Self::Mqtt { .. } => Transport::Mqtt,
             Self::Coap(_) => Transport::Coap,
+            Self::OneM2m(_) => Transport::OneM2m,
         }
     }
 }
@@ -259,6 +268,11 @@ pub struct Incoming {
     pub target: String,
     /// The COSE bytes as they arrived.
     pub payload: Bytes,
+    /// The entity the transport says sent it, where the transport records
+    /// one (oneM2M: the originator the CSE accepted, its `cr`); None on MQTT
+    /// and CoAP. A runtime that learns the verified signer refuses a
+    /// message whose origin is another entity (TS-0003 §7.2).
+    pub origin: Option<EntityId>,
     /// Acknowledges it; send only after processing.
     pub ack: Ack,
 }
@@ -293,6 +307,7 @@ pub struct Ack(AckInner);
 enum AckInner {
     Mqtt(mqtt::MqttAck),
     Coap(coap::CoapAnswer),
+    OneM2m(onem2m::OneM2mAck),
     None,
 }
 
@@ -301,6 +316,7 @@ impl core::fmt::Debug for Ack {
         f.write_str(match self.0 {
             AckInner::Mqtt(_) => "Ack(MQTT)",
             AckInner::Coap(_) => "Ack(CoAP)",
+            AckInner::OneM2m(_) => "Ack(oneM2M)",
             AckInner::None => "Ack(none)",
         })
     }
@@ -329,6 +345,9 @@ impl Ack {
             // If the peer gave up meanwhile, it retries and the replay
             // window drops the copy.
             AckInner::Coap(a) => a.send(code),
+            // The CSE is answered 2000 either way: a refusal is sealcast's
+            // business, and a CSE may drop a subscription that fails.
+            AckInner::OneM2m(a) => a.send(),
             AckInner::None => {}
         }
     }
@@ -489,7 +508,7 @@ pub struct Inbox(InboxInner);
 
 enum InboxInner {
     Mqtt(mqtt::Subscription),
-    Coap(mpsc::Receiver<Incoming>),
+    Channel(mpsc::Receiver<Incoming>),
 }
 
 impl core::fmt::Debug for Inbox {
@@ -503,7 +522,7 @@ impl Inbox {
     pub async fn next_message(&mut self) -> Option<Incoming> {
         match &mut self.0 {
             InboxInner::Mqtt(sub) => mqtt::next_message(sub).await,
-            InboxInner::Coap(rx) => rx.recv().await,
+            InboxInner::Channel(rx) => rx.recv().await,
         }
     }
 }
@@ -518,6 +537,7 @@ pub struct Link {
 enum LinkInner {
     Mqtt(mqtt::MqttPublisher),
     Coap(Box<coap::CoapLink>),
+    OneM2m(Box<onem2m::OneM2mLink>),
 }
 
 impl core::fmt::Debug for Link {
@@ -552,7 +572,12 @@ impl Link {
                 let (coap, rx) =
                     coap::CoapLink::start(id, c, &topics, interest.receive, interest.multicast)
                         .await?;
-                (LinkInner::Coap(Box::new(coap)), InboxInner::Coap(rx))
+                (LinkInner::Coap(Box::new(coap)), InboxInner::Channel(rx))
+            }
+            LinkConfig::OneM2m(c) => {
+                let (link, rx) =
+                    onem2m::OneM2mLink::start(id, c, &topics, interest.receive).await?;
+                (LinkInner::OneM2m(Box::new(link)), InboxInner::Channel(rx))
             }
         };
         Ok((
@@ -570,6 +595,7 @@ impl Link {
         match self.inner {
             LinkInner::Mqtt(_) => Transport::Mqtt,
             LinkInner::Coap(_) => Transport::Coap,
+            LinkInner::OneM2m(_) => Transport::OneM2m,
         }
     }
 
@@ -582,7 +608,7 @@ impl Link {
     /// link that only sends).
     pub fn endpoint(&self) -> Option<SocketAddr> {
         match &self.inner {
-            LinkInner::Mqtt(_) => None,
+            LinkInner::Mqtt(_) | LinkInner::OneM2m(_) => None,
             LinkInner::Coap(c) => c.endpoint(),
         }
     }
@@ -600,6 +626,7 @@ impl Link {
         match &self.inner {
             LinkInner::Mqtt(m) => m.publish(target, Bytes::from(bytes)),
             LinkInner::Coap(c) => c.publish_group(target, bytes).await,
+            LinkInner::OneM2m(o) => o.publish_group(group, target, bytes),
         }
     }
 
@@ -611,6 +638,7 @@ impl Link {
         match &self.inner {
             LinkInner::Mqtt(m) => m.publish(target, Bytes::from(bytes)),
             LinkInner::Coap(c) => c.send(to, target, bytes),
+            LinkInner::OneM2m(o) => o.send(to, target, bytes),
         }
     }
 
@@ -619,7 +647,7 @@ impl Link {
     /// as well. CoAP: forwarded by a confirmable POST to `to`'s endpoint.
     pub async fn relay(&self, to: &EntityId, target: String, bytes: Bytes) -> Result<()> {
         match &self.inner {
-            LinkInner::Mqtt(_) => Ok(()),
+            LinkInner::Mqtt(_) | LinkInner::OneM2m(_) => Ok(()),
             LinkInner::Coap(c) => c.send(to, target, bytes.to_vec()),
         }
     }
@@ -632,6 +660,7 @@ impl Link {
         match &self.inner {
             LinkInner::Mqtt(m) => m.flush(timeout).await,
             LinkInner::Coap(c) => c.flush(timeout).await,
+            LinkInner::OneM2m(o) => o.flush(timeout).await,
         }
     }
 
@@ -641,6 +670,26 @@ impl Link {
         match &self.inner {
             LinkInner::Mqtt(m) => m.close(timeout).await,
             LinkInner::Coap(c) => c.stop(),
+            LinkInner::OneM2m(o) => {
+                let _ = o.flush(timeout).await;
+                o.stop();
+            }
+        }
+    }
+
+    /// Tells the transport who the members of `group` are now (the
+    /// manager, after every change). MQTT and CoAP need nothing: members
+    /// subscribe or join by themselves. oneM2M: the group's `<group>`
+    /// resource lists the members' containers, and the CSE fans out to
+    /// them.
+    pub async fn set_group_members(
+        &self,
+        group: &GroupId,
+        members: &std::collections::BTreeSet<EntityId>,
+    ) -> Result<()> {
+        match &self.inner {
+            LinkInner::OneM2m(o) => o.set_group_members(group, members).await,
+            _ => Ok(()),
         }
     }
 }

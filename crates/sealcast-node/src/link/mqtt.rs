@@ -98,6 +98,7 @@ pub(super) async fn next_message(sub: &mut Subscription) -> Option<Incoming> {
     sub.next_message().await.map(|m| Incoming {
         target: m.topic,
         payload: m.payload,
+        origin: None,
         ack: super::Ack(super::AckInner::Mqtt(MqttAck {
             token: m.ack,
             redelivered: m.redelivered,

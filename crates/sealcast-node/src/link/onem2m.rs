@@ -1,0 +1,953 @@
+//! The oneM2M adapter behind [`Link`](super::Link): every entity is an AE
+//! on a CSE, every message a `<contentInstance>` created over the CSE's
+//! HTTP binding, every receipt a notification of a `<subscription>`. The
+//! mapping itself (names, resources, primitives) is `sealcast_onem2m`'s;
+//! this module does the I/O. The only module of the runtimes that knows
+//! oneM2M.
+//!
+//! | | oneM2M |
+//! |---|---|
+//! | group channels | CREATE `<contentInstance>` through `<group>/fopt` of the group's `<group>` (hosted by the manager's `S` AE on the field CSE), fanned out into each member's `grp` container |
+//! | per-entity channels | CREATE `<contentInstance>` in the receiver's `inbox` container |
+//! | receipt | a notification of the container's `<subscription>` to the AE's point of access (an HTTP listener of this link) |
+//! | acknowledgement | the notification's answer (2000), sent after processing |
+//!
+//! The originator the CSE accepted (`cr`, requested on every instance) is
+//! handed to the runtime as [`Incoming::origin`](super::Incoming::origin).
+//! Where the target names the sender (a device's ack and pull) or the
+//! sender is fixed (key deliveries come from the manager), the adapter
+//! checks it here; broadcasts are checked by the runtime against the
+//! verified signer (TS-0003 §7.2, AE impersonation).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming as HttpBody;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use sealcast_core::ids::{EntityId, GroupId};
+use sealcast_core::target::{DeviceChannel, Topic, TopicScheme};
+use sealcast_onem2m::primitive::{self, MAX_PRIMITIVE};
+use sealcast_onem2m::resource::{self, Type, op};
+use sealcast_onem2m::{
+    ACP_NAME, Addressing, CseBase, GROUP_CONTAINER, INBOX_CONTAINER, Notification,
+    SUBSCRIPTION_NAME, Serialization,
+};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use super::{Incoming, Progress};
+use crate::{Error, Result};
+
+impl From<sealcast_onem2m::Error> for Error {
+    fn from(e: sealcast_onem2m::Error) -> Self {
+        Error::Transport {
+            transport: "oneM2M",
+            source: Box::new(e),
+        }
+    }
+}
+
+/// Where a deployment's CSEs are and how to talk to them.
+#[derive(Clone, Debug)]
+pub struct OneM2mLinkConfig {
+    /// The infrastructure (IN) CSE's `<CSEBase>` URL
+    /// (`http://127.0.0.1:8080/cse-in`): the manager's registrar.
+    pub infrastructure: String,
+    /// The field (MN) CSE's `<CSEBase>` URL: the registrar of every other
+    /// entity and the host of the groups. None: one CSE for all.
+    pub field: Option<String>,
+    /// The manager: its AE lives on the infrastructure CSE and its `S` AE
+    /// hosts the groups; members' containers let it read them (a
+    /// `<group>` checks its members) and deliveries must come from it.
+    pub manager: EntityId,
+    /// JSON or CBOR.
+    pub serialization: Serialization,
+    /// SP-relative or absolute resource ids.
+    pub addressing: Addressing,
+    /// Where this link listens for notifications (its AE's point of
+    /// access); port 0 takes a free one.
+    pub listen: SocketAddr,
+    /// Requests in flight at once per link.
+    pub concurrency: usize,
+}
+
+impl OneM2mLinkConfig {
+    /// A deployment on `infrastructure` (and `field`), managed by
+    /// `manager`, with JSON, SP-relative ids and notifications on
+    /// 127.0.0.1.
+    pub fn new(infrastructure: &str, field: Option<&str>, manager: EntityId) -> Self {
+        Self {
+            infrastructure: infrastructure.to_owned(),
+            field: field.map(str::to_owned),
+            manager,
+            serialization: Serialization::Json,
+            addressing: Addressing::SpRelative,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            concurrency: 8,
+        }
+    }
+}
+
+/// The HTTP binding's client: one CSE connection pool per link.
+struct Client {
+    origin: String,
+    serialization: Serialization,
+    request_id: AtomicU64,
+    idle: Mutex<BTreeMap<String, Vec<hyper::client::conn::http1::SendRequest<Full<Bytes>>>>>,
+}
+
+/// How long one request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Client {
+    fn new(origin: String, serialization: Serialization) -> Self {
+        Self {
+            origin,
+            serialization,
+            request_id: AtomicU64::new(1),
+            idle: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    async fn connection(
+        &self,
+        base: &str,
+    ) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
+        loop {
+            let pooled = self
+                .idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get_mut(base)
+                .and_then(Vec::pop);
+            match pooled {
+                Some(mut c) => {
+                    if !c.is_closed() && c.ready().await.is_ok() {
+                        return Ok(c);
+                    }
+                }
+                None => break,
+            }
+        }
+        let authority = base
+            .strip_prefix("http://")
+            .ok_or_else(|| Error::Runtime(format!("CSE URL {base} is not http://host:port")))?;
+        let stream = TcpStream::connect(authority)
+            .await
+            .map_err(|e| Error::Runtime(format!("cannot reach the CSE at {base}: {e}")))?;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| Error::Runtime(format!("HTTP to the CSE at {base}: {e}")))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(sender)
+    }
+
+    /// Sends one request primitive and returns the CSE's response status
+    /// code and content.
+    async fn request(
+        &self,
+        method: Method,
+        base: &str,
+        path: &str,
+        create: Option<Type>,
+        content: Option<&serde_json::Value>,
+    ) -> Result<(u16, serde_json::Value)> {
+        let ri = self.request_id.fetch_add(1, Ordering::Relaxed);
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("Host", base.trim_start_matches("http://"))
+            .header("X-M2M-Origin", &self.origin)
+            .header("X-M2M-RI", format!("{}-{ri}", self.origin))
+            .header("X-M2M-RVI", "4")
+            .header("Accept", self.serialization.media_type());
+        let body = match content {
+            Some(c) => {
+                let ct = match create {
+                    Some(ty) => self.serialization.create_content_type(ty),
+                    None => self.serialization.media_type().to_owned(),
+                };
+                req = req.header("Content-Type", ct);
+                Bytes::from(self.serialization.encode(c))
+            }
+            None => Bytes::new(),
+        };
+        let req = req
+            .body(Full::new(body))
+            .map_err(|e| Error::Runtime(format!("building a oneM2M request: {e}")))?;
+        let exchange = async {
+            let mut conn = self.connection(base).await?;
+            let resp = conn
+                .send_request(req)
+                .await
+                .map_err(|e| Error::Runtime(format!("HTTP to the CSE at {base}: {e}")))?;
+            let rsc = resp
+                .headers()
+                .get("X-M2M-RSC")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u16>().ok());
+            let ser = resp
+                .headers()
+                .get("Content-Type")
+                .and_then(|v| v.to_str().ok())
+                .and_then(Serialization::of_content_type)
+                .unwrap_or(self.serialization);
+            let status = resp.status();
+            let bytes = Limited::new(resp.into_body(), MAX_PRIMITIVE)
+                .collect()
+                .await
+                .map_err(|e| Error::Runtime(format!("reading the CSE's answer: {e}")))?
+                .to_bytes();
+            if !conn.is_closed() {
+                self.idle
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .entry(base.to_owned())
+                    .or_default()
+                    .push(conn);
+            }
+            let rsc = rsc.ok_or_else(|| {
+                Error::Runtime(format!(
+                    "{base}{path} answered HTTP {status} without X-M2M-RSC: is it a oneM2M CSE?"
+                ))
+            })?;
+            Ok::<_, Error>((rsc, ser.decode(&bytes).unwrap_or(serde_json::Value::Null)))
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+            .await
+            .map_err(|_| {
+                Error::Runtime(format!(
+                    "the CSE at {base} did not answer within {REQUEST_TIMEOUT:?}"
+                ))
+            })?
+    }
+
+    /// A request whose answer must be a success.
+    async fn expect(
+        &self,
+        method: Method,
+        base: &str,
+        path: &str,
+        create: Option<Type>,
+        content: Option<&serde_json::Value>,
+    ) -> Result<serde_json::Value> {
+        let what = format!("{method} {path} as {}", self.origin);
+        let (rsc, value) = self.request(method, base, path, create, content).await?;
+        primitive::check_response(rsc, value)
+            .map_err(|e| Error::Runtime(format!("oneM2M {what}: {e}")))
+    }
+}
+
+/// Reads a CSE's `<CSEBase>` at `url` (`http://host:port/<name>`).
+async fn discover(url: &str, serialization: Serialization) -> Result<CseBase> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        Error::Runtime(format!(
+            "CSE URL {url} must be http://host:port/<CSEBase name>"
+        ))
+    })?;
+    let (authority, path) = rest
+        .split_once('/')
+        .filter(|(_, p)| !p.is_empty())
+        .ok_or_else(|| {
+            Error::Runtime(format!(
+                "CSE URL {url} must name the CSEBase: http://host:port/<name>"
+            ))
+        })?;
+    let base = format!("http://{authority}");
+    // Any originator may retrieve the CSEBase on ACME; CAdmin is the one
+    // every CSE knows.
+    let client = Client::new("CAdmin".into(), serialization);
+    let cb = client
+        .expect(Method::GET, &base, &format!("/{path}"), None, None)
+        .await?;
+    Ok(CseBase::from_cse_base(&base, &cb)?)
+}
+
+/// The CSEs of a deployment as this link sees them.
+struct Cses {
+    infrastructure: CseBase,
+    field: CseBase,
+    manager: EntityId,
+    addressing: Addressing,
+}
+
+impl Cses {
+    /// Reads both CSEs' `<CSEBase>`.
+    async fn discover(config: &OneM2mLinkConfig) -> Result<Self> {
+        let infrastructure = discover(&config.infrastructure, config.serialization).await?;
+        let field = match &config.field {
+            Some(url) => discover(url, config.serialization).await?,
+            None => infrastructure.clone(),
+        };
+        Ok(Self {
+            infrastructure,
+            field,
+            manager: config.manager.clone(),
+            addressing: config.addressing,
+        })
+    }
+
+    /// The CSE entity `id` registers with.
+    fn registrar(&self, id: &EntityId) -> &CseBase {
+        if *id == self.manager {
+            &self.infrastructure
+        } else {
+            &self.field
+        }
+    }
+
+    fn ae_path(&self, id: &EntityId, rest: &str) -> Result<String> {
+        let ae = sealcast_onem2m::ae_id(id)?;
+        let rest = if rest.is_empty() {
+            ae
+        } else {
+            format!("{ae}/{rest}")
+        };
+        Ok(self.registrar(id).path(self.addressing, &rest))
+    }
+
+    fn group_path(&self, group: &GroupId, rest: &str) -> Result<String> {
+        let host = sealcast_onem2m::group_host_ae_id(&self.manager)?;
+        let mut p = format!("{host}/{}", sealcast_onem2m::group_resource_name(group));
+        if !rest.is_empty() {
+            p.push('/');
+            p.push_str(rest);
+        }
+        Ok(self.field.path(self.addressing, &p))
+    }
+}
+
+/// The oneM2M link of one entity.
+pub(super) struct OneM2mLink {
+    id: EntityId,
+    topics: TopicScheme,
+    cses: Arc<Cses>,
+    client: Arc<Client>,
+    /// The manager's second client, as its group-host AE.
+    host: Option<Arc<Client>>,
+    progress: Arc<Progress>,
+    permits: Arc<Semaphore>,
+    server: Mutex<Option<JoinHandle<()>>>,
+    /// Per group: the members last written to its `<group>`, and those
+    /// left out because their container did not exist yet.
+    groups: tokio::sync::Mutex<BTreeMap<GroupId, GroupSync>>,
+}
+
+#[derive(Default)]
+struct GroupSync {
+    created: bool,
+    written: BTreeSet<EntityId>,
+    missing: BTreeSet<EntityId>,
+    last_probe: Option<tokio::time::Instant>,
+}
+
+/// How often a manager looks again for members whose containers were
+/// missing.
+const PROBE_EVERY: Duration = Duration::from_secs(2);
+
+/// Messages the notification listener hands over before it answers the
+/// CSE with 5000 (the runtime is not keeping up).
+const INBOX_CAPACITY: usize = 1024;
+
+impl OneM2mLink {
+    /// Registers `id`'s AE (and, for the manager, its group host), creates
+    /// its containers and subscriptions if it receives, and starts the
+    /// notification listener.
+    pub(super) async fn start(
+        id: &EntityId,
+        config: &OneM2mLinkConfig,
+        topics: &TopicScheme,
+        receive: bool,
+    ) -> Result<(Self, mpsc::Receiver<Incoming>)> {
+        let cses = Arc::new(Cses::discover(config).await?);
+        let ae = sealcast_onem2m::ae_id(id)?;
+        let client = Arc::new(Client::new(ae.clone(), config.serialization));
+        let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
+        let (server, poa) = if receive {
+            let listener = TcpListener::bind(config.listen).await.map_err(|e| {
+                Error::Runtime(format!("notification listener on {}: {e}", config.listen))
+            })?;
+            let addr = listener
+                .local_addr()
+                .map_err(|e| Error::Runtime(format!("notification listener: {e}")))?;
+            (Some(listener), Some(format!("http://{addr}")))
+        } else {
+            (None, None)
+        };
+        let registrar = cses.registrar(id).clone();
+        register(
+            &client,
+            &registrar,
+            cses.addressing,
+            &ae,
+            poa.as_deref(),
+            receive,
+        )
+        .await?;
+        let mut containers = BTreeMap::new();
+        if receive {
+            let owner = ae.clone();
+            let manager_ae = sealcast_onem2m::ae_id(&cses.manager)?;
+            let host_ae = sealcast_onem2m::group_host_ae_id(&cses.manager)?;
+            let rules = vec![
+                (vec!["all".to_owned()], op::CREATE),
+                (vec![owner.clone()], op::ALL),
+                (
+                    vec![
+                        cses.field.id(cses.addressing, &host_ae),
+                        host_ae.clone(),
+                        manager_ae,
+                    ],
+                    op::RETRIEVE,
+                ),
+            ];
+            let ae_path = |rest: &str| registrar.path(cses.addressing, &format!("{ae}/{rest}"));
+            client
+                .expect(
+                    Method::POST,
+                    &registrar.url,
+                    &registrar.path(cses.addressing, &ae),
+                    Some(Type::AccessControlPolicy),
+                    Some(&resource::acp(ACP_NAME, &rules, &owner)),
+                )
+                .await?;
+            let acpi = vec![registrar.id(cses.addressing, &format!("{ae}/{ACP_NAME}"))];
+            for name in [INBOX_CONTAINER, GROUP_CONTAINER] {
+                let created = client
+                    .expect(
+                        Method::POST,
+                        &registrar.url,
+                        &registrar.path(cses.addressing, &ae),
+                        Some(Type::Container),
+                        Some(&resource::container(name, &acpi, 64)),
+                    )
+                    .await?;
+                containers.insert(primitive::resource_id(&created)?, name);
+                client
+                    .expect(
+                        Method::POST,
+                        &registrar.url,
+                        &ae_path(name),
+                        Some(Type::Subscription),
+                        Some(&resource::subscription(SUBSCRIPTION_NAME, &ae)),
+                    )
+                    .await?;
+            }
+        }
+        let host = if *id == cses.manager {
+            let host_ae = sealcast_onem2m::group_host_ae_id(id)?;
+            let host = Arc::new(Client::new(host_ae.clone(), config.serialization));
+            register(&host, &cses.field, cses.addressing, &host_ae, None, true).await?;
+            let manager_ids = vec![
+                cses.infrastructure.id(cses.addressing, &ae),
+                ae.clone(),
+                host_ae.clone(),
+            ];
+            host.expect(
+                Method::POST,
+                &cses.field.url,
+                &cses.field.path(cses.addressing, &host_ae),
+                Some(Type::AccessControlPolicy),
+                Some(&resource::acp(
+                    ACP_NAME,
+                    &[(vec!["all".to_owned()], op::CREATE), (manager_ids, op::ALL)],
+                    &host_ae,
+                )),
+            )
+            .await?;
+            Some(host)
+        } else {
+            None
+        };
+        let server = server.map(|listener| {
+            let ctx = Arc::new(Listener {
+                id: id.clone(),
+                manager: cses.manager.clone(),
+                topics: topics.clone(),
+                containers,
+                tx,
+            });
+            tokio::spawn(serve(listener, ctx))
+        });
+        info!(entity = %id, ae = %ae, cse = %registrar.cse_id, poa = poa.as_deref().unwrap_or("none"), "registered with the CSE");
+        Ok((
+            Self {
+                id: id.clone(),
+                topics: topics.clone(),
+                cses,
+                client,
+                host,
+                progress: Arc::new(Progress::default()),
+                permits: Arc::new(Semaphore::new(config.concurrency.max(1))),
+                server: Mutex::new(server),
+                groups: tokio::sync::Mutex::new(BTreeMap::new()),
+            },
+            rx,
+        ))
+    }
+
+    /// Creates a `<contentInstance>` at `path` from a task of its own;
+    /// [`OneM2mLink::flush`] waits for it.
+    fn create_instance(&self, path: String, target: String, bytes: Vec<u8>, fan_out: bool) {
+        let client = Arc::clone(&self.client);
+        let base = self.cses.registrar(&self.id).url.clone();
+        let progress = Arc::clone(&self.progress);
+        let permits = Arc::clone(&self.permits);
+        progress.started();
+        tokio::spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            let cin = resource::content_instance(&bytes, &target);
+            let result = client
+                .expect(Method::POST, &base, &path, Some(Type::ContentInstance), Some(&cin))
+                .await
+                .and_then(|answer| {
+                    if !fan_out {
+                        return Ok(());
+                    }
+                    let codes = primitive::aggregated_status(&answer)?;
+                    let failed = codes.iter().filter(|c| !(2000..3000).contains(*c)).count();
+                    if failed > 0 {
+                        warn!(%target, failed, members = codes.len(), "the CSE's fan-out failed for some members");
+                    }
+                    Ok(())
+                });
+            if let Err(e) = &result {
+                warn!(%target, error = %e, "not created");
+            }
+            progress.finished(result.err().map(|e| e.to_string()));
+        });
+    }
+
+    pub(super) fn publish_group(
+        &self,
+        group: &GroupId,
+        target: String,
+        bytes: Vec<u8>,
+    ) -> Result<()> {
+        let path = self.cses.group_path(group, "fopt")?;
+        self.create_instance(path, target, bytes, true);
+        Ok(())
+    }
+
+    /// Sends to `to`'s inbox — or, for a device target (a key delivery the
+    /// manager addresses to the device's agent), to the device's own: the
+    /// CSEs are the relay on oneM2M, so the agent has nothing to forward.
+    pub(super) fn send(&self, to: &EntityId, target: String, bytes: Vec<u8>) -> Result<()> {
+        let to = match self.topics.parse(&target) {
+            Ok(Topic::Device {
+                device,
+                channel: DeviceChannel::Delivery,
+            }) => device,
+            _ => to.clone(),
+        };
+        let path = self.cses.ae_path(&to, INBOX_CONTAINER)?;
+        self.create_instance(path, target, bytes, false);
+        Ok(())
+    }
+
+    pub(super) async fn flush(&self, timeout: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.progress.settle(deadline, "oneM2M").await
+    }
+
+    pub(super) fn stop(&self) {
+        if let Some(task) = self
+            .server
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            task.abort();
+        }
+    }
+
+    /// Makes the `<group>` of `group` hold the `grp` containers of
+    /// `members` (the manager's link; no-op elsewhere). Members whose
+    /// container does not exist yet (not started) are left out and looked
+    /// for again at most every [`PROBE_EVERY`].
+    pub(super) async fn set_group_members(
+        &self,
+        group: &GroupId,
+        members: &BTreeSet<EntityId>,
+    ) -> Result<()> {
+        let Some(host) = &self.host else {
+            return Ok(());
+        };
+        let mut groups = self.groups.lock().await;
+        let sync = groups.entry(group.clone()).or_default();
+        let now = tokio::time::Instant::now();
+        let probe_due = !sync.missing.is_empty()
+            && sync
+                .last_probe
+                .is_none_or(|t| now.duration_since(t) >= PROBE_EVERY);
+        if sync.created && sync.written.union(&sync.missing).eq(members.iter()) && !probe_due {
+            return Ok(());
+        }
+        let field = &self.cses.field;
+        let addressing = self.cses.addressing;
+        // Which members have a container by now.
+        let mut present = BTreeSet::new();
+        let mut missing = BTreeSet::new();
+        for m in members {
+            if sync.written.contains(m) {
+                present.insert(m.clone());
+                continue;
+            }
+            let path = self.cses.ae_path(m, GROUP_CONTAINER)?;
+            match host
+                .request(Method::GET, &field.url, &path, None, None)
+                .await
+            {
+                Ok((rsc, _)) if (2000..3000).contains(&rsc) => {
+                    present.insert(m.clone());
+                }
+                Ok((rsc, _)) => {
+                    debug!(group = %group.name(), member = %m, rsc, "member's container not there yet");
+                    missing.insert(m.clone());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let mid: Vec<String> = present
+            .iter()
+            .map(|m| {
+                sealcast_onem2m::ae_id(m)
+                    .map(|ae| field.id(addressing, &format!("{ae}/{GROUP_CONTAINER}")))
+            })
+            .collect::<sealcast_onem2m::Result<_>>()?;
+        let host_ae = sealcast_onem2m::group_host_ae_id(&self.cses.manager)?;
+        if sync.created {
+            host.expect(
+                Method::PUT,
+                &field.url,
+                &self.cses.group_path(group, "")?,
+                None,
+                Some(&resource::group_members(&mid)),
+            )
+            .await?;
+        } else {
+            let acpi = vec![field.id(addressing, &format!("{host_ae}/{ACP_NAME}"))];
+            let name = sealcast_onem2m::group_resource_name(group);
+            let content = resource::group(&name, &mid, &acpi, 100_000);
+            let parent = field.path(addressing, &host_ae);
+            let (rsc, value) = host
+                .request(
+                    Method::POST,
+                    &field.url,
+                    &parent,
+                    Some(Type::Group),
+                    Some(&content),
+                )
+                .await?;
+            if rsc == 4105 {
+                // Ours from before a restart: set its members.
+                host.expect(
+                    Method::PUT,
+                    &field.url,
+                    &self.cses.group_path(group, "")?,
+                    None,
+                    Some(&resource::group_members(&mid)),
+                )
+                .await?;
+            } else {
+                primitive::check_response(rsc, value).map_err(|e| {
+                    Error::Runtime(format!("creating the <group> of {}: {e}", group.name()))
+                })?;
+            }
+            sync.created = true;
+        }
+        if !missing.is_empty() {
+            info!(group = %group.name(), members = present.len(), waiting = missing.len(), "group's <group> written; members not started yet are added once their containers exist");
+        }
+        sync.written = present;
+        sync.missing = missing;
+        sync.last_probe = Some(now);
+        Ok(())
+    }
+}
+
+impl Drop for OneM2mLink {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Registers the AE `ae` on `cse`. A receiving AE that exists already (a
+/// restart; the CSE kept it) is deleted and registered again, so its
+/// containers and subscriptions are fresh and its point of access current;
+/// a send-only one is used as it is (it may be a running service's AE).
+async fn register(
+    client: &Client,
+    cse: &CseBase,
+    addressing: Addressing,
+    ae: &str,
+    poa: Option<&str>,
+    receive: bool,
+) -> Result<()> {
+    let base = cse.path(addressing, "");
+    let content = resource::ae(ae, poa);
+    let (rsc, value) = client
+        .request(
+            Method::POST,
+            &cse.url,
+            &base,
+            Some(Type::Ae),
+            Some(&content),
+        )
+        .await?;
+    match rsc {
+        2001 => Ok(()),
+        // 4105: the resource exists; 4117: this originator is registered.
+        4105 | 4117 if !receive => Ok(()),
+        4105 | 4117 => {
+            debug!(%ae, "AE registered before; registering it again");
+            client
+                .expect(
+                    Method::DELETE,
+                    &cse.url,
+                    &cse.path(addressing, ae),
+                    None,
+                    None,
+                )
+                .await?;
+            client
+                .expect(
+                    Method::POST,
+                    &cse.url,
+                    &base,
+                    Some(Type::Ae),
+                    Some(&content),
+                )
+                .await?;
+            Ok(())
+        }
+        _ => primitive::check_response(rsc, value)
+            .map(|_| ())
+            .map_err(|e| {
+                Error::Runtime(format!("registering the AE {ae} with {}: {e}", cse.cse_id))
+            }),
+    }
+}
+
+/// What the notification listener knows.
+struct Listener {
+    id: EntityId,
+    manager: EntityId,
+    topics: TopicScheme,
+    /// Resource id → name of this AE's containers.
+    containers: BTreeMap<String, &'static str>,
+    tx: mpsc::Sender<Incoming>,
+}
+
+async fn serve(listener: TcpListener, ctx: Arc<Listener>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let ctx = Arc::clone(&ctx);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let ctx = Arc::clone(&ctx);
+                async move { Ok::<_, std::convert::Infallible>(notified(&ctx, req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn answer(rsc: u16, ri: &str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    if rsc >= 4000 {
+        *resp.status_mut() = StatusCode::BAD_REQUEST;
+    }
+    let headers = resp.headers_mut();
+    if let Ok(v) = rsc.to_string().parse() {
+        headers.insert("X-M2M-RSC", v);
+    }
+    if let Ok(v) = ri.parse() {
+        headers.insert("X-M2M-RI", v);
+    }
+    resp
+}
+
+/// Handles one notification: checks it, hands it to the runtime, and
+/// answers once the runtime acknowledged it.
+async fn notified(ctx: &Listener, req: Request<HttpBody>) -> Response<Full<Bytes>> {
+    let ri = req
+        .headers()
+        .get("X-M2M-RI")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let ser = req
+        .headers()
+        .get("Content-Type")
+        .and_then(|v| v.to_str().ok())
+        .and_then(Serialization::of_content_type)
+        .unwrap_or_default();
+    let Ok(body) = Limited::new(req.into_body(), MAX_PRIMITIVE).collect().await else {
+        return answer(4000, &ri);
+    };
+    let parsed = ser
+        .decode(&body.to_bytes())
+        .and_then(|v| primitive::parse_notification(&v));
+    let (subscription, instance) = match parsed {
+        Ok(Notification::Verification { .. }) => return answer(2000, &ri),
+        Ok(Notification::Deleted { subscription }) => {
+            warn!(entity = %ctx.id, %subscription, "the CSE deleted a subscription of ours (a CSE restart?); restart this node to register again");
+            return answer(2000, &ri);
+        }
+        Ok(Notification::Created {
+            subscription,
+            instance,
+        }) => (subscription, instance),
+        Ok(_) => return answer(2000, &ri),
+        Err(e) => {
+            debug!(entity = %ctx.id, error = %e, "notification refused");
+            return answer(4000, &ri);
+        }
+    };
+    match check(ctx, &instance) {
+        Ok(origin) => {
+            let (done, answered) = oneshot::channel();
+            let incoming = Incoming {
+                target: instance.target,
+                payload: Bytes::from(instance.content),
+                origin: Some(origin),
+                ack: super::Ack(super::AckInner::OneM2m(OneM2mAck(done))),
+            };
+            if ctx.tx.try_send(incoming).is_err() {
+                warn!(entity = %ctx.id, "inbox full; notification answered 5000");
+                return answer(5000, &ri);
+            }
+            // The answer waits for the runtime (or 30 s): the CSE sees the
+            // message processed, as an MQTT broker sees the PUBACK.
+            let _ = tokio::time::timeout(Duration::from_secs(30), answered).await;
+            answer(2000, &ri)
+        }
+        Err(why) => {
+            warn!(entity = %ctx.id, target = %instance.target, creator = instance.creator.as_deref().unwrap_or("none"), %subscription, why, "notification refused although the CSE accepted it");
+            answer(2000, &ri)
+        }
+    }
+}
+
+/// The checks the adapter can make before the runtime opens anything: the
+/// instance is in one of our containers, its target is a sealcast target
+/// of that container's kind, and its creator is an entity — the one the
+/// target names, where it names the sender.
+fn check(
+    ctx: &Listener,
+    instance: &sealcast_onem2m::ContentInstance,
+) -> core::result::Result<EntityId, &'static str> {
+    let container = ctx
+        .containers
+        .get(instance.parent.rsplit('/').next().unwrap_or_default())
+        .ok_or("not in a container of this AE")?;
+    let origin = instance
+        .creator
+        .as_deref()
+        .and_then(sealcast_onem2m::entity_of_originator)
+        .ok_or("no sealcast originator (cr) recorded by the CSE")?;
+    let topic = ctx
+        .topics
+        .parse(&instance.target)
+        .map_err(|_| "label is not a sealcast target")?;
+    match (&topic, *container) {
+        (Topic::Group { .. }, GROUP_CONTAINER) => Ok(origin),
+        (Topic::Group { .. }, _) => Err("a group target outside the group container"),
+        (_, GROUP_CONTAINER) => Err("a per-entity target in the group container"),
+        (
+            Topic::Device {
+                device,
+                channel: DeviceChannel::Ack | DeviceChannel::Pull,
+            },
+            _,
+        ) if *device != origin => {
+            Err("originator is not the device the target names (AE impersonation)")
+        }
+        (
+            Topic::Device {
+                channel: DeviceChannel::Delivery,
+                ..
+            },
+            _,
+        ) if origin != ctx.manager => {
+            Err("a key delivery not created by the manager (AE impersonation)")
+        }
+        _ => Ok(origin),
+    }
+}
+
+/// The answer to one notification, sent after processing.
+pub(super) struct OneM2mAck(oneshot::Sender<()>);
+
+impl OneM2mAck {
+    pub(super) fn send(self) {
+        let _ = self.0.send(());
+    }
+}
+
+/// What an administrator of the CSEs (any originator the CSE's policy lets
+/// read, such as ACME's `CAdmin`) finds as the latest `<contentInstance>`
+/// in `entity`'s `container`: its target label and its content — the COSE
+/// object, which it cannot open. The fire-safety demo's attacker captures
+/// commands this way.
+pub async fn read_latest(
+    config: &OneM2mLinkConfig,
+    originator: &str,
+    entity: &EntityId,
+    container: &str,
+) -> Result<(String, Vec<u8>)> {
+    let cses = Cses::discover(config).await?;
+    let client = Client::new(originator.to_owned(), config.serialization);
+    let path = cses.ae_path(entity, &format!("{container}/la"))?;
+    let cin = client
+        .expect(Method::GET, &cses.registrar(entity).url, &path, None, None)
+        .await?;
+    let sgn = serde_json::json!({"m2m:sgn": {"nev": {"rep": cin}}});
+    match primitive::parse_notification(&sgn)? {
+        Notification::Created { instance, .. } => Ok((instance.target, instance.content)),
+        _ => Err(Error::Runtime("not a content instance".into())),
+    }
+}
+
+/// Creates a `<contentInstance>` through `group`'s fan-out with
+/// `originator` in `X-M2M-Origin` — what any client can claim to a CSE
+/// that does not authenticate its originators (ACME trusts the header).
+/// The demo's attacker uses it to pose as the gateway; sealcast must refuse
+/// what arrives however the CSE accepted it.
+pub async fn publish_group_as(
+    config: &OneM2mLinkConfig,
+    originator: &str,
+    group: &GroupId,
+    target: &str,
+    bytes: &[u8],
+) -> Result<()> {
+    let cses = Cses::discover(config).await?;
+    let client = Client::new(originator.to_owned(), config.serialization);
+    let cin = resource::content_instance(bytes, target);
+    client
+        .expect(
+            Method::POST,
+            &cses.field.url,
+            &cses.group_path(group, "fopt")?,
+            Some(Type::ContentInstance),
+            Some(&cin),
+        )
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,119 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! `sealcast demo fire-safety --transport onem2m` through a real oneM2M
+//! deployment: the ACME CSE (an IN-CSE and an MN-CSE registered to it,
+//! started here on free loopback ports), run the way a user runs it — the
+//! `sealcast` binary. The demo checks every step and every attack itself
+//! (a forged command, a CSE administrator reading a door's container, a
+//! genuine command re-posted by another AE, the same replayed with an
+//! `X-M2M-Origin` claiming the gateway, a re-wrap into another group, an
+//! evicted door) and exits 0 only if all of them held.
+//!
+//! Needs `SEALCAST_ACME`: a Python with `acmecse==2026.5.3` (`.ci/run`
+//! installs it in a venv). Without it the tests print NOT RUN.
+
+mod common;
+
+use sealcast_testkit::acme::{ACME_ENV, AcmePair};
+
+fn acme(test: &str) -> Option<String> {
+    sealcast_testkit::require(
+        ACME_ENV,
+        test,
+        "the ACME oneM2M CSE: a Python with `pip install acmecse==2026.5.3` (README: the oneM2M demo)",
+    )
+}
+
+fn run_demo(test: &str, serialization: &str) {
+    let Some(python) = acme(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cses = AcmePair::start(&python, dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    let out = std::process::Command::new(common::bin())
+        .args([
+            "demo",
+            "fire-safety",
+            "--devices",
+            "9",
+            "--transport",
+            "onem2m",
+        ])
+        .args(["--cse", &cses.infra.url, "--cse", &cses.mn.url])
+        .args(["--cse-serialization", serialization])
+        .output()
+        .expect("run sealcast");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the oneM2M demo failed\nstdout:\n{stdout}\nstderr:\n{stderr}\nMN log:\n{}",
+        cses.mn.log_tail()
+    );
+    for line in [
+        "PASSED",
+        "oneM2M over HTTP",
+        "the CSE admin reading a door's container finds the gateway's command, as ciphertext only",
+        "re-posted by mallory's own AE: doors that refused the impersonation",
+        "attack 2, replayed \"unlock\": doors that refused it",
+        "devices outside the door group the CSE fanned \"unlock\" out to",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in\n{stdout}");
+    }
+    assert!(
+        stdout.contains(&format!("application/{serialization}")),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn fire_safety_through_an_in_and_mn_cse_over_http_json() {
+    run_demo(
+        "fire_safety_through_an_in_and_mn_cse_over_http_json",
+        "json",
+    );
+}
+
+#[test]
+fn fire_safety_through_an_in_and_mn_cse_over_http_cbor() {
+    run_demo(
+        "fire_safety_through_an_in_and_mn_cse_over_http_cbor",
+        "cbor",
+    );
+}
+
+/// A CSE that is not there, or a URL that is not a CSE, is a clear error,
+/// not a hang or a panic.
+#[test]
+fn a_missing_cse_is_a_clear_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let url = format!("http://127.0.0.1:{port}/cse-in");
+    let out = std::process::Command::new(common::bin())
+        .args([
+            "demo",
+            "fire-safety",
+            "--transport",
+            "onem2m",
+            "--cse",
+            &url,
+        ])
+        .output()
+        .expect("run sealcast");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("cannot reach the CSE at") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    let out = std::process::Command::new(common::bin())
+        .args(["demo", "fire-safety", "--transport", "onem2m"])
+        .output()
+        .expect("run sealcast");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("needs --cse"),
+        "{stderr}"
+    );
+}
