@@ -40,8 +40,8 @@ use node::node_config;
 pub use node::{agent, device_run, device_send};
 
 pub(crate) use transport::{
-    BearerReload, CoapSection, TransportName, bearer_devices, bearer_role, broker_security,
-    broker_url, link_config,
+    BearerReload, CoapSection, OneM2mSection, TransportName, bearer_devices, bearer_role,
+    broker_security, broker_url, link_config,
 };
 
 /// The group manager service.
@@ -198,10 +198,12 @@ struct ManagerFile {
     /// MQTT broker URL (with `transport = "mqtt"`, the default).
     #[serde(default)]
     broker: String,
-    /// `"mqtt"` (default) or `"coap"`.
+    /// `"mqtt"` (default), `"coap"` or `"onem2m"`.
     transport: Option<TransportName>,
     /// The CoAP endpoint, group and address book (with `transport = "coap"`).
     coap: Option<CoapSection>,
+    /// The CSEs (with `transport = "onem2m"`).
+    onem2m: Option<OneM2mSection>,
     topic_prefix: Option<String>,
     /// PEM file of the CA the broker's certificate chains to (with an
     /// `mqtts://` broker).
@@ -280,10 +282,12 @@ struct NodeFile {
     /// MQTT broker URL (with `transport = "mqtt"`, the default).
     #[serde(default)]
     broker: String,
-    /// `"mqtt"` (default) or `"coap"`.
+    /// `"mqtt"` (default), `"coap"` or `"onem2m"`.
     transport: Option<TransportName>,
     /// The CoAP endpoint, group and address book (with `transport = "coap"`).
     coap: Option<CoapSection>,
+    /// The CSEs (with `transport = "onem2m"`).
+    onem2m: Option<OneM2mSection>,
     topic_prefix: Option<String>,
     /// PEM file of the CA the broker's certificate chains to (with an
     /// `mqtts://` broker).

@@ -9,6 +9,7 @@ pub const MANAGER: &str = r#"# sealcast manager serve --config manager.toml
 
 broker = "mqtt://127.0.0.1:1883"     # MQTT broker (transport = "mqtt", the default)
 # transport = "coap"                 # or CoAP: then leave out `broker` and add [coap] below
+# transport = "onem2m"               # or oneM2M CSEs: then leave out `broker` and add [onem2m] below
 # topic_prefix = "site-a"            # topics under site-a/sealcast/v1/…; must match every node's
 key = "manager.key"                  # this manager's private key (sealcast keygen --id manager)
 state_dir = "manager-state"          # store, audit log, control socket and instance lock (0700)
@@ -27,6 +28,13 @@ kek = "manager.kek"                  # key-encryption key of the store; created 
 # password_file = "manager.pass"     # its first line is the password (else SEALCAST_BROKER_PASSWORD)
 # resend_max_interval_s = 600        # re-sends to a silent member back off 5 s, 10 s, 20 s … up to this
 # resend_max_per_round = 1000        # most re-sends per round (every 5 s); the rest wait for the next
+
+# [onem2m]                           # with transport = "onem2m" (docs/ARCHITECTURE.md, "oneM2M")
+# infrastructure = "http://127.0.0.1:8080/cse-in"  # the IN-CSE's <CSEBase>: the manager's registrar
+# field = "http://127.0.0.1:8081/cse-mn"           # the MN-CSE's: everyone else's, and the groups' host
+# serialization = "json"             # or "cbor"
+# addressing = "sp-relative"         # or "absolute" (//<sp-id>/<cse-id>/…)
+# listen = "127.0.0.1:0"             # the notification listener (the AE's point of access)
 
 # [coap]                             # with transport = "coap"
 # listen = "127.0.0.1:5701"          # this entity's unicast endpoint
@@ -63,6 +71,7 @@ pub const NODE: &str = r#"# sealcast agent serve --config agent.toml   /   sealc
 
 broker = "mqtt://127.0.0.1:1883"     # MQTT broker (transport = "mqtt", the default)
 # transport = "coap"                 # or CoAP: then leave out `broker` and add [coap] below
+# transport = "onem2m"               # or oneM2M CSEs: then leave out `broker` and add [onem2m] below
 # topic_prefix = "site-a"            # must equal the manager's
 key = "gateway.key"                  # this entity's private key
 manager_public_key = "manager.pub"   # the manager it trusts (key deliveries are signed by it)
@@ -84,6 +93,13 @@ payload = "unlock"
 # group = "fire-doors"
 # replay = "sequence"                # sequence | timestamp
 # max_age_s = 30                     # sequence: the age bound; timestamp: the skew
+
+# [onem2m]                           # with transport = "onem2m" (docs/ARCHITECTURE.md, "oneM2M")
+# infrastructure = "http://127.0.0.1:8080/cse-in"  # the IN-CSE's <CSEBase>: the manager's registrar
+# field = "http://127.0.0.1:8081/cse-mn"           # the MN-CSE's: everyone else's, and the groups' host
+# serialization = "json"             # or "cbor"
+# addressing = "sp-relative"         # or "absolute" (//<sp-id>/<cse-id>/…)
+# listen = "127.0.0.1:0"             # the notification listener (the AE's point of access)
 
 # [coap]                             # with transport = "coap"
 # listen = "127.0.0.1:5702"

@@ -533,6 +533,9 @@ impl Runtime {
                     if let Err(e) = self.save(&group) {
                         self.reload_after_conflict(&group, &e);
                     }
+                    // A member that acks is up: on oneM2M, add it to the
+                    // group's fan-out now if it was left out.
+                    self.sync_members(&group).await;
                     self.audit(
                         AuditKind::Ack,
                         Some(&group),

@@ -45,6 +45,7 @@ pub fn manager(args: &ServeArgs) -> Result<()> {
     let state_dir = resolve(&base, &config.state_dir);
     create_dir(&state_dir)?;
     let credential = load_private_key(&resolve(&base, &config.key))?;
+    let manager_id = credential.id().clone();
     // One manager per state directory, for its whole life: taken before the
     // KEK or the store is touched, released by the kernel however it exits.
     let _instance = lock_state_dir(&state_dir)?;
@@ -147,7 +148,12 @@ pub fn manager(args: &ServeArgs) -> Result<()> {
     let socket = manager_socket(&config, &base);
     let metrics_at = config.metrics_listen;
     let broker = broker_url(&config.broker, &base, &broker_security!(config, client_id))?;
-    let mut link = link_config(config.transport, &broker, config.coap.as_ref())?;
+    let mut link = link_config(
+        config.transport,
+        &broker,
+        config.coap.as_ref(),
+        config.onem2m.as_ref().map(|o| (o, &manager_id)),
+    )?;
     if let Some(section) = config.coap.as_ref().and_then(|c| c.bearer.as_ref()) {
         match (
             &section.service,

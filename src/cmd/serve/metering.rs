@@ -342,6 +342,7 @@ pub fn headend(args: &HeadendServeArgs) -> Result<()> {
         config.transport,
         &broker_url(&config.broker, &base, &broker_security!(config))?,
         config.coap.as_ref(),
+        None,
     )?;
     runtime()?.block_on(async move {
         let (events, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -447,6 +448,7 @@ pub fn agent_with_dap(args: &ServeArgs) -> Result<()> {
         config.transport,
         &broker_url(&config.broker, &base, &broker_security!(config))?,
         config.coap.as_ref(),
+        None,
     )?;
     let node = match &config.manager_public_key {
         Some(_) if link.transport() == sealcast_node::link::Transport::Coap => {
@@ -558,6 +560,7 @@ pub fn device_report(args: &ReportArgs) -> Result<()> {
             config.transport,
             &broker_url(&config.broker, &base, &broker_security!(config))?,
             config.coap.as_ref(),
+            None,
         )?,
         topics: topics(config.topic_prefix.as_deref())?,
         state_file: DeviceStateFile::new(state_dir.join("meter.cbor")),

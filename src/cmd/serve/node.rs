@@ -66,6 +66,7 @@ pub(super) fn node_config(
         config.transport,
         &broker_url(&config.broker, &base, &broker_security!(config))?,
         config.coap.as_ref(),
+        config.onem2m.as_ref().map(|o| (o, manager.id())),
     )?;
     let mut reload = None;
     if let Some(section) = config.coap.as_ref().and_then(|c| c.bearer.as_ref()) {

@@ -19,6 +19,27 @@ use crate::error::{CliError, Result};
 pub(crate) enum TransportName {
     Mqtt,
     Coap,
+    Onem2m,
+}
+
+/// `[onem2m]`: the deployment's CSEs (`<CSEBase>` URLs) and how to talk
+/// to them. The manager registers on `infrastructure`, every other entity
+/// on `field` (or on `infrastructure` when there is one CSE).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OneM2mSection {
+    /// The IN-CSE (`http://127.0.0.1:8080/cse-in`).
+    pub(crate) infrastructure: String,
+    /// The MN-CSE (`http://127.0.0.1:8081/cse-mn`).
+    pub(crate) field: Option<String>,
+    /// `"json"` (default) or `"cbor"`.
+    pub(crate) serialization: Option<String>,
+    /// `"sp-relative"` (default) or `"absolute"`.
+    pub(crate) addressing: Option<String>,
+    /// Where this entity's notification listener binds (default
+    /// `127.0.0.1:0`, a free port; the CSE learns it as the AE's point of
+    /// access).
+    pub(crate) listen: Option<std::net::SocketAddr>,
 }
 
 /// `[coap]`: where this entity listens, the group of the group channels,
@@ -244,8 +265,32 @@ pub(crate) fn link_config(
     transport: Option<TransportName>,
     broker: &str,
     coap: Option<&CoapSection>,
+    onem2m: Option<(&OneM2mSection, &sealcast_core::ids::EntityId)>,
 ) -> Result<LinkConfig> {
-    match (transport.unwrap_or(TransportName::Mqtt), coap) {
+    let transport = transport.unwrap_or(TransportName::Mqtt);
+    match (transport, onem2m) {
+        (TransportName::Onem2m, None) => {
+            return Err(CliError::usage(
+                "transport = \"onem2m\" needs an [onem2m] section (infrastructure, field)",
+            ));
+        }
+        (TransportName::Onem2m, Some(_)) if !broker.is_empty() || coap.is_some() => {
+            return Err(CliError::usage(
+                "`broker` and [coap] are not for transport = \"onem2m\"",
+            ));
+        }
+        (TransportName::Onem2m, Some((section, manager))) => {
+            return onem2m_link(section, manager);
+        }
+        (_, Some(_)) => {
+            return Err(CliError::usage(
+                "an [onem2m] section needs transport = \"onem2m\"",
+            ));
+        }
+        (_, None) => {}
+    }
+    match (transport, coap) {
+        (TransportName::Onem2m, _) => Err(CliError::usage("transport = \"onem2m\"")),
         // The services keep their MQTT sessions across restarts, so
         // nothing routed to them while they (or the broker) restart is lost.
         (TransportName::Mqtt, None) if !broker.is_empty() => {
@@ -284,4 +329,37 @@ pub(crate) fn link_config(
             Ok(LinkConfig::Coap(link))
         }
     }
+}
+
+/// The oneM2M link of an `[onem2m]` section.
+fn onem2m_link(
+    section: &OneM2mSection,
+    manager: &sealcast_core::ids::EntityId,
+) -> Result<LinkConfig> {
+    for url in std::iter::once(&section.infrastructure).chain(&section.field) {
+        if !url.starts_with("http://") {
+            return Err(CliError::usage(format!(
+                "[onem2m] CSE URL {url} must be http://host:port/<CSEBase name>"
+            )));
+        }
+    }
+    let mut link = sealcast_node::link::OneM2mLinkConfig::new(
+        &section.infrastructure,
+        section.field.as_deref(),
+        manager.clone(),
+    );
+    if let Some(s) = &section.serialization {
+        link.serialization = sealcast_onem2m::Serialization::parse(s).ok_or_else(|| {
+            CliError::usage("[onem2m] serialization must be \"json\" or \"cbor\"")
+        })?;
+    }
+    if let Some(a) = &section.addressing {
+        link.addressing = sealcast_onem2m::Addressing::parse(a).ok_or_else(|| {
+            CliError::usage("[onem2m] addressing must be \"sp-relative\" or \"absolute\"")
+        })?;
+    }
+    if let Some(listen) = section.listen {
+        link.listen = listen;
+    }
+    Ok(LinkConfig::OneM2m(link))
 }

@@ -249,6 +249,34 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Creates the child `name` of `parent` unless it exists (4105), and
+    /// returns its representation either way.
+    async fn ensure(
+        &self,
+        base: &str,
+        parent: &str,
+        name: &str,
+        ty: Type,
+        content: &serde_json::Value,
+    ) -> Result<serde_json::Value> {
+        let (rsc, value) = self
+            .request(Method::POST, base, parent, Some(ty), Some(content))
+            .await?;
+        if rsc == 4105 {
+            return self
+                .expect(Method::GET, base, &format!("{parent}/{name}"), None, None)
+                .await;
+        }
+        primitive::check_response(rsc, value).map_err(|e| {
+            Error::Runtime(format!(
+                "oneM2M: creating {parent}/{name} as {}: {e}",
+                self.origin
+            ))
+        })
+    }
+}
+
 /// Reads a CSE's `<CSEBase>` at `url` (`http://host:port/<name>`).
 async fn discover(url: &str, serialization: Serialization) -> Result<CseBase> {
     let rest = url.strip_prefix("http://").ok_or_else(|| {
@@ -342,7 +370,14 @@ pub(super) struct OneM2mLink {
     /// Per group: the members last written to its `<group>`, and those
     /// left out because their container did not exist yet.
     groups: tokio::sync::Mutex<BTreeMap<GroupId, GroupSync>>,
+    /// Entities a notification came from since the groups were last
+    /// checked: a member left out of a `<group>` that is heard from (its
+    /// ack) is looked for again at once.
+    heard: Arc<Mutex<BTreeSet<EntityId>>>,
 }
+
+/// The most entities [`OneM2mLink::heard`] remembers between checks.
+const HEARD_MAX: usize = 100_000;
 
 #[derive(Default)]
 struct GroupSync {
@@ -386,15 +421,7 @@ impl OneM2mLink {
             (None, None)
         };
         let registrar = cses.registrar(id).clone();
-        register(
-            &client,
-            &registrar,
-            cses.addressing,
-            &ae,
-            poa.as_deref(),
-            receive,
-        )
-        .await?;
+        register(&client, &registrar, cses.addressing, &ae, poa.as_deref()).await?;
         let mut containers = BTreeMap::new();
         if receive {
             let owner = ae.clone();
@@ -413,34 +440,36 @@ impl OneM2mLink {
                 ),
             ];
             let ae_path = |rest: &str| registrar.path(cses.addressing, &format!("{ae}/{rest}"));
+            let base = &registrar.url;
+            let own = registrar.path(cses.addressing, &ae);
             client
-                .expect(
-                    Method::POST,
-                    &registrar.url,
-                    &registrar.path(cses.addressing, &ae),
-                    Some(Type::AccessControlPolicy),
-                    Some(&resource::acp(ACP_NAME, &rules, &owner)),
+                .ensure(
+                    base,
+                    &own,
+                    ACP_NAME,
+                    Type::AccessControlPolicy,
+                    &resource::acp(ACP_NAME, &rules, &owner),
                 )
                 .await?;
             let acpi = vec![registrar.id(cses.addressing, &format!("{ae}/{ACP_NAME}"))];
             for name in [INBOX_CONTAINER, GROUP_CONTAINER] {
-                let created = client
-                    .expect(
-                        Method::POST,
-                        &registrar.url,
-                        &registrar.path(cses.addressing, &ae),
-                        Some(Type::Container),
-                        Some(&resource::container(name, &acpi, 64)),
+                let container = client
+                    .ensure(
+                        base,
+                        &own,
+                        name,
+                        Type::Container,
+                        &resource::container(name, &acpi, 64),
                     )
                     .await?;
-                containers.insert(primitive::resource_id(&created)?, name);
+                containers.insert(primitive::resource_id(&container)?, name);
                 client
-                    .expect(
-                        Method::POST,
-                        &registrar.url,
+                    .ensure(
+                        base,
                         &ae_path(name),
-                        Some(Type::Subscription),
-                        Some(&resource::subscription(SUBSCRIPTION_NAME, &ae)),
+                        SUBSCRIPTION_NAME,
+                        Type::Subscription,
+                        &resource::subscription(SUBSCRIPTION_NAME, &ae),
                     )
                     .await?;
             }
@@ -448,30 +477,32 @@ impl OneM2mLink {
         let host = if *id == cses.manager {
             let host_ae = sealcast_onem2m::group_host_ae_id(id)?;
             let host = Arc::new(Client::new(host_ae.clone(), config.serialization));
-            register(&host, &cses.field, cses.addressing, &host_ae, None, true).await?;
+            register(&host, &cses.field, cses.addressing, &host_ae, None).await?;
             let manager_ids = vec![
                 cses.infrastructure.id(cses.addressing, &ae),
                 ae.clone(),
                 host_ae.clone(),
             ];
-            host.expect(
-                Method::POST,
+            host.ensure(
                 &cses.field.url,
                 &cses.field.path(cses.addressing, &host_ae),
-                Some(Type::AccessControlPolicy),
-                Some(&resource::acp(
+                ACP_NAME,
+                Type::AccessControlPolicy,
+                &resource::acp(
                     ACP_NAME,
                     &[(vec!["all".to_owned()], op::CREATE), (manager_ids, op::ALL)],
                     &host_ae,
-                )),
+                ),
             )
             .await?;
             Some(host)
         } else {
             None
         };
+        let heard = Arc::new(Mutex::new(BTreeSet::new()));
         let server = server.map(|listener| {
             let ctx = Arc::new(Listener {
+                heard: (*id == cses.manager).then(|| Arc::clone(&heard)),
                 id: id.clone(),
                 manager: cses.manager.clone(),
                 topics: topics.clone(),
@@ -492,6 +523,7 @@ impl OneM2mLink {
                 permits: Arc::new(Semaphore::new(config.concurrency.max(1))),
                 server: Mutex::new(server),
                 groups: tokio::sync::Mutex::new(BTreeMap::new()),
+                heard,
             },
             rx,
         ))
@@ -587,10 +619,15 @@ impl OneM2mLink {
         let mut groups = self.groups.lock().await;
         let sync = groups.entry(group.clone()).or_default();
         let now = tokio::time::Instant::now();
+        let heard_missing = {
+            let heard = self.heard.lock().unwrap_or_else(PoisonError::into_inner);
+            sync.missing.iter().any(|m| heard.contains(m))
+        };
         let probe_due = !sync.missing.is_empty()
-            && sync
-                .last_probe
-                .is_none_or(|t| now.duration_since(t) >= PROBE_EVERY);
+            && (heard_missing
+                || sync
+                    .last_probe
+                    .is_none_or(|t| now.duration_since(t) >= PROBE_EVERY));
         if sync.created && sync.written.union(&sync.missing).eq(members.iter()) && !probe_due {
             return Ok(());
         }
@@ -667,8 +704,16 @@ impl OneM2mLink {
             }
             sync.created = true;
         }
-        if !missing.is_empty() {
+        if missing.is_empty() {
+            debug!(group = %group.name(), members = present.len(), "group's <group> written");
+        } else {
             info!(group = %group.name(), members = present.len(), waiting = missing.len(), "group's <group> written; members not started yet are added once their containers exist");
+        }
+        {
+            let mut heard = self.heard.lock().unwrap_or_else(PoisonError::into_inner);
+            for m in &present {
+                heard.remove(m);
+            }
         }
         sync.written = present;
         sync.missing = missing;
@@ -683,17 +728,16 @@ impl Drop for OneM2mLink {
     }
 }
 
-/// Registers the AE `ae` on `cse`. A receiving AE that exists already (a
-/// restart; the CSE kept it) is deleted and registered again, so its
-/// containers and subscriptions are fresh and its point of access current;
-/// a send-only one is used as it is (it may be a running service's AE).
+/// Registers the AE `ae` on `cse`. An AE registered before (a restart;
+/// the CSE kept it) is kept, with its containers, subscriptions and its
+/// place in the groups' member lists; a receiving one gets its new point
+/// of access.
 async fn register(
     client: &Client,
     cse: &CseBase,
     addressing: Addressing,
     ae: &str,
     poa: Option<&str>,
-    receive: bool,
 ) -> Result<()> {
     let base = cse.path(addressing, "");
     let content = resource::ae(ae, poa);
@@ -706,31 +750,22 @@ async fn register(
             Some(&content),
         )
         .await?;
-    match rsc {
-        2001 => Ok(()),
+    match (rsc, poa) {
+        (2001, _) => Ok(()),
         // 4105: the resource exists; 4117: this originator is registered.
-        4105 | 4117 if !receive => Ok(()),
-        4105 | 4117 => {
-            debug!(%ae, "AE registered before; registering it again");
+        (4105 | 4117, None) => Ok(()),
+        (4105 | 4117, Some(poa)) => {
+            debug!(%ae, "AE registered before; its point of access updated");
             client
                 .expect(
-                    Method::DELETE,
+                    Method::PUT,
                     &cse.url,
                     &cse.path(addressing, ae),
                     None,
-                    None,
+                    Some(&serde_json::json!({ "m2m:ae": { "poa": [poa] } })),
                 )
-                .await?;
-            client
-                .expect(
-                    Method::POST,
-                    &cse.url,
-                    &base,
-                    Some(Type::Ae),
-                    Some(&content),
-                )
-                .await?;
-            Ok(())
+                .await
+                .map(|_| ())
         }
         _ => primitive::check_response(rsc, value)
             .map(|_| ())
@@ -742,6 +777,8 @@ async fn register(
 
 /// What the notification listener knows.
 struct Listener {
+    /// The manager's: who was heard from (see [`OneM2mLink::heard`]).
+    heard: Option<Arc<Mutex<BTreeSet<EntityId>>>>,
     id: EntityId,
     manager: EntityId,
     topics: TopicScheme,
@@ -822,6 +859,13 @@ async fn notified(ctx: &Listener, req: Request<HttpBody>) -> Response<Full<Bytes
     };
     match check(ctx, &instance) {
         Ok(origin) => {
+            if let Some(heard) = &ctx.heard {
+                let mut heard = heard.lock().unwrap_or_else(PoisonError::into_inner);
+                if heard.len() >= HEARD_MAX {
+                    heard.clear();
+                }
+                heard.insert(origin.clone());
+            }
             let (done, answered) = oneshot::channel();
             let incoming = Incoming {
                 target: instance.target,

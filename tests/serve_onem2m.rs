@@ -1,0 +1,169 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! Manager, agent and devices as separate `sealcast` processes through a
+//! oneM2M deployment: the ACME CSE, an IN-CSE (the manager's registrar) and
+//! an MN-CSE registered to it (everyone else's, and the groups' host),
+//! started here on free loopback ports. `transport = "onem2m"` with an
+//! `[onem2m]` section in every config. The fire-safety flow through the
+//! CSEs (alert → unlock fanned out by the MN-CSE's <group>), then a door
+//! killed with SIGKILL and restarted: it keeps its AE, containers and place
+//! in the group, executes the next command and nothing twice; then the
+//! manager stops cleanly on SIGTERM.
+//!
+//! Needs `SEALCAST_ACME` (a Python with acmecse==2026.5.3); NOT RUN
+//! without it.
+
+mod common;
+
+use std::fs;
+use std::time::Duration;
+
+use common::{
+    FIRE_RULE, Procs, alert, executed, fire_safety_tables, keygen, manager_config, node_config,
+    relays_for, run_prefix, wait_until_blocking,
+};
+use sealcast_testkit::acme::{ACME_ENV, AcmePair};
+
+fn onem2m_section(cses: &AcmePair, serialization: &str) -> String {
+    format!(
+        "\n[onem2m]\ninfrastructure = \"{}\"\nfield = \"{}\"\nserialization = \"{serialization}\"\n",
+        cses.infra.url, cses.mn.url
+    )
+}
+
+#[test]
+fn fire_safety_as_separate_processes_through_an_in_and_mn_cse() {
+    let Some(python) = sealcast_testkit::require(
+        ACME_ENV,
+        "fire_safety_as_separate_processes_through_an_in_and_mn_cse",
+        "the ACME oneM2M CSE: a Python with `pip install acmecse==2026.5.3`",
+    ) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let cses = AcmePair::start(&python, &dir.join("cses")).unwrap_or_else(|e| panic!("{e}"));
+    let run = run_prefix("o");
+    let (manager, gateway, sensor) = ("manager", "gateway", "sensor-1");
+    let doors = ["door-1", "door-2"];
+    keygen(&dir, [manager, gateway, sensor, doors[0], doors[1]]);
+    let onem2m = onem2m_section(&cses, "cbor");
+    let head = "transport = \"onem2m\"\n";
+    fs::write(
+        dir.join("manager.toml"),
+        manager_config(head, &run, manager)
+            + &onem2m
+            + &fire_safety_tables(gateway, &[sensor], &doors),
+    )
+    .unwrap();
+    let node = |id: &str| node_config(head, &run, id, manager);
+    fs::write(
+        dir.join("agent.toml"),
+        node(gateway) + &relays_for([sensor, doors[0], doors[1]]) + &onem2m + FIRE_RULE,
+    )
+    .unwrap();
+    for d in [sensor, doors[0], doors[1]] {
+        fs::write(dir.join(format!("{d}.toml")), node(d) + &onem2m).unwrap();
+    }
+
+    let mut procs = Procs::new(&dir);
+    procs.start("agent", &["agent", "serve", "--config", "agent.toml"]);
+    for d in [sensor, doors[0], doors[1]] {
+        procs.start_device(d);
+    }
+    procs.start("manager", &["manager", "serve", "--config", "manager.toml"]);
+    wait_until_blocking("every key installed", &procs, || {
+        procs.installed("agent") >= 2
+            && [sensor, doors[0], doors[1]]
+                .iter()
+                .all(|d| procs.installed(d) >= 1)
+    });
+    assert!(
+        procs.log("manager").contains("transport=oneM2M"),
+        "{}",
+        procs.logs()
+    );
+    // Every member acknowledged: the manager has put each of them into its
+    // groups' <group> (a member is added once it is heard from).
+    wait_until_blocking("every member acknowledged", &procs, || {
+        ["fire-sensors", "fire-doors"].iter().all(|g| {
+            let shown = common::group_show_json(&dir, "manager.toml", g);
+            shown["current"] == shown["members"]
+        })
+    });
+
+    procs.interrupt(sensor);
+    let send = |text: &str| alert(&dir, sensor, text);
+    send("smoke in hall 1");
+    wait_until_blocking("both doors unlock", &procs, || {
+        doors.iter().all(|d| !executed(&dir, d).is_empty())
+    });
+    for d in doors {
+        let lines = executed(&dir, d);
+        assert_eq!(lines.len(), 1, "{d}: {lines:?}");
+        assert!(lines[0].contains(&format!("signer={gateway}")), "{lines:?}");
+        assert!(lines[0].ends_with("payload=unlock"), "{lines:?}");
+    }
+
+    // SIGKILL a door and restart it: same AE, same containers, still a
+    // member of the door group's <group>.
+    procs.sigkill(doors[0]);
+    procs.restart_device(doors[0], 1);
+    wait_until_blocking("the restarted door runs", &procs, || {
+        procs.log(doors[0]).contains("device running")
+    });
+    send("smoke in hall 2");
+    wait_until_blocking("both doors execute the second command", &procs, || {
+        doors.iter().all(|d| executed(&dir, d).len() >= 2)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    for d in doors {
+        assert_eq!(executed(&dir, d).len(), 2, "{d}: {:?}", executed(&dir, d));
+    }
+    let status = procs.interrupt("manager");
+    assert!(
+        status.success(),
+        "manager: {status:?}\n{}",
+        procs.log("manager")
+    );
+}
+
+#[test]
+fn onem2m_settings_are_checked_before_anything_starts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    keygen(dir, ["door-9", "manager"]);
+    let base = "key = \"door-9.key\"\nmanager_public_key = \"manager.pub\"\nstate_dir = \"s\"\n";
+    let section = "\n[onem2m]\ninfrastructure = \"http://127.0.0.1:1/cse-in\"\n";
+    for (config, needle) in [
+        (
+            format!("transport = \"onem2m\"\n{base}"),
+            "[onem2m] section",
+        ),
+        (format!("{base}{section}"), "transport = \"onem2m\""),
+        (
+            format!("transport = \"onem2m\"\nbroker = \"mqtt://127.0.0.1:1\"\n{base}{section}"),
+            "not for transport = \"onem2m\"",
+        ),
+        (
+            format!(
+                "transport = \"onem2m\"\n{base}\n[onem2m]\ninfrastructure = \"coap://x/cse\"\n"
+            ),
+            "must be http://",
+        ),
+        (
+            format!("transport = \"onem2m\"\n{base}{section}serialization = \"xml\"\n"),
+            "serialization must be",
+        ),
+        (
+            format!("transport = \"onem2m\"\n{base}{section}"),
+            "cannot reach the CSE",
+        ),
+    ] {
+        fs::write(dir.join("door-9.toml"), &config).unwrap();
+        let out = common::run(dir, &["device", "run", "--config", "door-9.toml"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{config}");
+        assert!(stderr.contains(needle), "{config}\n→ {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
