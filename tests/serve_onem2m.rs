@@ -119,6 +119,48 @@ fn fire_safety_as_separate_processes_through_an_in_and_mn_cse() {
     for d in doors {
         assert_eq!(executed(&dir, d).len(), 2, "{d}: {:?}", executed(&dir, d));
     }
+
+    // The MN-CSE restarts and loses every resource (in-memory database):
+    // each AE notices, registers again and re-creates its containers and
+    // subscriptions; the manager re-creates the groups' <group>s. The next
+    // command reaches both doors, once; nothing is executed twice.
+    let mut cses = cses;
+    cses.restart_mn().unwrap_or_else(|e| panic!("{e}"));
+    wait_until_blocking("every AE registered again", &procs, || {
+        ["manager", "agent", doors[0], doors[1]]
+            .iter()
+            .all(|p| procs.log(p).contains("registered again with the CSE"))
+    });
+    wait_until_blocking("the door group's <group> re-created", &procs, || {
+        let shown = common::group_show_json(&dir, "manager.toml", "fire-doors");
+        shown["current"] == shown["members"]
+    });
+    // The sensor's one-shot send registers it again itself; the manager
+    // adds it to the sensors' <group> within its 2 s look-up.
+    let mut third = 0;
+    for attempt in 0..10 {
+        send(&format!("smoke in hall 3, attempt {attempt}"));
+        std::thread::sleep(Duration::from_secs(2));
+        if doors.iter().all(|d| executed(&dir, d).len() >= 3) {
+            third = attempt + 1;
+            break;
+        }
+    }
+    assert!(
+        third > 0,
+        "no door executed after the CSE restart\n{}",
+        procs.logs()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    for d in doors {
+        let lines = executed(&dir, d);
+        let seqs: std::collections::BTreeSet<&String> = lines.iter().collect();
+        assert_eq!(
+            seqs.len(),
+            lines.len(),
+            "{d} executed a command twice: {lines:?}"
+        );
+    }
     let status = procs.interrupt("manager");
     assert!(
         status.success(),

@@ -22,9 +22,22 @@ pub struct Cse {
     pub cse_id: String,
     /// Its base directory (ini, logs).
     pub dir: PathBuf,
+    python: String,
+    port: u16,
+    name: &'static str,
 }
 
 impl Cse {
+    /// Stops it (SIGTERM) and starts it again on the same port with the
+    /// same configuration: with the in-memory database, every resource is
+    /// gone.
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.stop();
+        self.child = spawn(&self.python, &self.dir)?;
+        let (port, path) = (self.port, format!("/{}", self.name));
+        wait_ready(self, port, &path, "restarted CSE")
+    }
+
     /// Stops it with SIGTERM and waits (kill after 10 s).
     pub fn stop(&mut self) {
         let _ = Command::new("kill")
@@ -154,6 +167,9 @@ impl AcmePair {
             url: format!("http://127.0.0.1:{in_port}/cse-in"),
             cse_id: in_id.clone(),
             dir: in_dir,
+            python: python.to_owned(),
+            port: in_port,
+            name: "cse-in",
         };
         wait_ready(&mut infra, in_port, "/cse-in", "IN-CSE")?;
         let mn_dir = dir.join("cse-mn");
@@ -168,6 +184,9 @@ impl AcmePair {
             url: format!("http://127.0.0.1:{mn_port}/cse-mn"),
             cse_id: mn_id,
             dir: mn_dir,
+            python: python.to_owned(),
+            port: mn_port,
+            name: "cse-mn",
         };
         wait_ready(&mut mn, mn_port, "/cse-mn", "MN-CSE")?;
         // Registered: the IN holds the MN's <remoteCSE>.
@@ -179,5 +198,19 @@ impl AcmePair {
             "MN-CSE's registration with the IN-CSE",
         )?;
         Ok(Self { mn, infra })
+    }
+
+    /// Restarts the MN-CSE (its resources are lost) and waits until it is
+    /// registered with the IN-CSE again.
+    pub fn restart_mn(&mut self) -> Result<(), String> {
+        self.mn.restart()?;
+        let csr = format!("/cse-in/{}", self.mn.cse_id);
+        let port = self.infra.port;
+        wait_ready(
+            &mut self.infra,
+            port,
+            &csr,
+            "MN-CSE's registration after its restart",
+        )
     }
 }

@@ -369,7 +369,9 @@ pub(super) struct OneM2mLink {
     server: Mutex<Option<JoinHandle<()>>>,
     /// Per group: the members last written to its `<group>`, and those
     /// left out because their container did not exist yet.
-    groups: tokio::sync::Mutex<BTreeMap<GroupId, GroupSync>>,
+    groups: Arc<tokio::sync::Mutex<BTreeMap<GroupId, GroupSync>>>,
+    /// Looks after the registration (see [`watch`]).
+    watchdog: Mutex<Option<JoinHandle<()>>>,
     /// Entities a notification came from since the groups were last
     /// checked: a member left out of a `<group>` that is heard from (its
     /// ack) is looked for again at once.
@@ -421,84 +423,21 @@ impl OneM2mLink {
             (None, None)
         };
         let registrar = cses.registrar(id).clone();
-        register(&client, &registrar, cses.addressing, &ae, poa.as_deref()).await?;
-        let mut containers = BTreeMap::new();
-        if receive {
-            let owner = ae.clone();
-            let manager_ae = sealcast_onem2m::ae_id(&cses.manager)?;
-            let host_ae = sealcast_onem2m::group_host_ae_id(&cses.manager)?;
-            let rules = vec![
-                (vec!["all".to_owned()], op::CREATE),
-                (vec![owner.clone()], op::ALL),
-                (
-                    vec![
-                        cses.field.id(cses.addressing, &host_ae),
-                        host_ae.clone(),
-                        manager_ae,
-                    ],
-                    op::RETRIEVE,
-                ),
-            ];
-            let ae_path = |rest: &str| registrar.path(cses.addressing, &format!("{ae}/{rest}"));
-            let base = &registrar.url;
-            let own = registrar.path(cses.addressing, &ae);
-            client
-                .ensure(
-                    base,
-                    &own,
-                    ACP_NAME,
-                    Type::AccessControlPolicy,
-                    &resource::acp(ACP_NAME, &rules, &owner),
-                )
-                .await?;
-            let acpi = vec![registrar.id(cses.addressing, &format!("{ae}/{ACP_NAME}"))];
-            for name in [INBOX_CONTAINER, GROUP_CONTAINER] {
-                let container = client
-                    .ensure(
-                        base,
-                        &own,
-                        name,
-                        Type::Container,
-                        &resource::container(name, &acpi, 64),
-                    )
-                    .await?;
-                containers.insert(primitive::resource_id(&container)?, name);
-                client
-                    .ensure(
-                        base,
-                        &ae_path(name),
-                        SUBSCRIPTION_NAME,
-                        Type::Subscription,
-                        &resource::subscription(SUBSCRIPTION_NAME, &ae),
-                    )
-                    .await?;
-            }
-        }
-        let host = if *id == cses.manager {
-            let host_ae = sealcast_onem2m::group_host_ae_id(id)?;
-            let host = Arc::new(Client::new(host_ae.clone(), config.serialization));
-            register(&host, &cses.field, cses.addressing, &host_ae, None).await?;
-            let manager_ids = vec![
-                cses.infrastructure.id(cses.addressing, &ae),
-                ae.clone(),
-                host_ae.clone(),
-            ];
-            host.ensure(
-                &cses.field.url,
-                &cses.field.path(cses.addressing, &host_ae),
-                ACP_NAME,
-                Type::AccessControlPolicy,
-                &resource::acp(
-                    ACP_NAME,
-                    &[(vec!["all".to_owned()], op::CREATE), (manager_ids, op::ALL)],
-                    &host_ae,
-                ),
-            )
-            .await?;
-            Some(host)
-        } else {
-            None
-        };
+        let host = (*id == cses.manager)
+            .then(|| {
+                sealcast_onem2m::group_host_ae_id(id)
+                    .map(|h| Arc::new(Client::new(h, config.serialization)))
+            })
+            .transpose()?;
+        let registration = Arc::new(Registration {
+            ae: ae.clone(),
+            cses: Arc::clone(&cses),
+            registrar: registrar.clone(),
+            client: Arc::clone(&client),
+            host: host.clone(),
+            poa: poa.clone(),
+        });
+        let containers = Arc::new(Mutex::new(registration.setup().await?));
         let heard = Arc::new(Mutex::new(BTreeSet::new()));
         let server = server.map(|listener| {
             let ctx = Arc::new(Listener {
@@ -506,10 +445,18 @@ impl OneM2mLink {
                 id: id.clone(),
                 manager: cses.manager.clone(),
                 topics: topics.clone(),
-                containers,
+                containers: Arc::clone(&containers),
                 tx,
             });
             tokio::spawn(serve(listener, ctx))
+        });
+        let groups = Arc::new(tokio::sync::Mutex::new(BTreeMap::new()));
+        let watchdog = (receive || host.is_some()).then(|| {
+            tokio::spawn(watch(
+                Arc::clone(&registration),
+                containers,
+                Arc::clone(&groups),
+            ))
         });
         info!(entity = %id, ae = %ae, cse = %registrar.cse_id, poa = poa.as_deref().unwrap_or("none"), "registered with the CSE");
         Ok((
@@ -522,7 +469,8 @@ impl OneM2mLink {
                 progress: Arc::new(Progress::default()),
                 permits: Arc::new(Semaphore::new(config.concurrency.max(1))),
                 server: Mutex::new(server),
-                groups: tokio::sync::Mutex::new(BTreeMap::new()),
+                watchdog: Mutex::new(watchdog),
+                groups,
                 heard,
             },
             rx,
@@ -594,13 +542,10 @@ impl OneM2mLink {
     }
 
     pub(super) fn stop(&self) {
-        if let Some(task) = self
-            .server
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        {
-            task.abort();
+        for task in [&self.server, &self.watchdog] {
+            if let Some(task) = task.lock().unwrap_or_else(PoisonError::into_inner).take() {
+                task.abort();
+            }
         }
     }
 
@@ -728,6 +673,172 @@ impl Drop for OneM2mLink {
     }
 }
 
+/// What an entity registered on the CSEs, so that it can do it again.
+struct Registration {
+    ae: String,
+    cses: Arc<Cses>,
+    registrar: CseBase,
+    client: Arc<Client>,
+    /// The manager's group host.
+    host: Option<Arc<Client>>,
+    /// The notification listener (None: a link that only sends).
+    poa: Option<String>,
+}
+
+impl Registration {
+    /// Registers the AE (and the group host), and for a receiving AE its
+    /// ACP, containers and subscriptions, keeping what exists. Returns the
+    /// containers' resource ids.
+    async fn setup(&self) -> Result<BTreeMap<String, &'static str>> {
+        let (cses, registrar, client, ae) = (&self.cses, &self.registrar, &self.client, &self.ae);
+        register(client, registrar, cses.addressing, ae, self.poa.as_deref()).await?;
+        let mut containers = BTreeMap::new();
+        if self.poa.is_some() {
+            let owner = ae.clone();
+            let manager_ae = sealcast_onem2m::ae_id(&cses.manager)?;
+            let host_ae = sealcast_onem2m::group_host_ae_id(&cses.manager)?;
+            let rules = vec![
+                (vec!["all".to_owned()], op::CREATE),
+                (vec![owner.clone()], op::ALL),
+                (
+                    vec![
+                        cses.field.id(cses.addressing, &host_ae),
+                        host_ae.clone(),
+                        manager_ae,
+                    ],
+                    op::RETRIEVE,
+                ),
+            ];
+            let base = &registrar.url;
+            let own = registrar.path(cses.addressing, ae);
+            client
+                .ensure(
+                    base,
+                    &own,
+                    ACP_NAME,
+                    Type::AccessControlPolicy,
+                    &resource::acp(ACP_NAME, &rules, &owner),
+                )
+                .await?;
+            let acpi = vec![registrar.id(cses.addressing, &format!("{ae}/{ACP_NAME}"))];
+            for name in [INBOX_CONTAINER, GROUP_CONTAINER] {
+                let container = client
+                    .ensure(
+                        base,
+                        &own,
+                        name,
+                        Type::Container,
+                        &resource::container(name, &acpi, 64),
+                    )
+                    .await?;
+                containers.insert(primitive::resource_id(&container)?, name);
+                client
+                    .ensure(
+                        base,
+                        &format!("{own}/{name}"),
+                        SUBSCRIPTION_NAME,
+                        Type::Subscription,
+                        &resource::subscription(SUBSCRIPTION_NAME, ae),
+                    )
+                    .await?;
+            }
+        }
+        if let Some(host) = &self.host {
+            let host_ae = &host.origin;
+            register(host, &cses.field, cses.addressing, host_ae, None).await?;
+            let manager_ids = vec![
+                cses.infrastructure.id(cses.addressing, ae),
+                ae.clone(),
+                host_ae.clone(),
+            ];
+            host.ensure(
+                &cses.field.url,
+                &cses.field.path(cses.addressing, host_ae),
+                ACP_NAME,
+                Type::AccessControlPolicy,
+                &resource::acp(
+                    ACP_NAME,
+                    &[(vec!["all".to_owned()], op::CREATE), (manager_ids, op::ALL)],
+                    host_ae,
+                ),
+            )
+            .await?;
+        }
+        Ok(containers)
+    }
+
+    /// Whether the CSEs still hold the AE (and the group host): false when
+    /// one answers 4004 for it — it restarted and lost its resources.
+    async fn present(&self) -> Result<bool> {
+        let (cses, registrar) = (&self.cses, &self.registrar);
+        let own = registrar.path(cses.addressing, &self.ae);
+        let (rsc, _) = self
+            .client
+            .request(Method::GET, &registrar.url, &own, None, None)
+            .await?;
+        if rsc == 4004 {
+            return Ok(false);
+        }
+        if let Some(host) = &self.host {
+            let path = cses.field.path(cses.addressing, &host.origin);
+            let (rsc, _) = host
+                .request(Method::GET, &cses.field.url, &path, None, None)
+                .await?;
+            if rsc == 4004 {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// How often a link checks that its CSEs still hold its registration.
+const WATCH_EVERY: Duration = Duration::from_secs(2);
+
+/// Looks after a registration: a CSE that restarted without its resources
+/// (ACME's in-memory database) answers 4004 for the AE; the link then
+/// registers again, re-creates its containers and subscriptions (and the
+/// manager its group host, whose `<group>`s the next membership sync
+/// re-creates), and logs it. Messages sent to it meanwhile are lost, as
+/// on a broker that lost its sessions; replay windows and keys are the
+/// runtimes' and survive, so nothing is accepted twice.
+async fn watch(
+    registration: Arc<Registration>,
+    containers: Arc<Mutex<BTreeMap<String, &'static str>>>,
+    groups: Arc<tokio::sync::Mutex<BTreeMap<GroupId, GroupSync>>>,
+) {
+    let mut tick = tokio::time::interval(WATCH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    let mut lost = false;
+    loop {
+        tick.tick().await;
+        match registration.present().await {
+            Ok(true) if !lost => continue,
+            Ok(_) => {}
+            Err(e) => {
+                debug!(ae = %registration.ae, error = %e, "cannot reach the CSE to check the registration");
+                continue;
+            }
+        }
+        if !lost {
+            warn!(ae = %registration.ae, cse = %registration.registrar.cse_id, "the CSE no longer holds this AE (a restart that lost its resources?): registering again");
+        }
+        match registration.setup().await {
+            Ok(fresh) => {
+                *containers.lock().unwrap_or_else(PoisonError::into_inner) = fresh;
+                groups.lock().await.clear();
+                info!(ae = %registration.ae, "registered again with the CSE: containers and subscriptions re-created");
+                lost = false;
+            }
+            Err(e) => {
+                warn!(ae = %registration.ae, error = %e, "registering again failed; retrying");
+                lost = true;
+            }
+        }
+    }
+}
+
 /// Registers the AE `ae` on `cse`. An AE registered before (a restart;
 /// the CSE kept it) is kept, with its containers, subscriptions and its
 /// place in the groups' member lists; a receiving one gets its new point
@@ -783,7 +894,7 @@ struct Listener {
     manager: EntityId,
     topics: TopicScheme,
     /// Resource id → name of this AE's containers.
-    containers: BTreeMap<String, &'static str>,
+    containers: Arc<Mutex<BTreeMap<String, &'static str>>>,
     tx: mpsc::Sender<Incoming>,
 }
 
@@ -844,7 +955,7 @@ async fn notified(ctx: &Listener, req: Request<HttpBody>) -> Response<Full<Bytes
     let (subscription, instance) = match parsed {
         Ok(Notification::Verification { .. }) => return answer(2000, &ri),
         Ok(Notification::Deleted { subscription }) => {
-            warn!(entity = %ctx.id, %subscription, "the CSE deleted a subscription of ours (a CSE restart?); restart this node to register again");
+            warn!(entity = %ctx.id, %subscription, "the CSE deleted a subscription of ours; it is created again within seconds if the AE is gone too, else restart this node");
             return answer(2000, &ri);
         }
         Ok(Notification::Created {
@@ -897,8 +1008,10 @@ fn check(
     ctx: &Listener,
     instance: &sealcast_onem2m::ContentInstance,
 ) -> core::result::Result<EntityId, &'static str> {
-    let container = ctx
+    let container = *ctx
         .containers
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
         .get(instance.parent.rsplit('/').next().unwrap_or_default())
         .ok_or("not in a container of this AE")?;
     let origin = instance
@@ -910,7 +1023,7 @@ fn check(
         .topics
         .parse(&instance.target)
         .map_err(|_| "label is not a sealcast target")?;
-    match (&topic, *container) {
+    match (&topic, container) {
         (Topic::Group { .. }, GROUP_CONTAINER) => Ok(origin),
         (Topic::Group { .. }, _) => Err("a group target outside the group container"),
         (_, GROUP_CONTAINER) => Err("a per-entity target in the group container"),
