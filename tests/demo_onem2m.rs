@@ -117,3 +117,43 @@ fn a_missing_cse_is_a_clear_error() {
         "{stderr}"
     );
 }
+
+/// Smart metering through the same pair of CSEs: the headend an AE on the
+/// IN-CSE, the DAP and every meter AEs on the MN-CSE. Forgeries and replays
+/// are posted with the victim meter's originator (ACME believes it) and
+/// dropped by the DAP's end-to-end checks; a genuine report posted by
+/// another meter's AE is dropped as impersonation.
+#[test]
+fn smart_metering_through_an_in_and_mn_cse() {
+    let Some(python) = acme("smart_metering_through_an_in_and_mn_cse") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cses = AcmePair::start(&python, dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    let out = std::process::Command::new(common::bin())
+        .args([
+            "demo",
+            "smart-meter",
+            "--meters",
+            "40",
+            "--transport",
+            "onem2m",
+        ])
+        .args(["--cse", &cses.infra.url, "--cse", &cses.mn.url])
+        .output()
+        .expect("run sealcast");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the oneM2M smart-meter demo failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    for line in [
+        "PASSED",
+        "40 meters registered as AEs",
+        "a genuine report posted by another meter's AE, dropped as impersonation",
+        "readings the headend decrypted                                                      120      120  ok",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in\n{stdout}");
+    }
+}

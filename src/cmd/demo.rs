@@ -44,6 +44,13 @@ pub struct SmartMeterArgs {
     /// The transport: the same link as the fire-safety demo.
     #[arg(long, value_enum, default_value_t = Transport::Mqtt)]
     pub transport: Transport,
+    /// With --transport onem2m: the IN-CSE's CSEBase URL (the headend's
+    /// registrar), then optionally the MN-CSE's (the DAP's and meters').
+    #[arg(long, value_name = "URL")]
+    pub cse: Vec<String>,
+    /// With --transport onem2m: the primitives' serialization.
+    #[arg(long, value_enum, default_value_t = CseSerialization::Json)]
+    pub cse_serialization: CseSerialization,
 }
 
 /// Runs `sealcast demo smart-meter`.
@@ -54,12 +61,9 @@ pub fn smart_meter(args: &SmartMeterArgs) -> Result<()> {
         ));
     }
     let transport = link_transport(args.transport, args.broker.as_deref())?;
-    if transport == sealcast_node::link::Transport::OneM2m {
-        return Err(CliError::usage(
-            "the smart-meter demo does not run on oneM2M yet; the fire-safety demo does (sealcast demo fire-safety --transport onem2m --cse …)",
-        ));
-    }
+    let onem2m = onem2m_options(transport, &args.cse, args.cse_serialization)?;
     let config = sealcast_demo::smart_meter::SmartMeterConfig {
+        onem2m,
         meters: args.meters,
         reports_per_meter: args.reports,
         broker: args.broker.clone(),
@@ -157,21 +161,37 @@ fn link_transport(t: Transport, broker: Option<&str>) -> Result<sealcast_node::l
     }
 }
 
+/// The CSEs of `--cse`, checked against the transport.
+fn onem2m_options(
+    transport: sealcast_node::link::Transport,
+    cse: &[String],
+    serialization: CseSerialization,
+) -> Result<sealcast_demo::OneM2mOptions> {
+    let onem2m = transport == sealcast_node::link::Transport::OneM2m;
+    if onem2m && !(1..=2).contains(&cse.len()) {
+        return Err(CliError::usage(
+            "--transport onem2m needs --cse <IN-CSE URL> and optionally a second --cse <MN-CSE URL>, e.g. http://127.0.0.1:8080/cse-in (README: starting ACME)",
+        ));
+    }
+    if !onem2m && !cse.is_empty() {
+        return Err(CliError::usage("--cse is for --transport onem2m"));
+    }
+    Ok(sealcast_demo::OneM2mOptions {
+        cse: cse.to_vec(),
+        serialization: match serialization {
+            CseSerialization::Json => sealcast_onem2m::Serialization::Json,
+            CseSerialization::Cbor => sealcast_onem2m::Serialization::Cbor,
+        },
+    })
+}
+
 /// Runs `sealcast demo fire-safety`.
 pub fn fire_safety(args: &FireSafetyArgs) -> Result<()> {
     if args.devices < 3 || args.devices > 2000 {
         return Err(CliError::usage("--devices must be between 3 and 2000"));
     }
     let transport = link_transport(args.transport, args.broker.as_deref())?;
-    let onem2m = transport == sealcast_node::link::Transport::OneM2m;
-    if onem2m && !(1..=2).contains(&args.cse.len()) {
-        return Err(CliError::usage(
-            "--transport onem2m needs --cse <IN-CSE URL> and optionally a second --cse <MN-CSE URL>, e.g. http://127.0.0.1:8080/cse-in (README: starting ACME)",
-        ));
-    }
-    if !onem2m && !args.cse.is_empty() {
-        return Err(CliError::usage("--cse is for --transport onem2m"));
-    }
+    let onem2m = onem2m_options(transport, &args.cse, args.cse_serialization)?;
     if args.bearer && transport != sealcast_node::link::Transport::Coap {
         return Err(CliError::usage(
             "--bearer runs under CoAP multicast: add --transport coap",
@@ -188,13 +208,7 @@ pub fn fire_safety(args: &FireSafetyArgs) -> Result<()> {
         broker: args.broker.clone(),
         transport,
         bearer: args.bearer,
-        onem2m: sealcast_demo::OneM2mOptions {
-            cse: args.cse.clone(),
-            serialization: match args.cse_serialization {
-                CseSerialization::Json => sealcast_onem2m::Serialization::Json,
-                CseSerialization::Cbor => sealcast_onem2m::Serialization::Cbor,
-            },
-        },
+        onem2m,
     };
     say(&format!(
         "sealcast fire-safety demo: {} devices over {transport}{} on loopback",

@@ -381,6 +381,7 @@ impl Deployment {
             config.transport,
             config.broker.as_deref(),
             &config.onem2m,
+            crate::DEMO_MANAGER,
             log,
         )
         .await?;

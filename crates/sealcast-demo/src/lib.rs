@@ -59,6 +59,7 @@ pub async fn demo_link(
     transport: sealcast_node::link::Transport,
     broker: Option<&str>,
     onem2m: &OneM2mOptions,
+    infrastructure_entity: &str,
     log: &mut dyn FnMut(&str),
 ) -> Result<(DemoTransport, sealcast_node::link::LinkConfig)> {
     use sealcast_node::link::{
@@ -114,11 +115,11 @@ pub async fn demo_link(
             let mut config = OneM2mLinkConfig::new(
                 infrastructure,
                 field,
-                sealcast_core::ids::EntityId::new(DEMO_MANAGER)?,
+                sealcast_core::ids::EntityId::new(infrastructure_entity)?,
             );
             config.serialization = onem2m.serialization;
             log(&format!(
-                "oneM2M over HTTP ({}): the manager an AE on the IN-CSE {infrastructure}, everyone else AEs on {}; groups are <group> resources fanned out by the CSE",
+                "oneM2M over HTTP ({}): {infrastructure_entity} an AE on the IN-CSE {infrastructure}, everyone else AEs on {}; groups are <group> resources fanned out by the CSE",
                 onem2m.serialization.media_type(),
                 field.unwrap_or("the same CSE")
             ));

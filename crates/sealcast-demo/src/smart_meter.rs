@@ -10,6 +10,7 @@
 //! signature once per batch and decrypts every report end to end; the AEAD
 //! under the pairwise key still authenticates each meter.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,6 +32,9 @@ pub use sealcast_metering::wire::LABEL_BATCH;
 /// Reports per DAP batch in the demo.
 const DEMO_BATCH: usize = 64;
 
+/// The headend: on oneM2M the AE on the IN-CSE.
+const HEADEND: &str = "headend";
+
 /// The demo counts readings through the headend's stats; it does not print
 /// each one.
 struct DiscardReadings;
@@ -48,8 +52,11 @@ pub struct SmartMeterConfig {
     pub reports_per_meter: usize,
     /// An external MQTT broker URL; `None` starts the embedded one.
     pub broker: Option<String>,
-    /// MQTT (default) or CoAP.
+    /// MQTT (default), CoAP or oneM2M.
     pub transport: Transport,
+    /// oneM2M only: the CSEs (the headend registers on the IN-CSE, the DAP
+    /// and every meter on the MN-CSE) and the serialization.
+    pub onem2m: crate::OneM2mOptions,
 }
 
 impl Default for SmartMeterConfig {
@@ -59,6 +66,7 @@ impl Default for SmartMeterConfig {
             reports_per_meter: 3,
             broker: None,
             transport: Transport::Mqtt,
+            onem2m: crate::OneM2mOptions::default(),
         }
     }
 }
@@ -75,24 +83,21 @@ pub async fn smart_meter(
     }
     let mut report = DemoReport::default();
     let started = Instant::now();
-    if config.transport == Transport::OneM2m {
-        return Err(Error::Runtime(
-            "the smart-meter demo does not run on oneM2M yet; the fire-safety demo does (sealcast demo fire-safety --transport onem2m)".into(),
-        ));
-    }
     let (_transport, link) = crate::demo_link(
         config.transport,
         config.broker.as_deref(),
-        &crate::OneM2mOptions::default(),
+        &config.onem2m,
+        HEADEND,
         log,
     )
     .await?;
+    let onem2m = config.transport == Transport::OneM2m;
     let topics = crate::demo_topics(config.broker.is_some())?;
     if config.broker.is_some() {
         log(&format!("topic prefix {} (this demo's own)", topics.root()));
     }
     let mut rng = os_rng()?;
-    let headend = EntityCredential::generate(EntityId::new("headend")?, &mut rng);
+    let headend = EntityCredential::generate(EntityId::new(HEADEND)?, &mut rng);
     let dap = EntityCredential::generate(EntityId::new("dap-1")?, &mut rng);
     let meters: Vec<EntityCredential> = (0..config.meters)
         .map(|i| {
@@ -151,7 +156,8 @@ pub async fn smart_meter(
     let report_topic = topics.agent(&dap_id, AgentChannel::Report);
     // The meters share one sending link (in the field each has its own);
     // on CoAP with many reports in flight, as the DAP answers each only
-    // once its batch was forwarded.
+    // once its batch was forwarded. On oneM2M each meter is an AE of its
+    // own: the DAP checks that a report's originator is its meter.
     let (meter_link, _) = Link::connect(
         &EntityId::new("meters")?,
         &link.with_nstart(DEMO_BATCH * 2),
@@ -159,6 +165,15 @@ pub async fn smart_meter(
         Interest::send_only(),
     )
     .await?;
+    let mut meter_links = BTreeMap::new();
+    if onem2m {
+        for m in &meters {
+            let (l, _) =
+                Link::connect(m.id(), &link, topics.clone(), Interest::send_only()).await?;
+            meter_links.insert(m.id().clone(), l);
+        }
+        log(&format!("{} meters registered as AEs", meter_links.len()));
+    }
 
     // Meters report; an attacker adds forgeries and replays.
     let sent_at = Instant::now();
@@ -170,6 +185,7 @@ pub async fn smart_meter(
         .collect::<Result<Vec<_>>>()?;
     let mut sending = Paced {
         link: &meter_link,
+        own: &meter_links,
         to: &dap_id,
         target: &report_topic,
         sent: 0,
@@ -181,7 +197,7 @@ pub async fn smart_meter(
             if round == 0 && i < 5 {
                 first_reports.push(bytes.clone());
             }
-            sending.send(bytes).await?;
+            sending.send(m.id(), bytes).await?;
             genuine += 1;
         }
     }
@@ -192,16 +208,30 @@ pub async fn smart_meter(
         let forger = EntityCredential::generate(victim, &mut rng);
         let mut forger = meter_sealer(forger, &headend_public, 10_000 + i as u64)?;
         let (_, bytes) = forger.seal(b"0 kWh", now())?;
-        sending.send(bytes).await?;
+        // On oneM2M through the victim's own AE: a CSE that believes
+        // X-M2M-Origin lets anyone claim it.
+        let victim = forger.id().clone();
+        sending.send(&victim, bytes).await?;
     }
     let replays = first_reports.len();
-    for r in &first_reports {
-        sending.send(r.clone()).await?;
+    for (i, r) in first_reports.iter().enumerate() {
+        sending.send(sealers[i].id(), r.clone()).await?;
+    }
+    // oneM2M: a genuine, fresh report of meter 0 posted by meter 1's AE.
+    let mut impostors = 0;
+    if onem2m {
+        let (_, bytes) = sealers[0].seal(b"1 kWh", now())?;
+        let other = sealers[1].id().clone();
+        sending.send(&other, bytes).await?;
+        impostors = 1;
     }
     // Every report was taken (the broker's PUBACKs; on CoAP the DAP's
     // answers, 2.04 for the genuine, forged and replayed alike).
     meter_link.flush(Duration::from_secs(60)).await?;
-    let expected_in = genuine + forgeries + replays;
+    for l in meter_links.values() {
+        l.flush(Duration::from_secs(60)).await?;
+    }
+    let expected_in = genuine + forgeries + replays + impostors;
     log(&format!(
         "meters sent {genuine} reports; the attacker {forgeries} forgeries and {replays} replays"
     ));
@@ -242,6 +272,9 @@ pub async fn smart_meter(
     dap_handle.stop().await;
     headend_handle.stop().await;
     meter_link.close(Duration::from_secs(2)).await;
+    for l in meter_links.values() {
+        l.close(Duration::from_secs(2)).await;
+    }
 
     let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
     report.checks.push(Check {
@@ -269,6 +302,14 @@ pub async fn smart_meter(
         expected: replays,
         observed: count(dap_stats.replayed),
     });
+    if onem2m {
+        report.checks.push(Check {
+            what: "oneM2M: a genuine report posted by another meter's AE, dropped as impersonation"
+                .into(),
+            expected: impostors,
+            observed: count(dap_stats.impersonated),
+        });
+    }
     report.checks.push(Check {
         what: "readings the headend decrypted".into(),
         expected: genuine,
@@ -289,20 +330,24 @@ pub async fn smart_meter(
 /// [`sealcast_node::link::SEND_WINDOW`] messages.
 struct Paced<'a> {
     link: &'a Link,
+    /// oneM2M: each meter's own link (its AE).
+    own: &'a BTreeMap<EntityId, Link>,
     to: &'a EntityId,
     target: &'a str,
     sent: usize,
 }
 
 impl Paced<'_> {
-    async fn send(&mut self, bytes: Vec<u8>) -> Result<()> {
+    async fn send(&mut self, meter: &EntityId, bytes: Vec<u8>) -> Result<()> {
+        let link = self.own.get(meter).unwrap_or(self.link);
         if self.sent > 0 && self.sent.is_multiple_of(sealcast_node::link::SEND_WINDOW) {
             self.link.flush(Duration::from_secs(60)).await?;
+            for l in self.own.values() {
+                l.flush(Duration::from_secs(60)).await?;
+            }
         }
         self.sent += 1;
-        self.link
-            .send_to(self.to, self.target.to_owned(), bytes)
-            .await
+        link.send_to(self.to, self.target.to_owned(), bytes).await
     }
 }
 

@@ -94,6 +94,7 @@ async fn smart_meter_on(transport: Transport, meters: usize) {
         reports_per_meter: 2,
         broker: None,
         transport,
+        ..SmartMeterConfig::default()
     };
     let report = smart_meter(config, &mut |l| lines.push(l.to_owned()))
         .await

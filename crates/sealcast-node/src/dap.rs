@@ -48,6 +48,9 @@ pub struct DapStats {
     pub unknown: u64,
     /// Replays dropped.
     pub replayed: u64,
+    /// Reports whose transport originator (a oneM2M AE) is not the meter
+    /// that signed them, dropped before any signature work (TS-0003 §7.2).
+    pub impersonated: u64,
     /// Genuine reports dropped because their meter was over its rate
     /// (`[dap] max_reports_per_meter_per_minute`).
     pub rate_limited: u64,
@@ -433,6 +436,29 @@ impl Dap {
             return Ok(());
         }
         let pending = std::mem::take(&mut self.pending);
+        // AE impersonation: a report whose transport originator is another
+        // entity than the meter it names is dropped before any signature
+        // work (a malformed one goes on, to be refused as forged).
+        let headend = self.core.headend().clone();
+        let (pending, impostors): (Vec<Incoming>, Vec<Incoming>) =
+            pending.into_iter().partition(|m| {
+                m.origin.as_ref().is_none_or(|origin| {
+                    sealcast_core::report::peek_report(&m.payload, &headend)
+                        .map_or(true, |h| h.reporter == *origin)
+                })
+            });
+        if !impostors.is_empty() {
+            warn!(dap = %self.core.id(), reports = impostors.len(), "reports whose originator is not their meter dropped (impersonation)");
+            self.stats.received += impostors.len() as u64;
+            self.stats.impersonated += impostors.len() as u64;
+            for m in impostors {
+                draining(m.ack.ack(), inbox, &mut self.arrived).await;
+            }
+            self.stats_tx.send_replace(self.stats.clone());
+        }
+        if pending.is_empty() {
+            return Ok(());
+        }
         let refs: Vec<&[u8]> = pending.iter().map(|m| m.payload.as_ref()).collect();
         let started = Instant::now();
         let verdicts = self.core.verify(&refs, now());
