@@ -1108,3 +1108,75 @@ pub async fn publish_group_as(
         .await?;
     Ok(())
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use sealcast_core::target::{AgentChannel, GroupChannel};
+    use sealcast_onem2m::ContentInstance;
+
+    fn listener() -> Listener {
+        let (tx, _rx) = mpsc::channel(1);
+        let containers = BTreeMap::from([
+            ("cntInbox".to_owned(), INBOX_CONTAINER),
+            ("cntGrp".to_owned(), GROUP_CONTAINER),
+        ]);
+        Listener {
+            heard: None,
+            id: EntityId::new("manager").unwrap(),
+            manager: EntityId::new("manager").unwrap(),
+            topics: TopicScheme::new(),
+            containers: Arc::new(Mutex::new(containers)),
+            tx,
+        }
+    }
+
+    fn instance(parent: &str, target: String, creator: Option<&str>) -> ContentInstance {
+        ContentInstance {
+            content: vec![0xd0],
+            target,
+            creator: creator.map(str::to_owned),
+            parent: parent.to_owned(),
+        }
+    }
+
+    /// The adapter's checks before anything is opened: the container, the
+    /// label, and the originator where the target names the sender.
+    #[test]
+    fn notifications_are_checked_against_container_target_and_originator() {
+        let ctx = listener();
+        let t = TopicScheme::new();
+        let door = EntityId::new("door-1").unwrap();
+        let group = GroupId::new(b"doors").unwrap();
+        let ack = t.device(&door, DeviceChannel::Ack);
+        let delivery = t.device(&door, DeviceChannel::Delivery);
+        let cmd = t.group(&group, GroupChannel::Command);
+        let report = t.agent(&door, AgentChannel::Report);
+        let ok = |i: ContentInstance| check(&ctx, &i);
+        // Accepted: the originator as every form of AE-ID.
+        for cr in ["Cdoor-1", "/id-mn/Cdoor-1", "//sealcast.example/id-mn/Cdoor-1"] {
+            assert_eq!(ok(instance("cntInbox", ack.clone(), Some(cr))), Ok(door.clone()));
+        }
+        assert!(ok(instance("cntGrp", cmd.clone(), Some("Cgateway"))).is_ok());
+        assert!(ok(instance("cntInbox", report.clone(), Some("Cmeter-1"))).is_ok());
+        assert!(ok(instance("/id-in/cse-in/Cmanager/cntInbox", ack.clone(), Some("Cdoor-1"))).is_ok());
+        // Refused, each for its reason.
+        for (i, why) in [
+            (instance("cntOther", ack.clone(), Some("Cdoor-1")), "not in a container"),
+            (instance("cntInbox", ack.clone(), None), "no sealcast originator"),
+            (instance("cntInbox", ack.clone(), Some("CAdmin/x")), "no sealcast originator"),
+            (instance("cntInbox", ack.clone(), Some("Smanager")), "no sealcast originator"),
+            (instance("cntInbox", "not/a/target".into(), Some("Cdoor-1")), "label"),
+            (instance("cntInbox", cmd.clone(), Some("Cgateway")), "group target outside"),
+            (instance("cntGrp", ack.clone(), Some("Cdoor-1")), "per-entity target in the group"),
+            (instance("cntInbox", ack.clone(), Some("Cdoor-2")), "impersonation"),
+            (instance("cntInbox", delivery.clone(), Some("Cgateway")), "impersonation"),
+        ] {
+            let got = ok(i.clone());
+            assert!(got.is_err_and(|e| e.contains(why)), "{i:?}: wanted {why}");
+        }
+        // A key delivery from the manager passes.
+        assert!(ok(instance("cntInbox", delivery, Some("/id-in/Cmanager"))).is_ok());
+    }
+}
