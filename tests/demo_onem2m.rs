@@ -5,8 +5,9 @@
 //! `sealcast` binary. The demo checks every step and every attack itself
 //! (a forged command, a CSE administrator reading a door's container, a
 //! genuine command re-posted by another AE, the same replayed with an
-//! `X-M2M-Origin` claiming the gateway, a re-wrap into another group, an
-//! evicted door) and exits 0 only if all of them held.
+//! `X-M2M-Origin` claiming the gateway, a re-wrap into another group, the
+//! command posted unchanged into another group's containers, an evicted
+//! door) and exits 0 only if all of them held.
 //!
 //! Needs `SEALCAST_ACME`: a Python with `acmecse==2026.5.3` (`.ci/run`
 //! installs it in a venv). Without it the tests print NOT RUN.
@@ -56,6 +57,7 @@ fn run_demo(test: &str, serialization: &str) {
         "re-posted by mallory's own AE: doors that refused the impersonation",
         "attack 2, replayed \"unlock\": doors that refused it",
         "devices outside the door group the CSE fanned \"unlock\" out to",
+        "re-posted into the extinguishers' containers: extinguishers that refused it",
     ] {
         assert!(stdout.contains(line), "missing {line:?} in\n{stdout}");
     }

@@ -299,6 +299,31 @@ async fn rewrapped(
         expected: 0,
         observed: d.events.count(|e| executed(e, eg, b"unlock")),
     });
+    if let LinkConfig::OneM2m(cse) = &d.link {
+        // The genuine "unlock", unchanged, posted into the extinguishers'
+        // containers through their <group>: bound to the door group, it
+        // opens for nobody there.
+        let gateway_ae = sealcast_onem2m::ae_id(&d.gateway)?;
+        sealcast_node::link::onem2m::publish_group_as(
+            cse,
+            &gateway_ae,
+            &d.g.exts,
+            &a.door_topic,
+            unlock,
+        )
+        .await?;
+        let dg = d.g.doors.clone();
+        let not_member = |e: &Event| {
+            el.contains(&e.who) && matches!(&e.kind, EventKind::NotMember { group } if *group == dg)
+        };
+        d.events.until(d.wait, not_member, ne, log).await;
+        d.events.settle(Duration::from_millis(100), log).await;
+        report.checks.push(Check {
+            what: "oneM2M: \"unlock\" re-posted into the extinguishers' containers: extinguishers that refused it".into(),
+            expected: ne,
+            observed: d.events.count(not_member),
+        });
+    }
     Ok(())
 }
 

@@ -1155,23 +1155,64 @@ mod tests {
         let report = t.agent(&door, AgentChannel::Report);
         let ok = |i: ContentInstance| check(&ctx, &i);
         // Accepted: the originator as every form of AE-ID.
-        for cr in ["Cdoor-1", "/id-mn/Cdoor-1", "//sealcast.example/id-mn/Cdoor-1"] {
-            assert_eq!(ok(instance("cntInbox", ack.clone(), Some(cr))), Ok(door.clone()));
+        for cr in [
+            "Cdoor-1",
+            "/id-mn/Cdoor-1",
+            "//sealcast.example/id-mn/Cdoor-1",
+        ] {
+            assert_eq!(
+                ok(instance("cntInbox", ack.clone(), Some(cr))),
+                Ok(door.clone())
+            );
         }
         assert!(ok(instance("cntGrp", cmd.clone(), Some("Cgateway"))).is_ok());
         assert!(ok(instance("cntInbox", report.clone(), Some("Cmeter-1"))).is_ok());
-        assert!(ok(instance("/id-in/cse-in/Cmanager/cntInbox", ack.clone(), Some("Cdoor-1"))).is_ok());
+        assert!(
+            ok(instance(
+                "/id-in/cse-in/Cmanager/cntInbox",
+                ack.clone(),
+                Some("Cdoor-1")
+            ))
+            .is_ok()
+        );
         // Refused, each for its reason.
         for (i, why) in [
-            (instance("cntOther", ack.clone(), Some("Cdoor-1")), "not in a container"),
-            (instance("cntInbox", ack.clone(), None), "no sealcast originator"),
-            (instance("cntInbox", ack.clone(), Some("CAdmin/x")), "no sealcast originator"),
-            (instance("cntInbox", ack.clone(), Some("Smanager")), "no sealcast originator"),
-            (instance("cntInbox", "not/a/target".into(), Some("Cdoor-1")), "label"),
-            (instance("cntInbox", cmd.clone(), Some("Cgateway")), "group target outside"),
-            (instance("cntGrp", ack.clone(), Some("Cdoor-1")), "per-entity target in the group"),
-            (instance("cntInbox", ack.clone(), Some("Cdoor-2")), "impersonation"),
-            (instance("cntInbox", delivery.clone(), Some("Cgateway")), "impersonation"),
+            (
+                instance("cntOther", ack.clone(), Some("Cdoor-1")),
+                "not in a container",
+            ),
+            (
+                instance("cntInbox", ack.clone(), None),
+                "no sealcast originator",
+            ),
+            (
+                instance("cntInbox", ack.clone(), Some("CAdmin/x")),
+                "no sealcast originator",
+            ),
+            (
+                instance("cntInbox", ack.clone(), Some("Smanager")),
+                "no sealcast originator",
+            ),
+            (
+                instance("cntInbox", "not/a/target".into(), Some("Cdoor-1")),
+                "label",
+            ),
+            (
+                instance("cntInbox", cmd.clone(), Some("Cgateway")),
+                "group target outside",
+            ),
+            (
+                instance("cntGrp", ack.clone(), Some("Cdoor-1")),
+                "per-entity target in the group",
+            ),
+            (
+                instance("cntInbox", ack.clone(), Some("Cdoor-2")),
+                "impersonation",
+            ),
+            (
+                instance("cntInbox", delivery.clone(), Some("Cgateway")),
+                "impersonation",
+            ),
         ] {
             let got = ok(i.clone());
             assert!(got.is_err_and(|e| e.contains(why)), "{i:?}: wanted {why}");
