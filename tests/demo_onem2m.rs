@@ -24,32 +24,40 @@ fn acme(test: &str) -> Option<String> {
     )
 }
 
-fn run_demo(test: &str, serialization: &str) {
-    let Some(python) = acme(test) else {
-        return;
-    };
+/// Runs `sealcast demo <args> --transport onem2m` through a fresh IN + MN
+/// pair and returns its standard output once it succeeded (None: NOT RUN).
+fn demo_through_cses(test: &str, args: &[&str]) -> Option<String> {
+    let python = acme(test)?;
     let dir = tempfile::tempdir().expect("temp dir");
     let cses = AcmePair::start(&python, dir.path()).unwrap_or_else(|e| panic!("{e}"));
     let out = std::process::Command::new(common::bin())
-        .args([
-            "demo",
-            "fire-safety",
-            "--devices",
-            "9",
-            "--transport",
-            "onem2m",
-        ])
+        .arg("demo")
+        .args(args)
+        .args(["--transport", "onem2m"])
         .args(["--cse", &cses.infra.url, "--cse", &cses.mn.url])
-        .args(["--cse-serialization", serialization])
         .output()
         .expect("run sealcast");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "the oneM2M demo failed\nstdout:\n{stdout}\nstderr:\n{stderr}\nMN log:\n{}",
+        "the oneM2M demo {args:?} failed\nstdout:\n{stdout}\nstderr:\n{stderr}\nMN log:\n{}",
         cses.mn.log_tail()
     );
+    Some(stdout)
+}
+
+fn run_demo(test: &str, serialization: &str) {
+    let args = [
+        "fire-safety",
+        "--devices",
+        "9",
+        "--cse-serialization",
+        serialization,
+    ];
+    let Some(stdout) = demo_through_cses(test, &args) else {
+        return;
+    };
     for line in [
         "PASSED",
         "oneM2M over HTTP",
@@ -127,29 +135,10 @@ fn a_missing_cse_is_a_clear_error() {
 /// another meter's AE is dropped as impersonation.
 #[test]
 fn smart_metering_through_an_in_and_mn_cse() {
-    let Some(python) = acme("smart_metering_through_an_in_and_mn_cse") else {
+    let args = ["smart-meter", "--meters", "40"];
+    let Some(stdout) = demo_through_cses("smart_metering_through_an_in_and_mn_cse", &args) else {
         return;
     };
-    let dir = tempfile::tempdir().expect("temp dir");
-    let cses = AcmePair::start(&python, dir.path()).unwrap_or_else(|e| panic!("{e}"));
-    let out = std::process::Command::new(common::bin())
-        .args([
-            "demo",
-            "smart-meter",
-            "--meters",
-            "40",
-            "--transport",
-            "onem2m",
-        ])
-        .args(["--cse", &cses.infra.url, "--cse", &cses.mn.url])
-        .output()
-        .expect("run sealcast");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "the oneM2M smart-meter demo failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
-    );
     for line in [
         "PASSED",
         "40 meters registered as AEs",

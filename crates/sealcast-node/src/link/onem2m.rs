@@ -609,16 +609,10 @@ impl OneM2mLink {
             })
             .collect::<sealcast_onem2m::Result<_>>()?;
         let host_ae = sealcast_onem2m::group_host_ae_id(&self.cses.manager)?;
-        if sync.created {
-            host.expect(
-                Method::PUT,
-                &field.url,
-                &self.cses.group_path(group, "")?,
-                None,
-                Some(&resource::group_members(&mid)),
-            )
-            .await?;
-        } else {
+        // Created before (by this run, or before a restart: 4105): set its
+        // members.
+        let mut update = sync.created;
+        if !sync.created {
             let acpi = vec![field.id(addressing, &format!("{host_ae}/{ACP_NAME}"))];
             let name = sealcast_onem2m::group_resource_name(group);
             let content = resource::group(&name, &mid, &acpi, 100_000);
@@ -632,23 +626,24 @@ impl OneM2mLink {
                     Some(&content),
                 )
                 .await?;
-            if rsc == 4105 {
-                // Ours from before a restart: set its members.
-                host.expect(
-                    Method::PUT,
-                    &field.url,
-                    &self.cses.group_path(group, "")?,
-                    None,
-                    Some(&resource::group_members(&mid)),
-                )
-                .await?;
-            } else {
+            update = rsc == 4105;
+            if !update {
                 primitive::check_response(rsc, value).map_err(|e| {
                     Error::Runtime(format!("creating the <group> of {}: {e}", group.name()))
                 })?;
             }
-            sync.created = true;
         }
+        if update {
+            host.expect(
+                Method::PUT,
+                &field.url,
+                &self.cses.group_path(group, "")?,
+                None,
+                Some(&resource::group_members(&mid)),
+            )
+            .await?;
+        }
+        sync.created = true;
         if missing.is_empty() {
             debug!(group = %group.name(), members = present.len(), "group's <group> written");
         } else {
