@@ -1,6 +1,7 @@
 //! The transport under the runtimes: one seam, three operations, whatever
-//! carries them. MQTT ([`mqtt`]) and CoAP ([`coap`]) are adapters behind
-//! it, chosen by a [`LinkConfig`]; a runtime never names either.
+//! carries them. MQTT ([`mqtt`]), CoAP ([`coap`]) and oneM2M ([`onem2m`],
+//! CSEs over their HTTP binding) are adapters behind it, chosen by a
+//! [`LinkConfig`]; a runtime never names any of them.
 //!
 //! - **publish** to a group channel ([`Link::publish_group`]) or send to one
 //!   entity ([`Link::send_to`], [`Link::relay`]); [`Link::flush`] waits
@@ -13,10 +14,12 @@
 //!   message was processed — for broadcasts, after the replay window
 //!   committed ([`deliver_once`], by the rule of `sealcast_core::receive`).
 //!
-//! The target is the same string on both transports: the [`TopicScheme`]
+//! The target is the same string on every transport: the [`TopicScheme`]
 //! name (`sealcast/v1/g/<group-hex>/cmd`, `sealcast/v1/d/<entity>/ack`, …).
 //! Over MQTT it is the topic; over CoAP it is the Uri-Path (segments joined
-//! with `/`), so a sealed object opens, or fails to, identically on both.
+//! with `/`); over oneM2M the content instance's label, so a sealed object
+//! opens, or fails to, identically on all three. oneM2M's mapping (AEs,
+//! containers, `<group>` fan-out, notifications) is in [`onem2m`].
 //!
 //! | | MQTT | CoAP |
 //! |---|---|---|
@@ -644,7 +647,8 @@ impl Link {
 
     /// An agent passes on a message it received for `to` (a key delivery
     /// it cannot open). MQTT: nothing to do, the broker delivered it to `to`
-    /// as well. CoAP: forwarded by a confirmable POST to `to`'s endpoint.
+    /// as well; oneM2M: nothing either, the CSEs put it in `to`'s inbox.
+    /// CoAP: forwarded by a confirmable POST to `to`'s endpoint.
     pub async fn relay(&self, to: &EntityId, target: String, bytes: Bytes) -> Result<()> {
         match &self.inner {
             LinkInner::Mqtt(_) | LinkInner::OneM2m(_) => Ok(()),

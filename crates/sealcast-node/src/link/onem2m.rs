@@ -8,7 +8,7 @@
 //! | | oneM2M |
 //! |---|---|
 //! | group channels | CREATE `<contentInstance>` through `<group>/fopt` of the group's `<group>` (hosted by the manager's `S` AE on the field CSE), fanned out into each member's `grp` container |
-//! | per-entity channels | CREATE `<contentInstance>` in the receiver's `inbox` container |
+//! | per-entity channels | CREATE `<contentInstance>` in the receiver's `inbox` container; a key delivery in the device's own (the CSEs relay it, the agent forwards nothing) |
 //! | receipt | a notification of the container's `<subscription>` to the AE's point of access (an HTTP listener of this link) |
 //! | acknowledgement | the notification's answer (2000), sent after processing |
 //!
@@ -895,8 +895,14 @@ struct Listener {
 
 async fn serve(listener: TcpListener, ctx: Arc<Listener>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors, say: wait rather than spin.
+                debug!(entity = %ctx.id, error = %e, "notification listener: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let ctx = Arc::clone(&ctx);
         tokio::spawn(async move {
@@ -989,7 +995,21 @@ async fn notified(ctx: &Listener, req: Request<HttpBody>) -> Response<Full<Bytes
             answer(2000, &ri)
         }
         Err(why) => {
-            warn!(entity = %ctx.id, target = %instance.target, creator = instance.creator.as_deref().unwrap_or("none"), %subscription, why, "notification refused although the CSE accepted it");
+            // Rate-limited: a flood of bad instances must not become a
+            // flood of log lines.
+            static REFUSED: Mutex<crate::runtime::WarnLimiter> = Mutex::new(
+                crate::runtime::WarnLimiter::new(crate::runtime::REFUSED_WARN_EVERY),
+            );
+            let allowed = REFUSED.lock().ok().and_then(|mut l| l.allow());
+            let creator = instance.creator.as_deref().unwrap_or("none");
+            match allowed {
+                Some(held_back) => {
+                    warn!(entity = %ctx.id, target = %instance.target, creator, %subscription, why, held_back, "notification refused although the CSE accepted it")
+                }
+                None => {
+                    debug!(entity = %ctx.id, target = %instance.target, creator, why, "notification refused")
+                }
+            }
             answer(2000, &ri)
         }
     }
