@@ -209,3 +209,114 @@ fn onem2m_settings_are_checked_before_anything_starts() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+/// Smart metering as separate processes through the same pair of CSEs: the
+/// headend (`headend serve`, an AE on the IN-CSE), the DAP (`agent serve`
+/// with `[dap]`) and the meters (`device report`), AEs on the MN-CSE. The
+/// headend's readings file holds exactly the genuine readings; a forged
+/// report posted with the victim meter's originator (ACME believes it) is
+/// dropped at the DAP; the DAP stops cleanly on Ctrl-C.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smart_metering_as_separate_processes_through_an_in_and_mn_cse() {
+    let Some(python) = sealcast_testkit::require(
+        ACME_ENV,
+        "smart_metering_as_separate_processes_through_an_in_and_mn_cse",
+        "the ACME oneM2M CSE: a Python with `pip install acmecse==2026.5.3`",
+    ) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let cses = AcmePair::start(&python, &dir.join("cses")).unwrap_or_else(|e| panic!("{e}"));
+    let run = run_prefix("m");
+    let (headend, dap) = ("headend", "dap-1");
+    let meters = ["meter-1", "meter-2"];
+    keygen(&dir, [headend, dap, meters[0], meters[1]]);
+    fs::create_dir(dir.join("meters")).unwrap();
+    for m in meters {
+        fs::copy(
+            dir.join(format!("{m}.pub")),
+            dir.join("meters").join(format!("{m}.pub")),
+        )
+        .unwrap();
+    }
+    let onem2m = onem2m_section(&cses, "json");
+    let head = format!("transport = \"onem2m\"\ntopic_prefix = \"{run}\"\n");
+    fs::write(
+        dir.join("headend.toml"),
+        format!(
+            "{head}key = \"{headend}.key\"\nstate_dir = \"headend-state\"\nmeters_dir = \"meters\"\n\n\
+             [[dap]]\nid = \"{dap}\"\npublic_key = \"{dap}.pub\"\n{onem2m}"
+        ),
+    )
+    .unwrap();
+    fs::write(
+        dir.join("agent.toml"),
+        format!(
+            "{head}key = \"{dap}.key\"\nstate_dir = \"dap-state\"\n{onem2m}\n[dap]\ngroup = \"street-7\"\n\
+             headend = \"{headend}\"\nheadend_public_key = \"{headend}.pub\"\nmeters_dir = \"meters\"\n\
+             batch_size = 4\nmax_batch_delay_ms = 100\n"
+        ),
+    )
+    .unwrap();
+    for m in meters {
+        fs::write(
+            dir.join(format!("{m}.toml")),
+            format!(
+                "{head}key = \"{m}.key\"\nstate_dir = \"{m}-state\"\ndap = \"{dap}\"\n\
+                 headend_public_key = \"{headend}.pub\"\n{onem2m}"
+            ),
+        )
+        .unwrap();
+    }
+
+    let mut procs = Procs::new(&dir);
+    common::start_headend(&mut procs);
+    common::wait_until("the headend runs", &procs, || {
+        procs.log("headend").contains("headend service running")
+    })
+    .await;
+    procs.start_appending("dap", &["agent", "serve", "--config", "agent.toml"]);
+    common::wait_until("the headend accepts the DAP's announcement", &procs, || {
+        procs.log("headend").contains("DAP announcement accepted")
+    })
+    .await;
+
+    let seqs =
+        |m: &str, text: &str, n: u32| common::report_seqs(&common::device_report(&dir, m, text, n));
+    assert_eq!(seqs(meters[0], "m1 {n} kWh", 2), vec![0, 1]);
+    assert_eq!(seqs(meters[1], "m2 0 kWh", 1), vec![0]);
+    let mut expected = vec![
+        common::reading_line(meters[0], 0, dap, "m1 0 kWh"),
+        common::reading_line(meters[0], 1, dap, "m1 1 kWh"),
+        common::reading_line(meters[1], 0, dap, "m2 0 kWh"),
+    ];
+    expected.sort();
+    common::wait_until("the three readings", &procs, || {
+        common::headend_readings(&dir).len() >= 3
+    })
+    .await;
+    assert_eq!(common::headend_readings(&dir), expected);
+
+    // An attacker posts a forgery through the CSE under meter-1's name.
+    let link = sealcast_node::link::OneM2mLinkConfig::new(
+        &cses.infra.url,
+        Some(&cses.mn.url),
+        sealcast_core::ids::EntityId::new(headend).unwrap(),
+    );
+    let topics = sealcast_core::target::TopicScheme::with_prefix(&run).unwrap();
+    let dap_id = sealcast_core::ids::EntityId::new(dap).unwrap();
+    let target = topics.agent(&dap_id, sealcast_core::target::AgentChannel::Report);
+    let forged = common::forged_report(&dir, headend, meters[0], 7);
+    sealcast_node::link::onem2m::send_as(&link, "Cmeter-1", &dap_id, &target, &forged)
+        .await
+        .unwrap();
+    common::wait_until("the DAP drops the forgery", &procs, || {
+        procs.log("dap").contains("forged=1")
+    })
+    .await;
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(common::headend_readings(&dir), expected, "{}", procs.logs());
+    let status = procs.interrupt("dap");
+    assert!(status.success(), "dap: {status:?}\n{}", procs.log("dap"));
+}

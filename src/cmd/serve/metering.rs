@@ -65,8 +65,8 @@ use serde::Deserialize;
 use tracing::{info, warn};
 
 use super::{
-    CoapSection, ServeArgs, TransportName, broker_security, broker_url, create_dir, entity, failed,
-    init_logs, link_config, node_config, read_config, resolve, runtime, topics,
+    CoapSection, OneM2mSection, ServeArgs, TransportName, broker_security, broker_url, create_dir,
+    entity, failed, init_logs, link_config, node_config, read_config, resolve, runtime, topics,
     wait_for_stop_signal,
 };
 use crate::cmd::{load_private_key, load_public_key, say};
@@ -115,10 +115,13 @@ pub(super) struct HeadendFile {
     /// MQTT broker URL (with `transport = "mqtt"`, the default).
     #[serde(default)]
     broker: String,
-    /// `"mqtt"` (default) or `"coap"`.
+    /// `"mqtt"` (default), `"coap"` or `"onem2m"`.
     transport: Option<TransportName>,
     /// The CoAP endpoint, group and address book (with `transport = "coap"`).
     coap: Option<CoapSection>,
+    /// The CSEs (with `transport = "onem2m"`; the headend registers on
+    /// the infrastructure CSE).
+    onem2m: Option<OneM2mSection>,
     topic_prefix: Option<String>,
     /// PEM file of the CA the broker's certificate chains to (with an
     /// `mqtts://` broker).
@@ -186,10 +189,13 @@ pub(super) struct AgentFile {
     /// MQTT broker URL (with `transport = "mqtt"`, the default).
     #[serde(default)]
     broker: String,
-    /// `"mqtt"` (default) or `"coap"`.
+    /// `"mqtt"` (default), `"coap"` or `"onem2m"`.
     transport: Option<TransportName>,
     /// The CoAP endpoint, group and address book (with `transport = "coap"`).
     coap: Option<CoapSection>,
+    /// The CSEs (with `transport = "onem2m"`; the headend registers on
+    /// the infrastructure CSE).
+    onem2m: Option<OneM2mSection>,
     topic_prefix: Option<String>,
     /// PEM file of the CA the broker's certificate chains to (with an
     /// `mqtts://` broker).
@@ -216,10 +222,13 @@ pub(super) struct MeterFile {
     /// MQTT broker URL (with `transport = "mqtt"`, the default).
     #[serde(default)]
     broker: String,
-    /// `"mqtt"` (default) or `"coap"`.
+    /// `"mqtt"` (default), `"coap"` or `"onem2m"`.
     transport: Option<TransportName>,
     /// The CoAP endpoint, group and address book (with `transport = "coap"`).
     coap: Option<CoapSection>,
+    /// The CSEs (with `transport = "onem2m"`; the headend registers on
+    /// the infrastructure CSE).
+    onem2m: Option<OneM2mSection>,
     topic_prefix: Option<String>,
     /// PEM file of the CA the broker's certificate chains to (with an
     /// `mqtts://` broker).
@@ -318,6 +327,7 @@ pub fn headend(args: &HeadendServeArgs) -> Result<()> {
     let state_dir = resolve(&base, &config.state_dir);
     create_dir(&state_dir)?;
     let credential = load_private_key(&resolve(&base, &config.key))?;
+    let headend_id = credential.id().clone();
     if config.dap.is_empty() {
         return Err(CliError::usage(format!(
             "{}: no [[dap]] entries: the headend accepts batches only from DAPs it knows",
@@ -342,7 +352,7 @@ pub fn headend(args: &HeadendServeArgs) -> Result<()> {
         config.transport,
         &broker_url(&config.broker, &base, &broker_security!(config))?,
         config.coap.as_ref(),
-        None,
+        config.onem2m.as_ref().map(|o| (o, &headend_id)),
     )?;
     runtime()?.block_on(async move {
         let (events, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -448,7 +458,7 @@ pub fn agent_with_dap(args: &ServeArgs) -> Result<()> {
         config.transport,
         &broker_url(&config.broker, &base, &broker_security!(config))?,
         config.coap.as_ref(),
-        None,
+        config.onem2m.as_ref().map(|o| (o, &headend_id)),
     )?;
     let node = match &config.manager_public_key {
         Some(_) if link.transport() == sealcast_node::link::Transport::Coap => {
@@ -552,16 +562,18 @@ pub fn device_report(args: &ReportArgs) -> Result<()> {
     let (config, base): (MeterFile, _) = read_config(&args.config)?;
     let state_dir = resolve(&base, &config.state_dir);
     create_dir(&state_dir)?;
+    let headend = load_public_key(&resolve(&base, &config.headend_public_key))?;
+    let link = link_config(
+        config.transport,
+        &broker_url(&config.broker, &base, &broker_security!(config))?,
+        config.coap.as_ref(),
+        config.onem2m.as_ref().map(|o| (o, headend.id())),
+    )?;
     let meter = MeterConfig {
         credential: load_private_key(&resolve(&base, &config.key))?,
-        headend: load_public_key(&resolve(&base, &config.headend_public_key))?,
+        headend,
         dap: entity(&config.dap)?,
-        link: link_config(
-            config.transport,
-            &broker_url(&config.broker, &base, &broker_security!(config))?,
-            config.coap.as_ref(),
-            None,
-        )?,
+        link,
         topics: topics(config.topic_prefix.as_deref())?,
         state_file: DeviceStateFile::new(state_dir.join("meter.cbor")),
     };

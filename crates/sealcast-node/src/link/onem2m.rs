@@ -1110,13 +1110,40 @@ pub async fn publish_group_as(
     bytes: &[u8],
 ) -> Result<()> {
     let cses = Cses::discover(config).await?;
+    let path = cses.group_path(group, "fopt")?;
+    create_as(&cses.field, config, originator, &path, target, bytes).await
+}
+
+/// Creates a `<contentInstance>` in `to`'s inbox with `originator` in
+/// `X-M2M-Origin` (see [`publish_group_as`]): an attacker's report or
+/// command posted under another entity's name.
+pub async fn send_as(
+    config: &OneM2mLinkConfig,
+    originator: &str,
+    to: &EntityId,
+    target: &str,
+    bytes: &[u8],
+) -> Result<()> {
+    let cses = Cses::discover(config).await?;
+    let path = cses.ae_path(to, INBOX_CONTAINER)?;
+    create_as(cses.registrar(to), config, originator, &path, target, bytes).await
+}
+
+async fn create_as(
+    cse: &CseBase,
+    config: &OneM2mLinkConfig,
+    originator: &str,
+    path: &str,
+    target: &str,
+    bytes: &[u8],
+) -> Result<()> {
     let client = Client::new(originator.to_owned(), config.serialization);
     let cin = resource::content_instance(bytes, target);
     client
         .expect(
             Method::POST,
-            &cses.field.url,
-            &cses.group_path(group, "fopt")?,
+            &cse.url,
+            path,
             Some(Type::ContentInstance),
             Some(&cin),
         )
