@@ -24,17 +24,41 @@ fn acme(test: &str) -> Option<String> {
     )
 }
 
+/// The broker port of `SEALCAST_MQTT_URL` (CI: Mosquitto on 1883), for
+/// the CSEs' MQTT binding; None after a NOT RUN banner.
+fn mqtt_port(test: &str) -> Option<u16> {
+    let url = sealcast_testkit::require(
+        "SEALCAST_MQTT_URL",
+        test,
+        "an MQTT broker on 127.0.0.1 for the CSEs' MQTT binding (CI: mqtt://127.0.0.1:1883)",
+    )?;
+    let port = url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse().ok());
+    Some(port.unwrap_or_else(|| panic!("no port in SEALCAST_MQTT_URL={url}")))
+}
+
 /// Runs `sealcast demo <args> --transport onem2m` through a fresh IN + MN
-/// pair and returns its standard output once it succeeded (None: NOT RUN).
-fn demo_through_cses(test: &str, args: &[&str]) -> Option<String> {
+/// pair — over their HTTP binding, or with `mqtt` over their MQTT binding
+/// on that broker port — and returns its standard output once it
+/// succeeded (None: NOT RUN).
+fn demo_through_cses(test: &str, args: &[&str], mqtt: Option<u16>) -> Option<String> {
     let python = acme(test)?;
     let dir = tempfile::tempdir().expect("temp dir");
-    let cses = AcmePair::start(&python, dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    let cses = AcmePair::start_with(&python, dir.path(), mqtt).unwrap_or_else(|e| panic!("{e}"));
+    let (infra, mn) = match mqtt {
+        Some(_) => (
+            cses.infra.mqtt_url.clone().expect("MQTT url"),
+            cses.mn.mqtt_url.clone().expect("MQTT url"),
+        ),
+        None => (cses.infra.url.clone(), cses.mn.url.clone()),
+    };
     let out = std::process::Command::new(common::bin())
         .arg("demo")
         .args(args)
         .args(["--transport", "onem2m"])
-        .args(["--cse", &cses.infra.url, "--cse", &cses.mn.url])
+        .args(["--cse", &infra, "--cse", &mn])
         .output()
         .expect("run sealcast");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -47,7 +71,7 @@ fn demo_through_cses(test: &str, args: &[&str]) -> Option<String> {
     Some(stdout)
 }
 
-fn run_demo(test: &str, serialization: &str) {
+fn run_demo(test: &str, serialization: &str, mqtt: Option<u16>) {
     let args = [
         "fire-safety",
         "--devices",
@@ -55,12 +79,16 @@ fn run_demo(test: &str, serialization: &str) {
         "--cse-serialization",
         serialization,
     ];
-    let Some(stdout) = demo_through_cses(test, &args) else {
+    let Some(stdout) = demo_through_cses(test, &args, mqtt) else {
         return;
     };
     for line in [
         "PASSED",
-        "oneM2M over HTTP",
+        if mqtt.is_some() {
+            "oneM2M over MQTT"
+        } else {
+            "oneM2M over HTTP"
+        },
         "the CSE admin reading a door's container finds the gateway's command, as ciphertext only",
         "re-posted by mallory's own AE: doors that refused the impersonation",
         "attack 2, replayed \"unlock\": doors that refused it",
@@ -80,6 +108,7 @@ fn fire_safety_through_an_in_and_mn_cse_over_http_json() {
     run_demo(
         "fire_safety_through_an_in_and_mn_cse_over_http_json",
         "json",
+        None,
     );
 }
 
@@ -88,7 +117,22 @@ fn fire_safety_through_an_in_and_mn_cse_over_http_cbor() {
     run_demo(
         "fire_safety_through_an_in_and_mn_cse_over_http_cbor",
         "cbor",
+        None,
     );
+}
+
+/// The same over the CSEs' MQTT binding: every request primitive, response
+/// and notification through the broker.
+#[test]
+fn fire_safety_through_an_in_and_mn_cse_over_mqtt() {
+    let test = "fire_safety_through_an_in_and_mn_cse_over_mqtt";
+    if acme(test).is_none() {
+        return;
+    }
+    let Some(port) = mqtt_port(test) else {
+        return;
+    };
+    run_demo(test, "json", Some(port));
 }
 
 /// A CSE that is not there, or a URL that is not a CSE, is a clear error,
@@ -136,7 +180,8 @@ fn a_missing_cse_is_a_clear_error() {
 #[test]
 fn smart_metering_through_an_in_and_mn_cse() {
     let args = ["smart-meter", "--meters", "40"];
-    let Some(stdout) = demo_through_cses("smart_metering_through_an_in_and_mn_cse", &args) else {
+    let Some(stdout) = demo_through_cses("smart_metering_through_an_in_and_mn_cse", &args, None)
+    else {
         return;
     };
     for line in [

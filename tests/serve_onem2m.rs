@@ -24,24 +24,64 @@ use common::{
 use sealcast_testkit::acme::{ACME_ENV, AcmePair};
 
 fn onem2m_section(cses: &AcmePair, serialization: &str) -> String {
+    let (infra, mn) = match (&cses.infra.mqtt_url, &cses.mn.mqtt_url) {
+        (Some(i), Some(m)) => (i, m),
+        _ => (&cses.infra.url, &cses.mn.url),
+    };
     format!(
-        "\n[onem2m]\ninfrastructure = \"{}\"\nfield = \"{}\"\nserialization = \"{serialization}\"\n",
-        cses.infra.url, cses.mn.url
+        "\n[onem2m]\ninfrastructure = \"{infra}\"\nfield = \"{mn}\"\nserialization = \"{serialization}\"\n"
     )
 }
 
 #[test]
 fn fire_safety_as_separate_processes_through_an_in_and_mn_cse() {
+    fire_safety_services(
+        "fire_safety_as_separate_processes_through_an_in_and_mn_cse",
+        false,
+    );
+}
+
+/// The same with every primitive on the CSEs' MQTT binding (the broker of
+/// `SEALCAST_MQTT_URL`).
+#[test]
+fn fire_safety_as_separate_processes_over_the_mqtt_binding() {
+    fire_safety_services(
+        "fire_safety_as_separate_processes_over_the_mqtt_binding",
+        true,
+    );
+}
+
+fn fire_safety_services(test: &str, mqtt: bool) {
     let Some(python) = sealcast_testkit::require(
         ACME_ENV,
-        "fire_safety_as_separate_processes_through_an_in_and_mn_cse",
+        test,
         "the ACME oneM2M CSE: a Python with `pip install acmecse==2026.5.3`",
     ) else {
         return;
     };
+    let port = if mqtt {
+        let Some(url) = sealcast_testkit::require(
+            "SEALCAST_MQTT_URL",
+            test,
+            "an MQTT broker on 127.0.0.1 for the CSEs' MQTT binding (CI: mqtt://127.0.0.1:1883)",
+        ) else {
+            return;
+        };
+        Some(
+            url.rsplit(':')
+                .next()
+                .unwrap()
+                .trim_end_matches('/')
+                .parse::<u16>()
+                .unwrap(),
+        )
+    } else {
+        None
+    };
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
-    let cses = AcmePair::start(&python, &dir.join("cses")).unwrap_or_else(|e| panic!("{e}"));
+    let cses =
+        AcmePair::start_with(&python, &dir.join("cses"), port).unwrap_or_else(|e| panic!("{e}"));
     let run = run_prefix("o");
     let (manager, gateway, sensor) = ("manager", "gateway", "sensor-1");
     let doors = ["door-1", "door-2"];

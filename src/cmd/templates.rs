@@ -31,6 +31,7 @@ kek = "manager.kek"                  # key-encryption key of the store; created 
 
 # [onem2m]                           # with transport = "onem2m" (docs/ARCHITECTURE.md, "oneM2M")
 # infrastructure = "http://127.0.0.1:8080/cse-in"  # the IN-CSE's <CSEBase>: the manager's registrar
+#                                    # (MQTT binding: "mqtt://127.0.0.1:1883/id-in/cse-in")
 # field = "http://127.0.0.1:8081/cse-mn"           # the MN-CSE's: everyone else's, and the groups' host
 # serialization = "json"             # or "cbor"
 # addressing = "sp-relative"         # or "absolute" (//<sp-id>/<cse-id>/…)

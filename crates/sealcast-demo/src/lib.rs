@@ -119,7 +119,12 @@ pub async fn demo_link(
             );
             config.serialization = onem2m.serialization;
             log(&format!(
-                "oneM2M over HTTP ({}): {infrastructure_entity} an AE on the IN-CSE {infrastructure}, everyone else AEs on {}; groups are <group> resources fanned out by the CSE",
+                "oneM2M over {} ({}): {infrastructure_entity} an AE on the IN-CSE {infrastructure}, everyone else AEs on {}; groups are <group> resources fanned out by the CSE",
+                if infrastructure.starts_with("mqtt://") {
+                    "MQTT"
+                } else {
+                    "HTTP"
+                },
                 onem2m.serialization.media_type(),
                 field.unwrap_or("the same CSE")
             ));

@@ -22,6 +22,9 @@ pub struct Cse {
     pub cse_id: String,
     /// Its base directory (ini, logs).
     pub dir: PathBuf,
+    /// Its `<CSEBase>` on the MQTT binding
+    /// (`mqtt://127.0.0.1:<broker>/<cse-id>/<name>`), if started with one.
+    pub mqtt_url: Option<String>,
     python: String,
     port: u16,
     name: &'static str,
@@ -153,13 +156,22 @@ impl AcmePair {
     /// Starts both CSEs under `dir` with `python` and returns once the MN
     /// is registered to the IN (the IN answers through the MN).
     pub fn start(python: &str, dir: &Path) -> Result<Self, String> {
+        Self::start_with(python, dir, None)
+    }
+
+    /// [`AcmePair::start`] with both CSEs' MQTT binding on the broker at
+    /// 127.0.0.1:`mqtt_port` as well.
+    pub fn start_with(python: &str, dir: &Path, mqtt_port: Option<u16>) -> Result<Self, String> {
+        let mqtt = mqtt_port.map_or(String::new(), |p| {
+            format!("[mqtt]\nenable=true\naddress=127.0.0.1\nport={p}\n")
+        });
         let (in_port, mn_port) = (free_port()?, free_port()?);
         let (in_id, mn_id) = (format!("id-in-{in_port}"), format!("id-mn-{mn_port}"));
         let in_dir = dir.join("cse-in");
         write_ini(
             &in_dir,
             &format!(
-                "[basic.config]\ncseType=IN\ncseID={in_id}\ncseName=cse-in\nhttpPort={in_port}\n{COMMON}[cse.registration]\nallowedCSROriginators=/{mn_id}\n{TAIL}"
+                "[basic.config]\ncseType=IN\ncseID={in_id}\ncseName=cse-in\nhttpPort={in_port}\n{COMMON}[cse.registration]\nallowedCSROriginators=/{mn_id}\n{mqtt}{TAIL}"
             ),
         )?;
         let mut infra = Cse {
@@ -167,6 +179,7 @@ impl AcmePair {
             url: format!("http://127.0.0.1:{in_port}/cse-in"),
             cse_id: in_id.clone(),
             dir: in_dir,
+            mqtt_url: mqtt_port.map(|p| format!("mqtt://127.0.0.1:{p}/{in_id}/cse-in")),
             python: python.to_owned(),
             port: in_port,
             name: "cse-in",
@@ -176,12 +189,13 @@ impl AcmePair {
         write_ini(
             &mn_dir,
             &format!(
-                "[basic.config]\ncseType=MN\ncseID={mn_id}\ncseName=cse-mn\nhttpPort={mn_port}\nregistrarCseHost=127.0.0.1\nregistrarCsePort={in_port}\nregistrarCseID={in_id}\nregistrarCseName=cse-in\n{COMMON}[cse.registrar]\nINCSEcseID=/{in_id}\n{TAIL}"
+                "[basic.config]\ncseType=MN\ncseID={mn_id}\ncseName=cse-mn\nhttpPort={mn_port}\nregistrarCseHost=127.0.0.1\nregistrarCsePort={in_port}\nregistrarCseID={in_id}\nregistrarCseName=cse-in\n{COMMON}[cse.registrar]\nINCSEcseID=/{in_id}\n{mqtt}{TAIL}"
             ),
         )?;
         let mut mn = Cse {
             child: spawn(python, &mn_dir)?,
             url: format!("http://127.0.0.1:{mn_port}/cse-mn"),
+            mqtt_url: mqtt_port.map(|p| format!("mqtt://127.0.0.1:{p}/{mn_id}/cse-mn")),
             cse_id: mn_id,
             dir: mn_dir,
             python: python.to_owned(),

@@ -337,9 +337,9 @@ fn onem2m_link(
     manager: &sealcast_core::ids::EntityId,
 ) -> Result<LinkConfig> {
     for url in std::iter::once(&section.infrastructure).chain(&section.field) {
-        if !url.starts_with("http://") {
+        if !url.starts_with("http://") && !url.starts_with("mqtt://") {
             return Err(CliError::usage(format!(
-                "[onem2m] CSE URL {url} must be http://host:port/<CSEBase name>"
+                "[onem2m] CSE URL {url} must be http://host:port/<CSEBase name> (HTTP binding) or mqtt://broker:port/<CSE-ID>/<CSEBase name> (MQTT binding)"
             )));
         }
     }

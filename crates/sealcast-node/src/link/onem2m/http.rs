@@ -1,5 +1,7 @@
-//! The HTTP binding (TS-0009): requests to a CSE from a pool of
-//! connections, and reading a CSE's `<CSEBase>`.
+//! The client of one originator: requests over the HTTP binding (TS-0009)
+//! from a pool of connections, or over the MQTT binding
+//! ([`super::mqtt_binding`]) when the CSE is named `mqtt://…`; and reading
+//! a CSE's `<CSEBase>`.
 
 use super::*;
 
@@ -9,10 +11,15 @@ pub(super) struct Client {
     serialization: Serialization,
     request_id: AtomicU64,
     idle: Mutex<BTreeMap<String, Vec<hyper::client::conn::http1::SendRequest<Full<Bytes>>>>>,
+    /// The MQTT binding's connection, made on the first request to an
+    /// `mqtt://` CSE.
+    mqtt: tokio::sync::OnceCell<Arc<super::mqtt_binding::MqttWire>>,
+    /// Where notifications that arrive over MQTT go.
+    pub(super) listener: Arc<Mutex<Option<Arc<Listener>>>>,
 }
 
 /// How long one request may take.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Client {
     pub(super) fn new(origin: String, serialization: Serialization) -> Self {
@@ -21,6 +28,8 @@ impl Client {
             serialization,
             request_id: AtomicU64::new(1),
             idle: Mutex::new(BTreeMap::new()),
+            mqtt: tokio::sync::OnceCell::new(),
+            listener: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -71,6 +80,24 @@ impl Client {
         content: Option<&serde_json::Value>,
     ) -> Result<(u16, serde_json::Value)> {
         let ri = self.request_id.fetch_add(1, Ordering::Relaxed);
+        if base.starts_with("mqtt://") {
+            let (broker, _) = super::mqtt_binding::split_base(base)?;
+            let wire = self
+                .mqtt
+                .get_or_try_init(|| {
+                    super::mqtt_binding::MqttWire::connect(
+                        broker,
+                        &self.origin,
+                        self.serialization,
+                        Arc::clone(&self.listener),
+                    )
+                })
+                .await?;
+            let rqi = format!("{}-{}-{ri}", self.origin, std::process::id());
+            return wire
+                .request(base, &method, path, create, content, rqi)
+                .await;
+        }
         let mut req = Request::builder()
             .method(method)
             .uri(path)
@@ -184,8 +211,31 @@ impl Client {
     }
 }
 
-/// Reads a CSE's `<CSEBase>` at `url` (`http://host:port/<name>`).
+/// Reads a CSE's `<CSEBase>` at `url` (`http://host:port/<name>`, or
+/// `mqtt://broker:port/<cse-id>/<name>` for the MQTT binding).
 pub(super) async fn discover(url: &str, serialization: Serialization) -> Result<CseBase> {
+    if let Some(rest) = url.strip_prefix("mqtt://") {
+        let mut parts = rest.trim_end_matches('/').splitn(3, '/');
+        let (Some(authority), Some(cse_id), Some(name)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(Error::Runtime(format!(
+                "CSE URL {url} must be mqtt://broker:port/<CSE-ID>/<CSEBase name>"
+            )));
+        };
+        let base = format!("mqtt://{authority}/{cse_id}");
+        let client = Client::new("CAdmin".into(), serialization);
+        let cb = client
+            .expect(
+                Method::GET,
+                &base,
+                &format!("/~/{cse_id}/{name}"),
+                None,
+                None,
+            )
+            .await?;
+        return Ok(CseBase::from_cse_base(&base, &cb)?);
+    }
     let rest = url.strip_prefix("http://").ok_or_else(|| {
         Error::Runtime(format!(
             "CSE URL {url} must be http://host:port/<CSEBase name>"

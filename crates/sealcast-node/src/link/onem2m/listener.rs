@@ -72,23 +72,31 @@ async fn notified(ctx: &Listener, req: Request<HttpBody>) -> Response<Full<Bytes
     let Ok(body) = Limited::new(req.into_body(), MAX_PRIMITIVE).collect().await else {
         return answer(4000, &ri);
     };
-    let parsed = ser
-        .decode(&body.to_bytes())
-        .and_then(|v| primitive::parse_notification(&v));
+    answer(handle(ctx, ser.decode(&body.to_bytes())).await, &ri)
+}
+
+/// Handles one notification's content (either binding): checks it, hands it
+/// to the runtime, and returns the response status code once the runtime
+/// acknowledged it.
+pub(super) async fn handle(
+    ctx: &Listener,
+    content: core::result::Result<serde_json::Value, sealcast_onem2m::Error>,
+) -> u16 {
+    let parsed = content.and_then(|v| primitive::parse_notification(&v));
     let (subscription, instance) = match parsed {
-        Ok(Notification::Verification { .. }) => return answer(2000, &ri),
+        Ok(Notification::Verification { .. }) => return 2000,
         Ok(Notification::Deleted { subscription }) => {
             warn!(entity = %ctx.id, %subscription, "the CSE deleted a subscription of ours; it is created again within seconds if the AE is gone too, else restart this node");
-            return answer(2000, &ri);
+            return 2000;
         }
         Ok(Notification::Created {
             subscription,
             instance,
         }) => (subscription, instance),
-        Ok(_) => return answer(2000, &ri),
+        Ok(_) => return 2000,
         Err(e) => {
             debug!(entity = %ctx.id, error = %e, "notification refused");
-            return answer(4000, &ri);
+            return 4000;
         }
     };
     match check(ctx, &instance) {
@@ -109,12 +117,12 @@ async fn notified(ctx: &Listener, req: Request<HttpBody>) -> Response<Full<Bytes
             };
             if ctx.tx.try_send(incoming).is_err() {
                 warn!(entity = %ctx.id, "inbox full; notification answered 5000");
-                return answer(5000, &ri);
+                return 5000;
             }
             // The answer waits for the runtime (or 30 s): the CSE sees the
             // message processed, as an MQTT broker sees the PUBACK.
             let _ = tokio::time::timeout(Duration::from_secs(30), answered).await;
-            answer(2000, &ri)
+            2000
         }
         Err(why) => {
             // Rate-limited: a flood of bad instances must not become a
@@ -132,7 +140,7 @@ async fn notified(ctx: &Listener, req: Request<HttpBody>) -> Response<Full<Bytes
                     debug!(entity = %ctx.id, target = %instance.target, creator, why, "notification refused")
                 }
             }
-            answer(2000, &ri)
+            2000
         }
     }
 }

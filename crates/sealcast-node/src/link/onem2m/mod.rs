@@ -48,6 +48,7 @@ use crate::{Error, Result};
 
 mod http;
 mod listener;
+mod mqtt_binding;
 mod tools;
 
 use http::{Client, discover};
@@ -213,7 +214,19 @@ impl OneM2mLink {
         let ae = sealcast_onem2m::ae_id(id)?;
         let client = Arc::new(Client::new(ae.clone(), config.serialization));
         let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
-        let (server, poa) = if receive {
+        // On the MQTT binding notifications come through the broker (the
+        // AE's point of access); on HTTP to a listener of our own.
+        let mqtt_broker = cses
+            .registrar(id)
+            .url
+            .starts_with("mqtt://")
+            .then(|| mqtt_binding::split_base(&cses.registrar(id).url).map(|(b, _)| b.to_owned()))
+            .transpose()?;
+        let (server, poa) = if !receive {
+            (None, None)
+        } else if let Some(broker) = &mqtt_broker {
+            (None, Some(broker.clone()))
+        } else {
             let listener = TcpListener::bind(config.listen).await.map_err(|e| {
                 Error::Runtime(format!("notification listener on {}: {e}", config.listen))
             })?;
@@ -221,8 +234,6 @@ impl OneM2mLink {
                 .local_addr()
                 .map_err(|e| Error::Runtime(format!("notification listener: {e}")))?;
             (Some(listener), Some(format!("http://{addr}")))
-        } else {
-            (None, None)
         };
         let registrar = cses.registrar(id).clone();
         let host = (*id == cses.manager)
@@ -239,19 +250,29 @@ impl OneM2mLink {
             host: host.clone(),
             poa: poa.clone(),
         });
-        let containers = Arc::new(Mutex::new(registration.setup().await?));
+        let containers = Arc::new(Mutex::new(BTreeMap::new()));
         let heard = Arc::new(Mutex::new(BTreeSet::new()));
-        let server = server.map(|listener| {
-            let ctx = Arc::new(Listener {
+        let ctx = receive.then(|| {
+            Arc::new(Listener {
                 heard: (*id == cses.manager).then(|| Arc::clone(&heard)),
                 id: id.clone(),
                 manager: cses.manager.clone(),
                 topics: topics.clone(),
                 containers: Arc::clone(&containers),
                 tx,
-            });
-            tokio::spawn(serve(listener, ctx))
+            })
         });
+        // Ready before the first notification can come.
+        *client
+            .listener
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = ctx.clone();
+        let server = match (server, &ctx) {
+            (Some(listener), Some(ctx)) => Some(tokio::spawn(serve(listener, Arc::clone(ctx)))),
+            _ => None,
+        };
+        let fresh = registration.setup().await?;
+        *containers.lock().unwrap_or_else(PoisonError::into_inner) = fresh;
         let groups = Arc::new(tokio::sync::Mutex::new(BTreeMap::new()));
         let watchdog = (receive || host.is_some()).then(|| {
             tokio::spawn(watch(
