@@ -144,6 +144,31 @@ fn fire_safety_services(test: &str, mqtt: bool) {
         assert!(lines[0].ends_with("payload=unlock"), "{lines:?}");
     }
 
+    // The CSE's access control, surfaced as a clear error: a door may not
+    // read another door's container (only its own AE and the group host
+    // may), while the CSE's administrator may.
+    let link = sealcast_node::link::OneM2mLinkConfig::new(
+        &cses.infra.url,
+        Some(&cses.mn.url),
+        sealcast_core::ids::EntityId::new(manager).unwrap(),
+    );
+    let door_1 = sealcast_core::ids::EntityId::new(doors[0]).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let read = |who: &str| {
+        rt.block_on(sealcast_node::link::onem2m::read_latest(
+            &link,
+            who,
+            &door_1,
+            sealcast_onem2m::GROUP_CONTAINER,
+        ))
+    };
+    let refused = read("Cdoor-2").unwrap_err().to_string();
+    assert!(
+        refused.contains("4103") && refused.contains("access-control policy"),
+        "{refused}"
+    );
+    assert!(read("CAdmin").is_ok());
+
     // SIGKILL a door and restart it: same AE, same containers, still a
     // member of the door group's <group>.
     procs.sigkill(doors[0]);
