@@ -4,7 +4,9 @@
 //! started here on free loopback ports), run the way a user runs it — the
 //! `sealcast` binary. The demo checks every step and every attack itself
 //! (a forged command, a CSE administrator reading a door's container, a
-//! genuine command re-posted by another AE, the same replayed with an
+//! genuine command posted by a member's AE (refused by the CSE's ACPs) and
+//! by the manager's AE (refused by sealcast as impersonation), the same
+//! replayed with an
 //! `X-M2M-Origin` claiming the gateway, a re-wrap into another group, the
 //! command posted unchanged into another group's containers, an evicted
 //! door) and exits 0 only if all of them held.
@@ -90,7 +92,8 @@ fn run_demo(test: &str, serialization: &str, mqtt: Option<u16>) {
             "oneM2M over HTTP"
         },
         "the CSE admin reading a door's container finds the gateway's command, as ciphertext only",
-        "re-posted by mallory's own AE: doors that refused the impersonation",
+        "posted by mallory's own AE: refused by the CSE's ACPs (4103)",
+        "posted as the manager's AE: doors that refused the impersonation",
         "attack 2, replayed \"unlock\": doors that refused it",
         "devices outside the door group the CSE fanned \"unlock\" out to",
         "re-posted into the extinguishers' containers: extinguishers that refused it",

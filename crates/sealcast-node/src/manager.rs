@@ -307,8 +307,13 @@ impl Runtime {
         let Some(members) = self.manager.members(group) else {
             return;
         };
+        let senders: BTreeSet<EntityId> = members
+            .iter()
+            .filter(|(_, r)| r.role == sealcast_group::manager::Role::Sender)
+            .map(|(id, _)| id.clone())
+            .collect();
         let members: BTreeSet<EntityId> = members.keys().cloned().collect();
-        if let Err(e) = self.link.set_group_members(group, &members).await {
+        if let Err(e) = self.link.set_group_members(group, &members, &senders).await {
             warn!(group = %group.name(), error = %e, "cannot set the group's members on the transport; retrying on the next tick");
         }
     }

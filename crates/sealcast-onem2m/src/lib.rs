@@ -122,8 +122,15 @@ pub const GROUP_CONTAINER: &str = "grp";
 /// (key deliveries, acks and pulls, reports).
 pub const INBOX_CONTAINER: &str = "inbox";
 
-/// The ACP under each AE that guards its containers.
+/// The ACP under each AE that guards its inbox (anyone may create: the
+/// objects are end-to-end protected) and, under the group host, the
+/// `<group>`s.
 pub const ACP_NAME: &str = "sealcast-acp";
+
+/// The ACP under each receiving AE that guards its group container: only
+/// the senders of the entity's groups and the manager may create in it; the
+/// manager keeps the list ([`resource::acp_rules`]).
+pub const GROUP_ACP_NAME: &str = "sealcast-grp-acp";
 
 /// The subscription under each container.
 pub const SUBSCRIPTION_NAME: &str = "sealcast-sub";

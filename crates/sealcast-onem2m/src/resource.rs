@@ -59,15 +59,32 @@ pub fn ae(ae_id: &str, poa: Option<&str>) -> Value {
 /// An `<accessControlPolicy>`: each rule grants `ops` to its originators;
 /// only `owner` may change the policy itself.
 pub fn acp(name: &str, rules: &[(Vec<String>, u32)], owner: &str) -> Value {
-    let acr: Vec<Value> = rules
-        .iter()
-        .map(|(who, ops)| json!({ "acor": who, "acop": ops }))
-        .collect();
+    acp_managed(name, rules, &[owner.to_owned()])
+}
+
+/// An `<accessControlPolicy>` whose privileges `managers` may change (the
+/// owner among them).
+pub fn acp_managed(name: &str, rules: &[(Vec<String>, u32)], managers: &[String]) -> Value {
     json!({ "m2m:acp": {
         "rn": name,
-        "pv": { "acr": acr },
-        "pvs": { "acr": [ { "acor": [owner], "acop": op::ALL } ] },
+        "pv": { "acr": acp_rules(rules) },
+        "pvs": { "acr": [ { "acor": managers, "acop": op::ALL } ] },
     }})
+}
+
+/// Access-control rules (`acr`): each grants `ops` to its originators.
+pub fn acp_rules(rules: &[(Vec<String>, u32)]) -> Value {
+    Value::Array(
+        rules
+            .iter()
+            .map(|(who, ops)| json!({ "acor": who, "acop": ops }))
+            .collect(),
+    )
+}
+
+/// The update that replaces an ACP's privileges.
+pub fn acp_privileges(rules: &[(Vec<String>, u32)]) -> Value {
+    json!({ "m2m:acp": { "pv": { "acr": acp_rules(rules) } } })
 }
 
 /// A `<container>` guarded by `acpi`, keeping at most `max_instances`.

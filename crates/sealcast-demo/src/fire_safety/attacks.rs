@@ -10,6 +10,7 @@ use super::*;
 /// it.
 struct Attacker {
     tap: Link,
+    tap_id: EntityId,
     tap_inbox: Inbox,
     door_topic: String,
     ext_topic: String,
@@ -28,14 +29,15 @@ impl Attacker {
             LinkConfig::OneM2m(cse) => {
                 let target = d.topics.group(group, GroupChannel::Command);
                 let gateway_ae = sealcast_onem2m::ae_id(&d.gateway)?;
-                Ok(sealcast_node::link::onem2m::publish_group_as(
+                sealcast_node::link::onem2m::publish_group_as(
                     cse,
                     &gateway_ae,
                     group,
                     &target,
                     &bytes,
                 )
-                .await?)
+                .await?;
+                Ok(())
             }
             _ => {
                 self.tap
@@ -82,6 +84,7 @@ pub(super) async fn run(
         .ok_or_else(|| Error::Runtime("gateway is not a door signer".into()))?;
     let mut a = Attacker {
         tap,
+        tap_id: tap_id.clone(),
         tap_inbox,
         door_topic: d.topics.group(&d.g.doors, GroupChannel::Command),
         ext_topic: d.topics.group(&d.g.exts, GroupChannel::Command),
@@ -192,17 +195,42 @@ async fn replay(
     }
     let unlock =
         unlock.ok_or_else(|| Error::Runtime("did not capture an unlock command".into()))?;
-    if matches!(d.link, LinkConfig::OneM2m(_)) {
-        // The tap's own AE re-posts it: the CSE accepts, every door refuses
-        // an originator that is not the signer before any replay check.
-        a.tap
-            .publish_group(&d.g.doors, GroupChannel::Command, unlock.to_vec())
-            .await?;
+    if let LinkConfig::OneM2m(cse) = &d.link {
+        // The tap's own AE posts it: the CSE's ACPs refuse it at every
+        // member (only the senders of a member's groups and the manager
+        // may create in its group container).
+        let tap_ae = sealcast_onem2m::ae_id(&a.tap_id)?;
+        let codes = sealcast_node::link::onem2m::publish_group_as(
+            cse,
+            &tap_ae,
+            &d.g.doors,
+            &a.door_topic,
+            &unlock,
+        )
+        .await?;
+        report.checks.push(Check {
+            what: "oneM2M: \"unlock\" posted by mallory's own AE: refused by the CSE's ACPs (4103)"
+                .into(),
+            expected: 1,
+            observed: usize::from(!codes.is_empty() && codes.iter().all(|c| *c == 4103)),
+        });
+        // The manager's AE may create there: posted as the manager, it
+        // passes the CSE and every door refuses an originator that is not
+        // the signer, before any replay check.
+        let manager_ae = sealcast_onem2m::ae_id(&EntityId::new(crate::DEMO_MANAGER)?)?;
+        sealcast_node::link::onem2m::publish_group_as(
+            cse,
+            &manager_ae,
+            &d.g.doors,
+            &a.door_topic,
+            &unlock,
+        )
+        .await?;
         let refused = d
             .doors_that(|e, g| rejected_with(e, g, "impersonation"), log)
             .await;
         report.checks.push(Check {
-            what: "oneM2M: \"unlock\" re-posted by mallory's own AE: doors that refused the impersonation".into(),
+            what: "oneM2M: \"unlock\" posted as the manager's AE: doors that refused the impersonation".into(),
             expected: nd,
             observed: refused,
         });

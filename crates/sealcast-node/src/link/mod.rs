@@ -681,18 +681,20 @@ impl Link {
         }
     }
 
-    /// Tells the transport who the members of `group` are now (the
-    /// manager, after every change). MQTT and CoAP need nothing: members
-    /// subscribe or join by themselves. oneM2M: the group's `<group>`
-    /// resource lists the members' containers, and the CSE fans out to
-    /// them.
+    /// Tells the transport who the members of `group` are now, and which
+    /// of them may send to it (the manager, after every change). MQTT and
+    /// CoAP need nothing: members subscribe or join by themselves. oneM2M:
+    /// the group's `<group>` resource lists the members' containers, the
+    /// CSE fans out to them, and each member's container lets only the
+    /// senders of its groups (and the manager) create in it.
     pub async fn set_group_members(
         &self,
         group: &GroupId,
         members: &std::collections::BTreeSet<EntityId>,
+        senders: &std::collections::BTreeSet<EntityId>,
     ) -> Result<()> {
         match &self.inner {
-            LinkInner::OneM2m(o) => o.set_group_members(group, members).await,
+            LinkInner::OneM2m(o) => o.set_group_members(group, members, senders).await,
             _ => Ok(()),
         }
     }

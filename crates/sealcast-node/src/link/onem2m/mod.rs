@@ -35,7 +35,7 @@ use sealcast_core::target::{DeviceChannel, Topic, TopicScheme};
 use sealcast_onem2m::primitive::{self, MAX_PRIMITIVE};
 use sealcast_onem2m::resource::{self, Type, op};
 use sealcast_onem2m::{
-    ACP_NAME, Addressing, CseBase, GROUP_CONTAINER, INBOX_CONTAINER, Notification,
+    ACP_NAME, Addressing, CseBase, GROUP_ACP_NAME, GROUP_CONTAINER, INBOX_CONTAINER, Notification,
     SUBSCRIPTION_NAME, Serialization,
 };
 use tokio::net::{TcpListener, TcpStream};
@@ -113,7 +113,45 @@ struct Cses {
     addressing: Addressing,
 }
 
+/// An AE-ID as a CSE may see it as an originator: `Cx`, `/<cse-id>/Cx`
+/// and `//<sp-id>/<cse-id>/Cx` (an ACP lists all three).
+fn originator_forms(cse: &CseBase, ae: &str) -> Vec<String> {
+    vec![
+        ae.to_owned(),
+        format!("/{}/{ae}", cse.cse_id),
+        format!("//{}/{}/{ae}", cse.sp_id, cse.cse_id),
+    ]
+}
+
+/// The privileges of an entity's group container: the owner everything;
+/// the manager and its group host read and create (notices, rekeys; a
+/// `<group>` checks its members); `senders` create (the fan-out of their
+/// commands and alerts).
+fn group_container_rules(
+    owner: &str,
+    managers: &[String],
+    senders: &[String],
+) -> Vec<(Vec<String>, u32)> {
+    let mut rules = vec![
+        (vec![owner.to_owned()], op::ALL),
+        (managers.to_vec(), op::RETRIEVE | op::CREATE),
+    ];
+    if !senders.is_empty() {
+        rules.push((senders.to_vec(), op::CREATE));
+    }
+    rules
+}
+
 impl Cses {
+    /// The manager's AE and its group host, in every originator form.
+    fn managers(&self) -> Result<Vec<String>> {
+        let ae = sealcast_onem2m::ae_id(&self.manager)?;
+        let host = sealcast_onem2m::group_host_ae_id(&self.manager)?;
+        let mut ids = originator_forms(&self.infrastructure, &ae);
+        ids.extend(originator_forms(&self.field, &host));
+        Ok(ids)
+    }
+
     /// Reads both CSEs' `<CSEBase>`.
     async fn discover(config: &OneM2mLinkConfig) -> Result<Self> {
         let infrastructure = discover(&config.infrastructure, config.serialization).await?;
@@ -172,7 +210,7 @@ pub(super) struct OneM2mLink {
     server: Mutex<Option<JoinHandle<()>>>,
     /// Per group: the members last written to its `<group>`, and those
     /// left out because their container did not exist yet.
-    groups: Arc<tokio::sync::Mutex<BTreeMap<GroupId, GroupSync>>>,
+    groups: Arc<tokio::sync::Mutex<GroupsState>>,
     /// Looks after the registration (see [`watch`]).
     watchdog: Mutex<Option<JoinHandle<()>>>,
     /// Entities a notification came from since the groups were last
@@ -189,7 +227,24 @@ struct GroupSync {
     created: bool,
     written: BTreeSet<EntityId>,
     missing: BTreeSet<EntityId>,
+    senders: BTreeSet<EntityId>,
     last_probe: Option<tokio::time::Instant>,
+}
+
+/// What the manager's link wrote to the CSEs: each group's `<group>`, and
+/// who may create in each member's group container.
+#[derive(Default)]
+struct GroupsState {
+    groups: BTreeMap<GroupId, GroupSync>,
+    creators: BTreeMap<EntityId, MemberCreators>,
+}
+
+/// The senders of each of a member's groups, and the union last written to
+/// its group container's ACP.
+#[derive(Default)]
+struct MemberCreators {
+    by_group: BTreeMap<GroupId, BTreeSet<EntityId>>,
+    written: Option<BTreeSet<EntityId>>,
 }
 
 /// How often a manager looks again for members whose containers were
@@ -273,7 +328,7 @@ impl OneM2mLink {
         };
         let fresh = registration.setup().await?;
         *containers.lock().unwrap_or_else(PoisonError::into_inner) = fresh;
-        let groups = Arc::new(tokio::sync::Mutex::new(BTreeMap::new()));
+        let groups = Arc::new(tokio::sync::Mutex::new(GroupsState::default()));
         let watchdog = (receive || host.is_some()).then(|| {
             tokio::spawn(watch(
                 Arc::clone(&registration),
@@ -380,11 +435,13 @@ impl OneM2mLink {
         &self,
         group: &GroupId,
         members: &BTreeSet<EntityId>,
+        senders: &BTreeSet<EntityId>,
     ) -> Result<()> {
         let Some(host) = &self.host else {
             return Ok(());
         };
-        let mut groups = self.groups.lock().await;
+        let mut state = self.groups.lock().await;
+        let GroupsState { groups, creators } = &mut *state;
         let sync = groups.entry(group.clone()).or_default();
         let now = tokio::time::Instant::now();
         let heard_missing = {
@@ -396,7 +453,11 @@ impl OneM2mLink {
                 || sync
                     .last_probe
                     .is_none_or(|t| now.duration_since(t) >= PROBE_EVERY));
-        if sync.created && sync.written.union(&sync.missing).eq(members.iter()) && !probe_due {
+        if sync.created
+            && sync.written.union(&sync.missing).eq(members.iter())
+            && sync.senders == *senders
+            && !probe_due
+        {
             return Ok(());
         }
         let field = &self.cses.field;
@@ -420,6 +481,37 @@ impl OneM2mLink {
                 Ok((rsc, _)) => {
                     debug!(group = %group.name(), member = %m, rsc, "member's container not there yet");
                     missing.insert(m.clone());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        // Who may create in each member's group container: the senders of
+        // all its groups. Written before the members join the fan-out.
+        let removed: BTreeSet<EntityId> = sync.written.difference(&present).cloned().collect();
+        for m in &present {
+            creators
+                .entry(m.clone())
+                .or_default()
+                .by_group
+                .insert(group.clone(), senders.clone());
+        }
+        for m in &removed {
+            if let Some(c) = creators.get_mut(m) {
+                c.by_group.remove(group);
+            }
+        }
+        for m in present.iter().chain(&removed) {
+            let Some(c) = creators.get_mut(m) else {
+                continue;
+            };
+            let union: BTreeSet<EntityId> = c.by_group.values().flatten().cloned().collect();
+            if c.written.as_ref() == Some(&union) {
+                continue;
+            }
+            match self.write_creators(host, m, &union).await {
+                Ok(()) => c.written = Some(union),
+                Err(e) if removed.contains(m) => {
+                    debug!(member = %m, error = %e, "a former member's container ACP not updated")
                 }
                 Err(e) => return Err(e),
             }
@@ -480,7 +572,37 @@ impl OneM2mLink {
         }
         sync.written = present;
         sync.missing = missing;
+        sync.senders = senders.clone();
         sync.last_probe = Some(now);
+        Ok(())
+    }
+
+    /// Lets only `senders` (and the manager) create in `member`'s group
+    /// container.
+    async fn write_creators(
+        &self,
+        host: &Client,
+        member: &EntityId,
+        senders: &BTreeSet<EntityId>,
+    ) -> Result<()> {
+        let cses = &self.cses;
+        let owner = sealcast_onem2m::ae_id(member)?;
+        let mut ids = Vec::new();
+        for s in senders {
+            ids.extend(originator_forms(
+                cses.registrar(s),
+                &sealcast_onem2m::ae_id(s)?,
+            ));
+        }
+        let rules = group_container_rules(&owner, &cses.managers()?, &ids);
+        host.expect(
+            Method::PUT,
+            &cses.field.url,
+            &cses.ae_path(member, GROUP_ACP_NAME)?,
+            None,
+            Some(&resource::acp_privileges(&rules)),
+        )
+        .await?;
         Ok(())
     }
 }
@@ -513,20 +635,19 @@ impl Registration {
         let mut containers = BTreeMap::new();
         if self.poa.is_some() {
             let owner = ae.clone();
-            let manager_ae = sealcast_onem2m::ae_id(&cses.manager)?;
-            let host_ae = sealcast_onem2m::group_host_ae_id(&cses.manager)?;
-            let rules = vec![
+            let managers = cses.managers()?;
+            // The inbox: anyone may create (the objects are end to end
+            // protected); the manager and its group host may read it.
+            let inbox_rules = vec![
                 (vec!["all".to_owned()], op::CREATE),
                 (vec![owner.clone()], op::ALL),
-                (
-                    vec![
-                        cses.field.id(cses.addressing, &host_ae),
-                        host_ae.clone(),
-                        manager_ae,
-                    ],
-                    op::RETRIEVE,
-                ),
+                (managers.clone(), op::RETRIEVE),
             ];
+            // The group container: until the manager lists the senders of
+            // this entity's groups, only the manager may create in it.
+            let group_rules = group_container_rules(&owner, &managers, &[]);
+            let mut acp_managers = managers.clone();
+            acp_managers.push(owner.clone());
             let base = &registrar.url;
             let own = registrar.path(cses.addressing, ae);
             client
@@ -535,11 +656,23 @@ impl Registration {
                     &own,
                     ACP_NAME,
                     Type::AccessControlPolicy,
-                    &resource::acp(ACP_NAME, &rules, &owner),
+                    &resource::acp(ACP_NAME, &inbox_rules, &owner),
                 )
                 .await?;
-            let acpi = vec![registrar.id(cses.addressing, &format!("{ae}/{ACP_NAME}"))];
-            for name in [INBOX_CONTAINER, GROUP_CONTAINER] {
+            client
+                .ensure(
+                    base,
+                    &own,
+                    GROUP_ACP_NAME,
+                    Type::AccessControlPolicy,
+                    &resource::acp_managed(GROUP_ACP_NAME, &group_rules, &acp_managers),
+                )
+                .await?;
+            for (name, acp) in [
+                (INBOX_CONTAINER, ACP_NAME),
+                (GROUP_CONTAINER, GROUP_ACP_NAME),
+            ] {
+                let acpi = vec![registrar.id(cses.addressing, &format!("{ae}/{acp}"))];
                 let container = client
                     .ensure(
                         base,
@@ -564,11 +697,7 @@ impl Registration {
         if let Some(host) = &self.host {
             let host_ae = &host.origin;
             register(host, &cses.field, cses.addressing, host_ae, None).await?;
-            let manager_ids = vec![
-                cses.infrastructure.id(cses.addressing, ae),
-                ae.clone(),
-                host_ae.clone(),
-            ];
+            let manager_ids = cses.managers()?;
             host.ensure(
                 &cses.field.url,
                 &cses.field.path(cses.addressing, host_ae),
@@ -623,7 +752,7 @@ const WATCH_EVERY: Duration = Duration::from_secs(2);
 async fn watch(
     registration: Arc<Registration>,
     containers: Arc<Mutex<BTreeMap<String, &'static str>>>,
-    groups: Arc<tokio::sync::Mutex<BTreeMap<GroupId, GroupSync>>>,
+    groups: Arc<tokio::sync::Mutex<GroupsState>>,
 ) {
     let mut tick = tokio::time::interval(WATCH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -645,7 +774,7 @@ async fn watch(
         match registration.setup().await {
             Ok(fresh) => {
                 *containers.lock().unwrap_or_else(PoisonError::into_inner) = fresh;
-                groups.lock().await.clear();
+                *groups.lock().await = GroupsState::default();
                 info!(ae = %registration.ae, "registered again with the CSE: containers and subscriptions re-created");
                 lost = false;
             }

@@ -31,17 +31,39 @@ pub async fn read_latest(
 /// `originator` in `X-M2M-Origin` — what any client can claim to a CSE
 /// that does not authenticate its originators (ACME trusts the header).
 /// The demo's attacker uses it to pose as the gateway; sealcast must refuse
-/// what arrives however the CSE accepted it.
+/// what arrives however the CSE accepted it. Sent to the CSE where the
+/// originator's AE is registered (the manager's: the infrastructure CSE,
+/// which forwards it). Returns the CSE's status for each member, or its one
+/// status for the whole request when it refused it (ACME answers 4103 when
+/// a member's container refuses the originator).
 pub async fn publish_group_as(
     config: &OneM2mLinkConfig,
     originator: &str,
     group: &GroupId,
     target: &str,
     bytes: &[u8],
-) -> Result<()> {
+) -> Result<Vec<u16>> {
     let cses = Cses::discover(config).await?;
     let path = cses.group_path(group, "fopt")?;
-    create_as(&cses.field, config, originator, &path, target, bytes).await
+    let cse = match sealcast_onem2m::entity_of_originator(originator) {
+        Some(e) => cses.registrar(&e),
+        None => &cses.field,
+    };
+    let client = Client::new(originator.to_owned(), config.serialization);
+    let cin = resource::content_instance(bytes, target);
+    let (rsc, answer) = client
+        .request(
+            Method::POST,
+            &cse.url,
+            &path,
+            Some(Type::ContentInstance),
+            Some(&cin),
+        )
+        .await?;
+    if !(2000..3000).contains(&rsc) {
+        return Ok(vec![rsc]);
+    }
+    Ok(primitive::aggregated_status(&answer)?)
 }
 
 /// Creates a `<contentInstance>` in `to`'s inbox with `originator` in
@@ -56,7 +78,8 @@ pub async fn send_as(
 ) -> Result<()> {
     let cses = Cses::discover(config).await?;
     let path = cses.ae_path(to, INBOX_CONTAINER)?;
-    create_as(cses.registrar(to), config, originator, &path, target, bytes).await
+    create_as(cses.registrar(to), config, originator, &path, target, bytes).await?;
+    Ok(())
 }
 
 async fn create_as(
@@ -66,7 +89,7 @@ async fn create_as(
     path: &str,
     target: &str,
     bytes: &[u8],
-) -> Result<()> {
+) -> Result<serde_json::Value> {
     let client = Client::new(originator.to_owned(), config.serialization);
     let cin = resource::content_instance(bytes, target);
     client
@@ -77,6 +100,5 @@ async fn create_as(
             Some(Type::ContentInstance),
             Some(&cin),
         )
-        .await?;
-    Ok(())
+        .await
 }
