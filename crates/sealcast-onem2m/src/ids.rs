@@ -42,11 +42,13 @@ pub fn entity_of_originator(originator: &str) -> Option<EntityId> {
     EntityId::new(name).ok()
 }
 
-/// A CSE as sealcast addresses it: where its HTTP binding listens, its
+/// A CSE as sealcast addresses it: where its binding listens
+/// (`http://host:port`, or `mqtt://broker:port/<cse-id>` for the MQTT
+/// binding), its
 /// CSE-ID, its `<CSEBase>` resource name and its service provider.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CseBase {
-    /// `http://host:port` (no path).
+    /// `http://host:port` (no path), or `mqtt://broker:port/<cse-id>`.
     pub url: String,
     /// The CSE-ID without its leading `/` (`id-mn`).
     pub cse_id: String,

@@ -1,6 +1,6 @@
-//! Primitive content in JSON or CBOR (TS-0004 §8.2; TS-0009 HTTP binding
-//! headers), the response status of a CSE's answer, and the notifications
-//! a subscription sends.
+//! Primitive content in JSON or CBOR (TS-0004 §8.2, as the TS-0009 HTTP
+//! and TS-0010 MQTT bindings carry it), the response status of a CSE's
+//! answer, and the notifications a subscription sends.
 //!
 //! Everything here reads bytes from the network: sizes are bounded, every
 //! field is checked, nothing panics (fuzzed: `onem2m_notification`).

@@ -1,6 +1,6 @@
 //! The transport under the runtimes: one seam, three operations, whatever
 //! carries them. MQTT ([`mqtt`]), CoAP ([`coap`]) and oneM2M ([`onem2m`],
-//! CSEs over their HTTP binding) are adapters behind it, chosen by a
+//! CSEs over their HTTP or MQTT binding) are adapters behind it, chosen by a
 //! [`LinkConfig`]; a runtime never names any of them.
 //!
 //! - **publish** to a group channel ([`Link::publish_group`]) or send to one
@@ -107,7 +107,7 @@ pub enum LinkConfig {
     },
     /// CoAP endpoints and a multicast group.
     Coap(CoapLinkConfig),
-    /// oneM2M CSEs over their HTTP binding.
+    /// oneM2M CSEs over their HTTP or MQTT binding.
     OneM2m(OneM2mLinkConfig),
 }
 

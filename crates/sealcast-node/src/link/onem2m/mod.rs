@@ -1,6 +1,7 @@
 //! The oneM2M adapter behind [`Link`](super::Link): every entity is an AE
 //! on a CSE, every message a `<contentInstance>` created over the CSE's
-//! HTTP binding, every receipt a notification of a `<subscription>`. The
+//! HTTP binding (`http.rs`) or MQTT binding (`mqtt_binding.rs`), every
+//! receipt a notification of a `<subscription>` (`listener.rs`). The
 //! mapping itself (names, resources, primitives) is `sealcast_onem2m`'s;
 //! this module does the I/O. The only module of the runtimes that knows
 //! oneM2M.
