@@ -9,11 +9,10 @@
 mod common;
 
 use std::fs;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{
-    CoapPlan, FIRE_RULE, Procs, alert, bin, executed, fire_safety_tables, keygen, manager_config,
+    CoapPlan, FIRE_RULE, Procs, alert, executed, fire_safety_tables, keygen, manager_config,
     node_config, relays_for, run_prefix, wait_until, wait_until_blocking,
 };
 
@@ -126,17 +125,7 @@ fn coap_settings_are_checked_before_anything_starts() {
             "multicast",
         ),
     ] {
-        fs::write(dir.join("door-9.toml"), &config).unwrap();
-        let out = Command::new(bin())
-            .args(["device", "run", "--config", "door-9.toml"])
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{config}");
-        assert!(err.contains(needle), "{config}\n{err}");
-        assert!(!err.contains("panicked"), "{err}");
+        common::refused_before_start(dir, "door-9.toml", &config, needle);
     }
 }
 

@@ -266,12 +266,7 @@ fn onem2m_settings_are_checked_before_anything_starts() {
             "cannot reach the CSE",
         ),
     ] {
-        fs::write(dir.join("door-9.toml"), &config).unwrap();
-        let out = common::run(dir, &["device", "run", "--config", "door-9.toml"]);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{config}");
-        assert!(stderr.contains(needle), "{config}\n→ {stderr}");
-        assert!(!stderr.contains("panicked"), "{stderr}");
+        common::refused_before_start(dir, "door-9.toml", &config, needle);
     }
 }
 
@@ -297,14 +292,7 @@ async fn smart_metering_as_separate_processes_through_an_in_and_mn_cse() {
     let (headend, dap) = ("headend", "dap-1");
     let meters = ["meter-1", "meter-2"];
     keygen(&dir, [headend, dap, meters[0], meters[1]]);
-    fs::create_dir(dir.join("meters")).unwrap();
-    for m in meters {
-        fs::copy(
-            dir.join(format!("{m}.pub")),
-            dir.join("meters").join(format!("{m}.pub")),
-        )
-        .unwrap();
-    }
+    common::meters_dir(&dir, &meters);
     let onem2m = onem2m_section(&cses, "json");
     let head = format!("transport = \"onem2m\"\ntopic_prefix = \"{run}\"\n");
     fs::write(

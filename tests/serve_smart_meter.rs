@@ -50,14 +50,7 @@ async fn smart_metering_as_separate_processes() {
     let (headend, dap) = (name("headend"), name("dap"));
     let meters = [name("meter-1"), name("meter-2"), name("meter-3")];
     keygen(&dir, [&headend, &dap].into_iter().chain(&meters));
-    fs::create_dir(dir.join("meters")).unwrap();
-    for m in &meters {
-        fs::copy(
-            dir.join(format!("{m}.pub")),
-            dir.join("meters").join(format!("{m}.pub")),
-        )
-        .unwrap();
-    }
+    common::meters_dir(&dir, &meters);
 
     // --- configs -------------------------------------------------------------
     fs::write(
@@ -299,14 +292,7 @@ async fn a_pool_of_two_daps_shares_the_report_load() {
     let daps = [name("dap-1"), name("dap-2")];
     let meters = [name("meter-1"), name("meter-2"), name("meter-3")];
     keygen(&dir, [&headend].into_iter().chain(&daps).chain(&meters));
-    fs::create_dir(dir.join("meters")).unwrap();
-    for m in &meters {
-        fs::copy(
-            dir.join(format!("{m}.pub")),
-            dir.join("meters").join(format!("{m}.pub")),
-        )
-        .unwrap();
-    }
+    common::meters_dir(&dir, &meters);
     let mut headend_toml = format!(
         "broker = \"{url}\"\ntopic_prefix = \"{run}\"\nkey = \"{headend}.key\"\n\
          state_dir = \"headend-state\"\nmeters_dir = \"meters\"\n"
@@ -410,13 +396,8 @@ async fn a_flooding_meter_is_capped_at_the_dap() {
     let (headend, dap) = (name("headend"), name("dap"));
     let meters = [name("meter-1"), name("meter-2")];
     keygen(&dir, [&headend, &dap].into_iter().chain(&meters));
-    fs::create_dir(dir.join("meters")).unwrap();
+    common::meters_dir(&dir, &meters);
     for m in &meters {
-        fs::copy(
-            dir.join(format!("{m}.pub")),
-            dir.join("meters").join(format!("{m}.pub")),
-        )
-        .unwrap();
         fs::write(
             dir.join(format!("{m}.toml")),
             format!(

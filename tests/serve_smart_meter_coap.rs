@@ -30,14 +30,7 @@ async fn smart_metering_over_coap_as_separate_processes() {
     let (headend, dap) = ("headend", "dap-1");
     let meters = ["meter-1", "meter-2"];
     keygen(&dir, [headend, dap, meters[0], meters[1]]);
-    fs::create_dir(dir.join("meters")).unwrap();
-    for m in meters {
-        fs::copy(
-            dir.join(format!("{m}.pub")),
-            dir.join("meters").join(format!("{m}.pub")),
-        )
-        .unwrap();
-    }
+    common::meters_dir(&dir, &meters);
     let (headend_at, dap_at) = (
         format!("127.0.0.1:{}", free_udp_port()),
         format!("127.0.0.1:{}", free_udp_port()),

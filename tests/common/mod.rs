@@ -834,3 +834,27 @@ pub fn report_seqs(out: &Output) -> Vec<u64> {
 pub fn reading_line(meter: &str, seq: u64, dap: &str, text: &str) -> String {
     format!("meter={meter} seq={seq} dap={dap} reading={text}")
 }
+
+/// `dir/meters` holding a copy of each meter's public key (`<m>.pub`), as
+/// a headend's and a DAP's `meters_dir`.
+pub fn meters_dir<S: AsRef<str>>(dir: &Path, meters: &[S]) {
+    fs::create_dir(dir.join("meters")).unwrap();
+    for m in meters.iter().map(AsRef::as_ref) {
+        fs::copy(
+            dir.join(format!("{m}.pub")),
+            dir.join("meters").join(format!("{m}.pub")),
+        )
+        .unwrap();
+    }
+}
+
+/// `device run` with `config` written to `dir/<file>`: refused before
+/// anything starts, with `needle` in its error and no panic.
+pub fn refused_before_start(dir: &Path, file: &str, config: &str, needle: &str) {
+    fs::write(dir.join(file), config).unwrap();
+    let out = run(dir, &["device", "run", "--config", file]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{config}");
+    assert!(err.contains(needle), "{config}\n→ {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
