@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::{
     CoapPlan, FIRE_RULE, Procs, alert, executed, fire_safety_tables, keygen, manager_config,
-    node_config, relays_for, run_prefix, wait_until, wait_until_blocking,
+    node_config, relays_for, run_prefix, wait_until,
 };
 
 #[test]
@@ -59,17 +59,7 @@ fn fire_safety_as_separate_processes_over_coap() {
     let mut procs = Procs::new(&dir);
     // Field nodes first: the manager delivers keys as soon as it starts, and
     // re-sends what is not acknowledged.
-    procs.start("agent", &["agent", "serve", "--config", "agent.toml"]);
-    for d in [sensor, doors[0], doors[1]] {
-        procs.start_device(d);
-    }
-    procs.start("manager", &["manager", "serve", "--config", "manager.toml"]);
-    wait_until_blocking("every key installed", &procs, || {
-        procs.installed("agent") >= 2
-            && [sensor, doors[0], doors[1]]
-                .iter()
-                .all(|d| procs.installed(d) >= 1)
-    });
+    common::start_fire_safety(&mut procs, sensor, doors);
     assert!(procs.log("manager").contains("transport=CoAP"));
 
     // The sensor stops (Ctrl-C); its one-shot sends use its state file.
@@ -77,31 +67,10 @@ fn fire_safety_as_separate_processes_over_coap() {
     let send = |text: &str| alert(&dir, sensor, text);
 
     // --- alert (multicast) → unlock (multicast) at both doors --------------
-    send("smoke in hall 1");
-    wait_until_blocking("both doors unlock", &procs, || {
-        doors.iter().all(|d| !executed(&dir, d).is_empty())
-    });
-    for d in doors {
-        let lines = executed(&dir, d);
-        assert_eq!(lines.len(), 1, "{d}: {lines:?}");
-        assert!(lines[0].contains(&format!("signer={gateway}")), "{lines:?}");
-        assert!(lines[0].ends_with("payload=unlock"), "{lines:?}");
-    }
+    common::first_alert_unlocks_both_doors(&dir, &procs, gateway, doors, send);
 
     // --- SIGKILL a door, restart it on the same endpoint --------------------
-    procs.sigkill(doors[0]);
-    procs.restart_device(doors[0], 1);
-    wait_until_blocking("the restarted door runs", &procs, || {
-        procs.log(doors[0]).contains("device running")
-    });
-    send("smoke in hall 2");
-    wait_until_blocking("both doors execute the second command", &procs, || {
-        doors.iter().all(|d| executed(&dir, d).len() >= 2)
-    });
-    std::thread::sleep(Duration::from_millis(500));
-    for d in doors {
-        assert_eq!(executed(&dir, d).len(), 2, "{d}: {:?}", executed(&dir, d));
-    }
+    common::sigkilled_door_runs_the_next_command(&dir, &mut procs, doors, send);
 }
 
 #[test]

@@ -106,17 +106,7 @@ fn fire_safety_services(test: &str, mqtt: bool) {
     }
 
     let mut procs = Procs::new(&dir);
-    procs.start("agent", &["agent", "serve", "--config", "agent.toml"]);
-    for d in [sensor, doors[0], doors[1]] {
-        procs.start_device(d);
-    }
-    procs.start("manager", &["manager", "serve", "--config", "manager.toml"]);
-    wait_until_blocking("every key installed", &procs, || {
-        procs.installed("agent") >= 2
-            && [sensor, doors[0], doors[1]]
-                .iter()
-                .all(|d| procs.installed(d) >= 1)
-    });
+    common::start_fire_safety(&mut procs, sensor, doors);
     assert!(
         procs.log("manager").contains("transport=oneM2M"),
         "{}",
@@ -133,16 +123,7 @@ fn fire_safety_services(test: &str, mqtt: bool) {
 
     procs.interrupt(sensor);
     let send = |text: &str| alert(&dir, sensor, text);
-    send("smoke in hall 1");
-    wait_until_blocking("both doors unlock", &procs, || {
-        doors.iter().all(|d| !executed(&dir, d).is_empty())
-    });
-    for d in doors {
-        let lines = executed(&dir, d);
-        assert_eq!(lines.len(), 1, "{d}: {lines:?}");
-        assert!(lines[0].contains(&format!("signer={gateway}")), "{lines:?}");
-        assert!(lines[0].ends_with("payload=unlock"), "{lines:?}");
-    }
+    common::first_alert_unlocks_both_doors(&dir, &procs, gateway, doors, send);
 
     // The CSE's access control, surfaced as a clear error: a door may not
     // read another door's container (only its own AE and the group host
@@ -171,19 +152,7 @@ fn fire_safety_services(test: &str, mqtt: bool) {
 
     // SIGKILL a door and restart it: same AE, same containers, still a
     // member of the door group's <group>.
-    procs.sigkill(doors[0]);
-    procs.restart_device(doors[0], 1);
-    wait_until_blocking("the restarted door runs", &procs, || {
-        procs.log(doors[0]).contains("device running")
-    });
-    send("smoke in hall 2");
-    wait_until_blocking("both doors execute the second command", &procs, || {
-        doors.iter().all(|d| executed(&dir, d).len() >= 2)
-    });
-    std::thread::sleep(Duration::from_millis(500));
-    for d in doors {
-        assert_eq!(executed(&dir, d).len(), 2, "{d}: {:?}", executed(&dir, d));
-    }
+    common::sigkilled_door_runs_the_next_command(&dir, &mut procs, doors, send);
 
     // The MN-CSE restarts and loses every resource (in-memory database):
     // each AE notices, registers again and re-creates its containers and

@@ -858,3 +858,65 @@ pub fn refused_before_start(dir: &Path, file: &str, config: &str, needle: &str) 
     assert!(err.contains(needle), "{config}\n→ {err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// Starts the fire-safety services of `dir` (agent.toml, `<device>.toml`,
+/// manager.toml): the field nodes first — the manager delivers keys as soon
+/// as it starts, and re-sends what is not acknowledged — then waits until
+/// every key is installed.
+pub fn start_fire_safety(procs: &mut Procs, sensor: &str, doors: [&str; 2]) {
+    procs.start("agent", &["agent", "serve", "--config", "agent.toml"]);
+    for d in [sensor, doors[0], doors[1]] {
+        procs.start_device(d);
+    }
+    procs.start("manager", &["manager", "serve", "--config", "manager.toml"]);
+    wait_until_blocking("every key installed", procs, || {
+        procs.installed("agent") >= 2
+            && [sensor, doors[0], doors[1]]
+                .iter()
+                .all(|d| procs.installed(d) >= 1)
+    });
+}
+
+/// `send`s the first alert: both doors execute `unlock`, signed by
+/// `gateway`, once.
+pub fn first_alert_unlocks_both_doors(
+    dir: &Path,
+    procs: &Procs,
+    gateway: &str,
+    doors: [&str; 2],
+    send: impl Fn(&str) -> String,
+) {
+    send("smoke in hall 1");
+    wait_until_blocking("both doors unlock", procs, || {
+        doors.iter().all(|d| !executed(dir, d).is_empty())
+    });
+    for d in doors {
+        let lines = executed(dir, d);
+        assert_eq!(lines.len(), 1, "{d}: {lines:?}");
+        assert!(lines[0].contains(&format!("signer={gateway}")), "{lines:?}");
+        assert!(lines[0].ends_with("payload=unlock"), "{lines:?}");
+    }
+}
+
+/// SIGKILLs the first door and restarts it; the second alert's command then
+/// runs at both doors, and nothing twice.
+pub fn sigkilled_door_runs_the_next_command(
+    dir: &Path,
+    procs: &mut Procs,
+    doors: [&str; 2],
+    send: impl Fn(&str) -> String,
+) {
+    procs.sigkill(doors[0]);
+    procs.restart_device(doors[0], 1);
+    wait_until_blocking("the restarted door runs", procs, || {
+        procs.log(doors[0]).contains("device running")
+    });
+    send("smoke in hall 2");
+    wait_until_blocking("both doors execute the second command", procs, || {
+        doors.iter().all(|d| executed(dir, d).len() >= 2)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    for d in doors {
+        assert_eq!(executed(dir, d).len(), 2, "{d}: {:?}", executed(dir, d));
+    }
+}
