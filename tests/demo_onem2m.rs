@@ -26,21 +26,6 @@ fn acme(test: &str) -> Option<String> {
     )
 }
 
-/// The broker port of `SEALCAST_MQTT_URL` (CI: Mosquitto on 1883), for
-/// the CSEs' MQTT binding; None after a NOT RUN banner.
-fn mqtt_port(test: &str) -> Option<u16> {
-    let url = sealcast_testkit::require(
-        "SEALCAST_MQTT_URL",
-        test,
-        "an MQTT broker on 127.0.0.1 for the CSEs' MQTT binding (CI: mqtt://127.0.0.1:1883)",
-    )?;
-    let port = url
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.trim_end_matches('/').parse().ok());
-    Some(port.unwrap_or_else(|| panic!("no port in SEALCAST_MQTT_URL={url}")))
-}
-
 /// Runs `sealcast demo <args> --transport onem2m` through a fresh IN + MN
 /// pair — over their HTTP binding, or with `mqtt` over their MQTT binding
 /// on that broker port — and returns its standard output once it
@@ -132,7 +117,7 @@ fn fire_safety_through_an_in_and_mn_cse_over_mqtt() {
     if acme(test).is_none() {
         return;
     }
-    let Some(port) = mqtt_port(test) else {
+    let Some(port) = sealcast_testkit::acme::mqtt_binding_port(test) else {
         return;
     };
     run_demo(test, "json", Some(port));

@@ -60,21 +60,10 @@ fn fire_safety_services(test: &str, mqtt: bool) {
         return;
     };
     let port = if mqtt {
-        let Some(url) = sealcast_testkit::require(
-            "SEALCAST_MQTT_URL",
-            test,
-            "an MQTT broker on 127.0.0.1 for the CSEs' MQTT binding (CI: mqtt://127.0.0.1:1883)",
-        ) else {
+        let Some(port) = sealcast_testkit::acme::mqtt_binding_port(test) else {
             return;
         };
-        Some(
-            url.rsplit(':')
-                .next()
-                .unwrap()
-                .trim_end_matches('/')
-                .parse::<u16>()
-                .unwrap(),
-        )
+        Some(port)
     } else {
         None
     };
@@ -239,17 +228,17 @@ fn onem2m_settings_are_checked_before_anything_starts() {
     }
 }
 
-/// Smart metering as separate processes through the same pair of CSEs: the
-/// headend (`headend serve`, an AE on the IN-CSE), the DAP (`agent serve`
-/// with `[dap]`) and the meters (`device report`), AEs on the MN-CSE. The
+/// Smart metering as separate processes through one CSE with absolute
+/// resource ids: the headend (`headend serve`), the DAP (`agent serve` with
+/// `[dap]`) and the meters (`device report`), all AEs on the IN-CSE. The
 /// headend's readings file holds exactly the genuine readings; a forged
 /// report posted with the victim meter's originator (ACME believes it) is
 /// dropped at the DAP; the DAP stops cleanly on Ctrl-C.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn smart_metering_as_separate_processes_through_an_in_and_mn_cse() {
+async fn smart_metering_as_separate_processes_on_one_cse_with_absolute_ids() {
     let Some(python) = sealcast_testkit::require(
         ACME_ENV,
-        "smart_metering_as_separate_processes_through_an_in_and_mn_cse",
+        "smart_metering_as_separate_processes_on_one_cse_with_absolute_ids",
         "the ACME oneM2M CSE: a Python with `pip install acmecse==2026.5.3`",
     ) else {
         return;
@@ -262,7 +251,15 @@ async fn smart_metering_as_separate_processes_through_an_in_and_mn_cse() {
     let meters = ["meter-1", "meter-2"];
     keygen(&dir, [headend, dap, meters[0], meters[1]]);
     common::meters_dir(&dir, &meters);
-    let onem2m = onem2m_section(&cses, "json");
+    // Everyone on one CSE (the IN-CSE) and absolute resource ids
+    // (//<sp-id>/<cse-id>/…) here; the fire-safety tests use two CSEs and
+    // SP-relative ids. (ACME 2026.5.3 does not forward a request whose
+    // target is an absolute id on another CSE of its own service provider:
+    // "Not registered to remote CSE".)
+    let onem2m = format!(
+        "\n[onem2m]\ninfrastructure = \"{}\"\naddressing = \"absolute\"\n",
+        cses.infra.url
+    );
     let head = format!("transport = \"onem2m\"\ntopic_prefix = \"{run}\"\n");
     fs::write(
         dir.join("headend.toml"),
@@ -321,11 +318,12 @@ async fn smart_metering_as_separate_processes_through_an_in_and_mn_cse() {
     assert_eq!(common::headend_readings(&dir), expected);
 
     // An attacker posts a forgery through the CSE under meter-1's name.
-    let link = sealcast_node::link::OneM2mLinkConfig::new(
+    let mut link = sealcast_node::link::OneM2mLinkConfig::new(
         &cses.infra.url,
-        Some(&cses.mn.url),
+        None,
         sealcast_core::ids::EntityId::new(headend).unwrap(),
     );
+    link.addressing = sealcast_onem2m::Addressing::Absolute;
     let topics = sealcast_core::target::TopicScheme::with_prefix(&run).unwrap();
     let dap_id = sealcast_core::ids::EntityId::new(dap).unwrap();
     let target = topics.agent(&dap_id, sealcast_core::target::AgentChannel::Report);

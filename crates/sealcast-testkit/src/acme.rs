@@ -12,6 +12,26 @@ use std::time::{Duration, Instant};
 /// The environment variable naming a Python with `acmecse` installed.
 pub const ACME_ENV: &str = "SEALCAST_ACME";
 
+/// The port of the broker at `SEALCAST_MQTT_URL` on 127.0.0.1 (CI:
+/// Mosquitto on 1883), for the CSEs' MQTT binding; None after a NOT RUN
+/// banner naming `test` (a failure in CI).
+///
+/// # Panics
+/// When the URL names no port.
+#[allow(clippy::panic)]
+pub fn mqtt_binding_port(test: &str) -> Option<u16> {
+    let url = crate::require(
+        "SEALCAST_MQTT_URL",
+        test,
+        "an MQTT broker on 127.0.0.1 for the CSEs' MQTT binding (CI: mqtt://127.0.0.1:1883)",
+    )?;
+    let port = url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse().ok());
+    Some(port.unwrap_or_else(|| panic!("no port in SEALCAST_MQTT_URL={url}")))
+}
+
 /// One running CSE.
 #[derive(Debug)]
 pub struct Cse {

@@ -521,7 +521,7 @@ impl OneM2mLink {
             .iter()
             .map(|m| {
                 sealcast_onem2m::ae_id(m)
-                    .map(|ae| field.id(addressing, &format!("{ae}/{GROUP_CONTAINER}")))
+                    .map(|ae| field.id(Addressing::SpRelative, &format!("{ae}/{GROUP_CONTAINER}")))
             })
             .collect::<sealcast_onem2m::Result<_>>()?;
         let host_ae = sealcast_onem2m::group_host_ae_id(&self.cses.manager)?;
@@ -529,7 +529,7 @@ impl OneM2mLink {
         // members.
         let mut update = sync.created;
         if !sync.created {
-            let acpi = vec![field.id(addressing, &format!("{host_ae}/{ACP_NAME}"))];
+            let acpi = vec![field.id(Addressing::SpRelative, &format!("{host_ae}/{ACP_NAME}"))];
             let name = sealcast_onem2m::group_resource_name(group);
             let content = resource::group(&name, &mid, &acpi, 100_000);
             let parent = field.path(addressing, &host_ae);
@@ -673,7 +673,7 @@ impl Registration {
                 (INBOX_CONTAINER, ACP_NAME),
                 (GROUP_CONTAINER, GROUP_ACP_NAME),
             ] {
-                let acpi = vec![registrar.id(cses.addressing, &format!("{ae}/{acp}"))];
+                let acpi = vec![registrar.id(Addressing::SpRelative, &format!("{ae}/{acp}"))];
                 let container = client
                     .ensure(
                         base,
