@@ -107,7 +107,7 @@ impl CseBase {
     /// The same resource as a oneM2M ID in a primitive:
     /// `/<cse-id>/<name>/<rest>` or `//<sp-id>/<cse-id>/…`. sealcast puts
     /// SP-relative ids in the references it stores (`mid`, `acpi`): ACME
-    /// 2026.5.3 does not resolve an absolute `acpi` ("Referenced <ACP>
+    /// 2026.5.3 does not resolve an absolute `acpi` ("Referenced `<ACP>`
     /// resource not found"), while it accepts absolute request targets.
     pub fn id(&self, addressing: Addressing, rest: &str) -> String {
         let p = self.path(addressing, rest);
