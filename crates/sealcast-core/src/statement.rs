@@ -61,6 +61,12 @@ impl UnverifiedStatement {
         &self.signer
     }
 
+    /// The payload as received (unverified: use it only to decide which
+    /// label to verify under, never as input to act on).
+    pub fn payload(&self) -> &[u8] {
+        self.sign1.payload.as_deref().unwrap_or_default()
+    }
+
     /// Checks the signature with the signer's key and returns the payload.
     pub fn verify(self, key: &VerifyingKey, label: &str) -> Result<Vec<u8>> {
         let payload = self

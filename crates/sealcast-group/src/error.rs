@@ -50,6 +50,9 @@ pub enum Error {
     UnknownGroup,
     /// The message was signed by a manager that does not own this group.
     WrongManager,
+    /// A well-formed, authentic message this node must not act on (for
+    /// another node, stale, replayed); the reason says which.
+    Refused(&'static str),
 }
 
 impl fmt::Display for Error {
@@ -91,6 +94,7 @@ impl fmt::Display for Error {
                 f,
                 "signed by a manager that does not own this group: drop the message"
             ),
+            Error::Refused(why) => write!(f, "refused: {why}"),
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod manager;
 pub mod member;
 pub mod messages;
 pub mod state_file;
+pub mod transmission;
 pub mod tree_delivery;
 
 pub use error::{Error, Result};

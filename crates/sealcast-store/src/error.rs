@@ -6,7 +6,7 @@
 use core::fmt;
 use std::path::{Path, PathBuf};
 
-use sealcast_core::ids::{Epoch, GroupId};
+use sealcast_core::ids::{EntityId, Epoch, GroupId};
 
 /// Result alias of this crate.
 pub type Result<T, E = Error> = core::result::Result<T, E>;
@@ -42,6 +42,13 @@ pub enum Error {
         expected: Epoch,
         /// The epoch the store holds now.
         actual: Epoch,
+    },
+    /// Another manager changed this node's transmission order first.
+    TransmissionConflict {
+        /// The node.
+        entity: EntityId,
+        /// The version the caller expected (None: no order).
+        expected: Option<u64>,
     },
     /// Key material for this (group, epoch) is already stored; an epoch never
     /// gets a second key.
@@ -185,6 +192,11 @@ impl fmt::Display for Error {
             } => write!(
                 f,
                 "group {group} is at epoch {actual}, not {expected}: another manager advanced it first; reload the group and decide again"
+            ),
+            Error::TransmissionConflict { entity, expected } => write!(
+                f,
+                "the transmission order of {entity} is no longer version {}: another manager changed it first; show it again and decide again",
+                expected.map_or_else(|| "none".to_owned(), |v| v.to_string())
             ),
             Error::MaterialExists { group, epoch } => write!(
                 f,

@@ -53,7 +53,9 @@ pub use audit::{
 pub use error::{Error, Result};
 pub use kek::{KEK_ENV, KEK_LEN, Kek};
 pub use lock::StateLock;
-pub use model::{EntityKind, EntityRecord, GroupRecord, MemberRecord, RekeyScheme, Role};
+pub use model::{
+    EntityKind, EntityRecord, GroupRecord, MemberRecord, RekeyScheme, Role, TransmissionRecord,
+};
 pub use pg::PgStore;
 pub use schema::SCHEMA_VERSION;
 pub use sqlite::SqliteStore;
@@ -180,6 +182,24 @@ pub trait ManagerStore: Send {
     /// (a late ack of an older epoch changes nothing); an epoch beyond the
     /// group's current one is refused.
     fn set_held_epoch(&mut self, group: &GroupId, entity: &EntityId, epoch: Epoch) -> Result<()>;
+
+    // ----- transmission control -------------------------------------------
+
+    /// A node's transmission order, if it ever got one.
+    fn transmission(&mut self, entity: &EntityId) -> Result<Option<TransmissionRecord>>;
+    /// Every order its node has not acknowledged yet, by entity id.
+    fn pending_transmissions(&mut self) -> Result<Vec<TransmissionRecord>>;
+    /// Writes a node's new order if the stored version is still `expected`
+    /// (`None`: no order stored yet), else [`Error::TransmissionConflict`]:
+    /// two managers sharing a store never issue one version twice.
+    fn put_transmission(
+        &mut self,
+        record: &TransmissionRecord,
+        expected: Option<u64>,
+    ) -> Result<()>;
+    /// Records that `entity` acknowledged `version`; false when that is not
+    /// its current version (a late ack of an older one changes nothing).
+    fn ack_transmission(&mut self, entity: &EntityId, version: u64) -> Result<bool>;
 
     // ----- audit ----------------------------------------------------------
 

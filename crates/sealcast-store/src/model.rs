@@ -131,6 +131,29 @@ pub struct MemberRecord {
     pub held_epoch: Option<Epoch>,
 }
 
+/// A node's transmission-control state at the manager: the scopes it must
+/// stop as of `version`, and the newest version it acknowledged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransmissionRecord {
+    /// The node.
+    pub entity: EntityId,
+    /// Grows with every change (never reused, also across managers).
+    pub version: u64,
+    /// What the node must not send (empty: everything allowed).
+    pub stopped: sealcast_group::transmission::Stopped,
+    /// The newest version the node acknowledged.
+    pub acked: Option<u64>,
+    /// When the order was last changed.
+    pub updated_at: UnixMillis,
+}
+
+impl TransmissionRecord {
+    /// Whether the node acknowledged the current version.
+    pub fn is_acked(&self) -> bool {
+        self.acked.is_some_and(|a| a >= self.version)
+    }
+}
+
 fn corrupt(what: &str) -> Error {
     Error::Corrupt(what.to_owned())
 }
@@ -288,6 +311,39 @@ pub(crate) fn check_alg(material: AeadAlg, group_alg: i64) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Columns of `transmission_orders`, in the order both backends select them.
+pub(crate) const TRANSMISSION_COLS: &str =
+    "entity_id, version, stopped, acked_version, updated_at_ms";
+
+/// A `transmission_orders` row, checked.
+pub(crate) fn transmission_from_sql(
+    entity: &str,
+    version: i64,
+    stopped: &[u8],
+    acked: Option<i64>,
+    updated_at_ms: i64,
+) -> Result<TransmissionRecord> {
+    Ok(TransmissionRecord {
+        entity: EntityId::new(entity).map_err(|_| corrupt("transmission entity id"))?,
+        version: u64_from_sql(version, "transmission version")?,
+        stopped: sealcast_group::transmission::decode_stopped(stopped)
+            .map_err(|_| corrupt("transmission scopes"))?,
+        acked: acked
+            .map(|a| u64_from_sql(a, "acknowledged transmission version"))
+            .transpose()?,
+        updated_at: UnixMillis::new(u64_from_sql(updated_at_ms, "transmission time")?),
+    })
+}
+
+/// The column values of a record to write: version, scopes, time.
+pub(crate) fn transmission_to_sql(r: &TransmissionRecord) -> Result<(i64, Vec<u8>, i64)> {
+    Ok((
+        u64_to_sql(r.version, "transmission version")?,
+        sealcast_group::transmission::encode_stopped(&r.stopped)?,
+        u64_to_sql(r.updated_at.get(), "transmission time")?,
+    ))
 }
 
 pub(crate) fn now_ms() -> i64 {

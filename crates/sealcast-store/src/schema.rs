@@ -17,10 +17,12 @@
 //! epoch_material (group_id → key_groups, epoch, sealed; PK (group_id, epoch))
 //! audit_log      (seq PK, time_ms, kind, group_id, entity_id, detail,
 //!                 prev_hash, hash)                      -- append-only (triggers)
+//! transmission_orders (entity_id PK → entities, version, stopped, acked_version,
+//!                 updated_at_ms)                        -- migration 2
 //! ```
 
 /// The newest schema version this build knows.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Dialect {
@@ -98,17 +100,31 @@ CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
 FOR EACH STATEMENT EXECUTE FUNCTION sealcast_audit_append_only();
 ";
 
+/// Remote transmission control: each node's current order (the scopes it
+/// must stop, as CBOR) and the newest version it acknowledged.
+const MIGRATION_2: &str = r"
+CREATE TABLE transmission_orders (
+    entity_id     TEXT PRIMARY KEY REFERENCES entities (entity_id),
+    version       INT NOT NULL CHECK (version >= 1),
+    stopped       BYTES NOT NULL,
+    acked_version INT,
+    updated_at_ms INT NOT NULL CHECK (updated_at_ms >= 0)
+);
+";
+
 /// The SQL of every migration, in order, for `dialect`.
 pub(crate) fn migrations(dialect: Dialect) -> Vec<(i64, String)> {
     let (bytes, int, triggers) = match dialect {
         Dialect::Sqlite => ("BLOB", "INTEGER", MIGRATION_1_SQLITE_TRIGGERS),
         Dialect::Postgres => ("BYTEA", "BIGINT", MIGRATION_1_PG_TRIGGERS),
     };
-    let m1 = MIGRATION_1
-        .replace("BYTES", bytes)
-        .replace(" INT ", &format!(" {int} "))
-        + triggers;
-    vec![(1, m1)]
+    let render = |sql: &str| {
+        sql.replace("BYTES", bytes)
+            .replace(" INT ", &format!(" {int} "))
+            .replace(" INT,", &format!(" {int},"))
+    };
+    let m1 = render(MIGRATION_1) + triggers;
+    vec![(1, m1), (2, render(MIGRATION_2))]
 }
 
 #[cfg(test)]

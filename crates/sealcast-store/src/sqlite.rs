@@ -20,9 +20,10 @@ use crate::audit::{AuditEntry, AuditRecord};
 use crate::error::{Error, Result};
 use crate::kek::{Kek, Purpose};
 use crate::model::{
-    AuditRow, DbFail, EntityRecord, GroupRecord, MemberRecord, MemberRow, audit_from_sql,
-    check_alg, entity_from_sql, epoch_from_sql, epoch_to_sql, group_from_sql, member_from_sql,
-    now_ms, u64_to_sql,
+    AuditRow, DbFail, EntityRecord, GroupRecord, MemberRecord, MemberRow, TRANSMISSION_COLS,
+    TransmissionRecord, audit_from_sql, check_alg, entity_from_sql, epoch_from_sql, epoch_to_sql,
+    group_from_sql, member_from_sql, now_ms, transmission_from_sql, transmission_to_sql,
+    u64_to_sql,
 };
 use crate::schema::{CREATE_VERSION_TABLE, Dialect, SCHEMA_VERSION, migrations};
 
@@ -732,6 +733,89 @@ impl ManagerStore for SqliteStore {
         )
         .map_err(db("record a held epoch"))?;
         tx.commit().map_err(db("commit a held epoch"))
+    }
+
+    fn transmission(&mut self, entity: &EntityId) -> Result<Option<TransmissionRecord>> {
+        self.conn
+            .query_row(
+                &format!(
+                    "SELECT {TRANSMISSION_COLS} FROM transmission_orders WHERE entity_id = ?1"
+                ),
+                params![entity.as_str()],
+                transmission_row,
+            )
+            .optional()
+            .map_err(db("read a transmission order"))?
+            .transpose()
+    }
+
+    fn pending_transmissions(&mut self) -> Result<Vec<TransmissionRecord>> {
+        let mut st = self
+            .conn
+            .prepare(&format!(
+                "SELECT {TRANSMISSION_COLS} FROM transmission_orders \
+                 WHERE acked_version IS NULL OR acked_version < version ORDER BY entity_id"
+            ))
+            .map_err(db("list transmission orders"))?;
+        let rows = st
+            .query_map([], transmission_row)
+            .map_err(db("list transmission orders"))?;
+        collect(rows, "list transmission orders")
+    }
+
+    fn put_transmission(
+        &mut self,
+        record: &TransmissionRecord,
+        expected: Option<u64>,
+    ) -> Result<()> {
+        let (version, stopped, updated) = transmission_to_sql(record)?;
+        let n = match expected {
+            None => self.conn.execute(
+                "INSERT INTO transmission_orders (entity_id, version, stopped, acked_version, updated_at_ms) \
+                 VALUES (?1, ?2, ?3, NULL, ?4) ON CONFLICT (entity_id) DO NOTHING",
+                params![record.entity.as_str(), version, stopped, updated],
+            ),
+            Some(prev) => self.conn.execute(
+                "UPDATE transmission_orders SET version = ?2, stopped = ?3, updated_at_ms = ?4 \
+                 WHERE entity_id = ?1 AND version = ?5",
+                params![
+                    record.entity.as_str(),
+                    version,
+                    stopped,
+                    updated,
+                    u64_to_sql(prev, "transmission version")?
+                ],
+            ),
+        }
+        .map_err(|e| match classify(&e) {
+            DbFail::ForeignKey => Error::NotFound {
+                what: "entity",
+                id: record.entity.to_string(),
+            },
+            _ => db("write a transmission order")(e),
+        })?;
+        if n == 0 {
+            return Err(Error::TransmissionConflict {
+                entity: record.entity.clone(),
+                expected,
+            });
+        }
+        Ok(())
+    }
+
+    fn ack_transmission(&mut self, entity: &EntityId, version: u64) -> Result<bool> {
+        let n = self
+            .conn
+            .execute(
+                "UPDATE transmission_orders SET acked_version = ?2 \
+                 WHERE entity_id = ?1 AND version = ?2",
+                params![
+                    entity.as_str(),
+                    u64_to_sql(version, "transmission version")?
+                ],
+            )
+            .map_err(db("record a transmission ack"))?;
+        Ok(n > 0)
     }
 
     fn audit_append(&mut self, entry: &AuditEntry) -> Result<AuditRecord> {

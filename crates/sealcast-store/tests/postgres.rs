@@ -79,7 +79,7 @@ fn pg_state_survives_a_restart_and_migrations_are_idempotent() {
         .query_one("SELECT COUNT(*) FROM schema_version", &[])
         .unwrap()
         .get(0);
-    assert_eq!(rows, 1);
+    assert_eq!(rows, sealcast_store::SCHEMA_VERSION);
 }
 
 #[test]
@@ -98,6 +98,14 @@ fn pg_batch_enrolment_is_all_or_none() {
         return;
     };
     batch_enrolment(&mut schema.open(1));
+}
+
+#[test]
+fn pg_transmission_orders_compare_and_set() {
+    let Some(schema) = Schema::new("pg_transmission_orders") else {
+        return;
+    };
+    transmission_orders(&mut schema.open(1), &mut schema.open(1));
 }
 
 #[test]

@@ -42,13 +42,28 @@ fn migrations_are_idempotent() {
     let path = dir.path().join("manager.db");
     for _ in 0..3 {
         let mut s = open(&path, 1);
-        assert_eq!(s.schema_version().unwrap(), 1);
+        assert_eq!(s.schema_version().unwrap(), sealcast_store::SCHEMA_VERSION);
     }
     let conn = raw(&path);
     let rows: i64 = conn
         .query_row("SELECT COUNT(*) FROM schema_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(rows, 1);
+    assert_eq!(rows, sealcast_store::SCHEMA_VERSION);
+    // A database written by the previous version (schema 1, populated) is
+    // upgraded in place and keeps what it held.
+    {
+        let mut s = open(&path, 1);
+        populate(&mut s);
+    }
+    conn.execute_batch(
+        "DROP TABLE transmission_orders; DELETE FROM schema_version WHERE version = 2;",
+    )
+    .unwrap();
+    {
+        let mut s = open(&path, 1);
+        check_populated(&mut s);
+        assert!(s.pending_transmissions().unwrap().is_empty());
+    }
     // A database from a newer build is refused, not mangled.
     conn.execute(
         "INSERT INTO schema_version (version, applied_at_ms) VALUES (99, 0)",
@@ -72,6 +87,15 @@ fn crud_edges_in_memory() {
 fn batch_enrolment_is_all_or_none() {
     let mut s = SqliteStore::open_in_memory(kek(1)).unwrap();
     batch_enrolment(&mut s);
+}
+
+#[test]
+fn transmission_orders_compare_and_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.db");
+    let mut a = SqliteStore::open(&path, kek(1)).unwrap();
+    let mut b = SqliteStore::open(&path, kek(1)).unwrap();
+    transmission_orders(&mut a, &mut b);
 }
 
 #[test]

@@ -31,6 +31,10 @@ pub(super) fn entity_row(r: &Row) -> Result<EntityRecord> {
     entity_from_sql(col(r, 0)?, col(r, 1)?, col(r, 2)?, col(r, 3)?)
 }
 
+pub(super) fn transmission_row(r: &Row) -> Result<TransmissionRecord> {
+    transmission_from_sql(col(r, 0)?, col(r, 1)?, col(r, 2)?, col(r, 3)?, col(r, 4)?)
+}
+
 pub(super) fn audit_row(r: &Row) -> Result<AuditRecord> {
     audit_from_sql(
         AuditRow {

@@ -42,6 +42,20 @@ pub(super) fn entity_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Entit
     Ok(entity_from_sql(&id, &kind, &cred, agent.as_deref()))
 }
 
+pub(super) fn transmission_row(
+    r: &rusqlite::Row<'_>,
+) -> rusqlite::Result<Result<TransmissionRecord>> {
+    let entity: String = r.get(0)?;
+    let stopped: Vec<u8> = r.get(2)?;
+    Ok(transmission_from_sql(
+        &entity,
+        r.get(1)?,
+        &stopped,
+        r.get(3)?,
+        r.get(4)?,
+    ))
+}
+
 pub(super) fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<AuditRecord>> {
     let kind: String = r.get(2)?;
     let group: Option<Vec<u8>> = r.get(3)?;

@@ -476,3 +476,57 @@ pub fn batch_enrolment(s: &mut dyn ManagerStore) {
     );
     assert!(s.entity(&eid("dev-c0")).unwrap().is_none());
 }
+
+/// Transmission orders: written by compare-and-set (a second manager with a
+/// stale view is refused), acknowledged only at their current version,
+/// listed while unacknowledged, refused for an unknown entity.
+pub fn transmission_orders(s: &mut dyn ManagerStore, other: &mut dyn ManagerStore) {
+    use sealcast_group::transmission::Scope;
+    use sealcast_store::TransmissionRecord;
+    s.insert_entity(&entity("door-1", EntityKind::Device, None, 1))
+        .unwrap();
+    s.insert_entity(&entity("door-2", EntityKind::Device, None, 2))
+        .unwrap();
+    assert_eq!(s.transmission(&eid("door-1")).unwrap(), None);
+    let record = |id: &str, version: u64, scopes: &[&str]| TransmissionRecord {
+        entity: eid(id),
+        version,
+        stopped: scopes.iter().map(|t| Scope::parse(t).unwrap()).collect(),
+        acked: None,
+        updated_at: UnixMillis::new(version),
+    };
+    let v1 = record("door-1", 100, &["alert", "command:fire-doors"]);
+    s.put_transmission(&v1, None).unwrap();
+    assert_eq!(s.transmission(&eid("door-1")).unwrap(), Some(v1.clone()));
+    // A second first write (another manager that saw none) is a conflict.
+    assert!(matches!(
+        other.put_transmission(&record("door-1", 101, &["all"]), None),
+        Err(Error::TransmissionConflict { .. })
+    ));
+    assert_eq!(s.pending_transmissions().unwrap(), vec![v1.clone()]);
+    // An ack of another version changes nothing; of the current one, records it.
+    assert!(!s.ack_transmission(&eid("door-1"), 99).unwrap());
+    assert!(s.ack_transmission(&eid("door-1"), 100).unwrap());
+    let acked = s.transmission(&eid("door-1")).unwrap().unwrap();
+    assert!(acked.is_acked());
+    assert!(s.pending_transmissions().unwrap().is_empty());
+    // Compare-and-set on the version.
+    let v2 = record("door-1", 200, &[]);
+    assert!(matches!(
+        other.put_transmission(&v2, Some(99)),
+        Err(Error::TransmissionConflict { .. })
+    ));
+    other.put_transmission(&v2, Some(100)).unwrap();
+    let now = s.transmission(&eid("door-1")).unwrap().unwrap();
+    assert_eq!((now.version, now.acked), (200, Some(100)));
+    assert!(!now.is_acked() && now.stopped.is_empty());
+    assert!(matches!(
+        s.put_transmission(&record("door-1", 300, &["all"]), Some(100)),
+        Err(Error::TransmissionConflict { .. })
+    ));
+    assert!(matches!(
+        s.put_transmission(&record("ghost", 1, &["all"]), None),
+        Err(Error::NotFound { .. })
+    ));
+    assert_eq!(s.pending_transmissions().unwrap().len(), 1);
+}
