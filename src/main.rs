@@ -67,6 +67,8 @@ enum Command {
     Device(cmd::serve::DeviceCommand),
     #[command(subcommand)]
     Headend(cmd::serve::HeadendCommand),
+    #[command(subcommand)]
+    Node(cmd::node::NodeCommand),
     Info(cmd::info::InfoArgs),
     Completions(cmd::manual::CompletionsArgs),
     Man(cmd::manual::ManArgs),
@@ -90,6 +92,13 @@ fn run(cli: Cli) -> error::Result<()> {
         Command::Group(cmd::group::GroupCommand::Rekey(args)) => cmd::group_admin::rekey(&args),
         Command::Group(cmd::group::GroupCommand::Show(args)) => cmd::group_admin::show(&args),
         Command::Group(cmd::group::GroupCommand::List(args)) => cmd::group_admin::list(&args),
+        Command::Node(cmd::node::NodeCommand::Deactivate(args)) => {
+            cmd::node::change(&args, sealcast_node::control::TxAction::Deactivate)
+        }
+        Command::Node(cmd::node::NodeCommand::Activate(args)) => {
+            cmd::node::change(&args, sealcast_node::control::TxAction::Activate)
+        }
+        Command::Node(cmd::node::NodeCommand::Show(args)) => cmd::node::show(&args),
         Command::Seal(args) => cmd::seal::run(&args),
         Command::Open(args) => cmd::open::run(&args),
         Command::Inspect(args) => cmd::inspect::run(&args),

@@ -1022,27 +1022,6 @@ async fn stale_and_replayed_commands_are_refused_by_age_and_across_restarts() {
     let _ = d.spy.disconnect(Duration::from_secs(2)).await;
 }
 
-/// A free port on 127.0.0.1 (bound, read, released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `GET path` on 127.0.0.1:port: (status line, body).
-fn http_get(port: u16, path: &str) -> (String, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    (head.lines().next().unwrap().to_owned(), body.to_owned())
-}
-
 /// Issue #10, item 10: what operators expect of a service tool — config
 /// templates, shell completions and man pages from the clap definitions,
 /// `-v`, and a readiness and Prometheus metrics endpoint on the manager
@@ -1069,7 +1048,10 @@ async fn operators_get_templates_completions_man_pages_and_metrics() {
     );
 
     // Metrics on the manager (prepended: the file ends in tables) and door-1.
-    let (manager_port, door_port) = (free_port(), free_port());
+    let (manager_port, door_port) = (
+        common::Mosquitto::free_port(),
+        common::Mosquitto::free_port(),
+    );
     let manager_toml = fs::read_to_string(dir.join("manager.toml")).unwrap();
     fs::write(
         dir.join("manager.toml"),
@@ -1118,24 +1100,24 @@ async fn operators_get_templates_completions_man_pages_and_metrics() {
     assert!(quiet.status.success());
     let err = String::from_utf8_lossy(&quiet.stderr).into_owned();
     assert!(!err.contains("INFO") && !err.contains("DEBUG"), "-q: {err}");
-    let (status, body) = http_get(door_port, "/health");
+    let (status, body) = common::http_get(door_port, "/health");
     assert!(status.contains("200"), "{status} {body}");
     wait_until("door-1 counts the commands", &d.procs, || {
-        http_get(door_port, "/metrics")
+        common::http_get(door_port, "/metrics")
             .1
             .contains("sealcast_messages_opened_total{group=\"fire-doors\"} 2")
     })
     .await;
-    let (status, _) = http_get(manager_port, "/health");
+    let (status, _) = common::http_get(manager_port, "/health");
     assert!(status.contains("200"), "{status}");
     wait_until("the manager's gauges", &d.procs, || {
-        let body = http_get(manager_port, "/metrics").1;
+        let body = common::http_get(manager_port, "/metrics").1;
         body.contains("# TYPE sealcast_group_epoch gauge")
             && body.contains("sealcast_group_members{group=\"fire-doors\"} 3")
             && body.contains("sealcast_resends_total")
     })
     .await;
-    let (status, _) = http_get(door_port, "/nope");
+    let (status, _) = common::http_get(door_port, "/nope");
     assert!(status.contains("404"), "{status}");
     drop(d.procs);
     let _ = d.spy.disconnect(Duration::from_secs(2)).await;

@@ -10,13 +10,14 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     if let Ok(state) = MemberState::decode(data) {
         let windows = state.windows.iter().map(|(g, s, w)| (g, s, w));
         let reservations = state.reservations.iter().map(|(g, e, l)| (g, *e, *l));
-        let again = MemberState::encode(&state.groups, windows, reservations)
+        let again = MemberState::encode(&state.groups, windows, reservations, state.transmission.as_ref())
             .unwrap_or_else(|e| panic!("re-encoding a decoded device state: {e}"));
         let back = MemberState::decode(&again)
             .unwrap_or_else(|e| panic!("re-decoding a device state: {e}"));
         assert_eq!(back.groups.len(), state.groups.len());
         assert_eq!(back.windows.len(), state.windows.len());
         assert_eq!(back.reservations, state.reservations);
+        assert_eq!(back.transmission, state.transmission);
     }
     if let Ok(state) = ReplayState::decode(data) {
         let again = ReplayState::encode(&state.group, state.epoch, state.windows.iter().map(|(s, w)| (s, w)))

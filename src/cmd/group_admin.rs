@@ -200,14 +200,14 @@ fn role_name(role: &str) -> core::result::Result<&'static str, String> {
 }
 
 /// One connection to the manager's control socket.
-struct Control {
+pub(crate) struct Control {
     path: PathBuf,
     reader: BufReader<UnixStream>,
     writer: UnixStream,
 }
 
 impl Control {
-    fn connect(manager: &ManagerArgs) -> Result<Self> {
+    pub(crate) fn connect(manager: &ManagerArgs) -> Result<Self> {
         let path = match (&manager.socket, &manager.config) {
             (Some(s), _) => s.clone(),
             (None, Some(c)) => super::serve::control_socket_path(c)?,
@@ -261,7 +261,7 @@ impl Control {
     /// Sends one request and returns the manager's answer, or its refusal
     /// as an error.
     /// Sends `request` and reads its answer as `T`.
-    fn call<T: DeserializeOwned>(&mut self, request: &Request) -> Result<T> {
+    pub(crate) fn call<T: DeserializeOwned>(&mut self, request: &Request) -> Result<T> {
         let mut line = serde_json::to_vec(request)
             .map_err(|e| CliError::other(format!("cannot encode the request: {e}")))?;
         if line.len() > MAX_LINE {

@@ -10,6 +10,7 @@ pub mod info;
 pub mod inspect;
 pub mod keygen;
 pub mod manual;
+pub mod node;
 pub mod open;
 pub mod seal;
 pub mod serve;

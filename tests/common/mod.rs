@@ -679,6 +679,18 @@ impl Drop for Mosquitto {
     }
 }
 
+/// `GET path` on 127.0.0.1:port: (status line, body).
+pub fn http_get(port: u16, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_owned(), body.to_owned())
+}
+
 /// A free UDP port on 127.0.0.1 (the kernel's pick), for CoAP endpoints and
 /// multicast groups.
 pub fn free_udp_port() -> u16 {

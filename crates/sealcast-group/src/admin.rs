@@ -83,6 +83,55 @@ pub enum Request {
     /// Every group's summary. (A struct variant, so that unknown fields
     /// are refused here too.)
     List {},
+    /// Remote transmission control: tell a node to stop (`deactivate`) or
+    /// resume (`activate`) sending the named scopes (`all`, `alert`,
+    /// `command`, `<kind>:<group>`). Deactivating with no scope
+    /// stops everything; activating with no scope resumes everything.
+    Transmission {
+        /// The node's entity id.
+        node: String,
+        /// What to do.
+        action: TxAction,
+        /// The scopes (see above).
+        #[serde(default)]
+        scopes: Vec<String>,
+    },
+    /// One node's transmission state: its order and whether it
+    /// acknowledged it.
+    Node {
+        /// The node's entity id.
+        node: String,
+    },
+}
+
+/// What a [`Request::Transmission`] does.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TxAction {
+    /// Stop sending the scopes.
+    Deactivate,
+    /// Resume sending the scopes.
+    Activate,
+}
+
+/// The answer to [`Request::Transmission`] and [`Request::Node`].
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// The node.
+    pub node: String,
+    /// Its kind (`device`, `agent`).
+    pub kind: KindName,
+    /// The version of its current order (None: never ordered).
+    pub version: Option<u64>,
+    /// The scopes it must not send (empty: it sends everything).
+    pub stopped: Vec<String>,
+    /// The newest version it acknowledged.
+    pub acked_version: Option<u64>,
+    /// Whether it acknowledged the current order.
+    pub acked: bool,
+    /// Whether this request changed the order (false: it was already so).
+    #[serde(default)]
+    pub changed: bool,
 }
 
 /// One entity of an enrol request.

@@ -620,6 +620,39 @@ impl Manager {
         }
     }
 
+    /// Signs a transmission order for the enrolled `node`
+    /// ([`crate::transmission`]).
+    pub fn transmission_order(
+        &self,
+        node: &EntityId,
+        version: u64,
+        issued: UnixMillis,
+        stopped: &crate::transmission::Stopped,
+    ) -> Result<Vec<u8>> {
+        if !self.enrolled.contains_key(node) {
+            return Err(Error::UnknownMember);
+        }
+        crate::transmission::TransmissionOrder {
+            manager: self.id().clone(),
+            node: node.clone(),
+            version,
+            issued,
+            stopped: stopped.clone(),
+        }
+        .sign(&self.credential)
+    }
+
+    /// Checks a node's signed acknowledgement of a transmission order with
+    /// the node's enrolled credential.
+    pub fn handle_order_ack(&self, bytes: &[u8]) -> Result<crate::transmission::OrderAck> {
+        let statement = UnverifiedStatement::parse(bytes, crate::transmission::MAX_ORDER_LEN)?;
+        let enrolled = self
+            .enrolled
+            .get(statement.signer())
+            .ok_or(Error::UnknownMember)?;
+        crate::transmission::OrderAck::open(bytes, &enrolled.credential, self.id())
+    }
+
     /// Records a member's signed ack. Returns the acknowledged epoch.
     pub fn handle_ack(&mut self, bytes: &[u8]) -> Result<(GroupId, EntityId, Epoch)> {
         let statement = UnverifiedStatement::parse(bytes, MAX_STATEMENT_LEN)?;

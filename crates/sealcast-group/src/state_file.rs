@@ -30,7 +30,10 @@ const MAX_ENTRIES: usize = 1 << 16;
 /// tree path, each receiver's replay windows, each sender's reservation.
 ///
 /// CBOR: `[1, [[material, path / null]…], [[group, sender, window]…],
-/// [[group, epoch, limit]…]]`, `material` being
+/// [[group, epoch, limit]…] (, order)]`, `order` being the payload of the
+/// newest transmission order the device applied
+/// (`TransmissionOrder::to_cbor`, a byte string; absent when it never got
+/// one, so files without it read as before), `material` being
 /// `GroupKeyMaterial::to_cbor`, `path` `MemberPath::to_bytes` and `window`
 /// `SeqWindow::to_bytes`, each as a byte string. **Secret**: the file holds
 /// group keys.
@@ -42,6 +45,8 @@ pub struct MemberState {
     pub windows: Vec<(GroupId, SenderId, SeqWindow)>,
     /// Sender reservations: (group, epoch, exclusive limit reserved).
     pub reservations: Vec<(GroupId, u32, u64)>,
+    /// The newest transmission order applied, if any.
+    pub transmission: Option<crate::transmission::TransmissionOrder>,
 }
 
 impl MemberState {
@@ -51,6 +56,7 @@ impl MemberState {
         groups: &[(GroupKeyMaterial, Option<MemberPath>)],
         windows: impl IntoIterator<Item = (&'a GroupId, &'a SenderId, &'a SeqWindow)>,
         reservations: impl IntoIterator<Item = (&'a GroupId, u32, u64)>,
+        transmission: Option<&crate::transmission::TransmissionOrder>,
     ) -> Result<Zeroizing<Vec<u8>>> {
         let mut held = Vec::with_capacity(groups.len());
         for (material, path) in groups {
@@ -81,12 +87,16 @@ impl MemberState {
                 ])
             })
             .collect();
-        let value = Value::Array(vec![
+        let mut top = vec![
             Value::Integer(MEMBER_STATE_VERSION.into()),
             Value::Array(held),
             Value::Array(windows),
             Value::Array(reservations),
-        ]);
+        ];
+        if let Some(order) = transmission {
+            top.push(Value::Bytes(order.to_cbor()?));
+        }
+        let value = Value::Array(top);
         let mut bytes = Zeroizing::new(Vec::new());
         ciborium::into_writer(&value, &mut *bytes)
             .map_err(|_| Error::Malformed("device state: cannot encode"))?;
@@ -97,8 +107,10 @@ impl MemberState {
     pub fn decode(bytes: &[u8]) -> Result<Self> {
         const BAD: Error = Error::Malformed("device state: malformed");
         let items = top_array(bytes, MAX_MEMBER_STATE_LEN, "device state")?;
-        let [version, groups, windows, reservations] = items.as_slice() else {
-            return Err(BAD);
+        let (version, groups, windows, reservations, order) = match items.as_slice() {
+            [v, g, w, r] => (v, g, w, r, None),
+            [v, g, w, r, o] => (v, g, w, r, Some(o)),
+            _ => return Err(BAD),
         };
         if sealcast_core::cbor::u64_of(version) != Some(MEMBER_STATE_VERSION) {
             return Err(Error::Malformed(
@@ -106,6 +118,11 @@ impl MemberState {
             ));
         }
         let mut state = Self::default();
+        if let Some(o) = order {
+            state.transmission = Some(crate::transmission::TransmissionOrder::from_cbor(
+                bytes_of(o)?,
+            )?);
+        }
         for g in bounded(groups)? {
             let [m, p] = fields(g)? else { return Err(BAD) };
             let material = GroupKeyMaterial::from_cbor(bytes_of(m)?)?;
@@ -562,15 +579,32 @@ mod tests {
         let t = w.check(SeqNum::new(4).unwrap()).unwrap();
         w.commit(t).unwrap();
         let groups = vec![(material, None)];
-        let bytes = MemberState::encode(&groups, [(&g, &s, &w)], [(&g, 2u32, 64u64)]).unwrap();
+        let bytes =
+            MemberState::encode(&groups, [(&g, &s, &w)], [(&g, 2u32, 64u64)], None).unwrap();
         let back = MemberState::decode(&bytes).unwrap();
+        assert_eq!(back.transmission, None);
+        // With a transmission order (a fifth element), which round-trips.
+        let order = crate::transmission::TransmissionOrder {
+            manager: sealcast_core::ids::EntityId::new("manager").unwrap(),
+            node: sealcast_core::ids::EntityId::new("door-1").unwrap(),
+            version: 7,
+            issued: sealcast_core::ids::UnixMillis::new(9),
+            stopped: [crate::transmission::Scope::All].into(),
+        };
+        let with_order =
+            MemberState::encode(&groups, [(&g, &s, &w)], [(&g, 2u32, 64u64)], Some(&order))
+                .unwrap();
+        assert_eq!(
+            MemberState::decode(&with_order).unwrap().transmission,
+            Some(order)
+        );
         assert_eq!(back.groups.len(), 1);
         assert_eq!(back.groups[0].0.epoch(), Epoch::new(2));
         assert_eq!(back.windows.len(), 1);
         assert_eq!(back.reservations, vec![(g.clone(), 2, 64)]);
         // The same group twice, a newer version, truncation: refused whole.
         let doubled = vec![groups[0].clone(), groups[0].clone()];
-        let bytes2 = MemberState::encode(&doubled, [], []).unwrap();
+        let bytes2 = MemberState::encode(&doubled, [], [], None).unwrap();
         assert!(MemberState::decode(&bytes2).is_err());
         let mut newer = bytes.to_vec();
         newer[1] = 2;

@@ -8,7 +8,7 @@
 //! | order | manager | `sealcast transmission order v1` | `[manager, node, version, issued_ms, [scope …≤64]]` |
 //! | order ack | node | `sealcast transmission ack v1` | `[node, manager, version]` |
 //!
-//! `scope = "all" / "alert" / "command" / "report" / [kind tstr, group bstr]`
+//! `scope = "all" / "alert" / "command" / [kind tstr, group bstr]`
 //!
 //! An order carries the node's **whole** desired state (the scopes that are
 //! stopped; an empty list means "send everything"), not a change, under a
@@ -48,8 +48,6 @@ pub enum TxKind {
     Alert,
     /// Commands a gateway (or device) broadcasts to a group.
     Command,
-    /// Meter reports and a DAP's batches.
-    Report,
 }
 
 impl TxKind {
@@ -58,7 +56,6 @@ impl TxKind {
         match self {
             TxKind::Alert => "alert",
             TxKind::Command => "command",
-            TxKind::Report => "report",
         }
     }
 
@@ -67,7 +64,6 @@ impl TxKind {
         Some(match s {
             "alert" => TxKind::Alert,
             "command" => TxKind::Command,
-            "report" => TxKind::Report,
             _ => return None,
         })
     }
@@ -85,8 +81,7 @@ pub enum Scope {
 }
 
 impl Scope {
-    /// Parses the command-line form: `all`, `alert`, `command`, `report`,
-    /// or `<kind>:<group>` (`command:fire-doors`).
+    /// Parses the command-line form: `all`, `alert`, `command`, or `<kind>:<group>` (`command:fire-doors`).
     pub fn parse(text: &str) -> Result<Self> {
         if text == "all" {
             return Ok(Scope::All);
@@ -96,7 +91,7 @@ impl Scope {
             None => (text, None),
         };
         let kind = TxKind::parse(kind).ok_or(Error::Malformed(
-            "transmission scope: expected all, alert, command, report or <kind>:<group>",
+            "transmission scope: expected all, alert, command or <kind>:<group>",
         ))?;
         match group {
             None => Ok(Scope::Kind(kind)),
@@ -168,6 +163,35 @@ pub fn describe(stopped: &Stopped) -> String {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// The scope set after stopping (`deactivate = true`) or resuming
+/// `scopes`. Stopping with no scope stops everything ([`Scope::All`]);
+/// resuming with no scope resumes everything; resuming named scopes removes
+/// exactly those (resuming `alert` after stopping `all` changes nothing:
+/// `all` still covers alerts, which the answer shows).
+pub fn next_stopped(current: &Stopped, deactivate: bool, scopes: &[Scope]) -> Stopped {
+    let mut next = current.clone();
+    match (deactivate, scopes.is_empty()) {
+        (true, true) => {
+            next.insert(Scope::All);
+        }
+        (true, false) => next.extend(scopes.iter().cloned()),
+        (false, true) => next.clear(),
+        (false, false) => {
+            for s in scopes {
+                next.remove(s);
+            }
+        }
+    }
+    next
+}
+
+/// The version of a node's next order: above the previous one and, when
+/// the clock allows, the time in milliseconds (so versions also order in
+/// time across managers sharing a store).
+pub fn next_version(previous: Option<u64>, now: UnixMillis) -> u64 {
+    previous.map_or(1, |p| p.saturating_add(1)).max(now.get())
 }
 
 /// A scope set as CBOR (`[scope …]`), the form the manager's store keeps.
@@ -492,6 +516,25 @@ mod tests {
     const AGE: u64 = 300_000;
 
     #[test]
+    fn changes_compose_into_the_next_whole_state() {
+        let p = |t: &str| Scope::parse(t).unwrap();
+        let none = Stopped::new();
+        let all = next_stopped(&none, true, &[]);
+        assert_eq!(all, [Scope::All].into());
+        assert_eq!(next_stopped(&all, false, &[]), none);
+        assert_eq!(next_stopped(&all, false, &[p("alert")]), all);
+        let two = next_stopped(&none, true, &[p("alert"), p("command:fire-doors")]);
+        assert_eq!(
+            next_stopped(&two, false, &[p("alert")]),
+            [p("command:fire-doors")].into()
+        );
+        assert_eq!(next_version(None, UnixMillis::new(0)), 1);
+        assert_eq!(next_version(Some(5), UnixMillis::new(3)), 6);
+        assert_eq!(next_version(Some(5), UnixMillis::new(NOW)), NOW);
+        assert_eq!(next_version(Some(NOW), UnixMillis::new(NOW)), NOW + 1);
+    }
+
+    #[test]
     fn scopes_parse_cover_and_print() {
         let doors = GroupId::new(b"fire-doors").unwrap();
         let other = GroupId::new(b"extinguishers").unwrap();
@@ -500,7 +543,8 @@ mod tests {
         assert!(!s.covers(TxKind::Command, Some(&other)));
         assert!(!s.covers(TxKind::Alert, Some(&doors)));
         assert_eq!(s.to_string(), "command:fire-doors");
-        assert!(Scope::parse("all").unwrap().covers(TxKind::Report, None));
+        assert!(Scope::parse("all").unwrap().covers(TxKind::Command, None));
+        assert!(Scope::parse("report").is_err());
         assert!(
             Scope::parse("alert")
                 .unwrap()

@@ -37,6 +37,13 @@ fn state_seeds() -> Vec<Vec<u8>> {
         &[(material, None)],
         [(&group, &sender, &window)],
         [(&group, 3, 128)],
+        Some(&sealcast_group::transmission::TransmissionOrder {
+            manager: sealcast_core::ids::EntityId::new("manager").unwrap(),
+            node: sealcast_core::ids::EntityId::new("door-1").unwrap(),
+            version: 3,
+            issued: sealcast_core::ids::UnixMillis::new(1),
+            stopped: [sealcast_group::transmission::Scope::parse("command:g").unwrap()].into(),
+        }),
     )
     .unwrap();
     let replay =
@@ -60,6 +67,8 @@ fn control_seeds() -> Vec<Vec<u8>> {
         r#"{"op":"rekey","group":"fire-doors"}"#,
         r#"{"op":"evict","group":"fire-doors","member":"door-3"}"#,
         r#"{"op":"show","group":"fire-doors","offset":0,"limit":50}"#,
+        r#"{"op":"transmission","node":"sensor-1","action":"deactivate","scopes":["alert","command:fire-doors"]}"#,
+        r#"{"op":"node","node":"sensor-1"}"#,
         r#"{"ok":true,"groups":[]}"#,
     ]
     .iter()
@@ -88,7 +97,7 @@ fn seeds_decode_and_their_mutations_never_panic() {
     let blob = GroupStateBlob::decode(&states[3]).unwrap();
     assert!(KeyTree::from_bytes(blob.tree.as_deref().unwrap()).is_ok());
     let controls = control_seeds();
-    for seed in &controls[..4] {
+    for seed in &controls[..6] {
         assert!(
             parse_request(seed).is_ok(),
             "{}",

@@ -28,6 +28,9 @@ pub enum Error {
     /// The manager's control socket could not be set up (what to do is in
     /// the text).
     Control(String),
+    /// The manager's transmission order stops what was asked (what was
+    /// stopped and how to resume is in the text).
+    Stopped(String),
 }
 
 impl fmt::Display for Error {
@@ -40,6 +43,7 @@ impl fmt::Display for Error {
             Error::Transport { transport, source } => write!(f, "{transport}: {source}"),
             Error::Runtime(why) => write!(f, "{why}"),
             Error::Control(why) => write!(f, "control socket: {why}"),
+            Error::Stopped(why) => write!(f, "{why}"),
         }
     }
 }

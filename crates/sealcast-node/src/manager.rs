@@ -33,8 +33,10 @@ use crate::runtime::{now, os_rng};
 use crate::{Error, Result};
 
 mod handle;
+mod transmission;
 
 pub use handle::ManagerHandle;
+pub use transmission::{NodeState, ORDER_CHECK_INTERVAL, ORDER_RETRY_FIRST, scope_names};
 
 /// How often unacknowledged material is re-sent.
 pub const RESEND_INTERVAL: Duration = Duration::from_millis(500);
@@ -83,6 +85,16 @@ enum Admin {
         page: core::ops::Range<usize>,
         reply: oneshot::Sender<Option<GroupDetail>>,
     },
+    Transmission {
+        node: EntityId,
+        deactivate: bool,
+        scopes: Vec<sealcast_group::transmission::Scope>,
+        reply: oneshot::Sender<Result<NodeState>>,
+    },
+    NodeStatus {
+        node: EntityId,
+        reply: oneshot::Sender<Result<NodeState>>,
+    },
     Stop {
         reply: oneshot::Sender<()>,
     },
@@ -119,6 +131,9 @@ struct Runtime {
     /// When each device's last pull was answered (see `pull_allowed`).
     last_pull: BTreeMap<EntityId, (u32, std::time::Instant)>,
     resends: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    order_resends: transmission::OrderResends,
+    /// The longest wait between two re-sends of an unacknowledged order.
+    order_retry_max: Duration,
 }
 
 /// Starts the manager runtime. `manager` may come fresh or from
@@ -181,6 +196,8 @@ pub async fn spawn_on(
         rng: os_rng()?,
         last_pull: BTreeMap::new(),
         resends: resends.clone(),
+        order_resends: transmission::OrderResends::default(),
+        order_retry_max: Duration::from_millis(Manager::DEFAULT_MAX_RETRY_MS),
     };
     tokio::spawn(rt.run(inbox, rx));
     Ok(ManagerHandle { admin: tx, resends })
@@ -211,6 +228,7 @@ impl Runtime {
                         }
                         Err(e) => warn!(error = %e, "re-send failed"),
                     }
+                    self.resend_orders().await;
                 }
             }
         };
@@ -522,6 +540,18 @@ impl Runtime {
             Admin::Detail { group, page, reply } => {
                 let _ = reply.send(self.detail(&group, page));
             }
+            Admin::Transmission {
+                node,
+                deactivate,
+                scopes,
+                reply,
+            } => {
+                let r = self.transmission(&node, deactivate, &scopes).await;
+                let _ = reply.send(r);
+            }
+            Admin::NodeStatus { node, reply } => {
+                let _ = reply.send(self.node_state(&node));
+            }
             Admin::Stop { reply } => {
                 let _ = reply.send(());
             }
@@ -530,6 +560,12 @@ impl Runtime {
 
     async fn on_message(&mut self, incoming: Incoming) {
         match self.topics.parse(&incoming.target) {
+            Ok(Topic::Device {
+                channel: DeviceChannel::Ack,
+                ..
+            }) if sealcast_group::transmission::OrderAck::looks_like(&incoming.payload) => {
+                self.on_order_ack(&incoming.payload);
+            }
             Ok(Topic::Device {
                 channel: DeviceChannel::Ack,
                 ..
@@ -559,7 +595,13 @@ impl Runtime {
                         .manager
                         .handle_pull(&incoming.payload, now(), &mut self.rng)
                     {
-                        Ok(out) => self.publish(vec![out]).await,
+                        Ok(out) => {
+                            // An order the device has not acknowledged goes
+                            // first, so a one-shot send learns it before it
+                            // seals.
+                            self.order_before_pull(&device).await;
+                            self.publish(vec![out]).await
+                        }
                         Err(e) => debug!(%device, error = %e, "pull refused"),
                     }
                 } else {

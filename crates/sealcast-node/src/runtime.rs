@@ -87,6 +87,25 @@ pub enum EventKind {
         /// The device it was for.
         recipient: EntityId,
     },
+    /// A transmission order from the manager applied (and acknowledged).
+    OrderApplied {
+        /// Its version.
+        version: u64,
+        /// What is stopped now (`-`: nothing).
+        stopped: String,
+    },
+    /// A transmission order refused (forged, replayed, stale, for another
+    /// node).
+    OrderRefused {
+        /// Why: `forged`, `other-node`, `stale`, `replay`, `conflict` or
+        /// `malformed`.
+        reason: &'static str,
+    },
+    /// A rule's command not sent: the manager stopped commands to the group.
+    Suppressed {
+        /// The group the command was for.
+        group: GroupId,
+    },
     /// The gateway issued a command after an alert.
     Issued {
         /// The group commanded.

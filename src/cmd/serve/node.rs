@@ -194,6 +194,35 @@ async fn count_node_events(
                 "Commands this gateway sealed and sent by its rules.",
                 &[("group", &group.name().to_string())],
             ),
+            EventKind::OrderApplied { version, stopped } => {
+                registry.inc(
+                    "sealcast_transmission_orders_applied_total",
+                    "Transmission orders from the manager applied.",
+                    &[],
+                );
+                registry.set(
+                    "sealcast_transmission_stopped",
+                    "1 while the manager's order stops some of this node's sending, else 0.",
+                    &[],
+                    if stopped == "-" { 0.0 } else { 1.0 },
+                );
+                registry.set(
+                    "sealcast_transmission_order_version",
+                    "The version of the transmission order held.",
+                    &[],
+                    *version as f64,
+                );
+            }
+            EventKind::OrderRefused { reason } => registry.inc(
+                "sealcast_transmission_orders_refused_total",
+                "Transmission orders refused, by reason (forged, other-node, stale, replay, conflict, malformed).",
+                &[("reason", reason)],
+            ),
+            EventKind::Suppressed { group } => registry.inc(
+                "sealcast_commands_suppressed_total",
+                "Rule commands not sent because the manager's transmission order stops them.",
+                &[("group", &group.name().to_string())],
+            ),
             _ => {}
         }
     }

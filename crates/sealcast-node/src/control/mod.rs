@@ -62,7 +62,7 @@ pub use sealcast_group::admin as protocol;
 pub use protocol::{
     Added, AlgName, Created, EnrolEntity, Enrolled, Evicted, GroupShow, GroupSummaryWire, Groups,
     HeldCount, KindName, MAX_CONNECTIONS, MAX_ENROL_BATCH, MAX_LINE, MAX_SHOW_PAGE, MemberSpec,
-    MemberWire, Rekeyed, Request, RoleName, SOCKET_NAME, SchemeName,
+    MemberWire, NodeStatus, Rekeyed, Request, RoleName, SOCKET_NAME, SchemeName, TxAction,
 };
 /// How long an idle connection stays open.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -310,6 +310,65 @@ async fn execute(handle: &ManagerHandle, request: Request) -> core::result::Resu
             let groups = handle.groups().await?.iter().map(summary_wire).collect();
             answer(&Groups { groups })
         }
+        Request::Transmission {
+            node,
+            action,
+            scopes,
+        } => {
+            let id = entity_id(&node)?;
+            let scopes = scopes
+                .iter()
+                .map(|t| {
+                    sealcast_group::transmission::Scope::parse(t).map_err(|_| {
+                        Refusal(format!(
+                            "scope {t:?}: use all, alert, command or <kind>:<group> (e.g. command:fire-doors)"
+                        ))
+                    })
+                })
+                .collect::<core::result::Result<Vec<_>, _>>()?;
+            let state = handle
+                .transmission(id, action == TxAction::Deactivate, scopes)
+                .await
+                .map_err(|e| about_node(&node, e))?;
+            answer(&node_status(&state))
+        }
+        Request::Node { node } => {
+            let id = entity_id(&node)?;
+            let state = handle
+                .node_status(id)
+                .await
+                .map_err(|e| about_node(&node, e))?;
+            answer(&node_status(&state))
+        }
+    }
+}
+
+/// Adds the node id to an unknown-entity error.
+fn about_node(node: &str, e: Error) -> Refusal {
+    match e {
+        Error::Group(sealcast_group::Error::UnknownMember) => Refusal(format!(
+            "{node} is not enrolled on this manager: enrol it first with `sealcast group enrol`"
+        )),
+        other => Refusal(format!("node {node}: {other}")),
+    }
+}
+
+fn node_status(state: &crate::manager::NodeState) -> NodeStatus {
+    let record = state.record.as_ref();
+    NodeStatus {
+        node: state.node.as_str().to_owned(),
+        kind: match state.kind {
+            EntityKind::Device => KindName::Device,
+            EntityKind::Agent => KindName::Agent,
+            EntityKind::Headend => KindName::Headend,
+        },
+        version: record.map(|r| r.version),
+        stopped: record
+            .map(|r| crate::manager::scope_names(&r.stopped))
+            .unwrap_or_default(),
+        acked_version: record.and_then(|r| r.acked),
+        acked: record.is_none_or(sealcast_store::TransmissionRecord::is_acked),
+        changed: state.changed,
     }
 }
 
@@ -374,6 +433,23 @@ fn describe(request: &Request) -> String {
         Request::Rekey { group } => format!("rekey group {group}"),
         Request::Show { group, .. } => format!("show group {group}"),
         Request::List {} => "list groups".to_owned(),
+        Request::Transmission {
+            node,
+            action,
+            scopes,
+        } => format!(
+            "{} {node} ({})",
+            match action {
+                TxAction::Deactivate => "deactivate",
+                TxAction::Activate => "activate",
+            },
+            if scopes.is_empty() {
+                "all".to_owned()
+            } else {
+                scopes.join(",")
+            }
+        ),
+        Request::Node { node } => format!("show node {node}"),
     }
 }
 

@@ -22,6 +22,9 @@ use sealcast_core::replay::SeqAllocator;
 use sealcast_core::target::{DeviceChannel, GroupChannel, Topic, TopicScheme};
 use sealcast_group::manager::MessageKind;
 use sealcast_group::member::{Member, MemberEvent};
+use sealcast_group::transmission::{
+    Applied, OrderAck, TransmissionControl, TransmissionOrder, TxKind, describe as describe_stopped,
+};
 use sealcast_store::{DeviceStateFile, StateLock};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
@@ -66,6 +69,10 @@ struct Node {
     /// the group context derived once per epoch, not once per message.
     broadcasters: BTreeMap<GroupId, BroadcastSender>,
     manager: EntityId,
+    /// The manager's credential: transmission orders are checked with it.
+    manager_credential: sealcast_core::credential::PublicCredential,
+    /// The newest transmission order applied (what this node must not send).
+    transmission: TransmissionControl,
     link: Link,
     topics: TopicScheme,
     rules: Vec<Rule>,
@@ -106,6 +113,26 @@ pub const HELD_RETRY_FIRST: std::time::Duration = std::time::Duration::from_secs
 /// … and the interval doubles up to this.
 pub const HELD_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// A transmission order issued further than this from the node's clock is
+/// refused (the manager signs every re-send afresh, so only a replayed copy
+/// or clocks far apart get here).
+pub const ORDER_MAX_AGE_MS: u64 = 10 * 60 * 1000;
+
+/// The short name of why a transmission order was refused (a metrics
+/// label): `forged`, `other-node`, `stale`, `replay`, `conflict` or
+/// `malformed`.
+fn order_refusal(e: &sealcast_group::Error) -> &'static str {
+    use sealcast_group::Error as G;
+    match e {
+        G::WrongManager | G::Core(sealcast_core::Error::BadSignature) => "forged",
+        G::Refused(why) if why.contains("another node") => "other-node",
+        G::Refused(why) if why.contains("clock") => "stale",
+        G::Refused(why) if why.contains("older") => "replay",
+        G::Refused(_) => "conflict",
+        _ => "malformed",
+    }
+}
+
 /// The shortest interval between two pulls of one group that unauthenticated
 /// input triggers.
 pub const PULL_MIN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
@@ -141,9 +168,11 @@ pub async fn spawn(config: NodeConfig) -> Result<NodeHandle> {
         multicast: true,
         ..Interest::default()
     };
+    let manager_credential = config.manager.clone();
     let mut member = Member::new(config.credential, config.manager);
     let mut receivers = BTreeMap::new();
     let mut senders = BTreeMap::new();
+    let mut transmission = TransmissionControl::new();
     let state_lock = match &config.state_file {
         Some(file) => {
             let lock = file.lock(STATE_LOCK_WAIT)?;
@@ -153,11 +182,15 @@ pub async fn spawn(config: NodeConfig) -> Result<NodeHandle> {
                 &mut member,
                 &mut receivers,
                 &mut senders,
+                &mut transmission,
             )?;
             Some(lock)
         }
         None => None,
     };
+    if let Some(order) = transmission.held().filter(|o| !o.stopped.is_empty()) {
+        info!(node = %id, version = order.version, stopped = %describe_stopped(&order.stopped), "transmission stopped by the manager's order (kept across the restart)");
+    }
     let (link, inbox) = Link::connect(&id, &config.link, config.topics.clone(), interest).await?;
     let (tx, rx) = mpsc::channel(64);
     let node = Node {
@@ -167,6 +200,8 @@ pub async fn spawn(config: NodeConfig) -> Result<NodeHandle> {
         senders,
         broadcasters: BTreeMap::new(),
         manager: manager_id,
+        manager_credential,
+        transmission,
         link,
         topics: config.topics,
         rules: config.rules,
@@ -264,7 +299,13 @@ impl Node {
     /// Writes the node's state file (if it has one).
     fn persist(&self) -> Result<()> {
         match &self.state_file {
-            Some(file) => save_state(file, &self.member, &self.receivers, &self.senders),
+            Some(file) => save_state(
+                file,
+                &self.member,
+                &self.receivers,
+                &self.senders,
+                self.transmission.held(),
+            ),
             None => Ok(()),
         }
     }
@@ -305,6 +346,21 @@ impl Node {
         channel: GroupChannel,
         payload: &[u8],
     ) -> Result<(Vec<u8>, u64)> {
+        let kind = match channel {
+            GroupChannel::Alert => Some(TxKind::Alert),
+            GroupChannel::Command => Some(TxKind::Command),
+            _ => None,
+        };
+        if let Some(kind) = kind
+            && !self.transmission.allows(kind, Some(group))
+        {
+            let version = self.transmission.held().map_or(0, |o| o.version);
+            return Err(Error::Stopped(format!(
+                "sending {}s to group {} is stopped by the manager's transmission order (version {version}); nothing was sent — the operator resumes it with `sealcast node activate`",
+                kind.as_str(),
+                group.name()
+            )));
+        }
         let material = self
             .member
             .material(group)
@@ -419,6 +475,19 @@ impl Node {
             let _ = incoming.ack.ack().await;
             return;
         }
+        // A transmission order (a signed statement) rather than a key
+        // delivery (which carries a group header).
+        if sealcast_core::delivery::peek_key_delivery(&incoming.payload).is_err()
+            && sealcast_core::statement::UnverifiedStatement::parse(
+                &incoming.payload,
+                sealcast_group::transmission::MAX_ORDER_LEN,
+            )
+            .is_ok()
+        {
+            self.on_transmission_order(&incoming.payload).await;
+            let _ = incoming.ack.ack().await;
+            return;
+        }
         let result = match self
             .member
             .handle_delivery(MessageKind::KeyDelivery, &incoming.payload)
@@ -436,6 +505,65 @@ impl Node {
         }
         self.after_key_event(result, None).await;
         let _ = incoming.ack.ack().await;
+    }
+
+    /// A transmission order from the manager: verified (signer, node,
+    /// freshness), refused if older than the one held, persisted before it
+    /// takes effect, then acknowledged (the held one is acknowledged again).
+    async fn on_transmission_order(&mut self, bytes: &[u8]) {
+        let checked = TransmissionOrder::open(
+            bytes,
+            &self.manager_credential,
+            &self.id,
+            now(),
+            ORDER_MAX_AGE_MS,
+        )
+        .and_then(|order| Ok((self.transmission.check(&order)?, order.version)));
+        let (applied, version) = match checked {
+            Ok(x) => x,
+            Err(e) => {
+                if let Some(held_back) = self.refused_deliveries.allow() {
+                    warn!(node = %self.id, error = %e, held_back, "transmission order refused (forged, replayed, stale or for another node)");
+                }
+                report(
+                    &self.events,
+                    &self.id,
+                    EventKind::OrderRefused {
+                        reason: order_refusal(&e),
+                    },
+                );
+                return;
+            }
+        };
+        if let Applied::Changed(order) = applied {
+            let mut next = self.transmission.clone();
+            next.commit(order.clone());
+            let before = std::mem::replace(&mut self.transmission, next);
+            if let Err(e) = self.persist() {
+                self.transmission = before;
+                warn!(node = %self.id, error = %e, "state file not written: transmission order not applied and not acknowledged (the manager re-sends it)");
+                return;
+            }
+            info!(node = %self.id, version, stopped = %describe_stopped(&order.stopped), "transmission order applied");
+            report(
+                &self.events,
+                &self.id,
+                EventKind::OrderApplied {
+                    version,
+                    stopped: describe_stopped(&order.stopped),
+                },
+            );
+        }
+        let ack = OrderAck {
+            node: self.id.clone(),
+            manager: self.manager.clone(),
+            version,
+        }
+        .sign(self.member.credential());
+        match ack {
+            Ok(ack) => self.send_upstream(DeviceChannel::Ack, ack).await,
+            Err(e) => warn!(node = %self.id, error = %e, "transmission ack not signed"),
+        }
     }
 
     async fn on_group_key_message(
@@ -557,11 +685,12 @@ impl Node {
             }
             _ => None,
         };
-        let (member, receivers, senders, file) = (
+        let (member, receivers, senders, file, transmission) = (
             &self.member,
             &self.receivers,
             &self.senders,
             &self.state_file,
+            self.transmission.held(),
         );
         let origin = incoming.origin.clone();
         let delivery = deliver_once(incoming, |target, bytes| {
@@ -602,7 +731,7 @@ impl Node {
             if let (Some(file), Some(undo)) = (file, undo) {
                 let mut all: Vec<(&GroupId, &BroadcastReceiver)> = receivers.iter().collect();
                 all.push((&group, &receiver));
-                if let Err(e) = save_state_parts(file, member, &all, senders) {
+                if let Err(e) = save_state_parts(file, member, &all, senders, transmission) {
                     receiver.roll_back(undo);
                     return Err(OpenError::NotSaved(e.to_string()));
                 }
@@ -755,6 +884,16 @@ impl Node {
                         EventKind::Issued {
                             group: rule.then_command.clone(),
                             payload: rule.command.clone(),
+                        },
+                    );
+                }
+                Err(Error::Stopped(why)) => {
+                    info!(node = %self.id, on_alert_from = %rule.on_alert_from.name(), group = %rule.then_command.name(), "rule not fired: {why}");
+                    report(
+                        &self.events,
+                        &self.id,
+                        EventKind::Suppressed {
+                            group: rule.then_command.clone(),
                         },
                     );
                 }

@@ -17,19 +17,22 @@ pub(super) fn save_state(
     member: &Member,
     receivers: &BTreeMap<GroupId, BroadcastReceiver>,
     senders: &BTreeMap<(GroupId, u32), SeqAllocator>,
+    transmission: Option<&TransmissionOrder>,
 ) -> Result<()> {
     let all: Vec<(&GroupId, &BroadcastReceiver)> = receivers.iter().collect();
-    save_state_parts(file, member, &all, senders)
+    save_state_parts(file, member, &all, senders, transmission)
 }
 
 /// Encodes ([`MemberState`], `sealcast_group::state_file`) and writes
 /// (0600, atomically) a device's state: each held group's material and tree
-/// path, each receiver's replay windows and each sender reservation.
+/// path, each receiver's replay windows, each sender reservation and the
+/// transmission order it holds.
 pub(super) fn save_state_parts(
     file: &DeviceStateFile,
     member: &Member,
     receivers: &[(&GroupId, &BroadcastReceiver)],
     senders: &BTreeMap<(GroupId, u32), SeqAllocator>,
+    transmission: Option<&TransmissionOrder>,
 ) -> Result<()> {
     let groups = member.export_groups();
     let windows = receivers.iter().flat_map(|(group, receiver)| {
@@ -40,7 +43,7 @@ pub(super) fn save_state_parts(
     let reservations = senders
         .iter()
         .map(|((group, epoch), alloc)| (group, *epoch, alloc.reserved_limit()));
-    let bytes = MemberState::encode(&groups, windows, reservations)?;
+    let bytes = MemberState::encode(&groups, windows, reservations, transmission)?;
     file.write(&bytes)?;
     Ok(())
 }
@@ -55,6 +58,7 @@ pub(super) fn restore_state(
     member: &mut Member,
     receivers: &mut BTreeMap<GroupId, BroadcastReceiver>,
     senders: &mut BTreeMap<(GroupId, u32), SeqAllocator>,
+    transmission: &mut TransmissionControl,
 ) -> Result<()> {
     let Some(bytes) = file.read()? else {
         return Ok(());
@@ -80,5 +84,8 @@ pub(super) fn restore_state(
     }
     receivers.extend(next_receivers);
     senders.extend(restored_senders);
+    if let Some(order) = state.transmission {
+        transmission.commit(order);
+    }
     Ok(())
 }

@@ -136,6 +136,30 @@ impl ManagerHandle {
             .map_err(|_| Error::Runtime("the manager stopped".into()))
     }
 
+    /// Remote transmission control: stops (`deactivate`) or resumes the
+    /// `scopes` of `node`; saved and audited before the signed order is
+    /// sent. Answers the node's state (unchanged when it already was so).
+    pub async fn transmission(
+        &self,
+        node: EntityId,
+        deactivate: bool,
+        scopes: Vec<sealcast_group::transmission::Scope>,
+    ) -> Result<NodeState> {
+        ask!(
+            self,
+            Transmission {
+                node: node,
+                deactivate: deactivate,
+                scopes: scopes
+            }
+        )
+    }
+
+    /// A node's transmission state (its order, acknowledged or not).
+    pub async fn node_status(&self, node: EntityId) -> Result<NodeState> {
+        ask!(self, NodeStatus { node: node })
+    }
+
     /// Key deliveries re-sent so far to members that had not acknowledged.
     pub fn resends(&self) -> u64 {
         self.resends.load(std::sync::atomic::Ordering::Relaxed)

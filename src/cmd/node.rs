@@ -1,0 +1,150 @@
+//! `sealcast node deactivate|activate|show`: remote transmission control of
+//! a field node through a running manager's control socket. The manager
+//! saves and audits the order, signs it and sends it end to end to the node
+//! (through its agent); the node applies it, keeps it across restarts and
+//! acknowledges it.
+
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+use sealcast_node::control::{NodeStatus, Request, TxAction};
+
+use super::group_admin::{Control, ManagerArgs};
+use super::say;
+use crate::error::{CliError, Result};
+
+/// Remote transmission control of field nodes (devices, gateways).
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    Deactivate(ChangeArgs),
+    Activate(ChangeArgs),
+    Show(ShowArgs),
+}
+
+/// Tell a node to stop (deactivate) or resume (activate) sending: all of
+/// it, or the named kinds. It keeps receiving, installing keys and
+/// acknowledging either way.
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  sealcast node deactivate --config manager.toml --id sensor-1                 # everything
+  sealcast node deactivate --config manager.toml --id gateway --kind command:fire-doors
+  sealcast node activate   --config manager.toml --id gateway --wait 10       # all, and wait for the ack")]
+pub struct ChangeArgs {
+    #[command(flatten)]
+    manager: ManagerArgs,
+    /// The node's entity id.
+    #[arg(long, value_name = "ID")]
+    id: String,
+    /// What to stop or resume: all, alert, command, or <kind>:<group>
+    /// (e.g. command:fire-doors). Repeat for several. None: everything.
+    #[arg(long, value_name = "KIND")]
+    kind: Vec<String>,
+    /// Wait up to this many seconds for the node's acknowledgement (0:
+    /// return once the manager sent the order).
+    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    wait: u64,
+    /// Print the answer as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Show a node's transmission state: what it must not send, and whether it
+/// acknowledged the order.
+#[derive(Debug, Args)]
+#[command(after_help = "Example:
+  sealcast node show --config manager.toml --id sensor-1")]
+pub struct ShowArgs {
+    #[command(flatten)]
+    manager: ManagerArgs,
+    /// The node's entity id.
+    #[arg(long, value_name = "ID")]
+    id: String,
+    /// Print the answer as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `sealcast node deactivate` / `activate`.
+pub fn change(args: &ChangeArgs, action: TxAction) -> Result<()> {
+    let mut control = Control::connect(&args.manager)?;
+    let mut status: NodeStatus = control.call(&Request::Transmission {
+        node: args.id.clone(),
+        action,
+        scopes: args.kind.clone(),
+    })?;
+    if args.wait > 0 && !status.acked {
+        let deadline = Instant::now() + Duration::from_secs(args.wait);
+        while !status.acked {
+            if Instant::now() >= deadline {
+                print(&status, args.json)?;
+                return Err(CliError::other(format!(
+                    "{} did not acknowledge order version {} within {} s; the manager keeps re-sending it (check that the node runs and reaches the broker; `sealcast node show --id {}`)",
+                    status.node,
+                    status.version.unwrap_or(0),
+                    args.wait,
+                    status.node
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            let changed = status.changed;
+            status = control.call(&Request::Node {
+                node: args.id.clone(),
+            })?;
+            status.changed = changed;
+        }
+    }
+    print(&status, args.json)
+}
+
+/// `sealcast node show`.
+pub fn show(args: &ShowArgs) -> Result<()> {
+    let mut control = Control::connect(&args.manager)?;
+    let status: NodeStatus = control.call(&Request::Node {
+        node: args.id.clone(),
+    })?;
+    print(&status, args.json)
+}
+
+fn print(status: &NodeStatus, json: bool) -> Result<()> {
+    if json {
+        let line = serde_json::to_string(status)
+            .map_err(|e| CliError::other(format!("cannot print the answer: {e}")))?;
+        say(&line);
+        return Ok(());
+    }
+    say(&format!(
+        "node     {} ({})",
+        status.node,
+        status.kind.as_str()
+    ));
+    let Some(version) = status.version else {
+        say("order    none: it sends everything");
+        return Ok(());
+    };
+    say(&format!(
+        "order    version {version}{}",
+        if status.changed { " (new)" } else { "" }
+    ));
+    say(&format!(
+        "stopped  {}",
+        if status.stopped.is_empty() {
+            "nothing: it sends everything".to_owned()
+        } else {
+            status.stopped.join(", ")
+        }
+    ));
+    say(&format!(
+        "acked    {}",
+        if status.acked {
+            "yes".to_owned()
+        } else {
+            format!(
+                "not yet (last acknowledged: {}); the manager re-sends the order until it is",
+                status
+                    .acked_version
+                    .map_or_else(|| "none".to_owned(), |v| format!("version {v}"))
+            )
+        }
+    ));
+    Ok(())
+}

@@ -1,0 +1,335 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! Remote transmission control (issue #15, item 1) through the services as
+//! separate processes over a broker: `sealcast node deactivate|activate|show`
+//! against a running manager; the order reaches the node end to end (the
+//! gateway relays the sensor's), is acknowledged, is kept across a clean
+//! stop and a SIGKILL, and is enforced by the node (`device send` refuses,
+//! a gateway's rule does not fire) while the node keeps receiving. Forged,
+//! replayed, stale and misaddressed orders are refused and change nothing.
+
+mod common;
+
+use std::fs;
+use std::time::Duration;
+
+use common::{
+    FIRE_RULE, MqttRun, Procs, executed, fire_safety_tables, keygen, manager_config, node_config,
+    relays_for, run, sealcast, spy, start_fire_safety, wait_until_blocking,
+};
+use sealcast_core::credential::EntityCredential;
+use sealcast_core::ids::{EntityId, UnixMillis};
+use sealcast_core::statement::UnverifiedStatement;
+use sealcast_group::transmission::TransmissionOrder;
+use sealcast_mqtt::{Bytes, DeviceChannel, TopicScheme};
+
+fn node_cmd(dir: &std::path::Path, args: &[&str]) -> String {
+    let mut all = vec!["node"];
+    all.extend_from_slice(args);
+    all.extend(["--config", "manager.toml"]);
+    sealcast(dir, &all)
+}
+
+fn node_json(dir: &std::path::Path, id: &str) -> serde_json::Value {
+    serde_json::from_str(node_cmd(dir, &["show", "--id", id, "--json"]).trim()).unwrap()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// The orders among captured deliveries, with their bytes.
+fn orders(captured: &[(String, Vec<u8>)]) -> Vec<(TransmissionOrder, Vec<u8>)> {
+    captured
+        .iter()
+        .filter_map(|(_, bytes)| {
+            let st = UnverifiedStatement::parse(bytes, 1 << 16).ok()?;
+            let order = TransmissionOrder::from_cbor(st.payload()).ok()?;
+            Some((order, bytes.clone()))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn managers_orders_stop_and_resume_nodes_end_to_end_and_forgeries_change_nothing() {
+    let t = MqttRun::start("tx").await;
+    let (dir, url, prefix) = (t.dir.clone(), t.url.clone(), t.run.clone());
+    let name = |n: &str| format!("{prefix}-{n}");
+    let (manager, gateway, sensor) = (name("manager"), name("gateway"), name("sensor"));
+    let doors = [name("door-1"), name("door-2")];
+    keygen(
+        &dir,
+        [&manager, &gateway, &sensor].into_iter().chain(&doors),
+    );
+    let head = format!("broker = \"{url}\"\n");
+    fs::write(
+        dir.join("manager.toml"),
+        manager_config(&head, &prefix, &manager)
+            + &fire_safety_tables(&gateway, std::slice::from_ref(&sensor), &doors),
+    )
+    .unwrap();
+    let node = |id: &str| node_config(&head, &prefix, id, &manager);
+    let metrics_port = common::Mosquitto::free_port();
+    fs::write(
+        dir.join("agent.toml"),
+        node(&gateway)
+            + &format!("metrics_listen = \"127.0.0.1:{metrics_port}\"\n")
+            + &relays_for([&sensor].into_iter().chain(&doors))
+            + FIRE_RULE,
+    )
+    .unwrap();
+    let refused = |reason: &str| {
+        let body = common::http_get(metrics_port, "/metrics").1;
+        let key = format!("sealcast_transmission_orders_refused_total{{reason=\"{reason}\"}} ");
+        body.lines()
+            .find_map(|l| l.strip_prefix(key.as_str()))
+            .map_or(0.0, |v| v.trim().parse::<f64>().unwrap())
+    };
+    for d in [&sensor].into_iter().chain(&doors) {
+        fs::write(dir.join(format!("{d}.toml")), node(d)).unwrap();
+    }
+
+    // A raw client watching the gateway's delivery topic (to capture the
+    // manager's genuine orders) and able to publish anything anywhere.
+    let topics = TopicScheme::with_prefix(&prefix).unwrap();
+    let gateway_id = EntityId::new(&gateway).unwrap();
+    let gateway_inbox = topics.device(&gateway_id, DeviceChannel::Delivery);
+    let watched = gateway_inbox.clone();
+    let (spy, mut captured_rx) = spy(
+        &url,
+        name("spy"),
+        [topics.device_filter(&gateway_id)],
+        move |t| t == watched,
+    )
+    .await;
+    let mut captured = Vec::new();
+
+    let mut procs = Procs::new(&dir);
+    let door_refs = [doors[0].as_str(), doors[1].as_str()];
+    start_fire_safety(&mut procs, &sensor, door_refs);
+    let alert = |text: &str| {
+        run(
+            &dir,
+            &[
+                "device",
+                "send",
+                "--config",
+                &format!("{sensor}.toml"),
+                "--group",
+                "fire-sensors",
+                "--alert",
+                text,
+                "--wait",
+                "15",
+            ],
+        )
+    };
+    let unlocks = |procs: &Procs, n: usize| {
+        wait_until_blocking(&format!("both doors execute {n} commands"), procs, || {
+            doors.iter().all(|d| executed(&dir, d).len() >= n)
+        });
+    };
+
+    // --- never ordered: the node sends everything --------------------------
+    let status = node_json(&dir, &sensor);
+    assert_eq!(status["version"], serde_json::Value::Null, "{status}");
+    assert_eq!(status["acked"], true);
+
+    // --- deactivate the sensor's alerts while its runtime runs: acked -------
+    let out = node_cmd(
+        &dir,
+        &[
+            "deactivate",
+            "--id",
+            &sensor,
+            "--kind",
+            "alert",
+            "--wait",
+            "20",
+        ],
+    );
+    assert!(out.contains("stopped  alert"), "{out}");
+    assert!(out.contains("acked    yes"), "{out}");
+    wait_until_blocking("the sensor applied the order", &procs, || {
+        procs.log(&sensor).contains("transmission order applied")
+    });
+    // A clean stop, then the one-shot send restores the order and refuses.
+    procs.exit_on_ctrl_c(&sensor).await;
+    let not_sent = alert("smoke while deactivated");
+    assert!(!not_sent.status.success());
+    let stderr = String::from_utf8_lossy(&not_sent.stderr);
+    assert!(
+        stderr.contains("stopped by the manager's transmission order")
+            && stderr.contains("sealcast node activate"),
+        "{stderr}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(doors.iter().all(|d| executed(&dir, d).is_empty()));
+
+    // --- activate while the sensor is off: its next send learns it first ---
+    let out = node_cmd(&dir, &["activate", "--id", &sensor]);
+    assert!(out.contains("stopped  nothing"), "{out}");
+    assert!(out.contains("not yet"), "{out}");
+    let sent = alert("smoke in hall 1");
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    unlocks(&procs, 1);
+    let status = node_json(&dir, &sensor);
+    assert_eq!(status["acked"], true, "{status}");
+    assert_eq!(status["stopped"], serde_json::json!([]));
+
+    // --- stop the gateway's commands to the doors: alerts still verified ----
+    let out = node_cmd(
+        &dir,
+        &[
+            "deactivate",
+            "--id",
+            &gateway,
+            "--kind",
+            "command:fire-doors",
+            "--wait",
+            "20",
+        ],
+    );
+    assert!(out.contains("stopped  command:fire-doors"), "{out}");
+    assert!(alert("smoke in hall 2").status.success());
+    wait_until_blocking("the gateway suppresses its rule", &procs, || {
+        procs.log("agent").contains("rule not fired")
+    });
+    // --- SIGKILL the gateway: the order survives -----------------------------
+    procs.sigkill("agent");
+    procs.move_log_aside("agent", 1);
+    procs.start("agent", &["agent", "serve", "--config", "agent.toml"]);
+    wait_until_blocking("the restarted gateway runs", &procs, || {
+        procs.log("agent").contains("kept across the restart")
+            && procs.log("agent").contains("running")
+    });
+    assert!(alert("smoke in hall 3").status.success());
+    wait_until_blocking("the restarted gateway suppresses its rule", &procs, || {
+        procs.log("agent").contains("rule not fired")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        doors.iter().all(|d| executed(&dir, d).len() == 1),
+        "a stopped gateway commanded the doors"
+    );
+
+    // --- attacks on the stopped gateway: none of them resumes it ------------
+    while let Ok((topic, bytes)) = captured_rx.try_recv() {
+        captured.push((topic, bytes));
+    }
+    let genuine = orders(&captured);
+    let (stop_order, stop_bytes) = genuine
+        .iter()
+        .find(|(o, _)| !o.stopped.is_empty())
+        .cloned()
+        .expect("the manager's order to the gateway was captured");
+    let manager_key =
+        EntityCredential::from_cose_key_set(&fs::read(dir.join(format!("{manager}.key"))).unwrap())
+            .unwrap();
+    let resume = |version: u64, issued: u64, node: &str| TransmissionOrder {
+        manager: manager_key.id().clone(),
+        node: EntityId::new(node).unwrap(),
+        version,
+        issued: UnixMillis::new(issued),
+        stopped: Default::default(),
+    };
+    // Forged: a resume order under the manager's name, another key.
+    let mallory = EntityCredential::generate(
+        manager_key.id().clone(),
+        &mut sealcast_core::testrng::TestRng::new(99),
+    );
+    let forged = resume(stop_order.version + 10, now_ms(), &gateway)
+        .sign(&mallory)
+        .unwrap();
+    // Genuine signature, but for another node.
+    let misaddressed = resume(stop_order.version + 10, now_ms(), &doors[0])
+        .sign(&manager_key)
+        .unwrap();
+    // Genuine signature and node, but issued an hour ago (a replay of an
+    // old capture to a node that lost its state).
+    let stale = resume(stop_order.version + 10, now_ms() - 3_600_000, &gateway)
+        .sign(&manager_key)
+        .unwrap();
+    for bytes in [forged, misaddressed, stale] {
+        spy.publish(gateway_inbox.clone(), Bytes::from(bytes))
+            .await
+            .unwrap();
+    }
+    spy.flush(Duration::from_secs(10)).await.unwrap();
+    wait_until_blocking("the gateway refuses the three orders", &procs, || {
+        refused("forged") >= 1.0 && refused("other-node") >= 1.0 && refused("stale") >= 1.0
+    });
+    assert!(procs.log("agent").contains("transmission order refused"));
+    assert!(alert("smoke in hall 4").status.success());
+    wait_until_blocking("the gateway still suppresses its rule", &procs, || {
+        procs.log("agent").matches("rule not fired").count() >= 2
+    });
+    assert!(doors.iter().all(|d| executed(&dir, d).len() == 1));
+    assert_eq!(
+        node_json(&dir, &gateway)["stopped"],
+        serde_json::json!(["command:fire-doors"])
+    );
+
+    // --- resume the gateway; a replay of the stop order changes nothing -----
+    let out = node_cmd(&dir, &["activate", "--id", &gateway, "--wait", "20"]);
+    assert!(out.contains("acked    yes"), "{out}");
+    spy.publish(gateway_inbox.clone(), Bytes::from(stop_bytes))
+        .await
+        .unwrap();
+    spy.flush(Duration::from_secs(10)).await.unwrap();
+    wait_until_blocking(
+        "the gateway refuses the replayed stop order",
+        &procs,
+        || refused("replay") >= 1.0,
+    );
+    assert!(alert("smoke in hall 5").status.success());
+    unlocks(&procs, 2);
+    std::thread::sleep(Duration::from_millis(500));
+    for d in &doors {
+        assert_eq!(executed(&dir, d).len(), 2, "{d}: {:?}", executed(&dir, d));
+    }
+
+    // --- operator errors say what to do -------------------------------------
+    let out = common::sealcast_fails(
+        &dir,
+        &[
+            "node",
+            "deactivate",
+            "--config",
+            "manager.toml",
+            "--id",
+            "nobody",
+        ],
+    );
+    assert!(
+        out.contains("not enrolled") && out.contains("sealcast group enrol"),
+        "{out}"
+    );
+    let out = common::sealcast_fails(
+        &dir,
+        &[
+            "node",
+            "deactivate",
+            "--config",
+            "manager.toml",
+            "--id",
+            &sensor,
+            "--kind",
+            "reboot",
+        ],
+    );
+    assert!(out.contains("use all, alert, command"), "{out}");
+
+    // --- the manager audited every order and ack ---------------------------
+    let audit = fs::read_to_string(dir.join("manager-state/audit.jsonl")).unwrap();
+    assert!(audit.matches("\"transmission\"").count() >= 4, "{audit}");
+    assert!(audit.contains("transmission-ack"), "{audit}");
+    drop(procs);
+    let _ = spy.disconnect(Duration::from_secs(2)).await;
+}
