@@ -71,6 +71,10 @@ fn fire_safety_as_separate_processes_over_coap() {
 
     // --- SIGKILL a door, restart it on the same endpoint --------------------
     common::sigkilled_door_runs_the_next_command(&dir, &mut procs, doors, send);
+
+    // --- remote transmission control over CoAP (the gateway relays the
+    // sensor's orders to its one-shot endpoint) -----------------------------
+    common::transmission_control_stops_and_resumes(&dir, &procs, sensor, gateway, doors, 2);
 }
 
 #[test]

@@ -13,21 +13,14 @@ use std::fs;
 use std::time::Duration;
 
 use common::{
-    FIRE_RULE, MqttRun, Procs, executed, fire_safety_tables, keygen, manager_config, node_config,
-    relays_for, run, sealcast, spy, start_fire_safety, wait_until_blocking,
+    FIRE_RULE, MqttRun, Procs, executed, fire_safety_tables, keygen, manager_config, node_cmd,
+    node_config, relays_for, run, spy, start_fire_safety, wait_until_blocking,
 };
 use sealcast_core::credential::EntityCredential;
 use sealcast_core::ids::{EntityId, UnixMillis};
 use sealcast_core::statement::UnverifiedStatement;
 use sealcast_group::transmission::TransmissionOrder;
 use sealcast_mqtt::{Bytes, DeviceChannel, TopicScheme};
-
-fn node_cmd(dir: &std::path::Path, args: &[&str]) -> String {
-    let mut all = vec!["node"];
-    all.extend_from_slice(args);
-    all.extend(["--config", "manager.toml"]);
-    sealcast(dir, &all)
-}
 
 fn node_json(dir: &std::path::Path, id: &str) -> serde_json::Value {
     serde_json::from_str(node_cmd(dir, &["show", "--id", id, "--json"]).trim()).unwrap()

@@ -932,3 +932,98 @@ pub fn sigkilled_door_runs_the_next_command(
         assert_eq!(executed(dir, d).len(), 2, "{d}: {:?}", executed(dir, d));
     }
 }
+
+/// `sealcast node <args…> --config manager.toml` in `dir`: its output.
+pub fn node_cmd(dir: &Path, args: &[&str]) -> String {
+    let mut all = vec!["node"];
+    all.extend_from_slice(args);
+    all.extend(["--config", "manager.toml"]);
+    sealcast(dir, &all)
+}
+
+/// Remote transmission control on a running fire-safety deployment whose
+/// sensor runtime is stopped and whose doors executed `done` commands:
+/// the gateway's commands to the doors are stopped (acknowledged), so an
+/// alert is verified but commands nobody; resumed, the next alert unlocks
+/// both doors. The sensor's alerts are stopped while it is off: its next
+/// one-shot send learns the order first (relayed by the gateway) and sends
+/// nothing; resumed, the next send goes through. Returns the doors'
+/// command count afterwards.
+pub fn transmission_control_stops_and_resumes(
+    dir: &Path,
+    procs: &Procs,
+    sensor: &str,
+    gateway: &str,
+    doors: [&str; 2],
+    done: usize,
+) -> usize {
+    let send = |text: &str| {
+        run(
+            dir,
+            &[
+                "device",
+                "send",
+                "--config",
+                &format!("{sensor}.toml"),
+                "--group",
+                "fire-sensors",
+                "--alert",
+                text,
+                "--wait",
+                "20",
+            ],
+        )
+    };
+    let out = node_cmd(
+        dir,
+        &[
+            "deactivate",
+            "--id",
+            gateway,
+            "--kind",
+            "command:fire-doors",
+            "--wait",
+            "30",
+        ],
+    );
+    assert!(out.contains("acked    yes"), "{out}");
+    let suppressed = procs.log("agent").matches("rule not fired").count();
+    assert!(send("smoke while the gateway is stopped").status.success());
+    wait_until_blocking("the gateway suppresses its rule", procs, || {
+        procs.log("agent").matches("rule not fired").count() > suppressed
+    });
+    let out = node_cmd(dir, &["activate", "--id", gateway, "--wait", "30"]);
+    assert!(out.contains("acked    yes"), "{out}");
+    assert!(send("smoke after the gateway resumed").status.success());
+    wait_until_blocking("both doors execute the next command", procs, || {
+        doors.iter().all(|d| executed(dir, d).len() > done)
+    });
+
+    let out = node_cmd(dir, &["deactivate", "--id", sensor]);
+    assert!(out.contains("stopped  all"), "{out}");
+    let not_sent = send("smoke while the sensor is stopped");
+    let stderr = String::from_utf8_lossy(&not_sent.stderr);
+    assert!(
+        !not_sent.status.success()
+            && stderr.contains("stopped by the manager's transmission order"),
+        "{stderr}\n{}",
+        procs.logs()
+    );
+    let shown = node_cmd(dir, &["show", "--id", sensor]);
+    assert!(shown.contains("acked    yes"), "{shown}");
+    node_cmd(dir, &["activate", "--id", sensor]);
+    assert!(send("smoke after the sensor resumed").status.success());
+    wait_until_blocking("both doors execute once more", procs, || {
+        doors.iter().all(|d| executed(dir, d).len() > done + 1)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    for d in doors {
+        assert_eq!(
+            executed(dir, d).len(),
+            done + 2,
+            "{d}: {:?}",
+            executed(dir, d)
+        );
+    }
+    done + 2
+}
