@@ -264,6 +264,34 @@ async fn smart_metering_as_separate_processes() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(headend_readings(&dir), expected, "{}", procs.logs());
     procs.exit_on_ctrl_c("headend").await;
+    let status = procs.terminate_async("dap").await;
+    assert!(status.success(), "DAP on SIGTERM: {status:?}");
+
+    // --- audit at the DAP and the headend (issue #15, item 7): both logs
+    // verify across the restarts above (a SIGKILL included), record which
+    // meters' reports went where — and never a reading ------------------------
+    let readings = ["m1 0 kWh", "m2 1 kWh", "m3 1 kWh", "kWh"];
+    common::audit_intact(&dir, "dap-state/dap-audit.jsonl", &readings);
+    common::audit_intact(&dir, "headend-state/audit.jsonl", &readings);
+    let dap_log = common::audit_text(&dir, "dap-state/dap-audit.jsonl");
+    assert!(dap_log.contains(&format!("{}#0", meters[0])), "{dap_log}");
+    assert!(dap_log.contains("\"sent\""), "{dap_log}");
+    assert!(
+        dap_log.contains(&format!("report claiming {}: forged", meters[1])),
+        "{dap_log}"
+    );
+    assert!(dap_log.contains("replay"), "{dap_log}");
+    let headend_log = common::audit_text(&dir, "headend-state/audit.jsonl");
+    assert!(
+        headend_log.contains("announcement version"),
+        "{headend_log}"
+    );
+    assert!(headend_log.contains("readings decrypted"), "{headend_log}");
+    assert!(
+        headend_log.contains("batch:"),
+        "replayed batches: {headend_log}"
+    );
+    common::audit_tamper_is_found(&dir, "headend-state/audit.jsonl");
     drop(procs);
     let _ = spy.disconnect(Duration::from_secs(2)).await;
     if std::env::var_os("SEALCAST_KEEP_TEST_DIR").is_some() {

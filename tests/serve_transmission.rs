@@ -69,6 +69,8 @@ async fn managers_orders_stop_and_resume_nodes_end_to_end_and_forgeries_change_n
         dir.join("agent.toml"),
         node(&gateway)
             + &format!("metrics_listen = \"127.0.0.1:{metrics_port}\"\n")
+            // A small audit log, so that it rotates during the test.
+            + "audit_max_kib = 4\naudit_keep = 2\n"
             + &relays_for([&sensor].into_iter().chain(&doors))
             + FIRE_RULE,
     )
@@ -323,6 +325,49 @@ async fn managers_orders_stop_and_resume_nodes_end_to_end_and_forgeries_change_n
     let audit = fs::read_to_string(dir.join("manager-state/audit.jsonl")).unwrap();
     assert!(audit.matches("\"transmission\"").count() >= 4, "{audit}");
     assert!(audit.contains("transmission-ack"), "{audit}");
+
+    // --- audit at every node (issue #15, item 7): each field node's log
+    // verifies (the gateway's across its rotated segments and its SIGKILL),
+    // records what came in and went out, and never a payload ---------------
+    // A clean stop writes the refusals still counted in the last interval.
+    for p in ["agent", doors[0].as_str(), doors[1].as_str()] {
+        assert!(procs.terminate_async(p).await.success(), "{p}");
+    }
+    let secrets = ["unlock", "smoke"];
+    for d in &doors {
+        let log = format!("{d}-state/audit.jsonl");
+        common::audit_intact(&dir, &log, &secrets);
+        let text = common::audit_text(&dir, &log);
+        assert!(
+            text.matches("verified, executed").count() >= 2,
+            "{d}: {text}"
+        );
+    }
+    let sensor_log = common::audit_text(&dir, &format!("{sensor}-state/audit.jsonl"));
+    common::audit_intact(&dir, &format!("{sensor}-state/audit.jsonl"), &secrets);
+    assert!(sensor_log.contains("\"sent\""), "{sensor_log}");
+    assert!(
+        sensor_log.contains("transmission order version"),
+        "{sensor_log}"
+    );
+    let out = common::audit_intact(&dir, &format!("{gateway}-state/audit.jsonl"), &secrets);
+    assert!(
+        out.contains("segments"),
+        "the gateway's log did not rotate: {out}"
+    );
+    let gateway_log = common::audit_text(&dir, &format!("{gateway}-state/audit.jsonl"));
+    assert!(gateway_log.contains("\"rotate\""), "{gateway_log}");
+    for needle in [
+        "transmission order: forged",
+        "transmission order: other-node",
+        "transmission order: stale",
+        "transmission order: replay",
+        "alert seq=",
+        "command seq=",
+    ] {
+        assert!(gateway_log.contains(needle), "{needle}: {gateway_log}");
+    }
+    common::audit_tamper_is_found(&dir, &format!("{}-state/audit.jsonl", doors[0]));
     drop(procs);
     let _ = spy.disconnect(Duration::from_secs(2)).await;
 }

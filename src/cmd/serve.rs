@@ -322,9 +322,46 @@ struct NodeFile {
     group_policy: Vec<GroupPolicyEntry>,
     /// Where to serve `/metrics` and `/health` (none by default).
     metrics_listen: Option<std::net::SocketAddr>,
+    /// The audit log (default `<state_dir>/audit.jsonl`).
+    audit_log: Option<PathBuf>,
+    /// Rotate the audit log at this many KiB (default 16384).
+    audit_max_kib: Option<u64>,
+    /// Rotated audit segments kept (default 8).
+    audit_keep: Option<usize>,
     /// A DAP's `[dap]` section (read by `metering`).
     #[serde(default, rename = "dap")]
     _dap: Option<toml::Value>,
+}
+
+/// The audit log settings of a service: `audit_log` (relative to the
+/// config's directory; default `<state_dir>/<default_name>`),
+/// `audit_max_kib` (default 16384) and `audit_keep` (default 8).
+fn audit_config(
+    base: &Path,
+    state_dir: &Path,
+    default_name: &str,
+    log: Option<&Path>,
+    max_kib: Option<u64>,
+    keep: Option<usize>,
+) -> Result<sealcast_node::audit::AuditConfig> {
+    let path = log.map_or_else(|| state_dir.join(default_name), |p| resolve(base, p));
+    let mut config = sealcast_node::audit::AuditConfig::new(path);
+    if let Some(kib) = max_kib {
+        if !(4..=1 << 30).contains(&kib) {
+            return Err(CliError::usage("audit_max_kib must be 4..=1073741824"));
+        }
+        config.rotation.max_bytes = kib << 10;
+    }
+    if let Some(keep) = keep {
+        if keep == 0 || keep > sealcast_store::audit::MAX_SEGMENTS {
+            return Err(CliError::usage(format!(
+                "audit_keep must be 1..={}",
+                sealcast_store::audit::MAX_SEGMENTS
+            )));
+        }
+        config.rotation.keep = keep;
+    }
+    Ok(config)
 }
 
 fn default_no_key_warning_s() -> u64 {

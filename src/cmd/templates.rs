@@ -80,6 +80,9 @@ state_dir = "gateway-state"          # keys, replay windows, sequence reservatio
 # no_key_material_warning_s = 60     # warn once when no key arrived this long after start (0: never)
 # command_max_age_s = 300            # refuse commands/alerts stamped further than this from our clock (0: no bound)
 # metrics_listen = "127.0.0.1:9465"  # Prometheus text at /metrics, readiness at /health
+# audit_log = "gateway-state/audit.jsonl"  # hash-chained log of what it received and sent (metadata only)
+# audit_max_kib = 16384              # rotate at this size; `sealcast audit verify` checks all segments as one chain
+# audit_keep = 8                     # rotated segments kept (audit.jsonl.1 … .8)
 # tls_ca = "ca.pem"                  # with broker = "mqtts://…"; also tls_cert, tls_key
 # username = "gateway"               # MQTT username; password_file = "gateway.pass"
 
@@ -133,6 +136,9 @@ max_batch_delay_ms = 200             # 1-60000
 # max_report_burst = 60              #   and counted (default burst: the per-minute number)
 # pool = "street-7-daps"             # share a report pool with other DAPs (MQTT shared
 #                                    # subscription); meters then set dap = "street-7-daps"
+# audit_log = "dap-1-state/dap-audit.jsonl"  # the DAP's hash-chained log (metadata, never readings)
+# audit_max_kib = 16384              # rotate at this size
+# audit_keep = 8                     # rotated segments kept
 "#;
 
 /// `headend.toml`.
@@ -143,6 +149,9 @@ key = "headend.key"
 state_dir = "headend-state"          # announcements and replay windows (headend.cbor, 0600)
 meters_dir = "meters"                # every *.pub here is a meter the headend can decrypt
 # verify_meter_signatures = false    # also re-check each meter's signature
+# audit_log = "headend-state/audit.jsonl"  # hash-chained log of batches received (metadata, never readings)
+# audit_max_kib = 16384              # rotate at this size
+# audit_keep = 8                     # rotated segments kept
 
 # [[meter]]                          # or list meters one by one
 # id = "meter-1"

@@ -1027,3 +1027,48 @@ pub fn transmission_control_stops_and_resumes(
     }
     done + 2
 }
+
+/// `sealcast audit verify <log>` in `dir` succeeds; returns its output.
+/// The log's records (all segments) must name none of `secrets` (payloads,
+/// readings): metadata only.
+pub fn audit_intact(dir: &Path, log: &str, secrets: &[&str]) -> String {
+    let out = sealcast(dir, &["audit", "verify", log]);
+    assert!(out.contains("is intact"), "{out}");
+    for segment in sealcast_store::audit_segments(dir.join(log)) {
+        let text = fs::read_to_string(&segment).unwrap();
+        for s in secrets {
+            assert!(
+                !text.contains(s),
+                "{} holds {s:?}:\n{text}",
+                segment.display()
+            );
+        }
+    }
+    out
+}
+
+/// Every record of an audit log and its rotated segments, as text.
+pub fn audit_text(dir: &Path, log: &str) -> String {
+    sealcast_store::audit_segments(dir.join(log))
+        .iter()
+        .map(|p| fs::read_to_string(p).unwrap())
+        .collect()
+}
+
+/// Edits one record of `log` (a byte of its detail) and checks that
+/// `sealcast audit verify` now fails naming it; then restores the file.
+pub fn audit_tamper_is_found(dir: &Path, log: &str) {
+    let path = dir.join(log);
+    let text = fs::read_to_string(&path).unwrap();
+    let edited = text.replacen("\"detail\":\"", "\"detail\":\"X", 1);
+    assert_ne!(edited, text);
+    fs::write(&path, &edited).unwrap();
+    let out = run(dir, &["audit", "verify", log]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("NOT intact") && err.contains("edited"),
+        "{err}"
+    );
+    fs::write(&path, text).unwrap();
+}

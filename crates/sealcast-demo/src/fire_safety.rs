@@ -492,6 +492,7 @@ impl Deployment {
             state_file: None,
             no_key_warning: None,
             replay: device::ReplayPolicies::default(),
+            audit: None,
         })
         .await?;
         let mut nodes = BTreeMap::new();
@@ -566,6 +567,7 @@ impl Deployment {
                 state_file: None,
                 no_key_warning: None,
                 replay: device::ReplayPolicies::default(),
+                audit: None,
             })
             .await?;
             self.nodes.insert(d, handle);

@@ -129,6 +129,7 @@ pub async fn smart_meter(
         handler: Arc::new(DiscardReadings),
         state_file: None,
         events,
+        audit: None,
     })
     .await?;
     let (events, _) = tokio::sync::mpsc::unbounded_channel();
@@ -142,6 +143,7 @@ pub async fn smart_meter(
         state_file: None,
         events,
         pool: None,
+        audit: None,
     })
     .await?;
     let announced = headend_handle

@@ -125,6 +125,8 @@ pub struct DapConfig {
     /// of the pool passes that DAP's window and is refused by the
     /// headend's end-to-end window.
     pub pool: Option<EntityId>,
+    /// Its audit log (None: none, as in the demo).
+    pub audit: Option<crate::audit::AuditConfig>,
 }
 
 impl core::fmt::Debug for DapConfig {
@@ -222,6 +224,8 @@ struct Dap {
     /// Reports that arrived while a flush waited on the transport.
     arrived: Vec<Incoming>,
     deadline: Option<tokio::time::Instant>,
+    /// What it received and forwarded (metadata only).
+    audit: Option<crate::audit::NodeAudit>,
 }
 
 /// Connects the DAP, restores its state, subscribes, announces itself to
@@ -236,6 +240,7 @@ pub async fn spawn(config: DapConfig) -> Result<DapHandle> {
         state_file,
         events,
         pool,
+        audit,
     } = config;
     if batch_size == 0 || batch_size > sealcast_metering::wire::MAX_BATCH_REPORTS {
         return Err(Error::Runtime("batch size must be 1..=4096".into()));
@@ -243,6 +248,10 @@ pub async fn spawn(config: DapConfig) -> Result<DapHandle> {
     let state_lock = crate::runtime::lock_and_restore(state_file.as_ref(), |bytes| {
         Ok(core.restore_state(bytes)?)
     })?;
+    let audit = audit
+        .as_ref()
+        .map(crate::audit::NodeAudit::open)
+        .transpose()?;
     let id = core.id().clone();
     let report_topic = topics.agent(&id, AgentChannel::Report);
     let solicit_topic = topics.agent(&id, AgentChannel::Solicit);
@@ -285,6 +294,7 @@ pub async fn spawn(config: DapConfig) -> Result<DapHandle> {
         pending: Vec::new(),
         arrived: Vec::new(),
         deadline: None,
+        audit,
     };
     dap.announce().await?;
     info!(dap = %id, headend = %dap.core.headend(), meters = dap.core.meter_count(), batch_size, "DAP running");
@@ -327,6 +337,9 @@ impl Dap {
         };
         if let Err(e) = self.flush(&mut inbox).await {
             warn!(dap = %self.core.id(), error = %e, "reports held at stop not forwarded; the broker redelivers them");
+        }
+        if let Some(a) = &mut self.audit {
+            a.flush_refused();
         }
         self.link.close(Duration::from_secs(2)).await;
         debug!(dap = %self.core.id(), "DAP stopped");
@@ -432,6 +445,9 @@ impl Dap {
     /// batches, saves the windows and acknowledges the meters' messages.
     async fn flush_once(&mut self, inbox: &mut Inbox) -> Result<()> {
         self.deadline = None;
+        if let Some(a) = &mut self.audit {
+            a.tick();
+        }
         if self.pending.is_empty() {
             return Ok(());
         }
@@ -449,6 +465,17 @@ impl Dap {
             });
         if !impostors.is_empty() {
             warn!(dap = %self.core.id(), reports = impostors.len(), "reports whose originator is not their meter dropped (impersonation)");
+            if let Some(a) = &mut self.audit {
+                for m in &impostors {
+                    a.refused(
+                        None,
+                        format!(
+                            "report posted by {}: impersonation",
+                            m.origin.as_ref().map_or("?", EntityId::as_str)
+                        ),
+                    );
+                }
+            }
             self.stats.received += impostors.len() as u64;
             self.stats.impersonated += impostors.len() as u64;
             for m in impostors {
@@ -465,16 +492,45 @@ impl Dap {
         self.stats.verify_time += started.elapsed();
         let (mut forged, mut unknown, mut replayed, mut limited) = (0usize, 0usize, 0usize, 0usize);
         let mut forward: Vec<&[u8]> = Vec::new();
+        // Metadata for the audit log: which meter (as the report claims)
+        // and sequence number, never the reading.
+        let mut forwarded_ids: Vec<String> = Vec::new();
         for (bytes, verdict) in refs.iter().zip(&verdicts) {
-            match verdict {
-                ReportVerdict::Forward => forward.push(*bytes),
+            let claimed = || {
+                sealcast_core::report::peek_report(bytes, &headend).map_or_else(
+                    |_| ("?".to_owned(), 0),
+                    |h| (h.reporter.to_string(), h.seq.get()),
+                )
+            };
+            let refusal = match verdict {
+                ReportVerdict::Forward => {
+                    forward.push(*bytes);
+                    if self.audit.is_some() {
+                        let (meter, seq) = claimed();
+                        forwarded_ids.push(format!("{meter}#{seq}"));
+                    }
+                    None
+                }
                 ReportVerdict::Forged(reason) => {
                     forged += 1;
                     debug!(dap = %self.core.id(), reason = %reason, "forged report dropped");
+                    Some("forged")
                 }
-                ReportVerdict::UnknownMeter => unknown += 1,
-                ReportVerdict::Replayed => replayed += 1,
-                ReportVerdict::RateLimited => limited += 1,
+                ReportVerdict::UnknownMeter => {
+                    unknown += 1;
+                    Some("unknown meter")
+                }
+                ReportVerdict::Replayed => {
+                    replayed += 1;
+                    Some("replay")
+                }
+                ReportVerdict::RateLimited => {
+                    limited += 1;
+                    Some("over the rate cap")
+                }
+            };
+            if let (Some(why), Some(a)) = (refusal, &mut self.audit) {
+                a.refused(None, format!("report claiming {}: {why}", claimed().0));
             }
         }
         if !forward.is_empty() {
@@ -483,10 +539,34 @@ impl Dap {
                 self.persist()?;
             }
             let headend = self.core.headend().clone();
+            let batches = sealed.batches.len();
             for batch in sealed.batches {
                 let send = self.link.send_to(&headend, self.batch_topic.clone(), batch);
                 draining(send, inbox, &mut self.arrived).await?;
                 self.stats.batches += 1;
+            }
+            if let Some(a) = &mut self.audit {
+                a.record_all(&[
+                    crate::audit::entry(
+                        crate::audit::Record::Received,
+                        None,
+                        None,
+                        format!(
+                            "{} reports verified: {}",
+                            forwarded_ids.len(),
+                            crate::audit::list(&forwarded_ids)
+                        ),
+                    ),
+                    crate::audit::entry(
+                        crate::audit::Record::Sent,
+                        None,
+                        Some(&headend),
+                        format!(
+                            "{batches} signed batch(es) of {} reports",
+                            forwarded_ids.len()
+                        ),
+                    ),
+                ]);
             }
         }
         // A meter that waits for the answer itself (CoAP) is answered only

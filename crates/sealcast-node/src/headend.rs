@@ -25,6 +25,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::audit::Record;
 use crate::link::{Inbox, Incoming, Interest, Link, LinkConfig};
 use sealcast_core::ids::EntityId;
 use sealcast_core::target::{AgentChannel, Topic, TopicFilter, TopicScheme};
@@ -119,6 +120,8 @@ pub struct HeadendConfig {
     pub state_file: Option<DeviceStateFile>,
     /// Where to report events.
     pub events: mpsc::UnboundedSender<HeadendEvent>,
+    /// Its audit log (None: none, as in the demo).
+    pub audit: Option<crate::audit::AuditConfig>,
 }
 
 impl core::fmt::Debug for HeadendConfig {
@@ -181,6 +184,8 @@ struct Headend {
     stats: HeadendStats,
     stats_tx: watch::Sender<HeadendStats>,
     held: BTreeMap<EntityId, VecDeque<Incoming>>,
+    /// What it received (metadata only, never a reading).
+    audit: Option<crate::audit::NodeAudit>,
 }
 
 /// Connects the headend, restores its state, subscribes to its DAPs'
@@ -193,10 +198,15 @@ pub async fn spawn(config: HeadendConfig) -> Result<HeadendHandle> {
         handler,
         state_file,
         events,
+        audit,
     } = config;
     let state_lock = crate::runtime::lock_and_restore(state_file.as_ref(), |bytes| {
         Ok(core.restore_state(bytes)?)
     })?;
+    let audit = audit
+        .as_ref()
+        .map(crate::audit::NodeAudit::open)
+        .transpose()?;
     let id = core.id().clone();
     let mut filters = Vec::new();
     for dap in core.daps() {
@@ -222,6 +232,7 @@ pub async fn spawn(config: HeadendConfig) -> Result<HeadendHandle> {
         stats: HeadendStats::default(),
         stats_tx,
         held: BTreeMap::new(),
+        audit,
     };
     // Every DAP announces again (its meter set may have changed while we
     // were away), whether or not we hold an older announcement.
@@ -250,7 +261,12 @@ impl Headend {
                     None => break None,
                 },
                 reply = stop.recv() => break reply,
-                _ = retry.tick() => self.solicit_unannounced().await,
+                _ = retry.tick() => {
+                    if let Some(a) = &mut self.audit {
+                        a.tick();
+                    }
+                    self.solicit_unannounced().await
+                }
             };
             if let Err(e) = result {
                 warn!(headend = %self.core.id(), error = %e, "headend stopping");
@@ -259,6 +275,9 @@ impl Headend {
             }
         };
         self.link.close(Duration::from_secs(2)).await;
+        if let Some(a) = &mut self.audit {
+            a.flush_refused();
+        }
         debug!(headend = %self.core.id(), "headend stopped");
         if let Some(reply) = stopped {
             let _ = reply.send(());
@@ -331,6 +350,17 @@ impl Headend {
                 self.persist()?;
                 m.ack.ack().await;
                 info!(headend = %self.core.id(), dap = %a.dap, group = %a.group, meters = a.meters, unknown_meters = a.unknown, version = a.version, "DAP announcement accepted");
+                if let Some(audit) = &mut self.audit {
+                    audit.record(
+                        Record::Received,
+                        None,
+                        Some(&a.dap),
+                        format!(
+                            "announcement version {} of group {}: {} meters",
+                            a.version, a.group, a.meters
+                        ),
+                    );
+                }
                 if a.unknown > 0 {
                     warn!(dap = %a.dap, unknown_meters = a.unknown, "the DAP announced meters this headend holds no credential for; their reports will be dropped");
                 }
@@ -352,6 +382,9 @@ impl Headend {
             }
             Err(e) => {
                 warn!(headend = %self.core.id(), error = %e, "announcement refused");
+                if let Some(a) = &mut self.audit {
+                    a.refused(None, format!("announcement: {e}"));
+                }
                 m.ack.ack().await;
                 Ok(())
             }
@@ -367,6 +400,34 @@ impl Headend {
                     self.handler.reading(r);
                 }
                 m.ack.ack().await;
+                if let Some(a) = &mut self.audit {
+                    let ids: Vec<String> = outcome
+                        .readings
+                        .iter()
+                        .map(|r| format!("{}#{}", r.meter, r.seq.get()))
+                        .collect();
+                    a.record(
+                        Record::Received,
+                        None,
+                        Some(&outcome.dap),
+                        format!(
+                            "batch seq={}: {} readings decrypted: {}",
+                            outcome.seq.get(),
+                            ids.len(),
+                            crate::audit::list(&ids)
+                        ),
+                    );
+                    for (meter, why) in &outcome.dropped {
+                        a.refused(
+                            None,
+                            format!(
+                                "report of {} via {}: {why:?}",
+                                meter.as_ref().map_or("?", EntityId::as_str),
+                                outcome.dap
+                            ),
+                        );
+                    }
+                }
                 for (meter, why) in &outcome.dropped {
                     match why {
                         ReportDrop::Replayed => self.stats.replayed += 1,
@@ -419,6 +480,9 @@ impl Headend {
     }
 
     fn refused(&mut self, why: &str) {
+        if let Some(a) = &mut self.audit {
+            a.refused(None, format!("batch: {why}"));
+        }
         self.stats.batches_refused += 1;
         self.publish_stats();
         let _ = self.events.send(HeadendEvent::BatchRefused(why.to_owned()));

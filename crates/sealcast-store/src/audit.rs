@@ -439,6 +439,9 @@ impl core::str::FromStr for AuditAnchor {
 pub struct AuditSummary {
     /// Number of records.
     pub records: u64,
+    /// Records before the oldest one on disk, removed by rotation (0: the
+    /// log starts at record 1).
+    pub rotated_away: u64,
     /// The last record (sequence number and hash), `None` for an empty log.
     /// Compare it with a copy kept elsewhere: records cut off the end are
     /// invisible otherwise.
@@ -460,6 +463,12 @@ impl AuditSummary {
 #[derive(Debug)]
 pub(crate) struct ChainVerifier {
     origin: String,
+    /// The sequence number before the first record checked (0: the log
+    /// starts at record 1).
+    base: u64,
+    /// Whether the first record may continue a chain whose earlier records
+    /// were rotated away (see [`AuditLog::open_rotating`]).
+    rotated_start: bool,
     count: u64,
     prev: [u8; HASH_LEN],
     first_time: Option<UnixMillis>,
@@ -472,6 +481,8 @@ impl ChainVerifier {
     pub(crate) fn new(origin: String, anchor: Option<AuditAnchor>) -> Self {
         Self {
             origin,
+            base: 0,
+            rotated_start: false,
             count: 0,
             prev: GENESIS,
             first_time: None,
@@ -489,9 +500,32 @@ impl ChainVerifier {
         }
     }
 
-    /// Checks the next record; `position` is its 1-based place in the log.
+    /// A verifier whose first record may continue an earlier chain: the
+    /// oldest segment kept after rotation starts at some record `n > 1`,
+    /// linked to a record no longer on disk.
+    pub(crate) fn allowing_rotated_start(mut self) -> Self {
+        self.rotated_start = true;
+        self
+    }
+
+    /// Checks the next record; `position` is its sequence number in the log.
     pub(crate) fn push(&mut self, rec: &AuditRecord) -> Result<()> {
-        let position = self.count + 1;
+        if self.count == 0 && self.rotated_start && rec.seq > 1 {
+            // Only a segment that rotation started may begin after record
+            // 1: its first record says so, and is covered by the chain.
+            if rec.kind.as_str() != "rotate" {
+                return Err(self.broken(
+                    rec.seq,
+                    format!(
+                        "the log starts at record {} with no rotation record: records before it were removed",
+                        rec.seq
+                    ),
+                ));
+            }
+            self.base = rec.seq - 1;
+            self.prev = rec.prev_hash;
+        }
+        let position = self.base + self.count + 1;
         if rec.seq != position {
             let why = if rec.seq > position {
                 format!(
@@ -532,7 +566,7 @@ impl ChainVerifier {
             }
             self.anchor_seen = true;
         }
-        self.count = position;
+        self.count += 1;
         self.prev = rec.hash;
         self.first_time.get_or_insert(rec.time);
         self.last_time = Some(rec.time);
@@ -540,7 +574,12 @@ impl ChainVerifier {
     }
 
     pub(crate) fn last(&self) -> Option<(u64, [u8; HASH_LEN])> {
-        (self.count > 0).then_some((self.count, self.prev))
+        (self.count > 0).then_some((self.base + self.count, self.prev))
+    }
+
+    /// The sequence number the next record must carry.
+    fn next_position(&self) -> u64 {
+        self.base + self.count + 1
     }
 
     pub(crate) fn finish(self) -> Result<AuditSummary> {
@@ -548,13 +587,15 @@ impl ChainVerifier {
             return Err(Error::AuditAnchorMismatch {
                 origin: self.origin.clone(),
                 reason: format!(
-                    "the log ends at record {} but the anchor names record {}: records were cut off the end",
-                    self.count, a.seq
+                    "the log ends at record {} but the anchor names record {}: records were cut off the end, or the anchor's record was rotated away",
+                    self.base + self.count,
+                    a.seq
                 ),
             });
         }
         Ok(AuditSummary {
             records: self.count,
+            rotated_away: self.base,
             head: self.last().map(|(seq, hash)| AuditAnchor { seq, hash }),
             first_time: self.first_time,
             last_time: self.last_time,
@@ -595,7 +636,7 @@ fn scan_file(file: &mut File, v: &mut ChainVerifier) -> Result<(u64, bool)> {
         if n == 0 {
             return Ok((offset, false));
         }
-        let position = v.count + 1;
+        let position = v.next_position();
         if line.last() != Some(&b'\n') {
             if line.len() > MAX_LINE_LEN {
                 return Err(v.broken(position, format!("line longer than {MAX_LINE_LEN} bytes")));
@@ -616,7 +657,7 @@ fn verify_file(path: &Path, anchor: Option<AuditAnchor>) -> Result<AuditSummary>
     let (_, torn) = scan_file(&mut file, &mut v)?;
     if torn {
         return Err(v.broken(
-            v.count + 1,
+            v.next_position(),
             "the last line is incomplete (a crash during a write, or the file was cut)".to_owned(),
         ));
     }
@@ -629,6 +670,66 @@ fn verify_file(path: &Path, anchor: Option<AuditAnchor>) -> Result<AuditSummary>
 /// success the summary carries the head to compare with a kept copy.
 pub fn verify_audit_file(path: impl AsRef<Path>) -> Result<AuditSummary> {
     verify_file(path.as_ref(), None)
+}
+
+/// The segments of a rotated log, oldest first: `<path>.N` … `<path>.1`,
+/// then `<path>` (only those that exist; `<path>` itself always).
+pub fn audit_segments(path: impl AsRef<Path>) -> Vec<PathBuf> {
+    let path = path.as_ref();
+    let mut older: Vec<PathBuf> = (1..=MAX_SEGMENTS)
+        .map(|n| segment(path, n))
+        .take_while(|p| p.exists())
+        .collect();
+    older.reverse();
+    older.push(path.to_path_buf());
+    older
+}
+
+/// Verifies a log and the segments rotation left beside it
+/// ([`audit_segments`]) as ONE chain: each segment must continue the one
+/// before exactly; only the oldest may start after record 1 (older
+/// segments were deleted by rotation: [`AuditSummary::rotated_away`] says
+/// how many records). With `anchor`, the chain must still hold that record.
+pub fn verify_audit_segments(
+    path: impl AsRef<Path>,
+    anchor: Option<AuditAnchor>,
+) -> Result<(AuditSummary, usize)> {
+    let segments = audit_segments(path.as_ref());
+    let mut v =
+        ChainVerifier::new(path.as_ref().display().to_string(), anchor).allowing_rotated_start();
+    for seg in &segments {
+        let mut file = File::open(seg).map_err(|e| Error::io("open audit log", seg, e))?;
+        v.origin = seg.display().to_string();
+        let (_, torn) = scan_file(&mut file, &mut v)?;
+        if torn {
+            return Err(v.broken(
+                v.next_position(),
+                "the last line is incomplete (a crash during a write, or the file was cut)"
+                    .to_owned(),
+            ));
+        }
+    }
+    Ok((v.finish()?, segments.len()))
+}
+
+/// Most rotated segments looked for beside a log.
+pub const MAX_SEGMENTS: usize = 1000;
+
+fn segment(path: &Path, n: usize) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{n}"));
+    PathBuf::from(name)
+}
+
+/// When a log rotates: once the current file exceeds `max_bytes`, it
+/// becomes `<path>.1` (older segments move up one number, and the one past
+/// `keep` is deleted) and a new `<path>` continues the chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rotation {
+    /// Size of the current file that triggers a rotation.
+    pub max_bytes: u64,
+    /// Rotated segments kept beside the current file (at least 1).
+    pub keep: usize,
 }
 
 /// Like [`verify_audit_file`], and also checks that the log still holds the
@@ -652,23 +753,38 @@ pub struct AuditLog {
     file: File,
     last: Option<(u64, [u8; HASH_LEN])>,
     poisoned: bool,
+    rotation: Option<Rotation>,
+    size: u64,
 }
 
 impl AuditLog {
     /// Opens (or creates, mode 0600) a log and verifies all of it; refuses
     /// to append to a log that does not verify or whose last line is torn.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        Self::open_inner(path.as_ref(), false).map(|(log, _)| log)
+        Self::open_inner(path.as_ref(), false, None).map(|(log, _)| log)
+    }
+
+    /// Opens a log that rotates ([`Rotation`]): the current file is
+    /// verified (it may continue a rotated segment), a torn last line is
+    /// cut off (a crash mid-append), and appends continue its chain. The
+    /// whole set verifies as one chain with [`verify_audit_segments`].
+    pub fn open_rotating(path: impl AsRef<Path>, rotation: Rotation) -> Result<(Self, bool)> {
+        if rotation.keep == 0 || rotation.keep > MAX_SEGMENTS || rotation.max_bytes == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "audit log rotation: keep 1..={MAX_SEGMENTS} segments of at least 1 byte"
+            )));
+        }
+        Self::open_inner(path.as_ref(), true, Some(rotation))
     }
 
     /// Like [`open`](Self::open), but when the only defect is an incomplete
     /// last line (a crash in the middle of an append) cuts that line off.
     /// Returns whether it did.
     pub fn open_cutting_torn_tail(path: impl AsRef<Path>) -> Result<(Self, bool)> {
-        Self::open_inner(path.as_ref(), true)
+        Self::open_inner(path.as_ref(), true, None)
     }
 
-    fn open_inner(path: &Path, cut_torn: bool) -> Result<(Self, bool)> {
+    fn open_inner(path: &Path, cut_torn: bool, rotation: Option<Rotation>) -> Result<(Self, bool)> {
         let mut file = OpenOptions::new()
             .read(true)
             .append(true)
@@ -677,11 +793,14 @@ impl AuditLog {
             .open(path)
             .map_err(|e| Error::io("open audit log", path, e))?;
         let mut v = ChainVerifier::new(path.display().to_string(), None);
+        if rotation.is_some() {
+            v = v.allowing_rotated_start();
+        }
         let (end, torn) = scan_file(&mut file, &mut v)?;
         if torn {
             if !cut_torn {
                 return Err(v.broken(
-                    v.count + 1,
+                    v.next_position(),
                     "the last line is incomplete (a crash during a write?); reopen with open_cutting_torn_tail to drop it".to_owned(),
                 ));
             }
@@ -690,7 +809,8 @@ impl AuditLog {
             file.sync_all()
                 .map_err(|e| Error::io("fsync audit log", path, e))?;
         }
-        file.seek(SeekFrom::End(0))
+        let size = file
+            .seek(SeekFrom::End(0))
             .map_err(|e| Error::io("seek audit log", path, e))?;
         Ok((
             Self {
@@ -698,6 +818,8 @@ impl AuditLog {
                 file,
                 last: v.last(),
                 poisoned: false,
+                rotation,
+                size,
             },
             torn,
         ))
@@ -741,7 +863,81 @@ impl AuditLog {
             return Err(Error::io("append to audit log", &self.path, e));
         }
         self.last = last;
+        self.size += lines.len() as u64;
+        self.rotate_if_due(records.last().map_or(UnixMillis::new(0), |r| r.time))?;
         Ok(records)
+    }
+
+    /// Moves the current file aside once it exceeds the rotation size and
+    /// starts a new one whose first record continues the chain (and says
+    /// so). The records written so far are durable either way; a failure
+    /// here poisons the log like a failed append.
+    fn rotate_if_due(&mut self, at: UnixMillis) -> Result<()> {
+        let Some(rotation) = self.rotation else {
+            return Ok(());
+        };
+        if self.size < rotation.max_bytes {
+            return Ok(());
+        }
+        let fail = |this: &mut Self, action: &'static str, p: &Path, e: std::io::Error| {
+            this.poisoned = true;
+            Error::io(action, p, e)
+        };
+        let oldest = segment(&self.path, rotation.keep);
+        if oldest.exists()
+            && let Err(e) = std::fs::remove_file(&oldest)
+        {
+            return Err(fail(self, "remove the oldest audit segment", &oldest, e));
+        }
+        for n in (1..rotation.keep).rev() {
+            let from = segment(&self.path, n);
+            if from.exists()
+                && let Err(e) = std::fs::rename(&from, segment(&self.path, n + 1))
+            {
+                return Err(fail(self, "rename an audit segment", &from, e));
+            }
+        }
+        let first = segment(&self.path, 1);
+        if let Err(e) = std::fs::rename(&self.path, &first) {
+            let path = self.path.clone();
+            return Err(fail(self, "rotate the audit log", &path, e));
+        }
+        let opened = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&self.path);
+        let file = match opened {
+            Ok(f) => f,
+            Err(e) => {
+                let path = self.path.clone();
+                return Err(fail(self, "open the new audit log", &path, e));
+            }
+        };
+        if let Some(dir) = self.path.parent()
+            && let Ok(d) = File::open(if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            })
+        {
+            let _ = d.sync_all();
+        }
+        self.file = file;
+        self.size = 0;
+        let ended = self.last.map_or(0, |(seq, _)| seq);
+        self.rotation = None;
+        let continued = self.append(&AuditEntry::new(
+            at,
+            AuditKind::Other("rotate".into()),
+            format!(
+                "continues {} (which ends at record {ended})",
+                first.display()
+            ),
+        ));
+        self.rotation = Some(rotation);
+        continued.map(|_| ())
     }
 
     /// Appends a record, durably (fdatasync) before returning it.
@@ -764,6 +960,8 @@ impl AuditLog {
             return Err(Error::io("append to audit log", &self.path, e));
         }
         self.last = Some((rec.seq, rec.hash));
+        self.size += line.len() as u64;
+        self.rotate_if_due(rec.time)?;
         Ok(rec)
     }
 }
@@ -790,6 +988,68 @@ mod tests {
         assert!(e.seal_after(None).is_err());
         let e = AuditEntry::new(UnixMillis::new(5), AuditKind::Other("Bad Kind".into()), "x");
         assert!(e.seal_after(None).is_err());
+    }
+
+    #[test]
+    fn a_rotating_log_is_one_chain_across_its_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let rotation = Rotation {
+            max_bytes: 600,
+            keep: 3,
+        };
+        let entry = |i: u64| {
+            AuditEntry::new(
+                UnixMillis::new(i),
+                AuditKind::Other("received".into()),
+                format!("message {i}"),
+            )
+        };
+        {
+            let (mut log, _) = AuditLog::open_rotating(&path, rotation).unwrap();
+            for i in 0..10 {
+                log.append(&entry(i)).unwrap();
+            }
+        }
+        // Reopened: the current file continues a rotated segment.
+        let (mut log, torn) = AuditLog::open_rotating(&path, rotation).unwrap();
+        assert!(!torn);
+        log.append_all(&[entry(10), entry(11)]).unwrap();
+        let head = log.head().unwrap();
+        drop(log);
+        let segments = audit_segments(&path);
+        assert_eq!(segments.len(), 4, "{segments:?}");
+        assert!(!segment(&path, 4).exists());
+        let (summary, n) = verify_audit_segments(&path, Some(head)).unwrap();
+        assert_eq!(n, 4);
+        assert_eq!(summary.head, Some(head));
+        assert!(summary.rotated_away > 0, "the oldest segment was deleted");
+        assert_eq!(summary.rotated_away + summary.records, head.seq);
+        // The current file alone does not verify from genesis …
+        assert!(verify_audit_file(&path).is_err());
+        // … records cut from the start of the oldest segment are found (it
+        // no longer starts with its rotation record) …
+        let oldest = segment(&path, 3);
+        let text = std::fs::read_to_string(&oldest).unwrap();
+        let cut: String = text.lines().skip(1).map(|l| format!("{l}\n")).collect();
+        std::fs::write(&oldest, cut).unwrap();
+        let err = verify_audit_segments(&path, None).unwrap_err().to_string();
+        assert!(err.contains("no rotation record"), "{err}");
+        std::fs::write(&oldest, text).unwrap();
+        // … a segment removed from the middle breaks the chain …
+        let middle = segment(&path, 2);
+        let kept = std::fs::read(&middle).unwrap();
+        std::fs::remove_file(&middle).unwrap();
+        std::fs::rename(segment(&path, 3), &middle).unwrap();
+        assert!(verify_audit_segments(&path, None).is_err());
+        std::fs::rename(&middle, segment(&path, 3)).unwrap();
+        std::fs::write(&middle, &kept).unwrap();
+        assert!(verify_audit_segments(&path, None).is_ok());
+        // … and so does an edited record in any segment.
+        let text = std::fs::read_to_string(segment(&path, 1)).unwrap();
+        std::fs::write(segment(&path, 1), text.replacen("message", "massage", 1)).unwrap();
+        let err = verify_audit_segments(&path, None).unwrap_err().to_string();
+        assert!(err.contains("edited"), "{err}");
     }
 
     #[test]

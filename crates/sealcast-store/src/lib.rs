@@ -47,8 +47,8 @@ mod sqlite;
 pub mod statefile;
 
 pub use audit::{
-    AuditAnchor, AuditEntry, AuditKind, AuditLog, AuditRecord, AuditSummary, verify_audit_file,
-    verify_audit_file_anchored,
+    AuditAnchor, AuditEntry, AuditKind, AuditLog, AuditRecord, AuditSummary, Rotation,
+    audit_segments, verify_audit_file, verify_audit_file_anchored, verify_audit_segments,
 };
 pub use error::{Error, Result};
 pub use kek::{KEK_ENV, KEK_LEN, Kek};

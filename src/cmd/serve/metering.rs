@@ -144,6 +144,12 @@ pub(super) struct HeadendFile {
     meter: Vec<KeyEntry>,
     #[serde(default)]
     dap: Vec<KeyEntry>,
+    /// The audit log (default `<state_dir>/audit.jsonl`).
+    audit_log: Option<PathBuf>,
+    /// Rotate the audit log at this many KiB (default 16384).
+    audit_max_kib: Option<u64>,
+    /// Rotated audit segments kept (default 8).
+    audit_keep: Option<usize>,
 }
 
 /// The `[dap]` section of `agent.toml`.
@@ -170,6 +176,13 @@ struct DapSection {
     /// same number) are dropped and counted (`rate_limited`). Unset: no cap.
     max_reports_per_meter_per_minute: Option<u32>,
     max_report_burst: Option<u32>,
+    /// The DAP's audit log (default `<state_dir>/dap-audit.jsonl`, apart
+    /// from the gateway node's `audit.jsonl` when both run).
+    audit_log: Option<PathBuf>,
+    /// Rotate the DAP's audit log at this many KiB (default 16384).
+    audit_max_kib: Option<u64>,
+    /// Rotated segments of it kept (default 8).
+    audit_keep: Option<usize>,
 }
 
 fn default_group() -> String {
@@ -348,6 +361,14 @@ pub fn headend(args: &HeadendServeArgs) -> Result<()> {
         None => Arc::new(LogReadings),
     };
     let topics = topics(config.topic_prefix.as_deref())?;
+    let audit = super::audit_config(
+        &base,
+        &state_dir,
+        "audit.jsonl",
+        config.audit_log.as_deref(),
+        config.audit_max_kib,
+        config.audit_keep,
+    )?;
     let link = link_config(
         config.transport,
         &broker_url(&config.broker, &base, &broker_security!(config))?,
@@ -364,6 +385,7 @@ pub fn headend(args: &HeadendServeArgs) -> Result<()> {
             handler,
             state_file: Some(DeviceStateFile::new(state_dir.join("headend.cbor"))),
             events,
+            audit: Some(audit),
         })
         .await
         .map_err(|e| failed("the headend could not start", e))?;
@@ -470,6 +492,14 @@ pub fn agent_with_dap(args: &ServeArgs) -> Result<()> {
         None => None,
     };
     let scheme = topics(config.topic_prefix.as_deref())?;
+    let dap_audit = super::audit_config(
+        &base,
+        &state_dir,
+        "dap-audit.jsonl",
+        section.audit_log.as_deref(),
+        section.audit_max_kib,
+        section.audit_keep,
+    )?;
     let config_path = args.config.clone();
     runtime()?.block_on(async move {
         let (events, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -481,6 +511,7 @@ pub fn agent_with_dap(args: &ServeArgs) -> Result<()> {
             max_batch_delay: Duration::from_millis(section.max_batch_delay_ms),
             state_file: Some(DeviceStateFile::new(state_dir.join("dap.cbor"))),
             events,
+            audit: Some(dap_audit),
             pool: section
                 .pool
                 .as_deref()

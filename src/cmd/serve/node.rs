@@ -88,6 +88,14 @@ pub(super) fn node_config(
             no_key_warning: (config.no_key_material_warning_s > 0)
                 .then(|| std::time::Duration::from_secs(config.no_key_material_warning_s)),
             replay: replay_policies(&config)?,
+            audit: Some(audit_config(
+                &base,
+                &state_dir,
+                "audit.jsonl",
+                config.audit_log.as_deref(),
+                config.audit_max_kib,
+                config.audit_keep,
+            )?),
         },
         metrics_at,
         reload,

@@ -91,6 +91,8 @@ pub struct NodeConfig {
     pub no_key_warning: Option<std::time::Duration>,
     /// How the node decides that a command or alert is fresh, per group.
     pub replay: ReplayPolicies,
+    /// Its audit log (None: none, as in the demos).
+    pub audit: Option<crate::audit::AuditConfig>,
 }
 
 /// The freshness rule of each group a node receives from.

@@ -29,6 +29,7 @@ use sealcast_store::{DeviceStateFile, StateLock};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
+use crate::audit::Record;
 use crate::link::{Delivery, Inbox, Incoming, Interest, Link, LinkConfig, deliver_once};
 use crate::runtime::{EventKind, EventSink, now, report};
 use crate::{Error, Result};
@@ -101,6 +102,8 @@ struct Node {
     retry_backoff: std::time::Duration,
     /// Since when the state file cannot be written (None: it can).
     save_fault: Option<std::time::Instant>,
+    /// The audit log of what it received and sent (metadata only).
+    audit: Option<crate::audit::NodeAudit>,
 }
 
 /// At most this many messages are held while the state file cannot be
@@ -117,6 +120,16 @@ pub const HELD_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(3
 /// refused (the manager signs every re-send afresh, so only a replayed copy
 /// or clocks far apart get here).
 pub const ORDER_MAX_AGE_MS: u64 = 10 * 60 * 1000;
+
+/// A group channel's name in audit records.
+fn channel_name(channel: GroupChannel) -> &'static str {
+    match channel {
+        GroupChannel::Alert => "alert",
+        GroupChannel::Command => "command",
+        GroupChannel::Notice => "join notice",
+        GroupChannel::Rekey => "tree rekey",
+    }
+}
 
 /// The short name of why a transmission order was refused (a metrics
 /// label): `forged`, `other-node`, `stale`, `replay`, `conflict` or
@@ -191,6 +204,12 @@ pub async fn spawn(config: NodeConfig) -> Result<NodeHandle> {
     if let Some(order) = transmission.held().filter(|o| !o.stopped.is_empty()) {
         info!(node = %id, version = order.version, stopped = %describe_stopped(&order.stopped), "transmission stopped by the manager's order (kept across the restart)");
     }
+    // Opened under the state file's lock: one writer per log.
+    let audit = config
+        .audit
+        .as_ref()
+        .map(crate::audit::NodeAudit::open)
+        .transpose()?;
     let (link, inbox) = Link::connect(&id, &config.link, config.topics.clone(), interest).await?;
     let (tx, rx) = mpsc::channel(64);
     let node = Node {
@@ -221,6 +240,7 @@ pub async fn spawn(config: NodeConfig) -> Result<NodeHandle> {
         retry_at: tokio::time::Instant::now(),
         retry_backoff: HELD_RETRY_FIRST,
         save_fault: None,
+        audit,
     };
     tokio::spawn(node.run(inbox, rx));
     Ok(NodeHandle { id, requests: tx })
@@ -233,8 +253,15 @@ impl Node {
             tokio::time::sleep(no_key_after.min(std::time::Duration::from_secs(86_400 * 365)));
         tokio::pin!(no_key_timer);
         let mut no_key_armed = self.no_key_warning.is_some();
+        let mut audit_tick = tokio::time::interval(crate::audit::REFUSED_RECORD_EVERY);
+        audit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let stopped = loop {
             tokio::select! {
+                _ = audit_tick.tick(), if self.audit.is_some() => {
+                    if let Some(a) = &mut self.audit {
+                        a.tick();
+                    }
+                }
                 () = &mut no_key_timer, if no_key_armed => {
                     no_key_armed = false;
                     if self.receivers.is_empty() {
@@ -261,6 +288,9 @@ impl Node {
         };
         self.link.close(std::time::Duration::from_secs(2)).await;
         self.release_unused_numbers();
+        if let Some(a) = &mut self.audit {
+            a.flush_refused();
+        }
         debug!(node = %self.id, "node stopped");
         if let Some(reply) = stopped {
             let _ = reply.send(());
@@ -404,6 +434,19 @@ impl Node {
         self.link
             .publish_group(group, channel, bytes.clone())
             .await?;
+        if let Some(a) = &mut self.audit {
+            a.record(
+                Record::Sent,
+                Some(group),
+                None,
+                format!(
+                    "{} seq={} ({} bytes)",
+                    channel_name(channel),
+                    seq.get(),
+                    bytes.len()
+                ),
+            );
+        }
         Ok((bytes, seq.get()))
     }
 
@@ -464,13 +507,26 @@ impl Node {
                     },
                 );
             }
-            if self.relays_for.contains(device)
-                && let Err(e) = self
+            if self.relays_for.contains(device) {
+                match self
                     .link
                     .relay(device, incoming.target.clone(), incoming.payload.clone())
                     .await
-            {
-                warn!(node = %self.id, %device, error = %e, "delivery not relayed; the manager re-sends it");
+                {
+                    Ok(()) => {
+                        if let Some(a) = &mut self.audit {
+                            a.record(
+                                Record::Relayed,
+                                None,
+                                Some(device),
+                                format!("delivery of {} bytes, unread", incoming.payload.len()),
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        warn!(node = %self.id, %device, error = %e, "delivery not relayed; the manager re-sends it")
+                    }
+                }
             }
             let _ = incoming.ack.ack().await;
             return;
@@ -532,6 +588,9 @@ impl Node {
                         reason: order_refusal(&e),
                     },
                 );
+                if let Some(a) = &mut self.audit {
+                    a.refused(None, format!("transmission order: {}", order_refusal(&e)));
+                }
                 return;
             }
         };
@@ -545,6 +604,17 @@ impl Node {
                 return;
             }
             info!(node = %self.id, version, stopped = %describe_stopped(&order.stopped), "transmission order applied");
+            if let Some(a) = &mut self.audit {
+                a.record(
+                    Record::Order,
+                    None,
+                    Some(&self.manager),
+                    format!(
+                        "transmission order version {version} applied: stop {}",
+                        describe_stopped(&order.stopped)
+                    ),
+                );
+            }
             report(
                 &self.events,
                 &self.id,
@@ -606,6 +676,14 @@ impl Node {
                     }
                     if installed {
                         info!(node = %self.id, group = %group.name(), %epoch, "key material installed");
+                        if let Some(a) = &mut self.audit {
+                            a.record(
+                                Record::Installed,
+                                Some(&group),
+                                Some(&self.manager),
+                                format!("epoch {epoch}"),
+                            );
+                        }
                         report(
                             &self.events,
                             &self.id,
@@ -740,6 +818,33 @@ impl Node {
         })
         .await;
         self.receivers.insert(group.clone(), receiver);
+        if let Some(a) = &mut self.audit {
+            match &delivery {
+                Delivery::Executed { value, .. } => a.record(
+                    Record::Received,
+                    Some(&group),
+                    Some(&value.signer),
+                    format!(
+                        "{} seq={} verified{}",
+                        channel_name(channel),
+                        value.seq.get(),
+                        if channel == GroupChannel::Command {
+                            ", executed"
+                        } else {
+                            ""
+                        }
+                    ),
+                ),
+                Delivery::Duplicate { kind, .. } => a.refused(
+                    Some(&group),
+                    format!("{}: replay ({kind:?})", channel_name(channel)),
+                ),
+                Delivery::Rejected { reason, .. } | Delivery::Deferred { reason, .. } => {
+                    a.refused(Some(&group), format!("{}: {reason}", channel_name(channel)))
+                }
+                Delivery::NotSaved { .. } => {}
+            }
+        }
         match delivery {
             Delivery::Executed { value, .. } => {
                 if channel == GroupChannel::Command {
