@@ -512,3 +512,168 @@ async fn a_flooding_meter_is_capped_at_the_dap() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Issue #15, item 3: plausibility, as processes. At the headend, on
+/// decrypted values (`[[plausibility]]` in headend.toml): a counter that
+/// goes backwards is dropped — also after a SIGKILL, the last value being
+/// in the state file — and a value above a `flag` rule's maximum is handed
+/// on marked `flag=implausible:above-max`. At the DAP, on what it can see
+/// (`max_report_drift_s`): a genuine report stamped an hour ago is dropped
+/// before any signature work. Counted, logged and audited; no value in the
+/// audit records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn implausible_readings_are_dropped_or_flagged() {
+    let t = MqttRun::start("p").await;
+    let (dir, url, run) = (t.dir.clone(), &t.url, &t.run);
+    let name = |n: &str| format!("{run}-{n}");
+    let (headend, dap) = (name("headend"), name("dap"));
+    let meters = [name("meter-1"), name("meter-2")];
+    keygen(&dir, [&headend, &dap].into_iter().chain(&meters));
+    common::meters_dir(&dir, &meters);
+    fs::write(
+        dir.join("headend.toml"),
+        format!(
+            "broker = \"{url}\"\ntopic_prefix = \"{run}\"\nkey = \"{headend}.key\"\n\
+             state_dir = \"headend-state\"\nmeters_dir = \"meters\"\n\n\
+             [[dap]]\nid = \"{dap}\"\npublic_key = \"{dap}.pub\"\n\n\
+             [[plausibility]]\nmeters = \"{m1}\"\nmin = 0\nmax = 1000000\nmonotonic = true\naction = \"drop\"\n\n\
+             [[plausibility]]\nmeters = \"{m2}\"\nmax = 50\naction = \"flag\"\n",
+            m1 = meters[0],
+            m2 = meters[1],
+        ),
+    )
+    .unwrap();
+    fs::write(
+        dir.join("agent.toml"),
+        format!(
+            "broker = \"{url}\"\ntopic_prefix = \"{run}\"\nkey = \"{dap}.key\"\n\
+             state_dir = \"dap-state\"\n\n[dap]\nheadend = \"{headend}\"\n\
+             headend_public_key = \"{headend}.pub\"\nmeters_dir = \"meters\"\n\
+             batch_size = 4\nmax_batch_delay_ms = 50\nmax_report_drift_s = 300\n"
+        ),
+    )
+    .unwrap();
+    for m in &meters {
+        fs::write(
+            dir.join(format!("{m}.toml")),
+            format!(
+                "broker = \"{url}\"\ntopic_prefix = \"{run}\"\nkey = \"{m}.key\"\n\
+                 state_dir = \"{m}-state\"\ndap = \"{dap}\"\nheadend_public_key = \"{headend}.pub\"\n"
+            ),
+        )
+        .unwrap();
+    }
+    let dap_id = EntityId::new(&dap).unwrap();
+    let report_topic = TopicScheme::with_prefix(run)
+        .unwrap()
+        .agent(&dap_id, AgentChannel::Report);
+    let (spy, _captured) = spy(
+        url,
+        name("spy"),
+        [TopicFilter::new(&report_topic).unwrap()],
+        |_| false,
+    )
+    .await;
+
+    let mut procs = Procs::new(&dir);
+    start_headend(&mut procs);
+    procs.start_appending("dap", &["agent", "serve", "--config", "agent.toml"]);
+    wait_until("the headend accepts the DAP's announcement", &procs, || {
+        procs.log("headend").contains("DAP announcement accepted")
+    })
+    .await;
+
+    let mut expected = Vec::new();
+    report_expected(&dir, &meters[0], &dap, "1000 kWh", &mut expected);
+    report(&dir, &meters[0], "900 kWh", 1); // the counter went backwards
+    report_expected(&dir, &meters[0], &dap, "1000 kWh", &mut expected); // equal: fine
+    let seq = report(&dir, &meters[1], "75 kWh", 1)[0]; // above the flag rule's max
+    expected.push(format!(
+        "{} flag=implausible:above-max",
+        reading_line(&meters[1], seq, &dap, "75 kWh")
+    ));
+    expected.sort();
+    wait_until("the headend handles all four", &procs, || {
+        headend_readings(&dir).len() >= 3 && procs.log("headend").contains("Implausible(Decreased)")
+    })
+    .await;
+    assert_eq!(headend_readings(&dir), expected, "{}", procs.logs());
+    assert!(procs.log("headend").contains("implausible reading flagged"));
+
+    // The last value survives a SIGKILL: still backwards afterwards.
+    procs.sigkill("headend");
+    start_headend(&mut procs);
+    wait_until(
+        "the restarted headend gets the announcement",
+        &procs,
+        || {
+            procs
+                .log("headend")
+                .matches("DAP announcement accepted")
+                .count()
+                >= 2
+        },
+    )
+    .await;
+    report(&dir, &meters[0], "950 kWh", 1);
+    report_expected(&dir, &meters[0], &dap, "1001 kWh", &mut expected);
+    wait_until("the restarted headend handles both", &procs, || {
+        headend_readings(&dir).len() >= expected.len()
+            && procs
+                .log("headend")
+                .matches("Implausible(Decreased)")
+                .count()
+                >= 2
+    })
+    .await;
+    assert_eq!(headend_readings(&dir), expected, "{}", procs.logs());
+
+    // At the DAP: a genuine report stamped an hour ago.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let old = common::report_stamped(&dir, &headend, &meters[1], 500, now - 3_600_000);
+    spy.publish(report_topic.clone(), Bytes::from(old))
+        .await
+        .unwrap();
+    spy.flush(Duration::from_secs(10)).await.unwrap();
+    wait_until("the DAP drops the stale report", &procs, || {
+        dap_dropped(&procs.log("dap"), "implausible") >= 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(headend_readings(&dir), expected);
+
+    procs.exit_on_ctrl_c("headend").await;
+    assert!(procs.terminate_async("dap").await.success());
+    let readings = ["kWh"]; // every reading holds it; hashes and ids do not
+    common::audit_intact(&dir, "headend-state/audit.jsonl", &readings);
+    common::audit_intact(&dir, "dap-state/dap-audit.jsonl", &readings);
+    let headend_log = common::audit_text(&dir, "headend-state/audit.jsonl");
+    assert!(
+        headend_log.contains("Implausible(Decreased)"),
+        "{headend_log}"
+    );
+    assert!(
+        headend_log.contains("(flagged: above-max)"),
+        "{headend_log}"
+    );
+    let dap_log = common::audit_text(&dir, "dap-state/dap-audit.jsonl");
+    assert!(dap_log.contains("implausible timestamp"), "{dap_log}");
+
+    // Rules are checked before anything starts.
+    let bad = fs::read_to_string(dir.join("headend.toml"))
+        .unwrap()
+        .replace("action = \"flag\"", "action = \"shrug\"");
+    fs::write(dir.join("bad-headend.toml"), bad).unwrap();
+    let out = common::run(&dir, &["headend", "serve", "--config", "bad-headend.toml"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("[[plausibility]] number 2") && err.contains("\"flag\""),
+        "{err}"
+    );
+    drop(procs);
+    let _ = spy.disconnect(Duration::from_secs(2)).await;
+}

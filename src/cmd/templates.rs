@@ -134,6 +134,7 @@ batch_size = 64                      # 1-4096
 max_batch_delay_ms = 200             # 1-60000
 # max_reports_per_meter_per_minute = 60  # cap per meter: genuine reports beyond it are dropped
 # max_report_burst = 60              #   and counted (default burst: the per-minute number)
+# max_report_drift_s = 300           # drop reports stamped further than this from our clock
 # pool = "street-7-daps"             # share a report pool with other DAPs (MQTT shared
 #                                    # subscription); meters then set dap = "street-7-daps"
 # audit_log = "dap-1-state/dap-audit.jsonl"  # the DAP's hash-chained log (metadata, never readings)
@@ -160,6 +161,15 @@ meters_dir = "meters"                # every *.pub here is a meter the headend c
 [[dap]]                              # at least one
 id = "dap-1"
 public_key = "dap-1.pub"
+
+# [[plausibility]]                   # rules decrypted readings must meet (value: the first number in the text)
+# meters = "meter-"                  # meters whose id starts with this (default: every meter)
+# min = 0
+# max = 1000000
+# max_rise_per_hour = 50             # since the meter's last accepted reading
+# monotonic = true                   # a counter never goes down
+# hours = "00-24"                    # UTC hours readings are taken in ("22-06" wraps)
+# action = "drop"                    # or "flag": handed on, marked flag=implausible:<why>
 "#;
 
 /// `meter.toml` (`sealcast device report`).

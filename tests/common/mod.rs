@@ -1072,3 +1072,37 @@ pub fn audit_tamper_is_found(dir: &Path, log: &str) {
     );
     fs::write(&path, text).unwrap();
 }
+
+/// A genuine report of `meter` (its own key from `<meter>.key`) for
+/// `headend`, sequence number `seq`, stamped `at_ms` (a meter with a wrong
+/// clock, or a report held back).
+pub fn report_stamped(dir: &Path, headend: &str, meter: &str, seq: u64, at_ms: u64) -> Vec<u8> {
+    use sealcast_core::credential::{EntityCredential, PublicCredential};
+    use sealcast_core::crypto::AeadAlg;
+    use sealcast_core::ids::{SeqNum, UnixMillis};
+    use sealcast_core::report::{PairwiseKey, seal_report};
+    let headend_pub =
+        PublicCredential::from_cose_key_set(&fs::read(dir.join(format!("{headend}.pub"))).unwrap())
+            .unwrap();
+    let me =
+        EntityCredential::from_cose_key_set(&fs::read(dir.join(format!("{meter}.key"))).unwrap())
+            .unwrap();
+    let pairwise = PairwiseKey::derive(
+        AeadAlg::A128Gcm,
+        me.agreement_secret(),
+        headend_pub.agreement_key(),
+        me.id(),
+        headend_pub.id(),
+    )
+    .unwrap();
+    seal_report(
+        me.id(),
+        me.signing_key(),
+        headend_pub.id(),
+        &pairwise,
+        SeqNum::new(seq).unwrap(),
+        UnixMillis::new(at_ms),
+        b"1 kWh",
+    )
+    .unwrap()
+}

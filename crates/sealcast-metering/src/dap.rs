@@ -45,6 +45,10 @@ pub enum ReportVerdict {
     /// ([`DapCore::set_rate_limit`]): dropped, its window not moved (the
     /// same report is accepted again once the meter is within its rate).
     RateLimited,
+    /// Its timestamp is further from the DAP's clock than
+    /// [`DapCore::set_max_drift`] allows: dropped before any signature
+    /// work, its window not moved.
+    Implausible,
 }
 
 /// A per-meter cap on forwarded reports: a token bucket of `burst` reports
@@ -86,6 +90,8 @@ pub struct DapCore {
     last_solicited_answer: Option<UnixMillis>,
     rate: Option<RateLimit>,
     buckets: BTreeMap<EntityId, Bucket>,
+    /// Largest |report timestamp − now| accepted, in ms (None: any).
+    max_drift_ms: Option<u64>,
 }
 
 impl core::fmt::Debug for DapCore {
@@ -153,6 +159,7 @@ impl DapCore {
             last_solicited_answer: None,
             rate: None,
             buckets: BTreeMap::new(),
+            max_drift_ms: None,
         };
         core.set_meters(meters);
         Ok(core)
@@ -205,6 +212,14 @@ impl DapCore {
             .iter()
             .map(|bytes| {
                 let h = peek_report(bytes, self.headend.id()).ok()?;
+                // The timestamp is signed; read here unverified it can only
+                // make the DAP refuse more.
+                if self
+                    .max_drift_ms
+                    .is_some_and(|d| h.timestamp.get().abs_diff(at.get()) > d)
+                {
+                    return Some(ReportVerdict::Implausible);
+                }
                 let window = self.windows.get(&h.reporter)?;
                 window
                     .check(h.seq)
@@ -248,6 +263,14 @@ impl DapCore {
         out.into_iter()
             .map(|v| v.unwrap_or_else(|| ReportVerdict::Forged("not verified".into())))
             .collect()
+    }
+
+    /// Sets (or with `None` removes) the largest distance in ms between a
+    /// report's timestamp and the DAP's clock: a report further away is
+    /// [`ReportVerdict::Implausible`] (a meter with a broken clock, or a
+    /// report held back and replayed later).
+    pub fn set_max_drift(&mut self, max_drift_ms: Option<u64>) {
+        self.max_drift_ms = max_drift_ms;
     }
 
     /// Sets (or with `None` removes) the per-meter rate cap. Buckets start

@@ -24,6 +24,7 @@ use sealcast_core::report::{open_report, open_report_unverified, peek_report, ve
 use zeroize::Zeroizing;
 
 use crate::meter::PAIRWISE_ALG;
+use crate::plausibility::{Action, Implausible, Plausibility, Verdict};
 use crate::wire::{Announcement, open_batch, seal_solicit};
 use crate::{Error, Result};
 
@@ -44,6 +45,8 @@ pub struct Reading {
     pub timestamp: UnixMillis,
     /// The reading.
     pub value: Zeroizing<Vec<u8>>,
+    /// Why a plausibility rule flagged it (None: plausible, or no rules).
+    pub implausible: Option<Implausible>,
 }
 
 impl core::fmt::Debug for Reading {
@@ -70,6 +73,9 @@ pub enum ReportDrop {
     Replayed,
     /// Decryption (or the policy's signature check) failed.
     Undecryptable,
+    /// Genuine, but a plausibility rule with `Action::Drop` refused the
+    /// value (its window moved: it is not accepted again).
+    Implausible(Implausible),
 }
 
 /// The result of one accepted batch.
@@ -125,6 +131,7 @@ pub struct HeadendCore {
     daps: BTreeMap<EntityId, DapEntry>,
     meters: BTreeMap<EntityId, MeterEntry>,
     verify_meter_signatures: bool,
+    plausibility: Plausibility,
 }
 
 impl core::fmt::Debug for HeadendCore {
@@ -189,7 +196,18 @@ impl HeadendCore {
             daps,
             meters: pairwise,
             verify_meter_signatures,
+            plausibility: Plausibility::default(),
         })
+    }
+
+    /// Sets the plausibility rules decrypted readings must meet
+    /// ([`crate::plausibility`]); what they remember per meter is kept.
+    pub fn set_plausibility(&mut self, rules: Vec<crate::plausibility::Rule>) {
+        let last = std::mem::take(&mut self.plausibility);
+        self.plausibility = Plausibility::new(rules);
+        if let Some(remembered) = Plausibility::import(&last.export()) {
+            self.plausibility.restore(remembered);
+        }
     }
 
     /// The headend's id.
@@ -311,12 +329,22 @@ impl HeadendCore {
                 dropped.push((Some(meter), ReportDrop::Replayed));
                 continue;
             }
+            let implausible = match self.plausibility.check(&meter, &value, header.timestamp) {
+                Verdict::Plausible => None,
+                Verdict::Implausible(why, Action::Drop) => {
+                    dropped.push((Some(meter), ReportDrop::Implausible(why)));
+                    continue;
+                }
+                Verdict::Implausible(why, Action::Flag) => Some(why),
+            };
+            self.plausibility.commit(&meter, &value, header.timestamp);
             readings.push(Reading {
                 meter,
                 dap: batch.dap.clone(),
                 seq: header.seq,
                 timestamp: header.timestamp,
                 value,
+                implausible,
             });
         }
         entry.batches.commit(token)?;
@@ -329,8 +357,9 @@ impl HeadendCore {
     }
 
     /// The state to persist: per DAP its announcement and batch window, per
-    /// meter its window. CBOR: `[1, [[dap, window, null / [version, group,
-    /// [meter...]]]...], [[meter, window]...]]`.
+    /// meter its window, and (with plausibility rules) each meter's last
+    /// accepted value. CBOR: `[1, [[dap, window, null / [version, group,
+    /// [meter...]]]...], [[meter, window]...] (, [[meter, value, time_ms]...])]`.
     pub fn export_state(&self) -> Result<Vec<u8>> {
         use ciborium::Value;
         let text = |id: &EntityId| Value::Text(id.as_str().to_owned());
@@ -355,11 +384,15 @@ impl HeadendCore {
             .filter(|(_, m)| m.window.highest().is_some())
             .map(|(id, m)| Value::Array(vec![text(id), Value::Bytes(m.window.to_bytes())]))
             .collect();
-        let value = Value::Array(vec![
+        let mut top = vec![
             Value::Integer(STATE_VERSION.into()),
             Value::Array(daps),
             Value::Array(meters),
-        ]);
+        ];
+        if self.plausibility.is_active() {
+            top.push(self.plausibility.export());
+        }
+        let value = Value::Array(top);
         let mut out = Vec::new();
         ciborium::into_writer(&value, &mut out).map_err(|e| state_err(&e.to_string()))?;
         Ok(out)
@@ -370,9 +403,14 @@ impl HeadendCore {
     pub fn restore_state(&mut self, bytes: &[u8]) -> Result<()> {
         use ciborium::Value;
         let value: Value = ciborium::from_reader(bytes).map_err(|_| state_err("not CBOR"))?;
-        let Some([version, daps, meters]) = value.as_array().map(Vec::as_slice) else {
-            return Err(state_err("malformed"));
+        let (version, daps, meters, last) = match value.as_array().map(Vec::as_slice) {
+            Some([v, d, m]) => (v, d, m, None),
+            Some([v, d, m, l]) => (v, d, m, Some(l)),
+            _ => return Err(state_err("malformed")),
         };
+        let last = last
+            .map(|l| Plausibility::import(l).ok_or_else(|| state_err("malformed plausibility")))
+            .transpose()?;
         if version.as_integer() != Some(STATE_VERSION.into()) {
             return Err(state_err("unsupported version"));
         }
@@ -425,6 +463,9 @@ impl HeadendCore {
             if let Some(entry) = self.meters.get_mut(&id) {
                 entry.window = window;
             }
+        }
+        if let Some(last) = last {
+            self.plausibility.restore(last);
         }
         Ok(())
     }

@@ -12,7 +12,9 @@
 //! - [`dap`]: [`dap::DapCore`] verifies reports in batches without reading
 //!   them, keeps a window per meter and seals the batches;
 //! - [`headend`]: [`headend::HeadendCore`] checks the DAP once per batch and
-//!   decrypts each report end to end.
+//!   decrypts each report end to end;
+//! - [`plausibility`]: rules decrypted readings must meet (range, rise per
+//!   hour, monotonic counters, hours of the day).
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -21,6 +23,7 @@ pub mod dap;
 pub mod error;
 pub mod headend;
 pub mod meter;
+pub mod plausibility;
 pub mod wire;
 
 pub use error::{Error, Result};

@@ -54,6 +54,9 @@ pub struct DapStats {
     /// Genuine reports dropped because their meter was over its rate
     /// (`[dap] max_reports_per_meter_per_minute`).
     pub rate_limited: u64,
+    /// Reports dropped because their timestamp was implausibly far from the
+    /// DAP's clock (`[dap] max_report_drift_s`).
+    pub implausible: u64,
     /// Signed batches published.
     pub batches: u64,
     /// Announcements published.
@@ -491,6 +494,7 @@ impl Dap {
         let verdicts = self.core.verify(&refs, now());
         self.stats.verify_time += started.elapsed();
         let (mut forged, mut unknown, mut replayed, mut limited) = (0usize, 0usize, 0usize, 0usize);
+        let mut implausible = 0usize;
         let mut forward: Vec<&[u8]> = Vec::new();
         // Metadata for the audit log: which meter (as the report claims)
         // and sequence number, never the reading.
@@ -527,6 +531,10 @@ impl Dap {
                 ReportVerdict::RateLimited => {
                     limited += 1;
                     Some("over the rate cap")
+                }
+                ReportVerdict::Implausible => {
+                    implausible += 1;
+                    Some("implausible timestamp")
                 }
             };
             if let (Some(why), Some(a)) = (refusal, &mut self.audit) {
@@ -609,9 +617,10 @@ impl Dap {
         self.stats.unknown += unknown as u64;
         self.stats.replayed += replayed as u64;
         self.stats.rate_limited += limited as u64;
+        self.stats.implausible += implausible as u64;
         self.stats_tx.send_replace(self.stats.clone());
-        if forged + unknown + replayed + limited > 0 {
-            warn!(dap = %self.core.id(), received, forwarded, forged, unknown, replayed, rate_limited = limited, "reports dropped");
+        if forged + unknown + replayed + limited + implausible > 0 {
+            warn!(dap = %self.core.id(), received, forwarded, forged, unknown, replayed, rate_limited = limited, implausible, "reports dropped");
         } else {
             debug!(dap = %self.core.id(), received, forwarded, "batch forwarded");
         }

@@ -59,7 +59,7 @@ impl ReadingHandler for LogReadings {
     fn reading(&self, r: &Reading) {
         // The reading is what the end-to-end encryption protects: its
         // content only at DEBUG.
-        info!(meter = %r.meter, dap = %r.dap, seq = r.seq.get(), len = r.value.len(), "reading");
+        info!(meter = %r.meter, dap = %r.dap, seq = r.seq.get(), len = r.value.len(), implausible = r.implausible.map_or("-", |w| w.as_str()), "reading");
         debug!(meter = %r.meter, seq = r.seq.get(), reading = %String::from_utf8_lossy(&r.value).escape_debug(), "reading content");
     }
 }
@@ -81,6 +81,10 @@ pub struct HeadendStats {
     pub not_announced: u64,
     /// Reports that could not be decrypted (or malformed, or unknown meter).
     pub undecryptable: u64,
+    /// Genuine readings a plausibility rule dropped.
+    pub implausible: u64,
+    /// Genuine readings a plausibility rule flagged (handed on, marked).
+    pub flagged: u64,
 }
 
 /// Something the headend did.
@@ -404,7 +408,12 @@ impl Headend {
                     let ids: Vec<String> = outcome
                         .readings
                         .iter()
-                        .map(|r| format!("{}#{}", r.meter, r.seq.get()))
+                        .map(|r| match r.implausible {
+                            None => format!("{}#{}", r.meter, r.seq.get()),
+                            Some(w) => {
+                                format!("{}#{} (flagged: {})", r.meter, r.seq.get(), w.as_str())
+                            }
+                        })
                         .collect();
                     a.record(
                         Record::Received,
@@ -432,9 +441,14 @@ impl Headend {
                     match why {
                         ReportDrop::Replayed => self.stats.replayed += 1,
                         ReportDrop::NotAnnounced => self.stats.not_announced += 1,
+                        ReportDrop::Implausible(_) => self.stats.implausible += 1,
                         _ => self.stats.undecryptable += 1,
                     }
                     warn!(dap = %outcome.dap, meter = ?meter.as_ref().map(EntityId::as_str), reason = ?why, "report dropped at the headend");
+                }
+                for r in outcome.readings.iter().filter(|r| r.implausible.is_some()) {
+                    warn!(dap = %outcome.dap, meter = %r.meter, seq = r.seq.get(), reason = r.implausible.map_or("", |w| w.as_str()), "implausible reading flagged");
+                    self.stats.flagged += 1;
                 }
                 self.stats.batches += 1;
                 self.stats.readings += outcome.readings.len() as u64;

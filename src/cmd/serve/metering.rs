@@ -144,6 +144,9 @@ pub(super) struct HeadendFile {
     meter: Vec<KeyEntry>,
     #[serde(default)]
     dap: Vec<KeyEntry>,
+    /// Rules decrypted readings must meet (`[[plausibility]]`).
+    #[serde(default)]
+    plausibility: Vec<PlausibilityEntry>,
     /// The audit log (default `<state_dir>/audit.jsonl`).
     audit_log: Option<PathBuf>,
     /// Rotate the audit log at this many KiB (default 16384).
@@ -176,6 +179,9 @@ struct DapSection {
     /// same number) are dropped and counted (`rate_limited`). Unset: no cap.
     max_reports_per_meter_per_minute: Option<u32>,
     max_report_burst: Option<u32>,
+    /// Drop reports whose timestamp is further than this from the DAP's
+    /// clock, in seconds (unset: no bound).
+    max_report_drift_s: Option<u64>,
     /// The DAP's audit log (default `<state_dir>/dap-audit.jsonl`, apart
     /// from the gateway node's `audit.jsonl` when both run).
     audit_log: Option<PathBuf>,
@@ -183,6 +189,77 @@ struct DapSection {
     audit_max_kib: Option<u64>,
     /// Rotated segments of it kept (default 8).
     audit_keep: Option<usize>,
+}
+
+/// One `[[plausibility]]` rule of `headend.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlausibilityEntry {
+    /// Meters whose id starts with this (default: every meter).
+    #[serde(default)]
+    meters: String,
+    min: Option<f64>,
+    max: Option<f64>,
+    max_rise_per_hour: Option<f64>,
+    #[serde(default)]
+    monotonic: bool,
+    /// `"HH-HH"`, UTC, the end exclusive (`"22-06"` wraps past midnight).
+    hours: Option<String>,
+    /// `"drop"` (default) or `"flag"`.
+    action: Option<String>,
+}
+
+impl PlausibilityEntry {
+    fn rule(&self, n: usize) -> Result<sealcast_metering::plausibility::Rule> {
+        use sealcast_metering::plausibility::{Action, Rule};
+        let bad = |what: &str| CliError::usage(format!("[[plausibility]] number {n}: {what}"));
+        let hours = match &self.hours {
+            None => None,
+            Some(text) => {
+                let (a, b) = text
+                    .split_once('-')
+                    .ok_or_else(|| bad("hours must be \"HH-HH\" (UTC), e.g. \"06-22\""))?;
+                let hour = |t: &str| {
+                    t.trim()
+                        .parse::<u8>()
+                        .ok()
+                        .filter(|h| *h <= 24)
+                        .ok_or_else(|| bad("hours must be 0..=24"))
+                };
+                Some((hour(a)?, hour(b)?))
+            }
+        };
+        let action = match self.action.as_deref() {
+            None | Some("drop") => Action::Drop,
+            Some("flag") => Action::Flag,
+            Some(other) => return Err(bad(&format!("action {other:?}: use \"drop\" or \"flag\""))),
+        };
+        for v in [self.min, self.max, self.max_rise_per_hour]
+            .into_iter()
+            .flatten()
+        {
+            if !v.is_finite() {
+                return Err(bad("numbers must be finite"));
+            }
+        }
+        if let (Some(lo), Some(hi)) = (self.min, self.max)
+            && lo > hi
+        {
+            return Err(bad("min is above max"));
+        }
+        if self.max_rise_per_hour.is_some_and(|r| r < 0.0) {
+            return Err(bad("max_rise_per_hour must be at least 0"));
+        }
+        Ok(Rule {
+            meter_prefix: self.meters.clone(),
+            min: self.min,
+            max: self.max,
+            max_rise_per_hour: self.max_rise_per_hour,
+            monotonic: self.monotonic,
+            hours,
+            action,
+        })
+    }
 }
 
 fn default_group() -> String {
@@ -316,11 +393,15 @@ impl ReadingHandler for ReadingsFile {
         LogReadings.reading(r);
         // Escaped: a reading's bytes cannot add lines or control characters.
         let line = format!(
-            "meter={} seq={} dap={} reading={}\n",
+            "meter={} seq={} dap={} reading={}{}\n",
             r.meter,
             r.seq.get(),
             r.dap,
-            String::from_utf8_lossy(&r.value).escape_debug()
+            String::from_utf8_lossy(&r.value).escape_debug(),
+            r.implausible.map_or_else(String::new, |why| format!(
+                " flag=implausible:{}",
+                why.as_str()
+            ))
         );
         let written = std::fs::OpenOptions::new()
             .create(true)
@@ -354,8 +435,15 @@ pub fn headend(args: &HeadendServeArgs) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     let meters = meters(&base, config.meters_dir.as_deref(), &config.meter)?;
     let n_meters = meters.len();
-    let core = HeadendCore::new(credential, daps, meters, config.verify_meter_signatures)
+    let mut core = HeadendCore::new(credential, daps, meters, config.verify_meter_signatures)
         .map_err(|e| failed("cannot set up the headend", e))?;
+    let rules = config
+        .plausibility
+        .iter()
+        .enumerate()
+        .map(|(i, r)| r.rule(i + 1))
+        .collect::<Result<Vec<_>>>()?;
+    core.set_plausibility(rules);
     let handler: Arc<dyn ReadingHandler> = match &args.readings {
         Some(path) => Arc::new(ReadingsFile { path: path.clone() }),
         None => Arc::new(LogReadings),
@@ -475,6 +563,14 @@ pub fn agent_with_dap(args: &ServeArgs) -> Result<()> {
         return Err(CliError::usage(
             "[dap] max_report_burst needs max_reports_per_meter_per_minute",
         ));
+    }
+    if let Some(drift) = section.max_report_drift_s {
+        if drift == 0 || drift > 366 * 86_400 {
+            return Err(CliError::usage(
+                "[dap] max_report_drift_s must be 1..=31622400 (seconds)",
+            ));
+        }
+        core.set_max_drift(Some(drift * 1000));
     }
     let link = link_config(
         config.transport,
