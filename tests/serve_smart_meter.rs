@@ -677,3 +677,114 @@ async fn implausible_readings_are_dropped_or_flagged() {
     drop(procs);
     let _ = spy.disconnect(Duration::from_secs(2)).await;
 }
+
+/// Issue #15, item 5 ("the DAP and headend learn meter-list changes while
+/// running"): a meter added to the shared meters directory is served after
+/// SIGHUP to the DAP (which announces again) and to the headend (which
+/// derives its pairwise key), without a restart; a meter removed is
+/// refused from then on; the meters that stayed keep their replay windows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn meters_join_and_leave_while_the_dap_and_headend_run() {
+    let t = MqttRun::start("j").await;
+    let (dir, url, run) = (t.dir.clone(), &t.url, &t.run);
+    let name = |n: &str| format!("{run}-{n}");
+    let (headend, dap) = (name("headend"), name("dap"));
+    let meters = [name("meter-1"), name("meter-2"), name("meter-3")];
+    keygen(&dir, [&headend, &dap].into_iter().chain(&meters));
+    common::meters_dir(&dir, &meters[..2]);
+    fs::write(
+        dir.join("headend.toml"),
+        format!(
+            "broker = \"{url}\"\ntopic_prefix = \"{run}\"\nkey = \"{headend}.key\"\n\
+             state_dir = \"headend-state\"\nmeters_dir = \"meters\"\n\n\
+             [[dap]]\nid = \"{dap}\"\npublic_key = \"{dap}.pub\"\n"
+        ),
+    )
+    .unwrap();
+    fs::write(
+        dir.join("agent.toml"),
+        format!(
+            "broker = \"{url}\"\ntopic_prefix = \"{run}\"\nkey = \"{dap}.key\"\n\
+             state_dir = \"dap-state\"\n\n[dap]\nheadend = \"{headend}\"\n\
+             headend_public_key = \"{headend}.pub\"\nmeters_dir = \"meters\"\n\
+             batch_size = 4\nmax_batch_delay_ms = 50\n"
+        ),
+    )
+    .unwrap();
+    for m in &meters {
+        fs::write(
+            dir.join(format!("{m}.toml")),
+            format!(
+                "broker = \"{url}\"\ntopic_prefix = \"{run}\"\nkey = \"{m}.key\"\n\
+                 state_dir = \"{m}-state\"\ndap = \"{dap}\"\nheadend_public_key = \"{headend}.pub\"\n"
+            ),
+        )
+        .unwrap();
+    }
+    let mut procs = Procs::new(&dir);
+    start_headend(&mut procs);
+    procs.start_appending("dap", &["agent", "serve", "--config", "agent.toml"]);
+    wait_until("the headend accepts the DAP's announcement", &procs, || {
+        procs.log("headend").contains("DAP announcement accepted")
+    })
+    .await;
+    let mut expected = Vec::new();
+    report_expected(&dir, &meters[0], &dap, "m1 a", &mut expected);
+    report(&dir, &meters[2], "m3 before", 1); // not served yet
+    wait_until("the DAP drops the unknown meter", &procs, || {
+        dap_dropped(&procs.log("dap"), "unknown") >= 1 && !headend_readings(&dir).is_empty()
+    })
+    .await;
+
+    // --- meter-3 joins: its key in the directory, SIGHUP to both ------------
+    fs::copy(
+        dir.join(format!("{}.pub", meters[2])),
+        dir.join("meters").join(format!("{}.pub", meters[2])),
+    )
+    .unwrap();
+    procs.hangup("headend");
+    procs.hangup("dap");
+    wait_until("both reloaded and the DAP announced again", &procs, || {
+        procs.log("headend").contains("SIGHUP: meters reloaded")
+            && procs.log("headend").contains("added=1")
+            && procs.log("dap").contains("SIGHUP: meters reloaded")
+            && procs
+                .log("headend")
+                .matches("DAP announcement accepted")
+                .count()
+                >= 2
+    })
+    .await;
+    report_expected(&dir, &meters[2], &dap, "m3 after", &mut expected);
+    report_expected(&dir, &meters[0], &dap, "m1 b", &mut expected);
+    wait_until("the new meter's reading arrives", &procs, || {
+        headend_readings(&dir).len() >= 3
+    })
+    .await;
+    assert_eq!(headend_readings(&dir), expected, "{}", procs.logs());
+
+    // --- meter-2 leaves ----------------------------------------------------
+    fs::remove_file(dir.join("meters").join(format!("{}.pub", meters[1]))).unwrap();
+    procs.hangup("headend");
+    procs.hangup("dap");
+    wait_until("both reloaded again", &procs, || {
+        procs.log("headend").contains("removed=1")
+            && procs.log("dap").matches("SIGHUP: meters reloaded").count() >= 2
+            && procs
+                .log("headend")
+                .matches("DAP announcement accepted")
+                .count()
+                >= 3
+    })
+    .await;
+    let unknown_before = dap_dropped(&procs.log("dap"), "unknown");
+    report(&dir, &meters[1], "m2 after leaving", 1);
+    wait_until("the DAP drops the removed meter", &procs, || {
+        dap_dropped(&procs.log("dap"), "unknown") > unknown_before
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(headend_readings(&dir), expected, "{}", procs.logs());
+    procs.exit_on_ctrl_c("headend").await;
+    drop(procs);
+}

@@ -145,6 +145,53 @@ impl core::fmt::Debug for HeadendCore {
     }
 }
 
+/// A fresh entry (pairwise key, window) per meter credential.
+fn meter_entries(
+    credential: &EntityCredential,
+    meters: Vec<PublicCredential>,
+) -> Result<BTreeMap<EntityId, MeterEntry>> {
+    let mut out = BTreeMap::new();
+    for m in meters {
+        let key = sealcast_core::report::PairwiseKey::derive(
+            PAIRWISE_ALG,
+            credential.agreement_secret(),
+            m.agreement_key(),
+            m.id(),
+            credential.id(),
+        )?;
+        out.insert(
+            m.id().clone(),
+            MeterEntry {
+                pairwise: key,
+                key: *m.verifying_key(),
+                window: SeqWindow::new(),
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// The meters a headend held at one point (opaque: keys stay inside).
+pub struct HeldMeters(BTreeMap<EntityId, MeterEntry>);
+
+impl core::fmt::Debug for HeldMeters {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "HeldMeters({} meters)", self.0.len())
+    }
+}
+
+/// What [`HeadendCore::set_meters`] changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MetersChanged {
+    /// Meters it did not hold before.
+    pub added: usize,
+    /// Meters it no longer holds (their windows are forgotten).
+    pub removed: usize,
+    /// Meters whose key changed (a fresh pairwise key and window: reports
+    /// under the old key no longer open).
+    pub rekeyed: usize,
+}
+
 fn state_err(what: &str) -> Error {
     Error::State(format!("headend state: {what}"))
 }
@@ -173,24 +220,7 @@ impl HeadendCore {
                 ))
             })
             .collect::<Result<_>>()?;
-        let mut pairwise = BTreeMap::new();
-        for m in meters {
-            let key = sealcast_core::report::PairwiseKey::derive(
-                PAIRWISE_ALG,
-                credential.agreement_secret(),
-                m.agreement_key(),
-                m.id(),
-                credential.id(),
-            )?;
-            pairwise.insert(
-                m.id().clone(),
-                MeterEntry {
-                    pairwise: key,
-                    key: *m.verifying_key(),
-                    window: SeqWindow::new(),
-                },
-            );
-        }
+        let pairwise = meter_entries(&credential, meters)?;
         Ok(Self {
             credential,
             daps,
@@ -198,6 +228,42 @@ impl HeadendCore {
             verify_meter_signatures,
             plausibility: Plausibility::default(),
         })
+    }
+
+    /// Replaces the meters it holds credentials for, while running (the
+    /// service's SIGHUP): a meter kept with the same key keeps its window
+    /// (no replay across the change); a new one, or one whose key changed,
+    /// starts a fresh window under its new pairwise key; a removed one is
+    /// forgotten (its reports are dropped as `UnknownMeter`). All keys are
+    /// derived before anything changes.
+    /// Returns what changed and the set it replaced (for
+    /// [`HeadendCore::restore_meters`]).
+    pub fn set_meters(
+        &mut self,
+        meters: Vec<PublicCredential>,
+    ) -> Result<(MetersChanged, HeldMeters)> {
+        let mut next = meter_entries(&self.credential, meters)?;
+        let mut changed = MetersChanged::default();
+        for (id, entry) in &mut next {
+            match self.meters.get(id) {
+                Some(old) if old.key == entry.key => entry.window = old.window.clone(),
+                Some(_) => changed.rekeyed += 1,
+                None => changed.added += 1,
+            }
+        }
+        changed.removed = self
+            .meters
+            .keys()
+            .filter(|id| !next.contains_key(*id))
+            .count();
+        let before = std::mem::replace(&mut self.meters, next);
+        Ok((changed, HeldMeters(before)))
+    }
+
+    /// Puts back the meters [`HeadendCore::set_meters`] replaced (when
+    /// saving the new set failed).
+    pub fn restore_meters(&mut self, held: HeldMeters) {
+        self.meters = held.0;
     }
 
     /// Sets the plausibility rules decrypted readings must meet

@@ -31,7 +31,7 @@ use sealcast_core::ids::EntityId;
 use sealcast_core::target::{AgentChannel, Topic, TopicFilter, TopicScheme};
 use sealcast_metering::Error as MeteringError;
 pub use sealcast_metering::headend::{
-    AnnouncementAccepted, BatchOutcome, HeadendCore, Reading, ReportDrop,
+    AnnouncementAccepted, BatchOutcome, HeadendCore, MetersChanged, Reading, ReportDrop,
 };
 use sealcast_store::{DeviceStateFile, StateLock};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -141,8 +141,17 @@ impl core::fmt::Debug for HeadendConfig {
 #[derive(Debug)]
 pub struct HeadendHandle {
     id: EntityId,
-    stop: mpsc::Sender<oneshot::Sender<()>>,
+    stop: mpsc::Sender<Request>,
     stats: watch::Receiver<HeadendStats>,
+}
+
+/// Requests to a running headend.
+enum Request {
+    Stop(oneshot::Sender<()>),
+    SetMeters(
+        Vec<sealcast_core::credential::PublicCredential>,
+        oneshot::Sender<Result<MetersChanged>>,
+    ),
 }
 
 impl HeadendHandle {
@@ -170,9 +179,24 @@ impl HeadendHandle {
     /// and disconnects.
     pub async fn stop(&self) {
         let (reply, rx) = oneshot::channel();
-        if self.stop.send(reply).await.is_ok() {
+        if self.stop.send(Request::Stop(reply)).await.is_ok() {
             let _ = rx.await;
         }
+    }
+
+    /// Replaces the meters it decrypts for, while it runs
+    /// (`HeadendCore::set_meters`); saved before it answers.
+    pub async fn set_meters(
+        &self,
+        meters: Vec<sealcast_core::credential::PublicCredential>,
+    ) -> Result<MetersChanged> {
+        let (reply, rx) = oneshot::channel();
+        self.stop
+            .send(Request::SetMeters(meters, reply))
+            .await
+            .map_err(|_| crate::Error::Runtime("the headend stopped".into()))?;
+        rx.await
+            .map_err(|_| crate::Error::Runtime("the headend stopped".into()))?
     }
 }
 
@@ -255,7 +279,7 @@ pub async fn spawn(config: HeadendConfig) -> Result<HeadendHandle> {
 }
 
 impl Headend {
-    async fn run(mut self, mut inbox: Inbox, mut stop: mpsc::Receiver<oneshot::Sender<()>>) {
+    async fn run(mut self, mut inbox: Inbox, mut stop: mpsc::Receiver<Request>) {
         let mut retry = tokio::time::interval(SOLICIT_RETRY);
         retry.tick().await;
         let stopped = loop {
@@ -264,7 +288,27 @@ impl Headend {
                     Some(m) => self.on_message(m).await,
                     None => break None,
                 },
-                reply = stop.recv() => break reply,
+                req = stop.recv() => match req {
+                    Some(Request::Stop(reply)) => break Some(reply),
+                    Some(Request::SetMeters(meters, reply)) => {
+                        // Check → persist → apply: the state file is
+                        // written with the new set before it is used.
+                        let r = self.core.set_meters(meters).map_err(crate::Error::from);
+                        let r = match r {
+                            Ok((changed, before)) => match self.persist() {
+                                Ok(()) => Ok(changed),
+                                Err(e) => {
+                                    self.core.restore_meters(before);
+                                    Err(e)
+                                }
+                            },
+                            Err(e) => Err(e),
+                        };
+                        let _ = reply.send(r);
+                        Ok(())
+                    }
+                    None => break None,
+                },
                 _ = retry.tick() => {
                     if let Some(a) = &mut self.audit {
                         a.tick();

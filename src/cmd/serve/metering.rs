@@ -463,6 +463,7 @@ pub fn headend(args: &HeadendServeArgs) -> Result<()> {
         config.coap.as_ref(),
         config.onem2m.as_ref().map(|o| (o, &headend_id)),
     )?;
+    let config_path = args.config.clone();
     runtime()?.block_on(async move {
         let (events, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let transport = link.transport();
@@ -478,17 +479,39 @@ pub fn headend(args: &HeadendServeArgs) -> Result<()> {
         .await
         .map_err(|e| failed("the headend could not start", e))?;
         info!(headend = %handle.id(), %transport, meters = n_meters, "headend service running");
-        let failure = async {
+        let mut failure = Box::pin(async {
             while let Some(e) = rx.recv().await {
                 if let HeadendEvent::Failed(why) = e {
                     return why;
                 }
             }
             "the headend task ended".to_owned()
-        };
-        tokio::select! {
-            r = wait_for_stop_signal() => r?,
-            why = failure => return Err(failed("the headend stopped", why)),
+        });
+        let mut hangup =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .map_err(|e| failed("cannot listen for SIGHUP", e))?;
+        let mut stop_signal = Box::pin(wait_for_stop_signal());
+        loop {
+            tokio::select! {
+                r = &mut stop_signal => { r?; break; }
+                why = &mut failure => return Err(failed("the headend stopped", why)),
+                _ = hangup.recv() => {
+                    // Re-read the meters (meters_dir and [[meter]]): new ones
+                    // are decrypted from now on, removed ones no longer.
+                    let reloaded = read_config::<HeadendFile>(&config_path)
+                        .and_then(|(c, b)| self::meters(&b, c.meters_dir.as_deref(), &c.meter));
+                    match reloaded {
+                        Ok(m) => {
+                            let n = m.len();
+                            match handle.set_meters(m).await {
+                                Ok(c) => info!(meters = n, added = c.added, removed = c.removed, rekeyed = c.rekeyed, "SIGHUP: meters reloaded"),
+                                Err(e) => warn!(error = %e, "SIGHUP: meters not reloaded; the headend keeps the previous set"),
+                            }
+                        }
+                        Err(e) => warn!(error = %e, "SIGHUP: config not reloaded; the headend keeps the previous set"),
+                    }
+                }
+            }
         }
         handle.stop().await;
         let s = handle.stats();
