@@ -99,6 +99,7 @@ fn run(cli: Cli) -> error::Result<()> {
             cmd::node::change(&args, sealcast_node::control::TxAction::Activate)
         }
         Command::Node(cmd::node::NodeCommand::Show(args)) => cmd::node::show(&args),
+        Command::Node(cmd::node::NodeCommand::Remove(args)) => cmd::node::remove(&args),
         Command::Seal(args) => cmd::seal::run(&args),
         Command::Open(args) => cmd::open::run(&args),
         Command::Inspect(args) => cmd::inspect::run(&args),

@@ -371,3 +371,157 @@ async fn managers_orders_stop_and_resume_nodes_end_to_end_and_forgeries_change_n
     drop(procs);
     let _ = spy.disconnect(Duration::from_secs(2)).await;
 }
+
+/// Issue #15, item 5 (credential lifecycle: "there is no un-enrol"):
+/// `sealcast node remove` evicts a door from every group — the group moves
+/// to a key the door cannot compute, so it executes nothing more while it
+/// keeps running — and deletes its enrolment. A manager restarted with the
+/// same config does not enrol it again (the store is the authority); an
+/// operator's `group enrol` with a NEW key for the same id does, and once
+/// added it executes commands again. An agent that relays for devices is
+/// refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_removed_door_executes_nothing_and_its_id_takes_a_new_key() {
+    let t = MqttRun::start("rm").await;
+    let (dir, url, prefix) = (t.dir.clone(), t.url.clone(), t.run.clone());
+    let name = |n: &str| format!("{prefix}-{n}");
+    let (manager, gateway, sensor) = (name("manager"), name("gateway"), name("sensor"));
+    let doors = [name("door-1"), name("door-2")];
+    keygen(
+        &dir,
+        [&manager, &gateway, &sensor].into_iter().chain(&doors),
+    );
+    let head = format!("broker = \"{url}\"\n");
+    fs::write(
+        dir.join("manager.toml"),
+        manager_config(&head, &prefix, &manager)
+            + &fire_safety_tables(&gateway, std::slice::from_ref(&sensor), &doors),
+    )
+    .unwrap();
+    let node = |id: &str| node_config(&head, &prefix, id, &manager);
+    fs::write(
+        dir.join("agent.toml"),
+        node(&gateway) + &relays_for([&sensor].into_iter().chain(&doors)) + FIRE_RULE,
+    )
+    .unwrap();
+    for d in [&sensor].into_iter().chain(&doors) {
+        fs::write(dir.join(format!("{d}.toml")), node(d)).unwrap();
+    }
+    let mut procs = Procs::new(&dir);
+    start_fire_safety(&mut procs, &sensor, [doors[0].as_str(), doors[1].as_str()]);
+    procs.exit_on_ctrl_c(&sensor).await;
+    let alert = |text: &str| common::alert(&dir, &sensor, text);
+    alert("smoke 1");
+    wait_until_blocking("both doors unlock", &procs, || {
+        doors.iter().all(|d| executed(&dir, d).len() == 1)
+    });
+
+    let out = common::sealcast_fails(
+        &dir,
+        &[
+            "node",
+            "remove",
+            "--config",
+            "manager.toml",
+            "--id",
+            &gateway,
+        ],
+    );
+    assert!(out.contains("relays for 3 enrolled device(s)"), "{out}");
+    let out = node_cmd(&dir, &["remove", "--id", &doors[1]]);
+    assert!(out.contains("evicted from fire-doors (now epoch"), "{out}");
+    alert("smoke 2");
+    wait_until_blocking("door-1 unlocks again", &procs, || {
+        executed(&dir, &doors[0]).len() == 2
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(
+        executed(&dir, &doors[1]).len(),
+        1,
+        "a removed door executed"
+    );
+    let out = common::sealcast_fails(
+        &dir,
+        &[
+            "node",
+            "show",
+            "--config",
+            "manager.toml",
+            "--id",
+            &doors[1],
+        ],
+    );
+    assert!(out.contains("not enrolled"), "{out}");
+
+    // A restart with the same config (which still enrols door-2) does not
+    // bring it back.
+    assert!(procs.terminate_async("manager").await.success());
+    procs.move_log_aside("manager", 1);
+    procs.start("manager", &["manager", "serve", "--config", "manager.toml"]);
+    wait_until_blocking("the manager runs again", &procs, || {
+        procs.log("manager").contains("manager running")
+    });
+    assert!(
+        procs
+            .log("manager")
+            .contains("it was removed with `sealcast node remove`"),
+        "{}",
+        procs.log("manager")
+    );
+    let shown = common::group_show_json(&dir, "manager.toml", "fire-doors");
+    assert_eq!(shown["members"], 2, "{shown}"); // the gateway and door-1
+
+    // The same id with a new key: enrolled by the operator, added, and it
+    // executes again (run with the new key).
+    assert!(procs.terminate_async(&doors[1]).await.success());
+    fs::create_dir_all(dir.join("new")).unwrap();
+    common::sealcast(&dir, &["keygen", "--id", &doors[1], "--out-dir", "new"]);
+    for ext in ["key", "pub"] {
+        fs::copy(
+            dir.join("new").join(format!("{}.{ext}", doors[1])),
+            dir.join(format!("{}.{ext}", doors[1])),
+        )
+        .unwrap();
+    }
+    fs::remove_dir_all(dir.join(format!("{}-state", doors[1]))).unwrap();
+    let pubfile = format!("{}.pub", doors[1]);
+    common::sealcast(
+        &dir,
+        &[
+            "group",
+            "enrol",
+            "--config",
+            "manager.toml",
+            "--public-key",
+            &pubfile,
+            "--kind",
+            "device",
+            "--agent",
+            &gateway,
+        ],
+    );
+    common::sealcast(
+        &dir,
+        &[
+            "group",
+            "add",
+            "--config",
+            "manager.toml",
+            "--group",
+            "fire-doors",
+            "--member",
+            &format!("{}:receiver", doors[1]),
+        ],
+    );
+    procs.restart_device(&doors[1], 1);
+    wait_until_blocking("the re-enrolled door holds the key", &procs, || {
+        procs.installed(&doors[1]) >= 1
+    });
+    alert("smoke 3");
+    wait_until_blocking("both doors execute the third command", &procs, || {
+        executed(&dir, &doors[0]).len() == 3 && executed(&dir, &doors[1]).len() == 2
+    });
+    let audit = fs::read_to_string(dir.join("manager-state/audit.jsonl")).unwrap();
+    assert!(audit.contains("remove-entity"), "{audit}");
+    drop(procs);
+}

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
-use sealcast_node::control::{NodeStatus, Request, TxAction};
+use sealcast_node::control::{NodeStatus, Removed, Request, TxAction};
 
 use super::group_admin::{Control, ManagerArgs};
 use super::say;
@@ -19,6 +19,46 @@ pub enum NodeCommand {
     Deactivate(ChangeArgs),
     Activate(ChangeArgs),
     Show(ShowArgs),
+    Remove(RemoveArgs),
+}
+
+/// Remove an enrolled entity entirely: it is evicted from every group
+/// (each group moves to a fresh key it cannot compute), and its enrolment
+/// and transmission order are deleted. Its id can then be enrolled again
+/// with a new key (`sealcast group enrol`). An agent that still relays for
+/// enrolled devices is refused.
+#[derive(Debug, Args)]
+#[command(after_help = "Example:
+  sealcast node remove --config manager.toml --id door-2")]
+pub struct RemoveArgs {
+    #[command(flatten)]
+    manager: ManagerArgs,
+    /// The entity id.
+    #[arg(long, value_name = "ID")]
+    id: String,
+}
+
+/// `sealcast node remove`.
+pub fn remove(args: &RemoveArgs) -> Result<()> {
+    let mut control = Control::connect(&args.manager)?;
+    let answer: Removed = control.call(&Request::Remove {
+        node: args.id.clone(),
+    })?;
+    let groups: Vec<String> = answer
+        .groups
+        .iter()
+        .map(|g| format!("{} (now epoch {})", g.group, g.epoch))
+        .collect();
+    say(&format!(
+        "removed {}: evicted from {}; enrolment deleted",
+        answer.node,
+        if groups.is_empty() {
+            "no group".to_owned()
+        } else {
+            groups.join(", ")
+        }
+    ));
+    Ok(())
 }
 
 /// Tell a node to stop (deactivate) or resume (activate) sending: all of

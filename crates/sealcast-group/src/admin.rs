@@ -102,6 +102,22 @@ pub enum Request {
         /// The node's entity id.
         node: String,
     },
+    /// Remove an enrolled entity entirely: evicted from every group (each
+    /// rekeyed), its enrolment and transmission order deleted; its id may
+    /// then be enrolled again with a new key.
+    Remove {
+        /// The entity id.
+        node: String,
+    },
+}
+
+/// The answer to [`Request::Remove`].
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub struct Removed {
+    /// The entity removed.
+    pub node: String,
+    /// The groups it was evicted from, each with its new epoch.
+    pub groups: Vec<Rekeyed>,
 }
 
 /// What a [`Request::Transmission`] does.

@@ -282,6 +282,22 @@ impl Manager {
         Ok(())
     }
 
+    /// Forgets an enrolled entity. Refused while it is a member of a group
+    /// (evict it first) or the agent of another enrolled entity.
+    pub fn unenrol(&mut self, id: &EntityId) -> Result<()> {
+        if !self.enrolled.contains_key(id) {
+            return Err(Error::UnknownMember);
+        }
+        if self.groups.values().any(|g| g.members.contains_key(id)) {
+            return Err(Error::Refused("still a member of a group: evict it first"));
+        }
+        if self.enrolled.values().any(|e| e.agent.as_ref() == Some(id)) {
+            return Err(Error::Refused("it relays for enrolled devices"));
+        }
+        self.enrolled.remove(id);
+        Ok(())
+    }
+
     /// The kind of an enrolled entity.
     pub fn kind_of(&self, id: &EntityId) -> Option<EntityKind> {
         self.enrolled.get(id).map(|e| e.kind)

@@ -95,6 +95,10 @@ enum Admin {
         node: EntityId,
         reply: oneshot::Sender<Result<NodeState>>,
     },
+    Remove {
+        entity: EntityId,
+        reply: oneshot::Sender<Result<Vec<(GroupId, Epoch)>>>,
+    },
     Stop {
         reply: oneshot::Sender<()>,
     },
@@ -488,34 +492,11 @@ impl Runtime {
                 member,
                 reply,
             } => {
-                let checkpoint = self.manager.checkpoint(&group);
-                let r = match self.manager.evict(&group, &member, now(), &mut self.rng) {
-                    Ok(out) => match self.commit(&group, checkpoint) {
-                        Ok(()) => {
-                            let epoch = self
-                                .manager
-                                .material(&group)
-                                .map(|m| m.epoch().get())
-                                .unwrap_or(0);
-                            self.audit(
-                                AuditKind::Evict,
-                                Some(&group),
-                                Some(&member),
-                                format!("rekey to epoch {epoch}"),
-                            );
-                            self.audit(
-                                AuditKind::Rekey,
-                                Some(&group),
-                                None,
-                                format!("epoch {epoch}, {} messages", out.len()),
-                            );
-                            self.publish(out).await;
-                            Ok(())
-                        }
-                        Err(e) => Err(e),
-                    },
-                    Err(e) => Err(e.into()),
-                };
+                let r = self.evict_one(&group, &member).await;
+                let _ = reply.send(r);
+            }
+            Admin::Remove { entity, reply } => {
+                let r = self.remove_entity(&entity).await;
                 let _ = reply.send(r);
             }
             Admin::Summary { group, reply } => {
@@ -556,6 +537,90 @@ impl Runtime {
                 let _ = reply.send(());
             }
         }
+    }
+
+    /// Evicts `member` from `group`: applied, saved and audited before the
+    /// rekey is published.
+    async fn evict_one(&mut self, group: &GroupId, member: &EntityId) -> Result<()> {
+        let checkpoint = self.manager.checkpoint(group);
+        let out = self.manager.evict(group, member, now(), &mut self.rng)?;
+        self.commit(group, checkpoint)?;
+        let epoch = self
+            .manager
+            .material(group)
+            .map(|m| m.epoch().get())
+            .unwrap_or(0);
+        self.audit(
+            AuditKind::Evict,
+            Some(group),
+            Some(member),
+            format!("rekey to epoch {epoch}"),
+        );
+        self.audit(
+            AuditKind::Rekey,
+            Some(group),
+            None,
+            format!("epoch {epoch}, {} messages", out.len()),
+        );
+        self.publish(out).await;
+        Ok(())
+    }
+
+    /// Removes an enrolled entity entirely: evicted (and each group
+    /// rekeyed) from every group it belongs to, then its enrolment and any
+    /// transmission order deleted from the store, then from the manager.
+    /// An agent that still relays for enrolled devices is refused before
+    /// anything changes. Each eviction is saved on its own; if one fails,
+    /// the ones before stand and the request can be repeated.
+    async fn remove_entity(&mut self, entity: &EntityId) -> Result<Vec<(GroupId, Epoch)>> {
+        if self.manager.kind_of(entity).is_none() {
+            return Err(Error::Group(sealcast_group::Error::UnknownMember));
+        }
+        let relayed: Vec<String> = self
+            .manager
+            .enrolled()
+            .filter(|(_, _, agent)| *agent == Some(entity))
+            .map(|(c, _, _)| c.id().to_string())
+            .collect();
+        if !relayed.is_empty() {
+            return Err(Error::Runtime(format!(
+                "{entity} relays for {} enrolled device(s) ({}): remove them, or enrol them behind another agent, first",
+                relayed.len(),
+                relayed.join(", ")
+            )));
+        }
+        let groups: Vec<GroupId> = self
+            .manager
+            .groups()
+            .filter(|g| {
+                self.manager
+                    .members(g)
+                    .is_some_and(|m| m.contains_key(entity))
+            })
+            .cloned()
+            .collect();
+        let mut evicted = Vec::new();
+        for g in groups {
+            self.refresh(&g);
+            self.evict_one(&g, entity).await?;
+            let epoch = self
+                .manager
+                .material(&g)
+                .map_or(Epoch::new(0), |m| m.epoch());
+            evicted.push((g, epoch));
+        }
+        let store = self.store.as_mut();
+        blocking(|| store.remove_entity(entity))?;
+        self.manager.unenrol(entity)?;
+        self.order_resends.forget(entity);
+        self.audit(
+            AuditKind::Other("remove-entity".into()),
+            None,
+            Some(entity),
+            format!("evicted from {} group(s), enrolment deleted", evicted.len()),
+        );
+        info!(%entity, groups = evicted.len(), "entity removed");
+        Ok(evicted)
     }
 
     async fn on_message(&mut self, incoming: Incoming) {

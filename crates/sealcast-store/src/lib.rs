@@ -95,8 +95,13 @@ pub trait ManagerStore: Send {
     fn entity(&mut self, id: &EntityId) -> Result<Option<EntityRecord>>;
     /// All entities, by id.
     fn list_entities(&mut self) -> Result<Vec<EntityRecord>>;
-    /// Removes an entity; [`Error::InUse`] while it is a member of a group or
-    /// the agent of another entity. Returns whether it existed.
+    /// Whether `id` was removed (`remove_entity`) and not enrolled again
+    /// since: a manager's config file must not bring it back.
+    fn was_removed(&mut self, id: &EntityId) -> Result<bool>;
+    /// Removes an entity (and its transmission order) and records it as
+    /// removed ([`ManagerStore::was_removed`]) until it is inserted again;
+    /// [`Error::InUse`] while it is a member of a group or the agent of
+    /// another entity. Returns whether it existed.
     fn remove_entity(&mut self, id: &EntityId) -> Result<bool>;
 
     // ----- groups and key material ---------------------------------------

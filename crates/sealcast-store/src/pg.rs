@@ -345,8 +345,16 @@ impl ManagerStore for PgStore {
     }
 
     fn remove_entity(&mut self, id: &EntityId) -> Result<bool> {
-        let n = self
+        let mut tx = self
             .client
+            .transaction()
+            .map_err(db("start removing an entity"))?;
+        tx.execute(
+            "DELETE FROM transmission_orders WHERE entity_id = $1",
+            &[&id.as_str()],
+        )
+        .map_err(db("remove an entity's transmission order"))?;
+        let n = tx
             .execute("DELETE FROM entities WHERE entity_id = $1", &[&id.as_str()])
             .map_err(|e| match classify(&e) {
                 DbFail::ForeignKey => Error::InUse {
@@ -355,7 +363,27 @@ impl ManagerStore for PgStore {
                 },
                 _ => db("remove an entity")(e),
             })?;
+        if n > 0 {
+            tx.execute(
+                "INSERT INTO removed_entities (entity_id, removed_at_ms) VALUES ($1, $2) \
+                 ON CONFLICT (entity_id) DO UPDATE SET removed_at_ms = excluded.removed_at_ms",
+                &[&id.as_str(), &now_ms()],
+            )
+            .map_err(db("record a removed entity"))?;
+        }
+        tx.commit().map_err(db("finish removing an entity"))?;
         Ok(n > 0)
+    }
+
+    fn was_removed(&mut self, id: &EntityId) -> Result<bool> {
+        Ok(self
+            .client
+            .query_opt(
+                "SELECT 1 FROM removed_entities WHERE entity_id = $1",
+                &[&id.as_str()],
+            )
+            .map_err(db("read removed entities"))?
+            .is_some())
     }
 
     fn create_group(

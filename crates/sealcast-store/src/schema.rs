@@ -19,6 +19,8 @@
 //!                 prev_hash, hash)                      -- append-only (triggers)
 //! transmission_orders (entity_id PK → entities, version, stopped, acked_version,
 //!                 updated_at_ms)                        -- migration 2
+//! removed_entities (entity_id PK, removed_at_ms)        -- migration 2: removed
+//!                 with `sealcast node remove`; a config file does not bring them back
 //! ```
 
 /// The newest schema version this build knows.
@@ -101,7 +103,8 @@ FOR EACH STATEMENT EXECUTE FUNCTION sealcast_audit_append_only();
 ";
 
 /// Remote transmission control: each node's current order (the scopes it
-/// must stop, as CBOR) and the newest version it acknowledged.
+/// must stop, as CBOR) and the newest version it acknowledged; and the
+/// entities an operator removed (a tombstone until enrolled again).
 const MIGRATION_2: &str = r"
 CREATE TABLE transmission_orders (
     entity_id     TEXT PRIMARY KEY REFERENCES entities (entity_id),
@@ -109,6 +112,10 @@ CREATE TABLE transmission_orders (
     stopped       BYTES NOT NULL,
     acked_version INT,
     updated_at_ms INT NOT NULL CHECK (updated_at_ms >= 0)
+);
+CREATE TABLE removed_entities (
+    entity_id     TEXT PRIMARY KEY,
+    removed_at_ms INT NOT NULL CHECK (removed_at_ms >= 0)
 );
 ";
 

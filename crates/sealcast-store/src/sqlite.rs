@@ -239,6 +239,13 @@ impl ManagerStore for SqliteStore {
                 },
                 _ => db("insert an entity")(e),
             })?;
+        // Enrolled again: no longer a removed entity.
+        self.conn
+            .execute(
+                "DELETE FROM removed_entities WHERE entity_id = ?1",
+                params![entity.id().as_str()],
+            )
+            .map_err(db("clear a removed entity"))?;
         Ok(())
     }
 
@@ -312,8 +319,16 @@ impl ManagerStore for SqliteStore {
     }
 
     fn remove_entity(&mut self, id: &EntityId) -> Result<bool> {
-        let n = self
+        let tx = self
             .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db("start removing an entity"))?;
+        tx.execute(
+            "DELETE FROM transmission_orders WHERE entity_id = ?1",
+            params![id.as_str()],
+        )
+        .map_err(db("remove an entity's transmission order"))?;
+        let n = tx
             .execute(
                 "DELETE FROM entities WHERE entity_id = ?1",
                 params![id.as_str()],
@@ -325,7 +340,28 @@ impl ManagerStore for SqliteStore {
                 },
                 _ => db("remove an entity")(e),
             })?;
+        if n > 0 {
+            tx.execute(
+                "INSERT INTO removed_entities (entity_id, removed_at_ms) VALUES (?1, ?2) \
+                 ON CONFLICT (entity_id) DO UPDATE SET removed_at_ms = excluded.removed_at_ms",
+                params![id.as_str(), now_ms()],
+            )
+            .map_err(db("record a removed entity"))?;
+        }
+        tx.commit().map_err(db("finish removing an entity"))?;
         Ok(n > 0)
+    }
+
+    fn was_removed(&mut self, id: &EntityId) -> Result<bool> {
+        self.conn
+            .query_row(
+                "SELECT 1 FROM removed_entities WHERE entity_id = ?1",
+                params![id.as_str()],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|r| r.is_some())
+            .map_err(db("read removed entities"))
     }
 
     fn create_group(

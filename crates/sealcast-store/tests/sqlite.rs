@@ -56,7 +56,7 @@ fn migrations_are_idempotent() {
         populate(&mut s);
     }
     conn.execute_batch(
-        "DROP TABLE transmission_orders; DELETE FROM schema_version WHERE version = 2;",
+        "DROP TABLE transmission_orders; DROP TABLE removed_entities; DELETE FROM schema_version WHERE version = 2;",
     )
     .unwrap();
     {

@@ -85,9 +85,22 @@ pub fn manager(args: &ServeArgs) -> Result<()> {
 
     // What the config asks for and the store does not hold yet.
     let mut enrolments = Vec::new();
+    let mut removed = std::collections::BTreeSet::new();
     for e in &config.enrol {
         let id = entity(&e.id)?;
         if manager.kind_of(&id).is_some() {
+            continue;
+        }
+        // Removed by an operator: the file does not bring it back.
+        if store
+            .was_removed(&id)
+            .map_err(|e| failed("cannot read the store", e))?
+        {
+            warn!(
+                entity = %id,
+                "the config enrols {id}, but it was removed with `sealcast node remove`; the store is the authority, so it is not enrolled again. To bring it back, run: sealcast group enrol --config <manager.toml> --public-key <its .pub>"
+            );
+            removed.insert(id);
             continue;
         }
         let credential = load_public_key(&resolve(&base, &e.public_key))?;
@@ -123,7 +136,7 @@ pub fn manager(args: &ServeArgs) -> Result<()> {
         let mut missing = Vec::new();
         for m in &g.members {
             let id = entity(&m.id)?;
-            if existing.is_some_and(|x| x.contains_key(&id)) {
+            if existing.is_some_and(|x| x.contains_key(&id)) || removed.contains(&id) {
                 continue;
             }
             let role = Role::from(m.role);

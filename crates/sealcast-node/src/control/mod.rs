@@ -62,7 +62,7 @@ pub use sealcast_group::admin as protocol;
 pub use protocol::{
     Added, AlgName, Created, EnrolEntity, Enrolled, Evicted, GroupShow, GroupSummaryWire, Groups,
     HeldCount, KindName, MAX_CONNECTIONS, MAX_ENROL_BATCH, MAX_LINE, MAX_SHOW_PAGE, MemberSpec,
-    MemberWire, NodeStatus, Rekeyed, Request, RoleName, SOCKET_NAME, SchemeName, TxAction,
+    MemberWire, NodeStatus, Rekeyed, Removed, Request, RoleName, SOCKET_NAME, SchemeName, TxAction,
 };
 /// How long an idle connection stays open.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -332,6 +332,20 @@ async fn execute(handle: &ManagerHandle, request: Request) -> core::result::Resu
                 .map_err(|e| about_node(&node, e))?;
             answer(&node_status(&state))
         }
+        Request::Remove { node } => {
+            let id = entity_id(&node)?;
+            let groups = handle
+                .remove(id)
+                .await
+                .map_err(|e| about_node(&node, e))?
+                .into_iter()
+                .map(|(g, epoch)| Rekeyed {
+                    group: show_group(&g),
+                    epoch: epoch.get(),
+                })
+                .collect();
+            answer(&Removed { node, groups })
+        }
         Request::Node { node } => {
             let id = entity_id(&node)?;
             let state = handle
@@ -450,6 +464,7 @@ fn describe(request: &Request) -> String {
             }
         ),
         Request::Node { node } => format!("show node {node}"),
+        Request::Remove { node } => format!("remove {node}"),
     }
 }
 

@@ -155,6 +155,13 @@ impl ManagerHandle {
         )
     }
 
+    /// Removes an enrolled entity entirely: evicted from every group (each
+    /// rekeyed), its enrolment and transmission order deleted. Returns the
+    /// groups it left with their new epochs.
+    pub async fn remove(&self, entity: EntityId) -> Result<Vec<(GroupId, Epoch)>> {
+        ask!(self, Remove { entity: entity })
+    }
+
     /// A node's transmission state (its order, acknowledged or not).
     pub async fn node_status(&self, node: EntityId) -> Result<NodeState> {
         ask!(self, NodeStatus { node: node })

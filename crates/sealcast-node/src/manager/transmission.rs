@@ -37,6 +37,13 @@ pub(super) struct OrderResends {
     pub(super) last_check: Option<std::time::Instant>,
 }
 
+impl OrderResends {
+    /// Stops re-sending to a removed entity.
+    pub(super) fn forget(&mut self, entity: &EntityId) {
+        self.due.remove(entity);
+    }
+}
+
 impl Runtime {
     fn node_kind(&self, node: &EntityId) -> Result<EntityKind> {
         match self.manager.kind_of(node) {

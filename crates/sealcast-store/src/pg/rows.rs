@@ -86,5 +86,12 @@ pub(super) fn insert_entity_on(
             },
             _ => db("insert an entity")(e),
         })?;
+    // Enrolled again: no longer a removed entity.
+    client
+        .execute(
+            "DELETE FROM removed_entities WHERE entity_id = $1",
+            &[&entity.id().as_str()],
+        )
+        .map_err(db("clear a removed entity"))?;
     Ok(())
 }

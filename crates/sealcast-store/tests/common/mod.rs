@@ -529,4 +529,15 @@ pub fn transmission_orders(s: &mut dyn ManagerStore, other: &mut dyn ManagerStor
         Err(Error::NotFound { .. })
     ));
     assert_eq!(s.pending_transmissions().unwrap().len(), 1);
+    // Removing the entity removes its order with it, and records it as
+    // removed until it is enrolled again.
+    assert!(!s.was_removed(&eid("door-1")).unwrap());
+    assert!(s.remove_entity(&eid("door-1")).unwrap());
+    assert_eq!(s.transmission(&eid("door-1")).unwrap(), None);
+    assert!(s.pending_transmissions().unwrap().is_empty());
+    assert!(s.was_removed(&eid("door-1")).unwrap());
+    assert!(other.was_removed(&eid("door-1")).unwrap());
+    s.insert_entity(&entity("door-1", EntityKind::Device, None, 7))
+        .unwrap();
+    assert!(!s.was_removed(&eid("door-1")).unwrap());
 }
