@@ -42,6 +42,51 @@ fn dap_dropped(log: &str, key: &str) -> u64 {
         .sum()
 }
 
+/// Writes `headend.toml` (with `headend_extra` appended: `[[plausibility]]`
+/// rules …), the DAP's `agent.toml` (its `[dap]` section, then
+/// `dap_extra`) and one config per meter, all on the broker `url` under
+/// the topic prefix `run`; the meters' keys are in `meters/`.
+#[allow(clippy::too_many_arguments)]
+fn metering_configs(
+    dir: &Path,
+    url: &str,
+    run: &str,
+    headend: &str,
+    dap: &str,
+    meters: &[String],
+    headend_extra: &str,
+    dap_extra: &str,
+) {
+    fs::write(
+        dir.join("headend.toml"),
+        format!(
+            "broker = \"{url}\"\ntopic_prefix = \"{run}\"\nkey = \"{headend}.key\"\n\
+             state_dir = \"headend-state\"\nmeters_dir = \"meters\"\n\n\
+             [[dap]]\nid = \"{dap}\"\npublic_key = \"{dap}.pub\"\n{headend_extra}"
+        ),
+    )
+    .unwrap();
+    fs::write(
+        dir.join("agent.toml"),
+        format!(
+            "broker = \"{url}\"\ntopic_prefix = \"{run}\"\nkey = \"{dap}.key\"\n\
+             state_dir = \"dap-state\"\n\n[dap]\nheadend = \"{headend}\"\n\
+             headend_public_key = \"{headend}.pub\"\nmeters_dir = \"meters\"\n{dap_extra}"
+        ),
+    )
+    .unwrap();
+    for m in meters {
+        fs::write(
+            dir.join(format!("{m}.toml")),
+            format!(
+                "broker = \"{url}\"\ntopic_prefix = \"{run}\"\nkey = \"{m}.key\"\n\
+                 state_dir = \"{m}-state\"\ndap = \"{dap}\"\nheadend_public_key = \"{headend}.pub\"\n"
+            ),
+        )
+        .unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn smart_metering_as_separate_processes() {
     let t = MqttRun::start("t").await;
@@ -53,35 +98,16 @@ async fn smart_metering_as_separate_processes() {
     common::meters_dir(&dir, &meters);
 
     // --- configs -------------------------------------------------------------
-    fs::write(
-        dir.join("headend.toml"),
-        format!(
-            "broker = \"{url}\"\ntopic_prefix = \"{run}\"\nkey = \"{headend}.key\"\n\
-             state_dir = \"headend-state\"\nmeters_dir = \"meters\"\n\n\
-             [[dap]]\nid = \"{dap}\"\npublic_key = \"{dap}.pub\"\n"
-        ),
-    )
-    .unwrap();
-    fs::write(
-        dir.join("agent.toml"),
-        format!(
-            "broker = \"{url}\"\ntopic_prefix = \"{run}\"\nkey = \"{dap}.key\"\n\
-             state_dir = \"dap-state\"\n\n[dap]\ngroup = \"street-7\"\nheadend = \"{headend}\"\n\
-             headend_public_key = \"{headend}.pub\"\nmeters_dir = \"meters\"\n\
-             batch_size = 16\nmax_batch_delay_ms = 100\n"
-        ),
-    )
-    .unwrap();
-    for m in &meters {
-        fs::write(
-            dir.join(format!("{m}.toml")),
-            format!(
-                "broker = \"{url}\"\ntopic_prefix = \"{run}\"\nkey = \"{m}.key\"\n\
-                 state_dir = \"{m}-state\"\ndap = \"{dap}\"\nheadend_public_key = \"{headend}.pub\"\n"
-            ),
-        )
-        .unwrap();
-    }
+    metering_configs(
+        &dir,
+        url,
+        run,
+        &headend,
+        &dap,
+        &meters,
+        "",
+        "group = \"street-7\"\nbatch_size = 16\nmax_batch_delay_ms = 100\n",
+    );
 
     // --- a raw MQTT client capturing reports and batches -----------------------
     let topics = TopicScheme::with_prefix(run).unwrap();
@@ -530,39 +556,21 @@ async fn implausible_readings_are_dropped_or_flagged() {
     let meters = [name("meter-1"), name("meter-2")];
     keygen(&dir, [&headend, &dap].into_iter().chain(&meters));
     common::meters_dir(&dir, &meters);
-    fs::write(
-        dir.join("headend.toml"),
-        format!(
-            "broker = \"{url}\"\ntopic_prefix = \"{run}\"\nkey = \"{headend}.key\"\n\
-             state_dir = \"headend-state\"\nmeters_dir = \"meters\"\n\n\
-             [[dap]]\nid = \"{dap}\"\npublic_key = \"{dap}.pub\"\n\n\
-             [[plausibility]]\nmeters = \"{m1}\"\nmin = 0\nmax = 1000000\nmonotonic = true\naction = \"drop\"\n\n\
+    metering_configs(
+        &dir,
+        url,
+        run,
+        &headend,
+        &dap,
+        &meters,
+        &format!(
+            "\n[[plausibility]]\nmeters = \"{m1}\"\nmin = 0\nmax = 1000000\nmonotonic = true\naction = \"drop\"\n\n\
              [[plausibility]]\nmeters = \"{m2}\"\nmax = 50\naction = \"flag\"\n",
             m1 = meters[0],
             m2 = meters[1],
         ),
-    )
-    .unwrap();
-    fs::write(
-        dir.join("agent.toml"),
-        format!(
-            "broker = \"{url}\"\ntopic_prefix = \"{run}\"\nkey = \"{dap}.key\"\n\
-             state_dir = \"dap-state\"\n\n[dap]\nheadend = \"{headend}\"\n\
-             headend_public_key = \"{headend}.pub\"\nmeters_dir = \"meters\"\n\
-             batch_size = 4\nmax_batch_delay_ms = 50\nmax_report_drift_s = 300\n"
-        ),
-    )
-    .unwrap();
-    for m in &meters {
-        fs::write(
-            dir.join(format!("{m}.toml")),
-            format!(
-                "broker = \"{url}\"\ntopic_prefix = \"{run}\"\nkey = \"{m}.key\"\n\
-                 state_dir = \"{m}-state\"\ndap = \"{dap}\"\nheadend_public_key = \"{headend}.pub\"\n"
-            ),
-        )
-        .unwrap();
-    }
+        "batch_size = 4\nmax_batch_delay_ms = 50\nmax_report_drift_s = 300\n",
+    );
     let dap_id = EntityId::new(&dap).unwrap();
     let report_topic = TopicScheme::with_prefix(run)
         .unwrap()
@@ -692,35 +700,16 @@ async fn meters_join_and_leave_while_the_dap_and_headend_run() {
     let meters = [name("meter-1"), name("meter-2"), name("meter-3")];
     keygen(&dir, [&headend, &dap].into_iter().chain(&meters));
     common::meters_dir(&dir, &meters[..2]);
-    fs::write(
-        dir.join("headend.toml"),
-        format!(
-            "broker = \"{url}\"\ntopic_prefix = \"{run}\"\nkey = \"{headend}.key\"\n\
-             state_dir = \"headend-state\"\nmeters_dir = \"meters\"\n\n\
-             [[dap]]\nid = \"{dap}\"\npublic_key = \"{dap}.pub\"\n"
-        ),
-    )
-    .unwrap();
-    fs::write(
-        dir.join("agent.toml"),
-        format!(
-            "broker = \"{url}\"\ntopic_prefix = \"{run}\"\nkey = \"{dap}.key\"\n\
-             state_dir = \"dap-state\"\n\n[dap]\nheadend = \"{headend}\"\n\
-             headend_public_key = \"{headend}.pub\"\nmeters_dir = \"meters\"\n\
-             batch_size = 4\nmax_batch_delay_ms = 50\n"
-        ),
-    )
-    .unwrap();
-    for m in &meters {
-        fs::write(
-            dir.join(format!("{m}.toml")),
-            format!(
-                "broker = \"{url}\"\ntopic_prefix = \"{run}\"\nkey = \"{m}.key\"\n\
-                 state_dir = \"{m}-state\"\ndap = \"{dap}\"\nheadend_public_key = \"{headend}.pub\"\n"
-            ),
-        )
-        .unwrap();
-    }
+    metering_configs(
+        &dir,
+        url,
+        run,
+        &headend,
+        &dap,
+        &meters,
+        "",
+        "batch_size = 4\nmax_batch_delay_ms = 50\n",
+    );
     let mut procs = Procs::new(&dir);
     start_headend(&mut procs);
     procs.start_appending("dap", &["agent", "serve", "--config", "agent.toml"]);

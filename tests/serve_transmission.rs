@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::{
     FIRE_RULE, MqttRun, Procs, executed, fire_safety_tables, keygen, manager_config, node_cmd,
-    node_config, relays_for, run, spy, start_fire_safety, wait_until_blocking,
+    node_config, relays_for, spy, start_fire_safety, wait_until_blocking,
 };
 use sealcast_core::credential::EntityCredential;
 use sealcast_core::ids::{EntityId, UnixMillis};
@@ -45,36 +45,67 @@ fn orders(captured: &[(String, Vec<u8>)]) -> Vec<(TransmissionOrder, Vec<u8>)> {
         .collect()
 }
 
+/// The entities of a fire-safety site: manager, gateway, one sensor, two
+/// doors (ids unique to the run).
+struct Site {
+    manager: String,
+    gateway: String,
+    sensor: String,
+    doors: [String; 2],
+}
+
+/// Keys and configs of a fire-safety site over the broker of `t`: the
+/// gateway relays for the sensor and doors and commands the doors on an
+/// alert; `agent_extra` goes into its config.
+fn fire_safety_site(t: &MqttRun, agent_extra: &str) -> Site {
+    let (dir, prefix) = (&t.dir, &t.run);
+    let name = |n: &str| format!("{prefix}-{n}");
+    let site = Site {
+        manager: name("manager"),
+        gateway: name("gateway"),
+        sensor: name("sensor"),
+        doors: [name("door-1"), name("door-2")],
+    };
+    let (manager, gateway, sensor, doors) =
+        (&site.manager, &site.gateway, &site.sensor, &site.doors);
+    keygen(dir, [manager, gateway, sensor].into_iter().chain(doors));
+    let head = format!("broker = \"{}\"\n", t.url);
+    fs::write(
+        dir.join("manager.toml"),
+        manager_config(&head, prefix, manager)
+            + &fire_safety_tables(gateway, std::slice::from_ref(sensor), doors),
+    )
+    .unwrap();
+    let node = |id: &str| node_config(&head, prefix, id, manager);
+    fs::write(
+        dir.join("agent.toml"),
+        node(gateway) + agent_extra + &relays_for([sensor].into_iter().chain(doors)) + FIRE_RULE,
+    )
+    .unwrap();
+    for d in [sensor].into_iter().chain(doors) {
+        fs::write(dir.join(format!("{d}.toml")), node(d)).unwrap();
+    }
+    site
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn managers_orders_stop_and_resume_nodes_end_to_end_and_forgeries_change_nothing() {
     let t = MqttRun::start("tx").await;
     let (dir, url, prefix) = (t.dir.clone(), t.url.clone(), t.run.clone());
     let name = |n: &str| format!("{prefix}-{n}");
-    let (manager, gateway, sensor) = (name("manager"), name("gateway"), name("sensor"));
-    let doors = [name("door-1"), name("door-2")];
-    keygen(
-        &dir,
-        [&manager, &gateway, &sensor].into_iter().chain(&doors),
-    );
-    let head = format!("broker = \"{url}\"\n");
-    fs::write(
-        dir.join("manager.toml"),
-        manager_config(&head, &prefix, &manager)
-            + &fire_safety_tables(&gateway, std::slice::from_ref(&sensor), &doors),
-    )
-    .unwrap();
-    let node = |id: &str| node_config(&head, &prefix, id, &manager);
     let metrics_port = common::Mosquitto::free_port();
-    fs::write(
-        dir.join("agent.toml"),
-        node(&gateway)
-            + &format!("metrics_listen = \"127.0.0.1:{metrics_port}\"\n")
-            // A small audit log, so that it rotates during the test.
-            + "audit_max_kib = 4\naudit_keep = 2\n"
-            + &relays_for([&sensor].into_iter().chain(&doors))
-            + FIRE_RULE,
-    )
-    .unwrap();
+    let Site {
+        manager,
+        gateway,
+        sensor,
+        doors,
+    } = fire_safety_site(
+        &t,
+        // Metrics, and a small audit log, so that it rotates during the test.
+        &format!(
+            "metrics_listen = \"127.0.0.1:{metrics_port}\"\naudit_max_kib = 4\naudit_keep = 2\n"
+        ),
+    );
     let refused = |reason: &str| {
         let body = common::http_get(metrics_port, "/metrics").1;
         let key = format!("sealcast_transmission_orders_refused_total{{reason=\"{reason}\"}} ");
@@ -82,9 +113,6 @@ async fn managers_orders_stop_and_resume_nodes_end_to_end_and_forgeries_change_n
             .find_map(|l| l.strip_prefix(key.as_str()))
             .map_or(0.0, |v| v.trim().parse::<f64>().unwrap())
     };
-    for d in [&sensor].into_iter().chain(&doors) {
-        fs::write(dir.join(format!("{d}.toml")), node(d)).unwrap();
-    }
 
     // A raw client watching the gateway's delivery topic (to capture the
     // manager's genuine orders) and able to publish anything anywhere.
@@ -104,23 +132,7 @@ async fn managers_orders_stop_and_resume_nodes_end_to_end_and_forgeries_change_n
     let mut procs = Procs::new(&dir);
     let door_refs = [doors[0].as_str(), doors[1].as_str()];
     start_fire_safety(&mut procs, &sensor, door_refs);
-    let alert = |text: &str| {
-        run(
-            &dir,
-            &[
-                "device",
-                "send",
-                "--config",
-                &format!("{sensor}.toml"),
-                "--group",
-                "fire-sensors",
-                "--alert",
-                text,
-                "--wait",
-                "15",
-            ],
-        )
-    };
+    let alert = |text: &str| common::alert_run(&dir, &sensor, text, 15);
     let unlocks = |procs: &Procs, n: usize| {
         wait_until_blocking(&format!("both doors execute {n} commands"), procs, || {
             doors.iter().all(|d| executed(&dir, d).len() >= n)
@@ -383,30 +395,13 @@ async fn managers_orders_stop_and_resume_nodes_end_to_end_and_forgeries_change_n
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_removed_door_executes_nothing_and_its_id_takes_a_new_key() {
     let t = MqttRun::start("rm").await;
-    let (dir, url, prefix) = (t.dir.clone(), t.url.clone(), t.run.clone());
-    let name = |n: &str| format!("{prefix}-{n}");
-    let (manager, gateway, sensor) = (name("manager"), name("gateway"), name("sensor"));
-    let doors = [name("door-1"), name("door-2")];
-    keygen(
-        &dir,
-        [&manager, &gateway, &sensor].into_iter().chain(&doors),
-    );
-    let head = format!("broker = \"{url}\"\n");
-    fs::write(
-        dir.join("manager.toml"),
-        manager_config(&head, &prefix, &manager)
-            + &fire_safety_tables(&gateway, std::slice::from_ref(&sensor), &doors),
-    )
-    .unwrap();
-    let node = |id: &str| node_config(&head, &prefix, id, &manager);
-    fs::write(
-        dir.join("agent.toml"),
-        node(&gateway) + &relays_for([&sensor].into_iter().chain(&doors)) + FIRE_RULE,
-    )
-    .unwrap();
-    for d in [&sensor].into_iter().chain(&doors) {
-        fs::write(dir.join(format!("{d}.toml")), node(d)).unwrap();
-    }
+    let dir = t.dir.clone();
+    let Site {
+        gateway,
+        sensor,
+        doors,
+        ..
+    } = fire_safety_site(&t, "");
     let mut procs = Procs::new(&dir);
     start_fire_safety(&mut procs, &sensor, [doors[0].as_str(), doors[1].as_str()]);
     procs.exit_on_ctrl_c(&sensor).await;

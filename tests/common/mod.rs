@@ -364,7 +364,20 @@ pub fn alert(dir: &Path, sensor: &str, text: &str) -> String {
 
 /// [`alert`] waiting up to `wait_s` seconds for the manager's answer.
 pub fn alert_waiting(dir: &Path, sensor: &str, text: &str, wait_s: u64) -> String {
-    sealcast(
+    let out = alert_run(dir, sensor, text, wait_s);
+    assert!(
+        out.status.success(),
+        "device send failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `sealcast device send` of an alert from `sensor` to `fire-sensors`,
+/// waiting up to `wait_s` seconds for the manager: its whole output,
+/// success or not.
+pub fn alert_run(dir: &Path, sensor: &str, text: &str, wait_s: u64) -> Output {
+    run(
         dir,
         &[
             "device",
@@ -957,23 +970,7 @@ pub fn transmission_control_stops_and_resumes(
     doors: [&str; 2],
     done: usize,
 ) -> usize {
-    let send = |text: &str| {
-        run(
-            dir,
-            &[
-                "device",
-                "send",
-                "--config",
-                &format!("{sensor}.toml"),
-                "--group",
-                "fire-sensors",
-                "--alert",
-                text,
-                "--wait",
-                "20",
-            ],
-        )
-    };
+    let send = |text: &str| alert_run(dir, sensor, text, 20);
     let out = node_cmd(
         dir,
         &[
