@@ -7,8 +7,9 @@
 //!
 //! One writer per log: a runtime opens it after it took its state file's
 //! lock. A record that cannot be written (a full disk) is logged
-//! (rate-limited) and counted; the protocol goes on — an alarm must still
-//! open a door.
+//! (rate-limited) and counted, records are skipped for
+//! [`RETRY_AFTER_FAILURE`], then the log is reopened; the protocol goes on —
+//! an alarm must still open a door.
 
 use std::path::PathBuf;
 
@@ -103,7 +104,13 @@ pub struct NodeAudit {
     /// fsync) per forgery.
     refused: std::collections::BTreeMap<(Option<GroupId>, String), u64>,
     refused_since: Option<std::time::Instant>,
+    /// After a failed write, no new attempt before this (reopening scans
+    /// the file; a full disk must not cost a scan per message).
+    retry_at: Option<std::time::Instant>,
 }
+
+/// How long records are skipped (and counted) after a failed write.
+pub const RETRY_AFTER_FAILURE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Refusals are written at most this often (as counts per reason).
 pub const REFUSED_RECORD_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -125,6 +132,7 @@ impl NodeAudit {
             failed: 0,
             refused: std::collections::BTreeMap::new(),
             refused_since: None,
+            retry_at: None,
         })
     }
 
@@ -202,15 +210,31 @@ impl NodeAudit {
         if entries.is_empty() {
             return;
         }
+        if let Some(at) = self.retry_at {
+            if std::time::Instant::now() < at {
+                self.failed += entries.len() as u64;
+                return;
+            }
+            // A failed write poisoned the log: reopen it (cutting a torn
+            // line) before the next record goes in.
+            match AuditLog::open_rotating(&self.config.path, self.config.rotation) {
+                Ok((log, _)) => {
+                    self.log = log;
+                    self.retry_at = None;
+                    info!(log = %self.config.path.display(), lost = self.failed, "audit log writable again");
+                }
+                Err(_) => {
+                    self.failed += entries.len() as u64;
+                    self.retry_at = Some(std::time::Instant::now() + RETRY_AFTER_FAILURE);
+                    return;
+                }
+            }
+        }
         if let Err(e) = self.log.append_all(entries) {
             self.failed += entries.len() as u64;
-            // A failed write poisons the log; reopen it (cutting a torn
-            // line) so that the next record can go in once the disk is back.
-            if let Ok((log, _)) = AuditLog::open_rotating(&self.config.path, self.config.rotation) {
-                self.log = log;
-            }
+            self.retry_at = Some(std::time::Instant::now() + RETRY_AFTER_FAILURE);
             if let Some(held_back) = self.failures.allow() {
-                warn!(log = %self.log.path().display(), error = %e, lost = self.failed, held_back, "audit records not written; the service goes on — free space or restore write access");
+                warn!(log = %self.config.path.display(), error = %e, lost = self.failed, held_back, "audit records not written (skipped for 5 s, then tried again); the service goes on — free space or restore write access");
             }
         }
     }

@@ -812,17 +812,41 @@ impl AuditLog {
         let size = file
             .seek(SeekFrom::End(0))
             .map_err(|e| Error::io("seek audit log", path, e))?;
-        Ok((
-            Self {
-                path: path.to_path_buf(),
-                file,
-                last: v.last(),
-                poisoned: false,
-                rotation,
-                size,
-            },
-            torn,
-        ))
+        let mut log = Self {
+            path: path.to_path_buf(),
+            file,
+            last: v.last(),
+            poisoned: false,
+            rotation,
+            size,
+        };
+        // A crash between moving the full file aside and writing the new
+        // one's first record leaves an empty current file: continue the
+        // chain of the segment moved aside, not a new one from genesis.
+        let previous = segment(path, 1);
+        if rotation.is_some() && log.last.is_none() && previous.exists() {
+            let mut old =
+                File::open(&previous).map_err(|e| Error::io("open audit log", &previous, e))?;
+            let mut pv =
+                ChainVerifier::new(previous.display().to_string(), None).allowing_rotated_start();
+            let (_, old_torn) = scan_file(&mut old, &mut pv)?;
+            if !old_torn && let Some(last) = pv.last() {
+                log.last = Some(last);
+                log.rotation = None;
+                let continued = log.append(&AuditEntry::new(
+                    pv.last_time.unwrap_or(UnixMillis::new(0)),
+                    AuditKind::Other("rotate".into()),
+                    format!(
+                        "continues {} (which ends at record {})",
+                        previous.display(),
+                        last.0
+                    ),
+                ));
+                log.rotation = rotation;
+                continued?;
+            }
+        }
+        Ok((log, torn))
     }
 
     /// The file's path.
@@ -1045,6 +1069,17 @@ mod tests {
         std::fs::rename(&middle, segment(&path, 3)).unwrap();
         std::fs::write(&middle, &kept).unwrap();
         assert!(verify_audit_segments(&path, None).is_ok());
+        // A crash right after the current file was moved aside (no new
+        // file yet): reopening continues the chain.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::rename(segment(&path, 1), &path).unwrap();
+        let moved = segment(&path, 1);
+        std::fs::rename(&path, &moved).unwrap();
+        let (mut log, _) = AuditLog::open_rotating(&path, rotation).unwrap();
+        log.append(&entry(99)).unwrap();
+        drop(log);
+        let (summary, _) = verify_audit_segments(&path, None).unwrap();
+        assert!(summary.records > 0);
         // … and so does an edited record in any segment.
         let text = std::fs::read_to_string(segment(&path, 1)).unwrap();
         std::fs::write(segment(&path, 1), text.replacen("message", "massage", 1)).unwrap();
