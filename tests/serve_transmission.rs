@@ -520,3 +520,106 @@ async fn a_removed_door_executes_nothing_and_its_id_takes_a_new_key() {
     assert!(audit.contains("remove-entity"), "{audit}");
     drop(procs);
 }
+
+/// Issue #15, item 4 (access-control policies, as processes): each door
+/// holds its own `[[acp]]` rules, evaluated permit-overrides with deny by
+/// default on the verified signer, the command's operation (its first
+/// word), the group and the signed time. Door-1 permits the gateway's
+/// `unlock` and executes it; door-2 permits only `extinguish`, so the same
+/// genuine, correctly keyed command is refused there (counted, audited, not
+/// executed). Restarted with a rule limited to hours that exclude now,
+/// door-1 refuses the next unlock too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn access_control_policies_decide_who_may_order_what() {
+    let t = MqttRun::start("acp").await;
+    let dir = t.dir.clone();
+    let Site {
+        gateway,
+        sensor,
+        doors,
+        ..
+    } = fire_safety_site(&t, "");
+    let append = |file: &str, text: &str| {
+        let path = dir.join(file);
+        let mut toml = fs::read_to_string(&path).unwrap();
+        toml.push_str(text);
+        fs::write(path, toml).unwrap();
+    };
+    let policy = |ops: &str, hours: &str| {
+        format!(
+            "\n[[acp]]\noriginators = [\"{gateway}\"]\noperations = [{ops}]\ngroups = [\"fire-doors\"]\n{hours}\n[[acp]]\neffect = \"deny\"\noriginators = [\"*\"]\noperations = [\"*\"]\n"
+        )
+    };
+    append(&format!("{}.toml", doors[0]), &policy("\"unlock\"", ""));
+    append(&format!("{}.toml", doors[1]), &policy("\"extinguish\"", ""));
+    // The gateway acts on alerts of the sensor only.
+    append(
+        "agent.toml",
+        &format!("\n[[acp]]\noriginators = [\"{sensor}\"]\noperations = [\"alert\"]\n"),
+    );
+    let mut procs = Procs::new(&dir);
+    start_fire_safety(&mut procs, &sensor, [doors[0].as_str(), doors[1].as_str()]);
+    procs.exit_on_ctrl_c(&sensor).await;
+    common::alert(&dir, &sensor, "smoke 1");
+    wait_until_blocking("door-1 unlocks, door-2 refuses", &procs, || {
+        executed(&dir, &doors[0]).len() == 1
+            && procs
+                .log(&doors[1])
+                .contains("refused by the access-control policy")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        executed(&dir, &doors[1]).is_empty(),
+        "door-2 executed a command its policy refuses"
+    );
+    assert!(
+        procs.log(&doors[1]).contains("DenyByRule(2)"),
+        "{}",
+        procs.log(&doors[1])
+    );
+
+    // Door-1 restarted with its rule limited to hours that exclude now.
+    let hour = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 3600)
+        % 24;
+    let later = format!("hours = \"{}-{}\"", (hour + 1) % 24, (hour + 2) % 24);
+    let cfg = dir.join(format!("{}.toml", doors[0]));
+    let toml = fs::read_to_string(&cfg).unwrap().replace(
+        "groups = [\"fire-doors\"]\n",
+        &format!("groups = [\"fire-doors\"]\n{later}\n"),
+    );
+    fs::write(&cfg, toml).unwrap();
+    assert!(procs.terminate_async(&doors[0]).await.success());
+    procs.restart_device(&doors[0], 1);
+    wait_until_blocking("door-1 runs again", &procs, || {
+        procs.log(&doors[0]).contains("device running")
+    });
+    common::alert(&dir, &sensor, "smoke 2");
+    wait_until_blocking("door-1 refuses outside its hours", &procs, || {
+        procs
+            .log(&doors[0])
+            .contains("refused by the access-control policy")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(executed(&dir, &doors[0]).len(), 1);
+    for p in [doors[0].as_str(), doors[1].as_str()] {
+        assert!(procs.terminate_async(p).await.success());
+    }
+    let text = common::audit_text(&dir, &format!("{}-state/audit.jsonl", doors[1]));
+    assert!(
+        text.contains("access-control policy (DenyByRule(2))"),
+        "{text}"
+    );
+    // A bad rule is refused before anything starts.
+    common::refused_before_start(
+        &dir,
+        "bad.toml",
+        &(fs::read_to_string(dir.join(format!("{}.toml", doors[1]))).unwrap()
+            + "\n[[acp]]\neffect = \"maybe\"\noriginators = [\"x\"]\noperations = [\"y\"]\n"),
+        "[[acp]] number 3",
+    );
+    drop(procs);
+}

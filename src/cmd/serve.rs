@@ -322,6 +322,10 @@ struct NodeFile {
     group_policy: Vec<GroupPolicyEntry>,
     /// Where to serve `/metrics` and `/health` (none by default).
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Who may order what (`[[acp]]`; none: everything a group's signers
+    /// send is executed).
+    #[serde(default)]
+    acp: Vec<AcpEntry>,
     /// The audit log (default `<state_dir>/audit.jsonl`).
     audit_log: Option<PathBuf>,
     /// Rotate the audit log at this many KiB (default 16384).
@@ -331,6 +335,78 @@ struct NodeFile {
     /// A DAP's `[dap]` section (read by `metering`).
     #[serde(default, rename = "dap")]
     _dap: Option<toml::Value>,
+}
+
+/// One `[[acp]]` rule of a node's config (`sealcast_group::acp`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AcpEntry {
+    /// `"permit"` (default) or `"deny"`.
+    effect: Option<String>,
+    /// Signer ids; `"*"` everyone, `"prefix*"` ids starting with it.
+    originators: Vec<String>,
+    /// Operations: a command's first word (`unlock`), `alert`, or `"*"`.
+    operations: Vec<String>,
+    /// Groups (default: any).
+    #[serde(default)]
+    groups: Vec<String>,
+    /// `"HH-HH"`, UTC, end exclusive (`"22-06"` wraps).
+    hours: Option<String>,
+}
+
+/// Parses `"HH-HH"` (UTC hours, the end exclusive, 0..=24).
+pub(crate) fn parse_hours(text: &str) -> std::result::Result<(u8, u8), String> {
+    let hour = |t: &str| {
+        t.trim()
+            .parse::<u8>()
+            .ok()
+            .filter(|h| *h <= 24)
+            .ok_or_else(|| format!("hours {text:?}: each hour is 0 to 24"))
+    };
+    let (a, b) = text
+        .split_once('-')
+        .ok_or_else(|| format!("hours {text:?}: write \"HH-HH\" (UTC), e.g. \"06-22\""))?;
+    Ok((hour(a)?, hour(b)?))
+}
+
+/// The access-control policy of a node config's `[[acp]]` rules.
+fn access_policy(entries: &[AcpEntry]) -> Result<sealcast_group::acp::AccessPolicy> {
+    use sealcast_group::acp::{AccessPolicy, AccessRule, Effect};
+    let rules = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let bad = |what: String| CliError::usage(format!("[[acp]] number {}: {what}", i + 1));
+            let effect = match e.effect.as_deref() {
+                None | Some("permit") => Effect::Permit,
+                Some("deny") => Effect::Deny,
+                Some(other) => {
+                    return Err(bad(format!("effect {other:?}: use \"permit\" or \"deny\"")));
+                }
+            };
+            Ok(AccessRule {
+                effect,
+                originators: e.originators.clone(),
+                operations: e
+                    .operations
+                    .iter()
+                    .map(|o| o.to_ascii_lowercase())
+                    .collect(),
+                groups: e
+                    .groups
+                    .iter()
+                    .map(|g| group_id(g))
+                    .collect::<Result<_>>()?,
+                hours: e
+                    .hours
+                    .as_deref()
+                    .map(parse_hours)
+                    .transpose()
+                    .map_err(bad)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    AccessPolicy::new(rules).map_err(|e| CliError::usage(format!("[[acp]]: {e}")))
 }
 
 /// The audit log settings of a service: `audit_log` (relative to the

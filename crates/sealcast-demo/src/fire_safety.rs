@@ -493,6 +493,7 @@ impl Deployment {
             no_key_warning: None,
             replay: device::ReplayPolicies::default(),
             audit: None,
+            access: Default::default(),
         })
         .await?;
         let mut nodes = BTreeMap::new();
@@ -568,6 +569,7 @@ impl Deployment {
                 no_key_warning: None,
                 replay: device::ReplayPolicies::default(),
                 audit: None,
+                access: Default::default(),
             })
             .await?;
             self.nodes.insert(d, handle);

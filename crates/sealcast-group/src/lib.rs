@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod acp;
 pub mod admin;
 pub mod error;
 pub mod lkh;

@@ -213,22 +213,12 @@ impl PlausibilityEntry {
     fn rule(&self, n: usize) -> Result<sealcast_metering::plausibility::Rule> {
         use sealcast_metering::plausibility::{Action, Rule};
         let bad = |what: &str| CliError::usage(format!("[[plausibility]] number {n}: {what}"));
-        let hours = match &self.hours {
-            None => None,
-            Some(text) => {
-                let (a, b) = text
-                    .split_once('-')
-                    .ok_or_else(|| bad("hours must be \"HH-HH\" (UTC), e.g. \"06-22\""))?;
-                let hour = |t: &str| {
-                    t.trim()
-                        .parse::<u8>()
-                        .ok()
-                        .filter(|h| *h <= 24)
-                        .ok_or_else(|| bad("hours must be 0..=24"))
-                };
-                Some((hour(a)?, hour(b)?))
-            }
-        };
+        let hours = self
+            .hours
+            .as_deref()
+            .map(super::parse_hours)
+            .transpose()
+            .map_err(|e| bad(&e))?;
         let action = match self.action.as_deref() {
             None | Some("drop") => Action::Drop,
             Some("flag") => Action::Flag,

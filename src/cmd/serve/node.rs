@@ -88,6 +88,7 @@ pub(super) fn node_config(
             no_key_warning: (config.no_key_material_warning_s > 0)
                 .then(|| std::time::Duration::from_secs(config.no_key_material_warning_s)),
             replay: replay_policies(&config)?,
+            access: access_policy(&config.acp)?,
             audit: Some(audit_config(
                 &base,
                 &state_dir,

@@ -93,6 +93,10 @@ pub struct NodeConfig {
     pub replay: ReplayPolicies,
     /// Its audit log (None: none, as in the demos).
     pub audit: Option<crate::audit::AuditConfig>,
+    /// Who may order what (`sealcast_group::acp`): applied to every command
+    /// before it is executed and every alert before a rule fires on it.
+    /// Empty: everything a group's signers send is executed, as before.
+    pub access: sealcast_group::acp::AccessPolicy,
 }
 
 /// The freshness rule of each group a node receives from.

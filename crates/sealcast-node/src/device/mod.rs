@@ -104,6 +104,9 @@ struct Node {
     save_fault: Option<std::time::Instant>,
     /// The audit log of what it received and sent (metadata only).
     audit: Option<crate::audit::NodeAudit>,
+    /// Who may order what (empty: no policy).
+    access: sealcast_group::acp::AccessPolicy,
+    refused_by_policy: crate::runtime::WarnLimiter,
 }
 
 /// At most this many messages are held while the state file cannot be
@@ -241,6 +244,8 @@ pub async fn spawn(config: NodeConfig) -> Result<NodeHandle> {
         retry_backoff: HELD_RETRY_FIRST,
         save_fault: None,
         audit,
+        access: config.access,
+        refused_by_policy: crate::runtime::WarnLimiter::new(crate::runtime::REFUSED_WARN_EVERY),
     };
     tokio::spawn(node.run(inbox, rx));
     Ok(NodeHandle { id, requests: tx })
@@ -818,6 +823,52 @@ impl Node {
         })
         .await;
         self.receivers.insert(group.clone(), receiver);
+        // The access-control policy, on what was verified: the signer, the
+        // operation (a command's first word, or "alert"), the group and the
+        // signed time. A refused message stays in the window (it was
+        // genuine): it is not executed now, nor later.
+        let delivery = match delivery {
+            Delivery::Executed { value } if !self.access.is_empty() => {
+                let operation = match channel {
+                    GroupChannel::Alert => "alert".to_owned(),
+                    _ => sealcast_group::acp::operation_of(&value.payload),
+                };
+                let decision = self.access.evaluate(&sealcast_group::acp::AccessRequest {
+                    originator: &value.signer,
+                    operation: &operation,
+                    group: &group,
+                    at: value.timestamp,
+                });
+                if decision.permitted() {
+                    Delivery::Executed { value }
+                } else {
+                    if let Some(held_back) = self.refused_by_policy.allow() {
+                        warn!(node = %self.id, group = %group.name(), signer = %value.signer, operation = %operation, ?decision, held_back, "refused by the access-control policy: not executed");
+                    }
+                    if let Some(a) = &mut self.audit {
+                        a.refused(
+                            Some(&group),
+                            format!(
+                                "{} seq={} from {}: access-control policy ({decision:?})",
+                                channel_name(channel),
+                                value.seq.get(),
+                                value.signer
+                            ),
+                        );
+                    }
+                    report(
+                        &self.events,
+                        &self.id,
+                        EventKind::Rejected {
+                            group: group.clone(),
+                            reason: format!("access-control policy: {decision:?}"),
+                        },
+                    );
+                    return;
+                }
+            }
+            other => other,
+        };
         if let Some(a) = &mut self.audit {
             match &delivery {
                 Delivery::Executed { value, .. } => a.record(
