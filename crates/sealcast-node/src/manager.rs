@@ -629,7 +629,7 @@ impl Runtime {
                 channel: DeviceChannel::Ack,
                 ..
             }) if sealcast_group::transmission::OrderAck::looks_like(&incoming.payload) => {
-                self.on_order_ack(&incoming.payload);
+                self.on_order_ack(&incoming.payload).await;
             }
             Ok(Topic::Device {
                 channel: DeviceChannel::Ack,
@@ -661,11 +661,16 @@ impl Runtime {
                         .handle_pull(&incoming.payload, now(), &mut self.rng)
                     {
                         Ok(out) => {
-                            // An order the device has not acknowledged goes
-                            // first, so a one-shot send learns it before it
-                            // seals.
-                            self.order_before_pull(&device).await;
-                            self.publish(vec![out]).await
+                            // A device with an order it has not acknowledged
+                            // gets the order now and the answer only once it
+                            // acknowledged it: a one-shot send then never
+                            // seals before it applied the order, whatever
+                            // order the transport delivers the two in.
+                            if self.order_before_pull(&device).await {
+                                self.order_resends.defer_answer(device.clone(), out);
+                            } else {
+                                self.publish(vec![out]).await
+                            }
                         }
                         Err(e) => debug!(%device, error = %e, "pull refused"),
                     }

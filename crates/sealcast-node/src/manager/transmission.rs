@@ -30,17 +30,33 @@ pub struct NodeState {
     pub changed: bool,
 }
 
-/// When each unacknowledged order is due again.
+/// When each unacknowledged order is due again, and the pull answers held
+/// until their node acknowledges its order.
 #[derive(Default)]
 pub(super) struct OrderResends {
     due: BTreeMap<EntityId, (std::time::Instant, Duration)>,
     pub(super) last_check: Option<std::time::Instant>,
+    deferred: BTreeMap<EntityId, Outgoing>,
 }
+
+/// Most pull answers held for unacknowledged orders (one per node; the
+/// node pulls again if its answer was dropped).
+const MAX_DEFERRED: usize = 100_000;
 
 impl OrderResends {
     /// Stops re-sending to a removed entity.
     pub(super) fn forget(&mut self, entity: &EntityId) {
         self.due.remove(entity);
+        self.deferred.remove(entity);
+    }
+
+    /// Holds `answer` (to a pull of `node`) until `node` acknowledges its
+    /// order; a newer pull's answer replaces an older one.
+    pub(super) fn defer_answer(&mut self, node: EntityId, answer: Outgoing) {
+        if self.deferred.len() >= MAX_DEFERRED && !self.deferred.contains_key(&node) {
+            return;
+        }
+        self.deferred.insert(node, answer);
     }
 }
 
@@ -160,18 +176,24 @@ impl Runtime {
     }
 
     /// Before answering a verified pull of `device`: its order, if it has
-    /// not acknowledged it.
-    pub(super) async fn order_before_pull(&mut self, device: &EntityId) {
+    /// not acknowledged it (then true: hold the answer until it does).
+    pub(super) async fn order_before_pull(&mut self, device: &EntityId) -> bool {
         let store = self.store.as_mut();
         match blocking(|| store.transmission(device)) {
-            Ok(Some(record)) if !record.is_acked() => self.send_order(&record).await,
-            Ok(_) => {}
-            Err(e) => warn!(%device, error = %e, "cannot read the transmission order"),
+            Ok(Some(record)) if !record.is_acked() => {
+                self.send_order(&record).await;
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                warn!(%device, error = %e, "cannot read the transmission order");
+                false
+            }
         }
     }
 
     /// A node's signed acknowledgement of an order.
-    pub(super) fn on_order_ack(&mut self, payload: &[u8]) {
+    pub(super) async fn on_order_ack(&mut self, payload: &[u8]) {
         let ack = match self.manager.handle_order_ack(payload) {
             Ok(a) => a,
             Err(e) => {
@@ -184,6 +206,9 @@ impl Runtime {
             Ok(true) => {
                 self.order_resends.due.remove(&ack.node);
                 info!(node = %ack.node, version = ack.version, "transmission order acknowledged");
+                if let Some(answer) = self.order_resends.deferred.remove(&ack.node) {
+                    self.publish(vec![answer]).await;
+                }
                 self.audit(
                     AuditKind::Other("transmission-ack".into()),
                     None,
