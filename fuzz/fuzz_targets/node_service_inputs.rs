@@ -1,0 +1,26 @@
+#![no_main]
+// The decoders of the node services added for issue #15, reachable from the
+// network (transmission orders and their acks, relayed by agents), from a
+// device's state file (the held order) and from decrypted readings (the
+// number a plausibility rule reads) or command payloads (the operation an
+// access-control policy reads): any bytes give a value or an error, never a
+// panic; an order that decodes re-encodes to one that decodes the same.
+use sealcast_group::transmission::{decode_stopped, encode_stopped, OrderAck, TransmissionOrder};
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    if let Ok(order) = TransmissionOrder::from_cbor(data) {
+        let again = order
+            .to_cbor()
+            .unwrap_or_else(|e| panic!("re-encoding a decoded order: {e}"));
+        let back = TransmissionOrder::from_cbor(&again)
+            .unwrap_or_else(|e| panic!("re-decoding an order: {e}"));
+        assert_eq!(back, order);
+    }
+    if let Ok(stopped) = decode_stopped(data) {
+        let again = encode_stopped(&stopped).unwrap_or_else(|e| panic!("re-encoding scopes: {e}"));
+        assert_eq!(decode_stopped(&again).ok(), Some(stopped));
+    }
+    let _ = OrderAck::looks_like(data);
+    let _ = sealcast_metering::plausibility::first_number(data);
+    let _ = sealcast_group::acp::operation_of(data);
+});
