@@ -5,7 +5,7 @@
 // number a plausibility rule reads) or command payloads (the operation an
 // access-control policy reads): any bytes give a value or an error, never a
 // panic; an order that decodes re-encodes to one that decodes the same.
-use sealcast_group::transmission::{decode_stopped, encode_stopped, OrderAck, TransmissionOrder};
+use sealcast_group::transmission::{OrderAck, TransmissionOrder, decode_stopped, encode_stopped};
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     if let Ok(order) = TransmissionOrder::from_cbor(data) {
