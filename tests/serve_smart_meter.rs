@@ -318,6 +318,14 @@ async fn smart_metering_as_separate_processes() {
         "replayed batches: {headend_log}"
     );
     common::audit_tamper_is_found(&dir, "headend-state/audit.jsonl");
+    // And each meter, one record per report it sent.
+    let meter_log = format!("{}-state/audit.jsonl", meters[0]);
+    common::audit_intact(&dir, &meter_log, &readings);
+    let text = common::audit_text(&dir, &meter_log);
+    assert!(
+        text.contains("report seq=0 (") && text.contains(": taken"),
+        "{text}"
+    );
     drop(procs);
     let _ = spy.disconnect(Duration::from_secs(2)).await;
     if std::env::var_os("SEALCAST_KEEP_TEST_DIR").is_some() {

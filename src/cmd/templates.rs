@@ -180,4 +180,5 @@ key = "meter-1.key"
 state_dir = "meter-1-state"          # sequence reservation (meter.cbor, 0600)
 dap = "dap-1"                        # the DAP it reports through
 headend_public_key = "headend.pub"   # readings are encrypted for the headend
+# audit_log = "meter-1-state/audit.jsonl"  # hash-chained log of the reports sent (never a reading)
 "#;

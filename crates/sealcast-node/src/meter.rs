@@ -29,6 +29,8 @@ pub struct MeterConfig {
     pub topics: TopicScheme,
     /// Where its sequence reservation persists.
     pub state_file: DeviceStateFile,
+    /// Its audit log of the reports it sent (None: none).
+    pub audit: Option<crate::audit::AuditConfig>,
 }
 
 impl core::fmt::Debug for MeterConfig {
@@ -62,6 +64,12 @@ pub async fn report_once(config: MeterConfig, readings: &[Vec<u8>]) -> Result<Ve
         Some(bytes) => decode_state(&bytes)?,
         None => 0,
     };
+    // Opened under the state file's lock: one writer per log.
+    let mut audit = config
+        .audit
+        .as_ref()
+        .map(crate::audit::NodeAudit::open)
+        .transpose()?;
     let id = config.credential.id().clone();
     let mut meter = Meter::new(config.credential, &config.headend, limit)?;
     let mut sealed = Vec::with_capacity(readings.len());
@@ -99,6 +107,27 @@ pub async fn report_once(config: MeterConfig, readings: &[Vec<u8>]) -> Result<Ve
     // retransmitted; a minute covers thousands.
     let taken = link.flush(std::time::Duration::from_secs(60)).await;
     link.close(std::time::Duration::from_secs(10)).await;
+    if let Some(a) = &mut audit {
+        let outcome = match &taken {
+            Ok(()) => "taken".to_owned(),
+            Err(e) => format!("not confirmed ({e})"),
+        };
+        let entries: Vec<_> = sent
+            .iter()
+            .map(|(seq, len)| {
+                crate::audit::entry(
+                    crate::audit::Record::Sent,
+                    None,
+                    Some(&config.dap),
+                    format!(
+                        "report seq={seq} ({len} bytes) for {}: {outcome}",
+                        config.headend.id()
+                    ),
+                )
+            })
+            .collect();
+        a.record_all(&entries);
+    }
     taken?;
     Ok(sent)
 }

@@ -326,6 +326,12 @@ pub(super) struct MeterFile {
     state_dir: PathBuf,
     dap: String,
     headend_public_key: PathBuf,
+    /// The audit log of the reports sent (default `<state_dir>/audit.jsonl`).
+    audit_log: Option<PathBuf>,
+    /// Rotate the audit log at this many KiB (default 16384).
+    audit_max_kib: Option<u64>,
+    /// Rotated audit segments kept (default 8).
+    audit_keep: Option<usize>,
 }
 
 /// Loads one public key and checks it is `id`'s.
@@ -716,6 +722,14 @@ pub fn device_report(args: &ReportArgs) -> Result<()> {
         link,
         topics: topics(config.topic_prefix.as_deref())?,
         state_file: DeviceStateFile::new(state_dir.join("meter.cbor")),
+        audit: Some(super::audit_config(
+            &base,
+            &state_dir,
+            "audit.jsonl",
+            config.audit_log.as_deref(),
+            config.audit_max_kib,
+            config.audit_keep,
+        )?),
     };
     let readings: Vec<Vec<u8>> = (0..args.count)
         .map(|n| args.reading.replace("{n}", &n.to_string()).into_bytes())
