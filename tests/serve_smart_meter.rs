@@ -577,7 +577,7 @@ async fn implausible_readings_are_dropped_or_flagged() {
             m1 = meters[0],
             m2 = meters[1],
         ),
-        "batch_size = 4\nmax_batch_delay_ms = 50\nmax_report_drift_s = 300\n",
+        "batch_size = 4\nmax_batch_delay_ms = 50\nmax_report_drift_s = 300\nmax_seq_gap = 100\n",
     );
     let dap_id = EntityId::new(&dap).unwrap();
     let report_topic = TopicScheme::with_prefix(run)
@@ -619,17 +619,15 @@ async fn implausible_readings_are_dropped_or_flagged() {
     // The last value survives a SIGKILL: still backwards afterwards.
     procs.sigkill("headend");
     start_headend(&mut procs);
-    wait_until(
-        "the restarted headend gets the announcement",
-        &procs,
-        || {
-            procs
-                .log("headend")
-                .matches("DAP announcement accepted")
-                .count()
-                >= 2
-        },
-    )
+    // It restored the DAP's announcement from its state file (the DAP may
+    // not answer its fresh request if it came within 500 ms of the last).
+    wait_until("the restarted headend runs", &procs, || {
+        procs
+            .log("headend")
+            .matches("headend service running")
+            .count()
+            >= 2
+    })
     .await;
     report(&dir, &meters[0], "950 kWh", 1);
     report_expected(&dir, &meters[0], &dap, "1001 kWh", &mut expected);
@@ -661,6 +659,26 @@ async fn implausible_readings_are_dropped_or_flagged() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(headend_readings(&dir), expected);
 
+    // A genuine report far above meter-2's numbers: forwarded, and flagged
+    // at the DAP as a sequence gap (reports in between never arrived).
+    let jump = common::report_stamped(&dir, &headend, &meters[1], 700, now);
+    spy.publish(report_topic.clone(), Bytes::from(jump))
+        .await
+        .unwrap();
+    spy.flush(Duration::from_secs(10)).await.unwrap();
+    expected.push(reading_line(&meters[1], 700, &dap, "1 kWh"));
+    expected.sort();
+    wait_until(
+        "the jumped report arrives, flagged at the DAP",
+        &procs,
+        || {
+            headend_readings(&dir).len() >= expected.len()
+                && procs.log("dap").contains("sequence gaps")
+        },
+    )
+    .await;
+    assert_eq!(headend_readings(&dir), expected);
+
     procs.exit_on_ctrl_c("headend").await;
     assert!(procs.terminate_async("dap").await.success());
     let readings = ["kWh"]; // every reading holds it; hashes and ids do not
@@ -677,6 +695,7 @@ async fn implausible_readings_are_dropped_or_flagged() {
     );
     let dap_log = common::audit_text(&dir, "dap-state/dap-audit.jsonl");
     assert!(dap_log.contains("implausible timestamp"), "{dap_log}");
+    assert!(dap_log.contains("sequence gap: from 0 to 700"), "{dap_log}");
 
     // Rules are checked before anything starts.
     let bad = fs::read_to_string(dir.join("headend.toml"))

@@ -135,6 +135,7 @@ max_batch_delay_ms = 200             # 1-60000
 # max_reports_per_meter_per_minute = 60  # cap per meter: genuine reports beyond it are dropped
 # max_report_burst = 60              #   and counted (default burst: the per-minute number)
 # max_report_drift_s = 300           # drop reports stamped further than this from our clock
+# max_seq_gap = 1000                 # flag (still forward) a meter skipping more numbers than this
 # pool = "street-7-daps"             # share a report pool with other DAPs (MQTT shared
 #                                    # subscription); meters then set dap = "street-7-daps"
 # audit_log = "dap-1-state/dap-audit.jsonl"  # the DAP's hash-chained log (metadata, never readings)

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ed25519_dalek::VerifyingKey;
 use sealcast_core::credential::{EntityCredential, PublicCredential};
-use sealcast_core::ids::{EntityId, UnixMillis};
+use sealcast_core::ids::{EntityId, SeqNum, UnixMillis};
 use sealcast_core::replay::{SeqAllocator, SeqWindow};
 use sealcast_core::report::{peek_report, verify_reports_batch};
 
@@ -50,6 +50,9 @@ pub enum ReportVerdict {
     /// work, its window not moved.
     Implausible,
 }
+
+/// Most gaps held between two [`DapCore::take_gaps`].
+const MAX_GAPS_HELD: usize = 4096;
 
 /// A per-meter cap on forwarded reports: a token bucket of `burst` reports
 /// refilled at `per_minute` reports a minute. Only reports that verified
@@ -92,6 +95,24 @@ pub struct DapCore {
     buckets: BTreeMap<EntityId, Bucket>,
     /// Largest |report timestamp − now| accepted, in ms (None: any).
     max_drift_ms: Option<u64>,
+    /// A forwarded report whose sequence number is more than this above its
+    /// meter's highest is flagged (None: never).
+    max_seq_gap: Option<u64>,
+    /// Gaps flagged since the last [`DapCore::take_gaps`].
+    gaps: Vec<SeqGap>,
+}
+
+/// A jump in a meter's sequence numbers larger than
+/// [`DapCore::set_max_seq_gap`] allows: the report is genuine and
+/// forwarded, but reports in between were lost, withheld or never sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SeqGap {
+    /// The meter.
+    pub meter: EntityId,
+    /// Its highest sequence number before.
+    pub from: u64,
+    /// The sequence number that jumped.
+    pub to: u64,
 }
 
 impl core::fmt::Debug for DapCore {
@@ -160,6 +181,8 @@ impl DapCore {
             rate: None,
             buckets: BTreeMap::new(),
             max_drift_ms: None,
+            max_seq_gap: None,
+            gaps: Vec::new(),
         };
         core.set_meters(meters);
         Ok(core)
@@ -241,12 +264,25 @@ impl DapCore {
                 Some(Ok(report)) => {
                     let h = report.header();
                     let window = self.windows.entry(h.reporter.clone()).or_default();
+                    let highest = window.highest().map(SeqNum::get);
                     match window.check(h.seq) {
                         Err(_) => ReportVerdict::Replayed,
                         Ok(token) => {
                             if take_token(self.rate, &mut self.buckets, &h.reporter, at) {
                                 match window.commit(token) {
-                                    Ok(()) => ReportVerdict::Forward,
+                                    Ok(()) => {
+                                        if let (Some(max), Some(from)) = (self.max_seq_gap, highest)
+                                            && h.seq.get() > from.saturating_add(max)
+                                            && self.gaps.len() < MAX_GAPS_HELD
+                                        {
+                                            self.gaps.push(SeqGap {
+                                                meter: h.reporter.clone(),
+                                                from,
+                                                to: h.seq.get(),
+                                            });
+                                        }
+                                        ReportVerdict::Forward
+                                    }
                                     Err(_) => ReportVerdict::Replayed,
                                 }
                             } else {
@@ -263,6 +299,19 @@ impl DapCore {
         out.into_iter()
             .map(|v| v.unwrap_or_else(|| ReportVerdict::Forged("not verified".into())))
             .collect()
+    }
+
+    /// Flags (never drops) a forwarded report whose sequence number is more
+    /// than `max_gap` above its meter's highest (None: no flag). A one-shot
+    /// meter skips up to `METER_SEQ_BLOCK` numbers between runs, so keep
+    /// `max_gap` above that.
+    pub fn set_max_seq_gap(&mut self, max_gap: Option<u64>) {
+        self.max_seq_gap = max_gap;
+    }
+
+    /// The gaps flagged since the last call.
+    pub fn take_gaps(&mut self) -> Vec<SeqGap> {
+        std::mem::take(&mut self.gaps)
     }
 
     /// Sets (or with `None` removes) the largest distance in ms between a

@@ -57,6 +57,8 @@ pub enum Record {
     Installed,
     /// A transmission order applied or refused.
     Order,
+    /// Accepted, but flagged (a sequence gap, an implausible value).
+    Flagged,
 }
 
 impl Record {
@@ -69,6 +71,7 @@ impl Record {
                 Record::Relayed => "relayed",
                 Record::Installed => "installed",
                 Record::Order => "order",
+                Record::Flagged => "flagged",
             }
             .into(),
         )

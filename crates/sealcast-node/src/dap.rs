@@ -57,6 +57,9 @@ pub struct DapStats {
     /// Reports dropped because their timestamp was implausibly far from the
     /// DAP's clock (`[dap] max_report_drift_s`).
     pub implausible: u64,
+    /// Forwarded reports whose meter skipped more sequence numbers than
+    /// `[dap] max_seq_gap` allows (flagged, not dropped).
+    pub seq_gaps: u64,
     /// Signed batches published.
     pub batches: u64,
     /// Announcements published.
@@ -493,6 +496,25 @@ impl Dap {
         let started = Instant::now();
         let verdicts = self.core.verify(&refs, now());
         self.stats.verify_time += started.elapsed();
+        let gaps = self.core.take_gaps();
+        if !gaps.is_empty() {
+            self.stats.seq_gaps += gaps.len() as u64;
+            warn!(dap = %self.core.id(), meters = gaps.len(), first = %gaps[0].meter, from = gaps[0].from, to = gaps[0].to, "sequence gaps: reports forwarded, but numbers in between never arrived");
+            if let Some(a) = &mut self.audit {
+                let entries: Vec<_> = gaps
+                    .iter()
+                    .map(|g| {
+                        crate::audit::entry(
+                            crate::audit::Record::Flagged,
+                            None,
+                            Some(&g.meter),
+                            format!("sequence gap: from {} to {}", g.from, g.to),
+                        )
+                    })
+                    .collect();
+                a.record_all(&entries);
+            }
+        }
         let (mut forged, mut unknown, mut replayed, mut limited) = (0usize, 0usize, 0usize, 0usize);
         let mut implausible = 0usize;
         let mut forward: Vec<&[u8]> = Vec::new();

@@ -182,6 +182,11 @@ struct DapSection {
     /// Drop reports whose timestamp is further than this from the DAP's
     /// clock, in seconds (unset: no bound).
     max_report_drift_s: Option<u64>,
+    /// Flag (log, count, audit; still forward) a report whose sequence
+    /// number jumps more than this above its meter's highest (unset: no
+    /// flag). Keep it above 64: a one-shot meter skips up to that many
+    /// between runs.
+    max_seq_gap: Option<u64>,
     /// The DAP's audit log (default `<state_dir>/dap-audit.jsonl`, apart
     /// from the gateway node's `audit.jsonl` when both run).
     audit_log: Option<PathBuf>,
@@ -590,6 +595,15 @@ pub fn agent_with_dap(args: &ServeArgs) -> Result<()> {
             ));
         }
         core.set_max_drift(Some(drift * 1000));
+    }
+    if let Some(gap) = section.max_seq_gap {
+        if gap < sealcast_node::meter::METER_SEQ_BLOCK {
+            return Err(CliError::usage(format!(
+                "[dap] max_seq_gap must be at least {} (a one-shot meter skips up to that many numbers between runs)",
+                sealcast_node::meter::METER_SEQ_BLOCK
+            )));
+        }
+        core.set_max_seq_gap(Some(gap));
     }
     let link = link_config(
         config.transport,
