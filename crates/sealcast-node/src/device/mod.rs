@@ -842,8 +842,10 @@ impl Node {
                 if decision.permitted() {
                     Delivery::Executed { value }
                 } else {
+                    // The operation is command content: DEBUG only.
+                    debug!(node = %self.id, group = %group.name(), signer = %value.signer, operation = %operation, "operation refused by the access-control policy");
                     if let Some(held_back) = self.refused_by_policy.allow() {
-                        warn!(node = %self.id, group = %group.name(), signer = %value.signer, operation = %operation, ?decision, held_back, "refused by the access-control policy: not executed");
+                        warn!(node = %self.id, group = %group.name(), signer = %value.signer, seq = value.seq.get(), ?decision, held_back, "refused by the access-control policy: not executed");
                     }
                     if let Some(a) = &mut self.audit {
                         a.refused(
