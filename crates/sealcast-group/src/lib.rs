@@ -22,6 +22,7 @@ pub mod manager;
 pub mod member;
 pub mod messages;
 pub mod state_file;
+pub mod status;
 pub mod transmission;
 pub mod tree_delivery;
 

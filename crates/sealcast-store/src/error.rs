@@ -50,6 +50,11 @@ pub enum Error {
         /// The version the caller expected (None: no order).
         expected: Option<u64>,
     },
+    /// Another manager changed the authorization status list first.
+    StatusConflict {
+        /// The version the caller expected.
+        expected: u64,
+    },
     /// Key material for this (group, epoch) is already stored; an epoch never
     /// gets a second key.
     MaterialExists {
@@ -197,6 +202,10 @@ impl fmt::Display for Error {
                 f,
                 "the transmission order of {entity} is no longer version {}: another manager changed it first; show it again and decide again",
                 expected.map_or_else(|| "none".to_owned(), |v| v.to_string())
+            ),
+            Error::StatusConflict { expected } => write!(
+                f,
+                "the authorization status list is no longer version {expected}: another manager changed it first; show it again and decide again"
             ),
             Error::MaterialExists { group, epoch } => write!(
                 f,

@@ -54,7 +54,8 @@ pub use error::{Error, Result};
 pub use kek::{KEK_ENV, KEK_LEN, Kek};
 pub use lock::StateLock;
 pub use model::{
-    EntityKind, EntityRecord, GroupRecord, MemberRecord, RekeyScheme, Role, TransmissionRecord,
+    EntityKind, EntityRecord, GroupRecord, MemberRecord, RekeyScheme, Role, StatusChange,
+    StatusRecord, StatusSnapshot, TransmissionRecord,
 };
 pub use pg::PgStore;
 pub use schema::SCHEMA_VERSION;
@@ -205,6 +206,26 @@ pub trait ManagerStore: Send {
     /// Records that `entity` acknowledged `version`; false when that is not
     /// its current version (a late ack of an older one changes nothing).
     fn ack_transmission(&mut self, entity: &EntityId, version: u64) -> Result<bool>;
+
+    // ----- authorization status ---------------------------------------------
+
+    /// The authorization status list (version and listed entities).
+    fn status_list(&mut self) -> Result<StatusSnapshot>;
+    /// Lists `entity` (`Some((status, reason))`) or lifts its listing
+    /// (`None`) and moves the list to `version`, in one transaction, if the
+    /// stored version is still `expected`; else
+    /// [`Error::StatusConflict`]: two managers sharing a store never publish
+    /// one version with two contents.
+    fn put_status(
+        &mut self,
+        entity: &EntityId,
+        change: StatusChange<'_>,
+        expected: u64,
+        version: u64,
+    ) -> Result<()>;
+    /// Takes misbehaviour report number `seq` of `reporter` if it is above
+    /// every number taken from it before (false: a replay or an old copy).
+    fn take_report_seq(&mut self, reporter: &EntityId, seq: u64) -> Result<bool>;
 
     // ----- audit ----------------------------------------------------------
 

@@ -154,6 +154,47 @@ impl TransmissionRecord {
     }
 }
 
+/// An entity on the manager's authorization status list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusRecord {
+    /// The entity.
+    pub entity: EntityId,
+    /// Suspended or revoked.
+    pub status: sealcast_group::status::Status,
+    /// Why (an operator's words, or the misbehaviour rule that fired).
+    pub reason: String,
+    /// When it was listed.
+    pub updated_at: UnixMillis,
+}
+
+/// The whole authorization status list as stored.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StatusSnapshot {
+    /// The list's version (0: never changed).
+    pub version: u64,
+    /// The listed entities, by id.
+    pub listed: Vec<StatusRecord>,
+}
+
+/// A change of one entity's status: listed with a reason, or lifted (None).
+pub type StatusChange<'a> = Option<(sealcast_group::status::Status, &'a str)>;
+
+/// An `authorization_status` row, checked.
+pub(crate) fn status_from_sql(
+    entity: &str,
+    status: &str,
+    reason: String,
+    updated_at_ms: i64,
+) -> Result<StatusRecord> {
+    Ok(StatusRecord {
+        entity: EntityId::new(entity).map_err(|_| corrupt("listed entity id"))?,
+        status: sealcast_group::status::Status::parse(status)
+            .ok_or_else(|| corrupt("authorization status"))?,
+        reason,
+        updated_at: UnixMillis::new(u64_from_sql(updated_at_ms, "status time")?),
+    })
+}
+
 fn corrupt(what: &str) -> Error {
     Error::Corrupt(what.to_owned())
 }

@@ -21,10 +21,17 @@
 //!                 updated_at_ms)                        -- migration 2
 //! removed_entities (entity_id PK, removed_at_ms)        -- migration 2: removed
 //!                 with `sealcast node remove`; a config file does not bring them back
+//! authorization_status (entity_id PK, status, reason, updated_at_ms)  -- migration 3:
+//!                 suspended and revoked entities (no foreign key: a revoked entity's
+//!                 enrolment is deleted, its listing stays)
+//! status_list    (one PK = 1, version)                 -- migration 3: the list's version,
+//!                 written by compare-and-set
+//! misbehaviour_reporters (reporter_id PK, last_seq)    -- migration 3: the newest report
+//!                 number taken from each agent (a replayed report is counted once)
 //! ```
 
 /// The newest schema version this build knows.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Dialect {
@@ -119,6 +126,26 @@ CREATE TABLE removed_entities (
 );
 ";
 
+/// Authorization status: the listed entities, the list's version, and the
+/// newest misbehaviour report number of each reporter.
+const MIGRATION_3: &str = r"
+CREATE TABLE authorization_status (
+    entity_id     TEXT PRIMARY KEY,
+    status        TEXT NOT NULL CHECK (status IN ('suspended', 'revoked')),
+    reason        TEXT NOT NULL,
+    updated_at_ms INT NOT NULL CHECK (updated_at_ms >= 0)
+);
+CREATE TABLE status_list (
+    one     INT PRIMARY KEY CHECK (one = 1),
+    version INT NOT NULL CHECK (version >= 0)
+);
+INSERT INTO status_list (one, version) VALUES (1, 0);
+CREATE TABLE misbehaviour_reporters (
+    reporter_id TEXT PRIMARY KEY,
+    last_seq    INT NOT NULL CHECK (last_seq >= 0)
+);
+";
+
 /// The SQL of every migration, in order, for `dialect`.
 pub(crate) fn migrations(dialect: Dialect) -> Vec<(i64, String)> {
     let (bytes, int, triggers) = match dialect {
@@ -131,7 +158,7 @@ pub(crate) fn migrations(dialect: Dialect) -> Vec<(i64, String)> {
             .replace(" INT,", &format!(" {int},"))
     };
     let m1 = render(MIGRATION_1) + triggers;
-    vec![(1, m1), (2, render(MIGRATION_2))]
+    vec![(1, m1), (2, render(MIGRATION_2)), (3, render(MIGRATION_3))]
 }
 
 #[cfg(test)]

@@ -20,10 +20,10 @@ use crate::audit::{AuditEntry, AuditRecord};
 use crate::error::{Error, Result};
 use crate::kek::{Kek, Purpose};
 use crate::model::{
-    AuditRow, DbFail, EntityRecord, GroupRecord, MemberRecord, MemberRow, TRANSMISSION_COLS,
-    TransmissionRecord, audit_from_sql, check_alg, entity_from_sql, epoch_from_sql, epoch_to_sql,
-    group_from_sql, member_from_sql, now_ms, transmission_from_sql, transmission_to_sql,
-    u64_to_sql,
+    AuditRow, DbFail, EntityRecord, GroupRecord, MemberRecord, MemberRow, StatusChange,
+    StatusSnapshot, TRANSMISSION_COLS, TransmissionRecord, audit_from_sql, check_alg,
+    entity_from_sql, epoch_from_sql, epoch_to_sql, group_from_sql, member_from_sql, now_ms,
+    status_from_sql, transmission_from_sql, transmission_to_sql, u64_from_sql, u64_to_sql,
 };
 use crate::schema::{CREATE_VERSION_TABLE, Dialect, SCHEMA_VERSION, migrations};
 
@@ -851,6 +851,88 @@ impl ManagerStore for SqliteStore {
                 ],
             )
             .map_err(db("record a transmission ack"))?;
+        Ok(n > 0)
+    }
+
+    fn status_list(&mut self) -> Result<StatusSnapshot> {
+        let version: i64 = self
+            .conn
+            .query_row("SELECT version FROM status_list WHERE one = 1", [], |r| {
+                r.get(0)
+            })
+            .map_err(db("read the status list's version"))?;
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT entity_id, status, reason, updated_at_ms FROM authorization_status \
+                 ORDER BY entity_id",
+            )
+            .map_err(db("read the status list"))?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(status_from_sql(
+                    &r.get::<_, String>(0)?,
+                    &r.get::<_, String>(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                ))
+            })
+            .map_err(db("read the status list"))?;
+        Ok(StatusSnapshot {
+            version: u64_from_sql(version, "status list version")?,
+            listed: collect(rows, "read the status list")?,
+        })
+    }
+
+    fn put_status(
+        &mut self,
+        entity: &EntityId,
+        change: StatusChange<'_>,
+        expected: u64,
+        version: u64,
+    ) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db("start changing the status list"))?;
+        let n = tx
+            .execute(
+                "UPDATE status_list SET version = ?1 WHERE one = 1 AND version = ?2",
+                params![
+                    u64_to_sql(version, "status list version")?,
+                    u64_to_sql(expected, "status list version")?
+                ],
+            )
+            .map_err(db("move the status list's version"))?;
+        if n == 0 {
+            return Err(Error::StatusConflict { expected });
+        }
+        match change {
+            Some((status, reason)) => tx.execute(
+                "INSERT INTO authorization_status (entity_id, status, reason, updated_at_ms) \
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT (entity_id) DO UPDATE SET \
+                 status = excluded.status, reason = excluded.reason, updated_at_ms = excluded.updated_at_ms",
+                params![entity.as_str(), status.as_str(), reason, now_ms()],
+            ),
+            None => tx.execute(
+                "DELETE FROM authorization_status WHERE entity_id = ?1",
+                params![entity.as_str()],
+            ),
+        }
+        .map_err(db("change an entity's status"))?;
+        tx.commit().map_err(db("commit the status list"))
+    }
+
+    fn take_report_seq(&mut self, reporter: &EntityId, seq: u64) -> Result<bool> {
+        let n = self
+            .conn
+            .execute(
+                "INSERT INTO misbehaviour_reporters (reporter_id, last_seq) VALUES (?1, ?2) \
+                 ON CONFLICT (reporter_id) DO UPDATE SET last_seq = excluded.last_seq \
+                 WHERE misbehaviour_reporters.last_seq < excluded.last_seq",
+                params![reporter.as_str(), u64_to_sql(seq, "report number")?],
+            )
+            .map_err(db("record a misbehaviour report number"))?;
         Ok(n > 0)
     }
 

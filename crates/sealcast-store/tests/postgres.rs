@@ -109,6 +109,14 @@ fn pg_transmission_orders_compare_and_set() {
 }
 
 #[test]
+fn pg_status_list_compare_and_set() {
+    let Some(schema) = Schema::new("pg_status_list") else {
+        return;
+    };
+    status_list(&mut schema.open(1), &mut schema.open(1));
+}
+
+#[test]
 fn pg_advance_epoch_conflict() {
     let Some(schema) = Schema::new("pg_advance_epoch_conflict") else {
         return;

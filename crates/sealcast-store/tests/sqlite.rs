@@ -56,13 +56,16 @@ fn migrations_are_idempotent() {
         populate(&mut s);
     }
     conn.execute_batch(
-        "DROP TABLE transmission_orders; DROP TABLE removed_entities; DELETE FROM schema_version WHERE version = 2;",
+        "DROP TABLE transmission_orders; DROP TABLE removed_entities; \
+         DROP TABLE authorization_status; DROP TABLE status_list; DROP TABLE misbehaviour_reporters; \
+         DELETE FROM schema_version WHERE version >= 2;",
     )
     .unwrap();
     {
         let mut s = open(&path, 1);
         check_populated(&mut s);
         assert!(s.pending_transmissions().unwrap().is_empty());
+        assert_eq!(s.status_list().unwrap().version, 0);
     }
     // A database from a newer build is refused, not mangled.
     conn.execute(
@@ -96,6 +99,15 @@ fn transmission_orders_compare_and_set() {
     let mut a = SqliteStore::open(&path, kek(1)).unwrap();
     let mut b = SqliteStore::open(&path, kek(1)).unwrap();
     transmission_orders(&mut a, &mut b);
+}
+
+#[test]
+fn status_list_compare_and_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.db");
+    let mut a = SqliteStore::open(&path, kek(1)).unwrap();
+    let mut b = SqliteStore::open(&path, kek(1)).unwrap();
+    status_list(&mut a, &mut b);
 }
 
 #[test]

@@ -541,3 +541,52 @@ pub fn transmission_orders(s: &mut dyn ManagerStore, other: &mut dyn ManagerStor
         .unwrap();
     assert!(!s.was_removed(&eid("door-1")).unwrap());
 }
+
+/// The authorization status list: compare-and-set on its version between
+/// two stores (two managers), listing, lifting, and report numbers taken
+/// once.
+pub fn status_list(s: &mut dyn ManagerStore, other: &mut dyn ManagerStore) {
+    use sealcast_group::status::Status;
+    let empty = s.status_list().unwrap();
+    assert_eq!((empty.version, empty.listed.len()), (0, 0));
+    s.put_status(&eid("sensor-1"), Some((Status::Suspended, "flood")), 0, 10)
+        .unwrap();
+    // The other manager decided on version 0 too: refused, nothing changed.
+    assert!(matches!(
+        other.put_status(&eid("door-1"), Some((Status::Revoked, "by hand")), 0, 11),
+        Err(Error::StatusConflict { expected: 0 })
+    ));
+    let now = other.status_list().unwrap();
+    assert_eq!(now.version, 10);
+    assert_eq!(now.listed.len(), 1);
+    assert_eq!(
+        (
+            now.listed[0].entity.as_str(),
+            now.listed[0].status,
+            now.listed[0].reason.as_str()
+        ),
+        ("sensor-1", Status::Suspended, "flood")
+    );
+    other
+        .put_status(&eid("sensor-1"), Some((Status::Revoked, "policy")), 10, 12)
+        .unwrap();
+    other
+        .put_status(&eid("door-1"), Some((Status::Suspended, "by hand")), 12, 13)
+        .unwrap();
+    s.put_status(&eid("door-1"), None, 13, 14).unwrap();
+    let now = s.status_list().unwrap();
+    assert_eq!(now.version, 14);
+    assert_eq!(
+        now.listed
+            .iter()
+            .map(|r| (r.entity.as_str(), r.status))
+            .collect::<Vec<_>>(),
+        vec![("sensor-1", Status::Revoked)]
+    );
+    // Report numbers: each taken once, only growing, per reporter.
+    assert!(s.take_report_seq(&eid("gw"), 5).unwrap());
+    assert!(!other.take_report_seq(&eid("gw"), 5).unwrap());
+    assert!(!other.take_report_seq(&eid("gw"), 4).unwrap());
+    assert!(other.take_report_seq(&eid("gw"), 6).unwrap());
+    assert!(s.take_report_seq(&eid("gw-2"), 1).unwrap());
+}
