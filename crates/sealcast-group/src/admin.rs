@@ -109,6 +109,70 @@ pub enum Request {
         /// The entity id.
         node: String,
     },
+    /// Authorization status: suspend, revoke or reinstate an entity. The
+    /// manager saves the change, signs the new status list and sends it to
+    /// every node; a revocation also evicts the entity from every group
+    /// (each rekeyed) and deletes its enrolment.
+    Status {
+        /// The entity id.
+        node: String,
+        /// What to do.
+        action: StatusAction,
+        /// Why (kept in the store and the audit log).
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    /// The authorization status list.
+    Statuses {},
+}
+
+/// What a [`Request::Status`] does.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StatusAction {
+    /// Refuse its messages until reinstated; it keeps its memberships.
+    Suspend,
+    /// Evict it from every group and delete its enrolment; final for its key.
+    Revoke,
+    /// Lift a suspension.
+    Reinstate,
+}
+
+/// The answer to [`Request::Status`].
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub struct StatusChanged {
+    /// The entity.
+    pub node: String,
+    /// `suspended`, `revoked`, or None (in good standing).
+    pub status: Option<String>,
+    /// The status list's version now.
+    pub version: u64,
+    /// Whether the request changed the list.
+    pub changed: bool,
+    /// The groups a revocation evicted it from, each with its new epoch.
+    pub groups: Vec<Rekeyed>,
+}
+
+/// One entity of a [`StatusListing`].
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub struct ListedEntity {
+    /// The entity.
+    pub node: String,
+    /// `suspended` or `revoked`.
+    pub status: String,
+    /// Why.
+    pub reason: String,
+    /// Since when (Unix ms).
+    pub since_ms: u64,
+}
+
+/// The answer to [`Request::Statuses`].
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub struct StatusListing {
+    /// The list's version (0: never changed).
+    pub version: u64,
+    /// The listed entities.
+    pub listed: Vec<ListedEntity>,
 }
 
 /// The answer to [`Request::Remove`].

@@ -658,6 +658,49 @@ impl Manager {
         .sign(&self.credential)
     }
 
+    /// Signs the authorization status list `listed` as of `version`.
+    pub fn status_list(
+        &self,
+        version: u64,
+        issued: UnixMillis,
+        listed: &crate::status::Listed,
+    ) -> Result<Vec<u8>> {
+        crate::status::StatusList {
+            manager: self.id().clone(),
+            version,
+            issued,
+            listed: listed.clone(),
+        }
+        .sign(&self.credential)
+    }
+
+    /// Checks a misbehaviour report: signed by an enrolled **agent**, for
+    /// this manager, issued within `max_age_ms` of `now`.
+    pub fn open_misbehaviour_report(
+        &self,
+        bytes: &[u8],
+        now: UnixMillis,
+        max_age_ms: u64,
+    ) -> Result<crate::status::MisbehaviourReport> {
+        let statement = UnverifiedStatement::parse(bytes, crate::status::MAX_REPORT_LEN)?;
+        let enrolled = self
+            .enrolled
+            .get(statement.signer())
+            .ok_or(Error::UnknownMember)?;
+        if enrolled.kind != EntityKind::Agent {
+            return Err(Error::Refused(
+                "misbehaviour reports are taken from agents (gateways) only",
+            ));
+        }
+        crate::status::MisbehaviourReport::open(
+            bytes,
+            &enrolled.credential,
+            self.id(),
+            now,
+            max_age_ms,
+        )
+    }
+
     /// Checks a node's signed acknowledgement of a transmission order with
     /// the node's enrolled credential.
     pub fn handle_order_ack(&self, bytes: &[u8]) -> Result<crate::transmission::OrderAck> {

@@ -13,7 +13,7 @@
 //! | status list | manager | `sealcast authorization status v1` | `[manager, version, issued_ms, [[entity, status] …≤65536]]` |
 //!
 //! `evidence` is one of `forgery`, `replay`, `flood`, `policy`,
-//! `listed-signer` ([`Evidence`]); `status` is 1 (suspended) or 2 (revoked).
+//! `listed-signer`, `implausible` ([`Evidence`]); `status` is 1 (suspended) or 2 (revoked).
 //!
 //! **Attribution.** A broadcast's sender id is vouched for by the group key
 //! alone until its signature verifies, so any member can make messages
@@ -32,6 +32,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use ciborium::Value;
+use ed25519_dalek::VerifyingKey;
 use sealcast_core::credential::{EntityCredential, PublicCredential};
 use sealcast_core::ids::{EntityId, UnixMillis};
 use sealcast_core::statement::{UnverifiedStatement, sign_statement};
@@ -68,16 +69,20 @@ pub enum Evidence {
     Policy,
     /// Verified messages of a subject the status list names.
     ListedSigner,
+    /// Verified readings of the subject that failed the receiver's
+    /// plausibility rules (range, rate of change, monotonic counter, hours).
+    Implausible,
 }
 
 impl Evidence {
     /// Every kind.
-    pub const ALL: [Evidence; 5] = [
+    pub const ALL: [Evidence; 6] = [
         Evidence::Forgery,
         Evidence::Replay,
         Evidence::Flood,
         Evidence::Policy,
         Evidence::ListedSigner,
+        Evidence::Implausible,
     ];
 
     /// The name on the wire and in configs.
@@ -88,6 +93,7 @@ impl Evidence {
             Evidence::Flood => "flood",
             Evidence::Policy => "policy",
             Evidence::ListedSigner => "listed-signer",
+            Evidence::Implausible => "implausible",
         }
     }
 
@@ -250,12 +256,31 @@ impl MisbehaviourReport {
         now: UnixMillis,
         max_age_ms: u64,
     ) -> Result<Self> {
+        Self::open_with(
+            bytes,
+            reporter.id(),
+            reporter.verifying_key(),
+            manager,
+            now,
+            max_age_ms,
+        )
+    }
+
+    /// [`MisbehaviourReport::open`] with the reporter's id and Ed25519 key.
+    pub fn open_with(
+        bytes: &[u8],
+        reporter: &EntityId,
+        key: &VerifyingKey,
+        manager: &EntityId,
+        now: UnixMillis,
+        max_age_ms: u64,
+    ) -> Result<Self> {
         let statement = UnverifiedStatement::parse(bytes, MAX_REPORT_LEN)?;
-        if statement.signer() != reporter.id() {
+        if statement.signer() != reporter {
             return Err(Error::UnknownMember);
         }
-        let report = Self::from_cbor(&statement.verify(reporter.verifying_key(), LABEL_REPORT)?)?;
-        if report.reporter != *reporter.id() || report.manager != *manager {
+        let report = Self::from_cbor(&statement.verify(key, LABEL_REPORT)?)?;
+        if report.reporter != *reporter || report.manager != *manager {
             return Err(Error::Refused(
                 "misbehaviour report names another reporter or manager",
             ));
@@ -423,12 +448,30 @@ impl StatusList {
         now: UnixMillis,
         max_age_ms: u64,
     ) -> Result<Self> {
+        Self::open_with(
+            bytes,
+            manager.id(),
+            manager.verifying_key(),
+            now,
+            max_age_ms,
+        )
+    }
+
+    /// [`StatusList::open`] with the issuer's id and Ed25519 key (a headend
+    /// issues the list of its meters).
+    pub fn open_with(
+        bytes: &[u8],
+        issuer: &EntityId,
+        key: &VerifyingKey,
+        now: UnixMillis,
+        max_age_ms: u64,
+    ) -> Result<Self> {
         let statement = UnverifiedStatement::parse(bytes, MAX_STATUS_LEN)?;
-        if statement.signer() != manager.id() {
+        if statement.signer() != issuer {
             return Err(Error::WrongManager);
         }
-        let list = Self::from_cbor(&statement.verify(manager.verifying_key(), LABEL_STATUS)?)?;
-        if list.manager != *manager.id() {
+        let list = Self::from_cbor(&statement.verify(key, LABEL_STATUS)?)?;
+        if list.manager != *issuer {
             return Err(Error::WrongManager);
         }
         if list.issued.get().abs_diff(now.get()) > max_age_ms {

@@ -54,7 +54,7 @@ pub use error::{Error, Result};
 pub use kek::{KEK_ENV, KEK_LEN, Kek};
 pub use lock::StateLock;
 pub use model::{
-    EntityKind, EntityRecord, GroupRecord, MemberRecord, RekeyScheme, Role, StatusChange,
+    EntityKind, EntityRecord, GroupRecord, Listing, MemberRecord, RekeyScheme, Role, StatusChange,
     StatusRecord, StatusSnapshot, TransmissionRecord,
 };
 pub use pg::PgStore;
@@ -211,7 +211,7 @@ pub trait ManagerStore: Send {
 
     /// The authorization status list (version and listed entities).
     fn status_list(&mut self) -> Result<StatusSnapshot>;
-    /// Lists `entity` (`Some((status, reason))`) or lifts its listing
+    /// Lists `entity` (`Some(listing)`) or lifts its listing
     /// (`None`) and moves the list to `version`, in one transaction, if the
     /// stored version is still `expected`; else
     /// [`Error::StatusConflict`]: two managers sharing a store never publish

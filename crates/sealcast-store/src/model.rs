@@ -163,6 +163,8 @@ pub struct StatusRecord {
     pub status: sealcast_group::status::Status,
     /// Why (an operator's words, or the misbehaviour rule that fired).
     pub reason: String,
+    /// The Ed25519 public key a revoked entity had (never enrolled again).
+    pub revoked_key: Option<Vec<u8>>,
     /// When it was listed.
     pub updated_at: UnixMillis,
 }
@@ -176,14 +178,26 @@ pub struct StatusSnapshot {
     pub listed: Vec<StatusRecord>,
 }
 
-/// A change of one entity's status: listed with a reason, or lifted (None).
-pub type StatusChange<'a> = Option<(sealcast_group::status::Status, &'a str)>;
+/// A new listing of one entity.
+#[derive(Clone, Copy, Debug)]
+pub struct Listing<'a> {
+    /// Suspended or revoked.
+    pub status: sealcast_group::status::Status,
+    /// Why.
+    pub reason: &'a str,
+    /// A revoked entity's Ed25519 public key.
+    pub revoked_key: Option<&'a [u8]>,
+}
+
+/// A change of one entity's status: listed, or lifted (None).
+pub type StatusChange<'a> = Option<Listing<'a>>;
 
 /// An `authorization_status` row, checked.
 pub(crate) fn status_from_sql(
     entity: &str,
     status: &str,
     reason: String,
+    revoked_key: Option<Vec<u8>>,
     updated_at_ms: i64,
 ) -> Result<StatusRecord> {
     Ok(StatusRecord {
@@ -191,6 +205,7 @@ pub(crate) fn status_from_sql(
         status: sealcast_group::status::Status::parse(status)
             .ok_or_else(|| corrupt("authorization status"))?,
         reason,
+        revoked_key,
         updated_at: UnixMillis::new(u64_from_sql(updated_at_ms, "status time")?),
     })
 }

@@ -838,7 +838,7 @@ impl ManagerStore for PgStore {
         let found = self
             .client
             .query(
-                "SELECT entity_id, status, reason, updated_at_ms FROM authorization_status \
+                "SELECT entity_id, status, reason, revoked_key, updated_at_ms FROM authorization_status \
                  ORDER BY entity_id",
                 &[],
             )
@@ -851,6 +851,7 @@ impl ManagerStore for PgStore {
                     &r.get::<_, String>(1),
                     r.get(2),
                     r.get(3),
+                    r.get(4),
                 )
             })
             .collect::<Result<_>>()?;
@@ -885,11 +886,12 @@ impl ManagerStore for PgStore {
             return Err(Error::StatusConflict { expected });
         }
         match change {
-            Some((status, reason)) => tx.execute(
-                "INSERT INTO authorization_status (entity_id, status, reason, updated_at_ms) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (entity_id) DO UPDATE SET \
-                 status = excluded.status, reason = excluded.reason, updated_at_ms = excluded.updated_at_ms",
-                &[&entity.as_str(), &status.as_str(), &reason, &now_ms()],
+            Some(l) => tx.execute(
+                "INSERT INTO authorization_status (entity_id, status, reason, revoked_key, updated_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (entity_id) DO UPDATE SET \
+                 status = excluded.status, reason = excluded.reason, \
+                 revoked_key = excluded.revoked_key, updated_at_ms = excluded.updated_at_ms",
+                &[&entity.as_str(), &l.status.as_str(), &l.reason, &l.revoked_key, &now_ms()],
             ),
             None => tx.execute(
                 "DELETE FROM authorization_status WHERE entity_id = $1",

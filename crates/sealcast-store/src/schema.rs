@@ -21,9 +21,9 @@
 //!                 updated_at_ms)                        -- migration 2
 //! removed_entities (entity_id PK, removed_at_ms)        -- migration 2: removed
 //!                 with `sealcast node remove`; a config file does not bring them back
-//! authorization_status (entity_id PK, status, reason, updated_at_ms)  -- migration 3:
+//! authorization_status (entity_id PK, status, reason, revoked_key, updated_at_ms)  -- migration 3:
 //!                 suspended and revoked entities (no foreign key: a revoked entity's
-//!                 enrolment is deleted, its listing stays)
+//!                 enrolment is deleted, its listing and its Ed25519 key stay)
 //! status_list    (one PK = 1, version)                 -- migration 3: the list's version,
 //!                 written by compare-and-set
 //! misbehaviour_reporters (reporter_id PK, last_seq)    -- migration 3: the newest report
@@ -133,6 +133,7 @@ CREATE TABLE authorization_status (
     entity_id     TEXT PRIMARY KEY,
     status        TEXT NOT NULL CHECK (status IN ('suspended', 'revoked')),
     reason        TEXT NOT NULL,
+    revoked_key   BYTES,
     updated_at_ms INT NOT NULL CHECK (updated_at_ms >= 0)
 );
 CREATE TABLE status_list (

@@ -864,7 +864,7 @@ impl ManagerStore for SqliteStore {
         let mut st = self
             .conn
             .prepare(
-                "SELECT entity_id, status, reason, updated_at_ms FROM authorization_status \
+                "SELECT entity_id, status, reason, revoked_key, updated_at_ms FROM authorization_status \
                  ORDER BY entity_id",
             )
             .map_err(db("read the status list"))?;
@@ -875,6 +875,7 @@ impl ManagerStore for SqliteStore {
                     &r.get::<_, String>(1)?,
                     r.get(2)?,
                     r.get(3)?,
+                    r.get(4)?,
                 ))
             })
             .map_err(db("read the status list"))?;
@@ -908,11 +909,12 @@ impl ManagerStore for SqliteStore {
             return Err(Error::StatusConflict { expected });
         }
         match change {
-            Some((status, reason)) => tx.execute(
-                "INSERT INTO authorization_status (entity_id, status, reason, updated_at_ms) \
-                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT (entity_id) DO UPDATE SET \
-                 status = excluded.status, reason = excluded.reason, updated_at_ms = excluded.updated_at_ms",
-                params![entity.as_str(), status.as_str(), reason, now_ms()],
+            Some(l) => tx.execute(
+                "INSERT INTO authorization_status (entity_id, status, reason, revoked_key, updated_at_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (entity_id) DO UPDATE SET \
+                 status = excluded.status, reason = excluded.reason, \
+                 revoked_key = excluded.revoked_key, updated_at_ms = excluded.updated_at_ms",
+                params![entity.as_str(), l.status.as_str(), l.reason, l.revoked_key, now_ms()],
             ),
             None => tx.execute(
                 "DELETE FROM authorization_status WHERE entity_id = ?1",

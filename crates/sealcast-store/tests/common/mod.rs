@@ -547,13 +547,21 @@ pub fn transmission_orders(s: &mut dyn ManagerStore, other: &mut dyn ManagerStor
 /// once.
 pub fn status_list(s: &mut dyn ManagerStore, other: &mut dyn ManagerStore) {
     use sealcast_group::status::Status;
+    use sealcast_store::Listing;
+    let l = |status, reason| {
+        Some(Listing {
+            status,
+            reason,
+            revoked_key: (status == Status::Revoked).then_some(&[7u8; 32][..]),
+        })
+    };
     let empty = s.status_list().unwrap();
     assert_eq!((empty.version, empty.listed.len()), (0, 0));
-    s.put_status(&eid("sensor-1"), Some((Status::Suspended, "flood")), 0, 10)
+    s.put_status(&eid("sensor-1"), l(Status::Suspended, "flood"), 0, 10)
         .unwrap();
     // The other manager decided on version 0 too: refused, nothing changed.
     assert!(matches!(
-        other.put_status(&eid("door-1"), Some((Status::Revoked, "by hand")), 0, 11),
+        other.put_status(&eid("door-1"), l(Status::Revoked, "by hand"), 0, 11),
         Err(Error::StatusConflict { expected: 0 })
     ));
     let now = other.status_list().unwrap();
@@ -568,10 +576,10 @@ pub fn status_list(s: &mut dyn ManagerStore, other: &mut dyn ManagerStore) {
         ("sensor-1", Status::Suspended, "flood")
     );
     other
-        .put_status(&eid("sensor-1"), Some((Status::Revoked, "policy")), 10, 12)
+        .put_status(&eid("sensor-1"), l(Status::Revoked, "policy"), 10, 12)
         .unwrap();
     other
-        .put_status(&eid("door-1"), Some((Status::Suspended, "by hand")), 12, 13)
+        .put_status(&eid("door-1"), l(Status::Suspended, "by hand"), 12, 13)
         .unwrap();
     s.put_status(&eid("door-1"), None, 13, 14).unwrap();
     let now = s.status_list().unwrap();
@@ -583,6 +591,7 @@ pub fn status_list(s: &mut dyn ManagerStore, other: &mut dyn ManagerStore) {
             .collect::<Vec<_>>(),
         vec![("sensor-1", Status::Revoked)]
     );
+    assert_eq!(now.listed[0].revoked_key.as_deref(), Some(&[7u8; 32][..]));
     // Report numbers: each taken once, only growing, per reporter.
     assert!(s.take_report_seq(&eid("gw"), 5).unwrap());
     assert!(!other.take_report_seq(&eid("gw"), 5).unwrap());
