@@ -100,6 +100,16 @@ fn run(cli: Cli) -> error::Result<()> {
         }
         Command::Node(cmd::node::NodeCommand::Show(args)) => cmd::node::show(&args),
         Command::Node(cmd::node::NodeCommand::Remove(args)) => cmd::node::remove(&args),
+        Command::Node(cmd::node::NodeCommand::Suspend(args)) => {
+            cmd::node::set_status(&args, sealcast_node::control::StatusAction::Suspend)
+        }
+        Command::Node(cmd::node::NodeCommand::Revoke(args)) => {
+            cmd::node::set_status(&args, sealcast_node::control::StatusAction::Revoke)
+        }
+        Command::Node(cmd::node::NodeCommand::Reinstate(args)) => {
+            cmd::node::set_status(&args, sealcast_node::control::StatusAction::Reinstate)
+        }
+        Command::Node(cmd::node::NodeCommand::Statuses(args)) => cmd::node::statuses(&args),
         Command::Seal(args) => cmd::seal::run(&args),
         Command::Open(args) => cmd::open::run(&args),
         Command::Inspect(args) => cmd::inspect::run(&args),

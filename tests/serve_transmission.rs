@@ -19,6 +19,7 @@ use common::{
 use sealcast_core::credential::EntityCredential;
 use sealcast_core::ids::{EntityId, UnixMillis};
 use sealcast_core::statement::UnverifiedStatement;
+use sealcast_group::status::{Status, StatusList};
 use sealcast_group::transmission::TransmissionOrder;
 use sealcast_mqtt::{Bytes, DeviceChannel, TopicScheme};
 
@@ -621,5 +622,274 @@ async fn access_control_policies_decide_who_may_order_what() {
             + "\n[[acp]]\neffect = \"maybe\"\noriginators = [\"x\"]\noperations = [\"y\"]\n"),
         "[[acp]] number 3",
     );
+    drop(procs);
+}
+
+/// `sealcast node statuses --json`.
+fn statuses_json(dir: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(node_cmd(dir, &["statuses", "--json"]).trim()).unwrap()
+}
+
+/// Issue #15, item 2, the whole chain as processes: a compromised sensor
+/// (its own key) floods genuine alerts; the gateway refuses those over its
+/// rate cap (no rule fires) and sends a signed misbehaviour report; the
+/// manager's policy revokes the sensor — listed, evicted from its group
+/// (rekeyed), enrolment deleted — and the signed status list reaches the
+/// gateway and the doors. The sensor can send nothing more, its revoked key
+/// cannot be enrolled again, and the revocation cannot be undone by hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flooding_sensor_is_reported_revoked_and_evicted() {
+    let t = MqttRun::start("mb").await;
+    let dir = t.dir.clone();
+    let Site {
+        gateway,
+        sensor,
+        doors,
+        ..
+    } = fire_safety_site(&t, "");
+    let append = |file: &str, text: &str| {
+        let path = dir.join(file);
+        let mut all = fs::read_to_string(&path).unwrap();
+        all.push_str(text);
+        fs::write(path, all).unwrap();
+    };
+    append(
+        "agent.toml",
+        "\n[misbehaviour]\nmax_messages_per_sender_per_minute = 2\nreport_interval_ms = 300\n",
+    );
+    append(
+        "manager.toml",
+        "\n[[misbehaviour]]\nevidence = \"flood\"\nthreshold = 2\nwindow_s = 600\naction = \"revoke\"\n",
+    );
+    let mut procs = Procs::new(&dir);
+    start_fire_safety(&mut procs, &sensor, [doors[0].as_str(), doors[1].as_str()]);
+    procs.exit_on_ctrl_c(&sensor).await;
+    let epoch_before = common::group_show_json(&dir, "manager.toml", "fire-sensors")["epoch"]
+        .as_u64()
+        .unwrap();
+
+    // Two alerts within the cap: both doors unlock twice.
+    for n in 1..=2 {
+        common::alert(&dir, &sensor, &format!("smoke {n}"));
+    }
+    wait_until_blocking("both doors execute 2 commands", &procs, || {
+        doors.iter().all(|d| executed(&dir, d).len() == 2)
+    });
+    // Two more within the minute: verified, refused, reported.
+    for n in 3..=4 {
+        common::alert(&dir, &sensor, &format!("smoke {n}"));
+    }
+    wait_until_blocking("the manager's policy revokes the sensor", &procs, || {
+        procs.log("manager").contains("misbehaviour policy acted")
+    });
+    assert!(
+        procs.log("agent").contains("is over the rate cap"),
+        "{}",
+        procs.log("agent")
+    );
+    assert!(procs.log("agent").contains("misbehaviour report sent"));
+    let listed = statuses_json(&dir);
+    assert_eq!(listed["listed"][0]["node"], sensor.as_str(), "{listed}");
+    assert_eq!(listed["listed"][0]["status"], "revoked", "{listed}");
+    let reason = listed["listed"][0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("flood") && reason.contains(&gateway),
+        "{reason}"
+    );
+    // Evicted: the sensor group moved on without it.
+    let shown = common::group_show_json(&dir, "manager.toml", "fire-sensors");
+    assert!(shown["epoch"].as_u64().unwrap() > epoch_before, "{shown}");
+    assert_eq!(shown["members"], 1, "{shown}"); // the gateway alone
+    // The signed list reached the gateway and (relayed) both doors.
+    for who in ["agent", doors[0].as_str(), doors[1].as_str()] {
+        wait_until_blocking(&format!("{who} applies the status list"), &procs, || {
+            procs.log(who).contains("status list applied")
+        });
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(doors.iter().all(|d| executed(&dir, d).len() == 2));
+
+    // The revoked sensor gets no key any more: its next send fails.
+    let out = common::alert_run(&dir, &sensor, "smoke 5", 3);
+    assert!(!out.status.success());
+    // Its key cannot come back, and a revocation is not undone by hand.
+    let pubfile = format!("{sensor}.pub");
+    let out = common::sealcast_fails(
+        &dir,
+        &[
+            "group",
+            "enrol",
+            "--config",
+            "manager.toml",
+            "--public-key",
+            &pubfile,
+            "--kind",
+            "device",
+            "--agent",
+            &gateway,
+        ],
+    );
+    assert!(out.contains("revoked under this very key"), "{out}");
+    let out = common::sealcast_fails(
+        &dir,
+        &[
+            "node",
+            "reinstate",
+            "--config",
+            "manager.toml",
+            "--id",
+            &sensor,
+        ],
+    );
+    assert!(out.contains("final"), "{out}");
+
+    // The manager audited reports, status and removal; the gateway its report.
+    let audit = common::audit_text(&dir, "manager-state/audit.jsonl");
+    for needle in [
+        "misbehaviour",
+        "flood x",
+        "revoked (list version",
+        "remove-entity",
+    ] {
+        assert!(audit.contains(needle), "{needle}: {audit}");
+    }
+    let gw_log = format!("{gateway}-state/audit.jsonl");
+    common::audit_intact(&dir, &gw_log, &["smoke"]);
+    assert!(common::audit_text(&dir, &gw_log).contains("misbehaviour report"));
+    drop(procs);
+}
+
+/// Issue #15, item 2, suspension by hand: every node refuses what a
+/// suspended entity signs (the gateway a sensor's alerts, the doors a
+/// gateway's commands) while it keeps its keys; the list survives a
+/// SIGKILL; reinstated, it is heard again. An older list replayed, a list
+/// forged under the manager's name and a genuine list issued an hour ago
+/// change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn suspension_is_enforced_everywhere_kept_and_not_undone_by_old_or_forged_lists() {
+    let t = MqttRun::start("su").await;
+    let (dir, url, prefix) = (t.dir.clone(), t.url.clone(), t.run.clone());
+    let Site {
+        manager,
+        gateway,
+        sensor,
+        doors,
+    } = fire_safety_site(&t, "");
+    let topics = TopicScheme::with_prefix(&prefix).unwrap();
+    let gateway_id = EntityId::new(&gateway).unwrap();
+    let gateway_inbox = topics.device(&gateway_id, DeviceChannel::Delivery);
+    let watched = gateway_inbox.clone();
+    let (spy, mut captured_rx) = spy(
+        &url,
+        format!("{prefix}-spy"),
+        [topics.device_filter(&gateway_id)],
+        move |t| t == watched,
+    )
+    .await;
+    let mut procs = Procs::new(&dir);
+    start_fire_safety(&mut procs, &sensor, [doors[0].as_str(), doors[1].as_str()]);
+    procs.exit_on_ctrl_c(&sensor).await;
+    let alert = |text: &str| common::alert(&dir, &sensor, text);
+    let unlocks = |procs: &Procs, n: usize| {
+        wait_until_blocking(&format!("both doors execute {n} commands"), procs, || {
+            doors.iter().all(|d| executed(&dir, d).len() >= n)
+        });
+    };
+    let applied = |procs: &Procs, who: &str, n: usize| {
+        wait_until_blocking(&format!("{who} applies status list {n}"), procs, || {
+            procs.log(who).matches("status list applied").count() >= n
+        });
+    };
+    alert("smoke 1");
+    unlocks(&procs, 1);
+
+    // --- suspend the sensor: the gateway refuses its alerts ------------------
+    let out = node_cmd(
+        &dir,
+        &["suspend", "--id", &sensor, "--reason", "tampered case"],
+    );
+    assert!(out.contains("is suspended"), "{out}");
+    applied(&procs, "agent", 1);
+    alert("smoke 2"); // it keeps its keys: the send itself succeeds
+    wait_until_blocking("the gateway refuses the suspended sensor", &procs, || {
+        procs.log("agent").contains("is suspended by the manager")
+    });
+    // Kept across a SIGKILL of the gateway.
+    procs.sigkill("agent");
+    procs.move_log_aside("agent", 1);
+    procs.start("agent", &["agent", "serve", "--config", "agent.toml"]);
+    wait_until_blocking("the gateway runs again", &procs, || {
+        procs.log("agent").contains("kept across the restart")
+    });
+    alert("smoke 3");
+    wait_until_blocking("the restarted gateway refuses it too", &procs, || {
+        procs.log("agent").contains("is suspended by the manager")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(doors.iter().all(|d| executed(&dir, d).len() == 1));
+
+    // --- reinstate: heard again ----------------------------------------------
+    let out = node_cmd(&dir, &["reinstate", "--id", &sensor]);
+    assert!(out.contains("in good standing"), "{out}");
+    applied(&procs, "agent", 1);
+    alert("smoke 4");
+    unlocks(&procs, 2);
+
+    // --- old, forged and stale lists change nothing ----------------------------
+    let mut suspending = None;
+    while let Ok((_, bytes)) = captured_rx.try_recv() {
+        let Ok(st) = UnverifiedStatement::parse(&bytes, 1 << 20) else {
+            continue;
+        };
+        if let Ok(list) = StatusList::from_cbor(st.payload())
+            && !list.listed.is_empty()
+        {
+            suspending = Some((list, bytes));
+        }
+    }
+    let (old, old_bytes) = suspending.expect("the suspending list was captured");
+    let manager_key =
+        EntityCredential::from_cose_key_set(&fs::read(dir.join(format!("{manager}.key"))).unwrap())
+            .unwrap();
+    let mallory = EntityCredential::generate(
+        manager_key.id().clone(),
+        &mut sealcast_core::testrng::TestRng::new(98),
+    );
+    let listing = |issued: u64| StatusList {
+        manager: manager_key.id().clone(),
+        version: old.version + 1_000_000,
+        issued: UnixMillis::new(issued),
+        listed: [(EntityId::new(&sensor).unwrap(), Status::Suspended)].into(),
+    };
+    let forged = listing(now_ms()).sign(&mallory).unwrap();
+    let stale = listing(now_ms() - 3_600_000).sign(&manager_key).unwrap();
+    for bytes in [old_bytes, forged, stale] {
+        spy.publish(gateway_inbox.clone(), Bytes::from(bytes))
+            .await
+            .unwrap();
+    }
+    spy.flush(Duration::from_secs(10)).await.unwrap();
+    wait_until_blocking("the gateway refuses the lists", &procs, || {
+        procs.log("agent").contains("status list refused")
+    });
+    alert("smoke 5");
+    unlocks(&procs, 3);
+
+    // --- suspend the gateway: the doors refuse its commands ---------------------
+    node_cmd(&dir, &["suspend", "--id", &gateway]);
+    for d in &doors {
+        wait_until_blocking(&format!("{d} applies the list"), &procs, || {
+            procs.log(d).matches("status list applied").count() >= 3
+        });
+    }
+    alert("smoke 6");
+    wait_until_blocking("the doors refuse the suspended gateway", &procs, || {
+        doors
+            .iter()
+            .all(|d| procs.log(d).contains("is suspended by the manager"))
+    });
+    assert!(doors.iter().all(|d| executed(&dir, d).len() == 3));
+    let shown = statuses_json(&dir);
+    assert_eq!(shown["listed"][0]["node"], gateway.as_str(), "{shown}");
     drop(procs);
 }

@@ -5,6 +5,9 @@
 // number a plausibility rule reads) or command payloads (the operation an
 // access-control policy reads): any bytes give a value or an error, never a
 // panic; an order that decodes re-encodes to one that decodes the same.
+// Also the status lists (from the manager, and a node's status.cbor) and
+// the misbehaviour reports' routing check.
+use sealcast_group::status::{MisbehaviourReport, StatusList, StatusRepository};
 use sealcast_group::transmission::{OrderAck, TransmissionOrder, decode_stopped, encode_stopped};
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
@@ -21,6 +24,17 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         assert_eq!(decode_stopped(&again).ok(), Some(stopped));
     }
     let _ = OrderAck::looks_like(data);
+    if let Ok(list) = StatusList::from_cbor(data) {
+        let again = list
+            .to_cbor()
+            .unwrap_or_else(|e| panic!("re-encoding a decoded status list: {e}"));
+        assert_eq!(StatusList::from_cbor(&again).ok(), Some(list.clone()));
+        let repo = StatusRepository::from_bytes(data, &list.manager)
+            .unwrap_or_else(|e| panic!("a decoded list as a status file: {e}"));
+        assert_eq!(repo.version(), list.version);
+    }
+    let _ = StatusList::looks_like(data);
+    let _ = MisbehaviourReport::claimed_reporter(data);
     let _ = sealcast_metering::plausibility::first_number(data);
     let _ = sealcast_group::acp::operation_of(data);
 });

@@ -248,6 +248,58 @@ struct ManagerFile {
     enrol: Vec<EnrolEntry>,
     #[serde(default)]
     group: Vec<GroupEntry>,
+    /// The misbehaviour policy over agents' reports (none: reports are
+    /// audited, nothing is done).
+    #[serde(default)]
+    misbehaviour: Vec<MisbehaviourEntry>,
+}
+
+/// One `[[misbehaviour]]` rule of `manager.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct MisbehaviourEntry {
+    /// `flood`, `policy`, `listed-signer`, `forgery` or `replay`.
+    evidence: String,
+    /// Events about one entity within the window that trigger the action.
+    threshold: u64,
+    /// The window, in seconds.
+    window_s: u64,
+    /// `suspend` or `revoke`.
+    action: String,
+}
+
+impl MisbehaviourEntry {
+    pub(super) fn rule(&self) -> Result<sealcast_group::status::PolicyRule> {
+        use sealcast_group::status::{Evidence, PolicyRule, Status};
+        let evidence = Evidence::parse(&self.evidence).ok_or_else(|| {
+            CliError::usage(format!(
+                "[[misbehaviour]] evidence {:?}: use flood, policy, listed-signer, implausible, forgery or replay",
+                self.evidence
+            ))
+        })?;
+        let action = Status::parse(&self.action).ok_or_else(|| {
+            CliError::usage(format!(
+                "[[misbehaviour]] action {:?}: use suspend or revoke",
+                self.action
+            ))
+        })?;
+        if !evidence.attributable() && action == Status::Revoked {
+            return Err(CliError::usage(format!(
+                "[[misbehaviour]] evidence {evidence} with action revoke: {evidence} names a claimed sender that any group member can forge, so it cannot revoke anyone; use flood, policy, listed-signer or implausible, or action suspend"
+            )));
+        }
+        if self.threshold == 0 || self.window_s == 0 {
+            return Err(CliError::usage(
+                "[[misbehaviour]] threshold and window_s must be at least 1",
+            ));
+        }
+        Ok(PolicyRule {
+            evidence,
+            threshold: self.threshold,
+            window_ms: self.window_s.saturating_mul(1000),
+            action,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -335,6 +387,23 @@ struct NodeFile {
     /// A DAP's `[dap]` section (read by `metering`).
     #[serde(default, rename = "dap")]
     _dap: Option<toml::Value>,
+    /// The rate cap per signer and misbehaviour reports (`[misbehaviour]`).
+    misbehaviour: Option<NodeMisbehaviour>,
+}
+
+/// `[misbehaviour]` of a node's config.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeMisbehaviour {
+    /// Verified messages one signer may send per minute; more are refused
+    /// and reported as `flood` (0 or absent: no cap).
+    #[serde(default)]
+    max_messages_per_sender_per_minute: u32,
+    /// Evidence is sent to the manager at most this often (agents; default
+    /// 2000 ms).
+    report_interval_ms: Option<u64>,
+    /// Whether an agent reports (default true; devices never do).
+    report: Option<bool>,
 }
 
 /// One `[[acp]]` rule of a node's config (`sealcast_group::acp`).

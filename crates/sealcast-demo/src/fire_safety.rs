@@ -494,6 +494,7 @@ impl Deployment {
             replay: device::ReplayPolicies::default(),
             audit: None,
             access: Default::default(),
+            misbehaviour: Default::default(),
         })
         .await?;
         let mut nodes = BTreeMap::new();
@@ -570,6 +571,7 @@ impl Deployment {
                 replay: device::ReplayPolicies::default(),
                 audit: None,
                 access: Default::default(),
+                misbehaviour: Default::default(),
             })
             .await?;
             self.nodes.insert(d, handle);

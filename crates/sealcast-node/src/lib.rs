@@ -27,5 +27,6 @@ pub mod link;
 pub mod manager;
 pub mod meter;
 pub mod runtime;
+pub mod status_store;
 
 pub use error::{Error, Result};

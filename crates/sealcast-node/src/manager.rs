@@ -33,9 +33,11 @@ use crate::runtime::{now, os_rng};
 use crate::{Error, Result};
 
 mod handle;
+mod status;
 mod transmission;
 
 pub use handle::ManagerHandle;
+pub use status::{STATUS_MAX_AGE_MS, StatusOutcome};
 pub use transmission::{NodeState, ORDER_CHECK_INTERVAL, ORDER_RETRY_FIRST, scope_names};
 
 /// How often unacknowledged material is re-sent.
@@ -99,6 +101,19 @@ enum Admin {
         entity: EntityId,
         reply: oneshot::Sender<Result<Vec<(GroupId, Epoch)>>>,
     },
+    SetStatus {
+        node: EntityId,
+        target: Option<sealcast_group::status::Status>,
+        reason: String,
+        reply: oneshot::Sender<Result<StatusOutcome>>,
+    },
+    StatusList {
+        reply: oneshot::Sender<Result<sealcast_store::StatusSnapshot>>,
+    },
+    SetPolicy {
+        rules: Vec<sealcast_group::status::PolicyRule>,
+        reply: oneshot::Sender<Result<()>>,
+    },
     Stop {
         reply: oneshot::Sender<()>,
     },
@@ -138,6 +153,7 @@ struct Runtime {
     order_resends: transmission::OrderResends,
     /// The longest wait between two re-sends of an unacknowledged order.
     order_retry_max: Duration,
+    status: status::StatusState,
 }
 
 /// Starts the manager runtime. `manager` may come fresh or from
@@ -202,6 +218,7 @@ pub async fn spawn_on(
         resends: resends.clone(),
         order_resends: transmission::OrderResends::default(),
         order_retry_max: Duration::from_millis(Manager::DEFAULT_MAX_RETRY_MS),
+        status: status::StatusState::default(),
     };
     tokio::spawn(rt.run(inbox, rx));
     Ok(ManagerHandle { admin: tx, resends })
@@ -233,6 +250,7 @@ impl Runtime {
                         Err(e) => warn!(error = %e, "re-send failed"),
                     }
                     self.resend_orders().await;
+                    self.check_status().await;
                 }
             }
         };
@@ -412,17 +430,20 @@ impl Runtime {
                 reply,
             } => {
                 let id = credential.id().clone();
-                let r = self
-                    .manager
-                    .enrol(*credential, kind, agent)
-                    .map_err(Error::from)
-                    .and_then(|()| {
-                        let (store, manager) = (self.store.as_mut(), &self.manager);
-                        blocking(|| save_enrolment(store, manager)).map_err(Error::from)
-                    });
-                if r.is_ok() {
+                let r = self.revoked_among(&[&credential]).and_then(|lift| {
+                    self.manager
+                        .enrol(*credential, kind, agent)
+                        .map_err(Error::from)
+                        .and_then(|()| {
+                            let (store, manager) = (self.store.as_mut(), &self.manager);
+                            blocking(|| save_enrolment(store, manager)).map_err(Error::from)
+                        })
+                        .map(|()| lift)
+                });
+                let r = r.map(|lift| {
                     self.audit(AuditKind::Enrol, None, Some(&id), format!("{kind:?}"));
-                }
+                    self.lift_revoked(&lift);
+                });
                 let _ = reply.send(r);
             }
             Admin::CreateGroup {
@@ -499,6 +520,24 @@ impl Runtime {
                 let r = self.remove_entity(&entity).await;
                 let _ = reply.send(r);
             }
+            Admin::SetStatus {
+                node,
+                target,
+                reason,
+                reply,
+            } => {
+                let r = self.set_status(&node, target, &reason).await;
+                let _ = reply.send(r);
+            }
+            Admin::StatusList { reply } => {
+                let _ = reply.send(self.status_snapshot());
+            }
+            Admin::SetPolicy { rules, reply } => {
+                let r = sealcast_group::status::MisbehaviourPolicy::new(rules)
+                    .map(|p| self.status.policy = p)
+                    .map_err(Error::from);
+                let _ = reply.send(r);
+            }
             Admin::Summary { group, reply } => {
                 let _ = reply.send(self.manager.summary(&group));
             }
@@ -573,22 +612,7 @@ impl Runtime {
     /// anything changes. Each eviction is saved on its own; if one fails,
     /// the ones before stand and the request can be repeated.
     async fn remove_entity(&mut self, entity: &EntityId) -> Result<Vec<(GroupId, Epoch)>> {
-        if self.manager.kind_of(entity).is_none() {
-            return Err(Error::Group(sealcast_group::Error::UnknownMember));
-        }
-        let relayed: Vec<String> = self
-            .manager
-            .enrolled()
-            .filter(|(_, _, agent)| *agent == Some(entity))
-            .map(|(c, _, _)| c.id().to_string())
-            .collect();
-        if !relayed.is_empty() {
-            return Err(Error::Runtime(format!(
-                "{entity} relays for {} enrolled device(s) ({}): remove them, or enrol them behind another agent, first",
-                relayed.len(),
-                relayed.join(", ")
-            )));
-        }
+        self.check_removable(entity)?;
         let groups: Vec<GroupId> = self
             .manager
             .groups()
@@ -623,6 +647,28 @@ impl Runtime {
         Ok(evicted)
     }
 
+    /// Refuses to remove an entity that is not enrolled, or an agent that
+    /// still relays for enrolled devices (before anything changes).
+    fn check_removable(&self, entity: &EntityId) -> Result<()> {
+        if self.manager.kind_of(entity).is_none() {
+            return Err(Error::Group(sealcast_group::Error::UnknownMember));
+        }
+        let relayed: Vec<String> = self
+            .manager
+            .enrolled()
+            .filter(|(_, _, agent)| *agent == Some(entity))
+            .map(|(c, _, _)| c.id().to_string())
+            .collect();
+        if !relayed.is_empty() {
+            return Err(Error::Runtime(format!(
+                "{entity} relays for {} enrolled device(s) ({}): remove them, or enrol them behind another agent, first",
+                relayed.len(),
+                relayed.join(", ")
+            )));
+        }
+        Ok(())
+    }
+
     async fn on_message(&mut self, incoming: Incoming) {
         match self.topics.parse(&incoming.target) {
             Ok(Topic::Device {
@@ -630,6 +676,16 @@ impl Runtime {
                 ..
             }) if sealcast_group::transmission::OrderAck::looks_like(&incoming.payload) => {
                 self.on_order_ack(&incoming.payload).await;
+            }
+            Ok(Topic::Device {
+                channel: DeviceChannel::Ack,
+                ..
+            }) if sealcast_group::status::MisbehaviourReport::claimed_reporter(
+                &incoming.payload,
+            )
+            .is_some() =>
+            {
+                self.on_misbehaviour(&incoming.payload).await;
             }
             Ok(Topic::Device {
                 channel: DeviceChannel::Ack,
@@ -655,12 +711,17 @@ impl Runtime {
                 channel: DeviceChannel::Pull,
                 device,
             }) => {
-                if self.pull_allowed(&device) {
+                if !self.pull_allowed(&device) {
+                    debug!(%device, "pull dropped: this device's pull budget is used up");
+                } else {
                     match self
                         .manager
                         .handle_pull(&incoming.payload, now(), &mut self.rng)
                     {
                         Ok(out) => {
+                            // The current status list first: a node that
+                            // was away catches up.
+                            self.send_status_to(&device).await;
                             // A device with an order it has not acknowledged
                             // gets the order now and the answer only once it
                             // acknowledged it: a one-shot send then never
@@ -674,8 +735,6 @@ impl Runtime {
                         }
                         Err(e) => debug!(%device, error = %e, "pull refused"),
                     }
-                } else {
-                    debug!(%device, "pull dropped: this device's pull budget is used up");
                 }
             }
             _ => {}
@@ -856,6 +915,7 @@ impl Runtime {
         if fresh.is_empty() {
             return Ok(report);
         }
+        let lift = self.revoked_among(&fresh.iter().map(|(c, _, _)| c).collect::<Vec<_>>())?;
         // Saved first: a failed save leaves the manager unchanged too.
         let store = self.store.as_mut();
         blocking(|| save_new_entities(store, &fresh))?;
@@ -871,6 +931,7 @@ impl Runtime {
         if let Err(e) = self.audit.append_all(&entries) {
             warn!(error = %e, "audit log append failed");
         }
+        self.lift_revoked(&lift);
         Ok(report)
     }
 

@@ -158,6 +158,11 @@ pub fn manager(args: &ServeArgs) -> Result<()> {
         }
     }
     let topics = topics(config.topic_prefix.as_deref())?;
+    let rules = config
+        .misbehaviour
+        .iter()
+        .map(MisbehaviourEntry::rule)
+        .collect::<Result<Vec<_>>>()?;
     let socket = manager_socket(&config, &base);
     let metrics_at = config.metrics_listen;
     let broker = broker_url(&config.broker, &base, &broker_security!(config, client_id))?;
@@ -192,7 +197,7 @@ pub fn manager(args: &ServeArgs) -> Result<()> {
         saved,
         &link,
         topics,
-        (enrolments, creates, additions),
+        (enrolments, creates, additions, rules),
         &socket,
         metrics_at,
     ))
@@ -206,6 +211,7 @@ type Plan = (
     )>,
     Vec<(GroupId, RekeyScheme)>,
     Vec<(GroupId, Vec<(EntityId, Role)>)>,
+    Vec<sealcast_group::status::PolicyRule>,
 );
 
 // The manager's parts, as `manager` assembled them from the config file.
@@ -217,7 +223,7 @@ async fn serve_manager(
     saved: BTreeMap<GroupId, sealcast_core::ids::Epoch>,
     link: &LinkConfig,
     topics: TopicScheme,
-    (enrolments, creates, additions): Plan,
+    (enrolments, creates, additions, rules): Plan,
     socket: &Path,
     metrics_at: Option<std::net::SocketAddr>,
 ) -> Result<()> {
@@ -235,6 +241,14 @@ async fn serve_manager(
             }
         };
     info!(manager = %id, transport = %link.transport(), "manager running");
+    if !rules.is_empty() {
+        let n = rules.len();
+        handle
+            .set_misbehaviour_policy(rules)
+            .await
+            .map_err(|e| failed("cannot set the misbehaviour policy", e))?;
+        info!(rules = n, "misbehaviour policy set");
+    }
     for (credential, kind, agent) in enrolments {
         let who = credential.id().clone();
         handle

@@ -31,9 +31,38 @@ impl CommandHandler for ExecLog {
     }
 }
 
+/// A node's `[misbehaviour]` section: an agent reports what it sees to the
+/// manager unless told not to; a device never does (the manager takes
+/// reports from agents only).
+fn misbehaviour_watch(
+    section: Option<&NodeMisbehaviour>,
+    agent: bool,
+) -> Result<sealcast_node::device::MisbehaviourWatch> {
+    let d = NodeMisbehaviour::default();
+    let section = section.unwrap_or(&d);
+    if !agent && section.report == Some(true) {
+        return Err(CliError::usage(
+            "[misbehaviour] report: only agents (gateways) send misbehaviour reports; remove it from a device's config",
+        ));
+    }
+    let interval = section.report_interval_ms.unwrap_or(2000);
+    if !(100..=3_600_000).contains(&interval) {
+        return Err(CliError::usage(
+            "[misbehaviour] report_interval_ms: between 100 and 3600000",
+        ));
+    }
+    Ok(sealcast_node::device::MisbehaviourWatch {
+        report: agent && section.report.unwrap_or(true),
+        report_interval: std::time::Duration::from_millis(interval),
+        max_per_sender_per_minute: (section.max_messages_per_sender_per_minute > 0)
+            .then_some(section.max_messages_per_sender_per_minute),
+    })
+}
+
 pub(super) fn node_config(
     path: &Path,
     handler: Arc<dyn CommandHandler>,
+    agent: bool,
 ) -> Result<(
     NodeConfig,
     Option<std::net::SocketAddr>,
@@ -89,6 +118,7 @@ pub(super) fn node_config(
                 .then(|| std::time::Duration::from_secs(config.no_key_material_warning_s)),
             replay: replay_policies(&config)?,
             access: access_policy(&config.acp)?,
+            misbehaviour: misbehaviour_watch(config.misbehaviour.as_ref(), agent)?,
             audit: Some(audit_config(
                 &base,
                 &state_dir,
@@ -243,7 +273,7 @@ pub fn agent(args: &ServeArgs) -> Result<()> {
     if metering::has_dap_section(&args.config)? {
         return metering::agent_with_dap(args);
     }
-    let (config, metrics_at, bearer) = node_config(&args.config, Arc::new(LogHandler))?;
+    let (config, metrics_at, bearer) = node_config(&args.config, Arc::new(LogHandler), true)?;
     run_node(config, "agent", metrics_at, bearer)
 }
 
@@ -254,14 +284,14 @@ pub fn device_run(args: &RunArgs) -> Result<()> {
         Some(path) => Arc::new(ExecLog { path: path.clone() }),
         None => Arc::new(LogHandler),
     };
-    let (config, metrics_at, bearer) = node_config(&args.config, handler)?;
+    let (config, metrics_at, bearer) = node_config(&args.config, handler, false)?;
     run_node(config, "device", metrics_at, bearer)
 }
 
 /// Runs `sealcast device send`.
 pub fn device_send(args: &SendArgs) -> Result<()> {
     init_logs();
-    let (config, _, _) = node_config(&args.config, Arc::new(LogHandler))?;
+    let (config, _, _) = node_config(&args.config, Arc::new(LogHandler), false)?;
     let group = group_id(&args.group)?;
     let (bytes, seq) = runtime()?
         .block_on(device::send_once(

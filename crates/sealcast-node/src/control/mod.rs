@@ -61,8 +61,9 @@ pub use sealcast_group::admin as protocol;
 
 pub use protocol::{
     Added, AlgName, Created, EnrolEntity, Enrolled, Evicted, GroupShow, GroupSummaryWire, Groups,
-    HeldCount, KindName, MAX_CONNECTIONS, MAX_ENROL_BATCH, MAX_LINE, MAX_SHOW_PAGE, MemberSpec,
-    MemberWire, NodeStatus, Rekeyed, Removed, Request, RoleName, SOCKET_NAME, SchemeName, TxAction,
+    HeldCount, KindName, ListedEntity, MAX_CONNECTIONS, MAX_ENROL_BATCH, MAX_LINE, MAX_SHOW_PAGE,
+    MemberSpec, MemberWire, NodeStatus, Rekeyed, Removed, Request, RoleName, SOCKET_NAME,
+    SchemeName, StatusAction, StatusChanged, StatusListing, TxAction,
 };
 /// How long an idle connection stays open.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -354,6 +355,57 @@ async fn execute(handle: &ManagerHandle, request: Request) -> core::result::Resu
                 .map_err(|e| about_node(&node, e))?;
             answer(&node_status(&state))
         }
+        Request::Status {
+            node,
+            action,
+            reason,
+        } => {
+            use sealcast_group::status::Status;
+            let id = entity_id(&node)?;
+            let target = match action {
+                StatusAction::Suspend => Some(Status::Suspended),
+                StatusAction::Revoke => Some(Status::Revoked),
+                StatusAction::Reinstate => None,
+            };
+            let reason = reason.unwrap_or_else(|| "by an operator".to_owned());
+            if reason.len() > 500 {
+                return Err(Refusal("the reason is longer than 500 bytes".to_owned()));
+            }
+            let o = handle
+                .set_status(id, target, reason)
+                .await
+                .map_err(|e| about_node(&node, e))?;
+            answer(&StatusChanged {
+                node,
+                status: o.status.map(|s| s.as_str().to_owned()),
+                version: o.version,
+                changed: o.changed,
+                groups: o
+                    .evicted
+                    .into_iter()
+                    .map(|(g, epoch)| Rekeyed {
+                        group: show_group(&g),
+                        epoch: epoch.get(),
+                    })
+                    .collect(),
+            })
+        }
+        Request::Statuses {} => {
+            let snapshot = handle.status_list().await?;
+            answer(&StatusListing {
+                version: snapshot.version,
+                listed: snapshot
+                    .listed
+                    .into_iter()
+                    .map(|r| ListedEntity {
+                        node: r.entity.to_string(),
+                        status: r.status.as_str().to_owned(),
+                        reason: r.reason,
+                        since_ms: r.updated_at.get(),
+                    })
+                    .collect(),
+            })
+        }
     }
 }
 
@@ -465,6 +517,10 @@ fn describe(request: &Request) -> String {
         ),
         Request::Node { node } => format!("show node {node}"),
         Request::Remove { node } => format!("remove {node}"),
+        Request::Status { node, action, .. } => {
+            format!("{} {node}", format!("{action:?}").to_lowercase())
+        }
+        Request::Statuses {} => "show the status list".to_owned(),
     }
 }
 

@@ -97,6 +97,9 @@ pub struct NodeConfig {
     /// before it is executed and every alert before a rule fires on it.
     /// Empty: everything a group's signers send is executed, as before.
     pub access: sealcast_group::acp::AccessPolicy,
+    /// The rate cap per signer and, on an agent, misbehaviour reports to
+    /// the manager.
+    pub misbehaviour: super::MisbehaviourWatch,
 }
 
 /// The freshness rule of each group a node receives from.

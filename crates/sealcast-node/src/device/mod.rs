@@ -16,7 +16,7 @@ use std::sync::Arc;
 use sealcast_core::broadcast::{BroadcastReceiver, BroadcastSender, ReplayPolicy};
 use sealcast_core::credential::{EntityCredential, PublicCredential};
 use sealcast_core::groupkey::GroupKeyMaterial;
-use sealcast_core::ids::{EntityId, GroupId, SeqNum};
+use sealcast_core::ids::{EntityId, GroupId, SeqNum, UnixMillis};
 use sealcast_core::receive::OpenError;
 use sealcast_core::replay::SeqAllocator;
 use sealcast_core::target::{DeviceChannel, GroupChannel, Topic, TopicScheme};
@@ -107,6 +107,9 @@ struct Node {
     /// Who may order what (empty: no policy).
     access: sealcast_group::acp::AccessPolicy,
     refused_by_policy: crate::runtime::WarnLimiter,
+    /// The status repository, the rate cap and the misbehaviour evidence.
+    watch: watch::Watch,
+    refused_listed: crate::runtime::WarnLimiter,
 }
 
 /// At most this many messages are held while the state file cannot be
@@ -204,6 +207,11 @@ pub async fn spawn(config: NodeConfig) -> Result<NodeHandle> {
         }
         None => None,
     };
+    // Under the state file's lock too: the status list kept beside it.
+    let watch = watch::Watch::open(config.misbehaviour, config.state_file.as_ref(), &manager_id)?;
+    if let Some(held) = watch.status.held().filter(|l| !l.listed.is_empty()) {
+        info!(node = %id, version = held.version, listed = held.listed.len(), "the manager's status list (kept across the restart): messages of listed entities are refused");
+    }
     if let Some(order) = transmission.held().filter(|o| !o.stopped.is_empty()) {
         info!(node = %id, version = order.version, stopped = %describe_stopped(&order.stopped), "transmission stopped by the manager's order (kept across the restart)");
     }
@@ -246,6 +254,8 @@ pub async fn spawn(config: NodeConfig) -> Result<NodeHandle> {
         audit,
         access: config.access,
         refused_by_policy: crate::runtime::WarnLimiter::new(crate::runtime::REFUSED_WARN_EVERY),
+        watch,
+        refused_listed: crate::runtime::WarnLimiter::new(crate::runtime::REFUSED_WARN_EVERY),
     };
     tokio::spawn(node.run(inbox, rx));
     Ok(NodeHandle { id, requests: tx })
@@ -260,8 +270,13 @@ impl Node {
         let mut no_key_armed = self.no_key_warning.is_some();
         let mut audit_tick = tokio::time::interval(crate::audit::REFUSED_RECORD_EVERY);
         audit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut report_tick = tokio::time::interval(self.watch.report_interval());
+        report_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let stopped = loop {
             tokio::select! {
+                _ = report_tick.tick(), if self.watch.reports() => {
+                    self.send_report().await;
+                }
                 _ = audit_tick.tick(), if self.audit.is_some() => {
                     if let Some(a) = &mut self.audit {
                         a.tick();
@@ -541,11 +556,15 @@ impl Node {
         if sealcast_core::delivery::peek_key_delivery(&incoming.payload).is_err()
             && sealcast_core::statement::UnverifiedStatement::parse(
                 &incoming.payload,
-                sealcast_group::transmission::MAX_ORDER_LEN,
+                sealcast_group::status::MAX_STATUS_LEN,
             )
             .is_ok()
         {
-            self.on_transmission_order(&incoming.payload).await;
+            if sealcast_group::status::StatusList::looks_like(&incoming.payload) {
+                self.on_status_list(&incoming.payload);
+            } else {
+                self.on_transmission_order(&incoming.payload).await;
+            }
             let _ = incoming.ack.ack().await;
             return;
         }
@@ -639,6 +658,98 @@ impl Node {
             Ok(ack) => self.send_upstream(DeviceChannel::Ack, ack).await,
             Err(e) => warn!(node = %self.id, error = %e, "transmission ack not signed"),
         }
+    }
+
+    /// The manager's status list: verified (signer, freshness), refused if
+    /// older than the one held, persisted before it takes effect.
+    fn on_status_list(&mut self, bytes: &[u8]) {
+        let at = now();
+        let applied = sealcast_group::status::StatusList::open(
+            bytes,
+            &self.manager_credential,
+            at,
+            crate::manager::STATUS_MAX_AGE_MS,
+        )
+        .map_err(|e| e.to_string())
+        .and_then(|list| {
+            let (version, listed) = (list.version, list.listed.len());
+            self.watch
+                .status
+                .apply(list)
+                .map(|changed| (changed, version, listed))
+                .map_err(|e| e.to_string())
+        });
+        match applied {
+            Ok((true, version, listed)) => {
+                info!(node = %self.id, version, listed, "status list applied: messages of listed entities are refused");
+                if let Some(a) = &mut self.audit {
+                    a.record(
+                        Record::Order,
+                        None,
+                        Some(&self.manager),
+                        format!("status list version {version} applied: {listed} listed"),
+                    );
+                }
+            }
+            Ok((false, _, _)) => {}
+            Err(e) => {
+                if let Some(held_back) = self.refused_deliveries.allow() {
+                    warn!(node = %self.id, error = %e, held_back, "status list refused (forged, older than the one held, stale, or not saved)");
+                }
+                if let Some(a) = &mut self.audit {
+                    a.refused(None, "status list".to_owned());
+                }
+            }
+        }
+    }
+
+    /// Sends the evidence gathered since the last report (an agent).
+    async fn send_report(&mut self) {
+        let Some((bytes, items, dropped)) =
+            self.watch
+                .due_report(self.member.credential(), &self.manager, now())
+        else {
+            return;
+        };
+        let target = self.topics.device(&self.id, DeviceChannel::Ack);
+        let n = items.len();
+        match self.link.send_to(&self.manager, target, bytes).await {
+            Ok(()) => {
+                info!(node = %self.id, items = n, dropped, "misbehaviour report sent to the manager");
+                if let Some(a) = &mut self.audit {
+                    let subjects: Vec<String> = items
+                        .iter()
+                        .map(|i| format!("{} {} x{}", i.subject, i.evidence, i.count))
+                        .collect();
+                    a.record(
+                        Record::Sent,
+                        None,
+                        Some(&self.manager),
+                        format!("misbehaviour report: {}", subjects.join(", ")),
+                    );
+                }
+            }
+            Err(e) => {
+                warn!(node = %self.id, error = %e, "misbehaviour report not sent; its evidence goes with the next one");
+                self.watch.put_back(items);
+            }
+        }
+    }
+
+    /// Why a verified message of `signer` is refused before it takes
+    /// effect: its signer is on the status list, or over the rate cap.
+    fn watch_refuses(&mut self, signer: &EntityId, at: UnixMillis) -> Option<String> {
+        if let Some(status) = self.watch.status.status_of(signer) {
+            self.watch
+                .saw(signer, sealcast_group::status::Evidence::ListedSigner, at);
+            return Some(format!("{signer} is {status} by the manager"));
+        }
+        if self.watch.over_rate(signer) {
+            self.watch
+                .saw(signer, sealcast_group::status::Evidence::Flood, at);
+            return Some(format!("{signer} is over the rate cap"));
+        }
+        None
     }
 
     async fn on_group_key_message(
@@ -776,6 +887,11 @@ impl Node {
             self.transmission.held(),
         );
         let origin = incoming.origin.clone();
+        // The sender the message claims (vouched for by the group key only,
+        // until its signature verifies): named in forgery and replay evidence.
+        let claimed = sealcast_core::broadcast::peek_broadcast(&incoming.payload)
+            .ok()
+            .and_then(|h| receiver.context().entity_of(&h.sender_id).cloned());
         let delivery = deliver_once(incoming, |target, bytes| {
             if let Some(limit) = not_before
                 && sealcast_core::broadcast::peek_broadcast(bytes)?
@@ -827,6 +943,56 @@ impl Node {
         // operation (a command's first word, or "alert"), the group and the
         // signed time. A refused message stays in the window (it was
         // genuine): it is not executed now, nor later.
+        // The status list and the rate cap, on the verified signer: a
+        // refused message stays in the window (it was genuine) and is not
+        // executed, now or later.
+        let delivery = match delivery {
+            Delivery::Executed { value } => match self.watch_refuses(&value.signer, at) {
+                None => Delivery::Executed { value },
+                Some(why) => {
+                    if let Some(held_back) = self.refused_listed.allow() {
+                        warn!(node = %self.id, group = %group.name(), signer = %value.signer, seq = value.seq.get(), held_back, "refused: {why}; not executed");
+                    }
+                    if let Some(a) = &mut self.audit {
+                        a.refused(
+                            Some(&group),
+                            format!(
+                                "{} seq={} from {}: {why}",
+                                channel_name(channel),
+                                value.seq.get(),
+                                value.signer
+                            ),
+                        );
+                    }
+                    report(
+                        &self.events,
+                        &self.id,
+                        EventKind::Rejected {
+                            group: group.clone(),
+                            reason: why,
+                        },
+                    );
+                    return;
+                }
+            },
+            other => other,
+        };
+        // Evidence against the claimed sender (not attributable to it).
+        if let Some(claimed) = &claimed {
+            match &delivery {
+                Delivery::Duplicate { .. } => {
+                    self.watch
+                        .saw(claimed, sealcast_group::status::Evidence::Replay, at);
+                }
+                Delivery::Rejected {
+                    reason: sealcast_core::Error::BadSignature,
+                } => {
+                    self.watch
+                        .saw(claimed, sealcast_group::status::Evidence::Forgery, at);
+                }
+                _ => {}
+            }
+        }
         let delivery = match delivery {
             Delivery::Executed { value } if !self.access.is_empty() => {
                 let operation = match channel {
@@ -844,6 +1010,8 @@ impl Node {
                 } else {
                     // The operation is command content: DEBUG only.
                     debug!(node = %self.id, group = %group.name(), signer = %value.signer, operation = %operation, "operation refused by the access-control policy");
+                    self.watch
+                        .saw(&value.signer, sealcast_group::status::Evidence::Policy, at);
                     if let Some(held_back) = self.refused_by_policy.allow() {
                         warn!(node = %self.id, group = %group.name(), signer = %value.signer, seq = value.seq.get(), ?decision, held_back, "refused by the access-control policy: not executed");
                     }
@@ -1067,8 +1235,10 @@ mod config;
 mod handle;
 mod send;
 mod state;
+mod watch;
 
 pub use config::{CommandHandler, LogHandler, NodeConfig, ReplayPolicies, Rule, VerifiedCommand};
 pub use handle::NodeHandle;
 pub use send::{DEFAULT_CONFIRM_WAIT, send_once};
 use state::*;
+pub use watch::MisbehaviourWatch;

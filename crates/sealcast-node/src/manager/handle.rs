@@ -162,6 +162,39 @@ impl ManagerHandle {
         ask!(self, Remove { entity: entity })
     }
 
+    /// Suspends (`Some(Suspended)`), revokes (`Some(Revoked)`) or
+    /// reinstates (`None`) an entity: saved and audited before the signed
+    /// status list goes to every node; a revocation then evicts it from
+    /// every group (each rekeyed) and deletes its enrolment.
+    pub async fn set_status(
+        &self,
+        node: EntityId,
+        target: Option<sealcast_group::status::Status>,
+        reason: String,
+    ) -> Result<StatusOutcome> {
+        ask!(
+            self,
+            SetStatus {
+                node: node,
+                target: target,
+                reason: reason
+            }
+        )
+    }
+
+    /// The authorization status list as stored.
+    pub async fn status_list(&self) -> Result<sealcast_store::StatusSnapshot> {
+        ask!(self, StatusList {})
+    }
+
+    /// Replaces the misbehaviour policy (rules over agents' reports).
+    pub async fn set_misbehaviour_policy(
+        &self,
+        rules: Vec<sealcast_group::status::PolicyRule>,
+    ) -> Result<()> {
+        ask!(self, SetPolicy { rules: rules })
+    }
+
     /// A node's transmission state (its order, acknowledged or not).
     pub async fn node_status(&self, node: EntityId) -> Result<NodeState> {
         ask!(self, NodeStatus { node: node })
