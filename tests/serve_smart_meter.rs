@@ -804,3 +804,132 @@ async fn meters_join_and_leave_while_the_dap_and_headend_run() {
     procs.exit_on_ctrl_c("headend").await;
     drop(procs);
 }
+
+/// Issue #15, item 2, the smart-metering chain as processes: a compromised
+/// meter (its own key) floods genuine reports; the DAP drops those over the
+/// meter's rate cap (before they reach the headend) and reports the flood
+/// to the headend in a signed misbehaviour report; the headend — which
+/// issues its meters' status list — revokes the meter by its policy, saves
+/// the signed list and sends it to its DAP; from then on the DAP drops the
+/// meter's reports before any signature work, and the headend hands none of
+/// its readings on. Another meter is unaffected; a status list forged
+/// under the headend's name changes nothing at the DAP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flooding_meter_is_reported_revoked_and_refused_by_dap_and_headend() {
+    let t = MqttRun::start("mbm").await;
+    let (dir, url, run) = (t.dir.clone(), &t.url, &t.run);
+    let name = |n: &str| format!("{run}-{n}");
+    let (headend, dap) = (name("headend"), name("dap"));
+    let meters = [name("meter-1"), name("meter-2")];
+    keygen(&dir, [&headend, &dap].into_iter().chain(&meters));
+    common::meters_dir(&dir, &meters);
+    metering_configs(
+        &dir,
+        url,
+        run,
+        &headend,
+        &dap,
+        &meters,
+        "\n[[misbehaviour]]\nevidence = \"flood\"\nthreshold = 2\nwindow_s = 600\naction = \"revoke\"\n",
+        "batch_size = 4\nmax_batch_delay_ms = 50\nmax_reports_per_meter_per_minute = 2\n\
+         max_report_burst = 2\nreport_interval_ms = 300\n",
+    );
+    let mut procs = Procs::new(&dir);
+    start_headend(&mut procs);
+    procs.start_appending("dap", &["agent", "serve", "--config", "agent.toml"]);
+    wait_until("the headend accepts the DAP's announcement", &procs, || {
+        procs.log("headend").contains("DAP announcement accepted")
+    })
+    .await;
+    let of = |meter: &str| {
+        headend_readings(&dir)
+            .iter()
+            .filter(|l| l.contains(meter))
+            .count()
+    };
+
+    // --- meter-1 floods: two within its burst, three over -------------------
+    report(&dir, &meters[0], "4711 kWh secret", 5);
+    wait_until("the headend's policy revokes meter-1", &procs, || {
+        procs.log("headend").contains("misbehaviour policy acted")
+    })
+    .await;
+    wait_until("the DAP applies the headend's status list", &procs, || {
+        procs.log("dap").contains("status list applied")
+    })
+    .await;
+    assert!(
+        procs
+            .log("dap")
+            .contains("misbehaviour report sent to the headend")
+    );
+    assert!(dap_dropped(&procs.log("dap"), "rate_limited") >= 3);
+    wait_until(
+        "meter-1's two reports within its cap arrive",
+        &procs,
+        || of(&meters[0]) == 2,
+    )
+    .await;
+
+    // --- refused at the DAP from now on; meter-2 is heard --------------------
+    report(&dir, &meters[0], "after revocation", 1);
+    report(&dir, &meters[1], "meter-2 ok", 1);
+    wait_until("meter-2's reading arrives", &procs, || of(&meters[1]) == 1).await;
+    wait_until("the DAP drops the revoked meter's report", &procs, || {
+        procs
+            .log("dap")
+            .contains("reports of meters the headend suspended or revoked dropped")
+    })
+    .await;
+    assert_eq!(of(&meters[0]), 2, "{}", procs.logs());
+
+    // --- a list forged under the headend's name lifts nothing ------------------
+    let topics = TopicScheme::with_prefix(run).unwrap();
+    let dap_id = EntityId::new(&dap).unwrap();
+    let (client, _) = spy(url, name("spy"), [], |_| false).await;
+    let mallory = sealcast_core::credential::EntityCredential::generate(
+        EntityId::new(&headend).unwrap(),
+        &mut sealcast_core::testrng::TestRng::new(97),
+    );
+    let forged = sealcast_group::status::StatusList {
+        manager: EntityId::new(&headend).unwrap(),
+        version: u64::MAX / 2,
+        issued: sealcast_core::ids::UnixMillis::new(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64,
+        ),
+        listed: Default::default(),
+    }
+    .sign(&mallory)
+    .unwrap();
+    client
+        .publish(
+            topics.agent(&dap_id, AgentChannel::Solicit),
+            Bytes::from(forged),
+        )
+        .await
+        .unwrap();
+    client.flush(Duration::from_secs(10)).await.unwrap();
+    wait_until("the DAP refuses the forged list", &procs, || {
+        procs.log("dap").contains("status list refused")
+    })
+    .await;
+    report(&dir, &meters[0], "after the forged list", 1);
+    wait_until("the DAP drops it again", &procs, || {
+        procs
+            .log("dap")
+            .matches("reports of meters the headend suspended or revoked dropped")
+            .count()
+            >= 2
+    })
+    .await;
+    assert_eq!(of(&meters[0]), 2);
+    let audit = common::audit_text(&dir, "headend-state/audit.jsonl");
+    assert!(audit.contains("misbehaviour: flood x"), "{audit}");
+    assert!(audit.contains("revoked (status list version"), "{audit}");
+    common::audit_intact(&dir, "dap-state/dap-audit.jsonl", &["4711 kWh secret"]);
+    common::audit_intact(&dir, "headend-state/audit.jsonl", &["4711 kWh secret"]);
+    drop(procs);
+}

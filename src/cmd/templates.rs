@@ -63,6 +63,15 @@ agent = "gateway"                    # the agent that relays its key deliveries
 id = "fire-doors"
 scheme = "tree"                      # tree (logarithmic rekey) | p2p (one delivery per member)
 members = [{ id = "gateway", role = "sender" }, { id = "door-1", role = "receiver" }]
+
+# What the manager does on its agents' misbehaviour reports (none: each report
+# is audited, nothing more). Operators act by hand with `sealcast node suspend|revoke`.
+# [[misbehaviour]]
+# evidence = "flood"                 # flood | policy | listed-signer (the entity's own signed messages);
+#                                    # forgery | replay name a claimed sender anyone in the group can forge: suspend only
+# threshold = 20                     # events about one entity …
+# window_s = 60                      # … within this many seconds
+# action = "revoke"                  # suspend (messages refused everywhere) | revoke (also evicted, groups rekeyed)
 "#;
 
 /// `agent.toml` (a gateway) or `device.toml`: the same keys; a device has
@@ -92,6 +101,11 @@ relays_for = ["door-1"]              # agents: the devices whose key deliveries 
 on_alert_from = "fire-sensors"
 then_command = "fire-doors"
 payload = "unlock"
+
+# [misbehaviour]                     # docs/ARCHITECTURE.md, "Misbehaviour reports and authorization status"
+# max_messages_per_sender_per_minute = 120  # more verified messages of one signer are refused and reported as flood (0: no cap)
+# report_interval_ms = 2000          # agents send what they saw to the manager at most this often
+# report = true                      # agents report by default; devices never do
 
 # [[group_policy]]                   # freshness rule of one group (docs/ARCHITECTURE.md, "Replay and freshness")
 # group = "fire-doors"
@@ -141,6 +155,8 @@ max_batch_delay_ms = 200             # 1-60000
 # audit_log = "dap-1-state/dap-audit.jsonl"  # the DAP's hash-chained log (metadata, never readings)
 # audit_max_kib = 16384              # rotate at this size
 # audit_keep = 8                     # rotated segments kept
+# report_interval_ms = 2000          # misbehaviour reports to the headend (over-rate meters, forgeries
+#                                    # and replays naming a meter) at most this often; 0: none
 "#;
 
 /// `headend.toml`.
@@ -171,6 +187,12 @@ public_key = "dap-1.pub"
 # monotonic = true                   # a counter never goes down
 # hours = "00-24"                    # UTC hours readings are taken in ("22-06" wraps)
 # action = "drop"                    # or "flag": handed on, marked flag=implausible:<why>
+
+# [[misbehaviour]]                   # the headend issues its meters' status list: on its DAPs' reports
+# evidence = "flood"                 # (flood, forgery, replay) and its own implausible readings
+# threshold = 20                     # (implausible), a meter is suspended or revoked; every DAP then
+# window_s = 3600                    # drops its reports, and the headend its readings
+# action = "revoke"                  # suspend | revoke (forgery and replay: suspend only)
 "#;
 
 /// `meter.toml` (`sealcast device report`).

@@ -130,6 +130,7 @@ pub async fn smart_meter(
         state_file: None,
         events,
         audit: None,
+        policy: Vec::new(),
     })
     .await?;
     let (events, _) = tokio::sync::mpsc::unbounded_channel();
@@ -144,6 +145,7 @@ pub async fn smart_meter(
         events,
         pool: None,
         audit: None,
+        report_interval: None,
     })
     .await?;
     let announced = headend_handle

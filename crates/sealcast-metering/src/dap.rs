@@ -198,6 +198,16 @@ impl DapCore {
         self.headend.id()
     }
 
+    /// The headend's credential (its status lists are checked with it).
+    pub fn headend_credential(&self) -> &PublicCredential {
+        &self.headend
+    }
+
+    /// The DAP's own credential (it signs its misbehaviour reports).
+    pub fn credential(&self) -> &EntityCredential {
+        &self.credential
+    }
+
     /// How many meters it serves.
     pub fn meter_count(&self) -> usize {
         self.meters.len()

@@ -291,6 +291,18 @@ impl HeadendCore {
         self.daps.keys()
     }
 
+    /// The Ed25519 key of a trusted DAP (its misbehaviour reports are
+    /// checked with it).
+    pub fn dap_key(&self, dap: &EntityId) -> Option<&VerifyingKey> {
+        self.daps.get(dap).map(|d| &d.key)
+    }
+
+    /// The headend's own credential (it signs the status list of its
+    /// meters).
+    pub fn credential(&self) -> &EntityCredential {
+        &self.credential
+    }
+
     /// Whether `dap` has an accepted announcement.
     pub fn is_announced(&self, dap: &EntityId) -> bool {
         self.daps.get(dap).is_some_and(|d| d.announced.is_some())

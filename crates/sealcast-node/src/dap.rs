@@ -57,6 +57,9 @@ pub struct DapStats {
     /// Reports dropped because their timestamp was implausibly far from the
     /// DAP's clock (`[dap] max_report_drift_s`).
     pub implausible: u64,
+    /// Reports of meters the headend suspended or revoked, dropped before
+    /// any signature work.
+    pub listed: u64,
     /// Forwarded reports whose meter skipped more sequence numbers than
     /// `[dap] max_seq_gap` allows (flagged, not dropped).
     pub seq_gaps: u64,
@@ -133,6 +136,10 @@ pub struct DapConfig {
     pub pool: Option<EntityId>,
     /// Its audit log (None: none, as in the demo).
     pub audit: Option<crate::audit::AuditConfig>,
+    /// Misbehaviour the DAP sees (over-rate meters, forgeries and replays
+    /// naming a meter) is reported to the headend, which issues the meters'
+    /// status list, at most this often (None: no reports).
+    pub report_interval: Option<Duration>,
 }
 
 impl core::fmt::Debug for DapConfig {
@@ -232,6 +239,12 @@ struct Dap {
     deadline: Option<tokio::time::Instant>,
     /// What it received and forwarded (metadata only).
     audit: Option<crate::audit::NodeAudit>,
+    /// The headend's status list of meters (`status.cbor`).
+    status: crate::status_store::StatusStore,
+    /// Evidence for the next misbehaviour report to the headend.
+    evidence: sealcast_group::status::EvidenceBuffer,
+    report_interval: Option<Duration>,
+    report_seq: u64,
 }
 
 /// Connects the DAP, restores its state, subscribes, announces itself to
@@ -247,6 +260,7 @@ pub async fn spawn(config: DapConfig) -> Result<DapHandle> {
         events,
         pool,
         audit,
+        report_interval,
     } = config;
     if batch_size == 0 || batch_size > sealcast_metering::wire::MAX_BATCH_REPORTS {
         return Err(Error::Runtime("batch size must be 1..=4096".into()));
@@ -258,6 +272,12 @@ pub async fn spawn(config: DapConfig) -> Result<DapHandle> {
         .as_ref()
         .map(crate::audit::NodeAudit::open)
         .transpose()?;
+    // Under the state file's lock too.
+    let status = crate::status_store::StatusStore::open(
+        state_file.as_ref(),
+        crate::status_store::DAP_STATUS_FILE,
+        core.headend(),
+    )?;
     let id = core.id().clone();
     let report_topic = topics.agent(&id, AgentChannel::Report);
     let solicit_topic = topics.agent(&id, AgentChannel::Solicit);
@@ -301,6 +321,10 @@ pub async fn spawn(config: DapConfig) -> Result<DapHandle> {
         arrived: Vec::new(),
         deadline: None,
         audit,
+        status,
+        evidence: sealcast_group::status::EvidenceBuffer::new(),
+        report_interval,
+        report_seq: 0,
     };
     dap.announce().await?;
     info!(dap = %id, headend = %dap.core.headend(), meters = dap.core.meter_count(), batch_size, "DAP running");
@@ -315,9 +339,16 @@ pub async fn spawn(config: DapConfig) -> Result<DapHandle> {
 
 impl Dap {
     async fn run(mut self, mut inbox: Inbox, mut requests: mpsc::Receiver<Request>) {
+        let mut report_tick =
+            tokio::time::interval(self.report_interval.unwrap_or(Duration::from_secs(3600)));
+        report_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let stopped = loop {
             let deadline = self.deadline;
             let result = tokio::select! {
+                _ = report_tick.tick(), if self.report_interval.is_some() => {
+                    self.send_report().await;
+                    Ok(())
+                }
                 msg = inbox.next_message() => match msg {
                     Some(m) => self.on_message(m, &mut inbox).await,
                     None => break None,
@@ -400,6 +431,13 @@ impl Dap {
             if self.pending.len() >= self.batch_size {
                 self.flush(inbox).await?;
             }
+            return Ok(());
+        }
+        if m.target == self.solicit_topic
+            && sealcast_group::status::StatusList::looks_like(&m.payload)
+        {
+            self.on_status_list(&m.payload);
+            m.ack.ack().await;
             return Ok(());
         }
         if m.target == self.solicit_topic {
@@ -489,6 +527,31 @@ impl Dap {
             }
             self.stats_tx.send_replace(self.stats.clone());
         }
+        // Meters the headend listed: dropped before any signature work.
+        let (listed, pending): (Vec<Incoming>, Vec<Incoming>) =
+            pending.into_iter().partition(|m| {
+                sealcast_core::report::peek_report(&m.payload, &headend)
+                    .is_ok_and(|h| self.status.status_of(&h.reporter).is_some())
+            });
+        if !listed.is_empty() {
+            warn!(dap = %self.core.id(), reports = listed.len(), "reports of meters the headend suspended or revoked dropped");
+            if let Some(a) = &mut self.audit {
+                for m in &listed {
+                    if let Ok(h) = sealcast_core::report::peek_report(&m.payload, &headend) {
+                        a.refused(
+                            None,
+                            format!("report claiming {}: listed by the headend", h.reporter),
+                        );
+                    }
+                }
+            }
+            self.stats.received += listed.len() as u64;
+            self.stats.listed += listed.len() as u64;
+            for m in listed {
+                draining(m.ack.ack(), inbox, &mut self.arrived).await;
+            }
+            self.stats_tx.send_replace(self.stats.clone());
+        }
         if pending.is_empty() {
             return Ok(());
         }
@@ -561,6 +624,19 @@ impl Dap {
             };
             if let (Some(why), Some(a)) = (refusal, &mut self.audit) {
                 a.refused(None, format!("report claiming {}: {why}", claimed().0));
+            }
+            // Evidence for the headend: over the rate cap is the meter's own
+            // verified doing; forgeries and replays only name it.
+            let evidence = match verdict {
+                ReportVerdict::RateLimited => Some(sealcast_group::status::Evidence::Flood),
+                ReportVerdict::Forged(_) => Some(sealcast_group::status::Evidence::Forgery),
+                ReportVerdict::Replayed => Some(sealcast_group::status::Evidence::Replay),
+                _ => None,
+            };
+            if let (Some(e), Some(_)) = (evidence, self.report_interval)
+                && let Ok(h) = sealcast_core::report::peek_report(bytes, &headend)
+            {
+                self.evidence.add(&h.reporter, e, now());
             }
         }
         if !forward.is_empty() {
@@ -654,6 +730,100 @@ impl Dap {
             replayed,
         });
         Ok(())
+    }
+}
+
+impl Dap {
+    /// The headend's status list of meters (on the solicit target):
+    /// verified with the headend's key, refused if older than the one held,
+    /// persisted before it takes effect.
+    fn on_status_list(&mut self, bytes: &[u8]) {
+        let headend = self.core.headend_credential().clone();
+        let r = sealcast_group::status::StatusList::open(
+            bytes,
+            &headend,
+            now(),
+            crate::manager::STATUS_MAX_AGE_MS,
+        )
+        .map_err(|e| e.to_string())
+        .and_then(|list| {
+            let (version, n) = (list.version, list.listed.len());
+            self.status
+                .apply(list)
+                .map(|changed| (changed, version, n))
+                .map_err(|e| e.to_string())
+        });
+        match r {
+            Ok((true, version, listed)) => {
+                info!(dap = %self.core.id(), version, listed, "status list applied: reports of listed meters are dropped");
+                if let Some(a) = &mut self.audit {
+                    a.record(
+                        crate::audit::Record::Order,
+                        None,
+                        Some(&headend.id().clone()),
+                        format!("status list version {version} applied: {listed} listed"),
+                    );
+                }
+            }
+            Ok((false, _, _)) => {}
+            Err(e) => {
+                warn!(dap = %self.core.id(), error = %e, "status list refused (forged, older than the one held, stale, or not saved)");
+                if let Some(a) = &mut self.audit {
+                    a.refused(None, "status list".to_owned());
+                }
+            }
+        }
+    }
+
+    /// Sends the evidence gathered since the last report to the headend.
+    async fn send_report(&mut self) {
+        if self.evidence.is_empty() {
+            return;
+        }
+        let (items, dropped) = self.evidence.take();
+        let at = now();
+        self.report_seq = self.report_seq.saturating_add(1).max(at.get());
+        let report = sealcast_group::status::MisbehaviourReport {
+            reporter: self.core.id().clone(),
+            manager: self.core.headend().clone(),
+            seq: self.report_seq,
+            issued: at,
+            items,
+        };
+        let bytes = match report.sign(self.core.credential()) {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(dap = %self.core.id(), error = %e, "misbehaviour report not signed");
+                return;
+            }
+        };
+        let headend = self.core.headend().clone();
+        match self
+            .link
+            .send_to(&headend, self.announce_topic.clone(), bytes)
+            .await
+        {
+            Ok(()) => {
+                info!(dap = %self.core.id(), items = report.items.len(), dropped, "misbehaviour report sent to the headend");
+                if let Some(a) = &mut self.audit {
+                    let what: Vec<String> = report
+                        .items
+                        .iter()
+                        .map(|i| format!("{} {} x{}", i.subject, i.evidence, i.count))
+                        .collect();
+                    a.record(
+                        crate::audit::Record::Sent,
+                        None,
+                        Some(&headend),
+                        format!("misbehaviour report: {}", what.join(", ")),
+                    );
+                }
+            }
+            Err(e) => {
+                warn!(dap = %self.core.id(), error = %e, "misbehaviour report not sent; its evidence goes with the next one");
+                self.evidence.put_back(report.items);
+            }
+        }
     }
 }
 

@@ -126,6 +126,10 @@ pub struct HeadendConfig {
     pub events: mpsc::UnboundedSender<HeadendEvent>,
     /// Its audit log (None: none, as in the demo).
     pub audit: Option<crate::audit::AuditConfig>,
+    /// What it does on its DAPs' misbehaviour reports and on implausible
+    /// readings (the headend issues its meters' status list; empty: reports
+    /// are audited, nothing more).
+    pub policy: Vec<sealcast_group::status::PolicyRule>,
 }
 
 impl core::fmt::Debug for HeadendConfig {
@@ -214,6 +218,11 @@ struct Headend {
     held: BTreeMap<EntityId, VecDeque<Incoming>>,
     /// What it received (metadata only, never a reading).
     audit: Option<crate::audit::NodeAudit>,
+    /// The status list of its meters, which it issues (`status.cbor`).
+    status: crate::status_store::StatusStore,
+    policy: sealcast_group::status::MisbehaviourPolicy,
+    /// The newest report number taken from each DAP.
+    report_seqs: BTreeMap<EntityId, u64>,
 }
 
 /// Connects the headend, restores its state, subscribes to its DAPs'
@@ -227,7 +236,9 @@ pub async fn spawn(config: HeadendConfig) -> Result<HeadendHandle> {
         state_file,
         events,
         audit,
+        policy,
     } = config;
+    let policy = sealcast_group::status::MisbehaviourPolicy::new(policy)?;
     let state_lock = crate::runtime::lock_and_restore(state_file.as_ref(), |bytes| {
         Ok(core.restore_state(bytes)?)
     })?;
@@ -236,6 +247,12 @@ pub async fn spawn(config: HeadendConfig) -> Result<HeadendHandle> {
         .map(crate::audit::NodeAudit::open)
         .transpose()?;
     let id = core.id().clone();
+    // Under the state file's lock too.
+    let status = crate::status_store::StatusStore::open(
+        state_file.as_ref(),
+        crate::status_store::STATUS_FILE,
+        &id,
+    )?;
     let mut filters = Vec::new();
     for dap in core.daps() {
         filters.push(TopicFilter::new(&topics.agent(dap, AgentChannel::Batch))?);
@@ -261,6 +278,9 @@ pub async fn spawn(config: HeadendConfig) -> Result<HeadendHandle> {
         stats_tx,
         held: BTreeMap::new(),
         audit,
+        status,
+        policy,
+        report_seqs: BTreeMap::new(),
     };
     // Every DAP announces again (its meter set may have changed while we
     // were away), whether or not we hold an older announcement.
@@ -378,6 +398,16 @@ impl Headend {
             Ok(Topic::Agent {
                 agent,
                 channel: AgentChannel::Announce,
+            }) if sealcast_group::status::MisbehaviourReport::claimed_reporter(&m.payload)
+                .is_some() =>
+            {
+                self.on_report(&agent, &m.payload).await;
+                m.ack.ack().await;
+                Ok(())
+            }
+            Ok(Topic::Agent {
+                agent,
+                channel: AgentChannel::Announce,
             }) => self.on_announcement(&agent, m).await,
             Ok(Topic::Agent {
                 agent,
@@ -415,6 +445,8 @@ impl Headend {
                 self.stats.announcements += 1;
                 self.publish_stats();
                 let _ = self.events.send(HeadendEvent::Announced(a.clone()));
+                // A DAP that (re)started gets the current status list.
+                self.send_status(&a.dap).await;
                 // Batches that arrived before the announcement.
                 let held = self.held.remove(&a.dap).unwrap_or_default();
                 for h in held {
@@ -441,9 +473,23 @@ impl Headend {
 
     async fn on_batch(&mut self, topic_dap: &EntityId, m: Incoming) -> Result<()> {
         match self.core.handle_batch(&m.payload) {
-            Ok(outcome) => {
+            Ok(mut outcome) => {
                 // Windows on disk before anything is handed on or acked.
                 self.persist()?;
+                // Readings of listed meters are not handed on.
+                let (listed, readings): (Vec<_>, Vec<_>) = std::mem::take(&mut outcome.readings)
+                    .into_iter()
+                    .partition(|r| self.status.status_of(&r.meter).is_some());
+                outcome.readings = readings;
+                for r in &listed {
+                    warn!(dap = %outcome.dap, meter = %r.meter, seq = r.seq.get(), "reading of a suspended or revoked meter dropped");
+                    if let Some(a) = &mut self.audit {
+                        a.refused(
+                            None,
+                            format!("report of {}#{}: listed", r.meter, r.seq.get()),
+                        );
+                    }
+                }
                 for r in &outcome.readings {
                     self.handler.reading(r);
                 }
@@ -494,6 +540,29 @@ impl Headend {
                     warn!(dap = %outcome.dap, meter = %r.meter, seq = r.seq.get(), reason = r.implausible.map_or("", |w| w.as_str()), "implausible reading flagged");
                     self.stats.flagged += 1;
                 }
+                // Implausible verified readings are the meter's own doing:
+                // evidence for the headend's own policy.
+                let implausible: Vec<EntityId> = outcome
+                    .readings
+                    .iter()
+                    .filter(|r| r.implausible.is_some())
+                    .map(|r| r.meter.clone())
+                    .chain(outcome.dropped.iter().filter_map(|(m, why)| {
+                        matches!(why, ReportDrop::Implausible(_))
+                            .then(|| m.clone())
+                            .flatten()
+                    }))
+                    .collect();
+                for meter in implausible {
+                    let item = sealcast_group::status::EvidenceItem {
+                        subject: meter,
+                        evidence: sealcast_group::status::Evidence::Implausible,
+                        count: 1,
+                        first: now(),
+                        last: now(),
+                    };
+                    self.weigh(&item, self.core.id().clone()).await;
+                }
                 self.stats.batches += 1;
                 self.stats.readings += outcome.readings.len() as u64;
                 self.publish_stats();
@@ -535,6 +604,125 @@ impl Headend {
             }
         }
         Ok(())
+    }
+
+    /// A DAP's signed misbehaviour report: verified with the DAP's key,
+    /// taken once (its number grows), audited, weighed by the policy.
+    async fn on_report(&mut self, topic_dap: &EntityId, bytes: &[u8]) {
+        let Some(key) = self.core.dap_key(topic_dap).copied() else {
+            debug!(dap = %topic_dap, "misbehaviour report from an unknown DAP dropped");
+            return;
+        };
+        let report = match sealcast_group::status::MisbehaviourReport::open_with(
+            bytes,
+            topic_dap,
+            &key,
+            self.core.id(),
+            now(),
+            crate::manager::STATUS_MAX_AGE_MS,
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(dap = %topic_dap, error = %e, "misbehaviour report refused");
+                if let Some(a) = &mut self.audit {
+                    a.refused(None, format!("misbehaviour report on {topic_dap}'s target"));
+                }
+                return;
+            }
+        };
+        if self
+            .report_seqs
+            .get(topic_dap)
+            .is_some_and(|last| report.seq <= *last)
+        {
+            debug!(dap = %topic_dap, seq = report.seq, "misbehaviour report seen before: not counted again");
+            return;
+        }
+        self.report_seqs.insert(topic_dap.clone(), report.seq);
+        for item in &report.items {
+            info!(dap = %topic_dap, meter = %item.subject, evidence = %item.evidence, count = item.count, "misbehaviour reported");
+            if let Some(a) = &mut self.audit {
+                a.record(
+                    Record::Flagged,
+                    None,
+                    Some(&item.subject),
+                    format!(
+                        "misbehaviour: {} x{} reported by {topic_dap}",
+                        item.evidence, item.count
+                    ),
+                );
+            }
+            self.weigh(item, topic_dap.clone()).await;
+        }
+    }
+
+    /// Counts one item of evidence; when a rule calls for it, lists the
+    /// meter: the new status list is signed, saved, then sent to every DAP.
+    async fn weigh(&mut self, item: &sealcast_group::status::EvidenceItem, by: EntityId) {
+        let at = now();
+        let Some((action, why)) = self.policy.record(item, at) else {
+            return;
+        };
+        if self
+            .status
+            .status_of(&item.subject)
+            .is_some_and(|s| s >= action)
+        {
+            return;
+        }
+        let mut list =
+            self.status
+                .held()
+                .cloned()
+                .unwrap_or_else(|| sealcast_group::status::StatusList {
+                    manager: self.core.id().clone(),
+                    version: 0,
+                    issued: at,
+                    listed: Default::default(),
+                });
+        list.version = sealcast_group::transmission::next_version(Some(list.version), at);
+        list.issued = at;
+        list.listed.insert(item.subject.clone(), action);
+        let version = list.version;
+        if let Err(e) = self.status.apply(list) {
+            warn!(meter = %item.subject, error = %e, "status list not saved: the meter is not listed");
+            return;
+        }
+        self.policy.forget(&item.subject);
+        warn!(meter = %item.subject, status = %action, version, reported_by = %by, "misbehaviour policy acted: {why}");
+        if let Some(a) = &mut self.audit {
+            a.record(
+                Record::Order,
+                None,
+                Some(&item.subject),
+                format!("{action} (status list version {version}): {why}; reported by {by}"),
+            );
+        }
+        let daps: Vec<EntityId> = self.core.daps().cloned().collect();
+        for dap in &daps {
+            self.send_status(dap).await;
+        }
+    }
+
+    /// Signs the current status list afresh and sends it to `dap` (on its
+    /// solicit target).
+    async fn send_status(&mut self, dap: &EntityId) {
+        let Some(list) = self.status.held().cloned() else {
+            return;
+        };
+        let fresh = sealcast_group::status::StatusList {
+            issued: now(),
+            ..list
+        };
+        match fresh.sign(self.core.credential()) {
+            Ok(bytes) => {
+                let target = self.topics.agent(dap, AgentChannel::Solicit);
+                if let Err(e) = self.link.send_to(dap, target, bytes).await {
+                    warn!(%dap, error = %e, "status list not sent; it goes again with the DAP's next announcement");
+                }
+            }
+            Err(e) => warn!(error = %e, "status list not signed"),
+        }
     }
 
     fn refused(&mut self, why: &str) {

@@ -147,6 +147,10 @@ pub(super) struct HeadendFile {
     /// Rules decrypted readings must meet (`[[plausibility]]`).
     #[serde(default)]
     plausibility: Vec<PlausibilityEntry>,
+    /// What the headend does on its DAPs' misbehaviour reports and on
+    /// implausible readings (`[[misbehaviour]]`, as in `manager.toml`).
+    #[serde(default)]
+    misbehaviour: Vec<super::MisbehaviourEntry>,
     /// The audit log (default `<state_dir>/audit.jsonl`).
     audit_log: Option<PathBuf>,
     /// Rotate the audit log at this many KiB (default 16384).
@@ -194,6 +198,10 @@ struct DapSection {
     audit_max_kib: Option<u64>,
     /// Rotated segments of it kept (default 8).
     audit_keep: Option<usize>,
+    /// Misbehaviour reports to the headend (over-rate meters, forgeries
+    /// and replays naming a meter) at most this often; 0: none (default
+    /// 2000).
+    report_interval_ms: Option<u64>,
 }
 
 /// One `[[plausibility]]` rule of `headend.toml`.
@@ -445,6 +453,11 @@ pub fn headend(args: &HeadendServeArgs) -> Result<()> {
         .map(|(i, r)| r.rule(i + 1))
         .collect::<Result<Vec<_>>>()?;
     core.set_plausibility(rules);
+    let policy = config
+        .misbehaviour
+        .iter()
+        .map(super::MisbehaviourEntry::rule)
+        .collect::<Result<Vec<_>>>()?;
     let handler: Arc<dyn ReadingHandler> = match &args.readings {
         Some(path) => Arc::new(ReadingsFile { path: path.clone() }),
         None => Arc::new(LogReadings),
@@ -476,6 +489,7 @@ pub fn headend(args: &HeadendServeArgs) -> Result<()> {
             state_file: Some(DeviceStateFile::new(state_dir.join("headend.cbor"))),
             events,
             audit: Some(audit),
+            policy,
         })
         .await
         .map_err(|e| failed("the headend could not start", e))?;
@@ -617,7 +631,14 @@ pub fn agent_with_dap(args: &ServeArgs) -> Result<()> {
                 "on CoAP the DAP and the gateway cannot share one endpoint: run the gateway as an agent of its own (drop manager_public_key here)",
             ));
         }
-        Some(_) => Some(node_config(&args.config, Arc::new(sealcast_node::device::LogHandler))?.0),
+        Some(_) => Some(
+            node_config(
+                &args.config,
+                Arc::new(sealcast_node::device::LogHandler),
+                true,
+            )?
+            .0,
+        ),
         None => None,
     };
     let scheme = topics(config.topic_prefix.as_deref())?;
@@ -641,6 +662,10 @@ pub fn agent_with_dap(args: &ServeArgs) -> Result<()> {
             state_file: Some(DeviceStateFile::new(state_dir.join("dap.cbor"))),
             events,
             audit: Some(dap_audit),
+            report_interval: match section.report_interval_ms.unwrap_or(2000) {
+                0 => None,
+                ms => Some(Duration::from_millis(ms.max(100))),
+            },
             pool: section
                 .pool
                 .as_deref()
