@@ -110,6 +110,7 @@ fn run(cli: Cli) -> error::Result<()> {
             cmd::node::set_status(&args, sealcast_node::control::StatusAction::Reinstate)
         }
         Command::Node(cmd::node::NodeCommand::Statuses(args)) => cmd::node::statuses(&args),
+        Command::Node(cmd::node::NodeCommand::RotateKey(args)) => cmd::node::rotate_key(&args),
         Command::Seal(args) => cmd::seal::run(&args),
         Command::Open(args) => cmd::open::run(&args),
         Command::Inspect(args) => cmd::inspect::run(&args),

@@ -74,7 +74,12 @@ fn fire_safety_as_separate_processes_over_coap() {
 
     // --- remote transmission control over CoAP (the gateway relays the
     // sensor's orders to its one-shot endpoint) -----------------------------
-    common::transmission_control_stops_and_resumes(&dir, &procs, sensor, gateway, doors, 2);
+    let done =
+        common::transmission_control_stops_and_resumes(&dir, &procs, sensor, gateway, doors, 2);
+
+    // --- authorization status over CoAP: the doors refuse a suspended
+    // gateway, then hear it again --------------------------------------------
+    common::suspension_is_enforced_and_lifted(&dir, &procs, sensor, gateway, doors, done);
 }
 
 #[test]

@@ -146,6 +146,9 @@ fn fire_safety_services(test: &str, mqtt: bool) {
     // Remote transmission control through the CSEs.
     let done =
         common::transmission_control_stops_and_resumes(&dir, &procs, sensor, gateway, doors, 2);
+    // Authorization status through the CSEs.
+    let done =
+        common::suspension_is_enforced_and_lifted(&dir, &procs, sensor, gateway, doors, done);
 
     // The MN-CSE restarts and loses every resource (in-memory database):
     // each AE notices, registers again and re-creates its containers and

@@ -893,3 +893,110 @@ async fn suspension_is_enforced_everywhere_kept_and_not_undone_by_old_or_forged_
     assert_eq!(shown["listed"][0]["node"], gateway.as_str(), "{shown}");
     drop(procs);
 }
+
+/// Issue #15, item 5 (credential rotation authorised by the operator): a
+/// door's key is replaced through the running manager; it keeps its seat
+/// (the same tree leaf) in its group, runs on the new key and executes the
+/// next command, while the old key can no longer obtain key material. The
+/// same key again is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_operator_rotates_a_doors_key_and_it_keeps_its_seat() {
+    let t = MqttRun::start("rk").await;
+    let dir = t.dir.clone();
+    let Site { sensor, doors, .. } = fire_safety_site(&t, "");
+    let mut procs = Procs::new(&dir);
+    start_fire_safety(&mut procs, &sensor, [doors[0].as_str(), doors[1].as_str()]);
+    procs.exit_on_ctrl_c(&sensor).await;
+    common::alert(&dir, &sensor, "smoke 1");
+    wait_until_blocking("both doors unlock", &procs, || {
+        doors.iter().all(|d| executed(&dir, d).len() == 1)
+    });
+    let leaf_of = |door: &str| {
+        let shown = common::group_show_json(&dir, "manager.toml", "fire-doors");
+        shown["member_list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == door)
+            .map(|m| m["leaf"].clone())
+            .unwrap_or_else(|| panic!("{door} not in {shown}"))
+    };
+    let leaf = leaf_of(&doors[1]);
+
+    // --- rotate door-2's key through the manager -------------------------------
+    fs::create_dir_all(dir.join("next")).unwrap();
+    fs::create_dir_all(dir.join("old")).unwrap();
+    common::sealcast(&dir, &["keygen", "--id", &doors[1], "--out-dir", "next"]);
+    let next_pub = format!("next/{}.pub", doors[1]);
+    let out = node_cmd(&dir, &["rotate-key", "--public-key", &next_pub]);
+    assert!(out.contains("still a member of fire-doors"), "{out}");
+    assert_eq!(leaf_of(&doors[1]), leaf);
+    let out = common::sealcast_fails(
+        &dir,
+        &[
+            "node",
+            "rotate-key",
+            "--config",
+            "manager.toml",
+            "--public-key",
+            &next_pub,
+        ],
+    );
+    assert!(out.contains("equals"), "{out}");
+
+    // --- the door restarts on its new key (and an empty state) -------------------
+    assert!(procs.terminate_async(&doors[1]).await.success());
+    for ext in ["key", "pub"] {
+        let name = format!("{}.{ext}", doors[1]);
+        fs::copy(dir.join(&name), dir.join("old").join(&name)).unwrap();
+        fs::copy(dir.join("next").join(&name), dir.join(&name)).unwrap();
+    }
+    fs::remove_dir_all(dir.join(format!("{}-state", doors[1]))).unwrap();
+    procs.restart_device(&doors[1], 1);
+    wait_until_blocking(
+        "door-2 holds the key again, under its new key",
+        &procs,
+        || procs.installed(&doors[1]) >= 1,
+    );
+    common::alert(&dir, &sensor, "smoke 2");
+    wait_until_blocking("both doors execute the second command", &procs, || {
+        doors.iter().all(|d| executed(&dir, d).len() == 2)
+    });
+
+    // --- the old key gets nothing: its pull is not answered ---------------------
+    let old_config = fs::read_to_string(dir.join(format!("{}.toml", doors[1])))
+        .unwrap()
+        .replace(
+            &format!("key = \"{}.key\"", doors[1]),
+            &format!("key = \"old/{}.key\"", doors[1]),
+        )
+        .replace(
+            &format!("state_dir = \"{}-state\"", doors[1]),
+            "state_dir = \"old-state\"",
+        );
+    fs::write(dir.join("old.toml"), old_config).unwrap();
+    let out = common::run(
+        &dir,
+        &[
+            "device",
+            "send",
+            "--config",
+            "old.toml",
+            "--group",
+            "fire-doors",
+            "--alert",
+            "x",
+            "--wait",
+            "4",
+        ],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("did not confirm the current key material"),
+        "{stderr}"
+    );
+    let audit = common::audit_text(&dir, "manager-state/audit.jsonl");
+    assert!(audit.contains("rotate-key"), "{audit}");
+    drop(procs);
+}

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
 use sealcast_node::control::{
-    NodeStatus, Removed, Request, StatusAction, StatusChanged, StatusListing, TxAction,
+    KeyRotated, NodeStatus, Removed, Request, StatusAction, StatusChanged, StatusListing, TxAction,
 };
 
 use super::group_admin::{Control, ManagerArgs};
@@ -27,6 +27,51 @@ pub enum NodeCommand {
     Revoke(StatusArgs),
     Reinstate(StatusArgs),
     Statuses(StatusesArgs),
+    RotateKey(RotateKeyArgs),
+}
+
+/// Replace an enrolled device's or agent's public key (credential rotation
+/// authorised by the operator). It keeps its kind, agent and every group
+/// membership; from then on the manager accepts only the new key's
+/// signatures and seals key deliveries to the new key only. Then give the
+/// node its new private key and restart it. For a key that may be
+/// compromised, use `sealcast node revoke` (it also rekeys every group).
+#[derive(Debug, Args)]
+#[command(after_help = "Example:
+  sealcast keygen --id door-2 --out-dir next
+  sealcast node rotate-key --config manager.toml --public-key next/door-2.pub
+  # then install next/door-2.key as the door's key and restart it")]
+pub struct RotateKeyArgs {
+    #[command(flatten)]
+    manager: ManagerArgs,
+    /// The new public key file (`sealcast keygen` wrote it; it names the
+    /// entity).
+    #[arg(long, value_name = "FILE")]
+    public_key: std::path::PathBuf,
+}
+
+/// `sealcast node rotate-key`.
+pub fn rotate_key(args: &RotateKeyArgs) -> Result<()> {
+    // Parsed here too, so a wrong file is named by its path.
+    super::load_public_key(&args.public_key)?;
+    let bytes = crate::files::read_limited(
+        Some(&args.public_key),
+        sealcast_core::credential::MAX_CREDENTIAL_FILE_LEN,
+        "public key",
+    )?;
+    let public_key = sealcast_node::control::hex(&bytes);
+    let mut control = Control::connect(&args.manager)?;
+    let answer: KeyRotated = control.call(&Request::RotateKey { public_key })?;
+    say(&format!(
+        "rotated the key of {}: still a member of {}",
+        answer.node,
+        if answer.groups.is_empty() {
+            "no group".to_owned()
+        } else {
+            answer.groups.join(", ")
+        }
+    ));
+    Ok(())
 }
 
 /// Authorization status: suspend (every node refuses what it signs; it

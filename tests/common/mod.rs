@@ -1025,6 +1025,58 @@ pub fn transmission_control_stops_and_resumes(
     done + 2
 }
 
+/// Authorization status on a running fire-safety deployment whose doors
+/// executed `done` commands: the gateway suspended, both doors apply the
+/// manager's signed status list (relayed by the gateway) and refuse its
+/// next command; reinstated, the next alert unlocks both doors again.
+/// Returns the doors' command count afterwards.
+pub fn suspension_is_enforced_and_lifted(
+    dir: &Path,
+    procs: &Procs,
+    sensor: &str,
+    gateway: &str,
+    doors: [&str; 2],
+    done: usize,
+) -> usize {
+    let send = |text: &str| alert_run(dir, sensor, text, 20);
+    let applied = |d: &str| procs.log(d).matches("status list applied").count();
+    let before: Vec<usize> = doors.iter().map(|d| applied(d)).collect();
+    let out = node_cmd(dir, &["suspend", "--id", gateway, "--reason", "test"]);
+    assert!(out.contains("is suspended"), "{out}");
+    wait_until_blocking("both doors apply the status list", procs, || {
+        doors.iter().zip(&before).all(|(d, b)| applied(d) > *b)
+    });
+    assert!(
+        send("smoke while the gateway is suspended")
+            .status
+            .success()
+    );
+    wait_until_blocking("both doors refuse the suspended gateway", procs, || {
+        doors
+            .iter()
+            .all(|d| procs.log(d).contains("is suspended by the manager"))
+    });
+    let out = node_cmd(dir, &["reinstate", "--id", gateway]);
+    assert!(out.contains("in good standing"), "{out}");
+    wait_until_blocking("both doors apply the lifted list", procs, || {
+        doors.iter().zip(&before).all(|(d, b)| applied(d) > *b + 1)
+    });
+    assert!(send("smoke after reinstatement").status.success());
+    wait_until_blocking("both doors execute the next command", procs, || {
+        doors.iter().all(|d| executed(dir, d).len() > done)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    for d in doors {
+        assert_eq!(
+            executed(dir, d).len(),
+            done + 1,
+            "{d}: {:?}",
+            executed(dir, d)
+        );
+    }
+    done + 1
+}
+
 /// `sealcast audit verify <log>` in `dir` succeeds; returns its output.
 /// The log's records (all segments) must name none of `secrets` (payloads,
 /// readings): metadata only.

@@ -124,6 +124,23 @@ pub enum Request {
     },
     /// The authorization status list.
     Statuses {},
+    /// Replace an enrolled entity's public key (credential rotation
+    /// authorised by the operator), keeping its kind, agent and
+    /// memberships.
+    RotateKey {
+        /// The entity's new public COSE_KeySet (its `.pub` file), hex; it
+        /// names the entity.
+        public_key: String,
+    },
+}
+
+/// The answer to [`Request::RotateKey`].
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub struct KeyRotated {
+    /// The entity.
+    pub node: String,
+    /// The groups it stays a member of.
+    pub groups: Vec<String>,
 }
 
 /// What a [`Request::Status`] does.

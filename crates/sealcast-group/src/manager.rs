@@ -761,6 +761,35 @@ impl Manager {
         delivery_for(&self.credential, &self.enrolled, state, &member, now, rng)
     }
 
+    /// Seals the current material of every group `member` belongs to for
+    /// it again (after its credential changed) and counts the member as not
+    /// holding it, so re-sends follow until it acknowledges under its new
+    /// key.
+    pub fn redeliver<R: CryptoRng + ?Sized>(
+        &mut self,
+        member: &EntityId,
+        now: UnixMillis,
+        rng: &mut R,
+    ) -> Result<Vec<Outgoing>> {
+        let mut out = Vec::new();
+        for state in self.groups.values_mut() {
+            let Some(record) = state.members.get_mut(member) else {
+                continue;
+            };
+            record.held = None;
+            record.unacked_sends = 0;
+            out.push(delivery_for(
+                &self.credential,
+                &self.enrolled,
+                state,
+                member,
+                now,
+                rng,
+            )?);
+        }
+        Ok(out)
+    }
+
     /// Re-sends the current material to every member that has not
     /// acknowledged it and was last sent it at least the retry interval ago.
     pub fn poll_resend<R: CryptoRng + ?Sized>(

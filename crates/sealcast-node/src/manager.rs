@@ -33,10 +33,12 @@ use crate::runtime::{now, os_rng};
 use crate::{Error, Result};
 
 mod handle;
+mod rotate;
 mod status;
 mod transmission;
 
 pub use handle::ManagerHandle;
+pub use rotate::Rotated;
 pub use status::{STATUS_MAX_AGE_MS, StatusOutcome};
 pub use transmission::{NodeState, ORDER_CHECK_INTERVAL, ORDER_RETRY_FIRST, scope_names};
 
@@ -109,6 +111,10 @@ enum Admin {
     },
     StatusList {
         reply: oneshot::Sender<Result<sealcast_store::StatusSnapshot>>,
+    },
+    RotateKey {
+        credential: Box<PublicCredential>,
+        reply: oneshot::Sender<Result<Rotated>>,
     },
     SetPolicy {
         rules: Vec<sealcast_group::status::PolicyRule>,
@@ -531,6 +537,10 @@ impl Runtime {
             }
             Admin::StatusList { reply } => {
                 let _ = reply.send(self.status_snapshot());
+            }
+            Admin::RotateKey { credential, reply } => {
+                let r = self.rotate_key(*credential).await;
+                let _ = reply.send(r);
             }
             Admin::SetPolicy { rules, reply } => {
                 let r = sealcast_group::status::MisbehaviourPolicy::new(rules)

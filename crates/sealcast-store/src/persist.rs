@@ -293,7 +293,8 @@ pub fn reload_group(
     let mut entities = store.list_entities()?;
     entities.sort_by_key(|e| e.kind != model::EntityKind::Agent);
     for e in entities {
-        if manager.kind_of(e.credential.id()).is_none()
+        // New entities, and keys another manager rotated.
+        if manager.credential_of(e.credential.id()) != Some(&e.credential)
             && let Some(kind) = kind_from_store(e.kind)
         {
             manager.enrol(e.credential, kind, e.agent)?;

@@ -61,9 +61,9 @@ pub use sealcast_group::admin as protocol;
 
 pub use protocol::{
     Added, AlgName, Created, EnrolEntity, Enrolled, Evicted, GroupShow, GroupSummaryWire, Groups,
-    HeldCount, KindName, ListedEntity, MAX_CONNECTIONS, MAX_ENROL_BATCH, MAX_LINE, MAX_SHOW_PAGE,
-    MemberSpec, MemberWire, NodeStatus, Rekeyed, Removed, Request, RoleName, SOCKET_NAME,
-    SchemeName, StatusAction, StatusChanged, StatusListing, TxAction,
+    HeldCount, KeyRotated, KindName, ListedEntity, MAX_CONNECTIONS, MAX_ENROL_BATCH, MAX_LINE,
+    MAX_SHOW_PAGE, MemberSpec, MemberWire, NodeStatus, Rekeyed, Removed, Request, RoleName,
+    SOCKET_NAME, SchemeName, StatusAction, StatusChanged, StatusListing, TxAction,
 };
 /// How long an idle connection stays open.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -390,6 +390,26 @@ async fn execute(handle: &ManagerHandle, request: Request) -> core::result::Resu
                     .collect(),
             })
         }
+        Request::RotateKey { public_key } => {
+            if public_key.len() > 2 * MAX_CREDENTIAL_FILE_LEN {
+                return Err(Refusal("public key too long".to_owned()));
+            }
+            let bytes = unhex(&public_key).map_err(|why| Refusal(format!("public key: {why}")))?;
+            let credential = PublicCredential::from_cose_key_set(&bytes).map_err(|why| {
+                Refusal(format!(
+                    "not a public COSE_KeySet ({why}): send the .pub file `sealcast keygen` wrote"
+                ))
+            })?;
+            let node = credential.id().to_string();
+            let r = handle
+                .rotate_key(credential)
+                .await
+                .map_err(|e| about_node(&node, e))?;
+            answer(&KeyRotated {
+                node,
+                groups: r.groups.iter().map(show_group).collect(),
+            })
+        }
         Request::Statuses {} => {
             let snapshot = handle.status_list().await?;
             answer(&StatusListing {
@@ -521,6 +541,7 @@ fn describe(request: &Request) -> String {
             format!("{} {node}", format!("{action:?}").to_lowercase())
         }
         Request::Statuses {} => "show the status list".to_owned(),
+        Request::RotateKey { .. } => "rotate a key".to_owned(),
     }
 }
 

@@ -744,7 +744,9 @@ impl Node {
                 .saw(signer, sealcast_group::status::Evidence::ListedSigner, at);
             return Some(format!("{signer} is {status} by the manager"));
         }
-        if self.watch.over_rate(signer) {
+        // Its own messages coming back (a gateway in its door group) are
+        // not counted.
+        if *signer != self.id && self.watch.over_rate(signer) {
             self.watch
                 .saw(signer, sealcast_group::status::Evidence::Flood, at);
             return Some(format!("{signer} is over the rate cap"));

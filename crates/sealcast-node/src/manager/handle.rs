@@ -182,6 +182,18 @@ impl ManagerHandle {
         )
     }
 
+    /// Replaces an enrolled entity's public key (operator-authorised
+    /// rotation), keeping its kind, agent and memberships; saved and
+    /// audited before it takes effect.
+    pub async fn rotate_key(&self, credential: PublicCredential) -> Result<Rotated> {
+        ask!(
+            self,
+            RotateKey {
+                credential: Box::new(credential)
+            }
+        )
+    }
+
     /// The authorization status list as stored.
     pub async fn status_list(&self) -> Result<sealcast_store::StatusSnapshot> {
         ask!(self, StatusList {})
