@@ -291,6 +291,11 @@ impl HeadendCore {
         self.daps.keys()
     }
 
+    /// Whether it holds a credential for `meter`.
+    pub fn knows_meter(&self, meter: &EntityId) -> bool {
+        self.meters.contains_key(meter)
+    }
+
     /// The Ed25519 key of a trusted DAP (its misbehaviour reports are
     /// checked with it).
     pub fn dap_key(&self, dap: &EntityId) -> Option<&VerifyingKey> {

@@ -623,7 +623,7 @@ impl Headend {
         ) {
             Ok(r) => r,
             Err(e) => {
-                warn!(dap = %topic_dap, error = %e, "misbehaviour report refused");
+                debug!(dap = %topic_dap, error = %e, "misbehaviour report refused");
                 if let Some(a) = &mut self.audit {
                     a.refused(None, format!("misbehaviour report on {topic_dap}'s target"));
                 }
@@ -659,6 +659,11 @@ impl Headend {
     /// Counts one item of evidence; when a rule calls for it, lists the
     /// meter: the new status list is signed, saved, then sent to every DAP.
     async fn weigh(&mut self, item: &sealcast_group::status::EvidenceItem, by: EntityId) {
+        // Only meters it serves are listed (a report naming made-up ids
+        // must not grow the list).
+        if !self.core.knows_meter(&item.subject) {
+            return;
+        }
         let at = now();
         let Some((action, why)) = self.policy.record(item, at) else {
             return;

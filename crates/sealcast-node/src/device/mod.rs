@@ -941,10 +941,6 @@ impl Node {
         })
         .await;
         self.receivers.insert(group.clone(), receiver);
-        // The access-control policy, on what was verified: the signer, the
-        // operation (a command's first word, or "alert"), the group and the
-        // signed time. A refused message stays in the window (it was
-        // genuine): it is not executed now, nor later.
         // The status list and the rate cap, on the verified signer: a
         // refused message stays in the window (it was genuine) and is not
         // executed, now or later.
@@ -995,6 +991,10 @@ impl Node {
                 _ => {}
             }
         }
+        // The access-control policy, on what was verified: the signer, the
+        // operation (a command's first word, or "alert"), the group and the
+        // signed time. A refused message stays in the window (it was
+        // genuine): it is not executed now, nor later.
         let delivery = match delivery {
             Delivery::Executed { value } if !self.access.is_empty() => {
                 let operation = match channel {
