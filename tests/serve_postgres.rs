@@ -377,5 +377,48 @@ async fn two_managers_on_one_postgres_agree_with_the_store() {
     eprintln!(
         "two managers: {ok} requests succeeded, {refused} refused cleanly; final epoch {epoch}, members {members:?}"
     );
+
+    // --- the status list: one version, one content, whichever manager -----------
+    // Both suspend a door at the same moment: each request succeeds or is
+    // refused as a conflict (then repeated); both end up listed, both
+    // managers show the store's list, and each door applies a list naming
+    // both (manager B sends what manager A changed, and the reverse).
+    let suspend = |config: &str, door: &str| {
+        let (dir, config, door) = (dir.clone(), config.to_owned(), door.to_owned());
+        std::thread::spawn(move || {
+            common::run_bounded(
+                &dir,
+                &["node", "suspend", "--config", &config, "--id", &door],
+                std::time::Duration::from_secs(60),
+            )
+        })
+    };
+    let (a, b) = (suspend("a.toml", &doors[0]), suspend("b.toml", &doors[1]));
+    for (out, config, door) in [
+        (a.join().unwrap(), "a.toml", &doors[0]),
+        (b.join().unwrap(), "b.toml", &doors[1]),
+    ] {
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("another manager"), "{err}");
+            common::sealcast(&dir, &["node", "suspend", "--config", config, "--id", door]);
+        }
+    }
+    let listed = |config: &str| {
+        let out = common::sealcast(&dir, &["node", "statuses", "--config", config, "--json"]);
+        serde_json::from_str::<serde_json::Value>(out.trim()).unwrap()
+    };
+    let (via_a, via_b) = (listed("a.toml"), listed("b.toml"));
+    assert_eq!(via_a, via_b);
+    assert_eq!(via_a["listed"].as_array().unwrap().len(), 2, "{via_a}");
+    wait_until("the listed doors apply a list naming both", &procs, || {
+        doors[..2].iter().all(|d| {
+            procs
+                .log(d)
+                .lines()
+                .any(|l| l.contains("status list applied") && l.contains("listed=2"))
+        })
+    })
+    .await;
     drop(procs);
 }

@@ -891,6 +891,26 @@ async fn suspension_is_enforced_everywhere_kept_and_not_undone_by_old_or_forged_
     assert!(doors.iter().all(|d| executed(&dir, d).len() == 3));
     let shown = statuses_json(&dir);
     assert_eq!(shown["listed"][0]["node"], gateway.as_str(), "{shown}");
+
+    // --- a status file that is not the manager's list stops the start ----------
+    assert!(procs.terminate_async(&doors[0]).await.success());
+    fs::write(
+        dir.join(format!("{}-state/status.cbor", doors[0])),
+        b"\x84not a list",
+    )
+    .unwrap();
+    let door_config = format!("{}.toml", doors[0]);
+    let out = common::run_bounded(
+        &dir,
+        &["device", "run", "--config", &door_config],
+        Duration::from_secs(30),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("status list file") && !err.contains("panicked"),
+        "{err}"
+    );
     drop(procs);
 }
 
