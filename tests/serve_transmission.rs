@@ -611,7 +611,7 @@ async fn access_control_policies_decide_who_may_order_what() {
     }
     let text = common::audit_text(&dir, &format!("{}-state/audit.jsonl", doors[1]));
     assert!(
-        text.contains("access-control policy (DenyByRule(2))"),
+        text.contains("access-control policy: DenyByRule(2)"),
         "{text}"
     );
     // A bad rule is refused before anything starts.

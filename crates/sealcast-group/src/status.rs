@@ -131,6 +131,16 @@ pub struct EvidenceItem {
     pub last: UnixMillis,
 }
 
+/// Items as text for logs and audit records (`subject evidence xcount, …`;
+/// ids and counts only).
+pub fn describe_items(items: &[EvidenceItem]) -> String {
+    items
+        .iter()
+        .map(|i| format!("{} {} x{}", i.subject, i.evidence, i.count))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A signed misbehaviour report from an agent to its manager.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MisbehaviourReport {

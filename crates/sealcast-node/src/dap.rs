@@ -806,16 +806,14 @@ impl Dap {
             Ok(()) => {
                 info!(dap = %self.core.id(), items = report.items.len(), dropped, "misbehaviour report sent to the headend");
                 if let Some(a) = &mut self.audit {
-                    let what: Vec<String> = report
-                        .items
-                        .iter()
-                        .map(|i| format!("{} {} x{}", i.subject, i.evidence, i.count))
-                        .collect();
                     a.record(
                         crate::audit::Record::Sent,
                         None,
                         Some(&headend),
-                        format!("misbehaviour report: {}", what.join(", ")),
+                        format!(
+                            "misbehaviour report: {}",
+                            sealcast_group::status::describe_items(&report.items)
+                        ),
                     );
                 }
             }

@@ -623,16 +623,7 @@ impl Runtime {
     /// the ones before stand and the request can be repeated.
     async fn remove_entity(&mut self, entity: &EntityId) -> Result<Vec<(GroupId, Epoch)>> {
         self.check_removable(entity)?;
-        let groups: Vec<GroupId> = self
-            .manager
-            .groups()
-            .filter(|g| {
-                self.manager
-                    .members(g)
-                    .is_some_and(|m| m.contains_key(entity))
-            })
-            .cloned()
-            .collect();
+        let groups = self.groups_of(entity);
         let mut evicted = Vec::new();
         for g in groups {
             self.refresh(&g);
@@ -655,6 +646,19 @@ impl Runtime {
         );
         info!(%entity, groups = evicted.len(), "entity removed");
         Ok(evicted)
+    }
+
+    /// The groups `entity` is a member of.
+    fn groups_of(&self, entity: &EntityId) -> Vec<GroupId> {
+        self.manager
+            .groups()
+            .filter(|g| {
+                self.manager
+                    .members(g)
+                    .is_some_and(|m| m.contains_key(entity))
+            })
+            .cloned()
+            .collect()
     }
 
     /// Refuses to remove an entity that is not enrolled, or an agent that

@@ -717,15 +717,14 @@ impl Node {
             Ok(()) => {
                 info!(node = %self.id, items = n, dropped, "misbehaviour report sent to the manager");
                 if let Some(a) = &mut self.audit {
-                    let subjects: Vec<String> = items
-                        .iter()
-                        .map(|i| format!("{} {} x{}", i.subject, i.evidence, i.count))
-                        .collect();
                     a.record(
                         Record::Sent,
                         None,
                         Some(&self.manager),
-                        format!("misbehaviour report: {}", subjects.join(", ")),
+                        format!(
+                            "misbehaviour report: {}",
+                            sealcast_group::status::describe_items(&items)
+                        ),
                     );
                 }
             }
@@ -734,6 +733,33 @@ impl Node {
                 self.watch.put_back(items);
             }
         }
+    }
+
+    /// Audits and reports a genuine message refused before it took effect
+    /// (its signer listed or over the rate cap, or an access-control policy
+    /// refused its operation).
+    fn refused_genuine(
+        &mut self,
+        group: &GroupId,
+        channel: GroupChannel,
+        signer: &EntityId,
+        seq: u64,
+        why: String,
+    ) {
+        if let Some(a) = &mut self.audit {
+            a.refused(
+                Some(group),
+                format!("{} seq={seq} from {signer}: {why}", channel_name(channel)),
+            );
+        }
+        report(
+            &self.events,
+            &self.id,
+            EventKind::Rejected {
+                group: group.clone(),
+                reason: why,
+            },
+        );
     }
 
     /// Why a verified message of `signer` is refused before it takes
@@ -951,25 +977,7 @@ impl Node {
                     if let Some(held_back) = self.refused_listed.allow() {
                         warn!(node = %self.id, group = %group.name(), signer = %value.signer, seq = value.seq.get(), held_back, "refused: {why}; not executed");
                     }
-                    if let Some(a) = &mut self.audit {
-                        a.refused(
-                            Some(&group),
-                            format!(
-                                "{} seq={} from {}: {why}",
-                                channel_name(channel),
-                                value.seq.get(),
-                                value.signer
-                            ),
-                        );
-                    }
-                    report(
-                        &self.events,
-                        &self.id,
-                        EventKind::Rejected {
-                            group: group.clone(),
-                            reason: why,
-                        },
-                    );
+                    self.refused_genuine(&group, channel, &value.signer, value.seq.get(), why);
                     return;
                 }
             },
@@ -1017,24 +1025,12 @@ impl Node {
                     if let Some(held_back) = self.refused_by_policy.allow() {
                         warn!(node = %self.id, group = %group.name(), signer = %value.signer, seq = value.seq.get(), ?decision, held_back, "refused by the access-control policy: not executed");
                     }
-                    if let Some(a) = &mut self.audit {
-                        a.refused(
-                            Some(&group),
-                            format!(
-                                "{} seq={} from {}: access-control policy ({decision:?})",
-                                channel_name(channel),
-                                value.seq.get(),
-                                value.signer
-                            ),
-                        );
-                    }
-                    report(
-                        &self.events,
-                        &self.id,
-                        EventKind::Rejected {
-                            group: group.clone(),
-                            reason: format!("access-control policy: {decision:?}"),
-                        },
+                    self.refused_genuine(
+                        &group,
+                        channel,
+                        &value.signer,
+                        value.seq.get(),
+                        format!("access-control policy: {decision:?}"),
                     );
                     return;
                 }

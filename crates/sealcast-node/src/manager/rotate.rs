@@ -52,16 +52,7 @@ impl Runtime {
         let store = self.store.as_mut();
         blocking(|| store.update_entity(&record))?;
         self.manager.enrol(new, kind, agent)?;
-        let groups: Vec<GroupId> = self
-            .manager
-            .groups()
-            .filter(|g| {
-                self.manager
-                    .members(g)
-                    .is_some_and(|m| m.contains_key(&node))
-            })
-            .cloned()
-            .collect();
+        let groups = self.groups_of(&node);
         self.audit(
             AuditKind::Other("rotate-key".into()),
             None,
