@@ -687,6 +687,12 @@ impl Headend {
                 });
         list.version = sealcast_group::transmission::next_version(Some(list.version), at);
         list.issued = at;
+        if list.listed.len() >= sealcast_group::status::MAX_LISTED
+            && !list.listed.contains_key(&item.subject)
+        {
+            warn!(meter = %item.subject, "status list full: the meter is not listed");
+            return;
+        }
         list.listed.insert(item.subject.clone(), action);
         let version = list.version;
         if let Err(e) = self.status.apply(list) {

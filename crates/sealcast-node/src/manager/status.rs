@@ -97,6 +97,12 @@ impl Runtime {
             }
             _ => {}
         }
+        if current.is_none() && snapshot.listed.len() >= sealcast_group::status::MAX_LISTED {
+            return Err(Error::Runtime(format!(
+                "the status list holds {} entities, its limit: reinstate suspended ones first",
+                snapshot.listed.len()
+            )));
+        }
         if target == Some(Status::Revoked) {
             self.check_removable(node)?;
         }
