@@ -141,6 +141,17 @@ async fn smart_metering_over_coap_as_separate_processes() {
         procs.log("dap").contains("forged=1")
     })
     .await;
+    // … and reports it to the headend over CoAP (a forgery only names the
+    // meter: audited, and no rule here acts on it).
+    wait_until(
+        "the headend hears the DAP's misbehaviour report",
+        &procs,
+        || {
+            procs.log("headend").contains("misbehaviour reported")
+                && procs.log("headend").contains("evidence=forgery")
+        },
+    )
+    .await;
 
     // --- the headend stops: a report fails instead of vanishing -------------
     let status = procs.terminate_async("headend").await;
