@@ -193,6 +193,11 @@ public_key = "dap-1.pub"
 # threshold = 20                     # (implausible), a meter is suspended or revoked; every DAP then
 # window_s = 3600                    # drops its reports, and the headend its readings
 # action = "revoke"                  # suspend | revoke (forgery and replay: suspend only)
+
+# [[meter_status]]                   # by hand: applied at start and on SIGHUP (kill -HUP <headend pid>)
+# meter = "meter-7"
+# status = "suspended"               # suspended | revoked | reinstated (lifts a listing, the policy's too)
+# reason = "seal broken"
 "#;
 
 /// `meter.toml` (`sealcast device report`).

@@ -108,6 +108,18 @@ pub enum HeadendEvent {
     Failed(String),
 }
 
+/// An operator's listing of one meter: suspended or revoked (`Some`), or
+/// reinstated (`None`), and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OperatorListing {
+    /// The meter.
+    pub meter: EntityId,
+    /// Its status (None: reinstated).
+    pub status: Option<sealcast_group::status::Status>,
+    /// Why.
+    pub reason: String,
+}
+
 /// Configuration of a headend runtime.
 pub struct HeadendConfig {
     /// The protocol state.
@@ -152,6 +164,7 @@ pub struct HeadendHandle {
 /// Requests to a running headend.
 enum Request {
     Stop(oneshot::Sender<()>),
+    OperatorStatus(Vec<OperatorListing>, oneshot::Sender<Result<bool>>),
     SetMeters(
         Vec<sealcast_core::credential::PublicCredential>,
         oneshot::Sender<Result<MetersChanged>>,
@@ -186,6 +199,19 @@ impl HeadendHandle {
         if self.stop.send(Request::Stop(reply)).await.is_ok() {
             let _ = rx.await;
         }
+    }
+
+    /// Applies an operator's listings (`[[meter_status]]`): each meter
+    /// suspended, revoked or reinstated (None) by hand. A changed list is
+    /// signed, saved, then sent to every DAP; true when it changed.
+    pub async fn set_operator_status(&self, listings: Vec<OperatorListing>) -> Result<bool> {
+        let (reply, rx) = oneshot::channel();
+        self.stop
+            .send(Request::OperatorStatus(listings, reply))
+            .await
+            .map_err(|_| crate::Error::Runtime("the headend stopped".into()))?;
+        rx.await
+            .map_err(|_| crate::Error::Runtime("the headend stopped".into()))?
     }
 
     /// Replaces the meters it decrypts for, while it runs
@@ -310,6 +336,11 @@ impl Headend {
                 },
                 req = stop.recv() => match req {
                     Some(Request::Stop(reply)) => break Some(reply),
+                    Some(Request::OperatorStatus(listings, reply)) => {
+                        let r = self.operator_status(&listings).await;
+                        let _ = reply.send(r);
+                        Ok(())
+                    }
                     Some(Request::SetMeters(meters, reply)) => {
                         // Check → persist → apply: the state file is
                         // written with the new set before it is used.
@@ -675,6 +706,50 @@ impl Headend {
         {
             return;
         }
+        let reason = format!("{why}; reported by {by}");
+        if self
+            .change_status(&[(item.subject.clone(), Some(action))], &reason)
+            .await
+            .is_ok_and(|changed| changed)
+        {
+            self.policy.forget(&item.subject);
+            warn!(meter = %item.subject, status = %action, reported_by = %by, "misbehaviour policy acted: {why}");
+        }
+    }
+
+    /// An operator's listings: applied as one change of the list.
+    async fn operator_status(&mut self, listings: &[OperatorListing]) -> Result<bool> {
+        let changes: Vec<(EntityId, Option<sealcast_group::status::Status>)> = listings
+            .iter()
+            .map(|l| (l.meter.clone(), l.status))
+            .collect();
+        let reasons: Vec<String> = listings
+            .iter()
+            .map(|l| {
+                format!(
+                    "{} {}: {}",
+                    l.meter,
+                    l.status.map_or("reinstated", |s| s.as_str()),
+                    l.reason
+                )
+            })
+            .collect();
+        self.change_status(
+            &changes,
+            &format!("by the operator: {}", reasons.join("; ")),
+        )
+        .await
+    }
+
+    /// Lists (`Some`) or lifts (`None`) meters in one new version of the
+    /// list: signed, saved (`status.cbor`), audited, then sent to every
+    /// DAP. `Ok(false)`: nothing changed.
+    async fn change_status(
+        &mut self,
+        changes: &[(EntityId, Option<sealcast_group::status::Status>)],
+        reason: &str,
+    ) -> Result<bool> {
+        let at = now();
         let mut list =
             self.status
                 .held()
@@ -685,34 +760,48 @@ impl Headend {
                     issued: at,
                     listed: Default::default(),
                 });
+        let before = list.listed.clone();
+        for (meter, status) in changes {
+            match status {
+                Some(s) => {
+                    if list.listed.len() >= sealcast_group::status::MAX_LISTED
+                        && !list.listed.contains_key(meter)
+                    {
+                        warn!(%meter, "status list full: the meter is not listed");
+                        continue;
+                    }
+                    list.listed.insert(meter.clone(), *s);
+                }
+                None => {
+                    list.listed.remove(meter);
+                }
+            }
+        }
+        if list.listed == before {
+            return Ok(false);
+        }
         list.version = sealcast_group::transmission::next_version(Some(list.version), at);
         list.issued = at;
-        if list.listed.len() >= sealcast_group::status::MAX_LISTED
-            && !list.listed.contains_key(&item.subject)
-        {
-            warn!(meter = %item.subject, "status list full: the meter is not listed");
-            return;
-        }
-        list.listed.insert(item.subject.clone(), action);
         let version = list.version;
+        let listed = list.listed.len();
         if let Err(e) = self.status.apply(list) {
-            warn!(meter = %item.subject, error = %e, "status list not saved: the meter is not listed");
-            return;
+            warn!(error = %e, "status list not saved: nothing listed or lifted");
+            return Err(e);
         }
-        self.policy.forget(&item.subject);
-        warn!(meter = %item.subject, status = %action, version, reported_by = %by, "misbehaviour policy acted: {why}");
+        info!(version, listed, reason, "meters' status list changed");
         if let Some(a) = &mut self.audit {
             a.record(
                 Record::Order,
                 None,
-                Some(&item.subject),
-                format!("{action} (status list version {version}): {why}; reported by {by}"),
+                None,
+                format!("status list version {version} ({listed} listed): {reason}"),
             );
         }
         let daps: Vec<EntityId> = self.core.daps().cloned().collect();
         for dap in &daps {
             self.send_status(dap).await;
         }
+        Ok(true)
     }
 
     /// Signs the current status list afresh and sends it to `dap` (on its

@@ -151,12 +151,52 @@ pub(super) struct HeadendFile {
     /// implausible readings (`[[misbehaviour]]`, as in `manager.toml`).
     #[serde(default)]
     misbehaviour: Vec<super::MisbehaviourEntry>,
+    /// Meters suspended, revoked or reinstated by hand
+    /// (`[[meter_status]]`; applied at start and on SIGHUP).
+    #[serde(default)]
+    meter_status: Vec<MeterStatusEntry>,
     /// The audit log (default `<state_dir>/audit.jsonl`).
     audit_log: Option<PathBuf>,
     /// Rotate the audit log at this many KiB (default 16384).
     audit_max_kib: Option<u64>,
     /// Rotated audit segments kept (default 8).
     audit_keep: Option<usize>,
+}
+
+/// One `[[meter_status]]` entry of `headend.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MeterStatusEntry {
+    meter: String,
+    /// `suspended`, `revoked` or `reinstated`.
+    status: String,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// The operator's listings of `headend.toml`.
+fn operator_listings(entries: &[MeterStatusEntry]) -> Result<Vec<headend::OperatorListing>> {
+    entries
+        .iter()
+        .map(|e| {
+            let status = match e.status.as_str() {
+                "reinstated" | "reinstate" => None,
+                s => Some(sealcast_group::status::Status::parse(s).ok_or_else(|| {
+                    CliError::usage(format!(
+                        "[[meter_status]] {}: status {s:?}: use suspended, revoked or reinstated",
+                        e.meter
+                    ))
+                })?),
+            };
+            Ok(headend::OperatorListing {
+                meter: sealcast_core::ids::EntityId::new(&e.meter).map_err(|err| {
+                    CliError::usage(format!("[[meter_status]] meter {:?}: {err}", e.meter))
+                })?,
+                status,
+                reason: e.reason.clone().unwrap_or_else(|| "by hand".to_owned()),
+            })
+        })
+        .collect()
 }
 
 /// The `[dap]` section of `agent.toml`.
@@ -458,6 +498,7 @@ pub fn headend(args: &HeadendServeArgs) -> Result<()> {
         .iter()
         .map(super::MisbehaviourEntry::rule)
         .collect::<Result<Vec<_>>>()?;
+    let listings = operator_listings(&config.meter_status)?;
     let handler: Arc<dyn ReadingHandler> = match &args.readings {
         Some(path) => Arc::new(ReadingsFile { path: path.clone() }),
         None => Arc::new(LogReadings),
@@ -494,6 +535,12 @@ pub fn headend(args: &HeadendServeArgs) -> Result<()> {
         .await
         .map_err(|e| failed("the headend could not start", e))?;
         info!(headend = %handle.id(), %transport, meters = n_meters, "headend service running");
+        if !listings.is_empty() {
+            handle
+                .set_operator_status(listings)
+                .await
+                .map_err(|e| failed("cannot apply [[meter_status]]", e))?;
+        }
         let mut failure = Box::pin(async {
             while let Some(e) = rx.recv().await {
                 if let HeadendEvent::Failed(why) = e {
@@ -524,6 +571,17 @@ pub fn headend(args: &HeadendServeArgs) -> Result<()> {
                             }
                         }
                         Err(e) => warn!(error = %e, "SIGHUP: config not reloaded; the headend keeps the previous set"),
+                    }
+                    // And the operator's listings.
+                    let listings = read_config::<HeadendFile>(&config_path)
+                        .and_then(|(c, _)| operator_listings(&c.meter_status));
+                    match listings {
+                        Ok(l) if l.is_empty() => {}
+                        Ok(l) => match handle.set_operator_status(l).await {
+                            Ok(changed) => info!(changed, "SIGHUP: [[meter_status]] applied"),
+                            Err(e) => warn!(error = %e, "SIGHUP: [[meter_status]] not applied; the list is unchanged"),
+                        },
+                        Err(e) => warn!(error = %e, "SIGHUP: [[meter_status]] not read; the list is unchanged"),
                     }
                 }
             }
