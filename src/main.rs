@@ -129,6 +129,18 @@ fn run(cli: Cli) -> error::Result<()> {
         Command::Headend(cmd::serve::HeadendCommand::Serve(args)) => {
             cmd::serve::metering::headend(&args)
         }
+        Command::Headend(cmd::serve::HeadendCommand::ConfigureMeters(args)) => {
+            cmd::serve::metering::configure_meters(&args)
+        }
+        Command::Headend(cmd::serve::HeadendCommand::MeterConfig(args)) => {
+            cmd::serve::metering::headend_meter_config(&args)
+        }
+        Command::Device(cmd::serve::DeviceCommand::Listen(args)) => {
+            cmd::serve::metering::device_listen(&args)
+        }
+        Command::Device(cmd::serve::DeviceCommand::MeterConfig(args)) => {
+            cmd::serve::metering::device_meter_config(&args)
+        }
         Command::Manager(cmd::serve::ManagerCommand::ConfigTemplate) => {
             template(cmd::templates::MANAGER)
         }

@@ -62,6 +62,10 @@ pub fn smart_meter(args: &SmartMeterArgs) -> Result<()> {
     }
     let transport = link_transport(args.transport, args.broker.as_deref())?;
     let onem2m = onem2m_options(transport, &args.cse, args.cse_serialization)?;
+    // The runtimes' logs only when asked for (RUST_LOG=debug …).
+    if std::env::var_os("RUST_LOG").is_some() {
+        crate::cmd::serve::init_logs();
+    }
     let config = sealcast_demo::smart_meter::SmartMeterConfig {
         onem2m,
         meters: args.meters,

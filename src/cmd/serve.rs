@@ -133,6 +133,19 @@ pub enum DeviceCommand {
     ///
     /// Example: sealcast device report --config meter-1.toml --reading "1042 kWh"
     Report(metering::ReportArgs),
+    /// Run a meter's downlink listener: installs the meter group key its
+    /// DAP relays from the headend, applies each newer configuration the
+    /// headend broadcasts (saved first), and confirms each through the DAP
+    /// in an ordinary report. Forged, replayed and older commands change
+    /// nothing. Stops on Ctrl-C or SIGTERM.
+    ///
+    /// Example: sealcast device listen --config meter-1.toml
+    Listen(ServeArgs),
+    /// Show the configuration this meter applied (from its state
+    /// directory).
+    ///
+    /// Example: sealcast device meter-config --config meter-1.toml --json
+    MeterConfig(metering::MeterConfigArgs),
 }
 
 /// The smart-metering headend service.
@@ -147,6 +160,20 @@ pub enum HeadendCommand {
     ///
     /// Example: sealcast headend serve --config headend.toml --readings readings.log
     Serve(metering::HeadendServeArgs),
+    /// Re-configure every meter at once (the downlink): hands the new
+    /// configuration (NAME=VALUE settings, replacing the previous ones
+    /// whole) to the running headend, which issues it as the next version,
+    /// broadcasts it signed-then-encrypted under the meter group's key
+    /// through its DAPs (they relay it unread) and sends it again until
+    /// every meter confirmed. Needs a [downlink] section in headend.toml.
+    ///
+    /// Example: sealcast headend configure-meters --config headend.toml --set report_interval_s=900
+    ConfigureMeters(metering::ConfigureMetersArgs),
+    /// Show the meter group's key epoch, the configuration in force and
+    /// what each meter confirmed.
+    ///
+    /// Example: sealcast headend meter-config --config headend.toml --json
+    MeterConfig(metering::MeterConfigArgs),
     /// Print a commented headend.toml with every setting and its default.
     ///
     /// Example: sealcast headend config-template > headend.toml

@@ -198,6 +198,10 @@ public_key = "dap-1.pub"
 # meter = "meter-7"
 # status = "suspended"               # suspended | revoked | reinstated (lifts a listing, the policy's too)
 # reason = "seal broken"
+
+# [downlink]                         # re-configure every meter at once: sealcast headend configure-meters
+# group = "meters"                   # the meter group (meters: meter_group); its key in headend-state/downlink.cbor (0600)
+# retry_ms = 5000                    # unconfirmed meters served again after this, doubling per try (at most 10 min)
 "#;
 
 /// `meter.toml` (`sealcast device report`).
@@ -208,5 +212,7 @@ key = "meter-1.key"
 state_dir = "meter-1-state"          # sequence reservation (meter.cbor, 0600)
 dap = "dap-1"                        # the DAP it reports through
 headend_public_key = "headend.pub"   # readings are encrypted for the headend
+# meter_group = "meters"             # the headend's meter group (sealcast device listen; downlink.cbor, 0600)
 # audit_log = "meter-1-state/audit.jsonl"  # hash-chained log of the reports sent (never a reading)
+#                                    # (device listen keeps its own: meter-1-state/downlink-audit.jsonl)
 "#;

@@ -21,7 +21,9 @@ use sealcast_node::link::{Interest, Link, Transport};
 
 use crate::{Check, DemoReport};
 use crate::{Error, Result};
+use sealcast_core::ids::GroupId;
 use sealcast_node::dap::{self, DapConfig, DapCore};
+use sealcast_node::downlink::DownlinkConfig;
 use sealcast_node::headend::{self, HeadendConfig, HeadendCore, Reading, ReadingHandler};
 use sealcast_node::meter::Meter;
 use sealcast_node::runtime::{now, os_rng};
@@ -97,6 +99,7 @@ pub async fn smart_meter(
         log(&format!("topic prefix {} (this demo's own)", topics.root()));
     }
     let mut rng = os_rng()?;
+    let meter_group = GroupId::new(METER_GROUP)?;
     let headend = EntityCredential::generate(EntityId::new(HEADEND)?, &mut rng);
     let dap = EntityCredential::generate(EntityId::new("dap-1")?, &mut rng);
     let meters: Vec<EntityCredential> = (0..config.meters)
@@ -131,6 +134,11 @@ pub async fn smart_meter(
         events,
         audit: None,
         policy: Vec::new(),
+        downlink: (!onem2m).then(|| DownlinkConfig {
+            group: meter_group.clone(),
+            state_file: None,
+            retry: Duration::from_millis(200),
+        }),
     })
     .await?;
     let (events, _) = tokio::sync::mpsc::unbounded_channel();
@@ -273,6 +281,36 @@ pub async fn smart_meter(
         headend_stats.readings,
         sent_at.elapsed().as_millis()
     ));
+    // The downlink: the headend re-configures every meter at once through
+    // the DAP, which relays without reading; each meter applies and
+    // confirms. (Not on oneM2M yet: the DAP's group publish there needs the
+    // meters' <group> resource.)
+    let downlink = if onem2m {
+        log("downlink: not run on the oneM2M transport (see ARCHITECTURE.md)");
+        None
+    } else {
+        Some(
+            run_downlink(
+                &mut headend_handle,
+                &link,
+                &topics,
+                &meter_group,
+                &headend_public,
+                &mut sealers,
+                &mut sending,
+                log,
+            )
+            .await?,
+        )
+    };
+    if let Some(d) = &downlink {
+        report.steps.push((
+            "downlink: configuration broadcast via the DAP, applied and confirmed by every meter"
+                .into(),
+            d.took,
+        ));
+    }
+    meter_link.flush(Duration::from_secs(30)).await?;
     dap_handle.stop().await;
     headend_handle.stop().await;
     meter_link.close(Duration::from_secs(2)).await;
@@ -326,8 +364,166 @@ pub async fn smart_meter(
             headend_stats.undecryptable + headend_stats.replayed + headend_stats.not_announced,
         ),
     });
+    if let Some(d) = downlink {
+        report.checks.push(Check {
+            what: "meters that applied the headend's configuration".into(),
+            expected: config.meters,
+            observed: d.applied,
+        });
+        report.checks.push(Check {
+            what: "meters whose confirmation the headend holds".into(),
+            expected: config.meters,
+            observed: d.confirmed,
+        });
+        report.checks.push(Check {
+            what: "meters that refused a command forged under the group's name".into(),
+            expected: config.meters,
+            observed: d.forged_refused,
+        });
+    }
     report.rate = Some(verify_rate);
     Ok(report)
+}
+
+/// The meter group of the demo's downlink.
+const METER_GROUP: &str = "meters";
+
+/// What the downlink phase saw.
+struct DownlinkOutcome {
+    applied: usize,
+    confirmed: usize,
+    forged_refused: usize,
+    took: Duration,
+}
+
+/// The downlink phase: the meters (one receiving link for all of them, as
+/// they share one sending link; in the field each listens on its own) take
+/// the group key and the configuration the DAP relays, confirm in a
+/// report, and refuse a command an attacker seals under a group key of its
+/// own with the group's name.
+#[allow(clippy::too_many_arguments)]
+async fn run_downlink(
+    headend: &mut sealcast_node::headend::HeadendHandle,
+    link: &sealcast_node::link::LinkConfig,
+    topics: &sealcast_core::target::TopicScheme,
+    group: &GroupId,
+    headend_public: &PublicCredential,
+    sealers: &mut [Meter],
+    sending: &mut Paced<'_>,
+    log: &mut dyn FnMut(&str),
+) -> Result<DownlinkOutcome> {
+    use sealcast_core::target::{DeviceChannel, GroupChannel, Topic, TopicFilter};
+    use sealcast_metering::downlink::{HeadendDownlink, MeterDownlink, MeterUpdate};
+    let started = Instant::now();
+    let command_topic = topics.group(group, GroupChannel::Command);
+    let interest = Interest {
+        filters: vec![
+            topics.all_devices_filter(DeviceChannel::Delivery),
+            TopicFilter::new(&command_topic)?,
+        ],
+        multicast: true,
+        ..Interest::default()
+    };
+    let (rx, mut inbox) =
+        Link::connect(&EntityId::new("meters-rx")?, link, topics.clone(), interest).await?;
+    if let Some(endpoint) = rx.endpoint() {
+        for m in sealers.iter() {
+            link.register_endpoint(m.id().clone(), endpoint);
+        }
+    }
+    let index: BTreeMap<EntityId, usize> = sealers
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.id().clone(), i))
+        .collect();
+    let mut states = vec![MeterDownlink::default(); sealers.len()];
+    let settings: BTreeMap<String, String> = [
+        ("report_interval_s".to_owned(), "900".to_owned()),
+        ("tariff".to_owned(), "night-saver".to_owned()),
+    ]
+    .into();
+    let version = headend.configure_meters(settings).await?;
+    log(&format!(
+        "headend issued meter configuration version {version} to group {METER_GROUP}"
+    ));
+    let mut applied = 0usize;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while applied < sealers.len() {
+        let Ok(Some(m)) = tokio::time::timeout_at(deadline, inbox.next_message()).await else {
+            break;
+        };
+        let mut confirm = Vec::new();
+        if m.target == command_topic {
+            for (i, st) in states.iter_mut().enumerate() {
+                if st.epoch() == 0 {
+                    continue;
+                }
+                if let Ok((next, update)) = st.on_command(&m.payload, &command_topic, now()) {
+                    if matches!(update, MeterUpdate::Applied(_)) {
+                        applied += 1;
+                    }
+                    *st = next;
+                    confirm.push(i);
+                }
+            }
+        } else if let Ok(Topic::Device { device, .. }) = topics.parse(&m.target)
+            && let Some(&i) = index.get(&device)
+        {
+            let opened = states[i].on_delivery(
+                sealers[i].credential(),
+                headend_public.id(),
+                headend_public.verifying_key(),
+                group,
+                &m.payload,
+            );
+            if let Ok((next, _)) = opened {
+                states[i] = next;
+                confirm.push(i);
+            }
+        }
+        m.ack.ack().await;
+        for i in confirm {
+            let ack = states[i].ack().encode()?;
+            let (_, bytes) = sealers[i].seal(&ack, now())?;
+            let id = sealers[i].id().clone();
+            sending.send(&id, bytes).await?;
+        }
+    }
+    sending.link.flush(Duration::from_secs(30)).await?;
+    let n = sealers.len() as u64;
+    let stats = headend
+        .wait_for(Duration::from_secs(30), |s| {
+            s.downlink_version == version && s.downlink_confirmed >= n
+        })
+        .await;
+    let took = started.elapsed();
+    log(&format!(
+        "== {applied} meters applied configuration version {version}; the headend holds {} confirmations ({:.0} ms)",
+        stats.downlink_confirmed,
+        took.as_secs_f64() * 1000.0
+    ));
+    // An attacker who knows the group's name seals a command under a key
+    // of its own and publishes it where the DAP would.
+    let mut rng = os_rng()?;
+    let forger = EntityCredential::generate(headend_public.id().clone(), &mut rng);
+    let (forged_state, seq) = HeadendDownlink::create(group.clone(), &forger, &mut rng)?
+        .with_config([("tariff".to_owned(), "free".to_owned())].into())?
+        .take_seq()?;
+    let forged = forged_state.seal_command(&forger, seq, now(), &command_topic)?;
+    let forged_refused = states
+        .iter()
+        .filter(|st| st.on_command(&forged, &command_topic, now()).is_err())
+        .count();
+    log(&format!(
+        "a command forged under the group's name: refused by {forged_refused} meters"
+    ));
+    rx.close(Duration::from_secs(2)).await;
+    Ok(DownlinkOutcome {
+        applied,
+        confirmed: usize::try_from(stats.downlink_confirmed).unwrap_or(usize::MAX),
+        forged_refused,
+        took,
+    })
 }
 
 /// Sends to one peer, waiting for what is in flight every

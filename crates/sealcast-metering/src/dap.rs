@@ -208,6 +208,11 @@ impl DapCore {
         &self.credential
     }
 
+    /// Whether it serves `meter`.
+    pub fn serves(&self, meter: &EntityId) -> bool {
+        self.meters.contains_key(meter)
+    }
+
     /// How many meters it serves.
     pub fn meter_count(&self) -> usize {
         self.meters.len()

@@ -89,6 +89,10 @@ pub struct BatchOutcome {
     pub readings: Vec<Reading>,
     /// Reports dropped, with the meter when it could be read.
     pub dropped: Vec<(Option<EntityId>, ReportDrop)>,
+    /// Meters' confirmations of the downlink (reports whose plaintext is a
+    /// [`crate::downlink::MeterAck`]; not readings, not checked for
+    /// plausibility), in batch order.
+    pub acks: Vec<(EntityId, crate::downlink::MeterAck)>,
 }
 
 struct DapEntry {
@@ -107,6 +111,7 @@ struct Announced {
 struct MeterEntry {
     pairwise: sealcast_core::report::PairwiseKey,
     key: VerifyingKey,
+    agreement: x25519_dalek::PublicKey,
     window: SeqWindow,
 }
 
@@ -164,6 +169,7 @@ fn meter_entries(
             MeterEntry {
                 pairwise: key,
                 key: *m.verifying_key(),
+                agreement: *m.agreement_key(),
                 window: SeqWindow::new(),
             },
         );
@@ -291,6 +297,26 @@ impl HeadendCore {
         self.daps.keys()
     }
 
+    /// The X25519 key of `meter` (the downlink's key deliveries are sealed
+    /// to it), if it holds the meter's credential.
+    pub fn meter_agreement_key(&self, meter: &EntityId) -> Option<&x25519_dalek::PublicKey> {
+        self.meters.get(meter).map(|m| &m.agreement)
+    }
+
+    /// The meters it holds credentials for.
+    pub fn meters(&self) -> impl Iterator<Item = &EntityId> {
+        self.meters.keys()
+    }
+
+    /// The meters `dap` announced (empty before its announcement).
+    pub fn announced_meters(&self, dap: &EntityId) -> impl Iterator<Item = &EntityId> {
+        self.daps
+            .get(dap)
+            .and_then(|d| d.announced.as_ref())
+            .into_iter()
+            .flat_map(|a| a.meters.iter())
+    }
+
     /// Whether it holds a credential for `meter`.
     pub fn knows_meter(&self, meter: &EntityId) -> bool {
         self.meters.contains_key(meter)
@@ -375,6 +401,7 @@ impl HeadendCore {
         let token = entry.batches.check(batch.seq)?;
         let mut readings = Vec::new();
         let mut dropped = Vec::new();
+        let mut acks = Vec::new();
         for report in &batch.reports {
             let Ok(header) = peek_report(report, self.credential.id()) else {
                 dropped.push((None, ReportDrop::Malformed));
@@ -412,6 +439,10 @@ impl HeadendCore {
                 dropped.push((Some(meter), ReportDrop::Replayed));
                 continue;
             }
+            if let Some(ack) = crate::downlink::MeterAck::parse(&value) {
+                acks.push((meter, ack));
+                continue;
+            }
             let implausible = match self.plausibility.check(&meter, &value, header.timestamp) {
                 Verdict::Plausible => None,
                 Verdict::Implausible(why, Action::Drop) => {
@@ -436,6 +467,7 @@ impl HeadendCore {
             seq: batch.seq,
             readings,
             dropped,
+            acks,
         })
     }
 

@@ -13,6 +13,8 @@
 //!   them, keeps a window per meter and seals the batches;
 //! - [`headend`]: [`headend::HeadendCore`] checks the DAP once per batch and
 //!   decrypts each report end to end;
+//! - [`downlink`]: the headend's meter group, its configuration commands
+//!   relayed by the DAPs, and the meters' confirmations;
 //! - [`plausibility`]: rules decrypted readings must meet (range, rise per
 //!   hour, monotonic counters, hours of the day).
 
@@ -20,6 +22,7 @@
 #![deny(missing_docs)]
 
 pub mod dap;
+pub mod downlink;
 pub mod error;
 pub mod headend;
 pub mod meter;

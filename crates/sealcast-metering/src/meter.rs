@@ -65,6 +65,11 @@ impl Meter {
         self.credential.id()
     }
 
+    /// The meter's credential (its downlink opens key deliveries with it).
+    pub fn credential(&self) -> &EntityCredential {
+        &self.credential
+    }
+
     /// The new limit to persist before sealing more, if it is time to
     /// (then call [`Meter::confirm_reservation`]).
     pub fn reservation_request(&self) -> Option<u64> {

@@ -245,6 +245,44 @@ struct Dap {
     evidence: sealcast_group::status::EvidenceBuffer,
     report_interval: Option<Duration>,
     report_seq: u64,
+    /// How to connect the downlink relay (a link of its own, opened at the
+    /// first bundle: relaying never holds up the report path).
+    relay_config: LinkConfig,
+    topics: TopicScheme,
+    relay: Option<mpsc::Sender<RelayJob>>,
+}
+
+/// What the relay task passes on: key deliveries and a command.
+struct RelayJob {
+    deliveries: Vec<(EntityId, Vec<u8>)>,
+    command: Option<(sealcast_core::ids::GroupId, Vec<u8>)>,
+}
+
+/// Sends what the DAP relays on a link of its own and waits for the
+/// transport to take it, so the DAP's own link never waits for meters.
+async fn relay_task(dap: EntityId, link: Link, mut jobs: mpsc::Receiver<RelayJob>) {
+    use sealcast_core::target::{DeviceChannel, GroupChannel};
+    while let Some(job) = jobs.recv().await {
+        for (meter, delivery) in job.deliveries {
+            let target = link.topics().device(&meter, DeviceChannel::Delivery);
+            if let Err(e) = link.send_to(&meter, target, delivery).await {
+                warn!(%dap, %meter, error = %e, "key delivery not relayed; the headend sends it again");
+            }
+        }
+        if let Some((group, command)) = job.command
+            && let Err(e) = link
+                .publish_group(&group, GroupChannel::Command, command)
+                .await
+        {
+            warn!(%dap, error = %e, "configuration command not relayed; the headend sends it again");
+        }
+        if let Err(e) = link.flush(Duration::from_secs(30)).await {
+            // Meters out of reach: the headend sends again until each
+            // confirms.
+            debug!(%dap, error = %e, "downlink not all taken");
+        }
+    }
+    link.close(Duration::from_secs(2)).await;
 }
 
 /// Connects the DAP, restores its state, subscribes, announces itself to
@@ -300,7 +338,8 @@ pub async fn spawn(config: DapConfig) -> Result<DapHandle> {
         capacity: Some(batch_size.max(256) + 64),
         ..Interest::default()
     };
-    let (link, inbox) = Link::connect(&id, &link, topics.clone(), interest).await?;
+    let link_config = link;
+    let (link, inbox) = Link::connect(&id, &link_config, topics.clone(), interest).await?;
     let (stats_tx, stats_rx) = watch::channel(DapStats::default());
     let mut dap = Dap {
         core,
@@ -325,6 +364,9 @@ pub async fn spawn(config: DapConfig) -> Result<DapHandle> {
         evidence: sealcast_group::status::EvidenceBuffer::new(),
         report_interval,
         report_seq: 0,
+        relay_config: link_config,
+        topics: topics.clone(),
+        relay: None,
     };
     dap.announce().await?;
     info!(dap = %id, headend = %dap.core.headend(), meters = dap.core.meter_count(), batch_size, "DAP running");
@@ -433,12 +475,26 @@ impl Dap {
             }
             return Ok(());
         }
+        // A message of the headend while reports wait for their batch: the
+        // batch goes first, so acknowledgements leave in the order the
+        // messages arrived (MQTT §4.6; the embedded broker drops a client
+        // that acknowledges out of order).
+        if !self.pending.is_empty() {
+            Box::pin(self.flush_once(inbox)).await?;
+        }
         if m.target == self.solicit_topic
             && sealcast_group::status::StatusList::looks_like(&m.payload)
         {
             self.on_status_list(&m.payload);
             m.ack.ack().await;
             return Ok(());
+        }
+        if m.target == self.solicit_topic
+            && sealcast_metering::downlink::Bundle::looks_like(&m.payload)
+        {
+            let r = self.on_bundle(&m.payload).await;
+            m.ack.ack().await;
+            return r;
         }
         if m.target == self.solicit_topic {
             let answer = self.core.handle_solicit(&m.payload, now());
@@ -773,6 +829,100 @@ impl Dap {
                 }
             }
         }
+    }
+
+    /// The headend's downlink for its meters: checked (the headend's
+    /// signature, for this DAP, fresh), then relayed unchanged — the
+    /// configuration command to the meter group's target (the group named
+    /// in its header; MQTT: one publish, CoAP: one multicast), each key
+    /// delivery to its meter if this DAP serves it. The DAP reads neither:
+    /// the command is encrypted under the meter group's key, each delivery
+    /// under its meter's key.
+    async fn on_bundle(&mut self, bytes: &[u8]) -> Result<()> {
+        let headend = self.core.headend_credential().clone();
+        let bundle = match sealcast_metering::downlink::Bundle::open(
+            bytes,
+            self.core.id(),
+            headend.id(),
+            headend.verifying_key(),
+            now(),
+        ) {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(dap = %self.core.id(), error = %e, "downlink refused (not the headend's, for another DAP, or stale): nothing relayed");
+                if let Some(a) = &mut self.audit {
+                    a.refused(None, format!("downlink: {e}"));
+                }
+                return Ok(());
+            }
+        };
+        let mut relayed = Vec::new();
+        let mut skipped = 0usize;
+        let mut deliveries = Vec::new();
+        for (meter, delivery) in bundle.deliveries {
+            if self.core.serves(&meter) {
+                relayed.push(meter.to_string());
+                deliveries.push((meter, delivery));
+            } else {
+                skipped += 1;
+            }
+        }
+        let mut command = None;
+        let mut job_command = None;
+        if let Some(c) = bundle.command {
+            match sealcast_core::broadcast::peek_broadcast(&c) {
+                Ok(h) => {
+                    command = Some(format!(
+                        "{} epoch {} seq {}",
+                        h.group.name(),
+                        h.epoch,
+                        h.seq.get()
+                    ));
+                    job_command = Some((h.group, c));
+                }
+                Err(e) => {
+                    warn!(dap = %self.core.id(), error = %e, "the headend's command is not a group broadcast: not relayed");
+                }
+            }
+        }
+        let job = RelayJob {
+            deliveries,
+            command: job_command,
+        };
+        let relay = match &self.relay {
+            Some(r) if !r.is_closed() => r.clone(),
+            _ => {
+                let id = self.core.id().clone();
+                let config = self
+                    .relay_config
+                    .with_mqtt_client_id(&self.topics.client_id(&format!("{id}-downlink")))
+                    .with_persistent_session(false);
+                let (link, _inbox) =
+                    Link::connect(&id, &config, self.topics.clone(), Interest::send_only()).await?;
+                let (tx, rx) = mpsc::channel(64);
+                tokio::spawn(relay_task(id, link, rx));
+                self.relay = Some(tx.clone());
+                tx
+            }
+        };
+        if relay.try_send(job).is_err() {
+            warn!(dap = %self.core.id(), "downlink relay busy: this bundle is dropped; the headend sends it again");
+            return Ok(());
+        }
+        info!(dap = %self.core.id(), deliveries = relayed.len(), not_served = skipped, command = command.as_deref().unwrap_or("-"), "relayed the headend's downlink");
+        if let Some(a) = &mut self.audit {
+            a.record(
+                crate::audit::Record::Relayed,
+                None,
+                Some(headend.id()),
+                format!(
+                    "downlink relayed: key deliveries to {}; command {}",
+                    crate::audit::list(&relayed),
+                    command.as_deref().unwrap_or("none")
+                ),
+            );
+        }
+        Ok(())
     }
 
     /// Sends the evidence gathered since the last report to the headend.

@@ -85,6 +85,14 @@ pub struct HeadendStats {
     pub implausible: u64,
     /// Genuine readings a plausibility rule flagged (handed on, marked).
     pub flagged: u64,
+    /// Downlink: the meter group's key epoch (0: no downlink).
+    pub downlink_epoch: u64,
+    /// Downlink: the configuration version in force (0: none issued).
+    pub downlink_version: u64,
+    /// Downlink: meters that confirmed the current key and configuration.
+    pub downlink_confirmed: u64,
+    /// Downlink: meters' confirmations received.
+    pub confirmations: u64,
 }
 
 /// Something the headend did.
@@ -142,6 +150,8 @@ pub struct HeadendConfig {
     /// readings (the headend issues its meters' status list; empty: reports
     /// are audited, nothing more).
     pub policy: Vec<sealcast_group::status::PolicyRule>,
+    /// The downlink to its meters (None: none).
+    pub downlink: Option<crate::downlink::DownlinkConfig>,
 }
 
 impl core::fmt::Debug for HeadendConfig {
@@ -169,6 +179,7 @@ enum Request {
         Vec<sealcast_core::credential::PublicCredential>,
         oneshot::Sender<Result<MetersChanged>>,
     ),
+    ConfigureMeters(BTreeMap<String, String>, oneshot::Sender<Result<u64>>),
 }
 
 impl HeadendHandle {
@@ -214,6 +225,19 @@ impl HeadendHandle {
             .map_err(|_| crate::Error::Runtime("the headend stopped".into()))?
     }
 
+    /// Issues the next configuration of every meter (the downlink): saved,
+    /// then sent through each DAP until each meter confirms. Returns its
+    /// version.
+    pub async fn configure_meters(&self, settings: BTreeMap<String, String>) -> Result<u64> {
+        let (reply, rx) = oneshot::channel();
+        self.stop
+            .send(Request::ConfigureMeters(settings, reply))
+            .await
+            .map_err(|_| crate::Error::Runtime("the headend stopped".into()))?;
+        rx.await
+            .map_err(|_| crate::Error::Runtime("the headend stopped".into()))?
+    }
+
     /// Replaces the meters it decrypts for, while it runs
     /// (`HeadendCore::set_meters`); saved before it answers.
     pub async fn set_meters(
@@ -249,6 +273,8 @@ struct Headend {
     policy: sealcast_group::status::MisbehaviourPolicy,
     /// The newest report number taken from each DAP.
     report_seqs: BTreeMap<EntityId, u64>,
+    /// The downlink to its meters.
+    downlink: Option<crate::downlink::HeadendDownlinkRun>,
 }
 
 /// Connects the headend, restores its state, subscribes to its DAPs'
@@ -263,6 +289,7 @@ pub async fn spawn(config: HeadendConfig) -> Result<HeadendHandle> {
         events,
         audit,
         policy,
+        downlink,
     } = config;
     let policy = sealcast_group::status::MisbehaviourPolicy::new(policy)?;
     let state_lock = crate::runtime::lock_and_restore(state_file.as_ref(), |bytes| {
@@ -279,6 +306,9 @@ pub async fn spawn(config: HeadendConfig) -> Result<HeadendHandle> {
         crate::status_store::STATUS_FILE,
         &id,
     )?;
+    let downlink = downlink
+        .map(|d| crate::downlink::HeadendDownlinkRun::open(d, core.credential()))
+        .transpose()?;
     let mut filters = Vec::new();
     for dap in core.daps() {
         filters.push(TopicFilter::new(&topics.agent(dap, AgentChannel::Batch))?);
@@ -307,7 +337,9 @@ pub async fn spawn(config: HeadendConfig) -> Result<HeadendHandle> {
         status,
         policy,
         report_seqs: BTreeMap::new(),
+        downlink,
     };
+    headend.downlink_stats();
     // Every DAP announces again (its meter set may have changed while we
     // were away), whether or not we hold an older announcement.
     let daps: Vec<EntityId> = headend.core.daps().cloned().collect();
@@ -328,6 +360,12 @@ impl Headend {
     async fn run(mut self, mut inbox: Inbox, mut stop: mpsc::Receiver<Request>) {
         let mut retry = tokio::time::interval(SOLICIT_RETRY);
         retry.tick().await;
+        let mut downlink_tick = tokio::time::interval(
+            self.downlink
+                .as_ref()
+                .map_or(Duration::from_secs(3600), |d| d.retry()),
+        );
+        downlink_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let stopped = loop {
             let result = tokio::select! {
                 msg = inbox.next_message() => match msg {
@@ -339,6 +377,13 @@ impl Headend {
                     Some(Request::OperatorStatus(listings, reply)) => {
                         let r = self.operator_status(&listings).await;
                         let _ = reply.send(r);
+                        Ok(())
+                    }
+                    Some(Request::ConfigureMeters(settings, reply)) => {
+                        let r = self.configure_meters(settings);
+                        let ok = r.is_ok();
+                        let _ = reply.send(r);
+                        if ok { self.serve_downlink().await; }
                         Ok(())
                     }
                     Some(Request::SetMeters(meters, reply)) => {
@@ -360,6 +405,10 @@ impl Headend {
                     }
                     None => break None,
                 },
+                _ = downlink_tick.tick(), if self.downlink.is_some() => {
+                    self.serve_downlink().await;
+                    Ok(())
+                }
                 _ = retry.tick() => {
                     if let Some(a) = &mut self.audit {
                         a.tick();
@@ -478,6 +527,8 @@ impl Headend {
                 let _ = self.events.send(HeadendEvent::Announced(a.clone()));
                 // A DAP that (re)started gets the current status list.
                 self.send_status(&a.dap).await;
+                // And the downlink its meters lack.
+                self.serve_downlink().await;
                 // Batches that arrived before the announcement.
                 let held = self.held.remove(&a.dap).unwrap_or_default();
                 for h in held {
@@ -524,7 +575,12 @@ impl Headend {
                 for r in &outcome.readings {
                     self.handler.reading(r);
                 }
+                let acks = std::mem::take(&mut outcome.acks);
+                let lagging = self.on_acks(&outcome.dap, acks);
                 m.ack.ack().await;
+                if lagging {
+                    self.serve_downlink().await;
+                }
                 if let Some(a) = &mut self.audit {
                     let ids: Vec<String> = outcome
                         .readings
@@ -801,6 +857,14 @@ impl Headend {
         for dap in &daps {
             self.send_status(dap).await;
         }
+        let revoked: Vec<EntityId> = changes
+            .iter()
+            .filter(|(_, s)| *s == Some(sealcast_group::status::Status::Revoked))
+            .map(|(m, _)| m.clone())
+            .collect();
+        if !revoked.is_empty() {
+            self.evict_from_downlink(&revoked).await;
+        }
         Ok(true)
     }
 
@@ -822,6 +886,188 @@ impl Headend {
                 }
             }
             Err(e) => warn!(error = %e, "status list not signed"),
+        }
+    }
+
+    fn configure_meters(&mut self, settings: BTreeMap<String, String>) -> Result<u64> {
+        let Some(d) = &mut self.downlink else {
+            return Err(crate::Error::Runtime(
+                "this headend has no downlink: add a [downlink] section to its config".into(),
+            ));
+        };
+        let names: Vec<String> = settings.keys().cloned().collect();
+        let version = d.configure(settings)?;
+        info!(version, settings = %names.join(","), "meter configuration issued");
+        if let Some(a) = &mut self.audit {
+            a.record(
+                Record::Order,
+                Some(d.state().group()),
+                None,
+                format!(
+                    "meter configuration version {version} issued: settings {}",
+                    crate::audit::list(&names)
+                ),
+            );
+        }
+        self.downlink_stats();
+        Ok(version)
+    }
+
+    /// Revoked meters leave the meter group: a new key, sent to every
+    /// other meter (they cannot follow).
+    async fn evict_from_downlink(&mut self, revoked: &[EntityId]) {
+        let Some(d) = &mut self.downlink else {
+            return;
+        };
+        match d.rekey(self.core.credential(), revoked) {
+            Ok(epoch) => {
+                let names: Vec<String> = revoked.iter().map(ToString::to_string).collect();
+                warn!(epoch, evicted = %names.join(","), "meter group rekeyed: revoked meters evicted");
+                if let Some(a) = &mut self.audit {
+                    a.record(
+                        Record::Order,
+                        Some(d.state().group()),
+                        None,
+                        format!(
+                            "meter group rekeyed to epoch {epoch}: evicted {}",
+                            crate::audit::list(&names)
+                        ),
+                    );
+                }
+                self.downlink_stats();
+                self.serve_downlink().await;
+            }
+            Err(e) => {
+                warn!(error = %e, "meter group not rekeyed (state not saved); revoked meters' reports are still refused")
+            }
+        }
+    }
+
+    /// Meters' confirmations, arrived as reports. True when one of them
+    /// still lacks the current key or configuration (serve it now).
+    fn on_acks(
+        &mut self,
+        dap: &EntityId,
+        acks: Vec<(EntityId, sealcast_metering::downlink::MeterAck)>,
+    ) -> bool {
+        if acks.is_empty() {
+            return false;
+        }
+        let mut lagging = false;
+        self.stats.confirmations += acks.len() as u64;
+        let Some(d) = &mut self.downlink else {
+            debug!(
+                confirmations = acks.len(),
+                "meters' confirmations, but this headend has no downlink"
+            );
+            return false;
+        };
+        for (meter, ack) in acks {
+            match d.on_ack(&meter, ack) {
+                Ok(true) => {
+                    info!(%meter, %dap, epoch = ack.epoch, version = ack.version, "meter confirmed the downlink");
+                    if let Some(a) = &mut self.audit {
+                        a.record(
+                            Record::Received,
+                            Some(d.state().group()),
+                            Some(&meter),
+                            format!(
+                                "confirmation via {dap}: key epoch {}, configuration version {}",
+                                ack.epoch, ack.version
+                            ),
+                        );
+                    }
+                }
+                Ok(false) => debug!(%meter, "confirmation with nothing new"),
+                Err(e) => {
+                    warn!(%meter, error = %e, "confirmation not saved; the meter confirms again")
+                }
+            }
+            lagging |= !d.is_current(&meter);
+        }
+        self.downlink_stats();
+        lagging
+    }
+
+    fn downlink_stats(&mut self) {
+        let Some(d) = &self.downlink else {
+            return;
+        };
+        let s = d.state();
+        self.stats.downlink_epoch = u64::from(s.epoch().get());
+        self.stats.downlink_version = s.version();
+        self.stats.downlink_confirmed = s
+            .acks()
+            .keys()
+            .filter(|m| self.status.status_of(m).is_none() && s.is_current(m) == (true, true))
+            .count() as u64;
+        self.publish_stats();
+    }
+
+    /// Sends each announced DAP what its meters lack (see
+    /// [`crate::downlink`]).
+    async fn serve_downlink(&mut self) {
+        if self.downlink.is_none() {
+            return;
+        }
+        let daps: Vec<(EntityId, Vec<(EntityId, x25519_dalek::PublicKey)>)> = self
+            .core
+            .daps()
+            .filter(|d| self.core.is_announced(d))
+            .map(|d| {
+                let meters = self
+                    .core
+                    .announced_meters(d)
+                    .filter(|m| self.status.status_of(m).is_none())
+                    .filter_map(|m| self.core.meter_agreement_key(m).map(|k| (m.clone(), *k)))
+                    .collect();
+                (d.clone(), meters)
+            })
+            .collect();
+        let Some(d) = &mut self.downlink else {
+            return;
+        };
+        let target = self.topics.group(
+            d.state().group(),
+            sealcast_core::target::GroupChannel::Command,
+        );
+        let rounds = match d.round(self.core.credential(), &daps, &target) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "downlink not sent (state not saved); tries again");
+                return;
+            }
+        };
+        let group = d.state().group().clone();
+        for (dap, round) in rounds {
+            let topic = self.topics.agent(&dap, AgentChannel::Solicit);
+            let mut sent = true;
+            for b in round.bundles {
+                if let Err(e) = self.link.send_to(&dap, topic.clone(), b).await {
+                    warn!(%dap, error = %e, "downlink not sent to the DAP; tries again");
+                    sent = false;
+                    break;
+                }
+            }
+            if sent {
+                debug!(%dap, deliveries = round.deliveries, command = round.command, "downlink sent to the DAP");
+                if let Some(a) = &mut self.audit {
+                    a.record(
+                        Record::Sent,
+                        Some(&group),
+                        Some(&dap),
+                        format!(
+                            "downlink: {} key deliveries{}",
+                            round.deliveries,
+                            if round.command {
+                                ", configuration command"
+                            } else {
+                                ""
+                            }
+                        ),
+                    );
+                }
+            }
         }
     }
 

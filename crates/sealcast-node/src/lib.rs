@@ -21,6 +21,7 @@ pub mod audit;
 pub mod control;
 pub mod dap;
 pub mod device;
+pub mod downlink;
 pub mod error;
 pub mod headend;
 pub mod link;

@@ -44,6 +44,24 @@ impl core::fmt::Debug for MeterConfig {
     }
 }
 
+impl MeterConfig {
+    /// A second copy (the credential copied through its encoding; both
+    /// copies zeroize on drop): the downlink listener sends each
+    /// confirmation with one.
+    pub fn copy(&self) -> Result<Self> {
+        let key = self.credential.to_cose_key_set()?;
+        Ok(Self {
+            credential: EntityCredential::from_cose_key_set(&key)?,
+            headend: self.headend.clone(),
+            dap: self.dap.clone(),
+            link: self.link.clone(),
+            topics: self.topics.clone(),
+            state_file: self.state_file.clone(),
+            audit: self.audit.clone(),
+        })
+    }
+}
+
 /// Reports in flight at once to the DAP on CoAP: the DAP answers each one
 /// only when its batch was forwarded.
 const REPORTS_IN_FLIGHT: usize = 64;

@@ -155,12 +155,49 @@ pub(super) struct HeadendFile {
     /// (`[[meter_status]]`; applied at start and on SIGHUP).
     #[serde(default)]
     meter_status: Vec<MeterStatusEntry>,
+    /// The downlink to the meters (`[downlink]`; absent: none).
+    downlink: Option<DownlinkSection>,
     /// The audit log (default `<state_dir>/audit.jsonl`).
     audit_log: Option<PathBuf>,
     /// Rotate the audit log at this many KiB (default 16384).
     audit_max_kib: Option<u64>,
     /// Rotated audit segments kept (default 8).
     audit_keep: Option<usize>,
+}
+
+/// The `[downlink]` section of `headend.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DownlinkSection {
+    /// The meter group's name (default "meters"; the meters' `meter_group`).
+    group: Option<String>,
+    /// How soon an unconfirmed meter is served again, in ms (default
+    /// 5000; doubles per unanswered try, at most ten minutes).
+    retry_ms: Option<u64>,
+}
+
+impl DownlinkSection {
+    fn config(&self, state_dir: &Path) -> Result<sealcast_node::downlink::DownlinkConfig> {
+        let retry = self.retry_ms.unwrap_or(5000);
+        if !(50..=600_000).contains(&retry) {
+            return Err(CliError::usage("[downlink] retry_ms must be 50..=600000"));
+        }
+        Ok(sealcast_node::downlink::DownlinkConfig {
+            group: meter_group(self.group.as_deref())?,
+            state_file: Some(DeviceStateFile::new(
+                state_dir.join(sealcast_node::downlink::HEADEND_DOWNLINK_FILE),
+            )),
+            retry: Duration::from_millis(retry),
+        })
+    }
+}
+
+/// The meter group named in a config (default "meters").
+fn meter_group(name: Option<&str>) -> Result<sealcast_core::ids::GroupId> {
+    let name = name.unwrap_or("meters");
+    sealcast_core::target::check_topic_name(name)
+        .and_then(|()| sealcast_core::ids::GroupId::new(name))
+        .map_err(|e| CliError::usage(format!("meter group {name:?}: {e}")))
 }
 
 /// One `[[meter_status]]` entry of `headend.toml`.
@@ -379,6 +416,9 @@ pub(super) struct MeterFile {
     state_dir: PathBuf,
     dap: String,
     headend_public_key: PathBuf,
+    /// The headend's meter group this meter listens to (`sealcast device
+    /// listen`; default "meters").
+    meter_group: Option<String>,
     /// The audit log of the reports sent (default `<state_dir>/audit.jsonl`).
     audit_log: Option<PathBuf>,
     /// Rotate the audit log at this many KiB (default 16384).
@@ -519,9 +559,16 @@ pub fn headend(args: &HeadendServeArgs) -> Result<()> {
         config.onem2m.as_ref().map(|o| (o, &headend_id)),
     )?;
     let config_path = args.config.clone();
+    let downlink = config
+        .downlink
+        .as_ref()
+        .map(|d| d.config(&state_dir))
+        .transpose()?;
+    let requests = requests_dir(&state_dir);
     runtime()?.block_on(async move {
         let (events, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let transport = link.transport();
+        let has_downlink = downlink.is_some();
         let handle = headend::spawn(HeadendConfig {
             core,
             link,
@@ -531,6 +578,7 @@ pub fn headend(args: &HeadendServeArgs) -> Result<()> {
             events,
             audit: Some(audit),
             policy,
+            downlink,
         })
         .await
         .map_err(|e| failed("the headend could not start", e))?;
@@ -553,10 +601,12 @@ pub fn headend(args: &HeadendServeArgs) -> Result<()> {
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
                 .map_err(|e| failed("cannot listen for SIGHUP", e))?;
         let mut stop_signal = Box::pin(wait_for_stop_signal());
+        let mut poll = tokio::time::interval(REQUEST_POLL);
         loop {
             tokio::select! {
                 r = &mut stop_signal => { r?; break; }
                 why = &mut failure => return Err(failed("the headend stopped", why)),
+                _ = poll.tick(), if has_downlink => take_requests(&requests, &handle).await,
                 _ = hangup.recv() => {
                     // Re-read the meters (meters_dir and [[meter]]): new ones
                     // are decrypted from now on, removed ones no longer.
@@ -598,6 +648,318 @@ pub fn headend(args: &HeadendServeArgs) -> Result<()> {
             undecryptable = s.undecryptable,
             "headend stopped"
         );
+        Ok(())
+    })
+}
+
+/// How often a running headend looks for `configure-meters` requests.
+const REQUEST_POLL: Duration = Duration::from_millis(250);
+
+/// Where `sealcast headend configure-meters` leaves its requests for the
+/// running headend (one file each, taken in name order).
+fn requests_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("meter-config-requests")
+}
+
+/// One request of `configure-meters`: `{"settings": {name: value}}`.
+#[derive(Debug, serde::Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigureRequest {
+    settings: std::collections::BTreeMap<String, String>,
+}
+
+/// Takes the waiting requests in name order: each issued as the next
+/// configuration, then answered with `<name>.done` (its version) or
+/// `<name>.refused` (why), and removed.
+async fn take_requests(dir: &Path, handle: &headend::HeadendHandle) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut names: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    names.sort();
+    for path in names {
+        let outcome = match std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice::<ConfigureRequest>(&b).map_err(|e| e.to_string()))
+        {
+            Ok(req) => handle
+                .configure_meters(req.settings)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(format!("unreadable request: {e}")),
+        };
+        let (answer, text) = match &outcome {
+            Ok(v) => (path.with_extension("done"), v.to_string()),
+            Err(e) => {
+                warn!(request = %path.display(), error = %e, "meter configuration request refused");
+                (path.with_extension("refused"), e.clone())
+            }
+        };
+        if let Err(e) = crate::files::write_atomic(
+            &answer,
+            text.as_bytes(),
+            0o600,
+            crate::files::Overwrite::Replace,
+        ) {
+            warn!(path = %answer.display(), error = %e, "answer to a configuration request not written");
+        }
+        if let Err(e) = std::fs::remove_file(&path) {
+            warn!(request = %path.display(), error = %e, "configuration request not removed; it would be taken again");
+        }
+    }
+}
+
+/// Arguments of `sealcast headend configure-meters`.
+#[derive(Debug, Args)]
+pub struct ConfigureMetersArgs {
+    /// The headend's TOML config file.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// A setting of the new configuration, NAME=VALUE (repeat; the new
+    /// configuration replaces the previous one whole).
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    pub set: Vec<String>,
+    /// Seconds to wait for the running headend to issue it.
+    #[arg(long, default_value_t = 30, value_name = "S")]
+    pub wait: u64,
+}
+
+/// Runs `sealcast headend configure-meters`: hands the configuration to
+/// the running headend (a request file in its state directory) and waits
+/// until it was issued.
+pub fn configure_meters(args: &ConfigureMetersArgs) -> Result<()> {
+    let (config, base): (HeadendFile, _) = read_config(&args.config)?;
+    if config.downlink.is_none() {
+        return Err(CliError::usage(format!(
+            "{}: no [downlink] section: add one (and restart the headend) to configure meters",
+            args.config.display()
+        )));
+    }
+    let mut settings = std::collections::BTreeMap::new();
+    for s in &args.set {
+        let Some((k, v)) = s.split_once('=') else {
+            return Err(CliError::usage(format!("--set {s:?}: use NAME=VALUE")));
+        };
+        sealcast_metering::downlink::check_setting(k, v)
+            .map_err(|e| CliError::usage(format!("--set {s:?}: {e}")))?;
+        if settings.insert(k.to_owned(), v.to_owned()).is_some() {
+            return Err(CliError::usage(format!("--set: {k} given twice")));
+        }
+    }
+    if settings.len() > sealcast_metering::downlink::MAX_SETTINGS {
+        return Err(CliError::usage("at most 64 settings"));
+    }
+    let state_dir = resolve(&base, &config.state_dir);
+    let dir = requests_dir(&state_dir);
+    create_dir(&dir)?;
+    let name = format!(
+        "{:013}-{}.json",
+        crate::system::now()?.get(),
+        std::process::id()
+    );
+    let path = dir.join(&name);
+    let body = serde_json::to_vec(&ConfigureRequest { settings })
+        .map_err(|e| failed("cannot encode the request", e))?;
+    crate::files::write_atomic(&path, &body, 0o600, crate::files::Overwrite::Refuse)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(args.wait);
+    loop {
+        let done = path.with_extension("done");
+        let refused = path.with_extension("refused");
+        if let Ok(v) = std::fs::read_to_string(&done) {
+            let _ = std::fs::remove_file(&done);
+            say(&format!(
+                "meter configuration version {v} issued; the headend sends it through its DAPs until every meter confirms (sealcast headend meter-config)"
+            ));
+            return Ok(());
+        }
+        if let Ok(why) = std::fs::read_to_string(&refused) {
+            let _ = std::fs::remove_file(&refused);
+            return Err(CliError::other(format!(
+                "the headend refused the configuration: {why}"
+            )));
+        }
+        if std::time::Instant::now() >= deadline {
+            say(&format!(
+                "queued in {}: the headend has not taken it within {} s (is it running?); it issues it when it runs",
+                path.display(),
+                args.wait
+            ));
+            return Err(CliError::other("configuration not issued yet"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Arguments of `sealcast headend meter-config` and `sealcast device meter-config`.
+#[derive(Debug, Args)]
+pub struct MeterConfigArgs {
+    /// The headend's (or the meter's) TOML config file.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `sealcast headend meter-config`: the configuration in force and
+/// what each meter confirmed, from the headend's saved downlink state.
+pub fn headend_meter_config(args: &MeterConfigArgs) -> Result<()> {
+    let (config, base): (HeadendFile, _) = read_config(&args.config)?;
+    let credential = load_private_key(&resolve(&base, &config.key))?;
+    let state_dir = resolve(&base, &config.state_dir);
+    let file = DeviceStateFile::new(state_dir.join(sealcast_node::downlink::HEADEND_DOWNLINK_FILE));
+    let Some(bytes) = file
+        .read()
+        .map_err(|e| failed("cannot read the downlink state", e))?
+    else {
+        return Err(CliError::other(format!(
+            "{}: no downlink state yet (the headend creates it when it starts with a [downlink] section)",
+            file.path().display()
+        )));
+    };
+    let state = sealcast_metering::downlink::HeadendDownlink::import(&bytes, &credential)
+        .map_err(|e| failed("cannot read the downlink state", e))?;
+    let meters: Vec<serde_json::Value> = state
+        .acks()
+        .iter()
+        .map(|(m, a)| {
+            let (key, cfg) = state.is_current(m);
+            serde_json::json!({"meter": m.as_str(), "epoch": a.epoch, "version": a.version, "current": key && cfg})
+        })
+        .collect();
+    let settings = state
+        .config()
+        .map(|c| c.settings.clone())
+        .unwrap_or_default();
+    if args.json {
+        let v = serde_json::json!({
+            "group": state.group().name().to_string(),
+            "epoch": state.epoch().get(),
+            "version": state.version(),
+            "settings": settings,
+            "meters": meters,
+        });
+        say(&v.to_string());
+        return Ok(());
+    }
+    say(&format!(
+        "meter group {}: key epoch {}, configuration version {}",
+        state.group().name(),
+        state.epoch(),
+        state.version()
+    ));
+    for (k, v) in &settings {
+        say(&format!("  {k} = {v}"));
+    }
+    for (m, a) in state.acks() {
+        let (key, cfg) = state.is_current(m);
+        say(&format!(
+            "  {m}: epoch {} version {}{}",
+            a.epoch,
+            a.version,
+            if key && cfg { " (current)" } else { "" }
+        ));
+    }
+    Ok(())
+}
+
+/// Runs `sealcast device meter-config`: the configuration this meter
+/// applied, from its saved downlink state.
+pub fn device_meter_config(args: &MeterConfigArgs) -> Result<()> {
+    let (config, base): (MeterFile, _) = read_config(&args.config)?;
+    let state_dir = resolve(&base, &config.state_dir);
+    let file = DeviceStateFile::new(state_dir.join(sealcast_node::downlink::METER_DOWNLINK_FILE));
+    let state = sealcast_node::downlink::read_meter_state(&file)
+        .map_err(|e| failed("cannot read the meter's downlink state", e))?
+        .unwrap_or_default();
+    let settings = state
+        .config()
+        .map(|c| c.settings.clone())
+        .unwrap_or_default();
+    if args.json {
+        let v = serde_json::json!({
+            "epoch": state.epoch(),
+            "version": state.version(),
+            "settings": settings,
+        });
+        say(&v.to_string());
+        return Ok(());
+    }
+    say(&format!(
+        "meter group key epoch {}, configuration version {}",
+        state.epoch(),
+        state.version()
+    ));
+    for (k, v) in &settings {
+        say(&format!("  {k} = {v}"));
+    }
+    Ok(())
+}
+
+/// Runs `sealcast device listen`: a meter's downlink listener.
+pub fn device_listen(args: &super::ServeArgs) -> Result<()> {
+    init_logs();
+    let (config, base): (MeterFile, _) = read_config(&args.config)?;
+    let state_dir = resolve(&base, &config.state_dir);
+    create_dir(&state_dir)?;
+    let headend = load_public_key(&resolve(&base, &config.headend_public_key))?;
+    let link = link_config(
+        config.transport,
+        &broker_url(&config.broker, &base, &broker_security!(config))?,
+        config.coap.as_ref(),
+        config.onem2m.as_ref().map(|o| (o, headend.id())),
+    )?;
+    let topics = topics(config.topic_prefix.as_deref())?;
+    let audit = |file: &str, own: Option<&Path>| {
+        super::audit_config(
+            &base,
+            &state_dir,
+            file,
+            own,
+            config.audit_max_kib,
+            config.audit_keep,
+        )
+    };
+    let report = MeterConfig {
+        credential: load_private_key(&resolve(&base, &config.key))?,
+        headend: headend.clone(),
+        dap: entity(&config.dap)?,
+        link: link.clone(),
+        topics: topics.clone(),
+        state_file: DeviceStateFile::new(state_dir.join("meter.cbor")),
+        audit: Some(audit("audit.jsonl", config.audit_log.as_deref())?),
+    };
+    let listen = sealcast_node::downlink::MeterListenConfig {
+        credential: load_private_key(&resolve(&base, &config.key))?,
+        headend,
+        group: meter_group(config.meter_group.as_deref())?,
+        link,
+        topics,
+        state_file: DeviceStateFile::new(
+            state_dir.join(sealcast_node::downlink::METER_DOWNLINK_FILE),
+        ),
+        report,
+        // Apart from the reports' log: one writer per log.
+        audit: Some(audit("downlink-audit.jsonl", None)?),
+    };
+    runtime()?.block_on(async move {
+        let stop = async {
+            if let Err(e) = wait_for_stop_signal().await {
+                warn!(error = %e, "stop signal handling failed; stopping");
+            }
+        };
+        sealcast_node::downlink::listen(listen, stop, |c| {
+            say(&format!(
+                "applied meter configuration version {}",
+                c.version
+            ));
+        })
+        .await
+        .map_err(|e| failed("the meter's listener stopped", e))?;
+        info!("meter listener stopped");
         Ok(())
     })
 }

@@ -172,6 +172,15 @@ impl LinkConfig {
         }
     }
 
+    /// CoAP: records that `entity` listens at `endpoint` in the address
+    /// book this config shares (a demo whose many entities share one
+    /// endpoint); nothing on the other transports.
+    pub fn register_endpoint(&self, entity: EntityId, endpoint: SocketAddr) {
+        if let Self::Coap(c) = self {
+            c.book.insert(entity, endpoint);
+        }
+    }
+
     /// The transport.
     pub fn transport(&self) -> Transport {
         match self {

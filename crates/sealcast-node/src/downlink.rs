@@ -1,0 +1,459 @@
+//! The smart-meter downlink as services (`sealcast_metering::downlink`):
+//! the headend's side ([`HeadendDownlinkRun`], driven by the headend
+//! runtime) and the meter's listener ([`listen`], behind
+//! `sealcast device listen`).
+//!
+//! The headend sends each announced DAP what its meters lack — the current
+//! group key for meters that have not confirmed its epoch, the
+//! configuration command while any of them has not confirmed its version —
+//! and sends it again with a back-off (the retry interval, doubling per
+//! unanswered try, at most ten minutes) until each meter confirms. A meter
+//! confirms in an ordinary report, so a confirmation crosses the DAP
+//! exactly as a reading does.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use sealcast_core::credential::{EntityCredential, PublicCredential};
+use sealcast_core::ids::{EntityId, GroupId};
+use sealcast_core::target::{DeviceChannel, GroupChannel, TopicFilter, TopicScheme};
+use sealcast_metering::downlink::{
+    Bundle, HeadendDownlink, MAX_BUNDLE_DELIVERIES, MeterAck, MeterDownlink, MeterUpdate,
+};
+use sealcast_store::DeviceStateFile;
+use tracing::{debug, info, warn};
+
+use crate::link::{Interest, Link, LinkConfig};
+use crate::runtime::{now, os_rng};
+use crate::{Error, Result};
+
+/// The longest wait between two tries for one meter.
+const MAX_BACKOFF: Duration = Duration::from_secs(600);
+/// File name of the headend's downlink state (holds the group key: 0600).
+pub const HEADEND_DOWNLINK_FILE: &str = "downlink.cbor";
+/// File name of a meter's downlink state (holds the group key: 0600).
+pub const METER_DOWNLINK_FILE: &str = "downlink.cbor";
+
+/// The headend's downlink settings.
+#[derive(Clone, Debug)]
+pub struct DownlinkConfig {
+    /// The meter group (its id is the command's target group).
+    pub group: GroupId,
+    /// Where the group key, the command numbers, the configuration and the
+    /// confirmations persist (None: in memory, as in the demo).
+    pub state_file: Option<DeviceStateFile>,
+    /// How soon an unconfirmed meter is served again (doubling per try).
+    pub retry: Duration,
+}
+
+/// One meter's tries since it last confirmed something new.
+#[derive(Clone, Copy, Debug)]
+struct Backoff {
+    next: Instant,
+    tries: u32,
+}
+
+/// What the headend sends one DAP in one round.
+#[derive(Debug, Default)]
+pub struct DapRound {
+    /// Signed bundles for the DAP (the first carries the command).
+    pub bundles: Vec<Vec<u8>>,
+    /// Meters given the key.
+    pub deliveries: usize,
+    /// Whether the command went along.
+    pub command: bool,
+}
+
+/// The headend's downlink while it runs.
+pub struct HeadendDownlinkRun {
+    state: HeadendDownlink,
+    file: Option<DeviceStateFile>,
+    retry: Duration,
+    backoff: BTreeMap<EntityId, Backoff>,
+    /// Sealed deliveries of the current epoch, re-sent as they are.
+    sealed: BTreeMap<EntityId, (u32, Vec<u8>)>,
+    rng: StdRng,
+}
+
+impl core::fmt::Debug for HeadendDownlinkRun {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("HeadendDownlinkRun")
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HeadendDownlinkRun {
+    /// Restores the state (or creates the group at epoch 1, saved before
+    /// anything is sent). Call under the headend state file's lock.
+    pub fn open(config: DownlinkConfig, headend: &EntityCredential) -> Result<Self> {
+        let mut rng = os_rng()?;
+        let state = match config.state_file.as_ref().map(DeviceStateFile::read) {
+            Some(Ok(Some(bytes))) => {
+                let s = HeadendDownlink::import(&bytes, headend)?;
+                if *s.group() != config.group {
+                    return Err(Error::Runtime(format!(
+                        "the saved meter group is {}, the config names {}: keep the group name, or move {} aside to start a new group",
+                        s.group().name(),
+                        config.group.name(),
+                        config
+                            .state_file
+                            .as_ref()
+                            .map_or_else(String::new, |f| f.path().display().to_string())
+                    )));
+                }
+                s
+            }
+            Some(Err(e)) => return Err(e.into()),
+            Some(Ok(None)) | None => {
+                let s = HeadendDownlink::create(config.group.clone(), headend, &mut rng)?;
+                if let Some(f) = &config.state_file {
+                    f.write(&s.export()?)?;
+                }
+                s
+            }
+        };
+        Ok(Self {
+            state,
+            file: config.state_file,
+            retry: config.retry.max(Duration::from_millis(50)),
+            backoff: BTreeMap::new(),
+            sealed: BTreeMap::new(),
+            rng,
+        })
+    }
+
+    /// How soon an unconfirmed meter is served again.
+    pub fn retry(&self) -> Duration {
+        self.retry
+    }
+
+    /// The state in force.
+    pub fn state(&self) -> &HeadendDownlink {
+        &self.state
+    }
+
+    /// Saves `next`, then keeps it (check → persist → apply).
+    fn commit(&mut self, next: HeadendDownlink) -> Result<()> {
+        if let Some(f) = &self.file {
+            f.write(&next.export()?)?;
+        }
+        self.state = next;
+        Ok(())
+    }
+
+    /// Issues the next configuration; every meter is due at once.
+    pub fn configure(&mut self, settings: BTreeMap<String, String>) -> Result<u64> {
+        let next = self.state.with_config(settings)?;
+        self.commit(next)?;
+        self.backoff.clear();
+        Ok(self.state.version())
+    }
+
+    /// Moves the group to a new key (meters were evicted); every meter is
+    /// due at once. `evicted` lose what they confirmed.
+    pub fn rekey(&mut self, headend: &EntityCredential, evicted: &[EntityId]) -> Result<u32> {
+        let mut next = self.state.rekeyed(headend, &mut self.rng)?;
+        for m in evicted {
+            next.forget(m);
+        }
+        self.commit(next)?;
+        self.backoff.clear();
+        self.sealed.clear();
+        Ok(self.state.epoch().get())
+    }
+
+    /// Records a meter's confirmation (saved when it is news). Returns
+    /// whether it changed anything.
+    pub fn on_ack(&mut self, meter: &EntityId, ack: MeterAck) -> Result<bool> {
+        // A meter that speaks is reachable now: what it lacks is due at
+        // once (a listener confirms what it holds when it starts).
+        self.backoff.remove(meter);
+        let mut next = self.state.clone();
+        if !next.record_ack(meter, ack) {
+            return Ok(false);
+        }
+        self.commit(next)?;
+        Ok(true)
+    }
+
+    /// Whether `meter` holds the current key and configuration.
+    pub fn is_current(&self, meter: &EntityId) -> bool {
+        self.state.is_current(meter) == (true, true)
+    }
+
+    /// Builds what each DAP must relay now: for its `meters` (announced,
+    /// known, not listed) whose turn it is, the key they lack, and the
+    /// command if any of them lacks the configuration. One command
+    /// sequence number serves the round (saved before use).
+    pub fn round(
+        &mut self,
+        headend: &EntityCredential,
+        daps: &[(EntityId, Vec<(EntityId, x25519_dalek::PublicKey)>)],
+        command_target: &str,
+    ) -> Result<Vec<(EntityId, DapRound)>> {
+        let clock = Instant::now();
+        let at = now();
+        let due = |b: &BTreeMap<EntityId, Backoff>, m: &EntityId| {
+            b.get(m).is_none_or(|b| b.next <= clock)
+        };
+        let mut plan = Vec::new();
+        let mut touched = BTreeSet::new();
+        let mut need_command = false;
+        for (dap, meters) in daps {
+            let mut keys = Vec::new();
+            let mut cmd = false;
+            for (m, key) in meters {
+                if !due(&self.backoff, m) {
+                    continue;
+                }
+                let (key_ok, config_ok) = self.state.is_current(m);
+                if !key_ok {
+                    keys.push((m.clone(), *key));
+                }
+                if !config_ok && self.state.version() > 0 {
+                    cmd = true;
+                }
+                if !key_ok || !config_ok {
+                    touched.insert(m.clone());
+                }
+            }
+            need_command |= cmd;
+            if !keys.is_empty() || cmd {
+                plan.push((dap.clone(), keys, cmd));
+            }
+        }
+        let command = if need_command {
+            let (next, seq) = self.state.take_seq()?;
+            self.commit(next)?;
+            Some(self.state.seal_command(headend, seq, at, command_target)?)
+        } else {
+            None
+        };
+        let epoch = self.state.epoch().get();
+        let mut out = Vec::new();
+        for (dap, keys, cmd) in plan {
+            let mut deliveries = Vec::with_capacity(keys.len());
+            for (m, key) in keys {
+                let bytes = match self.sealed.get(&m) {
+                    Some((e, b)) if *e == epoch => b.clone(),
+                    _ => {
+                        let b = self.state.seal_delivery(headend, &m, &key, &mut self.rng)?;
+                        self.sealed.insert(m.clone(), (epoch, b.clone()));
+                        b
+                    }
+                };
+                deliveries.push((m, bytes));
+            }
+            let mut round = DapRound {
+                deliveries: deliveries.len(),
+                command: cmd,
+                ..DapRound::default()
+            };
+            let mut chunks: Vec<Vec<(EntityId, Vec<u8>)>> = deliveries
+                .chunks(MAX_BUNDLE_DELIVERIES)
+                .map(<[_]>::to_vec)
+                .collect();
+            if chunks.is_empty() {
+                chunks.push(Vec::new());
+            }
+            for (i, chunk) in chunks.into_iter().enumerate() {
+                let bundle = Bundle {
+                    headend: headend.id().clone(),
+                    dap: dap.clone(),
+                    issued: at,
+                    deliveries: chunk,
+                    command: if i == 0 && cmd { command.clone() } else { None },
+                };
+                round.bundles.push(bundle.seal(headend.signing_key())?);
+            }
+            out.push((dap, round));
+        }
+        for m in touched {
+            let b = self.backoff.entry(m).or_insert(Backoff {
+                next: clock,
+                tries: 0,
+            });
+            b.tries = b.tries.saturating_add(1);
+            let wait = self
+                .retry
+                .saturating_mul(1u32 << b.tries.saturating_sub(1).min(12))
+                .min(MAX_BACKOFF);
+            b.next = clock + wait;
+        }
+        Ok(out)
+    }
+}
+
+/// What a meter's listener needs.
+pub struct MeterListenConfig {
+    /// The meter's credential.
+    pub credential: EntityCredential,
+    /// The headend (signer of the group and its commands).
+    pub headend: PublicCredential,
+    /// The meter group.
+    pub group: GroupId,
+    /// How it listens (MQTT subscription or CoAP endpoint and group).
+    pub link: LinkConfig,
+    /// Topic scheme.
+    pub topics: TopicScheme,
+    /// Its downlink state (`downlink.cbor`, 0600).
+    pub state_file: DeviceStateFile,
+    /// How confirmations go out: the meter's one-shot report path (its
+    /// sequence state and its DAP).
+    pub report: crate::meter::MeterConfig,
+    /// Its audit log (None: none).
+    pub audit: Option<crate::audit::AuditConfig>,
+}
+
+impl core::fmt::Debug for MeterListenConfig {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("MeterListenConfig")
+            .field("id", self.credential.id())
+            .field("group", &self.group)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads a meter's saved downlink state (None: it never received any).
+pub fn read_meter_state(file: &DeviceStateFile) -> Result<Option<MeterDownlink>> {
+    match file.read()? {
+        Some(bytes) => Ok(Some(MeterDownlink::import(&bytes)?)),
+        None => Ok(None),
+    }
+}
+
+/// Runs a meter's downlink listener until `stop` resolves: confirms what it
+/// holds when it starts (so the headend serves it at once), installs the
+/// group key its DAP relays, applies newer configurations, saves each
+/// change before it counts, and confirms each (also one that changed
+/// nothing, so a lost confirmation is repaired by the headend's next try).
+/// `applied` is told of every configuration applied.
+pub async fn listen(
+    config: MeterListenConfig,
+    stop: impl std::future::Future<Output = ()>,
+    mut applied: impl FnMut(&sealcast_metering::downlink::ConfigCommand),
+) -> Result<()> {
+    let MeterListenConfig {
+        credential,
+        headend,
+        group,
+        link,
+        topics,
+        state_file,
+        report,
+        audit,
+    } = config;
+    let id = credential.id().clone();
+    // One listener per meter: the downlink state's lock, held while it runs.
+    let _lock = state_file.lock(crate::device::STATE_LOCK_WAIT)?;
+    let mut state = read_meter_state(&state_file)?.unwrap_or_default();
+    let mut audit = audit
+        .as_ref()
+        .map(crate::audit::NodeAudit::open)
+        .transpose()?;
+    let delivery_topic = topics.device(&id, DeviceChannel::Delivery);
+    let command_topic = topics.group(&group, GroupChannel::Command);
+    let interest = Interest {
+        filters: vec![
+            TopicFilter::new(&delivery_topic)?,
+            TopicFilter::new(&command_topic)?,
+        ],
+        multicast: true,
+        ..Interest::default()
+    };
+    let (link, mut inbox) = Link::connect(&id, &link, topics, interest).await?;
+    info!(meter = %id, group = %group.name(), epoch = state.epoch(), version = state.version(), "meter listening for the headend's downlink");
+    tokio::pin!(stop);
+    confirm(&id, &report, state.ack()).await;
+    loop {
+        let m = tokio::select! {
+            () = &mut stop => break,
+            m = inbox.next_message() => match m {
+                Some(m) => m,
+                None => break,
+            },
+        };
+        let result = if m.target == delivery_topic {
+            state.on_delivery(
+                &credential,
+                headend.id(),
+                headend.verifying_key(),
+                &group,
+                &m.payload,
+            )
+        } else if m.target == command_topic {
+            state.on_command(&m.payload, &command_topic, now())
+        } else {
+            debug!(meter = %id, target = %m.target, "message on an unexpected target dropped");
+            m.ack.ack().await;
+            continue;
+        };
+        let (next, update) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(meter = %id, target = %m.target, error = %e, "downlink refused (forged, replayed, for another meter, or no key yet)");
+                if let Some(a) = &mut audit {
+                    a.refused(Some(&group), format!("downlink on {}: {e}", m.target));
+                }
+                m.ack.ack().await;
+                continue;
+            }
+        };
+        // Saved before it counts, and before the confirmation.
+        if let Err(e) = state_file.write(&next.export()?) {
+            warn!(meter = %id, error = %e, "downlink state not saved: not applied (the headend sends it again)");
+            m.ack.ack().await;
+            continue;
+        }
+        state = next;
+        m.ack.ack().await;
+        let what = match &update {
+            MeterUpdate::KeyInstalled(e) => {
+                info!(meter = %id, epoch = e, "meter group key installed");
+                format!("meter group {} key epoch {e} installed", group.name())
+            }
+            MeterUpdate::KeyHeld(e) => format!("meter group key epoch {e} held already"),
+            MeterUpdate::Applied(c) => {
+                let names: Vec<&str> = c.settings.keys().map(String::as_str).collect();
+                info!(meter = %id, version = c.version, settings = %names.join(","), "meter configuration applied");
+                debug!(meter = %id, settings = ?c.settings, "meter configuration content");
+                applied(c);
+                format!(
+                    "configuration version {} applied ({} settings)",
+                    c.version,
+                    c.settings.len()
+                )
+            }
+            MeterUpdate::AlreadyApplied(v) => format!("configuration version {v} held already"),
+        };
+        if let Some(a) = &mut audit {
+            let record = match update {
+                MeterUpdate::KeyInstalled(_) => crate::audit::Record::Installed,
+                MeterUpdate::Applied(_) => crate::audit::Record::Order,
+                _ => crate::audit::Record::Received,
+            };
+            a.record(record, Some(&group), Some(headend.id()), what);
+        }
+        confirm(&id, &report, state.ack()).await;
+    }
+    link.close(Duration::from_secs(2)).await;
+    Ok(())
+}
+
+/// Sends `ack` to the headend as one report through the meter's DAP.
+async fn confirm(id: &EntityId, report: &crate::meter::MeterConfig, ack: MeterAck) {
+    let sent = match (ack.encode(), report.copy()) {
+        (Ok(bytes), Ok(config)) => crate::meter::report_once(config, &[bytes]).await,
+        (Err(e), _) => Err(e.into()),
+        (_, Err(e)) => Err(e),
+    };
+    match sent {
+        Ok(sent) => {
+            let seq = sent.first().map_or(0, |s| s.0);
+            debug!(meter = %id, epoch = ack.epoch, version = ack.version, seq, "confirmation sent");
+        }
+        Err(e) => warn!(meter = %id, error = %e, "confirmation not sent; the headend asks again"),
+    }
+}
