@@ -965,3 +965,278 @@ async fn a_flooding_meter_is_reported_revoked_and_refused_by_dap_and_headend() {
     common::audit_intact(&dir, "headend-state/audit.jsonl", &["4711 kWh secret"]);
     drop(procs);
 }
+
+/// `sealcast <noun> meter-config --config <file> --json`, parsed.
+fn meter_config(dir: &Path, noun: &str, file: &str) -> serde_json::Value {
+    let out = common::run(dir, &[noun, "meter-config", "--config", file, "--json"]);
+    assert!(
+        out.status.success(),
+        "{noun} meter-config: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The configuration version `meter` applied (its own state).
+fn applied_version(dir: &Path, meter: &str) -> u64 {
+    meter_config(dir, "device", &format!("{meter}.toml"))["version"]
+        .as_u64()
+        .unwrap()
+}
+
+/// Whether the headend holds `meter`'s confirmation of the current key and
+/// configuration.
+fn confirmed(dir: &Path, meter: &str) -> bool {
+    meter_config(dir, "headend", "headend.toml")["meters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["meter"] == meter && m["current"] == true)
+}
+
+fn configure(dir: &Path, settings: &[&str]) -> String {
+    let mut args = vec!["headend", "configure-meters", "--config", "headend.toml"];
+    for s in settings {
+        args.extend(["--set", s]);
+    }
+    let out = common::run_bounded(dir, &args, Duration::from_secs(60));
+    assert!(
+        out.status.success(),
+        "configure-meters: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn listen(procs: &mut Procs, meter: &str) {
+    procs.start_appending(
+        &format!("{meter}-listen"),
+        &["device", "listen", "--config", &format!("{meter}.toml")],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_headend_reconfigures_every_meter_through_a_dap_that_cannot_read_or_forge_it() {
+    let t = MqttRun::start("dl").await;
+    let (dir, url, run) = (t.dir.clone(), &t.url, &t.run);
+    let name = |n: &str| format!("{run}-{n}");
+    let (headend, dap) = (name("headend"), name("dap"));
+    let meters = [name("meter-1"), name("meter-2"), name("meter-3")];
+    keygen(&dir, [&headend, &dap].into_iter().chain(&meters));
+    common::meters_dir(&dir, &meters);
+    metering_configs(
+        &dir,
+        url,
+        run,
+        &headend,
+        &dap,
+        &meters,
+        "\n[downlink]\nretry_ms = 300\n",
+        "batch_size = 4\nmax_batch_delay_ms = 50\n",
+    );
+    // The meter group's broadcasts, as anyone on the broker sees them.
+    let topics = TopicScheme::with_prefix(run).unwrap();
+    let group = sealcast_core::ids::GroupId::new("meters").unwrap();
+    let command_topic = topics.group(&group, sealcast_mqtt::GroupChannel::Command);
+    let (spy_client, mut captured) = spy(
+        url,
+        name("spy"),
+        [TopicFilter::new(&command_topic).unwrap()],
+        |_| true,
+    )
+    .await;
+
+    let mut procs = Procs::new(&dir);
+    start_headend(&mut procs);
+    procs.start_appending("dap", &["agent", "serve", "--config", "agent.toml"]);
+    wait_until("the headend accepts the DAP's announcement", &procs, || {
+        procs.log("headend").contains("DAP announcement accepted")
+    })
+    .await;
+    // meter-3 stays off for now.
+    listen(&mut procs, &meters[0]);
+    listen(&mut procs, &meters[1]);
+    wait_until("meters 1 and 2 confirm the group key", &procs, || {
+        meter_config(&dir, "headend", "headend.toml")["meters"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 2
+    })
+    .await;
+
+    // --- version 1 reaches the listening meters, unread by the DAP -----------
+    let out = configure(&dir, &["report_interval_s=900", "tariff=night-7731"]);
+    assert!(out.contains("version 1 issued"), "{out}");
+    wait_until("meters 1 and 2 apply and confirm version 1", &procs, || {
+        confirmed(&dir, &meters[0]) && confirmed(&dir, &meters[1])
+    })
+    .await;
+    let m1 = meter_config(&dir, "device", &format!("{}.toml", meters[0]));
+    assert_eq!(m1["version"], 1);
+    assert_eq!(m1["settings"]["tariff"], "night-7731");
+    assert_eq!(m1["settings"]["report_interval_s"], "900");
+    let (_, v1) = captured.recv().await.unwrap();
+    assert!(
+        !String::from_utf8_lossy(&v1).contains("night-7731"),
+        "the command crossed the broker in clear"
+    );
+    assert!(procs.log("dap").contains("relayed the headend's downlink"));
+    assert!(!procs.log("dap").contains("night-7731"));
+
+    // --- version 2; then version 1 replayed changes nothing -------------------
+    configure(&dir, &["tariff=day-7731"]);
+    wait_until("version 2 confirmed", &procs, || {
+        confirmed(&dir, &meters[0]) && confirmed(&dir, &meters[1])
+    })
+    .await;
+    assert_eq!(applied_version(&dir, &meters[0]), 2);
+    let refusals = |procs: &Procs, m: &str| {
+        procs
+            .log(&format!("{m}-listen"))
+            .matches("downlink refused")
+            .count()
+    };
+    let before = refusals(&procs, &meters[0]);
+    spy_client
+        .publish(command_topic.clone(), Bytes::from(v1))
+        .await
+        .unwrap();
+    // --- a command forged under the group's name (a key of the forger's) ---
+    let mut rng = sealcast_core::testrng::TestRng::new(41);
+    let mallory = sealcast_core::credential::EntityCredential::generate(
+        EntityId::new(&headend).unwrap(),
+        &mut rng,
+    );
+    let (forged_state, seq) =
+        sealcast_metering::downlink::HeadendDownlink::create(group.clone(), &mallory, &mut rng)
+            .unwrap()
+            .with_config([("tariff".to_owned(), "free".to_owned())].into())
+            .unwrap()
+            .take_seq()
+            .unwrap();
+    let now = sealcast_core::ids::UnixMillis::new(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64,
+    );
+    let forged = forged_state
+        .seal_command(&mallory, seq, now, &command_topic)
+        .unwrap();
+    spy_client
+        .publish(command_topic.clone(), Bytes::from(forged.clone()))
+        .await
+        .unwrap();
+    // --- and a bundle forged under the headend's name, to the DAP -----------
+    let bundle = sealcast_metering::downlink::Bundle {
+        headend: EntityId::new(&headend).unwrap(),
+        dap: EntityId::new(&dap).unwrap(),
+        issued: now,
+        deliveries: Vec::new(),
+        command: Some(forged),
+    }
+    .seal(mallory.signing_key())
+    .unwrap();
+    spy_client
+        .publish(
+            topics.agent(&EntityId::new(&dap).unwrap(), AgentChannel::Solicit),
+            Bytes::from(bundle),
+        )
+        .await
+        .unwrap();
+    spy_client.flush(Duration::from_secs(10)).await.unwrap();
+    wait_until("meter-1 refuses the replay and the forgery", &procs, || {
+        refusals(&procs, &meters[0]) >= before + 2
+    })
+    .await;
+    wait_until("the DAP refuses the forged bundle", &procs, || {
+        procs.log("dap").contains("downlink refused")
+    })
+    .await;
+    for m in &meters[..2] {
+        let c = meter_config(&dir, "device", &format!("{m}.toml"));
+        assert_eq!(c["version"], 2, "{m}");
+        assert_eq!(c["settings"]["tariff"], "day-7731", "{m}");
+    }
+
+    // --- meter-3 starts late: it is served at once and catches up ----------
+    listen(&mut procs, &meters[2]);
+    wait_until("meter-3 catches up to version 2", &procs, || {
+        confirmed(&dir, &meters[2])
+    })
+    .await;
+    assert_eq!(applied_version(&dir, &meters[2]), 2);
+
+    // --- meter-1 killed (-9) while version 3 is issued; restarted, it applies it
+    procs.sigkill(&format!("{}-listen", meters[0]));
+    configure(&dir, &["tariff=peak-7731"]);
+    wait_until("meters 2 and 3 apply version 3", &procs, || {
+        confirmed(&dir, &meters[1]) && confirmed(&dir, &meters[2])
+    })
+    .await;
+    assert_eq!(applied_version(&dir, &meters[0]), 2);
+    listen(&mut procs, &meters[0]);
+    wait_until("the restarted meter-1 applies version 3", &procs, || {
+        confirmed(&dir, &meters[0])
+    })
+    .await;
+    assert_eq!(applied_version(&dir, &meters[0]), 3);
+
+    // --- meter-2 revoked: the group is rekeyed without it --------------------
+    let mut config = fs::read_to_string(dir.join("headend.toml")).unwrap();
+    config.push_str(&format!(
+        "\n[[meter_status]]\nmeter = \"{}\"\nstatus = \"revoked\"\nreason = \"tampered\"\n",
+        meters[1]
+    ));
+    fs::write(dir.join("headend.toml"), config).unwrap();
+    procs.hangup("headend");
+    wait_until("the headend rekeys the meter group", &procs, || {
+        procs.log("headend").contains("meter group rekeyed")
+    })
+    .await;
+    configure(&dir, &["tariff=final-7731"]);
+    wait_until(
+        "meters 1 and 3 apply version 4 under the new key",
+        &procs,
+        || confirmed(&dir, &meters[0]) && confirmed(&dir, &meters[2]),
+    )
+    .await;
+    let state = meter_config(&dir, "headend", "headend.toml");
+    assert_eq!(state["epoch"], 2);
+    assert_eq!(state["version"], 4);
+    assert_eq!(
+        meter_config(&dir, "device", &format!("{}.toml", meters[0]))["epoch"],
+        2
+    );
+    // The revoked meter-2 got no key: version 4 stays unreadable to it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let m2 = meter_config(&dir, "device", &format!("{}.toml", meters[1]));
+    assert_eq!(m2["epoch"], 1);
+    assert_eq!(m2["version"], 3);
+    assert!(!confirmed(&dir, &meters[1]));
+
+    // --- state files 0600, audits intact without a setting's value ------------
+    use std::os::unix::fs::PermissionsExt;
+    for f in [
+        "headend-state/downlink.cbor".to_owned(),
+        format!("{}-state/downlink.cbor", meters[0]),
+    ] {
+        let mode = fs::metadata(dir.join(&f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{f}");
+    }
+    let secrets = ["night-7731", "day-7731", "peak-7731", "final-7731"];
+    common::audit_intact(&dir, "headend-state/audit.jsonl", &secrets);
+    common::audit_intact(&dir, "dap-state/dap-audit.jsonl", &secrets);
+    common::audit_intact(
+        &dir,
+        &format!("{}-state/downlink-audit.jsonl", meters[0]),
+        &secrets,
+    );
+    for p in ["headend", "dap"] {
+        for s in secrets {
+            assert!(!procs.log(p).contains(s), "{p} logged {s}");
+        }
+    }
+    drop(procs);
+}
