@@ -220,3 +220,193 @@ async fn smart_metering_over_coap_as_separate_processes() {
     assert_eq!(headend_readings(&dir), expected, "{}", procs.logs());
     procs.exit_on_ctrl_c("headend").await;
 }
+
+/// The downlink over CoAP: the DAP relays each key delivery to its meter's
+/// endpoint and the configuration by multicast to the meter group; the
+/// meters (`device listen`, each on the endpoint of its config) apply and
+/// confirm through the DAP. A meter started late catches up; a command
+/// sealed under a forger's key and posted to a meter's endpoint changes
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn meters_are_reconfigured_over_coap() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let run = run_prefix("mdl");
+    let (headend, dap) = ("headend", "dap-1");
+    let meters = ["meter-1", "meter-2"];
+    keygen(&dir, [headend, dap, meters[0], meters[1]]);
+    common::meters_dir(&dir, &meters);
+    let at = |_: &str| format!("127.0.0.1:{}", free_udp_port());
+    let (headend_at, dap_at) = (at(headend), at(dap));
+    let meter_at = [at(meters[0]), at(meters[1])];
+    let group = format!("224.0.1.187:{}", free_udp_port());
+    let coap = |listen: &str, peers: &[(&str, &str)]| {
+        let mut s = format!(
+            "[coap]\nlisten = \"{listen}\"\n\
+             group = \"{group}\"\nmulticast_interface = \"127.0.0.1\"\n"
+        );
+        for (id, at) in peers {
+            s.push_str(&format!(
+                "[[coap.endpoint]]\nid = \"{id}\"\naddress = \"{at}\"\n"
+            ));
+        }
+        s
+    };
+    let top = format!("transport = \"coap\"\ntopic_prefix = \"{run}\"\n");
+    fs::write(
+        dir.join("headend.toml"),
+        format!(
+            "{top}key = \"{headend}.key\"\nstate_dir = \"headend-state\"\nmeters_dir = \"meters\"\n\
+             [[dap]]\nid = \"{dap}\"\npublic_key = \"{dap}.pub\"\n\
+             [downlink]\nretry_ms = 300\n{}",
+            coap(&headend_at, &[(dap, &dap_at)])
+        ),
+    )
+    .unwrap();
+    fs::write(
+        dir.join("agent.toml"),
+        format!(
+            "{top}key = \"{dap}.key\"\nstate_dir = \"dap-state\"\n\
+             [dap]\nheadend = \"{headend}\"\n\
+             headend_public_key = \"{headend}.pub\"\nmeters_dir = \"meters\"\n\
+             batch_size = 4\nmax_batch_delay_ms = 50\n{}",
+            coap(
+                &dap_at,
+                &[
+                    (headend, &headend_at),
+                    (meters[0], &meter_at[0]),
+                    (meters[1], &meter_at[1])
+                ]
+            )
+        ),
+    )
+    .unwrap();
+    for (m, listen) in meters.iter().zip(&meter_at) {
+        fs::write(
+            dir.join(format!("{m}.toml")),
+            format!(
+                "{top}key = \"{m}.key\"\nstate_dir = \"{m}-state\"\ndap = \"{dap}\"\n\
+                 headend_public_key = \"{headend}.pub\"\n{}",
+                coap(listen, &[(dap, &dap_at)])
+            ),
+        )
+        .unwrap();
+    }
+    let json = |noun: &str, file: &str| -> serde_json::Value {
+        let out = common::run(&dir, &[noun, "meter-config", "--config", file, "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let confirmed = |m: &str| {
+        json("headend", "headend.toml")["meters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["meter"] == m && x["current"] == true)
+    };
+
+    let mut procs = Procs::new(&dir);
+    start_headend(&mut procs);
+    procs.start_appending("dap", &["agent", "serve", "--config", "agent.toml"]);
+    wait_until("the headend accepts the DAP's announcement", &procs, || {
+        procs.log("headend").contains("DAP announcement accepted")
+    })
+    .await;
+    procs.start_appending(
+        "meter-1-listen",
+        &["device", "listen", "--config", "meter-1.toml"],
+    );
+    wait_until("meter-1 confirms the group key", &procs, || {
+        confirmed(meters[0])
+    })
+    .await;
+    let out = common::run_bounded(
+        &dir,
+        &[
+            "headend",
+            "configure-meters",
+            "--config",
+            "headend.toml",
+            "--set",
+            "report_interval_s=900",
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until("meter-1 applies and confirms version 1", &procs, || {
+        confirmed(meters[0]) && json("device", "meter-1.toml")["version"] == 1
+    })
+    .await;
+    assert_eq!(
+        json("device", "meter-1.toml")["settings"]["report_interval_s"],
+        "900"
+    );
+    // A reading still gets through while the listener runs (they share the
+    // meter's sequence state under its lock).
+    let seqs = report_seqs(&common::device_report(&dir, meters[0], "m1 1 kWh", 1));
+    assert_eq!(seqs.len(), 1);
+
+    // --- meter-2 starts late and catches up ---------------------------------
+    procs.start_appending(
+        "meter-2-listen",
+        &["device", "listen", "--config", "meter-2.toml"],
+    );
+    wait_until("meter-2 catches up to version 1", &procs, || {
+        confirmed(meters[1]) && json("device", "meter-2.toml")["version"] == 1
+    })
+    .await;
+
+    // --- a forged command posted to meter-1's endpoint ----------------------
+    let mut rng = sealcast_core::testrng::TestRng::new(5);
+    let mallory = sealcast_core::credential::EntityCredential::generate(
+        EntityId::new(headend).unwrap(),
+        &mut rng,
+    );
+    let meter_group = sealcast_core::ids::GroupId::new("meters").unwrap();
+    let target = TopicScheme::with_prefix(&run)
+        .unwrap()
+        .group(&meter_group, sealcast_core::target::GroupChannel::Command);
+    let (forged_state, seq) =
+        sealcast_metering::downlink::HeadendDownlink::create(meter_group, &mallory, &mut rng)
+            .unwrap()
+            .with_config([("report_interval_s".to_owned(), "1".to_owned())].into())
+            .unwrap()
+            .take_seq()
+            .unwrap();
+    let now = sealcast_core::ids::UnixMillis::new(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64,
+    );
+    let forged = forged_state
+        .seal_command(&mallory, seq, now, &target)
+        .unwrap();
+    let client = CoapClient::bind(ClientConfig::new("127.0.0.1:0".parse().unwrap()))
+        .await
+        .unwrap();
+    let _ = client
+        .request(
+            meter_at[0].parse().unwrap(),
+            &Request::post(&target, ContentFormat::COSE_ENCRYPT0, forged).unwrap(),
+        )
+        .await;
+    wait_until("meter-1 refuses the forged command", &procs, || {
+        procs.log("meter-1-listen").contains("downlink refused")
+    })
+    .await;
+    assert_eq!(json("device", "meter-1.toml")["version"], 1);
+    assert_eq!(
+        json("device", "meter-1.toml")["settings"]["report_interval_s"],
+        "900"
+    );
+    drop(procs);
+}

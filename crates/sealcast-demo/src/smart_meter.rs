@@ -459,11 +459,13 @@ async fn run_downlink(
                     continue;
                 }
                 if let Ok((next, update)) = st.on_command(&m.payload, &command_topic, now()) {
+                    *st = next;
+                    // Changes are confirmed (a listener also re-confirms
+                    // what it held, at most every half minute).
                     if matches!(update, MeterUpdate::Applied(_)) {
                         applied += 1;
+                        confirm.push(i);
                     }
-                    *st = next;
-                    confirm.push(i);
                 }
             }
         } else if let Ok(Topic::Device { device, .. }) = topics.parse(&m.target)
@@ -476,9 +478,11 @@ async fn run_downlink(
                 group,
                 &m.payload,
             );
-            if let Ok((next, _)) = opened {
+            if let Ok((next, update)) = opened {
                 states[i] = next;
-                confirm.push(i);
+                if matches!(update, MeterUpdate::KeyInstalled(_)) {
+                    confirm.push(i);
+                }
             }
         }
         m.ack.ack().await;

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use crate::link::{Inbox, Incoming, Interest, Link, LinkConfig};
 use sealcast_core::credential::PublicCredential;
 use sealcast_core::ids::EntityId;
-use sealcast_core::target::{AgentChannel, TopicFilter, TopicScheme};
+use sealcast_core::target::{AgentChannel, DeviceChannel, GroupChannel, TopicFilter, TopicScheme};
 pub use sealcast_metering::dap::{DapCore, RateLimit, ReportVerdict, SealedBatches};
 use sealcast_store::{DeviceStateFile, StateLock};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -258,17 +258,15 @@ struct RelayJob {
     command: Option<(sealcast_core::ids::GroupId, Vec<u8>)>,
 }
 
-/// Sends what the DAP relays on a link of its own and waits for the
-/// transport to take it, so the DAP's own link never waits for meters.
+/// Sends what the DAP relays on a link of its own, so the DAP's own link
+/// never waits for meters. The command goes first (one multicast or
+/// publish for every meter), then the key deliveries; nothing waits for a
+/// meter's answer: one out of reach must not hold up the others (CoAP
+/// retransmits to it on its own; the headend sends again until each meter
+/// confirms).
 async fn relay_task(dap: EntityId, link: Link, mut jobs: mpsc::Receiver<RelayJob>) {
-    use sealcast_core::target::{DeviceChannel, GroupChannel};
+    let mut warn_limit = crate::runtime::WarnLimiter::new(crate::runtime::REFUSED_WARN_EVERY);
     while let Some(job) = jobs.recv().await {
-        for (meter, delivery) in job.deliveries {
-            let target = link.topics().device(&meter, DeviceChannel::Delivery);
-            if let Err(e) = link.send_to(&meter, target, delivery).await {
-                warn!(%dap, %meter, error = %e, "key delivery not relayed; the headend sends it again");
-            }
-        }
         if let Some((group, command)) = job.command
             && let Err(e) = link
                 .publish_group(&group, GroupChannel::Command, command)
@@ -276,10 +274,13 @@ async fn relay_task(dap: EntityId, link: Link, mut jobs: mpsc::Receiver<RelayJob
         {
             warn!(%dap, error = %e, "configuration command not relayed; the headend sends it again");
         }
-        if let Err(e) = link.flush(Duration::from_secs(30)).await {
-            // Meters out of reach: the headend sends again until each
-            // confirms.
-            debug!(%dap, error = %e, "downlink not all taken");
+        for (meter, delivery) in job.deliveries {
+            let target = link.topics().device(&meter, DeviceChannel::Delivery);
+            if let Err(e) = link.send_to(&meter, target, delivery).await
+                && let Some(held_back) = warn_limit.allow()
+            {
+                warn!(%dap, %meter, error = %e, held_back, "key delivery not relayed (CoAP: is the meter in [[coap.endpoint]]?); the headend sends it again");
+            }
         }
     }
     link.close(Duration::from_secs(2)).await;

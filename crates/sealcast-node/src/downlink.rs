@@ -28,6 +28,11 @@ use crate::link::{Interest, Link, LinkConfig};
 use crate::runtime::{now, os_rng};
 use crate::{Error, Result};
 
+/// Key-delivery bytes in one bundle, at most (the command and the
+/// signature come on top): a bundle fits a CoAP body of 64 KiB.
+const BUNDLE_DELIVERY_BYTES: usize = 40 * 1024;
+/// How often a meter confirms again what it held already.
+const RECONFIRM_EVERY: Duration = Duration::from_secs(30);
 /// The longest wait between two tries for one meter.
 const MAX_BACKOFF: Duration = Duration::from_secs(600);
 /// File name of the headend's downlink state (holds the group key: 0600).
@@ -251,12 +256,24 @@ impl HeadendDownlinkRun {
                 command: cmd,
                 ..DapRound::default()
             };
-            let mut chunks: Vec<Vec<(EntityId, Vec<u8>)>> = deliveries
-                .chunks(MAX_BUNDLE_DELIVERIES)
-                .map(<[_]>::to_vec)
-                .collect();
-            if chunks.is_empty() {
-                chunks.push(Vec::new());
+            // Bundles small enough for one CoAP body (block-wise up to
+            // 64 KiB) and one MQTT packet.
+            let mut chunks: Vec<Vec<(EntityId, Vec<u8>)>> = vec![Vec::new()];
+            let mut bytes_in_chunk = 0usize;
+            for d in deliveries {
+                let len = d.1.len() + d.0.as_str().len() + 8;
+                let full = chunks.last().is_some_and(|c| {
+                    c.len() >= MAX_BUNDLE_DELIVERIES
+                        || (!c.is_empty() && bytes_in_chunk + len > BUNDLE_DELIVERY_BYTES)
+                });
+                if full {
+                    chunks.push(Vec::new());
+                    bytes_in_chunk = 0;
+                }
+                bytes_in_chunk += len;
+                if let Some(c) = chunks.last_mut() {
+                    c.push(d);
+                }
             }
             for (i, chunk) in chunks.into_iter().enumerate() {
                 let bundle = Bundle {
@@ -367,6 +384,7 @@ pub async fn listen(
     info!(meter = %id, group = %group.name(), epoch = state.epoch(), version = state.version(), "meter listening for the headend's downlink");
     tokio::pin!(stop);
     confirm(&id, &report, state.ack()).await;
+    let mut last_confirmed = Some(Instant::now());
     loop {
         let m = tokio::select! {
             () = &mut stop => break,
@@ -436,7 +454,18 @@ pub async fn listen(
             };
             a.record(record, Some(&group), Some(headend.id()), what);
         }
-        confirm(&id, &report, state.ack()).await;
+        // A change is confirmed at once; what it held already (the
+        // command sent again for other meters) at most once a while, so a
+        // broadcast repeated for a few meters does not make every meter
+        // report.
+        let changed = matches!(
+            update,
+            MeterUpdate::KeyInstalled(_) | MeterUpdate::Applied(_)
+        );
+        if changed || last_confirmed.is_none_or(|t: Instant| t.elapsed() >= RECONFIRM_EVERY) {
+            confirm(&id, &report, state.ack()).await;
+            last_confirmed = Some(Instant::now());
+        }
     }
     link.close(Duration::from_secs(2)).await;
     Ok(())

@@ -576,11 +576,12 @@ impl Headend {
                     self.handler.reading(r);
                 }
                 let acks = std::mem::take(&mut outcome.acks);
-                let lagging = self.on_acks(&outcome.dap, acks);
+                // A meter that still lacks something is due at the next
+                // downlink round (its back-off was reset): not served from
+                // here, or every batch of confirmations would send the
+                // command again.
+                let _lagging = self.on_acks(&outcome.dap, acks);
                 m.ack.ack().await;
-                if lagging {
-                    self.serve_downlink().await;
-                }
                 if let Some(a) = &mut self.audit {
                     let ids: Vec<String> = outcome
                         .readings
