@@ -5,8 +5,11 @@
 // number a plausibility rule reads) or command payloads (the operation an
 // access-control policy reads): any bytes give a value or an error, never a
 // panic; an order that decodes re-encodes to one that decodes the same.
-// Also the status lists (from the manager, and a node's status.cbor) and
-// the misbehaviour reports' routing check.
+// Also the status lists (from the manager, and a node's status.cbor), the
+// misbehaviour reports' routing check, and the smart-meter downlink: a
+// decrypted configuration command, a decrypted report that may be a
+// meter's confirmation, a meter's downlink.cbor, and the DAP's routing test
+// of a bundle.
 use sealcast_group::status::{MisbehaviourReport, StatusList, StatusRepository};
 use sealcast_group::transmission::{OrderAck, TransmissionOrder, decode_stopped, encode_stopped};
 
@@ -37,4 +40,29 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let _ = MisbehaviourReport::claimed_reporter(data);
     let _ = sealcast_metering::plausibility::first_number(data);
     let _ = sealcast_group::acp::operation_of(data);
+    use sealcast_metering::downlink::{Bundle, ConfigCommand, MeterAck, MeterDownlink};
+    if let Ok(command) = ConfigCommand::decode(data) {
+        let again = command
+            .encode()
+            .unwrap_or_else(|e| panic!("re-encoding a decoded command: {e}"));
+        assert_eq!(ConfigCommand::decode(&again).ok(), Some(command));
+    }
+    if let Some(ack) = MeterAck::parse(data) {
+        let again = ack
+            .encode()
+            .unwrap_or_else(|e| panic!("re-encoding an ack: {e}"));
+        assert_eq!(MeterAck::parse(&again), Some(ack));
+    }
+    if let Ok(state) = MeterDownlink::import(data) {
+        let again = state
+            .export()
+            .unwrap_or_else(|e| panic!("re-encoding a meter's downlink state: {e}"));
+        let back = MeterDownlink::import(&again)
+            .unwrap_or_else(|e| panic!("re-decoding a meter's downlink state: {e}"));
+        assert_eq!(
+            (back.epoch(), back.version()),
+            (state.epoch(), state.version())
+        );
+    }
+    let _ = Bundle::looks_like(data);
 });
