@@ -165,7 +165,7 @@ pub enum HeadendCommand {
     /// whole) to the running headend, which issues it as the next version,
     /// broadcasts it signed-then-encrypted under the meter group's key
     /// through its DAPs (they relay it unread) and sends it again until
-    /// every meter confirmed. Needs a [downlink] section in headend.toml.
+    /// every meter confirmed. Needs a `[downlink]` section in headend.toml.
     ///
     /// Example: sealcast headend configure-meters --config headend.toml --set report_interval_s=900
     ConfigureMeters(metering::ConfigureMetersArgs),
