@@ -1190,7 +1190,34 @@ async fn the_headend_reconfigures_every_meter_through_a_dap_that_cannot_read_or_
         meters[1]
     ));
     fs::write(dir.join("headend.toml"), config).unwrap();
+    // The rekey's state cannot be saved at first (a directory stands where
+    // the file goes): no configuration is issued until it is.
+    let state = dir.join("headend-state/downlink.cbor");
+    let kept = dir.join("headend-state/downlink.kept");
+    fs::rename(&state, &kept).unwrap();
+    fs::create_dir(&state).unwrap();
     procs.hangup("headend");
+    wait_until("the headend fails to save the rekey", &procs, || {
+        procs.log("headend").contains("meter group not rekeyed")
+    })
+    .await;
+    let refused = common::run_bounded(
+        &dir,
+        &[
+            "headend",
+            "configure-meters",
+            "--config",
+            "headend.toml",
+            "--set",
+            "tariff=leak-7731",
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("still to be rekeyed"), "{err}");
+    fs::remove_dir(&state).unwrap();
+    fs::rename(&kept, &state).unwrap();
     wait_until("the headend rekeys the meter group", &procs, || {
         procs.log("headend").contains("meter group rekeyed")
     })
@@ -1225,7 +1252,13 @@ async fn the_headend_reconfigures_every_meter_through_a_dap_that_cannot_read_or_
         let mode = fs::metadata(dir.join(&f)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{f}");
     }
-    let secrets = ["night-7731", "day-7731", "peak-7731", "final-7731"];
+    let secrets = [
+        "night-7731",
+        "day-7731",
+        "peak-7731",
+        "final-7731",
+        "leak-7731",
+    ];
     common::audit_intact(&dir, "headend-state/audit.jsonl", &secrets);
     common::audit_intact(&dir, "dap-state/dap-audit.jsonl", &secrets);
     common::audit_intact(

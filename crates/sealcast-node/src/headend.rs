@@ -275,6 +275,10 @@ struct Headend {
     report_seqs: BTreeMap<EntityId, u64>,
     /// The downlink to its meters.
     downlink: Option<crate::downlink::HeadendDownlinkRun>,
+    /// Revoked meters the meter group still has to be rekeyed without
+    /// (a rekey whose state could not be saved is tried again each round;
+    /// no configuration is issued meanwhile).
+    rekey_pending: Vec<EntityId>,
 }
 
 /// Connects the headend, restores its state, subscribes to its DAPs'
@@ -338,7 +342,22 @@ pub async fn spawn(config: HeadendConfig) -> Result<HeadendHandle> {
         policy,
         report_seqs: BTreeMap::new(),
         downlink,
+        rekey_pending: Vec::new(),
     };
+    // A revocation saved in the status list whose rekey was not (the
+    // headend stopped, or the disk refused it): the revoked meter's
+    // confirmation is still on file. Rekeyed before anything is sent.
+    if let Some(d) = &headend.downlink {
+        headend.rekey_pending = d
+            .state()
+            .acks()
+            .keys()
+            .filter(|m| {
+                headend.status.status_of(m) == Some(sealcast_group::status::Status::Revoked)
+            })
+            .cloned()
+            .collect();
+    }
     headend.downlink_stats();
     // Every DAP announces again (its meter set may have changed while we
     // were away), whether or not we hold an older announcement.
@@ -406,6 +425,10 @@ impl Headend {
                     None => break None,
                 },
                 _ = downlink_tick.tick(), if self.downlink.is_some() => {
+                    if !self.rekey_pending.is_empty() {
+                        let pending = std::mem::take(&mut self.rekey_pending);
+                        self.evict_from_downlink(&pending).await;
+                    }
                     self.serve_downlink().await;
                     Ok(())
                 }
@@ -580,7 +603,7 @@ impl Headend {
                 // downlink round (its back-off was reset): not served from
                 // here, or every batch of confirmations would send the
                 // command again.
-                let _lagging = self.on_acks(&outcome.dap, acks);
+                self.on_acks(&outcome.dap, acks);
                 m.ack.ack().await;
                 if let Some(a) = &mut self.audit {
                     let ids: Vec<String> = outcome
@@ -891,6 +914,12 @@ impl Headend {
     }
 
     fn configure_meters(&mut self, settings: BTreeMap<String, String>) -> Result<u64> {
+        if !self.rekey_pending.is_empty() {
+            return Err(crate::Error::Runtime(format!(
+                "the meter group is still to be rekeyed without revoked meters ({} pending; its state could not be saved: check the state directory's disk), so no configuration is issued",
+                self.rekey_pending.len()
+            )));
+        }
         let Some(d) = &mut self.downlink else {
             return Err(crate::Error::Runtime(
                 "this headend has no downlink: add a [downlink] section to its config".into(),
@@ -939,31 +968,40 @@ impl Headend {
                 self.serve_downlink().await;
             }
             Err(e) => {
-                warn!(error = %e, "meter group not rekeyed (state not saved); revoked meters' reports are still refused")
+                warn!(error = %e, "meter group not rekeyed (state not saved): tried again each round, no configuration issued meanwhile; revoked meters' reports are still refused");
+                for m in revoked {
+                    if !self.rekey_pending.contains(m) {
+                        self.rekey_pending.push(m.clone());
+                    }
+                }
             }
         }
     }
 
-    /// Meters' confirmations, arrived as reports. True when one of them
-    /// still lacks the current key or configuration (serve it now).
+    /// Meters' confirmations, arrived as reports.
     fn on_acks(
         &mut self,
         dap: &EntityId,
         acks: Vec<(EntityId, sealcast_metering::downlink::MeterAck)>,
-    ) -> bool {
+    ) {
         if acks.is_empty() {
-            return false;
+            return;
         }
-        let mut lagging = false;
         self.stats.confirmations += acks.len() as u64;
         let Some(d) = &mut self.downlink else {
             debug!(
                 confirmations = acks.len(),
                 "meters' confirmations, but this headend has no downlink"
             );
-            return false;
+            return;
         };
         for (meter, ack) in acks {
+            // A suspended or revoked meter's word is not taken (its readings
+            // are not either).
+            if self.status.status_of(&meter).is_some() {
+                debug!(%meter, "confirmation of a listed meter ignored");
+                continue;
+            }
             match d.on_ack(&meter, ack) {
                 Ok(true) => {
                     info!(%meter, %dap, epoch = ack.epoch, version = ack.version, "meter confirmed the downlink");
@@ -984,10 +1022,8 @@ impl Headend {
                     warn!(%meter, error = %e, "confirmation not saved; the meter confirms again")
                 }
             }
-            lagging |= !d.is_current(&meter);
         }
         self.downlink_stats();
-        lagging
     }
 
     fn downlink_stats(&mut self) {
