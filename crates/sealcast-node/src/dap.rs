@@ -890,6 +890,12 @@ impl Dap {
             deliveries,
             command: job_command,
         };
+        if self.relay_config.transport() == crate::link::Transport::OneM2m {
+            // Its group publish needs the meters' <group> resource, which
+            // nothing creates yet (the headend refuses [downlink] there).
+            warn!(dap = %self.core.id(), "the downlink is not relayed on the oneM2M transport");
+            return Ok(());
+        }
         let relay = match &self.relay {
             Some(r) if !r.is_closed() => r.clone(),
             _ => {
