@@ -137,7 +137,9 @@ pub async fn smart_meter(
         downlink: (!onem2m).then(|| DownlinkConfig {
             group: meter_group.clone(),
             state_file: None,
-            retry: Duration::from_millis(200),
+            // Long enough that a delivery still in flight to hundreds of
+            // meters sharing one endpoint is not sent again on top.
+            retry: Duration::from_millis(1000),
         }),
     })
     .await?;

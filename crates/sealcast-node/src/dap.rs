@@ -483,6 +483,19 @@ impl Dap {
         if !self.pending.is_empty() {
             Box::pin(self.flush_once(inbox)).await?;
         }
+        // What arrived during that flush came after this message: handled
+        // after it (reports join the next batch), never left behind.
+        let later = std::mem::take(&mut self.arrived);
+        let handled = self.on_headend_message(m).await;
+        for x in later {
+            Box::pin(self.on_message(x, inbox)).await?;
+        }
+        handled
+    }
+
+    /// A message on the DAP's solicit target (status list, downlink bundle
+    /// or announce request), or on an unexpected one.
+    async fn on_headend_message(&mut self, m: Incoming) -> Result<()> {
         if m.target == self.solicit_topic
             && sealcast_group::status::StatusList::looks_like(&m.payload)
         {
