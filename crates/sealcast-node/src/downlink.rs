@@ -344,8 +344,9 @@ pub fn read_meter_state(file: &DeviceStateFile) -> Result<Option<MeterDownlink>>
 /// Runs a meter's downlink listener until `stop` resolves: confirms what it
 /// holds when it starts (so the headend serves it at once), installs the
 /// group key its DAP relays, applies newer configurations, saves each
-/// change before it counts, and confirms each (also one that changed
-/// nothing, so a lost confirmation is repaired by the headend's next try).
+/// change before it counts, and confirms each at once; what it held
+/// already it confirms again at most every 30 s (so a lost confirmation is
+/// repaired by one of the headend's later tries).
 /// `applied` is told of every configuration applied.
 pub async fn listen(
     config: MeterListenConfig,
@@ -385,9 +386,17 @@ pub async fn listen(
     tokio::pin!(stop);
     confirm(&id, &report, state.ack()).await;
     let mut last_confirmed = Some(Instant::now());
+    // Refusals are counted and written to the audit log in bursts.
+    let mut audit_tick = tokio::time::interval(Duration::from_secs(5));
     loop {
         let m = tokio::select! {
             () = &mut stop => break,
+            _ = audit_tick.tick() => {
+                if let Some(a) = &mut audit {
+                    a.tick();
+                }
+                continue;
+            }
             m = inbox.next_message() => match m {
                 Some(m) => m,
                 None => break,
@@ -466,6 +475,9 @@ pub async fn listen(
             confirm(&id, &report, state.ack()).await;
             last_confirmed = Some(Instant::now());
         }
+    }
+    if let Some(a) = &mut audit {
+        a.flush_refused();
     }
     link.close(Duration::from_secs(2)).await;
     Ok(())
