@@ -476,13 +476,15 @@ impl Dap {
             }
             return Ok(());
         }
-        // A message of the headend while reports wait for their batch: the
-        // batch goes first, so acknowledgements leave in the order the
-        // messages arrived (MQTT §4.6; the embedded broker drops a client
-        // that acknowledges out of order).
-        if !self.pending.is_empty() {
-            Box::pin(self.flush_once(inbox)).await?;
+        // MQTT: a message of the headend while reports wait for their
+        // batch: the batch goes first, so acknowledgements leave in the
+        // order the messages arrived (MQTT §4.6; the embedded broker drops a
+        // client that acknowledges out of order). CoAP answers and oneM2M
+        // notifications have no such order: handled at once there.
+        if self.link.transport() != crate::link::Transport::Mqtt || self.pending.is_empty() {
+            return self.on_headend_message(m).await;
         }
+        Box::pin(self.flush_once(inbox)).await?;
         // What arrived during that flush came after this message: handled
         // after it (reports join the next batch), never left behind.
         let later = std::mem::take(&mut self.arrived);
