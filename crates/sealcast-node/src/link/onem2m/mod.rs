@@ -255,6 +255,9 @@ const PROBE_EVERY: Duration = Duration::from_secs(2);
 /// Messages the notification listener hands over before it answers the
 /// CSE with 5000 (the runtime is not keeping up).
 const INBOX_CAPACITY: usize = 1024;
+/// Tries of one contentInstance create the CSE answers 5000 (internal
+/// error).
+const CREATE_ATTEMPTS: u64 = 3;
 
 impl OneM2mLink {
     /// Registers `id`'s AE (and, for the manager, its group host), creates
@@ -367,10 +370,37 @@ impl OneM2mLink {
         tokio::spawn(async move {
             let _permit = permits.acquire_owned().await;
             let cin = resource::content_instance(&bytes, &target);
-            let result = client
-                .expect(Method::POST, &base, &path, Some(Type::ContentInstance), Some(&cin))
-                .await
-                .and_then(|answer| {
+            // A CSE that answers 5000 (internal error) created nothing (ACME
+            // deletes the instance when its container's check fails under
+            // concurrent creates): created again, twice at most. Every
+            // sealcast message is replay-protected, so a copy would be
+            // refused anyway.
+            let mut attempt = 0u64;
+            let answer = loop {
+                attempt += 1;
+                match client
+                    .request(
+                        Method::POST,
+                        &base,
+                        &path,
+                        Some(Type::ContentInstance),
+                        Some(&cin),
+                    )
+                    .await
+                {
+                    Ok((5000, _)) if attempt < CREATE_ATTEMPTS => {
+                        debug!(%target, attempt, "the CSE answered 5000 (internal error); creating again");
+                        tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                    }
+                    Ok((rsc, value)) => {
+                        break primitive::check_response(rsc, value).map_err(|e| {
+                            Error::Runtime(format!("oneM2M POST {path} as {}: {e}", client.origin))
+                        });
+                    }
+                    Err(e) => break Err(e),
+                }
+            };
+            let result = answer.and_then(|answer| {
                     if !fan_out {
                         return Ok(());
                     }
