@@ -77,41 +77,14 @@ pub const GROUP_ALG: AeadAlg = AeadAlg::A128Gcm;
 const MAX_STATE_LEN: usize = 1 << 24;
 const STATE_VERSION: u64 = 1;
 
-fn malformed(what: &'static str) -> Error {
-    Error::Core(sealcast_core::Error::Malformed(what))
-}
+use crate::wire::{encode, id_value, malformed, text_id, uint};
 
-fn encode(value: &Value) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    ciborium::into_writer(value, &mut out).map_err(|_| malformed("CBOR encoding failed"))?;
-    Ok(out)
-}
-
+/// [`crate::wire`]'s exact decoder behind a size limit of its own.
 fn decode_exact(bytes: &[u8], limit: usize) -> Result<Value> {
     if bytes.len() > limit {
         return Err(malformed("downlink item too large"));
     }
-    let mut cursor = std::io::Cursor::new(bytes);
-    let value: Value = ciborium::from_reader(&mut cursor).map_err(|_| malformed("not CBOR"))?;
-    if usize::try_from(cursor.position()).ok() != Some(bytes.len()) {
-        return Err(malformed("trailing bytes"));
-    }
-    Ok(value)
-}
-
-fn uint(v: &Value) -> Result<u64> {
-    sealcast_core::cbor::u64_of(v).ok_or_else(|| malformed("not an unsigned integer"))
-}
-
-fn text_id(v: &Value) -> Result<EntityId> {
-    match v {
-        Value::Text(t) => Ok(EntityId::new(t)?),
-        _ => Err(malformed("entity id is not a text string")),
-    }
-}
-
-fn id_value(id: &EntityId) -> Value {
-    Value::Text(id.as_str().to_owned())
+    crate::wire::decode_exact(bytes)
 }
 
 /// Checks one setting's name and value.

@@ -49,11 +49,11 @@ pub const MAX_SOLICIT_LEN: usize = 512;
 /// Room the statement wrapping and the batch header take around the reports.
 const BATCH_OVERHEAD: usize = 512;
 
-fn malformed(what: &'static str) -> Error {
+pub(crate) fn malformed(what: &'static str) -> Error {
     Error::Core(sealcast_core::Error::Malformed(what))
 }
 
-fn encode(value: &Value) -> Result<Vec<u8>> {
+pub(crate) fn encode(value: &Value) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     ciborium::into_writer(value, &mut out).map_err(|_| malformed("CBOR encoding failed"))?;
     Ok(out)
@@ -61,7 +61,7 @@ fn encode(value: &Value) -> Result<Vec<u8>> {
 
 /// Decodes exactly one CBOR item filling all of `bytes` (the caller checked
 /// the size; ciborium bounds the nesting).
-fn decode_exact(bytes: &[u8]) -> Result<Value> {
+pub(crate) fn decode_exact(bytes: &[u8]) -> Result<Value> {
     let mut cursor = std::io::Cursor::new(bytes);
     let value: Value =
         ciborium::from_reader(&mut cursor).map_err(|_| malformed("payload is not CBOR"))?;
@@ -71,18 +71,18 @@ fn decode_exact(bytes: &[u8]) -> Result<Value> {
     Ok(value)
 }
 
-fn text_id(v: &Value) -> Result<EntityId> {
+pub(crate) fn text_id(v: &Value) -> Result<EntityId> {
     match v {
         Value::Text(t) => Ok(EntityId::new(t)?),
         _ => Err(malformed("entity id is not a text string")),
     }
 }
 
-fn uint(v: &Value) -> Result<u64> {
+pub(crate) fn uint(v: &Value) -> Result<u64> {
     sealcast_core::cbor::u64_of(v).ok_or_else(|| malformed("not an unsigned integer"))
 }
 
-fn id_value(id: &EntityId) -> Value {
+pub(crate) fn id_value(id: &EntityId) -> Value {
     Value::Text(id.as_str().to_owned())
 }
 
