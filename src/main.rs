@@ -138,6 +138,10 @@ fn run(cli: Cli) -> error::Result<()> {
         Command::Device(cmd::serve::DeviceCommand::Listen(args)) => {
             cmd::serve::metering::device_listen(&args)
         }
+        Command::Device(cmd::serve::DeviceCommand::Token(args))
+        | Command::Agent(cmd::serve::AgentCommand::Token(args)) => {
+            cmd::serve::node::show_token(&args)
+        }
         Command::Device(cmd::serve::DeviceCommand::MeterConfig(args)) => {
             cmd::serve::metering::device_meter_config(&args)
         }

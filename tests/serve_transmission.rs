@@ -1020,3 +1020,234 @@ async fn an_operator_rotates_a_doors_key_and_it_keeps_its_seat() {
     assert!(audit.contains("rotate-key"), "{audit}");
     drop(procs);
 }
+
+/// `sealcast agent token --config agent.toml --json`.
+fn gateway_token(dir: &std::path::Path) -> serde_json::Value {
+    let out = common::sealcast(dir, &["agent", "token", "--config", "agent.toml", "--json"]);
+    serde_json::from_str(out.trim()).unwrap()
+}
+
+fn now_s() -> u64 {
+    now_ms() / 1000
+}
+
+/// Issue #15, item 4 (access-control tokens, as processes): the doors have
+/// no `[[acp]]` rules and accept tokens, so they execute only what the
+/// signer's token from the manager grants. The manager issues the gateway a
+/// 4-second token for `unlock` on `fire-doors` and renews it at half its
+/// life; the gateway carries it in its commands; the doors validate it
+/// offline. A command after the first token's expiry still runs (renewed).
+/// At the gateway, a token for another node, an older token replayed and
+/// a token forged under the manager's name are refused. Killed and
+/// restarted with the grant narrowed to `extinguish`, the manager's new
+/// token no longer grants the unlock: refused. Restarted without any grant,
+/// the gateway's token expires and its next command carries none: refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn access_tokens_let_the_gateway_order_what_they_grant_until_they_expire() {
+    use sealcast_group::token::{AccessToken, Grant};
+    let t = MqttRun::start("token").await;
+    let (dir, url, prefix) = (t.dir.clone(), t.url.clone(), t.run.clone());
+    let Site {
+        manager,
+        gateway,
+        sensor,
+        doors,
+    } = fire_safety_site(&t, "");
+    let append = |file: &str, text: &str| {
+        let path = dir.join(file);
+        let mut toml = fs::read_to_string(&path).unwrap();
+        toml.push_str(text);
+        fs::write(path, toml).unwrap();
+    };
+    for d in &doors {
+        append(&format!("{d}.toml"), "accept_access_tokens = true\n");
+    }
+    let base_manager = fs::read_to_string(dir.join("manager.toml")).unwrap();
+    let grant = |ops: &str| {
+        format!(
+            "\n[[access_token]]\nentity = \"{gateway}\"\ngroups = [\"fire-doors\"]\noperations = [{ops}]\nlifetime_s = 4\n"
+        )
+    };
+    fs::write(
+        dir.join("manager.toml"),
+        base_manager.clone() + &grant("\"unlock\""),
+    )
+    .unwrap();
+
+    // A raw client that captures what the manager sends the gateway.
+    let topics = TopicScheme::with_prefix(&prefix).unwrap();
+    let gateway_id = EntityId::new(&gateway).unwrap();
+    let gateway_inbox = topics.device(&gateway_id, DeviceChannel::Delivery);
+    let door_inbox = topics.device(&EntityId::new(&doors[0]).unwrap(), DeviceChannel::Delivery);
+    let watched = gateway_inbox.clone();
+    let (spy, mut captured_rx) = spy(
+        &url,
+        format!("{prefix}-spy"),
+        [topics.device_filter(&gateway_id)],
+        move |t| t == watched,
+    )
+    .await;
+
+    let mut procs = Procs::new(&dir);
+    start_fire_safety(&mut procs, &sensor, [doors[0].as_str(), doors[1].as_str()]);
+    procs.exit_on_ctrl_c(&sensor).await;
+    let received = |procs: &Procs| {
+        procs
+            .log("agent")
+            .matches("access token received from the manager")
+            .count()
+    };
+    wait_until_blocking("the gateway holds a token", &procs, || {
+        received(&procs) >= 1
+    });
+    let first = gateway_token(&dir);
+    let token = &first["token"];
+    assert_eq!(token["valid"], true, "{first}");
+    assert_eq!(token["issuer"], manager.as_str());
+    assert_eq!(
+        token["grants"],
+        serde_json::json!([{"group": "fire-doors", "operations": ["unlock"]}])
+    );
+    let first_expires = token["expires"].as_u64().unwrap();
+
+    // --- the token permits the gateway's unlock on both doors --------------
+    common::alert(&dir, &sensor, "smoke 1");
+    wait_until_blocking("both doors unlock on the token", &procs, || {
+        doors.iter().all(|d| executed(&dir, d).len() == 1)
+    });
+
+    // --- renewed before it expires: a command after the first token's end --
+    wait_until_blocking("the first token has expired", &procs, || {
+        now_s() > first_expires
+    });
+    assert_ne!(gateway_token(&dir)["token"]["id"], token["id"]);
+    common::alert(&dir, &sensor, "smoke 2");
+    wait_until_blocking("both doors unlock on the renewed token", &procs, || {
+        doors.iter().all(|d| executed(&dir, d).len() == 2)
+    });
+
+    // --- attacks at the holder ---------------------------------------------
+    let mut captured = Vec::new();
+    while let Ok((_, bytes)) = captured_rx.try_recv() {
+        if AccessToken::looks_like(&bytes) {
+            captured.push(bytes);
+        }
+    }
+    assert!(captured.len() >= 2, "tokens captured: {}", captured.len());
+    // The gateway's genuine token, sent to door-1: not door-1's.
+    spy.publish(
+        door_inbox.clone(),
+        Bytes::from(captured[captured.len() - 1].clone()),
+    )
+    .await
+    .unwrap();
+    // An older genuine token replayed to the gateway.
+    spy.publish(gateway_inbox.clone(), Bytes::from(captured[0].clone()))
+        .await
+        .unwrap();
+    // A token forged under the manager's name: every operation everywhere,
+    // for a day.
+    let mallory = EntityCredential::generate(
+        EntityId::new(&manager).unwrap(),
+        &mut sealcast_core::testrng::TestRng::new(99),
+    );
+    let forged = AccessToken {
+        issuer: EntityId::new(&manager).unwrap(),
+        subject: gateway_id.clone(),
+        issued_at: now_s() + 100,
+        not_before: now_s() - 10,
+        expires: now_s() + 86_400,
+        id: [0xee; 8],
+        scope: vec![Grant {
+            group: None,
+            operations: vec!["*".into()],
+        }],
+    }
+    .sign(&mallory)
+    .unwrap();
+    spy.publish(gateway_inbox.clone(), Bytes::from(forged))
+        .await
+        .unwrap();
+    spy.flush(Duration::from_secs(10)).await.unwrap();
+    wait_until_blocking("door-1 and the gateway refuse them", &procs, || {
+        procs
+            .log(&doors[0])
+            .contains("access token for another entity")
+            && procs.log("agent").contains("access token refused")
+    });
+    let held = gateway_token(&dir);
+    assert_ne!(held["token"]["id"], "eeeeeeeeeeeeeeee", "{held}");
+    assert_eq!(
+        held["token"]["grants"][0]["operations"],
+        serde_json::json!(["unlock"])
+    );
+
+    // --- the manager killed, restarted granting only `extinguish` ----------
+    procs.sigkill("manager");
+    fs::write(
+        dir.join("manager.toml"),
+        base_manager.clone() + &grant("\"extinguish\""),
+    )
+    .unwrap();
+    let before = received(&procs);
+    procs.start_appending("manager", &["manager", "serve", "--config", "manager.toml"]);
+    wait_until_blocking("the gateway holds the narrowed token", &procs, || {
+        received(&procs) > before
+            && gateway_token(&dir)["token"]["grants"][0]["operations"]
+                == serde_json::json!(["extinguish"])
+    });
+    common::alert(&dir, &sensor, "smoke 3");
+    wait_until_blocking("both doors refuse: not granted", &procs, || {
+        doors
+            .iter()
+            .all(|d| procs.log(d).contains("token does not grant it"))
+    });
+
+    // --- restarted without any grant: the token expires, commands carry none
+    assert!(procs.terminate_async("manager").await.success());
+    fs::write(dir.join("manager.toml"), base_manager).unwrap();
+    procs.start_appending("manager", &["manager", "serve", "--config", "manager.toml"]);
+    wait_until_blocking("the gateway's token has expired", &procs, || {
+        gateway_token(&dir)["token"]["valid"] == false
+    });
+    let text = common::sealcast(&dir, &["agent", "token", "--config", "agent.toml"]);
+    assert!(text.contains("EXPIRED"), "{text}");
+    common::alert(&dir, &sensor, "smoke 4");
+    // (Refusals are warned at most every 5 s: the audit, below, has each.)
+    wait_until_blocking("the gateway commands without a token", &procs, || {
+        procs.log("agent").matches("rule fired").count() >= 4
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    for d in &doors {
+        assert_eq!(executed(&dir, d).len(), 2, "{d} executed a refused command");
+    }
+    for d in [doors[0].as_str(), doors[1].as_str(), "agent"] {
+        assert!(procs.terminate_async(d).await.success());
+    }
+    // Each refusal at the gateway is audited with its reason.
+    let gateway_audit = common::audit_text(&dir, &format!("{gateway}-state/audit.jsonl"));
+    assert!(
+        gateway_audit.contains("access token older than the one held")
+            && gateway_audit.contains("access token not signed by the manager"),
+        "{gateway_audit}"
+    );
+    let door_audit = common::audit_text(&dir, &format!("{}-state/audit.jsonl", doors[1]));
+    assert!(
+        door_audit.contains("token does not grant it"),
+        "{door_audit}"
+    );
+    assert!(door_audit.contains("no token"), "{door_audit}");
+    let manager_audit = fs::read_to_string(dir.join("manager-state/audit.jsonl")).unwrap();
+    assert!(manager_audit.contains("access-token"), "{manager_audit}");
+    assert!(manager_audit.contains("renewed"), "{manager_audit}");
+    // The token file is the gateway's, 0600.
+    let mode = fs::metadata(dir.join(format!("{gateway}-state/access-token.cbor")))
+        .unwrap()
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+    drop(procs);
+    drop(spy);
+}

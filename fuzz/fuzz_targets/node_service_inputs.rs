@@ -9,7 +9,8 @@
 // misbehaviour reports' routing check, and the smart-meter downlink: a
 // decrypted configuration command, a decrypted report that may be a
 // meter's confirmation, a meter's downlink.cbor, and the DAP's routing test
-// of a bundle.
+// of a bundle. And access-control tokens: the claims a node decodes from a
+// token it is sent or finds in a command, and the routing test.
 use sealcast_group::status::{MisbehaviourReport, StatusList, StatusRepository};
 use sealcast_group::transmission::{OrderAck, TransmissionOrder, decode_stopped, encode_stopped};
 
@@ -37,6 +38,16 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         assert_eq!(repo.version(), list.version);
     }
     let _ = StatusList::looks_like(data);
+    if let Ok(token) = sealcast_group::token::AccessToken::from_cbor(data) {
+        let again = token
+            .to_cbor()
+            .unwrap_or_else(|e| panic!("re-encoding decoded token claims: {e}"));
+        assert_eq!(
+            sealcast_group::token::AccessToken::from_cbor(&again).ok(),
+            Some(token)
+        );
+    }
+    let _ = sealcast_group::token::AccessToken::looks_like(data);
     let _ = MisbehaviourReport::claimed_reporter(data);
     let _ = sealcast_metering::plausibility::first_number(data);
     let _ = sealcast_group::acp::operation_of(data);

@@ -32,7 +32,7 @@ use crate::error::{CliError, Result};
 mod manager;
 pub mod metering;
 pub mod metrics;
-mod node;
+pub mod node;
 pub(crate) mod transport;
 
 pub use manager::{control_socket_path, manager};
@@ -82,6 +82,12 @@ pub enum AgentCommand {
     ///
     /// Example: sealcast agent config-template > agent.toml
     ConfigTemplate(AgentTemplateArgs),
+    /// Show the access-control token this gateway holds (from its state
+    /// directory, verified with the manager's key): what it grants and
+    /// until when.
+    ///
+    /// Example: sealcast agent token --config agent.toml --json
+    Token(node::TokenArgs),
 }
 
 /// Arguments of `sealcast agent config-template`.
@@ -146,6 +152,12 @@ pub enum DeviceCommand {
     ///
     /// Example: sealcast device meter-config --config meter-1.toml --json
     MeterConfig(metering::MeterConfigArgs),
+    /// Show the access-control token this device holds (from its state
+    /// directory, verified with the manager's key): what it grants and
+    /// until when.
+    ///
+    /// Example: sealcast device token --config sensor-1.toml
+    Token(node::TokenArgs),
 }
 
 /// The smart-metering headend service.
@@ -279,6 +291,69 @@ struct ManagerFile {
     /// audited, nothing is done).
     #[serde(default)]
     misbehaviour: Vec<MisbehaviourEntry>,
+    /// Access-control tokens the manager issues and renews
+    /// (`[[access_token]]`; none: no tokens).
+    #[serde(default)]
+    access_token: Vec<TokenEntry>,
+}
+
+/// One `[[access_token]]` of `manager.toml`: what one entity's token grants.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TokenEntry {
+    /// The holder (an enrolled device or gateway).
+    entity: String,
+    /// Groups the grant covers (`"*"`: every group).
+    groups: Vec<String>,
+    /// Operations: a command's first word (`unlock`), `alert`, or `"*"`.
+    operations: Vec<String>,
+    /// Each token's lifetime in seconds (default 3600; renewed at half).
+    lifetime_s: Option<u64>,
+}
+
+impl TokenEntry {
+    pub(super) fn grant(&self, i: usize) -> Result<sealcast_node::manager::TokenGrant> {
+        use sealcast_group::token::{Grant, MAX_GRANTS, valid_operation};
+        let bad =
+            |what: String| CliError::usage(format!("[[access_token]] number {}: {what}", i + 1));
+        if self.groups.is_empty() || self.groups.len() > MAX_GRANTS {
+            return Err(bad(format!(
+                "groups: 1 to {MAX_GRANTS} (\"*\" for every group)"
+            )));
+        }
+        let operations: Vec<String> = self
+            .operations
+            .iter()
+            .map(|o| o.to_ascii_lowercase())
+            .collect();
+        if operations.is_empty() || !operations.iter().all(|o| valid_operation(o)) {
+            return Err(bad(
+                "operations: 1 to 32, each \"*\" or a command's first word (letters, digits, - and _)".into(),
+            ));
+        }
+        let scope = self
+            .groups
+            .iter()
+            .map(|g| {
+                Ok(Grant {
+                    group: if g == "*" { None } else { Some(group_id(g)?) },
+                    operations: operations.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let lifetime = std::time::Duration::from_secs(self.lifetime_s.unwrap_or(3600));
+        if lifetime < sealcast_node::manager::MIN_TOKEN_LIFETIME {
+            return Err(bad(format!(
+                "lifetime_s: at least {} s",
+                sealcast_node::manager::MIN_TOKEN_LIFETIME.as_secs()
+            )));
+        }
+        Ok(sealcast_node::manager::TokenGrant {
+            entity: entity(&self.entity).map_err(|e| bad(e.to_string()))?,
+            scope,
+            lifetime,
+        })
+    }
 }
 
 /// One `[[misbehaviour]]` rule of `manager.toml`.
@@ -405,6 +480,11 @@ struct NodeFile {
     /// send is executed).
     #[serde(default)]
     acp: Vec<AcpEntry>,
+    /// Whether a signer's access-control token (issued by the manager) can
+    /// permit a command or alert the `[[acp]]` rules do not (default
+    /// false). With it and no rules, only what a valid token grants runs.
+    #[serde(default)]
+    accept_access_tokens: bool,
     /// The audit log (default `<state_dir>/audit.jsonl`).
     audit_log: Option<PathBuf>,
     /// Rotate the audit log at this many KiB (default 16384).

@@ -93,7 +93,41 @@ pub fn seal_broadcast(
     target: &str,
     payload: &[u8],
 ) -> Result<Vec<u8>> {
+    seal_broadcast_with_token(
+        ctx,
+        signer,
+        signing_key,
+        seq,
+        timestamp,
+        target,
+        payload,
+        None,
+    )
+}
+
+/// Most bytes of an access-control token carried in a broadcast.
+pub const MAX_ACCESS_TOKEN_LEN: usize = 4096;
+
+/// [`seal_broadcast`], with the signer's access-control token (opaque
+/// here; at most [`MAX_ACCESS_TOKEN_LEN`] bytes) in the inner protected
+/// header under [`cose::HDR_ACCESS_TOKEN`], so the signer's signature
+/// covers it and only members read it. `None` writes exactly what
+/// [`seal_broadcast`] writes.
+#[allow(clippy::too_many_arguments)]
+pub fn seal_broadcast_with_token(
+    ctx: &GroupContext,
+    signer: &EntityId,
+    signing_key: &SigningKey,
+    seq: SeqNum,
+    timestamp: UnixMillis,
+    target: &str,
+    payload: &[u8],
+    token: Option<&[u8]>,
+) -> Result<Vec<u8>> {
     check_target(target)?;
+    if token.is_some_and(|t| t.is_empty() || t.len() > MAX_ACCESS_TOKEN_LEN) {
+        return Err(Error::Malformed("access token empty or too long"));
+    }
     let sender_id = ctx
         .sender_id_of(signer)
         .ok_or(Error::SignerNotAuthorized)?
@@ -107,7 +141,13 @@ pub fn seal_broadcast(
     let context = broadcast_context(ctx.group(), ctx.epoch(), &sender_id, seq, timestamp, target);
 
     // Inner COSE_Sign1.
-    let inner_protected = cose::protected_bytes(&[(HDR_ALG, HVal::Int(ALG_EDDSA))]);
+    let inner_protected = match token {
+        None => cose::protected_bytes(&[(HDR_ALG, HVal::Int(ALG_EDDSA))]),
+        Some(t) => cose::protected_bytes(&[
+            (HDR_ALG, HVal::Int(ALG_EDDSA)),
+            (cose::HDR_ACCESS_TOKEN, HVal::Bytes(t)),
+        ]),
+    };
     let tbs = cose::sig1_structure(&inner_protected, &context, payload);
     let signature = signing_key.sign(&tbs).to_bytes();
     let mut inner = Vec::with_capacity(payload.len() + 96);
@@ -191,6 +231,9 @@ pub struct OpenedBroadcast {
     pub timestamp: UnixMillis,
     /// The payload.
     pub payload: Vec<u8>,
+    /// The signer's access-control token, as the signer sent it (covered by
+    /// its signature; not checked here: `sealcast_group::token` does).
+    pub token: Option<Vec<u8>>,
 }
 
 /// The outer header fields of a broadcast, read without any key. Useful for
@@ -298,6 +341,7 @@ fn parse_outer_coset(bytes: &[u8]) -> Result<ParsedOuter<'static>> {
 /// The inner COSE_Sign1 fields the receiver needs.
 struct InnerFields<'a> {
     protected: Cow<'a, [u8]>,
+    token: Option<Vec<u8>>,
     payload: Cow<'a, [u8]>,
     signature: Cow<'a, [u8]>,
 }
@@ -311,6 +355,7 @@ fn parse_inner<'a>(bytes: &'a [u8], sender: &SenderId) -> Result<InnerFields<'a>
         }
         return Ok(InnerFields {
             protected: Cow::Borrowed(fast.protected),
+            token: None,
             payload: Cow::Borrowed(fast.payload),
             signature: Cow::Borrowed(fast.signature),
         });
@@ -322,9 +367,17 @@ fn parse_inner<'a>(bytes: &'a [u8], sender: &SenderId) -> Result<InnerFields<'a>
         cose::Allowed {
             alg: true,
             kid: true,
+            rest: &[cose::HDR_ACCESS_TOKEN],
             ..Default::default()
         },
     )?;
+    let token = match cose::rest_value(&inner.protected.header, cose::HDR_ACCESS_TOKEN) {
+        None => None,
+        Some(ciborium::Value::Bytes(t)) if !t.is_empty() && t.len() <= MAX_ACCESS_TOKEN_LEN => {
+            Some(t.clone())
+        }
+        Some(_) => return Err(Error::Malformed("access token")),
+    };
     cose::only(
         &inner.unprotected,
         cose::Allowed {
@@ -343,6 +396,7 @@ fn parse_inner<'a>(bytes: &'a [u8], sender: &SenderId) -> Result<InnerFields<'a>
     let payload = inner.payload.ok_or(Error::Malformed("detached payload"))?;
     Ok(InnerFields {
         protected: Cow::Owned(cose::protected_original(&inner.protected).to_vec()),
+        token,
         payload: Cow::Owned(payload),
         signature: Cow::Owned(inner.signature),
     })
@@ -386,6 +440,7 @@ struct Pending {
     tbs: Vec<u8>,
     signature: Signature,
     payload: Vec<u8>,
+    token: Option<Vec<u8>>,
     pre: PreCheck,
 }
 
@@ -465,7 +520,20 @@ impl BroadcastSender {
         target: &str,
         payload: &[u8],
     ) -> Result<Vec<u8>> {
-        seal_broadcast(
+        self.seal_with_token(seq, timestamp, target, payload, None)
+    }
+
+    /// [`Self::seal`] with the signer's access-control token (see
+    /// [`seal_broadcast_with_token`]).
+    pub fn seal_with_token(
+        &self,
+        seq: SeqNum,
+        timestamp: UnixMillis,
+        target: &str,
+        payload: &[u8],
+        token: Option<&[u8]>,
+    ) -> Result<Vec<u8>> {
+        seal_broadcast_with_token(
             &self.ctx,
             &self.signer,
             &self.key,
@@ -473,6 +541,7 @@ impl BroadcastSender {
             timestamp,
             target,
             payload,
+            token,
         )
     }
 }
@@ -688,6 +757,7 @@ impl BroadcastReceiver {
         let tbs = cose::sig1_structure(&inner.protected, &context, &inner.payload);
         let signature = ed25519_signature(&inner.signature)?;
         let payload = inner.payload.into_owned();
+        let token = inner.token;
         Ok(Pending {
             header: outer.header,
             signer: entry.entity.clone(),
@@ -695,6 +765,7 @@ impl BroadcastReceiver {
             tbs,
             signature,
             payload,
+            token,
             pre,
         })
     }
@@ -736,6 +807,7 @@ impl BroadcastReceiver {
             seq: h.seq,
             timestamp: h.timestamp,
             payload: pending.payload,
+            token: pending.token,
         })
     }
 

@@ -38,6 +38,10 @@ pub const HDR_EPHEMERAL_KEY: i64 = -1;
 pub const HDR_EPOCH: i64 = -70_001;
 /// sealcast private-use header label: the sender's timestamp in ms (uint).
 pub const HDR_TIMESTAMP: i64 = -70_002;
+/// sealcast private-use header label, in a broadcast's inner *protected*
+/// header: the signer's access-control token (a bstr holding the manager's
+/// signed CWT, `sealcast_group::token`), so the signature covers it.
+pub const HDR_ACCESS_TOKEN: i64 = -70_010;
 
 /// COSE alg EdDSA.
 pub const ALG_EDDSA: i64 = -8;

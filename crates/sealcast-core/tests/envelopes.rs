@@ -10,7 +10,8 @@ use common::*;
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use proptest::prelude::*;
 use sealcast_core::broadcast::{
-    BroadcastReceiver, MAX_TARGET_LEN, ReplayPolicy, peek_broadcast, seal_broadcast,
+    BroadcastReceiver, MAX_ACCESS_TOKEN_LEN, MAX_TARGET_LEN, ReplayPolicy, peek_broadcast,
+    seal_broadcast, seal_broadcast_with_token,
 };
 use sealcast_core::credential::EntityCredential;
 use sealcast_core::crypto::AeadAlg;
@@ -33,6 +34,50 @@ fn alg_strategy() -> impl Strategy<Value = AeadAlg> {
 // ---------------------------------------------------------------------------
 // Broadcast
 // ---------------------------------------------------------------------------
+
+/// A signer's access-control token rides in the inner protected header:
+/// only members read it, the signature covers it, and without one the bytes
+/// are exactly those of `seal_broadcast`.
+#[test]
+fn broadcast_carries_the_signers_access_token() {
+    let f = Fixture::new();
+    let ctx = f.context(b"doors", 1, AeadAlg::A128Gcm);
+    let target = "grp/doors/cmd";
+    let (a, key) = (f.agent_a.id(), f.agent_a.signing_key());
+    let token = vec![0x5a; 300];
+    let with =
+        seal_broadcast_with_token(&ctx, a, key, seq(1), NOW, target, b"unlock", Some(&token))
+            .unwrap();
+    let mut rx = BroadcastReceiver::new(ctx.clone(), ReplayPolicy::default()).unwrap();
+    let got = rx.open(&with, target, NOW).unwrap();
+    assert_eq!(got.token.as_deref(), Some(&token[..]));
+    assert_eq!(got.payload, b"unlock");
+    // The token is not visible to a non-member.
+    assert!(!with.windows(token.len()).any(|w| w == &token[..]));
+    // Without a token: the same bytes as before, and no token opened.
+    let plain =
+        seal_broadcast_with_token(&ctx, a, key, seq(2), NOW, target, b"unlock", None).unwrap();
+    assert_eq!(
+        plain,
+        seal_broadcast(&ctx, a, key, seq(2), NOW, target, b"unlock").unwrap()
+    );
+    assert_eq!(rx.open(&plain, target, NOW).unwrap().token, None);
+    // Bounds are refused at sealing.
+    for bad in [vec![], vec![1; MAX_ACCESS_TOKEN_LEN + 1]] {
+        assert!(matches!(
+            seal_broadcast_with_token(&ctx, a, key, seq(3), NOW, target, b"x", Some(&bad)),
+            Err(Error::Malformed(_))
+        ));
+    }
+    // Burst opening carries it too.
+    let third = seal_broadcast_with_token(&ctx, a, key, seq(4), NOW, target, b"lock", Some(&token))
+        .unwrap();
+    let burst = rx.open_burst(&[(&third[..], target)], NOW);
+    assert_eq!(
+        burst[0].as_ref().unwrap().token.as_deref(),
+        Some(&token[..])
+    );
+}
 
 #[test]
 fn broadcast_round_trip_both_algs() {

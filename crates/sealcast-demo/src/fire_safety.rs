@@ -493,6 +493,7 @@ impl Deployment {
             no_key_warning: None,
             replay: device::ReplayPolicies::default(),
             audit: None,
+            accept_access_tokens: false,
             access: Default::default(),
             misbehaviour: Default::default(),
         })
@@ -570,6 +571,7 @@ impl Deployment {
                 no_key_warning: None,
                 replay: device::ReplayPolicies::default(),
                 audit: None,
+                accept_access_tokens: false,
                 access: Default::default(),
                 misbehaviour: Default::default(),
             })

@@ -23,6 +23,7 @@ pub mod member;
 pub mod messages;
 pub mod state_file;
 pub mod status;
+pub mod token;
 pub mod transmission;
 pub mod tree_delivery;
 

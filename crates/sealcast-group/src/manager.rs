@@ -658,6 +658,12 @@ impl Manager {
         .sign(&self.credential)
     }
 
+    /// Signs `token` (its issuer must be this manager): an access-control
+    /// token, `crate::token`.
+    pub fn sign_access_token(&self, token: &crate::token::AccessToken) -> Result<Vec<u8>> {
+        token.sign(&self.credential)
+    }
+
     /// Signs the authorization status list `listed` as of `version`.
     pub fn status_list(
         &self,

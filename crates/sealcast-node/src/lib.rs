@@ -29,5 +29,6 @@ pub mod manager;
 pub mod meter;
 pub mod runtime;
 pub mod status_store;
+pub mod token_store;
 
 pub use error::{Error, Result};

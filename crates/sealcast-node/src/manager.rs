@@ -35,11 +35,13 @@ use crate::{Error, Result};
 mod handle;
 mod rotate;
 mod status;
+mod tokens;
 mod transmission;
 
 pub use handle::ManagerHandle;
 pub use rotate::Rotated;
 pub use status::{STATUS_MAX_AGE_MS, StatusOutcome};
+pub use tokens::{MIN_TOKEN_LIFETIME, TOKEN_CLOCK_SLACK_S, TokenGrant, hex_id as token_hex_id};
 pub use transmission::{NodeState, ORDER_CHECK_INTERVAL, ORDER_RETRY_FIRST, scope_names};
 
 /// How often unacknowledged material is re-sent.
@@ -120,6 +122,14 @@ enum Admin {
         rules: Vec<sealcast_group::status::PolicyRule>,
         reply: oneshot::Sender<Result<()>>,
     },
+    SetTokenGrants {
+        grants: Vec<TokenGrant>,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    TokenOf {
+        entity: EntityId,
+        reply: oneshot::Sender<Option<sealcast_group::token::AccessToken>>,
+    },
     Stop {
         reply: oneshot::Sender<()>,
     },
@@ -160,6 +170,7 @@ struct Runtime {
     /// The longest wait between two re-sends of an unacknowledged order.
     order_retry_max: Duration,
     status: status::StatusState,
+    tokens: tokens::TokenState,
 }
 
 /// Starts the manager runtime. `manager` may come fresh or from
@@ -225,6 +236,7 @@ pub async fn spawn_on(
         order_resends: transmission::OrderResends::default(),
         order_retry_max: Duration::from_millis(Manager::DEFAULT_MAX_RETRY_MS),
         status: status::StatusState::default(),
+        tokens: tokens::TokenState::default(),
     };
     tokio::spawn(rt.run(inbox, rx));
     Ok(ManagerHandle { admin: tx, resends })
@@ -257,6 +269,7 @@ impl Runtime {
                     }
                     self.resend_orders().await;
                     self.check_status().await;
+                    self.renew_tokens().await;
                 }
             }
         };
@@ -542,6 +555,16 @@ impl Runtime {
                 let r = self.rotate_key(*credential).await;
                 let _ = reply.send(r);
             }
+            Admin::SetTokenGrants { grants, reply } => {
+                let r = self.tokens.set(grants);
+                if r.is_ok() {
+                    self.renew_tokens().await;
+                }
+                let _ = reply.send(r);
+            }
+            Admin::TokenOf { entity, reply } => {
+                let _ = reply.send(self.tokens.issued(&entity).cloned());
+            }
             Admin::SetPolicy { rules, reply } => {
                 let r = sealcast_group::status::MisbehaviourPolicy::new(rules)
                     .map(|p| self.status.policy = p)
@@ -736,6 +759,7 @@ impl Runtime {
                             // The current status list first: a node that
                             // was away catches up.
                             self.send_status_to(&device).await;
+                            self.send_token_to(&device).await;
                             // A device with an order it has not acknowledged
                             // gets the order now and the answer only once it
                             // acknowledged it: a one-shot send then never

@@ -163,6 +163,12 @@ pub fn manager(args: &ServeArgs) -> Result<()> {
         .iter()
         .map(MisbehaviourEntry::rule)
         .collect::<Result<Vec<_>>>()?;
+    let grants = config
+        .access_token
+        .iter()
+        .enumerate()
+        .map(|(i, t)| t.grant(i))
+        .collect::<Result<Vec<_>>>()?;
     let socket = manager_socket(&config, &base);
     let metrics_at = config.metrics_listen;
     let broker = broker_url(&config.broker, &base, &broker_security!(config, client_id))?;
@@ -197,7 +203,7 @@ pub fn manager(args: &ServeArgs) -> Result<()> {
         saved,
         &link,
         topics,
-        (enrolments, creates, additions, rules),
+        (enrolments, creates, additions, rules, grants),
         &socket,
         metrics_at,
     ))
@@ -212,6 +218,7 @@ type Plan = (
     Vec<(GroupId, RekeyScheme)>,
     Vec<(GroupId, Vec<(EntityId, Role)>)>,
     Vec<sealcast_group::status::PolicyRule>,
+    Vec<sealcast_node::manager::TokenGrant>,
 );
 
 // The manager's parts, as `manager` assembled them from the config file.
@@ -223,7 +230,7 @@ async fn serve_manager(
     saved: BTreeMap<GroupId, sealcast_core::ids::Epoch>,
     link: &LinkConfig,
     topics: TopicScheme,
-    (enrolments, creates, additions, rules): Plan,
+    (enrolments, creates, additions, rules, grants): Plan,
     socket: &Path,
     metrics_at: Option<std::net::SocketAddr>,
 ) -> Result<()> {
@@ -271,6 +278,17 @@ async fn serve_manager(
             .await
             .map_err(|e| failed("cannot add members", e))?;
         info!(group = %group.name(), added = n, "members added");
+    }
+    if !grants.is_empty() {
+        let n = grants.len();
+        handle
+            .set_token_grants(grants)
+            .await
+            .map_err(|e| failed("cannot set the access-token grants", e))?;
+        info!(
+            grants = n,
+            "access tokens issued; each is renewed at half its lifetime"
+        );
     }
     // `sealcast group …` from now on; stopped (socket removed) before the manager.
     let control = match control.serve(handle.clone()) {

@@ -118,6 +118,7 @@ pub(super) fn node_config(
                 .then(|| std::time::Duration::from_secs(config.no_key_material_warning_s)),
             replay: replay_policies(&config)?,
             access: access_policy(&config.acp)?,
+            accept_access_tokens: config.accept_access_tokens,
             misbehaviour: misbehaviour_watch(config.misbehaviour.as_ref(), agent)?,
             audit: Some(audit_config(
                 &base,
@@ -307,5 +308,77 @@ pub fn device_send(args: &SendArgs) -> Result<()> {
         args.group,
         bytes.len()
     ));
+    Ok(())
+}
+
+/// Arguments of `sealcast device token` and `sealcast agent token`.
+#[derive(Debug, clap::Args)]
+pub struct TokenArgs {
+    /// The node's TOML config file.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `sealcast device token` / `sealcast agent token`.
+pub fn show_token(args: &TokenArgs) -> Result<()> {
+    let (config, base): (NodeFile, _) = read_config(&args.config)?;
+    let state_dir = resolve(&base, &config.state_dir);
+    let manager = load_public_key(&resolve(&base, &config.manager_public_key))?;
+    let me = load_private_key(&resolve(&base, &config.key))?.id().clone();
+    let file = DeviceStateFile::new(state_dir.join("state.cbor"));
+    let held = sealcast_node::token_store::read_held(&file, &manager, &me)
+        .map_err(|e| failed("cannot read the access token", e))?;
+    let now_s = sealcast_node::runtime::now().get() / 1000;
+    match held {
+        None if args.json => {
+            say(&serde_json::json!({"entity": me.as_str(), "token": null}).to_string())
+        }
+        None => say(&format!(
+            "{me} holds no access token (the manager issues one for each [[access_token]] of its config)"
+        )),
+        Some(t) => {
+            let valid = t.valid_at(now_s).is_ok();
+            if args.json {
+                let grants: Vec<serde_json::Value> = t
+                    .scope
+                    .iter()
+                    .map(|g| {
+                        serde_json::json!({
+                            "group": g.group.as_ref().map_or_else(|| "*".to_owned(), |g| g.name().to_string()),
+                            "operations": g.operations,
+                        })
+                    })
+                    .collect();
+                say(&serde_json::json!({
+                    "entity": me.as_str(),
+                    "token": {
+                        "id": sealcast_node::manager::token_hex_id(&t.id),
+                        "issuer": t.issuer.as_str(),
+                        "issued_at": t.issued_at,
+                        "not_before": t.not_before,
+                        "expires": t.expires,
+                        "valid": valid,
+                        "grants": grants,
+                    }
+                })
+                .to_string());
+            } else {
+                say(&format!(
+                    "{me}: access token {} from {}: {}; {}",
+                    sealcast_node::manager::token_hex_id(&t.id),
+                    t.issuer,
+                    t.describe(),
+                    if valid {
+                        format!("valid for {} s more", t.expires.saturating_sub(now_s))
+                    } else {
+                        format!("EXPIRED {} s ago", now_s.saturating_sub(t.expires))
+                    }
+                ));
+            }
+        }
+    }
     Ok(())
 }

@@ -97,6 +97,11 @@ pub struct NodeConfig {
     /// before it is executed and every alert before a rule fires on it.
     /// Empty: everything a group's signers send is executed, as before.
     pub access: sealcast_group::acp::AccessPolicy,
+    /// Whether a command (or alert) the policy does not permit is executed
+    /// on the strength of the signer's access-control token
+    /// (`sealcast_group::token`, validated offline with the manager's key).
+    /// With it and no rules, only what a valid token grants is executed.
+    pub accept_access_tokens: bool,
     /// The rate cap per signer and, on an agent, misbehaviour reports to
     /// the manager.
     pub misbehaviour: super::MisbehaviourWatch,

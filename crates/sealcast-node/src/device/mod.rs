@@ -106,6 +106,11 @@ struct Node {
     audit: Option<crate::audit::NodeAudit>,
     /// Who may order what (empty: no policy).
     access: sealcast_group::acp::AccessPolicy,
+    /// Whether signers' access tokens can permit what the policy does not.
+    accept_access_tokens: bool,
+    /// The token this node holds and carries in what it signs.
+    token: crate::token_store::TokenStore,
+    refused_tokens: crate::runtime::WarnLimiter,
     refused_by_policy: crate::runtime::WarnLimiter,
     /// The status repository, the rate cap and the misbehaviour evidence.
     watch: watch::Watch,
@@ -215,6 +220,11 @@ pub async fn spawn(config: NodeConfig) -> Result<NodeHandle> {
     if let Some(order) = transmission.held().filter(|o| !o.stopped.is_empty()) {
         info!(node = %id, version = order.version, stopped = %describe_stopped(&order.stopped), "transmission stopped by the manager's order (kept across the restart)");
     }
+    let token =
+        crate::token_store::TokenStore::open(config.state_file.as_ref(), &manager_credential, &id)?;
+    if let Some(t) = token.held() {
+        info!(node = %id, scope = %t.describe(), expires = t.expires, "access token kept across the restart");
+    }
     // Opened under the state file's lock: one writer per log.
     let audit = config
         .audit
@@ -253,6 +263,9 @@ pub async fn spawn(config: NodeConfig) -> Result<NodeHandle> {
         save_fault: None,
         audit,
         access: config.access,
+        accept_access_tokens: config.accept_access_tokens,
+        token,
+        refused_tokens: crate::runtime::WarnLimiter::new(crate::runtime::REFUSED_WARN_EVERY),
         refused_by_policy: crate::runtime::WarnLimiter::new(crate::runtime::REFUSED_WARN_EVERY),
         watch,
         refused_listed: crate::runtime::WarnLimiter::new(crate::runtime::REFUSED_WARN_EVERY),
@@ -446,11 +459,18 @@ impl Node {
             .ok_or_else(|| Error::Runtime("sequence allocator vanished".into()))?
             .next()?;
         let topic = self.topics.group(group, channel);
+        let at = now();
         let bytes = self
             .broadcasters
             .get(group)
             .ok_or_else(|| Error::Runtime("broadcast sender vanished".into()))?
-            .seal(seq, now(), &topic, payload)?;
+            .seal_with_token(
+                seq,
+                at,
+                &topic,
+                payload,
+                self.token.for_group(group, at.get() / 1000),
+            )?;
         self.link
             .publish_group(group, channel, bytes.clone())
             .await?;
@@ -562,6 +582,8 @@ impl Node {
         {
             if sealcast_group::status::StatusList::looks_like(&incoming.payload) {
                 self.on_status_list(&incoming.payload);
+            } else if sealcast_group::token::AccessToken::looks_like(&incoming.payload) {
+                self.on_access_token(&incoming.payload);
             } else {
                 self.on_transmission_order(&incoming.payload).await;
             }
@@ -657,6 +679,44 @@ impl Node {
         match ack {
             Ok(ack) => self.send_upstream(DeviceChannel::Ack, ack).await,
             Err(e) => warn!(node = %self.id, error = %e, "transmission ack not signed"),
+        }
+    }
+
+    /// An access token from the manager: verified (signer, holder), refused
+    /// if expired or older than the one held, saved before it is used.
+    fn on_access_token(&mut self, bytes: &[u8]) {
+        let at_s = now().get() / 1000;
+        match self
+            .token
+            .apply(bytes, &self.manager_credential, &self.id, at_s)
+        {
+            Ok(crate::token_store::TokenApplied::Changed) => {
+                if let Some(t) = self.token.held() {
+                    let id = crate::manager::token_hex_id(&t.id);
+                    info!(node = %self.id, token = %id, scope = %t.describe(), valid_for_s = t.expires.saturating_sub(at_s), "access token received from the manager");
+                    if let Some(a) = &mut self.audit {
+                        a.record(
+                            Record::Order,
+                            None,
+                            Some(&self.manager),
+                            format!(
+                                "access token {id} held: {}, valid until {}",
+                                t.describe(),
+                                t.expires
+                            ),
+                        );
+                    }
+                }
+            }
+            Ok(crate::token_store::TokenApplied::Same) => {}
+            Err(e) => {
+                if let Some(held_back) = self.refused_tokens.allow() {
+                    warn!(node = %self.id, error = %e, held_back, "access token refused (forged, for another node, older than the one held, expired or not saved)");
+                }
+                if let Some(a) = &mut self.audit {
+                    a.refused(None, e.to_string());
+                }
+            }
         }
     }
 
@@ -1004,7 +1064,9 @@ impl Node {
         // signed time. A refused message stays in the window (it was
         // genuine): it is not executed now, nor later.
         let delivery = match delivery {
-            Delivery::Executed { value } if !self.access.is_empty() => {
+            Delivery::Executed { value }
+                if !self.access.is_empty() || self.accept_access_tokens =>
+            {
                 let operation = match channel {
                     GroupChannel::Alert => "alert".to_owned(),
                     _ => sealcast_group::acp::operation_of(&value.payload),
@@ -1015,22 +1077,42 @@ impl Node {
                     group: &group,
                     at: value.timestamp,
                 });
-                if decision.permitted() {
+                // What the rules do not permit, the signer's token may: a
+                // token is one more permit (permit-overrides), valid at the
+                // message's signed time and at this node's clock.
+                let by_token = (!decision.permitted() && self.accept_access_tokens).then(|| {
+                    sealcast_group::token::validate(
+                        value.token.as_deref(),
+                        &self.manager_credential,
+                        &value.signer,
+                        &operation,
+                        &group,
+                        &[value.timestamp.get() / 1000, at.get() / 1000],
+                    )
+                });
+                if let Some(Ok(t)) = &by_token {
+                    debug!(node = %self.id, group = %group.name(), signer = %value.signer, token = %crate::manager::token_hex_id(&t.id), "permitted by the signer's access token");
+                }
+                if decision.permitted() || matches!(by_token, Some(Ok(_))) {
                     Delivery::Executed { value }
                 } else {
+                    let decision = match &by_token {
+                        Some(Err(r)) => format!("{decision:?}; {}", r.as_str()),
+                        _ => format!("{decision:?}"),
+                    };
                     // The operation is command content: DEBUG only.
                     debug!(node = %self.id, group = %group.name(), signer = %value.signer, operation = %operation, "operation refused by the access-control policy");
                     self.watch
                         .saw(&value.signer, sealcast_group::status::Evidence::Policy, at);
                     if let Some(held_back) = self.refused_by_policy.allow() {
-                        warn!(node = %self.id, group = %group.name(), signer = %value.signer, seq = value.seq.get(), ?decision, held_back, "refused by the access-control policy: not executed");
+                        warn!(node = %self.id, group = %group.name(), signer = %value.signer, seq = value.seq.get(), %decision, held_back, "refused by the access-control policy: not executed");
                     }
                     self.refused_genuine(
                         &group,
                         channel,
                         &value.signer,
                         value.seq.get(),
-                        format!("access-control policy: {decision:?}"),
+                        format!("access-control policy: {decision}"),
                     );
                     return;
                 }

@@ -207,6 +207,21 @@ impl ManagerHandle {
         ask!(self, SetPolicy { rules: rules })
     }
 
+    /// Replaces the access-token grants: each entity gets a token at once
+    /// and a renewed one at half its lifetime.
+    pub async fn set_token_grants(&self, grants: Vec<super::TokenGrant>) -> Result<()> {
+        ask!(self, SetTokenGrants { grants: grants })
+    }
+
+    /// The newest access token issued to `entity` (None: no grant, or not
+    /// issued yet).
+    pub async fn token_of(
+        &self,
+        entity: EntityId,
+    ) -> Result<Option<sealcast_group::token::AccessToken>> {
+        Ok(ask!(self, TokenOf { entity: entity }))
+    }
+
     /// A node's transmission state (its order, acknowledged or not).
     pub async fn node_status(&self, node: EntityId) -> Result<NodeState> {
         ask!(self, NodeStatus { node: node })
