@@ -72,6 +72,16 @@ members = [{ id = "gateway", role = "sender" }, { id = "door-1", role = "receive
 # threshold = 20                     # events about one entity …
 # window_s = 60                      # … within this many seconds
 # action = "revoke"                  # suspend (messages refused everywhere) | revoke (also evicted, groups rekeyed)
+
+# Access-control tokens (none by default): the manager signs each entity's
+# rights, sends them end to end and renews them at half their lifetime; the
+# entity carries its token in what it signs; nodes with
+# accept_access_tokens = true validate it offline.
+# [[access_token]]
+# entity = "gateway"                 # an enrolled device or gateway
+# groups = ["fire-doors"]            # "*": every group
+# operations = ["unlock"]            # a command's first word, "alert", or "*"
+# lifetime_s = 3600                  # at least 2
 "#;
 
 /// `agent.toml` (a gateway) or `device.toml`: the same keys; a device has
@@ -88,6 +98,8 @@ manager_public_key = "manager.pub"   # the manager it trusts (key deliveries are
 state_dir = "gateway-state"          # keys, replay windows, sequence reservations (state.cbor, 0600)
 # no_key_material_warning_s = 60     # warn once when no key arrived this long after start (0: never)
 # command_max_age_s = 300            # refuse commands/alerts stamped further than this from our clock (0: no bound)
+# accept_access_tokens = false       # a signer's token from the manager may permit what [[acp]] does not
+#                                    # (true and no [[acp]]: only what a valid token grants runs)
 # metrics_listen = "127.0.0.1:9465"  # Prometheus text at /metrics, readiness at /health
 # audit_log = "gateway-state/audit.jsonl"  # hash-chained log of what it received and sent (metadata only)
 # audit_max_kib = 16384              # rotate at this size; `sealcast audit verify` checks all segments as one chain
@@ -101,6 +113,13 @@ relays_for = ["door-1"]              # agents: the devices whose key deliveries 
 on_alert_from = "fire-sensors"
 then_command = "fire-doors"
 payload = "unlock"
+
+# [[acp]]                            # who may order what: permit-overrides, deny by default once any rule is set
+# effect = "permit"                  # permit | deny
+# originators = ["gateway"]          # "*" everyone, "console-*" a prefix
+# operations = ["unlock"]            # a command's first word, "alert", or "*"
+# groups = ["fire-doors"]            # optional
+# hours = "06-22"                    # optional, UTC, end exclusive
 
 # [misbehaviour]                     # docs/ARCHITECTURE.md, "Misbehaviour reports and authorization status"
 # max_messages_per_sender_per_minute = 120  # more verified messages of one signer are refused and reported as flood (0: no cap)
