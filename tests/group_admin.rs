@@ -606,3 +606,163 @@ async fn group_show_pages_through_a_large_group() {
     assert!(rounds * 10 < N, "{rounds} round records");
     drop(procs);
 }
+
+/// Issue #15, item 4 (policies on the manager's administration): with
+/// `[[admin_acp]]`, each request on the control socket is decided by the
+/// rules over the connecting operating-system user (by name and `uid:N`),
+/// the operation and the group — permit-overrides, deny by default, the
+/// socket's owner included. Here the owner may enrol, create, add, show
+/// and list, evict only in `sandbox`, and nobody may remove: an eviction
+/// from `fire-doors` and a removal are refused with what to do, and change
+/// nothing. With `SEALCAST_OTHER_USER` (set by `.ci/run`, which creates
+/// that user), the socket is opened to every local user (`666`) and that
+/// user may list but not show; a manager without rules refuses the user's
+/// connection outright.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_administration_policy_decides_who_may_do_what_on_the_control_socket() {
+    let t = MqttRun::start("adm").await;
+    let (dir, url, run_id) = (t.dir.clone(), &t.url, &t.run);
+    let name = |n: &str| format!("{run_id}-{n}");
+    let (manager, door) = (name("manager"), name("door"));
+    keygen(&dir, [&manager, &door]);
+    let me = fs::metadata(dir.join(format!("{door}.pub"))).unwrap().uid();
+    let other = std::env::var("SEALCAST_OTHER_USER")
+        .ok()
+        .filter(|u| !u.is_empty());
+    if other.is_none() {
+        sealcast_testkit::not_run(
+            "an_administration_policy_decides_who_may_do_what_on_the_control_socket (second user)",
+            "SEALCAST_OTHER_USER (an unprivileged local user; the test runs commands as it with runuser, as root) is not set",
+        );
+    }
+    // The socket in a directory every user can traverse but not write.
+    fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o711)).unwrap();
+    fs::DirBuilder::new()
+        .mode(0o755)
+        .create(dir.join("ctl"))
+        .unwrap();
+    let socket = dir.join("ctl/manager.sock");
+    let other_rule = other.as_ref().map_or_else(String::new, |u| {
+        format!("[[admin_acp]]\noriginators = [\"{u}\"]\noperations = [\"list\"]\n")
+    });
+    let config = manager_config(&format!("broker = \"{url}\"\n"), run_id, &manager)
+        + &format!(
+            "control_socket = \"ctl/manager.sock\"\ncontrol_socket_mode = \"666\"\n\
+             [[admin_acp]]\noriginators = [\"uid:{me}\"]\n\
+             operations = [\"enrol\", \"create\", \"add\", \"show\", \"list\"]\n\
+             [[admin_acp]]\noriginators = [\"uid:{me}\"]\noperations = [\"evict\"]\ngroups = [\"sandbox\"]\n\
+             [[admin_acp]]\neffect = \"deny\"\noriginators = [\"*\"]\noperations = [\"remove\"]\n\
+             {other_rule}"
+        );
+    fs::write(dir.join("manager.toml"), &config).unwrap();
+    let mut procs = Procs::new(&dir);
+    procs.start("manager", &["manager", "serve", "--config", "manager.toml"]);
+    wait_until_blocking("the control socket", &procs, || {
+        procs.log("manager").contains("control socket listening")
+    });
+    assert!(
+        procs.log("manager").contains("administration policy"),
+        "{}",
+        procs.log("manager")
+    );
+    assert_eq!(fs::metadata(&socket).unwrap().mode() & 0o777, 0o666);
+
+    let door_pub = format!("{door}.pub");
+    sealcast(
+        &dir,
+        &admin("enrol", &["--public-key", &door_pub, "--kind", "device"]),
+    );
+    let member = format!("{door}:receiver");
+    for g in ["fire-doors", "sandbox"] {
+        sealcast(&dir, &admin("create", &["--group", g]));
+        sealcast(&dir, &admin("add", &["--group", g, "--member", &member]));
+    }
+    // Evicting from fire-doors: no rule permits it.
+    let err = sealcast_fails(
+        &dir,
+        &admin("evict", &["--group", "fire-doors", "--member", &door]),
+    );
+    assert!(
+        err.contains("administration policy does not permit")
+            && err.contains(&format!("uid:{me}"))
+            && err.contains("evict in group fire-doors")
+            && err.contains("[[admin_acp]]"),
+        "{err}"
+    );
+    assert!(member_of(&dir, "fire-doors", &door));
+    // Rekey is not granted at all.
+    let err = sealcast_fails(&dir, &admin("rekey", &["--group", "fire-doors"]));
+    assert!(err.contains("DenyByDefault"), "{err}");
+    assert_eq!(show(&dir, "fire-doors")["epoch"], 1);
+    // Removal: denied by rule 3 for everyone.
+    let err = sealcast_fails(
+        &dir,
+        &["node", "remove", "--config", "manager.toml", "--id", &door],
+    );
+    assert!(err.contains("DenyByRule(3)"), "{err}");
+    // Evicting from sandbox: permitted.
+    sealcast(
+        &dir,
+        &admin("evict", &["--group", "sandbox", "--member", &door]),
+    );
+    assert!(!member_of(&dir, "sandbox", &door));
+    assert!(member_of(&dir, "fire-doors", &door));
+
+    if let Some(user) = &other {
+        let sock = socket.to_str().unwrap();
+        let as_other = |args: &[&str]| {
+            std::process::Command::new("runuser")
+                .args(["-u", user, "--", common::bin()])
+                .args(args)
+                .current_dir("/")
+                .output()
+                .unwrap()
+        };
+        let listed = as_other(&["group", "list", "--socket", sock]);
+        assert!(
+            listed.status.success(),
+            "{}",
+            String::from_utf8_lossy(&listed.stderr)
+        );
+        assert!(String::from_utf8_lossy(&listed.stdout).contains("fire-doors"));
+        let shown = as_other(&["group", "show", "--socket", sock, "--group", "fire-doors"]);
+        assert!(!shown.status.success());
+        let err = String::from_utf8_lossy(&shown.stderr);
+        assert!(
+            err.contains(&format!("does not permit {user}"))
+                && err.contains("show in group fire-doors"),
+            "{err}"
+        );
+        // Without rules the socket is the owner's only: the same user is
+        // turned away (and a shared mode without rules is refused).
+        assert!(procs.terminate_async("manager").await.success());
+        let open = config.replace("control_socket_mode = \"666\"\n", "");
+        let bare: String = open.split("[[admin_acp]]").next().unwrap().to_owned();
+        fs::write(
+            dir.join("manager.toml"),
+            bare.clone() + "control_socket_mode = \"666\"\n",
+        )
+        .unwrap();
+        let refused = run(&dir, &["manager", "serve", "--config", "manager.toml"]);
+        assert!(!refused.status.success());
+        assert!(
+            String::from_utf8_lossy(&refused.stderr).contains("add [[admin_acp]] rules"),
+            "{}",
+            String::from_utf8_lossy(&refused.stderr)
+        );
+        fs::write(dir.join("manager.toml"), bare).unwrap();
+        procs.start_appending("manager", &["manager", "serve", "--config", "manager.toml"]);
+        wait_until_blocking("the control socket (owner only)", &procs, || {
+            procs
+                .log("manager")
+                .contains("control socket listening (owner only)")
+        });
+        let turned_away = as_other(&["group", "list", "--socket", sock]);
+        assert!(!turned_away.status.success());
+    }
+    drop(procs);
+}
+
+fn member_of(dir: &Path, group: &str, id: &str) -> bool {
+    member(&show(dir, group), id).is_some()
+}

@@ -291,6 +291,18 @@ struct ManagerFile {
     /// audited, nothing is done).
     #[serde(default)]
     misbehaviour: Vec<MisbehaviourEntry>,
+    /// Who may administer this manager through its control socket
+    /// (`[[admin_acp]]`: originators are operating-system users, by name or
+    /// `uid:N`; operations those of `sealcast group|node …`). None: only
+    /// the socket's owner, for everything.
+    #[serde(default)]
+    admin_acp: Vec<AcpEntry>,
+    /// The control socket's mode: `"600"` (default), `"660"` or `"666"`
+    /// (the last two need `[[admin_acp]]`).
+    control_socket_mode: Option<String>,
+    /// The control socket's group (a name or a number; default the
+    /// manager's).
+    control_socket_group: Option<String>,
     /// Access-control tokens the manager issues and renews
     /// (`[[access_token]]`; none: no tokens).
     #[serde(default)]
@@ -547,12 +559,57 @@ pub(crate) fn parse_hours(text: &str) -> std::result::Result<(u8, u8), String> {
 
 /// The access-control policy of a node config's `[[acp]]` rules.
 fn access_policy(entries: &[AcpEntry]) -> Result<sealcast_group::acp::AccessPolicy> {
+    access_policy_of(entries, "[[acp]]")
+}
+
+/// The operations of the manager's administration (`[[admin_acp]]`).
+pub(crate) const ADMIN_OPERATIONS: &[&str] = &[
+    "enrol",
+    "create",
+    "add",
+    "evict",
+    "rekey",
+    "show",
+    "list",
+    "deactivate",
+    "activate",
+    "node",
+    "remove",
+    "suspend",
+    "revoke",
+    "reinstate",
+    "statuses",
+    "rotate-key",
+];
+
+/// The manager's administration policy of its `[[admin_acp]]` rules.
+fn admin_policy(entries: &[AcpEntry]) -> Result<sealcast_group::acp::AccessPolicy> {
+    for (i, e) in entries.iter().enumerate() {
+        if let Some(op) = e
+            .operations
+            .iter()
+            .find(|o| *o != "*" && !ADMIN_OPERATIONS.contains(&o.to_ascii_lowercase().as_str()))
+        {
+            return Err(CliError::usage(format!(
+                "[[admin_acp]] number {}: operation {op:?}: use \"*\" or {}",
+                i + 1,
+                ADMIN_OPERATIONS.join(", ")
+            )));
+        }
+    }
+    access_policy_of(entries, "[[admin_acp]]")
+}
+
+fn access_policy_of(
+    entries: &[AcpEntry],
+    section: &str,
+) -> Result<sealcast_group::acp::AccessPolicy> {
     use sealcast_group::acp::{AccessPolicy, AccessRule, Effect};
     let rules = entries
         .iter()
         .enumerate()
         .map(|(i, e)| {
-            let bad = |what: String| CliError::usage(format!("[[acp]] number {}: {what}", i + 1));
+            let bad = |what: String| CliError::usage(format!("{section} number {}: {what}", i + 1));
             let effect = match e.effect.as_deref() {
                 None | Some("permit") => Effect::Permit,
                 Some("deny") => Effect::Deny,
@@ -582,7 +639,7 @@ fn access_policy(entries: &[AcpEntry]) -> Result<sealcast_group::acp::AccessPoli
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    AccessPolicy::new(rules).map_err(|e| CliError::usage(format!("[[acp]]: {e}")))
+    AccessPolicy::new(rules).map_err(|e| CliError::usage(format!("{section}: {e}")))
 }
 
 /// The audit log settings of a service: `audit_log` (relative to the

@@ -19,6 +19,8 @@ kek = "manager.kek"                  # key-encryption key of the store; created 
 # postgres_schema = "site_a"         # PostgreSQL schema of the tables (created if missing)
 # audit_log = "manager-state/audit.jsonl"      # default: <state_dir>/audit.jsonl
 # control_socket = "manager-state/manager.sock" # default: <state_dir>/manager.sock
+# control_socket_mode = "600"        # 600 (owner only) | 660 (and its group) | 666 (every local user): needs [[admin_acp]]
+# control_socket_group = "operators" # the socket's group (a name or a number)
 # metrics_listen = "127.0.0.1:9464"  # Prometheus text at /metrics, readiness at /health
 # mqtt_client_id = "site-a:manager-2" # default <topic_prefix>:<id>; set it for a second manager of one PostgreSQL store
 # tls_ca = "ca.pem"                  # with broker = "mqtts://…": the CA the broker's certificate chains to
@@ -72,6 +74,14 @@ members = [{ id = "gateway", role = "sender" }, { id = "door-1", role = "receive
 # threshold = 20                     # events about one entity …
 # window_s = 60                      # … within this many seconds
 # action = "revoke"                  # suspend (messages refused everywhere) | revoke (also evicted, groups rekeyed)
+
+# Who may administer this manager on its control socket (none: its owner,
+# for everything). Rules as a node's [[acp]]; originators are OS users (name
+# or "uid:N"); operations: enrol create add evict rekey show list deactivate
+# activate node remove suspend revoke reinstate statuses rotate-key, or "*".
+# [[admin_acp]]
+# originators = ["root"]
+# operations = ["*"]
 
 # Access-control tokens (none by default): the manager signs each entity's
 # rights, sends them end to end and renews them at half their lifetime; the

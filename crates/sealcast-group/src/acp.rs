@@ -101,20 +101,51 @@ pub fn operation_of(payload: &[u8]) -> String {
     String::from_utf8_lossy(&word).to_ascii_lowercase()
 }
 
+/// One request to the manager's administration (its control socket),
+/// decided by the same rules: the originator is the connecting operating
+/// system user, known by its names (`alice`, `uid:1001`); the operation is
+/// the control protocol's (`enrol`, `create`, `add`, `evict`, `rekey`,
+/// `show`, `list`, `deactivate`, `activate`, `node`, `remove`, `suspend`,
+/// `revoke`, `reinstate`, `statuses`, `rotate-key`); the group is the one
+/// the request names, if any (a rule naming groups applies only to requests
+/// naming one of them).
+#[derive(Clone, Copy, Debug)]
+pub struct AdminRequest<'a> {
+    /// Every name of who asks; a rule applies if it names any of them.
+    pub originators: &'a [&'a str],
+    /// What it asks for.
+    pub operation: &'a str,
+    /// The group it concerns, if any.
+    pub group: Option<&'a GroupId>,
+    /// When (the manager's clock).
+    pub at: UnixMillis,
+}
+
 impl AccessRule {
     fn applies(&self, r: &AccessRequest<'_>) -> bool {
-        let who = r.originator.as_str();
-        let originator = self.originators.iter().any(|o| match o.strip_suffix('*') {
-            Some(prefix) => who.starts_with(prefix),
-            None => o == who,
+        self.applies_to(&[r.originator.as_str()], r.operation, Some(r.group), r.at)
+    }
+
+    fn applies_to(
+        &self,
+        names: &[&str],
+        operation: &str,
+        group: Option<&GroupId>,
+        at: UnixMillis,
+    ) -> bool {
+        let originator = self.originators.iter().any(|o| {
+            names.iter().any(|who| match o.strip_suffix('*') {
+                Some(prefix) => who.starts_with(prefix),
+                None => o == who,
+            })
         });
         let operation = self
             .operations
             .iter()
-            .any(|op| op == "*" || (!r.operation.is_empty() && op == r.operation));
-        let group = self.groups.is_empty() || self.groups.contains(r.group);
+            .any(|op| op == "*" || (!operation.is_empty() && op == operation));
+        let group = self.groups.is_empty() || group.is_some_and(|g| self.groups.contains(g));
         let time = self.hours.is_none_or(|(from, to)| {
-            let hour = ((r.at.get() / 3_600_000) % 24) as u8;
+            let hour = ((at.get() / 3_600_000) % 24) as u8;
             if from <= to {
                 (from..to).contains(&hour)
             } else {
@@ -156,9 +187,25 @@ impl AccessPolicy {
 
     /// Decides `request`: permit-overrides, deny by default.
     pub fn evaluate(&self, request: &AccessRequest<'_>) -> Decision {
+        self.decide(|rule| rule.applies(request))
+    }
+
+    /// Decides an administration request the same way.
+    pub fn evaluate_admin(&self, request: &AdminRequest<'_>) -> Decision {
+        self.decide(|rule| {
+            rule.applies_to(
+                request.originators,
+                request.operation,
+                request.group,
+                request.at,
+            )
+        })
+    }
+
+    fn decide(&self, applies: impl Fn(&AccessRule) -> bool) -> Decision {
         let mut deny = None;
         for (i, rule) in self.rules.iter().enumerate() {
-            if !rule.applies(request) {
+            if !applies(rule) {
                 continue;
             }
             match rule.effect {
@@ -318,5 +365,88 @@ mod tests {
         assert!(empty.is_empty());
         assert!(AccessPolicy::new(vec![rule(Permit, &[], &["x"], &[], None)]).is_err());
         assert!(AccessPolicy::new(vec![rule(Permit, &["a"], &["x"], &[], Some((3, 25)))]).is_err());
+    }
+
+    #[test]
+    fn administration_requests_by_user_names_operations_and_groups() {
+        use Effect::{Deny, Permit};
+        let policy = AccessPolicy::new(vec![
+            // 1: operators may look at everything.
+            rule(
+                Permit,
+                &["alice", "uid:1002"],
+                &["show", "list", "node", "statuses"],
+                &[],
+                None,
+            ),
+            // 2: alice may evict and rekey in fire-doors only.
+            rule(
+                Permit,
+                &["alice"],
+                &["evict", "rekey"],
+                &["fire-doors"],
+                None,
+            ),
+            // 3: nobody removes entities (overridden by 4 for root).
+            rule(Deny, &["*"], &["remove"], &[], None),
+            // 4: root may do anything.
+            rule(Permit, &["root"], &["*"], &[], None),
+        ])
+        .unwrap();
+        let doors = GroupId::new(b"fire-doors").unwrap();
+        let sprinklers = GroupId::new(b"sprinklers").unwrap();
+        let at = UnixMillis::new(20_000 * 24 * H);
+        let cases: &[(&[&str], &str, Option<&GroupId>, Decision)] = &[
+            (
+                &["alice", "uid:1001"],
+                "show",
+                Some(&doors),
+                Decision::Permit(1),
+            ),
+            (&["alice", "uid:1001"], "list", None, Decision::Permit(1)),
+            (
+                &["alice", "uid:1001"],
+                "evict",
+                Some(&doors),
+                Decision::Permit(2),
+            ),
+            (
+                &["alice", "uid:1001"],
+                "evict",
+                Some(&sprinklers),
+                Decision::DenyByDefault,
+            ),
+            // A rule naming groups does not apply to a request naming none.
+            (
+                &["alice", "uid:1001"],
+                "rekey",
+                None,
+                Decision::DenyByDefault,
+            ),
+            (
+                &["alice", "uid:1001"],
+                "remove",
+                None,
+                Decision::DenyByRule(3),
+            ),
+            (&["bob", "uid:1002"], "statuses", None, Decision::Permit(1)),
+            (&["bob", "uid:1002"], "enrol", None, Decision::DenyByDefault),
+            (&["root", "uid:0"], "remove", None, Decision::Permit(4)),
+            (
+                &["mallory", "uid:1003"],
+                "show",
+                Some(&doors),
+                Decision::DenyByDefault,
+            ),
+        ];
+        for (names, op, group, expected) in cases {
+            let got = policy.evaluate_admin(&AdminRequest {
+                originators: names,
+                operation: op,
+                group: *group,
+                at,
+            });
+            assert_eq!(got, *expected, "{names:?} {op} {group:?}");
+        }
     }
 }

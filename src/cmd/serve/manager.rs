@@ -170,6 +170,7 @@ pub fn manager(args: &ServeArgs) -> Result<()> {
         .map(|(i, t)| t.grant(i))
         .collect::<Result<Vec<_>>>()?;
     let socket = manager_socket(&config, &base);
+    let control = control_settings(&config)?;
     let metrics_at = config.metrics_listen;
     let broker = broker_url(&config.broker, &base, &broker_security!(config, client_id))?;
     let mut link = link_config(
@@ -204,9 +205,65 @@ pub fn manager(args: &ServeArgs) -> Result<()> {
         &link,
         topics,
         (enrolments, creates, additions, rules, grants),
-        &socket,
+        (&socket, control),
         metrics_at,
     ))
+}
+
+/// The control socket's mode, group and administration policy.
+type ControlSettings = (
+    u32,
+    Option<u32>,
+    Option<sealcast_node::control::AdminAccess>,
+);
+
+/// `control_socket_mode`, `control_socket_group` and `[[admin_acp]]`.
+fn control_settings(config: &ManagerFile) -> Result<ControlSettings> {
+    let policy = admin_policy(&config.admin_acp)?;
+    let mode = match config
+        .control_socket_mode
+        .as_deref()
+        .map(|m| m.trim_start_matches("0o"))
+    {
+        None | Some("600" | "0600") => 0o600,
+        Some("660" | "0660") => 0o660,
+        Some("666" | "0666") => 0o666,
+        Some(other) => {
+            return Err(CliError::usage(format!(
+                "control_socket_mode {other:?}: use \"600\" (owner only), \"660\" (and its group) or \"666\" (every local user)"
+            )));
+        }
+    };
+    if mode != 0o600 && policy.is_empty() {
+        return Err(CliError::usage(
+            "control_socket_mode opens the control socket to other users: add [[admin_acp]] rules that say who may do what (without them every user who can reach it could administer everything)",
+        ));
+    }
+    let gid = match config.control_socket_group.as_deref() {
+        None => None,
+        Some(g) => Some(match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => std::fs::read_to_string("/etc/group")
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| {
+                    let mut f = l.split(':');
+                    (f.next() == Some(g)).then(|| f.nth(1)?.parse().ok())?
+                })
+                .ok_or_else(|| {
+                    CliError::usage(format!(
+                        "control_socket_group {g:?}: no such group in /etc/group (give its number instead)"
+                    ))
+                })?,
+        }),
+    };
+    let admin = (!policy.is_empty()).then(|| {
+        sealcast_node::control::AdminAccess::new(
+            policy,
+            &std::fs::read_to_string("/etc/passwd").unwrap_or_default(),
+        )
+    });
+    Ok((mode, gid, admin))
 }
 
 type Plan = (
@@ -231,13 +288,13 @@ async fn serve_manager(
     link: &LinkConfig,
     topics: TopicScheme,
     (enrolments, creates, additions, rules, grants): Plan,
-    socket: &Path,
+    (socket, (mode, gid, admin)): (&Path, ControlSettings),
     metrics_at: Option<std::net::SocketAddr>,
 ) -> Result<()> {
     let id = manager.id().clone();
     // The control socket first: a second manager on this state directory
     // stops here, before it connects to the broker under the same client id.
-    let control = sealcast_node::control::bind(socket)
+    let control = sealcast_node::control::bind_shared(socket, mode, gid)
         .map_err(|e| failed("the manager could not open its control socket", e))?;
     let handle =
         match sealcast_node::manager::spawn_on(manager, store, audit, saved, link, topics).await {
@@ -291,7 +348,7 @@ async fn serve_manager(
         );
     }
     // `sealcast group …` from now on; stopped (socket removed) before the manager.
-    let control = match control.serve(handle.clone()) {
+    let control = match control.serve_with(handle.clone(), admin) {
         Ok(c) => c,
         Err(e) => {
             handle.stop().await;

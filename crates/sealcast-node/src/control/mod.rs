@@ -22,13 +22,19 @@
 //! (their UTF-8 bytes are the id). Lines are at most [`MAX_LINE`] bytes; a
 //! longer one is answered with an error and the connection is closed.
 //!
-//! **Who may connect.** Only the manager's own user. The socket is created
-//! with mode 0600 before anyone can reach it: it is bound inside a fresh
-//! directory of mode 0700 next to its final path, its mode set, and then
-//! renamed into place. The directory that holds it must not be writable by
-//! group or others (else someone could replace the socket); the manager
-//! refuses to start otherwise. Each connection's peer user id
-//! (`SO_PEERCRED`) must also equal the socket owner's — defence in depth.
+//! **Who may connect.** By default only the manager's own user. The socket
+//! is created with its mode (0600 by default) before anyone can reach it: it
+//! is bound inside a fresh directory of mode 0700 next to its final path,
+//! its group and mode set, and then renamed into place. The directory that
+//! holds it must not be writable by group or others (else someone could
+//! replace the socket); the manager refuses to start otherwise. Each
+//! connection's peer user id (`SO_PEERCRED`) must also equal the socket
+//! owner's — defence in depth. With an administration policy
+//! ([`AdminAccess`], `[[admin_acp]]`; [`BoundSocket::serve_with`]) the
+//! socket may be shared (0660, 0666) and any peer may connect, but each of
+//! its requests — the owner's too — is decided by the policy over the
+//! peer's user name and `uid:N`, the operation ([`admin_operation`]) and
+//! the group it names; a refused request changes nothing.
 //!
 //! **Stale sockets.** A socket file left by a manager that died is removed
 //! at start, but only after a connection attempt to it was refused; when
@@ -468,8 +474,13 @@ async fn current_epoch(
         .map_or(0, |s| s.epoch.get()))
 }
 
-/// One response line for a request line.
-async fn respond(handle: &ManagerHandle, line: &[u8]) -> Value {
+/// One response line for a request line (decided first by the
+/// administration policy, when there is one, for the user `who`).
+async fn respond(
+    handle: &ManagerHandle,
+    line: &[u8],
+    who: Option<&(&AdminAccess, Vec<String>)>,
+) -> Value {
     let request: Request = match protocol::parse_request(line) {
         Ok(r) => r,
         Err(e) => {
@@ -480,6 +491,12 @@ async fn respond(handle: &ManagerHandle, line: &[u8]) -> Value {
         }
     };
     let what = describe(&request);
+    if let Some((access, names)) = who
+        && let Err(why) = access.decide(names, &request, crate::runtime::now())
+    {
+        warn!(user = %names.join("/"), request = %what, reason = %why, "control: refused by the administration policy");
+        return json!({ "ok": false, "error": why });
+    }
     match execute(handle, request).await {
         Ok(Value::Object(mut map)) => {
             info!(request = %what, "control: done");
@@ -545,6 +562,100 @@ fn describe(request: &Request) -> String {
     }
 }
 
+/// The manager's administration policy (`[[admin_acp]]`): who — an
+/// operating-system user, by name and by `uid:N` — may do which operation
+/// of the control protocol, to which group, when (`sealcast_group::acp`,
+/// permit-overrides, deny by default).
+#[derive(Debug, Clone)]
+pub struct AdminAccess {
+    policy: sealcast_group::acp::AccessPolicy,
+    users: std::collections::BTreeMap<u32, String>,
+}
+
+impl AdminAccess {
+    /// A policy, with the user names of `passwd` (the text of
+    /// `/etc/passwd`; users it does not name are known as `uid:N` only).
+    pub fn new(policy: sealcast_group::acp::AccessPolicy, passwd: &str) -> Self {
+        let users = passwd
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split(':');
+                let name = f.next()?;
+                let uid = f.nth(1)?.parse().ok()?;
+                (!name.is_empty() && !name.starts_with('#')).then(|| (uid, name.to_owned()))
+            })
+            .collect();
+        Self { policy, users }
+    }
+
+    /// The names a user is known by: its name (when known) and `uid:N`.
+    pub fn names_of(&self, uid: u32) -> Vec<String> {
+        let mut names: Vec<String> = self.users.get(&uid).cloned().into_iter().collect();
+        names.push(format!("uid:{uid}"));
+        names
+    }
+
+    /// Whether `names` may make `request` at `at`; the refusal says what
+    /// to do.
+    pub fn decide(
+        &self,
+        names: &[String],
+        request: &Request,
+        at: sealcast_core::ids::UnixMillis,
+    ) -> core::result::Result<(), String> {
+        let (operation, group) = admin_operation(request);
+        let group_id = match group.map(|g| GroupId::new(g.as_bytes())).transpose() {
+            Ok(g) => g,
+            // A malformed group id: the operation refuses it with its own words.
+            Err(_) => return Ok(()),
+        };
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let decision = self
+            .policy
+            .evaluate_admin(&sealcast_group::acp::AdminRequest {
+                originators: &refs,
+                operation,
+                group: group_id.as_ref(),
+                at,
+            });
+        if decision.permitted() {
+            return Ok(());
+        }
+        Err(format!(
+            "the manager's administration policy does not permit {} to {operation}{} ({decision:?}); \
+             ask its operator to add a rule to [[admin_acp]] in manager.toml",
+            names.join(" / "),
+            group.map(|g| format!(" in group {g}")).unwrap_or_default()
+        ))
+    }
+}
+
+/// The administration operation a request is, and the group it names.
+pub fn admin_operation(request: &Request) -> (&'static str, Option<&str>) {
+    match request {
+        Request::Enrol { .. } => ("enrol", None),
+        Request::Create { group, .. } => ("create", Some(group)),
+        Request::Add { group, .. } => ("add", Some(group)),
+        Request::Evict { group, .. } => ("evict", Some(group)),
+        Request::Rekey { group } => ("rekey", Some(group)),
+        Request::Show { group, .. } => ("show", Some(group)),
+        Request::List {} => ("list", None),
+        Request::Transmission { action, .. } => match action {
+            TxAction::Deactivate => ("deactivate", None),
+            TxAction::Activate => ("activate", None),
+        },
+        Request::Node { .. } => ("node", None),
+        Request::Remove { .. } => ("remove", None),
+        Request::Status { action, .. } => match action {
+            StatusAction::Suspend => ("suspend", None),
+            StatusAction::Revoke => ("revoke", None),
+            StatusAction::Reinstate => ("reinstate", None),
+        },
+        Request::Statuses {} => ("statuses", None),
+        Request::RotateKey { .. } => ("rotate-key", None),
+    }
+}
+
 /// What reading one line found.
 #[derive(Debug, PartialEq, Eq)]
 enum LineRead {
@@ -594,9 +705,12 @@ async fn serve_connection(
     handle: ManagerHandle,
     stream: UnixStream,
     owner: u32,
+    access: Option<std::sync::Arc<AdminAccess>>,
     mut stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
+    let mut peer = None;
     match stream.peer_cred() {
+        Ok(cred) if access.is_some() => peer = Some(cred.uid()),
         Ok(cred) if cred.uid() == owner => {}
         Ok(cred) => {
             warn!(
@@ -610,6 +724,10 @@ async fn serve_connection(
             return Ok(());
         }
     }
+    let who = match (&access, peer) {
+        (Some(a), Some(uid)) => Some((a.as_ref(), a.names_of(uid))),
+        _ => None,
+    };
     let (read, mut write) = stream.into_split();
     let mut read = BufReader::with_capacity(64 * 1024, read);
     let mut line = Vec::new();
@@ -637,7 +755,7 @@ async fn serve_connection(
                     if line.iter().all(u8::is_ascii_whitespace) {
                         continue;
                     }
-                    let response = respond(&handle, &line).await;
+                    let response = respond(&handle, &line, who.as_ref()).await;
                     write_json(&mut write, &response).await?;
                 }
             },
@@ -726,9 +844,20 @@ fn clear_stale(path: &Path) -> Result<()> {
     }
 }
 
-/// Binds the socket at `path` with mode 0600 from its first moment (see
-/// the module docs) and returns it with the owner's uid.
+/// Binds the socket at `path` with mode 0600 (owner only).
+#[cfg(test)]
 fn bind_private(path: &Path) -> Result<(std::os::unix::net::UnixListener, u32)> {
+    bind_with(path, 0o600, None)
+}
+
+/// Binds the socket at `path` with mode `mode` (0600 unless an
+/// administration policy shares it) and group `gid` from its first moment
+/// (see the module docs) and returns it with the owner's uid.
+fn bind_with(
+    path: &Path,
+    mode: u32,
+    gid: Option<u32>,
+) -> Result<(std::os::unix::net::UnixListener, u32)> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -753,7 +882,15 @@ fn bind_private(path: &Path) -> Result<(std::os::unix::net::UnixListener, u32)> 
                 staged.display()
             ))
         })?;
-        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))
+        if let Some(gid) = gid {
+            std::os::unix::fs::chown(&staged, None, Some(gid)).map_err(|e| {
+                refuse(format!(
+                    "cannot give {} to group {gid} ({e}): the manager's user must belong to that group",
+                    staged.display()
+                ))
+            })?;
+        }
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode))
             .map_err(|e| refuse(format!("cannot chmod {}: {e}", staged.display())))?;
         let owner = std::fs::symlink_metadata(&staged)
             .map_err(|e| refuse(format!("cannot inspect {}: {e}", staged.display())))?
@@ -782,16 +919,35 @@ impl BoundSocket {
         &self.path
     }
 
-    /// Serves `handle` on the socket until [`ControlServer::shutdown`].
+    /// Serves `handle` on the socket until [`ControlServer::shutdown`]
+    /// to its owner only.
     pub fn serve(self, handle: ManagerHandle) -> Result<ControlServer> {
+        self.serve_with(handle, None)
+    }
+
+    /// Serves `handle` on the socket. With `access`, every user who can
+    /// reach the socket may connect and each request is decided by the
+    /// administration policy (the owner's too); without it, only the
+    /// socket's owner may connect.
+    pub fn serve_with(
+        self,
+        handle: ManagerHandle,
+        access: Option<AdminAccess>,
+    ) -> Result<ControlServer> {
+        let access = access.map(std::sync::Arc::new);
+        let shared = access.is_some();
         self.listener
             .set_nonblocking(true)
             .map_err(|e| refuse(format!("control socket: {e}")))?;
         let listener = UnixListener::from_std(self.listener)
             .map_err(|e| refuse(format!("control socket: {e}")))?;
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(handle, listener, self.owner, stopped));
-        info!(path = %self.path.display(), "control socket listening (owner only)");
+        let task = tokio::spawn(accept_loop(handle, listener, self.owner, access, stopped));
+        if shared {
+            info!(path = %self.path.display(), "control socket listening (each request decided by the administration policy, [[admin_acp]])");
+        } else {
+            info!(path = %self.path.display(), "control socket listening (owner only)");
+        }
         Ok(ControlServer {
             path: self.path,
             stop,
@@ -810,7 +966,19 @@ impl BoundSocket {
 /// to, removes a stale socket nobody answers on, refuses when a manager
 /// answers.
 pub fn bind(path: &Path) -> Result<BoundSocket> {
-    let (listener, owner) = bind_private(path)?;
+    bind_shared(path, 0o600, None)
+}
+
+/// [`bind`] with another mode — 0600, 0660 or 0666, the latter two only
+/// to be served with an administration policy ([`BoundSocket::serve_with`])
+/// — and optionally another group.
+pub fn bind_shared(path: &Path, mode: u32, gid: Option<u32>) -> Result<BoundSocket> {
+    if ![0o600, 0o660, 0o666].contains(&mode) {
+        return Err(refuse(format!(
+            "control socket mode {mode:o}: use 600 (owner only), 660 (and its group) or 666 (every local user)"
+        )));
+    }
+    let (listener, owner) = bind_with(path, mode, gid)?;
     Ok(BoundSocket {
         path: path.to_path_buf(),
         listener,
@@ -827,6 +995,7 @@ async fn accept_loop(
     handle: ManagerHandle,
     listener: UnixListener,
     owner: u32,
+    access: Option<std::sync::Arc<AdminAccess>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let slots = std::sync::Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -848,9 +1017,9 @@ async fn accept_loop(
         let Ok(permit) = slots.clone().acquire_owned().await else {
             break;
         };
-        let (handle, stop) = (handle.clone(), stop.clone());
+        let (handle, stop, access) = (handle.clone(), stop.clone(), access.clone());
         connections.spawn(async move {
-            if let Err(e) = serve_connection(handle, stream, owner, stop).await {
+            if let Err(e) = serve_connection(handle, stream, owner, access, stop).await {
                 debug!(error = %e, "control connection ended");
             }
             drop(permit);

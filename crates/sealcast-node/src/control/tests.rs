@@ -150,3 +150,48 @@ fn socket_is_private_and_stale_sockets_are_handled() {
     assert!(err.contains("writable by group or others"), "{err}");
     assert!(!open.join(SOCKET_NAME).exists());
 }
+
+#[test]
+fn the_administration_policy_knows_users_by_name_and_uid() {
+    use sealcast_group::acp::{AccessPolicy, AccessRule, Effect};
+    let passwd = "root:x:0:0:root:/root:/bin/bash\n# a comment\n\nalice:x:1001:1001::/home/alice:/bin/sh\nbroken\n";
+    let policy = AccessPolicy::new(vec![AccessRule {
+        effect: Effect::Permit,
+        originators: vec!["alice".into()],
+        operations: vec!["evict".into()],
+        groups: vec![GroupId::new(b"doors").unwrap()],
+        hours: None,
+    }])
+    .unwrap();
+    let access = AdminAccess::new(policy, passwd);
+    assert_eq!(access.names_of(1001), vec!["alice", "uid:1001"]);
+    assert_eq!(access.names_of(7), vec!["uid:7"]);
+    let at = sealcast_core::ids::UnixMillis::new(0);
+    let evict = |group: &str| Request::Evict {
+        group: group.into(),
+        member: "door-1".into(),
+    };
+    assert!(
+        access
+            .decide(&access.names_of(1001), &evict("doors"), at)
+            .is_ok()
+    );
+    let err = access
+        .decide(&access.names_of(1001), &evict("lights"), at)
+        .unwrap_err();
+    assert!(
+        err.contains("alice / uid:1001") && err.contains("evict in group lights"),
+        "{err}"
+    );
+    assert!(
+        access
+            .decide(&access.names_of(0), &evict("doors"), at)
+            .is_err()
+    );
+    assert!(
+        access
+            .decide(&access.names_of(1001), &Request::List {}, at)
+            .is_err()
+    );
+    assert_eq!(admin_operation(&Request::Statuses {}), ("statuses", None));
+}
