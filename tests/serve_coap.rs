@@ -298,3 +298,98 @@ async fn the_bearer_hides_group_traffic_and_revocation_locks_a_door_out() {
         procs.exit_on_ctrl_c(name).await;
     }
 }
+
+/// Issue #15, item 4 over CoAP: the manager's access tokens reach the
+/// gateway by confirmable unicast and renew before they expire; the doors
+/// (no `[[acp]]`, `accept_access_tokens`) execute the gateway's multicast
+/// commands on the strength of its token, and refuse them once the token
+/// expired (the manager restarted without the grant).
+#[test]
+fn access_tokens_over_coap() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let run = run_prefix("ct");
+    let (manager, gateway, sensor) = ("manager", "gateway", "sensor-1");
+    let doors = ["door-1", "door-2"];
+    let all = [manager, gateway, sensor, doors[0], doors[1]];
+    keygen(&dir, all);
+    let plan = CoapPlan::new(&all);
+    let coap = |id: &str, peers: &[&str]| plan.section(id, peers);
+    let head = "transport = \"coap\"\n";
+    let base_manager = manager_config(head, &run, manager)
+        + &coap(manager, &[gateway])
+        + &fire_safety_tables(gateway, &[sensor], &doors);
+    fs::write(
+        dir.join("manager.toml"),
+        base_manager.clone()
+            + "\n[[access_token]]\nentity = \"gateway\"\ngroups = [\"fire-doors\"]\n\
+               operations = [\"unlock\"]\nlifetime_s = 4\n",
+    )
+    .unwrap();
+    let node = |id: &str| node_config(head, &run, id, manager);
+    fs::write(
+        dir.join("agent.toml"),
+        node(gateway)
+            + &relays_for([sensor, doors[0], doors[1]])
+            + &coap(gateway, &[manager, sensor, doors[0], doors[1]])
+            + FIRE_RULE,
+    )
+    .unwrap();
+    for d in [sensor, doors[0], doors[1]] {
+        let tokens = if d == sensor {
+            ""
+        } else {
+            "accept_access_tokens = true\n"
+        };
+        fs::write(
+            dir.join(format!("{d}.toml")),
+            format!("{}{tokens}{}", node(d), coap(d, &[manager])),
+        )
+        .unwrap();
+    }
+    let mut procs = Procs::new(&dir);
+    common::start_fire_safety(&mut procs, sensor, doors);
+    procs.interrupt(sensor);
+    let received = |procs: &Procs| {
+        procs
+            .log("agent")
+            .matches("access token received from the manager")
+            .count()
+    };
+    common::wait_until_blocking("the gateway holds a token", &procs, || {
+        received(&procs) >= 1
+    });
+    alert(&dir, sensor, "smoke 1");
+    common::wait_until_blocking("both doors unlock on the token", &procs, || {
+        doors.iter().all(|d| executed(&dir, d).len() == 1)
+    });
+    // Renewed (4 s tokens, renewed every 2 s): a command 5 s later still runs.
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(received(&procs) >= 2, "{}", procs.log("agent"));
+    alert(&dir, sensor, "smoke 2");
+    common::wait_until_blocking("both doors unlock on the renewed token", &procs, || {
+        doors.iter().all(|d| executed(&dir, d).len() == 2)
+    });
+    // The manager back without the grant: the token runs out.
+    procs.sigkill("manager");
+    fs::write(dir.join("manager.toml"), base_manager).unwrap();
+    procs.start_appending("manager", &["manager", "serve", "--config", "manager.toml"]);
+    common::wait_until_blocking("the gateway's token expired", &procs, || {
+        common::sealcast(&dir, &["agent", "token", "--config", "agent.toml"]).contains("EXPIRED")
+    });
+    alert(&dir, sensor, "smoke 3");
+    common::wait_until_blocking("the gateway commands without a token", &procs, || {
+        procs.log("agent").matches("rule fired").count() >= 3
+    });
+    common::wait_until_blocking("both doors refuse it", &procs, || {
+        doors.iter().all(|d| {
+            procs
+                .log(d)
+                .contains("refused by the access-control policy")
+        })
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    for d in doors {
+        assert_eq!(executed(&dir, d).len(), 2, "{d}");
+    }
+}
