@@ -299,16 +299,14 @@ async fn the_bearer_hides_group_traffic_and_revocation_locks_a_door_out() {
     }
 }
 
-/// Issue #15, item 4 over CoAP: the manager's access tokens reach the
-/// gateway by confirmable unicast and renew before they expire; the doors
-/// (no `[[acp]]`, `accept_access_tokens`) execute the gateway's multicast
-/// commands on the strength of its token, and refuse them once the token
-/// expired (the manager restarted without the grant).
-#[test]
-fn access_tokens_over_coap() {
+/// A fire-safety site over CoAP whose doors accept access tokens and whose
+/// manager grants the gateway `unlock` on `fire-doors` in tokens of
+/// `lifetime_s`: (its temp dir, the dir, the manager config without the
+/// grant). Nothing runs yet.
+fn token_site(tag: &str, lifetime_s: u64) -> (tempfile::TempDir, std::path::PathBuf, String) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
-    let run = run_prefix("ct");
+    let run = run_prefix(tag);
     let (manager, gateway, sensor) = ("manager", "gateway", "sensor-1");
     let doors = ["door-1", "door-2"];
     let all = [manager, gateway, sensor, doors[0], doors[1]];
@@ -322,8 +320,10 @@ fn access_tokens_over_coap() {
     fs::write(
         dir.join("manager.toml"),
         base_manager.clone()
-            + "\n[[access_token]]\nentity = \"gateway\"\ngroups = [\"fire-doors\"]\n\
-               operations = [\"unlock\"]\nlifetime_s = 4\n",
+            + &format!(
+                "\n[[access_token]]\nentity = \"gateway\"\ngroups = [\"fire-doors\"]\n\
+                 operations = [\"unlock\"]\nlifetime_s = {lifetime_s}\n"
+            ),
     )
     .unwrap();
     let node = |id: &str| node_config(head, &run, id, manager);
@@ -347,15 +347,29 @@ fn access_tokens_over_coap() {
         )
         .unwrap();
     }
+    (tmp, dir, base_manager)
+}
+
+fn tokens_received(procs: &Procs) -> usize {
+    procs
+        .log("agent")
+        .matches("access token received from the manager")
+        .count()
+}
+
+/// Issue #15, item 4 over CoAP: the manager's access tokens reach the
+/// gateway by confirmable unicast and renew before they expire; the doors
+/// (no `[[acp]]`, `accept_access_tokens`) execute the gateway's multicast
+/// commands on the strength of its token, and refuse them once the token
+/// expired (the manager restarted without the grant).
+#[test]
+fn access_tokens_over_coap() {
+    let (sensor, doors) = ("sensor-1", ["door-1", "door-2"]);
+    let (_tmp, dir, base_manager) = token_site("ct", 4);
     let mut procs = Procs::new(&dir);
     common::start_fire_safety(&mut procs, sensor, doors);
     procs.interrupt(sensor);
-    let received = |procs: &Procs| {
-        procs
-            .log("agent")
-            .matches("access token received from the manager")
-            .count()
-    };
+    let received = tokens_received;
     common::wait_until_blocking("the gateway holds a token", &procs, || {
         received(&procs) >= 1
     });
@@ -392,4 +406,48 @@ fn access_tokens_over_coap() {
     for d in doors {
         assert_eq!(executed(&dir, d).len(), 2, "{d}");
     }
+}
+
+/// "Obtain/update access control tokens" from the node's side, over CoAP:
+/// the gateway is away when the manager renews its 20-second token (the
+/// push cannot reach it); back, it sees its token past half its lifetime
+/// and asks the manager (a pull, answered with the current token) instead
+/// of waiting for the next renewal.
+#[test]
+fn a_gateway_back_from_an_absence_asks_for_its_token() {
+    let (sensor, doors) = ("sensor-1", ["door-1", "door-2"]);
+    let (_tmp, dir, _) = token_site("cta", 20);
+    let mut procs = Procs::new(&dir);
+    common::start_fire_safety(&mut procs, sensor, doors);
+    procs.interrupt(sensor);
+    common::wait_until_blocking("the gateway holds a token", &procs, || {
+        tokens_received(&procs) >= 1
+    });
+    let token = |dir: &std::path::Path| -> serde_json::Value {
+        serde_json::from_str(
+            common::sealcast(dir, &["agent", "token", "--config", "agent.toml", "--json"]).trim(),
+        )
+        .unwrap()
+    };
+    let first = token(&dir)["token"].clone();
+    let half = first["issued_at"].as_u64().unwrap() + 10;
+    procs.interrupt("agent");
+    // Away past the renewal at half the lifetime.
+    let now_s = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    while now_s() <= half + 1 {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    procs.move_log_aside("agent", 1);
+    procs.start("agent", &["agent", "serve", "--config", "agent.toml"]);
+    common::wait_until_blocking("the gateway asks and gets a newer token", &procs, || {
+        procs.log("agent").contains("asking the manager")
+            && tokens_received(&procs) >= 1
+            && token(&dir)["token"]["issued_at"].as_u64() > first["issued_at"].as_u64()
+    });
+    assert_eq!(token(&dir)["token"]["valid"], true);
 }

@@ -127,6 +127,11 @@ pub const HELD_RETRY_FIRST: std::time::Duration = std::time::Duration::from_secs
 /// … and the interval doubles up to this.
 pub const HELD_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// How often a node checks whether its access token needs renewing.
+pub const TOKEN_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// At most one pull per this interval asks the manager for a token.
+pub const TOKEN_ASK_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A transmission order issued further than this from the node's clock is
 /// refused (the manager signs every re-send afresh, so only a replayed copy
 /// or clocks far apart get here).
@@ -285,8 +290,14 @@ impl Node {
         audit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut report_tick = tokio::time::interval(self.watch.report_interval());
         report_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut token_tick = tokio::time::interval(TOKEN_CHECK_EVERY);
+        token_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut token_asked: Option<std::time::Instant> = None;
         let stopped = loop {
             tokio::select! {
+                _ = token_tick.tick(), if self.token.held().is_some() => {
+                    self.obtain_token(&mut token_asked).await;
+                }
                 _ = report_tick.tick(), if self.watch.reports() => {
                     self.send_report().await;
                 }
@@ -679,6 +690,37 @@ impl Node {
         match ack {
             Ok(ack) => self.send_upstream(DeviceChannel::Ack, ack).await,
             Err(e) => warn!(node = %self.id, error = %e, "transmission ack not signed"),
+        }
+    }
+
+    /// "Obtain/update access control tokens": a node whose token is past
+    /// half its lifetime (the manager renews it then, but the push may have
+    /// been lost while the node was away) asks the manager with a pull of
+    /// one of its groups — the manager answers every verified pull with the
+    /// node's current token — at most once per [`TOKEN_ASK_EVERY`].
+    async fn obtain_token(&mut self, asked: &mut Option<std::time::Instant>) {
+        let Some(t) = self.token.held() else {
+            return;
+        };
+        let now_s = now().get() / 1000;
+        let half = t.issued_at + t.expires.saturating_sub(t.issued_at) / 2;
+        if now_s < half || asked.is_some_and(|at| at.elapsed() < TOKEN_ASK_EVERY) {
+            return;
+        }
+        let Some(group) = self.receivers.keys().next().cloned() else {
+            return;
+        };
+        let first = asked.is_none();
+        *asked = Some(std::time::Instant::now());
+        if first {
+            info!(node = %self.id, expires = t.expires, expired = now_s >= t.expires, "access token past half its lifetime and not renewed: asking the manager (again every 30 s while it is not)");
+        } else {
+            debug!(node = %self.id, expires = t.expires, "asking the manager for an access token again");
+        }
+        self.pulls += 1;
+        match self.member.pull_request(&group, self.pulls) {
+            Ok(pull) => self.send_upstream(DeviceChannel::Pull, pull).await,
+            Err(e) => debug!(node = %self.id, error = %e, "token pull not signed"),
         }
     }
 
