@@ -81,7 +81,11 @@ fn fire_safety_services(test: &str, mqtt: bool) {
         dir.join("manager.toml"),
         manager_config(head, &run, manager)
             + &onem2m
-            + &fire_safety_tables(gateway, &[sensor], &doors),
+            + &fire_safety_tables(gateway, &[sensor], &doors)
+            // The doors execute the gateway's commands on its access token
+            // (issued and renewed by the manager through the CSEs).
+            + "\n[[access_token]]\nentity = \"gateway\"\ngroups = [\"fire-doors\"]\n\
+               operations = [\"unlock\"]\nlifetime_s = 3600\n",
     )
     .unwrap();
     let node = |id: &str| node_config(head, &run, id, manager);
@@ -90,8 +94,13 @@ fn fire_safety_services(test: &str, mqtt: bool) {
         node(gateway) + &relays_for([sensor, doors[0], doors[1]]) + &onem2m + FIRE_RULE,
     )
     .unwrap();
-    for d in [sensor, doors[0], doors[1]] {
-        fs::write(dir.join(format!("{d}.toml")), node(d) + &onem2m).unwrap();
+    fs::write(dir.join(format!("{sensor}.toml")), node(sensor) + &onem2m).unwrap();
+    for d in doors {
+        fs::write(
+            dir.join(format!("{d}.toml")),
+            node(d) + "accept_access_tokens = true\n" + &onem2m,
+        )
+        .unwrap();
     }
 
     let mut procs = Procs::new(&dir);
@@ -110,6 +119,11 @@ fn fire_safety_services(test: &str, mqtt: bool) {
         })
     });
 
+    wait_until_blocking("the gateway holds its access token", &procs, || {
+        procs
+            .log("agent")
+            .contains("access token received from the manager")
+    });
     procs.interrupt(sensor);
     let send = |text: &str| alert(&dir, sensor, text);
     common::first_alert_unlocks_both_doors(&dir, &procs, gateway, doors, send);
@@ -190,6 +204,11 @@ fn fire_safety_services(test: &str, mqtt: bool) {
             lines.len(),
             "{d} executed a command twice: {lines:?}"
         );
+    }
+    // Every command the doors executed was permitted by the token (they
+    // have no [[acp]] rules): none was refused for want of one.
+    for d in doors {
+        assert!(!procs.log(d).contains("no token"), "{}", procs.log(d));
     }
     let status = procs.interrupt("manager");
     assert!(
