@@ -18,42 +18,9 @@ use common::{
 
 #[test]
 fn fire_safety_as_separate_processes_over_coap() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().to_path_buf();
-    let run = run_prefix("c");
-    let (manager, gateway, sensor) = ("manager", "gateway", "sensor-1");
-    let doors = ["door-1", "door-2"];
-    let all = [manager, gateway, sensor, doors[0], doors[1]];
-    keygen(&dir, all);
-    let plan = CoapPlan::new(&all);
-    let coap = |id: &str, peers: &[&str]| plan.section(id, peers);
-
-    // --- configs: the manager knows the agent's endpoint (deliveries go
-    // through it), the agent its devices', everyone the manager's ---------
-    let head = "transport = \"coap\"\n";
-    fs::write(
-        dir.join("manager.toml"),
-        manager_config(head, &run, manager)
-            + &coap(manager, &[gateway])
-            + &fire_safety_tables(gateway, &[sensor], &doors),
-    )
-    .unwrap();
-    let node = |id: &str| node_config(head, &run, id, manager);
-    fs::write(
-        dir.join("agent.toml"),
-        node(gateway)
-            + &relays_for([sensor, doors[0], doors[1]])
-            + &coap(gateway, &[manager, sensor, doors[0], doors[1]])
-            + FIRE_RULE,
-    )
-    .unwrap();
-    for d in [sensor, doors[0], doors[1]] {
-        fs::write(
-            dir.join(format!("{d}.toml")),
-            format!("{}{}", node(d), coap(d, &[manager])),
-        )
-        .unwrap();
-    }
+    let (sensor, doors) = ("sensor-1", ["door-1", "door-2"]);
+    let (_tmp, dir, _) = coap_site("c", None);
+    let gateway = "gateway";
 
     // --- the services ----------------------------------------------------------
     let mut procs = Procs::new(&dir);
@@ -299,11 +266,17 @@ async fn the_bearer_hides_group_traffic_and_revocation_locks_a_door_out() {
     }
 }
 
-/// A fire-safety site over CoAP whose doors accept access tokens and whose
-/// manager grants the gateway `unlock` on `fire-doors` in tokens of
-/// `lifetime_s`: (its temp dir, the dir, the manager config without the
-/// grant). Nothing runs yet.
-fn token_site(tag: &str, lifetime_s: u64) -> (tempfile::TempDir, std::path::PathBuf, String) {
+/// The fire-safety site over CoAP (manager, gateway, sensor-1, door-1 and
+/// door-2, each on an endpoint of its own): the manager knows the agent's
+/// endpoint (deliveries go through it), the agent its devices', everyone the
+/// manager's. With `token_lifetime_s`, the doors accept access tokens and
+/// the manager grants the gateway `unlock` on `fire-doors` in tokens of that
+/// lifetime. Returns its temp dir, the dir and the manager config without a
+/// grant. Nothing runs yet.
+fn coap_site(
+    tag: &str,
+    token_lifetime_s: Option<u64>,
+) -> (tempfile::TempDir, std::path::PathBuf, String) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
     let run = run_prefix(tag);
@@ -317,15 +290,13 @@ fn token_site(tag: &str, lifetime_s: u64) -> (tempfile::TempDir, std::path::Path
     let base_manager = manager_config(head, &run, manager)
         + &coap(manager, &[gateway])
         + &fire_safety_tables(gateway, &[sensor], &doors);
-    fs::write(
-        dir.join("manager.toml"),
-        base_manager.clone()
-            + &format!(
-                "\n[[access_token]]\nentity = \"gateway\"\ngroups = [\"fire-doors\"]\n\
-                 operations = [\"unlock\"]\nlifetime_s = {lifetime_s}\n"
-            ),
-    )
-    .unwrap();
+    let grant = token_lifetime_s.map_or_else(String::new, |s| {
+        format!(
+            "\n[[access_token]]\nentity = \"gateway\"\ngroups = [\"fire-doors\"]\n\
+             operations = [\"unlock\"]\nlifetime_s = {s}\n"
+        )
+    });
+    fs::write(dir.join("manager.toml"), base_manager.clone() + &grant).unwrap();
     let node = |id: &str| node_config(head, &run, id, manager);
     fs::write(
         dir.join("agent.toml"),
@@ -336,7 +307,7 @@ fn token_site(tag: &str, lifetime_s: u64) -> (tempfile::TempDir, std::path::Path
     )
     .unwrap();
     for d in [sensor, doors[0], doors[1]] {
-        let tokens = if d == sensor {
+        let tokens = if d == sensor || token_lifetime_s.is_none() {
             ""
         } else {
             "accept_access_tokens = true\n"
@@ -365,7 +336,7 @@ fn tokens_received(procs: &Procs) -> usize {
 #[test]
 fn access_tokens_over_coap() {
     let (sensor, doors) = ("sensor-1", ["door-1", "door-2"]);
-    let (_tmp, dir, base_manager) = token_site("ct", 4);
+    let (_tmp, dir, base_manager) = coap_site("ct", Some(4));
     let mut procs = Procs::new(&dir);
     common::start_fire_safety(&mut procs, sensor, doors);
     procs.interrupt(sensor);
@@ -416,7 +387,7 @@ fn access_tokens_over_coap() {
 #[test]
 fn a_gateway_back_from_an_absence_asks_for_its_token() {
     let (sensor, doors) = ("sensor-1", ["door-1", "door-2"]);
-    let (_tmp, dir, _) = token_site("cta", 20);
+    let (_tmp, dir, _) = coap_site("cta", Some(20));
     let mut procs = Procs::new(&dir);
     common::start_fire_safety(&mut procs, sensor, doors);
     procs.interrupt(sensor);

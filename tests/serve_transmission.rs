@@ -89,11 +89,39 @@ fn fire_safety_site(t: &MqttRun, agent_extra: &str) -> Site {
     site
 }
 
+/// A raw client watching `gateway`'s delivery topic (to capture what the
+/// manager sends it) and able to publish anything anywhere: the run's topic
+/// scheme, the gateway's id and delivery topic, the client and what it
+/// captured.
+async fn gateway_spy(
+    url: &str,
+    prefix: &str,
+    gateway: &str,
+) -> (
+    TopicScheme,
+    EntityId,
+    String,
+    sealcast_mqtt::MqttClient,
+    tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+) {
+    let topics = TopicScheme::with_prefix(prefix).unwrap();
+    let gateway_id = EntityId::new(gateway).unwrap();
+    let gateway_inbox = topics.device(&gateway_id, DeviceChannel::Delivery);
+    let watched = gateway_inbox.clone();
+    let (spy, captured) = spy(
+        url,
+        format!("{prefix}-spy"),
+        [topics.device_filter(&gateway_id)],
+        move |t| t == watched,
+    )
+    .await;
+    (topics, gateway_id, gateway_inbox, spy, captured)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn managers_orders_stop_and_resume_nodes_end_to_end_and_forgeries_change_nothing() {
     let t = MqttRun::start("tx").await;
     let (dir, url, prefix) = (t.dir.clone(), t.url.clone(), t.run.clone());
-    let name = |n: &str| format!("{prefix}-{n}");
     let metrics_port = common::Mosquitto::free_port();
     let Site {
         manager,
@@ -117,17 +145,7 @@ async fn managers_orders_stop_and_resume_nodes_end_to_end_and_forgeries_change_n
 
     // A raw client watching the gateway's delivery topic (to capture the
     // manager's genuine orders) and able to publish anything anywhere.
-    let topics = TopicScheme::with_prefix(&prefix).unwrap();
-    let gateway_id = EntityId::new(&gateway).unwrap();
-    let gateway_inbox = topics.device(&gateway_id, DeviceChannel::Delivery);
-    let watched = gateway_inbox.clone();
-    let (spy, mut captured_rx) = spy(
-        &url,
-        name("spy"),
-        [topics.device_filter(&gateway_id)],
-        move |t| t == watched,
-    )
-    .await;
+    let (_, _, gateway_inbox, spy, mut captured_rx) = gateway_spy(&url, &prefix, &gateway).await;
     let mut captured = Vec::new();
 
     let mut procs = Procs::new(&dir);
@@ -775,17 +793,7 @@ async fn suspension_is_enforced_everywhere_kept_and_not_undone_by_old_or_forged_
         sensor,
         doors,
     } = fire_safety_site(&t, "");
-    let topics = TopicScheme::with_prefix(&prefix).unwrap();
-    let gateway_id = EntityId::new(&gateway).unwrap();
-    let gateway_inbox = topics.device(&gateway_id, DeviceChannel::Delivery);
-    let watched = gateway_inbox.clone();
-    let (spy, mut captured_rx) = spy(
-        &url,
-        format!("{prefix}-spy"),
-        [topics.device_filter(&gateway_id)],
-        move |t| t == watched,
-    )
-    .await;
+    let (_, _, gateway_inbox, spy, mut captured_rx) = gateway_spy(&url, &prefix, &gateway).await;
     let mut procs = Procs::new(&dir);
     start_fire_safety(&mut procs, &sensor, [doors[0].as_str(), doors[1].as_str()]);
     procs.exit_on_ctrl_c(&sensor).await;
@@ -1077,18 +1085,9 @@ async fn access_tokens_let_the_gateway_order_what_they_grant_until_they_expire()
     .unwrap();
 
     // A raw client that captures what the manager sends the gateway.
-    let topics = TopicScheme::with_prefix(&prefix).unwrap();
-    let gateway_id = EntityId::new(&gateway).unwrap();
-    let gateway_inbox = topics.device(&gateway_id, DeviceChannel::Delivery);
+    let (topics, gateway_id, gateway_inbox, spy, mut captured_rx) =
+        gateway_spy(&url, &prefix, &gateway).await;
     let door_inbox = topics.device(&EntityId::new(&doors[0]).unwrap(), DeviceChannel::Delivery);
-    let watched = gateway_inbox.clone();
-    let (spy, mut captured_rx) = spy(
-        &url,
-        format!("{prefix}-spy"),
-        [topics.device_filter(&gateway_id)],
-        move |t| t == watched,
-    )
-    .await;
 
     let mut procs = Procs::new(&dir);
     start_fire_safety(&mut procs, &sensor, [doors[0].as_str(), doors[1].as_str()]);
