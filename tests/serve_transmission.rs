@@ -1110,6 +1110,11 @@ async fn access_tokens_let_the_gateway_order_what_they_grant_until_they_expire()
         serde_json::json!([{"group": "fire-doors", "operations": ["unlock"]}])
     );
     let first_expires = token["expires"].as_u64().unwrap();
+    // The manager shows what it issued.
+    let shown = node_json(&dir, &gateway);
+    assert_eq!(shown["token"]["grants"], "unlock on fire-doors", "{shown}");
+    assert!(shown["token"]["expires"].as_u64().unwrap() >= first_expires);
+    assert!(node_cmd(&dir, &["show", "--id", &gateway]).contains("token    "));
 
     // --- the token permits the gateway's unlock on both doors --------------
     common::alert(&dir, &sensor, "smoke 1");

@@ -301,6 +301,12 @@ fn print(status: &NodeStatus, json: bool) -> Result<()> {
         status.node,
         status.kind.as_str()
     ));
+    if let Some(t) = &status.token {
+        say(&format!(
+            "token    {}: {}, issued {} s, valid until {} s (Unix time); renewed at half its lifetime",
+            t.id, t.grants, t.issued_at, t.expires
+        ));
+    }
     let Some(version) = status.version else {
         say("order    none: it sends everything");
         return Ok(());

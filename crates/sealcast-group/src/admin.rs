@@ -229,6 +229,23 @@ pub struct NodeStatus {
     /// Whether this request changed the order (false: it was already so).
     #[serde(default)]
     pub changed: bool,
+    /// The access-control token the manager last issued it (none: no
+    /// `[[access_token]]` grant, or not issued yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<TokenInfo>,
+}
+
+/// An access-control token as `node show` reports it (no secret in it).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub struct TokenInfo {
+    /// Its id (hex).
+    pub id: String,
+    /// What it grants, in words.
+    pub grants: String,
+    /// Issued at (seconds since the epoch).
+    pub issued_at: u64,
+    /// Valid until (seconds since the epoch, exclusive).
+    pub expires: u64,
 }
 
 /// One entity of an enrol request.

@@ -356,10 +356,21 @@ async fn execute(handle: &ManagerHandle, request: Request) -> core::result::Resu
         Request::Node { node } => {
             let id = entity_id(&node)?;
             let state = handle
-                .node_status(id)
+                .node_status(id.clone())
                 .await
                 .map_err(|e| about_node(&node, e))?;
-            answer(&node_status(&state))
+            let mut status = node_status(&state);
+            status.token = handle
+                .token_of(id)
+                .await
+                .map_err(|e| about_node(&node, e))?
+                .map(|t| protocol::TokenInfo {
+                    id: crate::manager::token_hex_id(&t.id),
+                    grants: t.describe(),
+                    issued_at: t.issued_at,
+                    expires: t.expires,
+                });
+            answer(&status)
         }
         Request::Status {
             node,
@@ -461,6 +472,7 @@ fn node_status(state: &crate::manager::NodeState) -> NodeStatus {
         acked_version: record.and_then(|r| r.acked),
         acked: record.is_none_or(sealcast_store::TransmissionRecord::is_acked),
         changed: state.changed,
+        token: None,
     }
 }
 

@@ -697,14 +697,19 @@ impl Node {
     /// half its lifetime (the manager renews it then, but the push may have
     /// been lost while the node was away) asks the manager with a pull of
     /// one of its groups — the manager answers every verified pull with the
-    /// node's current token — at most once per [`TOKEN_ASK_EVERY`].
+    /// node's current token — at most once per [`TOKEN_ASK_EVERY`], until
+    /// the token has been expired for a whole lifetime.
     async fn obtain_token(&mut self, asked: &mut Option<std::time::Instant>) {
         let Some(t) = self.token.held() else {
             return;
         };
         let now_s = now().get() / 1000;
-        let half = t.issued_at + t.expires.saturating_sub(t.issued_at) / 2;
-        if now_s < half || asked.is_some_and(|at| at.elapsed() < TOKEN_ASK_EVERY) {
+        let lifetime = t.expires.saturating_sub(t.issued_at);
+        let half = t.issued_at + lifetime / 2;
+        // Expired for a whole lifetime more: the grant was most likely
+        // withdrawn; the manager's renewals (pushed) still reach the node.
+        let given_up = now_s > t.expires.saturating_add(lifetime);
+        if now_s < half || given_up || asked.is_some_and(|at| at.elapsed() < TOKEN_ASK_EVERY) {
             return;
         }
         let Some(group) = self.receivers.keys().next().cloned() else {
