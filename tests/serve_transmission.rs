@@ -1188,6 +1188,17 @@ async fn access_tokens_let_the_gateway_order_what_they_grant_until_they_expire()
         serde_json::json!(["unlock"])
     );
 
+    // --- suspended, the gateway gets no new token; reinstated, it does ----
+    node_cmd(&dir, &["suspend", "--id", &gateway, "--reason", "test"]);
+    wait_until_blocking("the manager stops renewing", &procs, || {
+        procs
+            .log("manager")
+            .contains("access token not renewed: the entity is on the status list")
+    });
+    node_cmd(&dir, &["reinstate", "--id", &gateway]);
+    let before = received(&procs);
+    wait_until_blocking("renewals resume", &procs, || received(&procs) > before);
+
     // --- commands carrying a token that is expired, or another's ---------
     // Sealed as the gateway would (its key and its group material, read
     // from its files; sequence numbers ahead of its own but inside the

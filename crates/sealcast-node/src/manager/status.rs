@@ -38,6 +38,16 @@ pub(super) struct StatusState {
     last_check: Option<std::time::Instant>,
 }
 
+impl StatusState {
+    /// Whether `entity` is on the list last published (suspended or
+    /// revoked).
+    pub(super) fn is_listed(&self, entity: &EntityId) -> bool {
+        self.published
+            .as_ref()
+            .is_some_and(|(_, listed)| listed.contains_key(entity))
+    }
+}
+
 fn listed_of(snapshot: &StatusSnapshot) -> Listed {
     snapshot
         .listed

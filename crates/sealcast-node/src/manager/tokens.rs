@@ -87,6 +87,12 @@ impl Runtime {
                 }
                 continue;
             }
+            if self.status.is_listed(&grant.entity) {
+                if self.tokens.warned.insert(grant.entity.clone()) {
+                    warn!(entity = %grant.entity, "access token not renewed: the entity is on the status list (suspended or revoked); the one it holds runs out, and `sealcast node reinstate` lets it get a new one");
+                }
+                continue;
+            }
             self.tokens.warned.remove(&grant.entity);
             let token = AccessToken {
                 issuer: self.manager.id().clone(),
