@@ -421,4 +421,12 @@ fn a_gateway_back_from_an_absence_asks_for_its_token() {
             && token(&dir)["token"]["issued_at"].as_u64() > first["issued_at"].as_u64()
     });
     assert_eq!(token(&dir)["token"]["valid"], true);
+    // The token it held came back from its file at the restart.
+    assert!(
+        procs
+            .log("agent")
+            .contains("access token kept across the restart"),
+        "{}",
+        procs.log("agent")
+    );
 }
