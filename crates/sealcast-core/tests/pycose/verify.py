@@ -213,7 +213,38 @@ def do_mac0(inp):
     return {"mac0": describe_msg(msg), "payload": h(msg.payload)}
 
 
+def do_token(inp):
+    """A broadcast carrying its signer's access token (docs/ARCHITECTURE.md,
+    "Access-control tokens"): pycose opens the broadcast, takes the token
+    from the inner protected header (label -70010), verifies it with the
+    manager's key under the token label, and cbor2 decodes its claims."""
+    aad = u(inp["external_aad"])
+    plaintext, outer = decrypt_encrypt0(u(inp["object"]), u(inp["key"]), u(inp["nonce"]), aad)
+    inner = verify_sign1(plaintext, u(inp["signer_public"]), aad)
+    token = inner.phdr.get(-70010)
+    check(isinstance(token, bytes), "no access token (-70010, bstr) in the inner protected header")
+    signed = verify_sign1(token, u(inp["manager_public"]), inp["label"].encode())
+    check(signed.phdr_encoded == bytes.fromhex("a10127"), "token protected header is not {1: -8}")
+    claims = cbor2.loads(signed.payload)
+    check(isinstance(claims, dict) and sorted(claims) == [1, 2, 4, 5, 6, 7, 9], f"claims keys {sorted(claims)}")
+
+    def plain(v):
+        if isinstance(v, bytes):
+            return {"bstr": h(v)}
+        if isinstance(v, list):
+            return [plain(x) for x in v]
+        return v
+
+    return {
+        "payload": h(inner.payload),
+        "inner": describe_msg(inner),
+        "kid": h(signed.uhdr.get(headers.KID) or b""),
+        "claims": {str(k): plain(v) for k, v in claims.items()},
+    }
+
+
 HANDLERS = {
+    "token": do_token,
     "broadcast": do_broadcast,
     "report": do_report,
     "delivery": do_delivery,
