@@ -392,6 +392,56 @@ pub fn validate(
     Ok(token)
 }
 
+/// Most signers whose last token a [`TokenCache`] keeps.
+pub const MAX_CACHED_TOKENS: usize = 1024;
+
+/// [`validate`] for a receiver that sees the same token in command after
+/// command (a gateway carries one token until it is renewed): the last
+/// token found authentic for each signer is kept with its exact bytes, so
+/// the manager's signature over identical bytes is verified once; holder,
+/// times and scope are checked every time, and any other bytes are
+/// verified in full. Outcomes are exactly [`validate`]'s.
+#[derive(Debug, Default)]
+pub struct TokenCache {
+    /// Per signer: the manager key that verified it, its bytes, its claims.
+    last: std::collections::BTreeMap<EntityId, ([u8; 32], Vec<u8>, AccessToken)>,
+}
+
+impl TokenCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// [`validate`], verifying each signer's repeated token once.
+    pub fn validate(
+        &mut self,
+        token: Option<&[u8]>,
+        manager: &PublicCredential,
+        signer: &EntityId,
+        operation: &str,
+        group: &GroupId,
+        at_s: &[u64],
+    ) -> core::result::Result<AccessToken, TokenRefusal> {
+        let bytes = token.ok_or(TokenRefusal::Missing)?;
+        let key = manager.verifying_key().to_bytes();
+        let opened = match self.last.get(signer) {
+            Some((k, held, t)) if *k == key && held.as_slice() == bytes => t.clone(),
+            _ => {
+                let t = AccessToken::open(bytes, manager).map_err(|_| TokenRefusal::Forged)?;
+                if self.last.len() >= MAX_CACHED_TOKENS && !self.last.contains_key(signer) {
+                    self.last.clear();
+                }
+                self.last
+                    .insert(signer.clone(), (key, bytes.to_vec(), t.clone()));
+                t
+            }
+        };
+        opened.permits(signer, operation, group, at_s)?;
+        Ok(opened)
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
@@ -567,5 +617,50 @@ mod tests {
         dup[pos] = 0x01;
         assert!(AccessToken::from_cbor(&dup).is_err());
         assert!(!AccessToken::looks_like(b"not a token"));
+    }
+
+    #[test]
+    fn the_cache_decides_exactly_as_validate() {
+        let m = cred("manager", 1);
+        let other = cred("manager", 2);
+        let (doors, lights) = (gid("doors"), gid("lights"));
+        let t = token("gw-1", vec![grant(Some("doors"), &["unlock"])]);
+        let genuine = t.sign(&m).unwrap();
+        let forged = t.sign(&other).unwrap();
+        let mut for_gw2 = t.clone();
+        for_gw2.subject = eid("gw-2");
+        let gw2s = for_gw2.sign(&m).unwrap();
+        let mut cache = TokenCache::new();
+        type CacheCase<'a> = (&'a str, Option<&'a [u8]>, &'a str, &'a GroupId, u64);
+        let cases: &[CacheCase<'_>] = &[
+            ("gw-1", Some(&genuine), "unlock", &doors, 1_100),
+            ("gw-1", Some(&genuine), "unlock", &doors, 1_200),
+            ("gw-1", Some(&genuine), "unlock", &lights, 1_200),
+            ("gw-1", Some(&genuine), "unlock", &doors, 1_700),
+            ("gw-1", Some(&forged), "unlock", &doors, 1_100),
+            ("gw-1", Some(&genuine), "unlock", &doors, 1_100),
+            ("gw-2", Some(&genuine), "unlock", &doors, 1_100),
+            ("gw-2", Some(&gw2s), "unlock", &doors, 1_100),
+            ("gw-1", None, "unlock", &doors, 1_100),
+        ];
+        for (signer, bytes, op, group, at) in cases {
+            let want = validate(*bytes, &m.public(), &eid(signer), op, group, &[*at]);
+            let got = cache.validate(*bytes, &m.public(), &eid(signer), op, group, &[*at]);
+            assert_eq!(got, want, "{signer} {op} {at}");
+        }
+        // A cache filled under one manager key does not vouch under another,
+        // even one with the same id.
+        let foreign = cred("manager", 3);
+        assert_eq!(
+            cache.validate(
+                Some(&genuine),
+                &foreign.public(),
+                &eid("gw-1"),
+                "unlock",
+                &doors,
+                &[1_100]
+            ),
+            Err(TokenRefusal::Forged)
+        );
     }
 }

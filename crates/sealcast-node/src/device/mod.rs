@@ -110,6 +110,8 @@ struct Node {
     accept_access_tokens: bool,
     /// The token this node holds and carries in what it signs.
     token: crate::token_store::TokenStore,
+    /// Signers' tokens already verified (each verified once per renewal).
+    token_cache: sealcast_group::token::TokenCache,
     refused_tokens: crate::runtime::WarnLimiter,
     refused_by_policy: crate::runtime::WarnLimiter,
     /// The status repository, the rate cap and the misbehaviour evidence.
@@ -270,6 +272,7 @@ pub async fn spawn(config: NodeConfig) -> Result<NodeHandle> {
         access: config.access,
         accept_access_tokens: config.accept_access_tokens,
         token,
+        token_cache: sealcast_group::token::TokenCache::new(),
         refused_tokens: crate::runtime::WarnLimiter::new(crate::runtime::REFUSED_WARN_EVERY),
         refused_by_policy: crate::runtime::WarnLimiter::new(crate::runtime::REFUSED_WARN_EVERY),
         watch,
@@ -1128,7 +1131,7 @@ impl Node {
                 // token is one more permit (permit-overrides), valid at the
                 // message's signed time and at this node's clock.
                 let by_token = (!decision.permitted() && self.accept_access_tokens).then(|| {
-                    sealcast_group::token::validate(
+                    self.token_cache.validate(
                         value.token.as_deref(),
                         &self.manager_credential,
                         &value.signer,
