@@ -707,6 +707,19 @@ async fn an_administration_policy_decides_who_may_do_what_on_the_control_socket(
     );
     assert!(!member_of(&dir, "sandbox", &door));
     assert!(member_of(&dir, "fire-doors", &door));
+    // Each refusal is in the manager's hash-chained audit log, with the user.
+    common::audit_intact(&dir, "manager-state/audit.jsonl", &[]);
+    let text = common::audit_text(&dir, "manager-state/audit.jsonl");
+    let refused: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("admin-refused"))
+        .collect();
+    assert_eq!(refused.len(), 3, "{text}");
+    assert!(
+        refused[0].contains(&format!("uid:{me}")) && refused[0].contains("evict"),
+        "{}",
+        refused[0]
+    );
 
     if let Some(user) = &other {
         let sock = socket.to_str().unwrap();

@@ -130,6 +130,10 @@ enum Admin {
         entity: EntityId,
         reply: oneshot::Sender<Option<sealcast_group::token::AccessToken>>,
     },
+    RefusedByPolicy {
+        detail: String,
+        reply: oneshot::Sender<()>,
+    },
     Stop {
         reply: oneshot::Sender<()>,
     },
@@ -561,6 +565,10 @@ impl Runtime {
                     self.renew_tokens().await;
                 }
                 let _ = reply.send(r);
+            }
+            Admin::RefusedByPolicy { detail, reply } => {
+                self.audit(AuditKind::Other("admin-refused".into()), None, None, detail);
+                let _ = reply.send(());
             }
             Admin::TokenOf { entity, reply } => {
                 let _ = reply.send(self.tokens.issued(&entity).cloned());

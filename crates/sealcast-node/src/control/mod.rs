@@ -507,6 +507,10 @@ async fn respond(
         && let Err(why) = access.decide(names, &request, crate::runtime::now())
     {
         warn!(user = %names.join("/"), request = %what, reason = %why, "control: refused by the administration policy");
+        let detail = format!("{} may not {what}: {why}", names.join(" / "));
+        if let Err(e) = handle.audit_admin_refusal(detail).await {
+            debug!(error = %e, "administration refusal not audited");
+        }
         return json!({ "ok": false, "error": why });
     }
     match execute(handle, request).await {

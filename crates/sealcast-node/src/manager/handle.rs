@@ -213,6 +213,13 @@ impl ManagerHandle {
         ask!(self, SetTokenGrants { grants: grants })
     }
 
+    /// Records in the audit log that the administration policy refused a
+    /// control request (`detail`: who, what, the decision).
+    pub async fn audit_admin_refusal(&self, detail: String) -> Result<()> {
+        ask!(self, RefusedByPolicy { detail: detail });
+        Ok(())
+    }
+
     /// The newest access token issued to `entity` (None: no grant, or not
     /// issued yet).
     pub async fn token_of(
