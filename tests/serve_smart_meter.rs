@@ -1045,6 +1045,15 @@ async fn the_headend_reconfigures_every_meter_through_a_dap_that_cannot_read_or_
         |_| true,
     )
     .await;
+    // What the headend sends the DAP (bundles among them).
+    let dap_inbox = topics.agent(&EntityId::new(&dap).unwrap(), AgentChannel::Solicit);
+    let (_bundle_spy, mut to_dap) = spy(
+        url,
+        name("bundle-spy"),
+        [TopicFilter::new(&dap_inbox).unwrap()],
+        |_| true,
+    )
+    .await;
 
     let mut procs = Procs::new(&dir);
     start_headend(&mut procs);
@@ -1169,6 +1178,24 @@ async fn the_headend_reconfigures_every_meter_through_a_dap_that_cannot_read_or_
     .await;
     wait_until("the DAP refuses the forged bundle", &procs, || {
         procs.log("dap").contains("downlink refused")
+    })
+    .await;
+    // --- a genuine bundle replayed to the DAP: not relayed a second time ---
+    // (The first one captured: the forged bundle above was captured too.)
+    let mut genuine = None;
+    while let Ok((_, bytes)) = to_dap.try_recv() {
+        if genuine.is_none() && sealcast_metering::downlink::Bundle::looks_like(&bytes) {
+            genuine = Some(bytes);
+        }
+    }
+    let genuine = genuine.expect("a bundle of the headend's was captured");
+    spy_client
+        .publish(dap_inbox.clone(), Bytes::from(genuine))
+        .await
+        .unwrap();
+    spy_client.flush(Duration::from_secs(10)).await.unwrap();
+    wait_until("the DAP refuses the replayed bundle", &procs, || {
+        procs.log("dap").contains("downlink bundle replayed")
     })
     .await;
     for m in &meters[..2] {

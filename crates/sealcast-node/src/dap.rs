@@ -250,7 +250,14 @@ struct Dap {
     relay_config: LinkConfig,
     topics: TopicScheme,
     relay: Option<mpsc::Sender<RelayJob>>,
+    /// Digests of the bundles relayed, with when each was issued: a copy
+    /// within the bundles' freshness bound is refused, not relayed again.
+    relayed_bundles: std::collections::BTreeMap<[u8; 32], u64>,
 }
+
+/// Most bundle digests a DAP remembers (the headend sends a few per
+/// retry round; a full memory forgets the oldest half).
+pub const MAX_REMEMBERED_BUNDLES: usize = 4096;
 
 /// What the relay task passes on: key deliveries and a command.
 struct RelayJob {
@@ -368,6 +375,7 @@ pub async fn spawn(config: DapConfig) -> Result<DapHandle> {
         relay_config: link_config,
         topics: topics.clone(),
         relay: None,
+        relayed_bundles: std::collections::BTreeMap::new(),
     };
     dap.announce().await?;
     info!(dap = %id, headend = %dap.core.headend(), meters = dap.core.meter_count(), batch_size, "DAP running");
@@ -872,6 +880,28 @@ impl Dap {
                 return Ok(());
             }
         };
+        // A genuine bundle replayed within its freshness bound: the meters
+        // would refuse what it carries (their windows), but relaying it
+        // again would cost every meter a message. Refused, once remembered.
+        let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(bytes).into();
+        let now_ms = now().get();
+        self.relayed_bundles.retain(|_, issued| {
+            issued.saturating_add(sealcast_metering::downlink::BUNDLE_MAX_AGE_MS) >= now_ms
+        });
+        if self.relayed_bundles.contains_key(&digest) {
+            warn!(dap = %self.core.id(), issued_ms = bundle.issued.get(), "downlink bundle replayed (relayed before): nothing relayed");
+            if let Some(a) = &mut self.audit {
+                a.refused(None, "downlink: bundle replayed".to_owned());
+            }
+            return Ok(());
+        }
+        if self.relayed_bundles.len() >= MAX_REMEMBERED_BUNDLES {
+            let mut by_age: Vec<u64> = self.relayed_bundles.values().copied().collect();
+            by_age.sort_unstable();
+            let cut = by_age[by_age.len() / 2];
+            self.relayed_bundles.retain(|_, issued| *issued > cut);
+        }
+        self.relayed_bundles.insert(digest, bundle.issued.get());
         let mut relayed = Vec::new();
         let mut skipped = 0usize;
         let mut deliveries = Vec::new();
