@@ -121,7 +121,8 @@ impl TokenStore {
 }
 
 /// The token held beside `state_file`, verified with `manager` (for
-/// `sealcast node token`); None when the node holds none.
+/// `sealcast device token` and `sealcast agent token`); None when the node
+/// holds none.
 pub fn read_held(
     state_file: &DeviceStateFile,
     manager: &PublicCredential,
