@@ -1112,28 +1112,8 @@ async fn the_headend_reconfigures_every_meter_through_a_dap_that_cannot_read_or_
         .await
         .unwrap();
     // --- a command forged under the group's name (a key of the forger's) ---
-    let mut rng = sealcast_core::testrng::TestRng::new(41);
-    let mallory = sealcast_core::credential::EntityCredential::generate(
-        EntityId::new(&headend).unwrap(),
-        &mut rng,
-    );
-    let forged_state =
-        sealcast_metering::downlink::HeadendDownlink::create(group.clone(), &mallory, &mut rng)
-            .unwrap()
-            .with_config([("tariff".to_owned(), "free".to_owned())].into())
-            .unwrap();
-    // A number the meters' window has not seen: refused for its key, not
-    // as a replay.
-    let seq = sealcast_core::ids::SeqNum::new(1000).unwrap();
-    let now = sealcast_core::ids::UnixMillis::new(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64,
-    );
-    let forged = forged_state
-        .seal_command(&mallory, seq, now, &command_topic)
-        .unwrap();
+    let (mallory, forged) =
+        common::forged_meter_command(&headend, &command_topic, &[("tariff", "free")], 41);
     spy_client
         .publish(command_topic.clone(), Bytes::from(forged.clone()))
         .await
@@ -1142,7 +1122,12 @@ async fn the_headend_reconfigures_every_meter_through_a_dap_that_cannot_read_or_
     let bundle = sealcast_metering::downlink::Bundle {
         headend: EntityId::new(&headend).unwrap(),
         dap: EntityId::new(&dap).unwrap(),
-        issued: now,
+        issued: sealcast_core::ids::UnixMillis::new(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64,
+        ),
         deliveries: Vec::new(),
         command: Some(forged),
     }

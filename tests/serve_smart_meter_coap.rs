@@ -11,6 +11,21 @@
 
 mod common;
 
+/// A `[coap]` section: `listen`, the multicast `group` pinned to
+/// 127.0.0.1, and an endpoint for each of `peers` (id, address).
+fn coap_section(listen: &str, group: &str, peers: &[(&str, &str)]) -> String {
+    let mut s = format!(
+        "[coap]\nlisten = \"{listen}\"\n\
+         group = \"{group}\"\nmulticast_interface = \"127.0.0.1\"\n"
+    );
+    for (id, at) in peers {
+        s.push_str(&format!(
+            "[[coap.endpoint]]\nid = \"{id}\"\naddress = \"{at}\"\n"
+        ));
+    }
+    s
+}
+
 use std::fs;
 use std::time::{Duration, Instant};
 
@@ -36,18 +51,7 @@ async fn smart_metering_over_coap_as_separate_processes() {
         format!("127.0.0.1:{}", free_udp_port()),
     );
     let group = format!("224.0.1.187:{}", free_udp_port());
-    let coap = |listen: &str, peers: &[(&str, &str)]| {
-        let mut s = format!(
-            "[coap]\nlisten = \"{listen}\"\n\
-             group = \"{group}\"\nmulticast_interface = \"127.0.0.1\"\n"
-        );
-        for (id, at) in peers {
-            s.push_str(&format!(
-                "[[coap.endpoint]]\nid = \"{id}\"\naddress = \"{at}\"\n"
-            ));
-        }
-        s
-    };
+    let coap = |listen: &str, peers: &[(&str, &str)]| coap_section(listen, &group, peers);
     // The top-level keys first: the tables close the top level.
     let top = format!("transport = \"coap\"\ntopic_prefix = \"{run}\"\n");
     fs::write(
@@ -240,18 +244,7 @@ async fn meters_are_reconfigured_over_coap() {
     let (headend_at, dap_at) = (at(headend), at(dap));
     let meter_at = [at(meters[0]), at(meters[1])];
     let group = format!("224.0.1.187:{}", free_udp_port());
-    let coap = |listen: &str, peers: &[(&str, &str)]| {
-        let mut s = format!(
-            "[coap]\nlisten = \"{listen}\"\n\
-             group = \"{group}\"\nmulticast_interface = \"127.0.0.1\"\n"
-        );
-        for (id, at) in peers {
-            s.push_str(&format!(
-                "[[coap.endpoint]]\nid = \"{id}\"\naddress = \"{at}\"\n"
-            ));
-        }
-        s
-    };
+    let coap = |listen: &str, peers: &[(&str, &str)]| coap_section(listen, &group, peers);
     let top = format!("transport = \"coap\"\ntopic_prefix = \"{run}\"\n");
     fs::write(
         dir.join("headend.toml"),
@@ -365,31 +358,12 @@ async fn meters_are_reconfigured_over_coap() {
     .await;
 
     // --- a forged command posted to meter-1's endpoint ----------------------
-    let mut rng = sealcast_core::testrng::TestRng::new(5);
-    let mallory = sealcast_core::credential::EntityCredential::generate(
-        EntityId::new(headend).unwrap(),
-        &mut rng,
+    let target = TopicScheme::with_prefix(&run).unwrap().group(
+        &sealcast_core::ids::GroupId::new("meters").unwrap(),
+        sealcast_core::target::GroupChannel::Command,
     );
-    let meter_group = sealcast_core::ids::GroupId::new("meters").unwrap();
-    let target = TopicScheme::with_prefix(&run)
-        .unwrap()
-        .group(&meter_group, sealcast_core::target::GroupChannel::Command);
-    let forged_state =
-        sealcast_metering::downlink::HeadendDownlink::create(meter_group, &mallory, &mut rng)
-            .unwrap()
-            .with_config([("report_interval_s".to_owned(), "1".to_owned())].into())
-            .unwrap();
-    // A number meter-1's window has not seen: refused for its key.
-    let seq = sealcast_core::ids::SeqNum::new(1000).unwrap();
-    let now = sealcast_core::ids::UnixMillis::new(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64,
-    );
-    let forged = forged_state
-        .seal_command(&mallory, seq, now, &target)
-        .unwrap();
+    let (_, forged) =
+        common::forged_meter_command(headend, &target, &[("report_interval_s", "1")], 5);
     let client = CoapClient::bind(ClientConfig::new("127.0.0.1:0".parse().unwrap()))
         .await
         .unwrap();

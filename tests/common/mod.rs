@@ -1155,3 +1155,40 @@ pub fn report_stamped(dir: &Path, headend: &str, meter: &str, seq: u64, at_ms: u
     )
     .unwrap()
 }
+
+/// A meter configuration command forged under `headend`'s name for the
+/// meter group `meters`: a group key and a signing key of the forger's
+/// (returned, to forge more with), `settings`, and sequence number 1000 —
+/// one the meters' windows have not seen, so a meter refuses it for its
+/// key, not as a replay — sealed for `target`.
+pub fn forged_meter_command(
+    headend: &str,
+    target: &str,
+    settings: &[(&str, &str)],
+    seed: u64,
+) -> (sealcast_core::credential::EntityCredential, Vec<u8>) {
+    let mut rng = sealcast_core::testrng::TestRng::new(seed);
+    let mallory = sealcast_core::credential::EntityCredential::generate(
+        sealcast_core::ids::EntityId::new(headend).unwrap(),
+        &mut rng,
+    );
+    let group = sealcast_core::ids::GroupId::new("meters").unwrap();
+    let state = sealcast_metering::downlink::HeadendDownlink::create(group, &mallory, &mut rng)
+        .unwrap()
+        .with_config(
+            settings
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        )
+        .unwrap();
+    let now = sealcast_core::ids::UnixMillis::new(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64,
+    );
+    let seq = sealcast_core::ids::SeqNum::new(1000).unwrap();
+    let command = state.seal_command(&mallory, seq, now, target).unwrap();
+    (mallory, command)
+}
