@@ -41,7 +41,7 @@ mod transmission;
 pub use handle::ManagerHandle;
 pub use rotate::Rotated;
 pub use status::{STATUS_MAX_AGE_MS, StatusOutcome};
-pub use tokens::{MIN_TOKEN_LIFETIME, TOKEN_CLOCK_SLACK_S, TokenGrant, hex_id as token_hex_id};
+pub use tokens::{MIN_TOKEN_LIFETIME, TOKEN_CLOCK_SLACK_S, TokenGrant};
 pub use transmission::{NodeState, ORDER_CHECK_INTERVAL, ORDER_RETRY_FIRST, scope_names};
 
 /// How often unacknowledged material is re-sent.

@@ -355,7 +355,7 @@ pub fn show_token(args: &TokenArgs) -> Result<()> {
                 say(&serde_json::json!({
                     "entity": me.as_str(),
                     "token": {
-                        "id": sealcast_node::manager::token_hex_id(&t.id),
+                        "id": sealcast_node::control::hex(&t.id),
                         "issuer": t.issuer.as_str(),
                         "issued_at": t.issued_at,
                         "not_before": t.not_before,
@@ -368,7 +368,7 @@ pub fn show_token(args: &TokenArgs) -> Result<()> {
             } else {
                 say(&format!(
                     "{me}: access token {} from {}: {}; {}",
-                    sealcast_node::manager::token_hex_id(&t.id),
+                    sealcast_node::control::hex(&t.id),
                     t.issuer,
                     t.describe(),
                     if valid {

@@ -365,7 +365,7 @@ async fn execute(handle: &ManagerHandle, request: Request) -> core::result::Resu
                 .await
                 .map_err(|e| about_node(&node, e))?
                 .map(|t| protocol::TokenInfo {
-                    id: crate::manager::token_hex_id(&t.id),
+                    id: crate::control::hex(&t.id),
                     grants: t.describe(),
                     issued_at: t.issued_at,
                     expires: t.expires,

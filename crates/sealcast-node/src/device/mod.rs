@@ -742,7 +742,7 @@ impl Node {
         {
             Ok(crate::token_store::TokenApplied::Changed) => {
                 if let Some(t) = self.token.held() {
-                    let id = crate::manager::token_hex_id(&t.id);
+                    let id = crate::control::hex(&t.id);
                     info!(node = %self.id, token = %id, scope = %t.describe(), valid_for_s = t.expires.saturating_sub(at_s), "access token received from the manager");
                     if let Some(a) = &mut self.audit {
                         a.record(
@@ -1141,7 +1141,7 @@ impl Node {
                     )
                 });
                 if let Some(Ok(t)) = &by_token {
-                    debug!(node = %self.id, group = %group.name(), signer = %value.signer, token = %crate::manager::token_hex_id(&t.id), "permitted by the signer's access token");
+                    debug!(node = %self.id, group = %group.name(), signer = %value.signer, token = %crate::control::hex(&t.id), "permitted by the signer's access token");
                 }
                 if decision.permitted() || matches!(by_token, Some(Ok(_))) {
                     Delivery::Executed { value }

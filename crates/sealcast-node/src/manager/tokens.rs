@@ -121,7 +121,7 @@ impl Runtime {
                 Some(&grant.entity),
                 format!(
                     "access token {} {}: {}, valid until {}",
-                    hex_id(&token.id),
+                    crate::control::hex(&token.id),
                     if renewed { "renewed" } else { "issued" },
                     token.describe(),
                     token.expires
@@ -152,9 +152,4 @@ impl Runtime {
             debug!(%entity, error = %e, "access token not sent; it goes again with the next renewal or pull answer");
         }
     }
-}
-
-/// A token id for logs and audit (not a secret).
-pub fn hex_id(id: &[u8; 8]) -> String {
-    id.iter().map(|b| format!("{b:02x}")).collect()
 }
