@@ -132,6 +132,10 @@ fn run(cli: Cli) -> error::Result<()> {
         Command::Headend(cmd::serve::HeadendCommand::ConfigureMeters(args)) => {
             cmd::serve::metering::configure_meters(&args)
         }
+        Command::Headend(cmd::serve::HeadendCommand::Sa(c)) => cmd::serve::metering::headend_sa(&c),
+        Command::Device(cmd::serve::DeviceCommand::Sa(args)) => {
+            cmd::serve::metering::device_sa(&args)
+        }
         Command::Headend(cmd::serve::HeadendCommand::MeterConfig(args)) => {
             cmd::serve::metering::headend_meter_config(&args)
         }

@@ -1310,3 +1310,376 @@ async fn the_headend_reconfigures_every_meter_through_a_dap_that_cannot_read_or_
     assert!(audit.matches("downlink on").count() >= 2, "{audit}");
     drop(procs);
 }
+
+/// `sealcast headend sa show --json`: each meter's (epoch, state).
+fn sa_of(dir: &Path, meter: &str) -> (u64, String) {
+    let out = common::run(
+        dir,
+        &[
+            "headend",
+            "sa",
+            "show",
+            "--config",
+            "headend.toml",
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "sa show: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let m = v["meters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["meter"] == meter)
+        .unwrap_or_else(|| panic!("{meter} not in {v}"))
+        .clone();
+    (
+        m["epoch"].as_u64().unwrap(),
+        m["state"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// `sealcast headend sa <change> --meter …`, which must succeed.
+fn sa_change(dir: &Path, change: &str, meters: &[&str]) -> String {
+    let mut args = vec!["headend", "sa", change, "--config", "headend.toml"];
+    for m in meters {
+        args.extend(["--meter", m]);
+    }
+    let out = common::run_bounded(dir, &args, Duration::from_secs(60));
+    assert!(
+        out.status.success(),
+        "sa {change}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The meter's own view: `sealcast device sa --json` (epoch, state).
+fn meter_sa(dir: &Path, meter: &str) -> (u64, String) {
+    let out = common::run(
+        dir,
+        &[
+            "device",
+            "sa",
+            "--config",
+            &format!("{meter}.toml"),
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "device sa: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    (
+        v["epoch"].as_u64().unwrap(),
+        v["state"].as_str().unwrap().to_owned(),
+    )
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Item 6 of the security services: the meter↔headend pairwise key is an
+/// explicit security association with an epoch, refreshed, removed and
+/// established again as named operations, all as separate processes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_headend_refreshes_removes_and_establishes_a_meters_security_association() {
+    let t = MqttRun::start("sa").await;
+    let (dir, url, run) = (t.dir.clone(), &t.url, &t.run);
+    let name = |n: &str| format!("{run}-{n}");
+    let (headend, dap) = (name("headend"), name("dap"));
+    let meters = [name("meter-1"), name("meter-2")];
+    let (m1, m2) = (meters[0].as_str(), meters[1].as_str());
+    keygen(&dir, [&headend, &dap].into_iter().chain(&meters));
+    common::meters_dir(&dir, &meters);
+    metering_configs(
+        &dir,
+        url,
+        run,
+        &headend,
+        &dap,
+        &meters,
+        "\n[downlink]\nretry_ms = 300\n",
+        "batch_size = 4\nmax_batch_delay_ms = 50\n",
+    );
+    let topics = TopicScheme::with_prefix(run).unwrap();
+    let report_topic = topics.agent(&EntityId::new(&dap).unwrap(), AgentChannel::Report);
+    let delivery = |m: &str| {
+        topics.device(
+            &EntityId::new(m).unwrap(),
+            sealcast_mqtt::DeviceChannel::Delivery,
+        )
+    };
+    // What the DAP relays to each meter, as anyone on the broker sees it.
+    let (spy_client, mut relayed) = spy(
+        url,
+        name("spy"),
+        [
+            TopicFilter::new(&delivery(m1)).unwrap(),
+            TopicFilter::new(&delivery(m2)).unwrap(),
+        ],
+        |_| true,
+    )
+    .await;
+
+    let mut procs = Procs::new(&dir);
+    start_headend(&mut procs);
+    procs.start_appending("dap", &["agent", "serve", "--config", "agent.toml"]);
+    wait_until("the headend accepts the DAP's announcement", &procs, || {
+        procs.log("headend").contains("DAP announcement accepted")
+    })
+    .await;
+    listen(&mut procs, m1);
+    wait_until("meter-1 confirms the group key", &procs, || {
+        confirmed(&dir, m1)
+    })
+    .await;
+    let mut expected = Vec::new();
+    report_expected(&dir, m1, &dap, "100 kWh", &mut expected);
+    report_expected(&dir, m2, &dap, "200 kWh", &mut expected);
+    wait_until("two readings under epoch 0", &procs, || {
+        headend_readings(&dir) == expected
+    })
+    .await;
+    assert_eq!(sa_of(&dir, m1), (0, "established".into()));
+
+    // --- refresh both: meter-1 listens and moves; meter-2 is away ----------
+    let out = sa_change(&dir, "refresh", &[m1, m2]);
+    assert!(out.contains("refreshed to epoch 1"), "{out}");
+    wait_until("meter-1 reports under epoch 1", &procs, || {
+        sa_of(&dir, m1) == (1, "established".into())
+    })
+    .await;
+    assert_eq!(meter_sa(&dir, m1), (1, "established".into()));
+    assert_eq!(sa_of(&dir, m2), (1, "pending".into()));
+    // Readings of both still arrive: meter-1 under epoch 1, meter-2 under
+    // epoch 0, still opened while its refresh is pending.
+    let seq = report(&dir, m1, "101 kWh", 1)[0];
+    expected.push(reading_line(m1, seq, &dap, "101 kWh"));
+    report_expected(&dir, m2, &dap, "201 kWh", &mut expected);
+    expected.sort();
+    wait_until("readings under both epochs", &procs, || {
+        headend_readings(&dir) == expected
+    })
+    .await;
+    let audit = common::audit_text(&dir, &format!("{m1}-state/audit.jsonl"));
+    assert!(audit.contains("under association epoch 1"), "{audit}");
+
+    // --- a genuine meter-1 report under the retired epoch 0 (its own
+    // signing key, a fresh number of the block its last report reserved,
+    // which it never uses again: what someone holding the old key would
+    // send) -----------------------------------------------------------------
+    let retired = common::report_stamped(&dir, &headend, m1, seq + 1, now_ms());
+    spy_client
+        .publish(report_topic.clone(), Bytes::from(retired.clone()))
+        .await
+        .unwrap();
+    wait_until(
+        "the headend drops the report under the retired epoch",
+        &procs,
+        || procs.log("headend").contains("EpochRetired"),
+    )
+    .await;
+
+    // --- attacks on the update itself, at meter-1's listener --------------
+    let mut captured = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while captured.len() < 2 && std::time::Instant::now() < deadline {
+        if let Ok(Some((topic, bytes))) =
+            tokio::time::timeout(Duration::from_millis(200), relayed.recv()).await
+            && sealcast_metering::sa::SaUpdate::looks_like(&bytes)
+            && !captured.iter().any(|(t, _)| *t == topic)
+        {
+            captured.push((topic, bytes));
+        }
+    }
+    let for_m1 = captured
+        .iter()
+        .find(|(t, _)| *t == delivery(m1))
+        .expect("meter-1's update crossed the broker")
+        .1
+        .clone();
+    let for_m2 = captured
+        .iter()
+        .find(|(t, _)| *t == delivery(m2))
+        .expect("meter-2's update was relayed although it is away")
+        .1
+        .clone();
+    let refusals = |procs: &Procs| {
+        procs
+            .log(&format!("{m1}-listen"))
+            .matches("security association update refused")
+            .count()
+    };
+    // Meter-2's update, and one forged under the headend's name (epoch 9,
+    // a key of the forger's); meter-1's own is replayed after the removal.
+    let mallory = sealcast_core::credential::EntityCredential::generate(
+        EntityId::new(&headend).unwrap(),
+        &mut sealcast_core::testrng::TestRng::new(66),
+    );
+    let forged = sealcast_metering::sa::SaUpdate {
+        headend: EntityId::new(&headend).unwrap(),
+        meter: EntityId::new(m1).unwrap(),
+        epoch: 9,
+        ephemeral: Some([9u8; 32]),
+        issued: sealcast_core::ids::UnixMillis::new(now_ms()),
+    }
+    .seal(mallory.signing_key())
+    .unwrap();
+    for bytes in [for_m2, forged] {
+        spy_client
+            .publish(delivery(m1), Bytes::from(bytes))
+            .await
+            .unwrap();
+    }
+    spy_client.flush(Duration::from_secs(10)).await.unwrap();
+    wait_until("meter-1 refuses both", &procs, || refusals(&procs) >= 2).await;
+    let log = procs.log(&format!("{m1}-listen"));
+    assert!(log.contains("for another meter"), "{log}");
+    assert_eq!(meter_sa(&dir, m1), (1, "established".into()));
+
+    // --- the headend SIGKILLed with meter-2's refresh pending; meter-2
+    // starts listening after the restart and moves to epoch 1 -------------
+    procs.sigkill("headend");
+    start_headend(&mut procs);
+    listen(&mut procs, m2);
+    wait_until(
+        "meter-2 reports under epoch 1 after the restart",
+        &procs,
+        || sa_of(&dir, m2) == (1, "established".into()),
+    )
+    .await;
+    assert_eq!(meter_sa(&dir, m2), (1, "established".into()));
+
+    // --- operator errors are refused with a reason ---------------------------
+    let out = common::run_bounded(
+        &dir,
+        &[
+            "headend",
+            "sa",
+            "establish",
+            "--config",
+            "headend.toml",
+            "--meter",
+            m2,
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refresh it instead"), "{err}");
+    let out = common::run(
+        &dir,
+        &[
+            "headend",
+            "sa",
+            "refresh",
+            "--config",
+            "headend.toml",
+            "--meter",
+            "nobody",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a meter of this headend"));
+
+    // --- remove meter-1: refused at once; the meter is told and stops ------
+    let out = sa_change(&dir, "remove", &[m1]);
+    assert!(out.contains("removed (epoch 2)"), "{out}");
+    assert_eq!(sa_of(&dir, m1), (2, "removed".into()));
+    wait_until("meter-1 learns of the removal", &procs, || {
+        meter_sa(&dir, m1) == (2, "removed".into())
+    })
+    .await;
+    // Its epoch-1 update replayed does not bring the association back.
+    let before = refusals(&procs);
+    spy_client
+        .publish(delivery(m1), Bytes::from(for_m1))
+        .await
+        .unwrap();
+    wait_until("meter-1 refuses the replayed update", &procs, || {
+        refusals(&procs) > before
+    })
+    .await;
+    assert!(
+        procs
+            .log(&format!("{m1}-listen"))
+            .contains("not newer than the one held")
+    );
+    assert_eq!(meter_sa(&dir, m1), (2, "removed".into()));
+    let out = common::device_report(&dir, m1, "102 kWh", 1);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("removed this meter's security association"),
+        "{err}"
+    );
+    // A report of meter-1 sealed anyway is refused by the headend.
+    let anyway = common::report_stamped(&dir, &headend, m1, seq + 2, now_ms());
+    spy_client
+        .publish(report_topic.clone(), Bytes::from(anyway))
+        .await
+        .unwrap();
+    wait_until(
+        "the headend refuses the removed meter's report",
+        &procs,
+        || procs.log("headend").contains("AssociationRemoved"),
+    )
+    .await;
+
+    // --- establish again: epoch 3, readings flow ------------------------------
+    let out = sa_change(&dir, "establish", &[m1]);
+    assert!(out.contains("established at epoch 3"), "{out}");
+    wait_until("meter-1 reports under epoch 3", &procs, || {
+        sa_of(&dir, m1) == (3, "established".into())
+    })
+    .await;
+    report_expected(&dir, m1, &dap, "103 kWh", &mut expected);
+    wait_until("meter-1's reading under epoch 3", &procs, || {
+        headend_readings(&dir) == expected
+    })
+    .await;
+    // Nothing else got in: the retired-epoch and removed-meter reports
+    // were never readings.
+    assert_eq!(headend_readings(&dir), expected);
+
+    // --- audits verify; state files 0600 ---------------------------------------
+    use std::os::unix::fs::PermissionsExt;
+    for f in [
+        "headend-state/headend.cbor".to_owned(),
+        format!("{m1}-state/pairwise-sa.cbor"),
+    ] {
+        let mode = fs::metadata(dir.join(&f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{f}");
+    }
+    common::audit_intact(&dir, "headend-state/audit.jsonl", &["103 kWh"]);
+    let audit = common::audit_text(&dir, "headend-state/audit.jsonl");
+    for needle in [
+        "security association refreshed: epoch 1",
+        "security association removed: epoch 2",
+        "security association established: epoch 3",
+        "security association epoch 3 in use",
+    ] {
+        assert!(audit.contains(needle), "{needle} missing: {audit}");
+    }
+    let listener = format!("{m1}-listen");
+    assert!(procs.terminate_async(&listener).await.success());
+    common::audit_intact(&dir, &format!("{m1}-state/downlink-audit.jsonl"), &[]);
+    let audit = common::audit_text(&dir, &format!("{m1}-state/downlink-audit.jsonl"));
+    assert!(
+        audit.contains("security association epoch 3 installed"),
+        "{audit}"
+    );
+    assert!(audit.contains("security association removed"), "{audit}");
+    drop(procs);
+}

@@ -152,6 +152,11 @@ pub enum DeviceCommand {
     ///
     /// Example: sealcast device meter-config --config meter-1.toml --json
     MeterConfig(metering::MeterConfigArgs),
+    /// Show this meter's security association with its headend: its epoch
+    /// (0: the static key from enrolment), or that the headend removed it.
+    ///
+    /// Example: sealcast device sa --config meter-1.toml --json
+    Sa(metering::MeterConfigArgs),
     /// Show the access-control token this device holds (from its state
     /// directory, verified with the manager's key): what it grants and
     /// until when.
@@ -186,6 +191,14 @@ pub enum HeadendCommand {
     ///
     /// Example: sealcast headend meter-config --config headend.toml --json
     MeterConfig(metering::MeterConfigArgs),
+    /// The meters' security associations (the pairwise keys their reports
+    /// are encrypted under): show, refresh, remove, establish. Changes go
+    /// to the running headend and to each meter through its DAP; they need
+    /// a `[downlink]` section and the meters' listeners.
+    ///
+    /// Example: sealcast headend sa refresh --config headend.toml --meter meter-1
+    #[command(subcommand)]
+    Sa(metering::SaCommand),
     /// Print a commented headend.toml with every setting and its default.
     ///
     /// Example: sealcast headend config-template > headend.toml

@@ -42,6 +42,12 @@ pub const HDR_TIMESTAMP: i64 = -70_002;
 /// header: the signer's access-control token (a bstr holding the manager's
 /// signed CWT, `sealcast_group::token`), so the signature covers it.
 pub const HDR_ACCESS_TOKEN: i64 = -70_010;
+/// sealcast private-use header label, in a report's inner *protected*
+/// header: the epoch (uint ≥ 1) of the reporter–headend security
+/// association whose pairwise key encrypted it (absent: epoch 0, the
+/// static-static key), so both the AEAD and the reporter's signature
+/// cover it.
+pub const HDR_SA_EPOCH: i64 = -70_011;
 
 /// COSE alg EdDSA.
 pub const ALG_EDDSA: i64 = -8;

@@ -15,15 +15,30 @@
 //! ```
 //!
 //! Static-static X25519 needs no handshake: both sides know each other's
-//! credential. Sequence numbers must never repeat for one reporter–headend
-//! pair (see [`crate::replay::SeqAllocator`]).
+//! credential. That key is the security association's **epoch 0**. The
+//! headend refreshes the association by handing the reporter a fresh
+//! X25519 public key `E` of its own (signed; `sealcast_metering::sa`) for
+//! epoch `n ≥ 1`:
+//!
+//! ```text
+//! IKM  = X25519(reporter, headend) ‖ X25519(reporter, E)    (headend: its static and ephemeral secrets)
+//! salt = epoch n as 4 bytes, big-endian;  info as above
+//! inner protected header = { 1: alg, -70011: n }            (epoch 0: no -70011, bytes as before)
+//! ```
+//!
+//! The headend deletes `E`'s secret when the association moves on, so a
+//! later theft of the headend's static key does not open an older epoch's
+//! reports. Sequence numbers must never repeat for one reporter–headend
+//! pair (see [`crate::replay::SeqAllocator`]); they carry on across epochs.
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use x25519_dalek::{PublicKey as X25519Public, StaticSecret};
 use zeroize::Zeroizing;
 
 use crate::cbor::{write_array, write_tstr, write_uint};
-use crate::cose::{self, ALG_EDDSA, HDR_ALG, HDR_KID, HDR_PARTIAL_IV, HDR_TIMESTAMP, HVal};
+use crate::cose::{
+    self, ALG_EDDSA, HDR_ALG, HDR_KID, HDR_PARTIAL_IV, HDR_SA_EPOCH, HDR_TIMESTAMP, HVal,
+};
 use crate::crypto::{
     AeadAlg, AeadKey, NONCE_LEN, ed25519_signature, ed25519_verify_batch, ed25519_verify_strict,
 };
@@ -56,6 +71,7 @@ pub fn report_context(
 pub struct PairwiseKey {
     key: AeadKey,
     iv: Zeroizing<[u8; NONCE_LEN]>,
+    epoch: u32,
 }
 
 impl core::fmt::Debug for PairwiseKey {
@@ -65,8 +81,8 @@ impl core::fmt::Debug for PairwiseKey {
 }
 
 impl PairwiseKey {
-    /// Derives the key from one side's X25519 secret and the other side's
-    /// public key (the result is the same on both sides).
+    /// Derives the epoch-0 key from one side's X25519 secret and the other
+    /// side's public key (the result is the same on both sides).
     pub fn derive(
         alg: AeadAlg,
         own_secret: &StaticSecret,
@@ -75,10 +91,57 @@ impl PairwiseKey {
         headend: &EntityId,
     ) -> Result<Self> {
         let shared = crate::crypto::x25519(&own_secret.to_bytes(), peer_public.as_bytes())?;
+        Self::from_ikm(alg, shared.as_ref(), &[], 0, reporter, headend)
+    }
+
+    /// Derives the key of a refreshed association, epoch `epoch ≥ 1`.
+    /// The reporter passes its static secret twice with the headend's
+    /// static and ephemeral public keys; the headend passes its static
+    /// secret with the reporter's static key, then its ephemeral secret
+    /// with the reporter's static key again.
+    #[allow(clippy::too_many_arguments)]
+    pub fn derive_refreshed(
+        alg: AeadAlg,
+        static_secret: &StaticSecret,
+        static_peer: &X25519Public,
+        ephemeral_secret: &StaticSecret,
+        ephemeral_peer: &X25519Public,
+        epoch: u32,
+        reporter: &EntityId,
+        headend: &EntityId,
+    ) -> Result<Self> {
+        if epoch == 0 {
+            return Err(Error::Malformed(
+                "a refreshed security association has an epoch of 1 or more",
+            ));
+        }
+        let ss = crate::crypto::x25519(&static_secret.to_bytes(), static_peer.as_bytes())?;
+        let es = crate::crypto::x25519(&ephemeral_secret.to_bytes(), ephemeral_peer.as_bytes())?;
+        let mut ikm = Zeroizing::new([0u8; 64]);
+        ikm[..32].copy_from_slice(ss.as_ref());
+        ikm[32..].copy_from_slice(es.as_ref());
+        Self::from_ikm(
+            alg,
+            ikm.as_ref(),
+            &epoch.to_be_bytes(),
+            epoch,
+            reporter,
+            headend,
+        )
+    }
+
+    fn from_ikm(
+        alg: AeadAlg,
+        ikm: &[u8],
+        salt: &[u8],
+        epoch: u32,
+        reporter: &EntityId,
+        headend: &EntityId,
+    ) -> Result<Self> {
         let ctx = Some(headend.as_bytes());
         let key = kdf::derive(
-            shared.as_ref(),
-            &[],
+            ikm,
+            salt,
             reporter.as_bytes(),
             ctx,
             alg.cose_id(),
@@ -86,8 +149,8 @@ impl PairwiseKey {
             alg.key_len(),
         )?;
         let iv = kdf::derive(
-            shared.as_ref(),
-            &[],
+            ikm,
+            salt,
             reporter.as_bytes(),
             ctx,
             alg.cose_id(),
@@ -99,7 +162,13 @@ impl PairwiseKey {
         Ok(Self {
             key: AeadKey::new(alg, &key)?,
             iv: iv_arr,
+            epoch,
         })
+    }
+
+    /// The security association epoch this key belongs to (0: static).
+    pub fn epoch(&self) -> u32 {
+        self.epoch
     }
 }
 
@@ -116,8 +185,12 @@ pub fn seal_report(
 ) -> Result<Vec<u8>> {
     let context = report_context(reporter, headend, seq, timestamp);
     let piv = seq.partial_iv();
-    let enc_protected =
-        cose::protected_bytes(&[(HDR_ALG, HVal::Int(pairwise.key.alg().cose_id()))]);
+    let alg = (HDR_ALG, HVal::Int(pairwise.key.alg().cose_id()));
+    let enc_protected = if pairwise.epoch == 0 {
+        cose::protected_bytes(&[alg])
+    } else {
+        cose::protected_bytes(&[alg, (HDR_SA_EPOCH, HVal::Uint(pairwise.epoch.into()))])
+    };
     let nonce = kdf::nonce(pairwise.iv.as_ref(), &[], &piv)?;
     let ciphertext = pairwise.key.seal(
         &nonce,
@@ -293,7 +366,21 @@ pub fn open_report(
     headend: &EntityId,
     pairwise: &PairwiseKey,
 ) -> Result<Zeroizing<Vec<u8>>> {
-    decrypt_inner(&verified.header, &verified.encrypted, headend, pairwise)
+    open_report_with(verified, headend, |e| {
+        (e == pairwise.epoch).then_some(pairwise)
+    })
+    .map(|(_, r)| r)
+}
+
+/// Decrypts a verified report with the key of the security association
+/// epoch it names (`keys(epoch)`; None: no such epoch held). Returns the
+/// epoch and the reading.
+pub fn open_report_with<'k>(
+    verified: &VerifiedReport,
+    headend: &EntityId,
+    keys: impl FnOnce(u32) -> Option<&'k PairwiseKey>,
+) -> Result<(u32, Zeroizing<Vec<u8>>)> {
+    decrypt_inner(&verified.header, &verified.encrypted, headend, keys)
 }
 
 /// Decrypts a report without checking the reporter's signature: for a
@@ -305,18 +392,58 @@ pub fn open_report_unverified(
     headend: &EntityId,
     pairwise: &PairwiseKey,
 ) -> Result<(ReportHeader, Zeroizing<Vec<u8>>)> {
-    let p = parse_report(bytes, headend)?;
-    let reading = decrypt_inner(&p.header, &p.inner, headend, pairwise)?;
-    Ok((p.header, reading))
+    open_report_unverified_with(bytes, headend, |e| {
+        (e == pairwise.epoch).then_some(pairwise)
+    })
+    .map(|(h, _, r)| (h, r))
 }
 
-fn decrypt_inner(
+/// [`open_report_unverified`] with the key of the epoch the report names.
+pub fn open_report_unverified_with<'k>(
+    bytes: &[u8],
+    headend: &EntityId,
+    keys: impl FnOnce(u32) -> Option<&'k PairwiseKey>,
+) -> Result<(ReportHeader, u32, Zeroizing<Vec<u8>>)> {
+    let p = parse_report(bytes, headend)?;
+    let (epoch, reading) = decrypt_inner(&p.header, &p.inner, headend, keys)?;
+    Ok((p.header, epoch, reading))
+}
+
+fn decrypt_inner<'k>(
     h: &ReportHeader,
     inner: &[u8],
     headend: &EntityId,
-    pairwise: &PairwiseKey,
-) -> Result<Zeroizing<Vec<u8>>> {
+    keys: impl FnOnce(u32) -> Option<&'k PairwiseKey>,
+) -> Result<(u32, Zeroizing<Vec<u8>>)> {
     let enc = cose::parse_encrypt0(inner, MAX_REPORT_LEN)?;
+    cose::only(
+        &enc.protected.header,
+        cose::Allowed {
+            alg: true,
+            rest: &[HDR_SA_EPOCH],
+            ..Default::default()
+        },
+    )?;
+    let epoch = match cose::rest_value(&enc.protected.header, HDR_SA_EPOCH) {
+        None => 0,
+        Some(_) => {
+            let e = u32::try_from(cose::rest_uint(
+                &enc.protected.header,
+                HDR_SA_EPOCH,
+                "security association epoch",
+            )?)
+            .map_err(|_| Error::Malformed("security association epoch"))?;
+            if e == 0 {
+                // Epoch 0 is written by leaving the label out: one encoding.
+                return Err(Error::Malformed("security association epoch"));
+            }
+            e
+        }
+    };
+    let pairwise = keys(epoch).ok_or(Error::ContextMismatch("security association epoch"))?;
+    if pairwise.epoch != epoch {
+        return Err(Error::ContextMismatch("security association epoch"));
+    }
     cose::require_alg(
         &enc.protected.header,
         &enc.unprotected,
@@ -332,11 +459,97 @@ fn decrypt_inner(
         cose::protected_original(&enc.protected),
         &context,
     );
-    pairwise.key.open(
+    let reading = pairwise.key.open(
         &nonce,
         &aad,
         enc.ciphertext
             .as_deref()
             .ok_or(Error::Malformed("detached ciphertext"))?,
-    )
+    )?;
+    Ok((epoch, reading))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::testrng::TestRng;
+
+    fn x(rng: &mut TestRng) -> StaticSecret {
+        let mut b = [0u8; 32];
+        rand_core::TryRng::try_fill_bytes(rng, &mut b).unwrap();
+        StaticSecret::from(b)
+    }
+
+    #[test]
+    fn a_refreshed_association_opens_only_under_its_own_epoch() {
+        let mut rng = TestRng::new(0x5a);
+        let (reporter, headend) = (
+            EntityId::new("meter-7").unwrap(),
+            EntityId::new("headend").unwrap(),
+        );
+        let signing = SigningKey::from_bytes(&[7u8; 32]);
+        let (m, h, e) = (x(&mut rng), x(&mut rng), x(&mut rng));
+        let (mp, hp, ep) = (
+            X25519Public::from(&m),
+            X25519Public::from(&h),
+            X25519Public::from(&e),
+        );
+        let alg = AeadAlg::A128Gcm;
+        let static_m = PairwiseKey::derive(alg, &m, &hp, &reporter, &headend).unwrap();
+        let static_h = PairwiseKey::derive(alg, &h, &mp, &reporter, &headend).unwrap();
+        // The meter: its static secret with both of the headend's keys; the
+        // headend: its static and ephemeral secrets with the meter's key.
+        let fresh_m =
+            PairwiseKey::derive_refreshed(alg, &m, &hp, &m, &ep, 2, &reporter, &headend).unwrap();
+        let fresh_h =
+            PairwiseKey::derive_refreshed(alg, &h, &mp, &e, &mp, 2, &reporter, &headend).unwrap();
+        assert_eq!(fresh_m.epoch(), 2);
+        assert!(
+            PairwiseKey::derive_refreshed(alg, &m, &hp, &m, &ep, 0, &reporter, &headend).is_err()
+        );
+        let seal = |k: &PairwiseKey, seq| {
+            seal_report(
+                &reporter,
+                &signing,
+                &headend,
+                k,
+                SeqNum::new(seq).unwrap(),
+                UnixMillis::new(1),
+                b"42 kWh",
+            )
+            .unwrap()
+        };
+        let old = seal(&static_m, 1);
+        let new = seal(&fresh_m, 2);
+        // Each opens under its own epoch's key, on the other side.
+        let (_, r) = open_report_unverified(&old, &headend, &static_h).unwrap();
+        assert_eq!(&r[..], b"42 kWh");
+        let (_, epoch, r) = open_report_unverified_with(&new, &headend, |e| {
+            [&static_h, &fresh_h].into_iter().find(|k| k.epoch() == e)
+        })
+        .unwrap();
+        assert_eq!((epoch, &r[..]), (2, &b"42 kWh"[..]));
+        // Not under another epoch's key; not when the epoch is not held.
+        assert!(open_report_unverified(&new, &headend, &static_h).is_err());
+        assert!(open_report_unverified(&old, &headend, &fresh_h).is_err());
+        assert!(open_report_unverified_with(&new, &headend, |_| None).is_err());
+        // A key of the same epoch number from another ephemeral does not open it.
+        let other = x(&mut rng);
+        let wrong =
+            PairwiseKey::derive_refreshed(alg, &h, &mp, &other, &mp, 2, &reporter, &headend)
+                .unwrap();
+        assert!(matches!(
+            open_report_unverified(&new, &headend, &wrong),
+            Err(Error::DecryptFailed)
+        ));
+        // The epoch is bound: the signature covers the inner header, so a
+        // report re-labelled with another epoch fails the signature.
+        let vk = signing.verifying_key();
+        let verified = verify_report(&new, &headend, |_| Some(&vk)).unwrap();
+        assert_eq!(
+            &open_report(&verified, &headend, &fresh_h).unwrap()[..],
+            b"42 kWh"
+        );
+    }
 }

@@ -353,12 +353,33 @@ fn a2_pycose_opens_report() {
     let reporter_x = StaticSecret::from(random::<32>(&mut rng));
     let headend_x = StaticSecret::from(random::<32>(&mut rng));
     let headend_pub = X25519Public::from(&headend_x);
-    for (alg, seq) in [(AeadAlg::A128Gcm, 70_000), (AeadAlg::A256Gcm, 0)] {
+    // Epoch 0 (static-static) and a refreshed association (epoch 3, the
+    // headend's ephemeral key), as documented in report.rs.
+    let ephemeral_x = StaticSecret::from(random::<32>(&mut rng));
+    let ephemeral_pub = X25519Public::from(&ephemeral_x);
+    for (alg, seq, epoch) in [
+        (AeadAlg::A128Gcm, 70_000, 0u32),
+        (AeadAlg::A256Gcm, 0, 0),
+        (AeadAlg::A128Gcm, 9, 3),
+    ] {
         let seq = SeqNum::new(seq).unwrap();
         let ts = UnixMillis::new(T0);
         let reading = b"{\"kWh\":1234.5,\"v\":230}";
-        let pairwise =
-            PairwiseKey::derive(alg, &reporter_x, &headend_pub, &reporter, &headend).unwrap();
+        let pairwise = if epoch == 0 {
+            PairwiseKey::derive(alg, &reporter_x, &headend_pub, &reporter, &headend).unwrap()
+        } else {
+            PairwiseKey::derive_refreshed(
+                alg,
+                &reporter_x,
+                &headend_pub,
+                &reporter_x,
+                &ephemeral_pub,
+                epoch,
+                &reporter,
+                &headend,
+            )
+            .unwrap()
+        };
         let object = seal_report(
             &reporter,
             &reporter_key,
@@ -370,11 +391,22 @@ fn a2_pycose_opens_report() {
         )
         .unwrap();
         // The pairwise key and nonce the way report.rs derives them.
-        let shared = crypto::x25519(&reporter_x.to_bytes(), headend_pub.as_bytes()).unwrap();
+        let mut shared = crypto::x25519(&reporter_x.to_bytes(), headend_pub.as_bytes())
+            .unwrap()
+            .to_vec();
+        let mut salt = Vec::new();
+        if epoch > 0 {
+            shared.extend_from_slice(
+                crypto::x25519(&reporter_x.to_bytes(), ephemeral_pub.as_bytes())
+                    .unwrap()
+                    .as_ref(),
+            );
+            salt = epoch.to_be_bytes().to_vec();
+        }
         let derive = |kind, len| {
             kdf::derive(
-                shared.as_ref(),
-                &[],
+                &shared,
+                &salt,
                 reporter.as_bytes(),
                 Some(headend.as_bytes()),
                 alg.cose_id(),
@@ -403,6 +435,8 @@ fn a2_pycose_opens_report() {
                 "headend": headend.as_str(),
                 "reporter_x25519_secret": hx(&reporter_x.to_bytes()),
                 "headend_x25519_public": hx(headend_pub.as_bytes()),
+                "epoch": epoch,
+                "headend_ephemeral_public": hx(ephemeral_pub.as_bytes()),
             }),
         );
         assert_eq!(bytes_at(&out, "/reading"), reading);
@@ -427,10 +461,22 @@ fn a2_pycose_opens_report() {
             }),
             "report outer",
         );
-        assert_eq!(
-            str_at(&out, "/inner/protected"),
-            alg_protected(alg.cose_id())
-        );
+        if epoch == 0 {
+            assert_eq!(
+                str_at(&out, "/inner/protected"),
+                alg_protected(alg.cose_id())
+            );
+        } else {
+            // {1: alg, -70011: epoch}: a2 01 <alg> 3a 00011179 <epoch>.
+            assert_eq!(
+                str_at(&out, "/inner/protected"),
+                format!(
+                    "a201{}3a0001117a{:02x}",
+                    &alg_protected(alg.cose_id())[4..],
+                    epoch
+                )
+            );
+        }
         assert_bucket(
             &out,
             "/inner/uhdr",

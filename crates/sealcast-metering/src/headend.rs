@@ -20,11 +20,13 @@ use ed25519_dalek::VerifyingKey;
 use sealcast_core::credential::{EntityCredential, PublicCredential};
 use sealcast_core::ids::{EntityId, SeqNum, UnixMillis};
 use sealcast_core::replay::SeqWindow;
-use sealcast_core::report::{open_report, open_report_unverified, peek_report, verify_report};
+use sealcast_core::report::{
+    PairwiseKey, open_report_unverified_with, open_report_with, peek_report, verify_report,
+};
 use zeroize::Zeroizing;
 
-use crate::meter::PAIRWISE_ALG;
 use crate::plausibility::{Action, Implausible, Plausibility, Verdict};
+use crate::sa::{HeadendSa, SaPhase, SaStatus, SaUpdate};
 use crate::wire::{Announcement, open_batch, seal_solicit};
 use crate::{Error, Result};
 
@@ -73,6 +75,12 @@ pub enum ReportDrop {
     Replayed,
     /// Decryption (or the policy's signature check) failed.
     Undecryptable,
+    /// The headend removed the meter's security association: nothing of
+    /// it is opened until one is established again.
+    AssociationRemoved,
+    /// Sealed under an association epoch the headend no longer holds (the
+    /// meter moved on, or a report under an old key).
+    EpochRetired,
     /// Genuine, but a plausibility rule with `Action::Drop` refused the
     /// value (its window moved: it is not accepted again).
     Implausible(Implausible),
@@ -93,6 +101,9 @@ pub struct BatchOutcome {
     /// [`crate::downlink::MeterAck`]; not readings, not checked for
     /// plausibility), in batch order.
     pub acks: Vec<(EntityId, crate::downlink::MeterAck)>,
+    /// Meters whose refreshed security association this batch put in use
+    /// (their first report under the new epoch), with that epoch.
+    pub associations: Vec<(EntityId, u32)>,
 }
 
 struct DapEntry {
@@ -109,10 +120,13 @@ struct Announced {
 }
 
 struct MeterEntry {
-    pairwise: sealcast_core::report::PairwiseKey,
+    /// The keys that open its reports (current epoch, and the previous
+    /// one while a refresh is pending), derived from `sa`.
+    keys: Vec<PairwiseKey>,
     key: VerifyingKey,
     agreement: x25519_dalek::PublicKey,
     window: SeqWindow,
+    sa: HeadendSa,
 }
 
 /// Accepted announcement.
@@ -157,20 +171,15 @@ fn meter_entries(
 ) -> Result<BTreeMap<EntityId, MeterEntry>> {
     let mut out = BTreeMap::new();
     for m in meters {
-        let key = sealcast_core::report::PairwiseKey::derive(
-            PAIRWISE_ALG,
-            credential.agreement_secret(),
-            m.agreement_key(),
-            m.id(),
-            credential.id(),
-        )?;
+        let sa = HeadendSa::default();
         out.insert(
             m.id().clone(),
             MeterEntry {
-                pairwise: key,
+                keys: sa.keys(credential, m.id(), m.agreement_key())?,
                 key: *m.verifying_key(),
                 agreement: *m.agreement_key(),
                 window: SeqWindow::new(),
+                sa,
             },
         );
     }
@@ -196,6 +205,39 @@ pub struct MetersChanged {
     /// Meters whose key changed (a fresh pairwise key and window: reports
     /// under the old key no longer open).
     pub rekeyed: usize,
+}
+
+/// The security associations a headend's saved state holds (meters not
+/// named are at epoch 0, established at enrolment): for status output,
+/// without the headend's keys.
+pub fn saved_associations(bytes: &[u8]) -> Result<BTreeMap<EntityId, SaStatus>> {
+    use ciborium::Value;
+    let value: Value = ciborium::from_reader(bytes).map_err(|_| state_err("not CBOR"))?;
+    let Some(meters) = value
+        .as_array()
+        .and_then(|a| a.get(2))
+        .and_then(Value::as_array)
+    else {
+        return Err(state_err("malformed"));
+    };
+    let mut out = BTreeMap::new();
+    for m in meters {
+        if let Some([Value::Text(id), _, sa]) = m.as_array().map(Vec::as_slice) {
+            out.insert(EntityId::new(id)?, HeadendSa::from_value(sa)?.status());
+        }
+    }
+    Ok(out)
+}
+
+/// A change of a meter's security association.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SaChange {
+    /// A new epoch with a fresh key (the meter has an association).
+    Refresh,
+    /// A new epoch with a fresh key after a removal.
+    Establish,
+    /// No association: every report refused.
+    Remove,
 }
 
 fn state_err(what: &str) -> Error {
@@ -252,7 +294,11 @@ impl HeadendCore {
         let mut changed = MetersChanged::default();
         for (id, entry) in &mut next {
             match self.meters.get(id) {
-                Some(old) if old.key == entry.key => entry.window = old.window.clone(),
+                Some(old) if old.key == entry.key && old.agreement == entry.agreement => {
+                    entry.window = old.window.clone();
+                    entry.sa = old.sa.clone();
+                    entry.keys = entry.sa.keys(&self.credential, id, &entry.agreement)?;
+                }
                 Some(_) => changed.rekeyed += 1,
                 None => changed.added += 1,
             }
@@ -402,6 +448,7 @@ impl HeadendCore {
         let mut readings = Vec::new();
         let mut dropped = Vec::new();
         let mut acks = Vec::new();
+        let mut associations = Vec::new();
         for report in &batch.reports {
             let Ok(header) = peek_report(report, self.credential.id()) else {
                 dropped.push((None, ReportDrop::Malformed));
@@ -420,24 +467,57 @@ impl HeadendCore {
                 dropped.push((Some(meter), ReportDrop::Replayed));
                 continue;
             };
+            if m.sa.status().phase == SaPhase::Removed {
+                dropped.push((Some(meter), ReportDrop::AssociationRemoved));
+                continue;
+            }
+            // The key of the epoch the report names; remembered to tell a
+            // retired epoch from a failed decryption.
+            let named = core::cell::Cell::new(None);
+            let keys = &m.keys;
+            let key_of = |e: u32| {
+                named.set(Some(e));
+                keys.iter().find(|k| k.epoch() == e)
+            };
             let opened = if self.verify_meter_signatures {
                 verify_report(report, self.credential.id(), |id| {
                     (*id == meter).then_some(&m.key)
                 })
                 .and_then(|v| {
-                    open_report(&v, self.credential.id(), &m.pairwise)
-                        .map(|r| (v.header().clone(), r))
+                    open_report_with(&v, self.credential.id(), key_of)
+                        .map(|(e, r)| (v.header().clone(), e, r))
                 })
             } else {
-                open_report_unverified(report, self.credential.id(), &m.pairwise)
+                open_report_unverified_with(report, self.credential.id(), key_of)
             };
-            let Ok((header, value)) = opened else {
-                dropped.push((Some(meter), ReportDrop::Undecryptable));
-                continue;
+            let (header, epoch, value) = match opened {
+                Ok(o) => o,
+                Err(_) => {
+                    let retired = named
+                        .get()
+                        .is_some_and(|e| !m.keys.iter().any(|k| k.epoch() == e));
+                    let why = if retired {
+                        ReportDrop::EpochRetired
+                    } else {
+                        ReportDrop::Undecryptable
+                    };
+                    dropped.push((Some(meter), why));
+                    continue;
+                }
             };
             if m.window.commit(check).is_err() {
                 dropped.push((Some(meter), ReportDrop::Replayed));
                 continue;
+            }
+            // The meter's first report under a refreshed epoch: the
+            // previous one is retired (its secret erased).
+            if m.sa
+                .on_report(epoch, header.timestamp.max(UnixMillis::new(1)))
+            {
+                if let Ok(keys) = m.sa.keys(&self.credential, &meter, &m.agreement) {
+                    m.keys = keys;
+                }
+                associations.push((meter.clone(), epoch));
             }
             if let Some(ack) = crate::downlink::MeterAck::parse(&value) {
                 acks.push((meter, ack));
@@ -468,7 +548,79 @@ impl HeadendCore {
             readings,
             dropped,
             acks,
+            associations,
         })
+    }
+
+    /// The security association of `meter` (None: not a meter it holds).
+    pub fn sa_status(&self, meter: &EntityId) -> Option<SaStatus> {
+        self.meters.get(meter).map(|m| m.sa.status())
+    }
+
+    /// Changes `meter`'s association in memory and returns the update to
+    /// send it, with the association as it was (to put back with
+    /// [`HeadendCore::sa_restore`] if the state cannot be saved): check →
+    /// apply here → the caller persists, or restores.
+    /// `Refresh` needs an association; `Establish` a removed one.
+    pub fn sa_change<R: rand_core::CryptoRng + ?Sized>(
+        &mut self,
+        meter: &EntityId,
+        change: SaChange,
+        now: UnixMillis,
+        rng: &mut R,
+    ) -> Result<(HeadendSa, SaUpdate)> {
+        let credential = &self.credential;
+        let m = self.meters.get_mut(meter).ok_or(Error::Refused(
+            "not a meter this headend holds a credential for",
+        ))?;
+        let removed = m.sa.status().phase == SaPhase::Removed;
+        let next = match change {
+            SaChange::Refresh if removed => {
+                return Err(Error::Refused(
+                    "the association is removed: establish a new one instead",
+                ));
+            }
+            SaChange::Establish if !removed => {
+                return Err(Error::Refused(
+                    "the meter has an association: refresh it instead",
+                ));
+            }
+            SaChange::Refresh | SaChange::Establish => m.sa.refreshed(now, rng)?,
+            SaChange::Remove => m.sa.removed(now)?,
+        };
+        let keys = next.keys(credential, meter, &m.agreement)?;
+        let update = next
+            .update(credential.id(), meter)
+            .ok_or(Error::Refused("nothing to send"))?;
+        let before = std::mem::replace(&mut m.sa, next);
+        m.keys = keys;
+        Ok((before, update))
+    }
+
+    /// Puts back an association [`HeadendCore::sa_change`] replaced.
+    pub fn sa_restore(&mut self, meter: &EntityId, before: HeadendSa) -> Result<()> {
+        let credential = &self.credential;
+        if let Some(m) = self.meters.get_mut(meter) {
+            m.keys = before.keys(credential, meter, &m.agreement)?;
+            m.sa = before;
+        }
+        Ok(())
+    }
+
+    /// The update `meter` still has to receive (a pending refresh or a
+    /// removal), if any.
+    pub fn sa_update(&self, meter: &EntityId) -> Option<SaUpdate> {
+        self.meters
+            .get(meter)
+            .and_then(|m| m.sa.update(self.credential.id(), meter))
+    }
+
+    /// Meters whose refreshed association is waiting for its first report.
+    pub fn sa_pending(&self) -> impl Iterator<Item = &EntityId> {
+        self.meters
+            .iter()
+            .filter(|(_, m)| m.sa.status().phase == SaPhase::Pending)
+            .map(|(id, _)| id)
     }
 
     /// The state to persist: per DAP its announcement and batch window, per
@@ -496,8 +648,14 @@ impl HeadendCore {
         let meters = self
             .meters
             .iter()
-            .filter(|(_, m)| m.window.highest().is_some())
-            .map(|(id, m)| Value::Array(vec![text(id), Value::Bytes(m.window.to_bytes())]))
+            .filter(|(_, m)| m.window.highest().is_some() || !m.sa.is_initial())
+            .map(|(id, m)| {
+                let mut entry = vec![text(id), Value::Bytes(m.window.to_bytes())];
+                if !m.sa.is_initial() {
+                    entry.push(m.sa.to_value());
+                }
+                Value::Array(entry)
+            })
             .collect();
         let mut top = vec![
             Value::Integer(STATE_VERSION.into()),
@@ -558,12 +716,15 @@ impl HeadendCore {
         }
         let mut meter_updates = Vec::new();
         for m in meters.as_array().ok_or_else(|| state_err("malformed"))? {
-            let Some([id, Value::Bytes(window)]) = m.as_array().map(Vec::as_slice) else {
-                return Err(state_err("malformed meter entry"));
+            let (id, window, sa) = match m.as_array().map(Vec::as_slice) {
+                Some([id, Value::Bytes(window)]) => (id, window, HeadendSa::default()),
+                Some([id, Value::Bytes(window), sa]) => (id, window, HeadendSa::from_value(sa)?),
+                _ => return Err(state_err("malformed meter entry")),
             };
             let id = id_of(id)?;
-            if self.meters.contains_key(&id) {
-                meter_updates.push((id, SeqWindow::from_bytes(window)?));
+            if let Some(entry) = self.meters.get(&id) {
+                let keys = sa.keys(&self.credential, &id, &entry.agreement)?;
+                meter_updates.push((id, SeqWindow::from_bytes(window)?, sa, keys));
             }
         }
         // Everything checked before anything changes: a refused state
@@ -574,9 +735,11 @@ impl HeadendCore {
                 entry.announced = announced;
             }
         }
-        for (id, window) in meter_updates {
+        for (id, window, sa, keys) in meter_updates {
             if let Some(entry) = self.meters.get_mut(&id) {
                 entry.window = window;
+                entry.sa = sa;
+                entry.keys = keys;
             }
         }
         if let Some(last) = last {

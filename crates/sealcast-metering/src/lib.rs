@@ -15,6 +15,8 @@
 //!   decrypts each report end to end;
 //! - [`downlink`]: the headend's meter group, its configuration commands
 //!   relayed by the DAPs, and the meters' confirmations;
+//! - [`sa`]: the meter–headend security association: its epoch, refresh
+//!   and removal;
 //! - [`plausibility`]: rules decrypted readings must meet (range, rise per
 //!   hour, monotonic counters, hours of the day).
 
@@ -27,6 +29,7 @@ pub mod error;
 pub mod headend;
 pub mod meter;
 pub mod plausibility;
+pub mod sa;
 pub mod wire;
 
 pub use error::{Error, Result};

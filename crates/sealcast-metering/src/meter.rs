@@ -45,19 +45,34 @@ impl Meter {
         headend: &PublicCredential,
         reserved_limit: u64,
     ) -> Result<Self> {
-        let pairwise = PairwiseKey::derive(
-            PAIRWISE_ALG,
-            credential.agreement_secret(),
-            headend.agreement_key(),
-            credential.id(),
-            headend.id(),
-        )?;
+        Self::with_sa(
+            credential,
+            headend,
+            reserved_limit,
+            &crate::sa::MeterSa::default(),
+        )
+    }
+
+    /// A meter sealing under the security association `sa` (refused when
+    /// the headend removed it).
+    pub fn with_sa(
+        credential: EntityCredential,
+        headend: &PublicCredential,
+        reserved_limit: u64,
+        sa: &crate::sa::MeterSa,
+    ) -> Result<Self> {
+        let pairwise = sa.pairwise(&credential, headend)?;
         Ok(Self {
             credential,
             headend: headend.id().clone(),
             pairwise,
             seq: SeqAllocator::resume(reserved_limit, METER_SEQ_BLOCK)?,
         })
+    }
+
+    /// The security association epoch it seals under.
+    pub fn sa_epoch(&self) -> u32 {
+        self.pairwise.epoch()
     }
 
     /// The meter's id.

@@ -968,7 +968,7 @@ impl Dap {
                 None,
                 Some(headend.id()),
                 format!(
-                    "downlink relayed: key deliveries to {}; command {}",
+                    "downlink relayed: per-meter deliveries (keys, association updates) to {}; command {}",
                     crate::audit::list(&relayed),
                     command.as_deref().unwrap_or("none")
                 ),

@@ -21,6 +21,7 @@ use sealcast_core::target::{DeviceChannel, GroupChannel, TopicFilter, TopicSchem
 use sealcast_metering::downlink::{
     Bundle, HeadendDownlink, MAX_BUNDLE_DELIVERIES, MeterAck, MeterDownlink, MeterUpdate,
 };
+use sealcast_metering::sa::{MeterSa, SaUpdate};
 use sealcast_store::DeviceStateFile;
 use tracing::{debug, info, warn};
 
@@ -68,6 +69,8 @@ pub struct DapRound {
     pub deliveries: usize,
     /// Whether the command went along.
     pub command: bool,
+    /// Meters given a security association update.
+    pub sa_updates: Vec<EntityId>,
 }
 
 /// The headend's downlink while it runs.
@@ -183,6 +186,12 @@ impl HeadendDownlinkRun {
         Ok(true)
     }
 
+    /// Serves `meter` at the next round whatever its back-off (an
+    /// operator's change for it).
+    pub fn due_now(&mut self, meter: &EntityId) {
+        self.backoff.remove(meter);
+    }
+
     /// Whether `meter` holds the current key and configuration.
     pub fn is_current(&self, meter: &EntityId) -> bool {
         self.state.is_current(meter) == (true, true)
@@ -197,6 +206,7 @@ impl HeadendDownlinkRun {
         headend: &EntityCredential,
         daps: &[(EntityId, Vec<(EntityId, x25519_dalek::PublicKey)>)],
         command_target: &str,
+        sa_updates: &BTreeMap<EntityId, Vec<u8>>,
     ) -> Result<Vec<(EntityId, DapRound)>> {
         let clock = Instant::now();
         let at = now();
@@ -208,6 +218,7 @@ impl HeadendDownlinkRun {
         let mut need_command = false;
         for (dap, meters) in daps {
             let mut keys = Vec::new();
+            let mut sas = Vec::new();
             let mut cmd = false;
             for (m, key) in meters {
                 if !due(&self.backoff, m) {
@@ -220,13 +231,17 @@ impl HeadendDownlinkRun {
                 if !config_ok && self.state.version() > 0 {
                     cmd = true;
                 }
-                if !key_ok || !config_ok {
+                let sa = sa_updates.get(m);
+                if let Some(b) = sa {
+                    sas.push((m.clone(), b.clone()));
+                }
+                if !key_ok || !config_ok || sa.is_some() {
                     touched.insert(m.clone());
                 }
             }
             need_command |= cmd;
-            if !keys.is_empty() || cmd {
-                plan.push((dap.clone(), keys, cmd));
+            if !keys.is_empty() || !sas.is_empty() || cmd {
+                plan.push((dap.clone(), keys, sas, cmd));
             }
         }
         let command = if need_command {
@@ -238,8 +253,8 @@ impl HeadendDownlinkRun {
         };
         let epoch = self.state.epoch().get();
         let mut out = Vec::new();
-        for (dap, keys, cmd) in plan {
-            let mut deliveries = Vec::with_capacity(keys.len());
+        for (dap, keys, sas, cmd) in plan {
+            let mut deliveries = Vec::with_capacity(keys.len() + sas.len());
             for (m, key) in keys {
                 let bytes = match self.sealed.get(&m) {
                     Some((e, b)) if *e == epoch => b.clone(),
@@ -254,8 +269,12 @@ impl HeadendDownlinkRun {
             let mut round = DapRound {
                 deliveries: deliveries.len(),
                 command: cmd,
+                sa_updates: sas.iter().map(|(m, _)| m.clone()).collect(),
                 ..DapRound::default()
             };
+            // Association updates ride as per-meter items beside the key
+            // deliveries; the DAP relays both alike to each meter.
+            deliveries.extend(sas);
             // Bundles small enough for one CoAP body (block-wise up to
             // 64 KiB) and one MQTT packet.
             let mut chunks: Vec<Vec<(EntityId, Vec<u8>)>> = vec![Vec::new()];
@@ -386,6 +405,7 @@ pub async fn listen(
     tokio::pin!(stop);
     confirm(&id, &report, state.ack()).await;
     let mut last_confirmed = Some(Instant::now());
+    let mut sa_reconfirmed = None;
     // Refusals are counted and written to the audit log in bursts.
     let mut audit_tick = tokio::time::interval(Duration::from_secs(5));
     loop {
@@ -402,6 +422,20 @@ pub async fn listen(
                 None => break,
             },
         };
+        if m.target == delivery_topic && SaUpdate::looks_like(&m.payload) {
+            on_sa_update(
+                &credential,
+                &headend,
+                &report,
+                &m.payload,
+                state.ack(),
+                audit.as_mut(),
+                &mut sa_reconfirmed,
+            )
+            .await;
+            m.ack.ack().await;
+            continue;
+        }
         let result = if m.target == delivery_topic {
             state.on_delivery(
                 &credential,
@@ -481,6 +515,93 @@ pub async fn listen(
     }
     link.close(Duration::from_secs(2)).await;
     Ok(())
+}
+
+/// Checks a security association update (the headend's signature, this
+/// meter, a newer epoch, a usable key) and saves it under the meter's
+/// report lock, so no report is sealed halfway through the change.
+fn apply_sa_update(
+    credential: &EntityCredential,
+    headend: &PublicCredential,
+    report: &crate::meter::MeterConfig,
+    bytes: &[u8],
+) -> Result<(MeterSa, bool)> {
+    let update = SaUpdate::open(
+        bytes,
+        credential.id(),
+        headend.id(),
+        headend.verifying_key(),
+    )?;
+    let _lock = report.state_file.lock(crate::device::STATE_LOCK_WAIT)?;
+    let held = crate::meter::read_sa(&report.state_file)?;
+    if held.holds(&update) {
+        return Ok((held, false));
+    }
+    let next = held.apply(&update)?;
+    if !next.is_removed() {
+        next.pairwise(credential, headend)?;
+    }
+    crate::meter::sa_file(&report.state_file).write(&next.encode()?)?;
+    Ok((next, true))
+}
+
+/// A security association update on the meter's delivery target: saved,
+/// audited, and (unless it is a removal) confirmed at once by a report
+/// under the new epoch, which is what the headend waits for.
+async fn on_sa_update(
+    credential: &EntityCredential,
+    headend: &PublicCredential,
+    report: &crate::meter::MeterConfig,
+    bytes: &[u8],
+    ack: MeterAck,
+    audit: Option<&mut crate::audit::NodeAudit>,
+    last_reconfirmed: &mut Option<Instant>,
+) {
+    let id = credential.id();
+    match apply_sa_update(credential, headend, report, bytes) {
+        Ok((sa, false)) => {
+            // Sent again: the confirmation was lost. Confirmed again, at
+            // most once a while (a replayed copy cannot make it chatter).
+            debug!(meter = %id, epoch = sa.epoch, "security association update held already");
+            if !sa.is_removed()
+                && last_reconfirmed.is_none_or(|t: Instant| t.elapsed() >= RECONFIRM_EVERY)
+            {
+                *last_reconfirmed = Some(Instant::now());
+                confirm(id, report, ack).await;
+            }
+        }
+        Ok((sa, true)) if sa.is_removed() => {
+            warn!(meter = %id, epoch = sa.epoch, "the headend removed this meter's security association: no reports until it establishes a new one");
+            if let Some(a) = audit {
+                a.record(
+                    crate::audit::Record::Order,
+                    None,
+                    Some(headend.id()),
+                    format!("security association removed (epoch {})", sa.epoch),
+                );
+            }
+        }
+        Ok((sa, true)) => {
+            info!(meter = %id, epoch = sa.epoch, "security association with the headend refreshed");
+            if let Some(a) = audit {
+                a.record(
+                    crate::audit::Record::Installed,
+                    None,
+                    Some(headend.id()),
+                    format!("security association epoch {} installed", sa.epoch),
+                );
+            }
+            // Confirmed by the first report under it: the downlink's
+            // confirmation, sealed under the new epoch.
+            confirm(id, report, ack).await;
+        }
+        Err(e) => {
+            warn!(meter = %id, error = %e, "security association update refused (forged, replayed, or for another meter)");
+            if let Some(a) = audit {
+                a.refused(None, format!("security association update: {e}"));
+            }
+        }
+    }
 }
 
 /// Sends `ack` to the headend as one report through the meter's DAP.

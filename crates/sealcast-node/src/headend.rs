@@ -21,7 +21,7 @@
 //! restarted headend accepts no replay. A crash between the save and the
 //! handler loses that batch's readings rather than delivering them twice.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -180,6 +180,11 @@ enum Request {
         oneshot::Sender<Result<MetersChanged>>,
     ),
     ConfigureMeters(BTreeMap<String, String>, oneshot::Sender<Result<u64>>),
+    ChangeSa(
+        sealcast_metering::headend::SaChange,
+        Vec<EntityId>,
+        oneshot::Sender<Result<Vec<String>>>,
+    ),
 }
 
 impl HeadendHandle {
@@ -238,6 +243,25 @@ impl HeadendHandle {
             .map_err(|_| crate::Error::Runtime("the headend stopped".into()))?
     }
 
+    /// Refreshes, removes or establishes the security association of each
+    /// of `meters` (all or nothing: each change saved before the next; a
+    /// meter refused stops the list there, earlier ones stand). The update
+    /// goes to each meter through its DAP with the downlink. Returns one
+    /// line per meter.
+    pub async fn change_sa(
+        &self,
+        change: sealcast_metering::headend::SaChange,
+        meters: Vec<EntityId>,
+    ) -> Result<Vec<String>> {
+        let (reply, rx) = oneshot::channel();
+        self.stop
+            .send(Request::ChangeSa(change, meters, reply))
+            .await
+            .map_err(|_| crate::Error::Runtime("the headend stopped".into()))?;
+        rx.await
+            .map_err(|_| crate::Error::Runtime("the headend stopped".into()))?
+    }
+
     /// Replaces the meters it decrypts for, while it runs
     /// (`HeadendCore::set_meters`); saved before it answers.
     pub async fn set_meters(
@@ -279,6 +303,12 @@ struct Headend {
     /// (a rekey whose state could not be saved is tried again each round;
     /// no configuration is issued meanwhile).
     rekey_pending: Vec<EntityId>,
+    /// Signed association updates by meter (the epoch each is for), sent
+    /// with the downlink until the meter reports under the new epoch.
+    sa_sealed: BTreeMap<EntityId, (u32, Vec<u8>)>,
+    /// Removed meters still to be told (at the removal, and again when a
+    /// report of theirs arrives).
+    sa_notice: BTreeSet<EntityId>,
 }
 
 /// Connects the headend, restores its state, subscribes to its DAPs'
@@ -343,6 +373,8 @@ pub async fn spawn(config: HeadendConfig) -> Result<HeadendHandle> {
         report_seqs: BTreeMap::new(),
         downlink,
         rekey_pending: Vec::new(),
+        sa_sealed: BTreeMap::new(),
+        sa_notice: BTreeSet::new(),
     };
     // A revocation saved in the status list whose rekey was not (the
     // headend stopped, or the disk refused it): the revoked meter's
@@ -400,6 +432,13 @@ impl Headend {
                     }
                     Some(Request::ConfigureMeters(settings, reply)) => {
                         let r = self.configure_meters(settings);
+                        let ok = r.is_ok();
+                        let _ = reply.send(r);
+                        if ok { self.serve_downlink().await; }
+                        Ok(())
+                    }
+                    Some(Request::ChangeSa(change, meters, reply)) => {
+                        let r = self.change_sa(change, &meters);
                         let ok = r.is_ok();
                         let _ = reply.send(r);
                         if ok { self.serve_downlink().await; }
@@ -597,6 +636,23 @@ impl Headend {
                 }
                 for r in &outcome.readings {
                     self.handler.reading(r);
+                }
+                for (meter, epoch) in std::mem::take(&mut outcome.associations) {
+                    self.sa_sealed.remove(&meter);
+                    info!(%meter, epoch, "security association in use: the meter reported under the refreshed epoch; the previous key is erased");
+                    if let Some(a) = &mut self.audit {
+                        a.record(
+                            Record::Received,
+                            None,
+                            Some(&meter),
+                            format!("security association epoch {epoch} in use (first report under it); previous epoch retired"),
+                        );
+                    }
+                }
+                for (meter, why) in &outcome.dropped {
+                    if let (Some(m), ReportDrop::AssociationRemoved) = (meter, why) {
+                        self.sa_notice.insert(m.clone());
+                    }
                 }
                 let acks = std::mem::take(&mut outcome.acks);
                 // A meter that still lacks something is due at the next
@@ -913,6 +969,113 @@ impl Headend {
         }
     }
 
+    /// Changes each meter's association: in memory, saved, then kept (a
+    /// change that cannot be saved is put back and ends the list).
+    fn change_sa(
+        &mut self,
+        change: sealcast_metering::headend::SaChange,
+        meters: &[EntityId],
+    ) -> Result<Vec<String>> {
+        use sealcast_metering::headend::SaChange;
+        if self.downlink.is_none() {
+            return Err(crate::Error::Runtime(
+                "security association updates travel with the downlink: add a [downlink] section to the headend's config (and run `sealcast device listen` at the meters)".into(),
+            ));
+        }
+        let mut rng = crate::runtime::os_rng()?;
+        let mut lines = Vec::with_capacity(meters.len());
+        for meter in meters {
+            let (before, update) = self
+                .core
+                .sa_change(meter, change, now(), &mut rng)
+                .map_err(|e| crate::Error::Runtime(format!("{meter}: {e}")))?;
+            if let Err(e) = self.persist() {
+                self.core.sa_restore(meter, before)?;
+                return Err(crate::Error::Runtime(format!(
+                    "{meter}: the association was not changed, the state could not be saved ({e}); {} changed before it",
+                    lines.len()
+                )));
+            }
+            self.sa_sealed.remove(meter);
+            if let Some(d) = &mut self.downlink {
+                d.due_now(meter);
+            }
+            let (verb, line) = match change {
+                SaChange::Refresh => (
+                    "refreshed",
+                    format!(
+                        "{meter}: refreshed to epoch {} (pending until the meter reports under it)",
+                        update.epoch
+                    ),
+                ),
+                SaChange::Establish => (
+                    "established",
+                    format!(
+                        "{meter}: established at epoch {} (pending until the meter reports under it)",
+                        update.epoch
+                    ),
+                ),
+                SaChange::Remove => (
+                    "removed",
+                    format!(
+                        "{meter}: removed (epoch {}); its reports are refused from now on",
+                        update.epoch
+                    ),
+                ),
+            };
+            if change == SaChange::Remove {
+                self.sa_notice.insert(meter.clone());
+            } else {
+                self.sa_notice.remove(meter);
+            }
+            warn!(%meter, epoch = update.epoch, "security association {verb} by the operator");
+            if let Some(a) = &mut self.audit {
+                a.record(
+                    Record::Order,
+                    None,
+                    Some(meter),
+                    format!("security association {verb}: epoch {}", update.epoch),
+                );
+            }
+            lines.push(line);
+        }
+        Ok(lines)
+    }
+
+    /// The signed association updates due now: pending refreshes and
+    /// removals still to be told, by meter.
+    fn sa_items(&mut self) -> BTreeMap<EntityId, Vec<u8>> {
+        let due: Vec<EntityId> = self
+            .core
+            .sa_pending()
+            .cloned()
+            .chain(self.sa_notice.iter().cloned())
+            .collect();
+        let mut out = BTreeMap::new();
+        for meter in due {
+            let Some(update) = self.core.sa_update(&meter) else {
+                self.sa_notice.remove(&meter);
+                continue;
+            };
+            let bytes = match self.sa_sealed.get(&meter) {
+                Some((e, b)) if *e == update.epoch => b.clone(),
+                _ => match update.seal(self.core.credential().signing_key()) {
+                    Ok(b) => {
+                        self.sa_sealed
+                            .insert(meter.clone(), (update.epoch, b.clone()));
+                        b
+                    }
+                    Err(e) => {
+                        warn!(%meter, error = %e, "association update not signed");
+                        continue;
+                    }
+                },
+            };
+            out.insert(meter, bytes);
+        }
+        out
+    }
+
     fn configure_meters(&mut self, settings: BTreeMap<String, String>) -> Result<u64> {
         if !self.rekey_pending.is_empty() {
             return Err(crate::Error::Runtime(format!(
@@ -1061,6 +1224,7 @@ impl Headend {
                 (d.clone(), meters)
             })
             .collect();
+        let sa_items = self.sa_items();
         let Some(d) = &mut self.downlink else {
             return;
         };
@@ -1068,7 +1232,7 @@ impl Headend {
             d.state().group(),
             sealcast_core::target::GroupChannel::Command,
         );
-        let rounds = match d.round(self.core.credential(), &daps, &target) {
+        let rounds = match d.round(self.core.credential(), &daps, &target, &sa_items) {
             Ok(r) => r,
             Err(e) => {
                 warn!(error = %e, "downlink not sent (state not saved); tries again");
@@ -1087,6 +1251,11 @@ impl Headend {
                 }
             }
             if sent {
+                for m in &round.sa_updates {
+                    if self.sa_notice.remove(m) {
+                        debug!(meter = %m, "removal notice sent");
+                    }
+                }
                 debug!(%dap, deliveries = round.deliveries, command = round.command, "downlink sent to the DAP");
                 if let Some(a) = &mut self.audit {
                     a.record(
@@ -1094,8 +1263,9 @@ impl Headend {
                         Some(&group),
                         Some(&dap),
                         format!(
-                            "downlink: {} key deliveries{}",
+                            "downlink: {} key deliveries, {} association updates{}",
                             round.deliveries,
+                            round.sa_updates.len(),
                             if round.command {
                                 ", configuration command"
                             } else {

@@ -1,7 +1,8 @@
 //! The meter's one-shot sender behind `sealcast device report`:
 //! [`report_once`] resumes the sequence reservation from the meter's state
 //! file, writes each new reservation before using it, seals with
-//! [`Meter`] (in `sealcast-metering`) and sends to the DAP over the link.
+//! [`Meter`] (in `sealcast-metering`) under the security association in
+//! force ([`SA_FILE`]) and sends to the DAP over the link.
 
 use crate::link::{Interest, Link, LinkConfig};
 use sealcast_core::credential::{EntityCredential, PublicCredential};
@@ -10,10 +11,29 @@ use sealcast_core::target::{AgentChannel, TopicScheme};
 pub use sealcast_metering::meter::{
     METER_SEQ_BLOCK, Meter, PAIRWISE_ALG, decode_state, encode_state,
 };
+use sealcast_metering::sa::MeterSa;
 use sealcast_store::DeviceStateFile;
 
 use crate::Result;
 use crate::runtime::now;
+
+/// File name of a meter's security association with its headend, beside
+/// its sequence state (public values only; 0600 like every state file).
+pub const SA_FILE: &str = "pairwise-sa.cbor";
+
+/// The association file beside the meter's sequence state `state_file`.
+pub fn sa_file(state_file: &DeviceStateFile) -> DeviceStateFile {
+    DeviceStateFile::new(state_file.path().with_file_name(SA_FILE))
+}
+
+/// The meter's saved association (epoch 0, the static key, when it never
+/// received an update).
+pub fn read_sa(state_file: &DeviceStateFile) -> Result<MeterSa> {
+    match sa_file(state_file).read()? {
+        Some(bytes) => Ok(MeterSa::decode(&bytes)?),
+        None => Ok(MeterSa::default()),
+    }
+}
 
 /// What a one-shot meter needs.
 pub struct MeterConfig {
@@ -89,7 +109,9 @@ pub async fn report_once(config: MeterConfig, readings: &[Vec<u8>]) -> Result<Ve
         .map(crate::audit::NodeAudit::open)
         .transpose()?;
     let id = config.credential.id().clone();
-    let mut meter = Meter::new(config.credential, &config.headend, limit)?;
+    // The association in force (written by the listener under this lock).
+    let sa = read_sa(&file)?;
+    let mut meter = Meter::with_sa(config.credential, &config.headend, limit, &sa)?;
     let mut sealed = Vec::with_capacity(readings.len());
     for reading in readings {
         if let Some(limit) = meter.reservation_request() {
@@ -138,8 +160,9 @@ pub async fn report_once(config: MeterConfig, readings: &[Vec<u8>]) -> Result<Ve
                     None,
                     Some(&config.dap),
                     format!(
-                        "report seq={seq} ({len} bytes) for {}: {outcome}",
-                        config.headend.id()
+                        "report seq={seq} ({len} bytes) for {} under association epoch {}: {outcome}",
+                        config.headend.id(),
+                        sa.epoch
                     ),
                 )
             })

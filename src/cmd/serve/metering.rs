@@ -666,11 +666,66 @@ fn requests_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("meter-config-requests")
 }
 
-/// One request of `configure-meters`: `{"settings": {name: value}}`.
+/// One request to the running headend: `{"settings": {name: value}}`
+/// (`configure-meters`) or `{"sa": {"change": "refresh" | "remove" |
+/// "establish", "meters": [id, …]}}` (`headend sa …`).
+#[derive(Debug, Default, serde::Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HeadendRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    settings: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sa: Option<SaRequest>,
+}
+
+/// A change of meters' security associations.
 #[derive(Debug, serde::Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ConfigureRequest {
-    settings: std::collections::BTreeMap<String, String>,
+struct SaRequest {
+    change: String,
+    meters: Vec<String>,
+}
+
+fn sa_change_of(name: &str) -> Option<sealcast_metering::headend::SaChange> {
+    use sealcast_metering::headend::SaChange;
+    match name {
+        "refresh" => Some(SaChange::Refresh),
+        "remove" => Some(SaChange::Remove),
+        "establish" => Some(SaChange::Establish),
+        _ => None,
+    }
+}
+
+/// Carries out one request; the answer's text.
+async fn carry_out(req: HeadendRequest, handle: &headend::HeadendHandle) -> Result<String, String> {
+    match req {
+        HeadendRequest {
+            settings: Some(settings),
+            sa: None,
+        } => handle
+            .configure_meters(settings)
+            .await
+            .map(|v| v.to_string())
+            .map_err(|e| e.to_string()),
+        HeadendRequest {
+            settings: None,
+            sa: Some(sa),
+        } => {
+            let change = sa_change_of(&sa.change)
+                .ok_or_else(|| format!("unknown change {:?}", sa.change))?;
+            let meters = sa
+                .meters
+                .iter()
+                .map(|m| sealcast_core::ids::EntityId::new(m).map_err(|e| format!("{m:?}: {e}")))
+                .collect::<Result<Vec<_>, _>>()?;
+            handle
+                .change_sa(change, meters)
+                .await
+                .map(|lines| lines.join("\n"))
+                .map_err(|e| e.to_string())
+        }
+        _ => Err("a request names either settings or sa".to_owned()),
+    }
 }
 
 /// Takes the waiting requests in name order: each issued as the next
@@ -688,18 +743,15 @@ async fn take_requests(dir: &Path, handle: &headend::HeadendHandle) {
     for path in names {
         let outcome = match std::fs::read(&path)
             .map_err(|e| e.to_string())
-            .and_then(|b| serde_json::from_slice::<ConfigureRequest>(&b).map_err(|e| e.to_string()))
+            .and_then(|b| serde_json::from_slice::<HeadendRequest>(&b).map_err(|e| e.to_string()))
         {
-            Ok(req) => handle
-                .configure_meters(req.settings)
-                .await
-                .map_err(|e| e.to_string()),
+            Ok(req) => carry_out(req, handle).await,
             Err(e) => Err(format!("unreadable request: {e}")),
         };
         let (answer, text) = match &outcome {
-            Ok(v) => (path.with_extension("done"), v.to_string()),
+            Ok(v) => (path.with_extension("done"), v.clone()),
             Err(e) => {
-                warn!(request = %path.display(), error = %e, "meter configuration request refused");
+                warn!(request = %path.display(), error = %e, "operator request refused");
                 (path.with_extension("refused"), e.clone())
             }
         };
@@ -758,7 +810,30 @@ pub fn configure_meters(args: &ConfigureMetersArgs) -> Result<()> {
         return Err(CliError::usage("at most 64 settings"));
     }
     let state_dir = resolve(&base, &config.state_dir);
-    let dir = requests_dir(&state_dir);
+    let v = hand_to_headend(
+        &state_dir,
+        &HeadendRequest {
+            settings: Some(settings),
+            sa: None,
+        },
+        args.wait,
+        "the configuration",
+    )?;
+    say(&format!(
+        "meter configuration version {v} issued; the headend sends it through its DAPs until every meter confirms (sealcast headend meter-config)"
+    ));
+    Ok(())
+}
+
+/// Leaves `request` for the running headend (a file in its state
+/// directory) and waits up to `wait` seconds for its answer.
+fn hand_to_headend(
+    state_dir: &Path,
+    request: &HeadendRequest,
+    wait: u64,
+    what: &str,
+) -> Result<String> {
+    let dir = requests_dir(state_dir);
     create_dir(&dir)?;
     let name = format!(
         "{:013}-{}.json",
@@ -766,36 +841,245 @@ pub fn configure_meters(args: &ConfigureMetersArgs) -> Result<()> {
         std::process::id()
     );
     let path = dir.join(&name);
-    let body = serde_json::to_vec(&ConfigureRequest { settings })
-        .map_err(|e| failed("cannot encode the request", e))?;
+    let body = serde_json::to_vec(request).map_err(|e| failed("cannot encode the request", e))?;
     crate::files::write_atomic(&path, &body, 0o600, crate::files::Overwrite::Refuse)?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(args.wait);
+    let deadline = std::time::Instant::now() + Duration::from_secs(wait);
     loop {
         let done = path.with_extension("done");
         let refused = path.with_extension("refused");
         if let Ok(v) = std::fs::read_to_string(&done) {
             let _ = std::fs::remove_file(&done);
-            say(&format!(
-                "meter configuration version {v} issued; the headend sends it through its DAPs until every meter confirms (sealcast headend meter-config)"
-            ));
-            return Ok(());
+            return Ok(v);
         }
         if let Ok(why) = std::fs::read_to_string(&refused) {
             let _ = std::fs::remove_file(&refused);
             return Err(CliError::other(format!(
-                "the headend refused the configuration: {why}"
+                "the headend refused {what}: {why}"
             )));
         }
         if std::time::Instant::now() >= deadline {
             say(&format!(
-                "queued in {}: the headend has not taken it within {} s (is it running?); it issues it when it runs",
+                "queued in {}: the headend has not taken it within {wait} s (is it running?); it carries it out when it runs",
                 path.display(),
-                args.wait
             ));
-            return Err(CliError::other("configuration not issued yet"));
+            return Err(CliError::other(format!("{what}: not carried out yet")));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// `sealcast headend sa …`: the meters' security associations.
+#[derive(Debug, clap::Subcommand)]
+pub enum SaCommand {
+    /// Show each meter's association: its epoch, whether it is
+    /// established, pending (refreshed, waiting for the meter's first
+    /// report under it) or removed, and when it changed.
+    ///
+    /// Example: sealcast headend sa show --config headend.toml --json
+    Show(SaShowArgs),
+    /// Refresh meters' associations: a new epoch with a fresh key of the
+    /// headend's, sent to each meter through its DAP (which cannot forge
+    /// it); the previous epoch's reports are still opened until the
+    /// meter's first report under the new one, then its key is erased.
+    ///
+    /// Example: sealcast headend sa refresh --config headend.toml --meter meter-1
+    Refresh(SaChangeArgs),
+    /// Remove meters' associations: their reports are refused from now
+    /// on, and each meter is told (signed) to stop reporting.
+    ///
+    /// Example: sealcast headend sa remove --config headend.toml --meter meter-1
+    Remove(SaChangeArgs),
+    /// Establish a new association for meters whose association was
+    /// removed (a new epoch with a fresh key, as refresh).
+    ///
+    /// Example: sealcast headend sa establish --config headend.toml --meter meter-1
+    Establish(SaChangeArgs),
+}
+
+/// Arguments of `sealcast headend sa show`.
+#[derive(Debug, Args)]
+pub struct SaShowArgs {
+    /// The headend's TOML config file.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Only this meter (repeat for more).
+    #[arg(long = "meter", value_name = "ID")]
+    pub meters: Vec<String>,
+    /// JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `sealcast headend sa refresh|remove|establish`.
+#[derive(Debug, Args)]
+pub struct SaChangeArgs {
+    /// The headend's TOML config file.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// The meter (repeat for more).
+    #[arg(long = "meter", value_name = "ID", required_unless_present = "all")]
+    pub meters: Vec<String>,
+    /// Every meter the headend holds a credential for.
+    #[arg(long, conflicts_with = "meters")]
+    pub all: bool,
+    /// Seconds to wait for the running headend to carry it out.
+    #[arg(long, default_value_t = 30, value_name = "S")]
+    pub wait: u64,
+}
+
+/// Runs `sealcast headend sa …`.
+pub fn headend_sa(cmd: &SaCommand) -> Result<()> {
+    let (args, change) = match cmd {
+        SaCommand::Show(args) => return headend_sa_show(args),
+        SaCommand::Refresh(a) => (a, "refresh"),
+        SaCommand::Remove(a) => (a, "remove"),
+        SaCommand::Establish(a) => (a, "establish"),
+    };
+    let (config, base): (HeadendFile, _) = read_config(&args.config)?;
+    if config.downlink.is_none() {
+        return Err(CliError::usage(format!(
+            "{}: no [downlink] section: association updates travel with the downlink; add one (and restart the headend)",
+            args.config.display()
+        )));
+    }
+    let held = self::meters(&base, config.meters_dir.as_deref(), &config.meter)?;
+    let meters: Vec<String> = if args.all {
+        held.iter().map(|m| m.id().as_str().to_owned()).collect()
+    } else {
+        for m in &args.meters {
+            if !held.iter().any(|h| h.id().as_str() == m) {
+                return Err(CliError::usage(format!(
+                    "--meter {m}: not a meter of this headend (meters_dir and [[meter]] of {})",
+                    args.config.display()
+                )));
+            }
+        }
+        args.meters.clone()
+    };
+    let state_dir = resolve(&base, &config.state_dir);
+    let lines = hand_to_headend(
+        &state_dir,
+        &HeadendRequest {
+            settings: None,
+            sa: Some(SaRequest {
+                change: change.to_owned(),
+                meters,
+            }),
+        },
+        args.wait,
+        &format!("the association {change}"),
+    )?;
+    for l in lines.lines() {
+        say(l);
+    }
+    say(
+        "each meter is sent the update through its DAP until it reports under the new epoch (sealcast headend sa show)",
+    );
+    Ok(())
+}
+
+fn headend_sa_show(args: &SaShowArgs) -> Result<()> {
+    let (config, base): (HeadendFile, _) = read_config(&args.config)?;
+    let held = self::meters(&base, config.meters_dir.as_deref(), &config.meter)?;
+    let state_dir = resolve(&base, &config.state_dir);
+    let file = DeviceStateFile::new(state_dir.join("headend.cbor"));
+    let saved = match file
+        .read()
+        .map_err(|e| failed("cannot read the headend's state", e))?
+    {
+        Some(bytes) => sealcast_metering::headend::saved_associations(&bytes)
+            .map_err(|e| failed("cannot read the headend's state", e))?,
+        None => Default::default(),
+    };
+    let mut rows = Vec::new();
+    for m in held
+        .iter()
+        .filter(|m| args.meters.is_empty() || args.meters.iter().any(|x| x == m.id().as_str()))
+    {
+        let s = saved
+            .get(m.id())
+            .copied()
+            .unwrap_or(sealcast_metering::sa::SaStatus {
+                epoch: 0,
+                phase: sealcast_metering::sa::SaPhase::Established,
+                previous: None,
+                changed: sealcast_core::ids::UnixMillis::new(0),
+                confirmed: None,
+            });
+        rows.push((m.id().clone(), s));
+    }
+    for m in &args.meters {
+        if !rows.iter().any(|(id, _)| id.as_str() == m) {
+            return Err(CliError::usage(format!(
+                "--meter {m}: not a meter of this headend"
+            )));
+        }
+    }
+    if args.json {
+        let v: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(m, s)| {
+                serde_json::json!({
+                    "meter": m.as_str(),
+                    "epoch": s.epoch,
+                    "state": s.phase.as_str(),
+                    "previous_epoch": s.previous,
+                    "changed_ms": s.changed.get(),
+                    "confirmed_ms": s.confirmed.map(|c| c.get()),
+                })
+            })
+            .collect();
+        say(&serde_json::json!({ "meters": v }).to_string());
+        return Ok(());
+    }
+    for (m, s) in &rows {
+        let detail = match (s.epoch, s.phase) {
+            (0, _) => "the static key from enrolment".to_owned(),
+            (_, sealcast_metering::sa::SaPhase::Pending) => format!(
+                "waiting for the meter's first report under it{}",
+                s.previous
+                    .map_or(String::new(), |p| format!("; epoch {p} still opened"))
+            ),
+            (_, sealcast_metering::sa::SaPhase::Removed) => "every report refused".to_owned(),
+            _ => "in use".to_owned(),
+        };
+        say(&format!(
+            "{m}: epoch {} {} ({detail})",
+            s.epoch,
+            s.phase.as_str()
+        ));
+    }
+    Ok(())
+}
+
+/// Runs `sealcast device sa`: the meter's association with its headend.
+pub fn device_sa(args: &MeterConfigArgs) -> Result<()> {
+    let (config, base): (MeterFile, _) = read_config(&args.config)?;
+    let state_dir = resolve(&base, &config.state_dir);
+    let sa = sealcast_node::meter::read_sa(&DeviceStateFile::new(state_dir.join("meter.cbor")))
+        .map_err(|e| failed("cannot read the meter's association", e))?;
+    let state = if sa.is_removed() {
+        "removed"
+    } else {
+        "established"
+    };
+    if args.json {
+        say(&serde_json::json!({
+            "epoch": sa.epoch,
+            "state": state,
+            "issued_ms": sa.issued.get(),
+        })
+        .to_string());
+        return Ok(());
+    }
+    say(&match (sa.epoch, sa.is_removed()) {
+        (0, _) => "security association epoch 0 (the static key from enrolment)".to_owned(),
+        (e, true) => format!(
+            "security association removed by the headend (epoch {e}): no reports until it establishes a new one"
+        ),
+        (e, false) => format!("security association epoch {e} (refreshed by the headend)"),
+    });
+    Ok(())
 }
 
 /// Arguments of `sealcast headend meter-config` and `sealcast device meter-config`.

@@ -157,12 +157,19 @@ def do_report(inp):
     outer = verify_sign1(u(inp["object"]), u(inp["reporter_public"]), aad)
     # Independent derivation of the pairwise key from the report.rs docs:
     # HKDF(salt = "", IKM = X25519(reporter, headend), info = [reporter, headend, alg, type, L]).
+    # A refreshed association (epoch n >= 1): IKM = X25519(reporter, headend)
+    # || X25519(reporter, headend's ephemeral), salt = n as 4 bytes big-endian.
     alg_id = inp["alg"]
     shared = x25519(u(inp["reporter_x25519_secret"]), u(inp["headend_x25519_public"]))
+    salt = b""
+    epoch = inp.get("epoch", 0)
+    if epoch:
+        shared += x25519(u(inp["reporter_x25519_secret"]), u(inp["headend_ephemeral_public"]))
+        salt = epoch.to_bytes(4, "big")
     reporter, headend = inp["reporter"].encode(), inp["headend"].encode()
     key_len = aead_alg(alg_id).get_key_length()
-    own_key = oscore_derive(shared, b"", reporter, headend, alg_id, "Key", key_len)
-    own_iv = oscore_derive(shared, b"", reporter, headend, alg_id, "IV", 12)
+    own_key = oscore_derive(shared, salt, reporter, headend, alg_id, "Key", key_len)
+    own_iv = oscore_derive(shared, salt, reporter, headend, alg_id, "IV", 12)
     piv = outer.get_attr(headers.PartialIV)
     own_nonce = oscore_nonce(own_iv, b"", piv)
     # pycose decrypts with the key and nonce sealcast says it used ...
