@@ -386,5 +386,54 @@ async fn meters_are_reconfigured_over_coap() {
         json("device", "meter-1.toml")["settings"]["report_interval_s"],
         "900"
     );
+
+    // --- the security associations refreshed over CoAP: both meters move
+    // to epoch 1 and their readings still get through --------------------
+    let out = common::run_bounded(
+        &dir,
+        &[
+            "headend",
+            "sa",
+            "refresh",
+            "--config",
+            "headend.toml",
+            "--all",
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sa = || -> serde_json::Value {
+        let out = common::run(
+            &dir,
+            &[
+                "headend",
+                "sa",
+                "show",
+                "--config",
+                "headend.toml",
+                "--json",
+            ],
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    wait_until("both meters report under epoch 1", &procs, || {
+        sa()["meters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["epoch"] == 1 && m["state"] == "established")
+    })
+    .await;
+    let before = procs.log("headend").matches("reading meter=").count();
+    let seqs = report_seqs(&common::device_report(&dir, meters[1], "m2 2 kWh", 1));
+    assert_eq!(seqs.len(), 1);
+    wait_until("meter-2's reading under epoch 1", &procs, || {
+        procs.log("headend").matches("reading meter=").count() > before
+    })
+    .await;
     drop(procs);
 }
