@@ -133,6 +133,18 @@ fn run(cli: Cli) -> error::Result<()> {
             cmd::serve::metering::configure_meters(&args)
         }
         Command::Headend(cmd::serve::HeadendCommand::Sa(c)) => cmd::serve::metering::headend_sa(&c),
+        Command::Headend(cmd::serve::HeadendCommand::Deactivate(a)) => {
+            cmd::serve::metering::headend_transmission(&a, true)
+        }
+        Command::Headend(cmd::serve::HeadendCommand::Activate(a)) => {
+            cmd::serve::metering::headend_transmission(&a, false)
+        }
+        Command::Headend(cmd::serve::HeadendCommand::Transmission(a)) => {
+            cmd::serve::metering::headend_transmission_show(&a)
+        }
+        Command::Device(cmd::serve::DeviceCommand::Transmission(a)) => {
+            cmd::serve::metering::device_transmission(&a)
+        }
         Command::Device(cmd::serve::DeviceCommand::Sa(args)) => {
             cmd::serve::metering::device_sa(&args)
         }

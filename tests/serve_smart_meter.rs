@@ -1683,3 +1683,281 @@ async fn the_headend_refreshes_removes_and_establishes_a_meters_security_associa
     assert!(audit.contains("security association removed"), "{audit}");
     drop(procs);
 }
+
+/// `sealcast headend transmission --json`: (stopped reports?, acknowledged?)
+/// of `meter`'s order (None: no order).
+fn order_of(dir: &Path, meter: &str) -> Option<(bool, bool)> {
+    let out = common::run(
+        dir,
+        &[
+            "headend",
+            "transmission",
+            "--config",
+            "headend.toml",
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["meters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["meter"] == meter)
+        .map(|m| (m["reports"] == false, m["acknowledged"].as_bool().unwrap()))
+}
+
+/// Whether `meter` itself holds an order that stops its readings.
+fn meter_stopped(dir: &Path, meter: &str) -> bool {
+    let out = common::run(
+        dir,
+        &[
+            "device",
+            "transmission",
+            "--config",
+            &format!("{meter}.toml"),
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["reports"] == false
+}
+
+fn order_cmd(dir: &Path, verb: &str, meter: &str) -> String {
+    let out = common::run_bounded(
+        dir,
+        &[
+            "headend",
+            verb,
+            "--config",
+            "headend.toml",
+            "--meter",
+            meter,
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "headend {verb}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Item 1 of the security services for meters: the headend, as its meters'
+/// manager, orders a meter to stop and resume reporting, end to end
+/// through a DAP that cannot forge the order; the meter acknowledges,
+/// keeps listening, and holds the order across restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_headend_deactivates_and_reactivates_a_meter_through_the_dap() {
+    let t = MqttRun::start("tx").await;
+    let (dir, url, run) = (t.dir.clone(), &t.url, &t.run);
+    let name = |n: &str| format!("{run}-{n}");
+    let (headend, dap) = (name("headend"), name("dap"));
+    let meters = [name("meter-1"), name("meter-2")];
+    let (m1, m2) = (meters[0].as_str(), meters[1].as_str());
+    keygen(&dir, [&headend, &dap].into_iter().chain(&meters));
+    common::meters_dir(&dir, &meters);
+    metering_configs(
+        &dir,
+        url,
+        run,
+        &headend,
+        &dap,
+        &meters,
+        "\n[downlink]\nretry_ms = 300\n",
+        "batch_size = 4\nmax_batch_delay_ms = 50\n",
+    );
+    let topics = TopicScheme::with_prefix(run).unwrap();
+    let report_topic = topics.agent(&EntityId::new(&dap).unwrap(), AgentChannel::Report);
+    let delivery = |m: &str| {
+        topics.device(
+            &EntityId::new(m).unwrap(),
+            sealcast_mqtt::DeviceChannel::Delivery,
+        )
+    };
+    let (spy_client, mut relayed) = spy(
+        url,
+        name("spy"),
+        [TopicFilter::new(&delivery(m1)).unwrap()],
+        |_| true,
+    )
+    .await;
+    let is_order = |b: &[u8]| {
+        sealcast_core::statement::UnverifiedStatement::parse(b, 16 * 1024)
+            .is_ok_and(|s| s.payload().first() == Some(&0x85))
+    };
+
+    let mut procs = Procs::new(&dir);
+    start_headend(&mut procs);
+    procs.start_appending("dap", &["agent", "serve", "--config", "agent.toml"]);
+    wait_until("the headend accepts the DAP's announcement", &procs, || {
+        procs.log("headend").contains("DAP announcement accepted")
+    })
+    .await;
+    listen(&mut procs, m1);
+    listen(&mut procs, m2);
+    wait_until("both meters confirm the group key", &procs, || {
+        confirmed(&dir, m1) && confirmed(&dir, m2)
+    })
+    .await;
+    let mut expected = Vec::new();
+    let seq = report(&dir, m1, "10 kWh", 1)[0];
+    expected.push(reading_line(m1, seq, &dap, "10 kWh"));
+    expected.sort();
+    wait_until("meter-1's reading", &procs, || {
+        headend_readings(&dir) == expected
+    })
+    .await;
+
+    // --- deactivate meter-1: it acknowledges, then refuses to report ---------
+    let out = order_cmd(&dir, "deactivate", m1);
+    assert!(out.contains("stopped: all"), "{out}");
+    wait_until("meter-1 acknowledges its deactivation", &procs, || {
+        order_of(&dir, m1) == Some((true, true))
+    })
+    .await;
+    assert!(meter_stopped(&dir, m1));
+    assert!(!meter_stopped(&dir, m2));
+    let out = common::device_report(&dir, m1, "11 kWh", 1);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("deactivated by its headend"), "{err}");
+    // meter-2 is not concerned.
+    report_expected(&dir, m2, &dap, "20 kWh", &mut expected);
+    wait_until("meter-2's reading", &procs, || {
+        headend_readings(&dir) == expected
+    })
+    .await;
+    // A reading of meter-1 sent anyway (its own key, a number it skipped) is
+    // dropped by the headend.
+    let anyway = common::report_stamped(&dir, &headend, m1, seq + 1, now_ms());
+    spy_client
+        .publish(report_topic.clone(), Bytes::from(anyway))
+        .await
+        .unwrap();
+    wait_until(
+        "the headend drops the deactivated meter's reading",
+        &procs,
+        || {
+            procs
+                .log("headend")
+                .contains("reading of a deactivated meter dropped")
+        },
+    )
+    .await;
+
+    // --- attacks: an order forged under the headend's name (re-activating
+    // meter-1), meter-1's genuine order posted to meter-2 -------------------
+    let mut captured = None;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while captured.is_none() && std::time::Instant::now() < deadline {
+        if let Ok(Some((_, bytes))) =
+            tokio::time::timeout(Duration::from_millis(200), relayed.recv()).await
+            && is_order(&bytes)
+        {
+            captured = Some(bytes);
+        }
+    }
+    let deactivation = captured.expect("meter-1's order crossed the broker");
+    let mallory = sealcast_core::credential::EntityCredential::generate(
+        EntityId::new(&headend).unwrap(),
+        &mut sealcast_core::testrng::TestRng::new(77),
+    );
+    let forged = sealcast_group::transmission::TransmissionOrder {
+        manager: EntityId::new(&headend).unwrap(),
+        node: EntityId::new(m1).unwrap(),
+        version: u64::MAX / 2,
+        issued: sealcast_core::ids::UnixMillis::new(now_ms()),
+        stopped: Default::default(),
+    }
+    .sign(&mallory)
+    .unwrap();
+    spy_client
+        .publish(delivery(m1), Bytes::from(forged))
+        .await
+        .unwrap();
+    spy_client
+        .publish(delivery(m2), Bytes::from(deactivation.clone()))
+        .await
+        .unwrap();
+    spy_client.flush(Duration::from_secs(10)).await.unwrap();
+    wait_until("both meters refuse", &procs, || {
+        procs
+            .log(&format!("{m1}-listen"))
+            .contains("transmission order refused")
+            && procs
+                .log(&format!("{m2}-listen"))
+                .contains("transmission order for another node")
+    })
+    .await;
+    assert!(meter_stopped(&dir, m1));
+    assert!(!meter_stopped(&dir, m2));
+
+    // --- the headend SIGKILLed and restarted keeps the order; meter-1's
+    // listener is down while it is re-activated, and catches up -------------
+    procs.sigkill("headend");
+    start_headend(&mut procs);
+    assert_eq!(order_of(&dir, m1), Some((true, true)));
+    procs.sigkill(&format!("{m1}-listen"));
+    let out = order_cmd(&dir, "activate", m1);
+    assert!(out.contains("stopped: -"), "{out}");
+    assert_eq!(order_of(&dir, m1), Some((false, false)));
+    // Still stopped at the meter (it did not hear it), so still refused.
+    assert!(meter_stopped(&dir, m1));
+    listen(&mut procs, m1);
+    wait_until("meter-1 acknowledges its re-activation", &procs, || {
+        order_of(&dir, m1) == Some((false, true))
+    })
+    .await;
+    assert!(!meter_stopped(&dir, m1));
+    // The old deactivation replayed to meter-1 changes nothing.
+    spy_client
+        .publish(delivery(m1), Bytes::from(deactivation))
+        .await
+        .unwrap();
+    spy_client.flush(Duration::from_secs(10)).await.unwrap();
+    wait_until("meter-1 refuses the replayed deactivation", &procs, || {
+        procs
+            .log(&format!("{m1}-listen"))
+            .contains("older than the one this node holds")
+    })
+    .await;
+    assert!(!meter_stopped(&dir, m1));
+    let seq = report(&dir, m1, "12 kWh", 1)[0];
+    expected.push(reading_line(m1, seq, &dap, "12 kWh"));
+    expected.sort();
+    wait_until("meter-1 reports again", &procs, || {
+        headend_readings(&dir) == expected
+    })
+    .await;
+    assert_eq!(headend_readings(&dir), expected, "nothing else got in");
+
+    use std::os::unix::fs::PermissionsExt;
+    for f in [
+        "headend-state/meter-transmission.cbor".to_owned(),
+        format!("{m1}-state/transmission.cbor"),
+    ] {
+        let mode = fs::metadata(dir.join(&f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{f}");
+    }
+    common::audit_intact(&dir, "headend-state/audit.jsonl", &["12 kWh"]);
+    let audit = common::audit_text(&dir, "headend-state/audit.jsonl");
+    assert!(audit.contains("transmission order version"), "{audit}");
+    assert!(audit.contains("acknowledged via"), "{audit}");
+    let listener = format!("{m1}-listen");
+    assert!(procs.terminate_async(&listener).await.success());
+    common::audit_intact(&dir, &format!("{m1}-state/downlink-audit.jsonl"), &[]);
+    let audit = common::audit_text(&dir, &format!("{m1}-state/downlink-audit.jsonl"));
+    assert!(audit.contains("stopped all"), "{audit}");
+    drop(procs);
+}

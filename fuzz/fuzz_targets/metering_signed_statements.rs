@@ -3,7 +3,9 @@
 // byte picks a batch, an announcement or an announce request, the rest is
 // its payload, signed by the right key (as a compromised DAP or headend
 // could), then opened by the receiver's decoder and fed to the receiver's
-// state machine (or, for the fourth choice, unsigned bytes fed to both).
+// state machine (or, for the fourth choice, unsigned bytes fed to both;
+// the fifth: a security association update signed by the headend, opened
+// and applied at the meter).
 // Any payload gives a value or an error, never a panic.
 use std::sync::{Mutex, OnceLock};
 
@@ -62,7 +64,7 @@ libfuzzer_sys::fuzz_target!(|input: &[u8]| {
     let (headend_id, dap_id) = (w.headend.id(), w.dap.id());
     let dap_key = *w.dap.public().verifying_key();
     let lookup = |id: &EntityId| (id == dap_id).then_some(&dap_key);
-    match which % 4 {
+    match which % 5 {
         0 => {
             let batch = sign_statement(dap_id, w.dap.signing_key(), LABEL_BATCH, data);
             let _ = open_batch(&batch, headend_id, lookup);
@@ -83,6 +85,25 @@ libfuzzer_sys::fuzz_target!(|input: &[u8]| {
             let _ = open_solicit(&solicit, dap_id, headend_id, &headend_key);
             if let Ok(mut dap) = w.dap_core.lock() {
                 let _ = dap.handle_solicit(&solicit, UnixMillis::new(1));
+            }
+        }
+        4 => {
+            let update = sign_statement(
+                headend_id,
+                w.headend.signing_key(),
+                sealcast_metering::sa::LABEL_SA,
+                data,
+            );
+            let _ = sealcast_metering::sa::SaUpdate::looks_like(&update);
+            let meter = EntityId::new("meter-1").unwrap_or_else(|_| unreachable!());
+            let headend_key = *w.headend.public().verifying_key();
+            if let Ok(u) =
+                sealcast_metering::sa::SaUpdate::open(&update, &meter, headend_id, &headend_key)
+            {
+                let held = sealcast_metering::sa::MeterSa::default();
+                if let Ok(next) = held.apply(&u) {
+                    assert!(next.epoch > held.epoch, "an update moved the epoch back");
+                }
             }
         }
         _ => {

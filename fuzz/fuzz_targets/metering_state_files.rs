@@ -43,6 +43,18 @@ fn world() -> &'static World {
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let w = world();
     let _ = sealcast_metering::meter::decode_state(data);
+    // A meter's association file and the headend's saved associations.
+    if let Ok(sa) = sealcast_metering::sa::MeterSa::decode(data) {
+        let again = sa
+            .encode()
+            .unwrap_or_else(|e| panic!("re-encoding a meter's association: {e}"));
+        assert_eq!(
+            sealcast_metering::sa::MeterSa::decode(&again).ok(),
+            Some(sa),
+            "a meter's association did not survive its encoding"
+        );
+    }
+    let _ = sealcast_metering::headend::saved_associations(data);
     if let Ok(mut dap) = w.dap.lock() {
         let before = dap.export_state().ok();
         if dap.restore_state(data).is_err() {

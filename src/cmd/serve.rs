@@ -157,6 +157,11 @@ pub enum DeviceCommand {
     ///
     /// Example: sealcast device sa --config meter-1.toml --json
     Sa(metering::MeterConfigArgs),
+    /// Show the transmission order this meter holds from its headend:
+    /// whether it may send readings.
+    ///
+    /// Example: sealcast device transmission --config meter-1.toml --json
+    Transmission(metering::MeterConfigArgs),
     /// Show the access-control token this device holds (from its state
     /// directory, verified with the manager's key): what it grants and
     /// until when.
@@ -199,6 +204,22 @@ pub enum HeadendCommand {
     /// Example: sealcast headend sa refresh --config headend.toml --meter meter-1
     #[command(subcommand)]
     Sa(metering::SaCommand),
+    /// Stop meters from reporting (remote transmission control): a signed
+    /// order per meter, saved, sent through its DAP (which cannot forge
+    /// it) until the meter acknowledges; the meter keeps listening, so it
+    /// follows rekeys and can be re-activated, and the headend drops any
+    /// reading of it meanwhile. Needs `[downlink]` and the meters' listeners.
+    ///
+    /// Example: sealcast headend deactivate --config headend.toml --meter meter-1
+    Deactivate(metering::MeterTxArgs),
+    /// Let deactivated meters report again (a newer order).
+    ///
+    /// Example: sealcast headend activate --config headend.toml --meter meter-1
+    Activate(metering::MeterTxArgs),
+    /// Show each meter's transmission order and whether it acknowledged it.
+    ///
+    /// Example: sealcast headend transmission --config headend.toml --json
+    Transmission(metering::MeterConfigArgs),
     /// Print a commented headend.toml with every setting and its default.
     ///
     /// Example: sealcast headend config-template > headend.toml

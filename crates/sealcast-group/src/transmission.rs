@@ -48,6 +48,9 @@ pub enum TxKind {
     Alert,
     /// Commands a gateway (or device) broadcasts to a group.
     Command,
+    /// Readings a meter reports to its headend (the headend, as the
+    /// meters' manager, issues the order).
+    Report,
 }
 
 impl TxKind {
@@ -56,6 +59,7 @@ impl TxKind {
         match self {
             TxKind::Alert => "alert",
             TxKind::Command => "command",
+            TxKind::Report => "report",
         }
     }
 
@@ -64,6 +68,7 @@ impl TxKind {
         Some(match s {
             "alert" => TxKind::Alert,
             "command" => TxKind::Command,
+            "report" => TxKind::Report,
             _ => return None,
         })
     }
@@ -91,7 +96,7 @@ impl Scope {
             None => (text, None),
         };
         let kind = TxKind::parse(kind).ok_or(Error::Malformed(
-            "transmission scope: expected all, alert, command or <kind>:<group>",
+            "transmission scope: expected all, alert, command, report or <kind>:<group>",
         ))?;
         match group {
             None => Ok(Scope::Kind(kind)),

@@ -240,6 +240,51 @@ impl MeterAck {
     }
 }
 
+/// First element of a meter's acknowledgement of a transmission order (a
+/// report's plaintext).
+pub const TRANSMISSION_ACK_LABEL: &str = "sealcast meter transmission ack v1";
+
+/// A meter's acknowledgement of the headend's transmission order
+/// (`sealcast_group::transmission`, carried per meter in a bundle): the
+/// version it holds. It travels as the plaintext of an ordinary report, so
+/// it is encrypted for the headend and authenticated end to end, and it is
+/// sent even while the order stops the meter's readings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TransmissionAck {
+    /// The order version the meter holds.
+    pub version: u64,
+}
+
+impl TransmissionAck {
+    /// The report plaintext carrying it:
+    /// `[ "sealcast meter transmission ack v1", version ]`.
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        encode(&Value::Array(vec![
+            Value::Text(TRANSMISSION_ACK_LABEL.to_owned()),
+            Value::Integer(self.version.into()),
+        ]))
+    }
+
+    /// The acknowledgement a decrypted report carries, if it is one.
+    pub fn parse(plaintext: &[u8]) -> Option<Self> {
+        if plaintext.len() > 96 || plaintext.first() != Some(&0x82) {
+            return None;
+        }
+        let Ok(Value::Array(items)) = decode_exact(plaintext, 96) else {
+            return None;
+        };
+        let [Value::Text(label), version] = items.as_slice() else {
+            return None;
+        };
+        if label != TRANSMISSION_ACK_LABEL {
+            return None;
+        }
+        Some(Self {
+            version: uint(version).ok()?,
+        })
+    }
+}
+
 /// What the headend sends one DAP to relay.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Bundle {

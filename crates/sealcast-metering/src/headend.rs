@@ -101,6 +101,9 @@ pub struct BatchOutcome {
     /// [`crate::downlink::MeterAck`]; not readings, not checked for
     /// plausibility), in batch order.
     pub acks: Vec<(EntityId, crate::downlink::MeterAck)>,
+    /// Meters' acknowledgements of transmission orders (reports whose
+    /// plaintext is a [`crate::downlink::TransmissionAck`]), in batch order.
+    pub transmission_acks: Vec<(EntityId, crate::downlink::TransmissionAck)>,
     /// Meters whose refreshed security association this batch put in use
     /// (their first report under the new epoch), with that epoch.
     pub associations: Vec<(EntityId, u32)>,
@@ -449,6 +452,7 @@ impl HeadendCore {
         let mut dropped = Vec::new();
         let mut acks = Vec::new();
         let mut associations = Vec::new();
+        let mut transmission_acks = Vec::new();
         for report in &batch.reports {
             let Ok(header) = peek_report(report, self.credential.id()) else {
                 dropped.push((None, ReportDrop::Malformed));
@@ -523,6 +527,10 @@ impl HeadendCore {
                 acks.push((meter, ack));
                 continue;
             }
+            if let Some(ack) = crate::downlink::TransmissionAck::parse(&value) {
+                transmission_acks.push((meter, ack));
+                continue;
+            }
             let implausible = match self.plausibility.check(&meter, &value, header.timestamp) {
                 Verdict::Plausible => None,
                 Verdict::Implausible(why, Action::Drop) => {
@@ -548,6 +556,7 @@ impl HeadendCore {
             readings,
             dropped,
             acks,
+            transmission_acks,
             associations,
         })
     }

@@ -69,8 +69,9 @@ pub struct DapRound {
     pub deliveries: usize,
     /// Whether the command went along.
     pub command: bool,
-    /// Meters given a security association update.
-    pub sa_updates: Vec<EntityId>,
+    /// Meters given per-meter items (association updates, transmission
+    /// orders).
+    pub items: Vec<EntityId>,
 }
 
 /// The headend's downlink while it runs.
@@ -206,7 +207,7 @@ impl HeadendDownlinkRun {
         headend: &EntityCredential,
         daps: &[(EntityId, Vec<(EntityId, x25519_dalek::PublicKey)>)],
         command_target: &str,
-        sa_updates: &BTreeMap<EntityId, Vec<u8>>,
+        items: &BTreeMap<EntityId, Vec<Vec<u8>>>,
     ) -> Result<Vec<(EntityId, DapRound)>> {
         let clock = Instant::now();
         let at = now();
@@ -231,9 +232,9 @@ impl HeadendDownlinkRun {
                 if !config_ok && self.state.version() > 0 {
                     cmd = true;
                 }
-                let sa = sa_updates.get(m);
-                if let Some(b) = sa {
-                    sas.push((m.clone(), b.clone()));
+                let sa = items.get(m);
+                if let Some(list) = sa {
+                    sas.extend(list.iter().map(|b| (m.clone(), b.clone())));
                 }
                 if !key_ok || !config_ok || sa.is_some() {
                     touched.insert(m.clone());
@@ -269,11 +270,16 @@ impl HeadendDownlinkRun {
             let mut round = DapRound {
                 deliveries: deliveries.len(),
                 command: cmd,
-                sa_updates: sas.iter().map(|(m, _)| m.clone()).collect(),
+                items: sas
+                    .iter()
+                    .map(|(m, _)| m.clone())
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect(),
                 ..DapRound::default()
             };
-            // Association updates ride as per-meter items beside the key
-            // deliveries; the DAP relays both alike to each meter.
+            // Association updates and transmission orders ride as per-meter
+            // items beside the key deliveries; the DAP relays all alike.
             deliveries.extend(sas);
             // Bundles small enough for one CoAP body (block-wise up to
             // 64 KiB) and one MQTT packet.
@@ -406,6 +412,7 @@ pub async fn listen(
     confirm(&id, &report, state.ack()).await;
     let mut last_confirmed = Some(Instant::now());
     let mut sa_reconfirmed = None;
+    let mut order_reconfirmed = None;
     // Refusals are counted and written to the audit log in bursts.
     let mut audit_tick = tokio::time::interval(Duration::from_secs(5));
     loop {
@@ -422,6 +429,19 @@ pub async fn listen(
                 None => break,
             },
         };
+        if m.target == delivery_topic && looks_like_order(&m.payload) {
+            on_order(
+                &credential,
+                &headend,
+                &report,
+                &m.payload,
+                audit.as_mut(),
+                &mut order_reconfirmed,
+            )
+            .await;
+            m.ack.ack().await;
+            continue;
+        }
         if m.target == delivery_topic && SaUpdate::looks_like(&m.payload) {
             on_sa_update(
                 &credential,
@@ -604,18 +624,123 @@ async fn on_sa_update(
     }
 }
 
+/// Whether a message on the delivery target claims to be a transmission
+/// order (a statement over a 5-element array; key deliveries carry a
+/// COSE_Encrypt, association updates a 6-element array).
+fn looks_like_order(bytes: &[u8]) -> bool {
+    sealcast_core::statement::UnverifiedStatement::parse(
+        bytes,
+        sealcast_group::transmission::MAX_ORDER_LEN,
+    )
+    .is_ok_and(|s| s.payload().first() == Some(&0x85))
+}
+
+/// Checks the headend's transmission order (signed by the headend as the
+/// meters' manager, for this meter, issued within ten minutes of its clock,
+/// newer than the one held) and saves it under the report lock before it
+/// counts. Returns the order and whether it changed anything.
+fn apply_order(
+    credential: &EntityCredential,
+    headend: &PublicCredential,
+    report: &crate::meter::MeterConfig,
+    bytes: &[u8],
+) -> Result<(sealcast_group::transmission::TransmissionOrder, bool)> {
+    use sealcast_group::transmission::{Applied, TransmissionOrder};
+    let order = TransmissionOrder::open(
+        bytes,
+        headend,
+        credential.id(),
+        now(),
+        crate::device::ORDER_MAX_AGE_MS,
+    )?;
+    let _lock = report.state_file.lock(crate::device::STATE_LOCK_WAIT)?;
+    let control = crate::meter::read_transmission(&report.state_file)?;
+    match control.check(&order)? {
+        Applied::Repeated => Ok((order, false)),
+        Applied::Changed(o) => {
+            let mut next = control.clone();
+            next.commit(o.clone());
+            crate::meter::write_transmission(&report.state_file, &next)?;
+            Ok((o, true))
+        }
+    }
+}
+
+/// A transmission order on the meter's delivery target: saved, audited and
+/// acknowledged through the DAP (a repeat at most every 30 s).
+async fn on_order(
+    credential: &EntityCredential,
+    headend: &PublicCredential,
+    report: &crate::meter::MeterConfig,
+    bytes: &[u8],
+    audit: Option<&mut crate::audit::NodeAudit>,
+    last_reconfirmed: &mut Option<Instant>,
+) {
+    let id = credential.id();
+    match apply_order(credential, headend, report, bytes) {
+        Ok((order, changed)) => {
+            let stopped = sealcast_group::transmission::describe(&order.stopped);
+            if changed {
+                if order.stopped.is_empty() {
+                    info!(meter = %id, version = order.version, "the headend re-activated this meter: readings are sent again");
+                } else {
+                    warn!(meter = %id, version = order.version, stopped = %stopped, "the headend deactivated this meter: its readings are not sent until it re-activates it");
+                }
+                if let Some(a) = audit {
+                    a.record(
+                        crate::audit::Record::Order,
+                        None,
+                        Some(headend.id()),
+                        format!(
+                            "transmission order version {}: stopped {stopped}",
+                            order.version
+                        ),
+                    );
+                }
+            } else if last_reconfirmed.is_some_and(|t: Instant| t.elapsed() < RECONFIRM_EVERY) {
+                debug!(meter = %id, version = order.version, "transmission order held already; acknowledged recently");
+                return;
+            }
+            *last_reconfirmed = Some(Instant::now());
+            let ack = sealcast_metering::downlink::TransmissionAck {
+                version: order.version,
+            };
+            send_confirmation(id, report, ack.encode(), "transmission order").await;
+        }
+        Err(e) => {
+            warn!(meter = %id, error = %e, "transmission order refused (forged, replayed, stale, or for another meter)");
+            if let Some(a) = audit {
+                a.refused(None, format!("transmission order: {e}"));
+            }
+        }
+    }
+}
+
 /// Sends `ack` to the headend as one report through the meter's DAP.
 async fn confirm(id: &EntityId, report: &crate::meter::MeterConfig, ack: MeterAck) {
-    let sent = match (ack.encode(), report.copy()) {
-        (Ok(bytes), Ok(config)) => crate::meter::report_once(config, &[bytes]).await,
+    debug!(meter = %id, epoch = ack.epoch, version = ack.version, "confirming the downlink");
+    send_confirmation(id, report, ack.encode(), "downlink").await;
+}
+
+/// Sends one confirmation's plaintext as a report through the meter's DAP.
+async fn send_confirmation(
+    id: &EntityId,
+    report: &crate::meter::MeterConfig,
+    plaintext: sealcast_metering::Result<Vec<u8>>,
+    what: &str,
+) {
+    let sent = match (plaintext, report.copy()) {
+        (Ok(bytes), Ok(config)) => crate::meter::report_confirmation(config, bytes).await,
         (Err(e), _) => Err(e.into()),
         (_, Err(e)) => Err(e),
     };
     match sent {
         Ok(sent) => {
             let seq = sent.first().map_or(0, |s| s.0);
-            debug!(meter = %id, epoch = ack.epoch, version = ack.version, seq, "confirmation sent");
+            debug!(meter = %id, seq, "{what} confirmation sent");
         }
-        Err(e) => warn!(meter = %id, error = %e, "confirmation not sent; the headend asks again"),
+        Err(e) => {
+            warn!(meter = %id, error = %e, "{what} confirmation not sent; the headend asks again")
+        }
     }
 }

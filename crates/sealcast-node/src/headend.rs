@@ -185,6 +185,12 @@ enum Request {
         Vec<EntityId>,
         oneshot::Sender<Result<Vec<String>>>,
     ),
+    Transmission(
+        bool,
+        Vec<EntityId>,
+        Vec<sealcast_group::transmission::Scope>,
+        oneshot::Sender<Result<Vec<String>>>,
+    ),
 }
 
 impl HeadendHandle {
@@ -262,6 +268,25 @@ impl HeadendHandle {
             .map_err(|_| crate::Error::Runtime("the headend stopped".into()))?
     }
 
+    /// Deactivates (`deactivate`) or re-activates `meters` for `scopes`
+    /// (none: everything they send but confirmations): one new order per
+    /// meter, saved, then sent to each meter through its DAP until it
+    /// acknowledges. Returns one line per meter.
+    pub async fn transmission(
+        &self,
+        deactivate: bool,
+        meters: Vec<EntityId>,
+        scopes: Vec<sealcast_group::transmission::Scope>,
+    ) -> Result<Vec<String>> {
+        let (reply, rx) = oneshot::channel();
+        self.stop
+            .send(Request::Transmission(deactivate, meters, scopes, reply))
+            .await
+            .map_err(|_| crate::Error::Runtime("the headend stopped".into()))?;
+        rx.await
+            .map_err(|_| crate::Error::Runtime("the headend stopped".into()))?
+    }
+
     /// Replaces the meters it decrypts for, while it runs
     /// (`HeadendCore::set_meters`); saved before it answers.
     pub async fn set_meters(
@@ -309,6 +334,9 @@ struct Headend {
     /// Removed meters still to be told (at the removal, and again when a
     /// report of theirs arrives).
     sa_notice: BTreeSet<EntityId>,
+    /// The transmission order of each meter (`meter-transmission.cbor`).
+    orders: crate::meter_orders::MeterOrders,
+    orders_file: Option<DeviceStateFile>,
 }
 
 /// Connects the headend, restores its state, subscribes to its DAPs'
@@ -343,6 +371,14 @@ pub async fn spawn(config: HeadendConfig) -> Result<HeadendHandle> {
     let downlink = downlink
         .map(|d| crate::downlink::HeadendDownlinkRun::open(d, core.credential()))
         .transpose()?;
+    // Under the state file's lock too.
+    let orders_file = state_file
+        .as_ref()
+        .map(crate::meter_orders::MeterOrders::file_beside);
+    let orders = match &orders_file {
+        Some(f) => crate::meter_orders::MeterOrders::read(f)?,
+        None => crate::meter_orders::MeterOrders::default(),
+    };
     let mut filters = Vec::new();
     for dap in core.daps() {
         filters.push(TopicFilter::new(&topics.agent(dap, AgentChannel::Batch))?);
@@ -375,6 +411,8 @@ pub async fn spawn(config: HeadendConfig) -> Result<HeadendHandle> {
         rekey_pending: Vec::new(),
         sa_sealed: BTreeMap::new(),
         sa_notice: BTreeSet::new(),
+        orders,
+        orders_file,
     };
     // A revocation saved in the status list whose rekey was not (the
     // headend stopped, or the disk refused it): the revoked meter's
@@ -439,6 +477,13 @@ impl Headend {
                     }
                     Some(Request::ChangeSa(change, meters, reply)) => {
                         let r = self.change_sa(change, &meters);
+                        let ok = r.is_ok();
+                        let _ = reply.send(r);
+                        if ok { self.serve_downlink().await; }
+                        Ok(())
+                    }
+                    Some(Request::Transmission(deactivate, meters, scopes, reply)) => {
+                        let r = self.order_meters(deactivate, &meters, &scopes);
                         let ok = r.is_ok();
                         let _ = reply.send(r);
                         if ok { self.serve_downlink().await; }
@@ -624,7 +669,22 @@ impl Headend {
                 let (listed, readings): (Vec<_>, Vec<_>) = std::mem::take(&mut outcome.readings)
                     .into_iter()
                     .partition(|r| self.status.status_of(&r.meter).is_some());
+                // Nor readings of meters ordered to stop reporting.
+                let (stopped, readings): (Vec<_>, Vec<_>) = readings
+                    .into_iter()
+                    .partition(|r| self.orders.stops_reports(&r.meter));
                 outcome.readings = readings;
+                for r in &stopped {
+                    warn!(dap = %outcome.dap, meter = %r.meter, seq = r.seq.get(), "reading of a deactivated meter dropped");
+                    if let Some(a) = &mut self.audit {
+                        a.refused(
+                            None,
+                            format!("report of {}#{}: deactivated", r.meter, r.seq.get()),
+                        );
+                    }
+                }
+                let tx_acks = std::mem::take(&mut outcome.transmission_acks);
+                self.on_transmission_acks(&outcome.dap, tx_acks);
                 for r in &listed {
                     warn!(dap = %outcome.dap, meter = %r.meter, seq = r.seq.get(), "reading of a suspended or revoked meter dropped");
                     if let Some(a) = &mut self.audit {
@@ -969,6 +1029,96 @@ impl Headend {
         }
     }
 
+    /// New transmission orders for `meters` (all of them on one copy,
+    /// saved, then kept: all or nothing).
+    fn order_meters(
+        &mut self,
+        deactivate: bool,
+        meters: &[EntityId],
+        scopes: &[sealcast_group::transmission::Scope],
+    ) -> Result<Vec<String>> {
+        if self.downlink.is_none() {
+            return Err(crate::Error::Runtime(
+                "transmission orders travel with the downlink: add a [downlink] section to the headend's config (and run `sealcast device listen` at the meters)".into(),
+            ));
+        }
+        let at = now();
+        let mut next = self.orders.clone();
+        let mut lines = Vec::with_capacity(meters.len());
+        let mut issued = Vec::with_capacity(meters.len());
+        for meter in meters {
+            if !self.core.knows_meter(meter) {
+                return Err(crate::Error::Runtime(format!(
+                    "{meter}: not a meter this headend holds a credential for; nothing ordered"
+                )));
+            }
+            let (n, order) = next.changed(self.core.id(), meter, deactivate, scopes, at);
+            next = n;
+            let stopped = sealcast_group::transmission::describe(&order.stopped);
+            lines.push(format!(
+                "{meter}: transmission order version {} (stopped: {stopped}); sent until the meter acknowledges",
+                order.version
+            ));
+            issued.push((meter.clone(), order.version, stopped));
+        }
+        if let Some(f) = &self.orders_file {
+            next.write(f).map_err(|e| {
+                crate::Error::Runtime(format!(
+                    "the orders could not be saved ({e}); nothing ordered"
+                ))
+            })?;
+        }
+        self.orders = next;
+        for (meter, version, stopped) in issued {
+            if let Some(d) = &mut self.downlink {
+                d.due_now(&meter);
+            }
+            warn!(%meter, version, stopped = %stopped, "transmission order issued by the operator");
+            if let Some(a) = &mut self.audit {
+                a.record(
+                    Record::Order,
+                    None,
+                    Some(&meter),
+                    format!("transmission order version {version}: stopped {stopped}"),
+                );
+            }
+        }
+        Ok(lines)
+    }
+
+    /// Meters' acknowledgements of their orders: saved, then kept.
+    fn on_transmission_acks(
+        &mut self,
+        dap: &EntityId,
+        acks: Vec<(EntityId, sealcast_metering::downlink::TransmissionAck)>,
+    ) {
+        for (meter, ack) in acks {
+            let Some(next) = self.orders.acknowledged(&meter, ack.version) else {
+                debug!(%meter, version = ack.version, "transmission acknowledgement with nothing new");
+                continue;
+            };
+            if let Some(f) = &self.orders_file
+                && let Err(e) = next.write(f)
+            {
+                warn!(%meter, error = %e, "acknowledgement not saved; the order is sent again");
+                continue;
+            }
+            self.orders = next;
+            info!(%meter, %dap, version = ack.version, "meter acknowledged its transmission order");
+            if let Some(a) = &mut self.audit {
+                a.record(
+                    Record::Received,
+                    None,
+                    Some(&meter),
+                    format!(
+                        "transmission order version {} acknowledged via {dap}",
+                        ack.version
+                    ),
+                );
+            }
+        }
+    }
+
     /// Changes each meter's association: in memory, saved, then kept (a
     /// change that cannot be saved is put back and ends the list).
     fn change_sa(
@@ -1224,7 +1374,24 @@ impl Headend {
                 (d.clone(), meters)
             })
             .collect();
-        let sa_items = self.sa_items();
+        let mut items: BTreeMap<EntityId, Vec<Vec<u8>>> = self
+            .sa_items()
+            .into_iter()
+            .map(|(m, b)| (m, vec![b]))
+            .collect();
+        // Orders signed afresh each round (a meter refuses one issued more
+        // than ten minutes from its clock).
+        let at = now();
+        for order in self.orders.pending() {
+            let fresh = sealcast_group::transmission::TransmissionOrder {
+                issued: at,
+                ..order.clone()
+            };
+            match fresh.sign(self.core.credential()) {
+                Ok(b) => items.entry(order.node.clone()).or_default().push(b),
+                Err(e) => warn!(meter = %order.node, error = %e, "transmission order not signed"),
+            }
+        }
         let Some(d) = &mut self.downlink else {
             return;
         };
@@ -1232,7 +1399,7 @@ impl Headend {
             d.state().group(),
             sealcast_core::target::GroupChannel::Command,
         );
-        let rounds = match d.round(self.core.credential(), &daps, &target, &sa_items) {
+        let rounds = match d.round(self.core.credential(), &daps, &target, &items) {
             Ok(r) => r,
             Err(e) => {
                 warn!(error = %e, "downlink not sent (state not saved); tries again");
@@ -1251,7 +1418,7 @@ impl Headend {
                 }
             }
             if sent {
-                for m in &round.sa_updates {
+                for m in &round.items {
                     if self.sa_notice.remove(m) {
                         debug!(meter = %m, "removal notice sent");
                     }
@@ -1263,9 +1430,9 @@ impl Headend {
                         Some(&group),
                         Some(&dap),
                         format!(
-                            "downlink: {} key deliveries, {} association updates{}",
+                            "downlink: {} key deliveries, items (association updates, transmission orders) for {} meters{}",
                             round.deliveries,
-                            round.sa_updates.len(),
+                            round.items.len(),
                             if round.command {
                                 ", configuration command"
                             } else {

@@ -9,7 +9,9 @@
 //!
 //! Smart metering: [`meter`] sends readings, [`dap`] is the Data Aggregation
 //! Point (batch verification without reading, announcement of its meter
-//! group), [`headend`] checks the DAP and decrypts end to end — tokio shells
+//! group), [`headend`] checks the DAP and decrypts end to end (and, as the
+//! meters' manager, orders them to stop or resume reporting:
+//! [`meter_orders`]) — tokio shells
 //! around the state machines and wire formats of `sealcast-metering`.
 //!
 //! The end-to-end demos that wire these runtimes together live in
@@ -27,6 +29,7 @@ pub mod headend;
 pub mod link;
 pub mod manager;
 pub mod meter;
+pub mod meter_orders;
 pub mod runtime;
 pub mod status_store;
 pub mod token_store;

@@ -26,6 +26,45 @@ pub fn sa_file(state_file: &DeviceStateFile) -> DeviceStateFile {
     DeviceStateFile::new(state_file.path().with_file_name(SA_FILE))
 }
 
+/// File name of the transmission order a meter holds from its headend
+/// (`sealcast_group::transmission`; 0600).
+pub const TRANSMISSION_FILE: &str = "transmission.cbor";
+
+/// The transmission-order file beside the meter's sequence state.
+pub fn transmission_file(state_file: &DeviceStateFile) -> DeviceStateFile {
+    DeviceStateFile::new(state_file.path().with_file_name(TRANSMISSION_FILE))
+}
+
+/// The transmission order the meter holds (none: it may send everything).
+pub fn read_transmission(
+    state_file: &DeviceStateFile,
+) -> Result<sealcast_group::transmission::TransmissionControl> {
+    use sealcast_group::transmission::TransmissionControl;
+    match transmission_file(state_file).read()? {
+        Some(bytes) => {
+            let value: ciborium::Value = ciborium::from_reader(bytes.as_slice()).map_err(|_| {
+                crate::Error::Runtime(format!(
+                    "{}: not a transmission order this version wrote",
+                    transmission_file(state_file).path().display()
+                ))
+            })?;
+            Ok(TransmissionControl::from_value(&value)?)
+        }
+        None => Ok(TransmissionControl::new()),
+    }
+}
+
+/// Writes the transmission order the meter holds.
+pub fn write_transmission(
+    state_file: &DeviceStateFile,
+    control: &sealcast_group::transmission::TransmissionControl,
+) -> Result<()> {
+    let mut out = Vec::new();
+    ciborium::into_writer(&control.to_value()?, &mut out)
+        .map_err(|e| crate::Error::Runtime(format!("transmission order not encoded: {e}")))?;
+    Ok(transmission_file(state_file).write(&out)?)
+}
+
 /// The meter's saved association (epoch 0, the static key, when it never
 /// received an update).
 pub fn read_sa(state_file: &DeviceStateFile) -> Result<MeterSa> {
@@ -93,11 +132,41 @@ const REPORTS_IN_FLIGHT: usize = 64;
 /// (MQTT: acknowledged by the broker; CoAP: answered by the DAP after it
 /// forwarded the report's batch), with the sequence number and size of
 /// each report sent; fails if any was refused or unanswered.
+/// Refused (before anything is sealed) while the headend's transmission
+/// order stops the meter's reports.
 pub async fn report_once(config: MeterConfig, readings: &[Vec<u8>]) -> Result<Vec<(u64, usize)>> {
+    send_reports(config, readings, true).await
+}
+
+/// Sends one confirmation to the headend (the downlink's or a transmission
+/// order's acknowledgement) as a report: sent whatever the transmission
+/// order stops, so a deactivated meter can still be re-activated.
+pub async fn report_confirmation(
+    config: MeterConfig,
+    plaintext: Vec<u8>,
+) -> Result<Vec<(u64, usize)>> {
+    send_reports(config, &[plaintext], false).await
+}
+
+async fn send_reports(
+    config: MeterConfig,
+    readings: &[Vec<u8>],
+    are_readings: bool,
+) -> Result<Vec<(u64, usize)>> {
     let file = config.state_file;
     // Read, reserve and write under the file's lock: two reports of one
     // meter at once never share a sequence number.
     let _lock = file.lock(crate::device::STATE_LOCK_WAIT)?;
+    if are_readings {
+        let control = read_transmission(&file)?;
+        if !control.allows(sealcast_group::transmission::TxKind::Report, None) {
+            let version = control.held().map_or(0, |o| o.version);
+            return Err(crate::Error::Runtime(format!(
+                "this meter is deactivated by its headend (transmission order version {version} stops its reports): no reading is sent; the headend re-activates it with `sealcast headend activate --meter {}`",
+                config.credential.id()
+            )));
+        }
+    }
     let limit = match file.read()? {
         Some(bytes) => decode_state(&bytes)?,
         None => 0,

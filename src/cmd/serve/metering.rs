@@ -676,6 +676,17 @@ struct HeadendRequest {
     settings: Option<std::collections::BTreeMap<String, String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     sa: Option<SaRequest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    transmission: Option<TxRequest>,
+}
+
+/// Meters to deactivate or re-activate, for these scopes (none: all).
+#[derive(Debug, serde::Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TxRequest {
+    deactivate: bool,
+    meters: Vec<String>,
+    scopes: Vec<String>,
 }
 
 /// A change of meters' security associations.
@@ -702,6 +713,7 @@ async fn carry_out(req: HeadendRequest, handle: &headend::HeadendHandle) -> Resu
         HeadendRequest {
             settings: Some(settings),
             sa: None,
+            transmission: None,
         } => handle
             .configure_meters(settings)
             .await
@@ -709,7 +721,31 @@ async fn carry_out(req: HeadendRequest, handle: &headend::HeadendHandle) -> Resu
             .map_err(|e| e.to_string()),
         HeadendRequest {
             settings: None,
+            sa: None,
+            transmission: Some(tx),
+        } => {
+            let meters = tx
+                .meters
+                .iter()
+                .map(|m| sealcast_core::ids::EntityId::new(m).map_err(|e| format!("{m:?}: {e}")))
+                .collect::<Result<Vec<_>, _>>()?;
+            let scopes = tx
+                .scopes
+                .iter()
+                .map(|s| {
+                    sealcast_group::transmission::Scope::parse(s).map_err(|e| format!("{s:?}: {e}"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            handle
+                .transmission(tx.deactivate, meters, scopes)
+                .await
+                .map(|lines| lines.join("\n"))
+                .map_err(|e| e.to_string())
+        }
+        HeadendRequest {
+            settings: None,
             sa: Some(sa),
+            transmission: None,
         } => {
             let change = sa_change_of(&sa.change)
                 .ok_or_else(|| format!("unknown change {:?}", sa.change))?;
@@ -724,7 +760,7 @@ async fn carry_out(req: HeadendRequest, handle: &headend::HeadendHandle) -> Resu
                 .map(|lines| lines.join("\n"))
                 .map_err(|e| e.to_string())
         }
-        _ => Err("a request names either settings or sa".to_owned()),
+        _ => Err("a request names one of settings, sa or transmission".to_owned()),
     }
 }
 
@@ -814,7 +850,7 @@ pub fn configure_meters(args: &ConfigureMetersArgs) -> Result<()> {
         &state_dir,
         &HeadendRequest {
             settings: Some(settings),
-            sa: None,
+            ..HeadendRequest::default()
         },
         args.wait,
         "the configuration",
@@ -960,11 +996,11 @@ pub fn headend_sa(cmd: &SaCommand) -> Result<()> {
     let lines = hand_to_headend(
         &state_dir,
         &HeadendRequest {
-            settings: None,
             sa: Some(SaRequest {
                 change: change.to_owned(),
                 meters,
             }),
+            ..HeadendRequest::default()
         },
         args.wait,
         &format!("the association {change}"),
@@ -1049,6 +1085,160 @@ fn headend_sa_show(args: &SaShowArgs) -> Result<()> {
             s.phase.as_str()
         ));
     }
+    Ok(())
+}
+
+/// Arguments of `sealcast headend deactivate|activate`.
+#[derive(Debug, Args)]
+pub struct MeterTxArgs {
+    /// The headend's TOML config file.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// The meter (repeat for more).
+    #[arg(long = "meter", value_name = "ID", required_unless_present = "all")]
+    pub meters: Vec<String>,
+    /// Every meter the headend holds a credential for.
+    #[arg(long, conflicts_with = "meters")]
+    pub all: bool,
+    /// What to stop or resume: `report` (readings) or `all` (default:
+    /// everything but confirmations, which for a meter is its readings).
+    #[arg(long = "kind", value_name = "KIND")]
+    pub kinds: Vec<String>,
+    /// Seconds to wait for the running headend to issue it.
+    #[arg(long, default_value_t = 30, value_name = "S")]
+    pub wait: u64,
+}
+
+/// Runs `sealcast headend deactivate` (`deactivate`) or `activate`.
+pub fn headend_transmission(args: &MeterTxArgs, deactivate: bool) -> Result<()> {
+    let (config, base): (HeadendFile, _) = read_config(&args.config)?;
+    if config.downlink.is_none() {
+        return Err(CliError::usage(format!(
+            "{}: no [downlink] section: transmission orders travel with the downlink; add one (and restart the headend)",
+            args.config.display()
+        )));
+    }
+    for k in &args.kinds {
+        if !matches!(k.as_str(), "report" | "all") {
+            return Err(CliError::usage(format!(
+                "--kind {k}: a meter sends readings: use report or all"
+            )));
+        }
+    }
+    let held = self::meters(&base, config.meters_dir.as_deref(), &config.meter)?;
+    let meters: Vec<String> = if args.all {
+        held.iter().map(|m| m.id().as_str().to_owned()).collect()
+    } else {
+        for m in &args.meters {
+            if !held.iter().any(|h| h.id().as_str() == m) {
+                return Err(CliError::usage(format!(
+                    "--meter {m}: not a meter of this headend (meters_dir and [[meter]] of {})",
+                    args.config.display()
+                )));
+            }
+        }
+        args.meters.clone()
+    };
+    let state_dir = resolve(&base, &config.state_dir);
+    let verb = if deactivate {
+        "deactivation"
+    } else {
+        "activation"
+    };
+    let lines = hand_to_headend(
+        &state_dir,
+        &HeadendRequest {
+            transmission: Some(TxRequest {
+                deactivate,
+                meters,
+                scopes: args.kinds.clone(),
+            }),
+            ..HeadendRequest::default()
+        },
+        args.wait,
+        &format!("the {verb}"),
+    )?;
+    for l in lines.lines() {
+        say(l);
+    }
+    say("each meter acknowledges through its DAP (sealcast headend transmission)");
+    Ok(())
+}
+
+/// Runs `sealcast headend transmission`: each meter's order and whether it
+/// acknowledged it, from the headend's state directory.
+pub fn headend_transmission_show(args: &MeterConfigArgs) -> Result<()> {
+    let (config, base): (HeadendFile, _) = read_config(&args.config)?;
+    let state_dir = resolve(&base, &config.state_dir);
+    let orders = sealcast_node::meter_orders::MeterOrders::read(&DeviceStateFile::new(
+        state_dir.join(sealcast_node::meter_orders::METER_ORDERS_FILE),
+    ))
+    .map_err(|e| failed("cannot read the meters' transmission orders", e))?;
+    let rows: Vec<serde_json::Value> = orders
+        .all()
+        .map(|(o, acked)| {
+            serde_json::json!({
+                "meter": o.node.as_str(),
+                "version": o.version,
+                "stopped": o.stopped.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "reports": sealcast_group::transmission::allows(&o.stopped, sealcast_group::transmission::TxKind::Report, None),
+                "acknowledged": acked == Some(o.version),
+            })
+        })
+        .collect();
+    if args.json {
+        say(&serde_json::json!({ "meters": rows }).to_string());
+        return Ok(());
+    }
+    if rows.is_empty() {
+        say("no transmission order issued: every meter reports");
+    }
+    for (o, acked) in orders.all() {
+        say(&format!(
+            "{}: order version {}, stopped {}{}",
+            o.node,
+            o.version,
+            sealcast_group::transmission::describe(&o.stopped),
+            if acked == Some(o.version) {
+                " (acknowledged)"
+            } else {
+                " (not acknowledged yet: sent again)"
+            }
+        ));
+    }
+    Ok(())
+}
+
+/// Runs `sealcast device transmission`: the order this meter holds.
+pub fn device_transmission(args: &MeterConfigArgs) -> Result<()> {
+    let (config, base): (MeterFile, _) = read_config(&args.config)?;
+    let state_dir = resolve(&base, &config.state_dir);
+    let control = sealcast_node::meter::read_transmission(&DeviceStateFile::new(
+        state_dir.join("meter.cbor"),
+    ))
+    .map_err(|e| failed("cannot read the meter's transmission order", e))?;
+    let reports = control.allows(sealcast_group::transmission::TxKind::Report, None);
+    let (version, stopped) = control.held().map_or((0, Vec::new()), |o| {
+        (
+            o.version,
+            o.stopped.iter().map(ToString::to_string).collect(),
+        )
+    });
+    if args.json {
+        say(
+            &serde_json::json!({"version": version, "stopped": stopped, "reports": reports})
+                .to_string(),
+        );
+        return Ok(());
+    }
+    say(&if reports {
+        format!("readings are sent (order version {version})")
+    } else {
+        format!(
+            "deactivated by the headend (order version {version}, stopped {}): no readings are sent",
+            stopped.join(",")
+        )
+    });
     Ok(())
 }
 
