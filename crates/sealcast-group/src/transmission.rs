@@ -549,7 +549,9 @@ mod tests {
         assert!(!s.covers(TxKind::Alert, Some(&doors)));
         assert_eq!(s.to_string(), "command:fire-doors");
         assert!(Scope::parse("all").unwrap().covers(TxKind::Command, None));
-        assert!(Scope::parse("report").is_err());
+        // A meter's readings (the headend orders its meters).
+        assert_eq!(Scope::parse("report").unwrap(), Scope::Kind(TxKind::Report));
+        assert_eq!(Scope::Kind(TxKind::Report).to_string(), "report");
         assert!(
             Scope::parse("alert")
                 .unwrap()

@@ -326,11 +326,18 @@ async fn execute(handle: &ManagerHandle, request: Request) -> core::result::Resu
             let scopes = scopes
                 .iter()
                 .map(|t| {
-                    sealcast_group::transmission::Scope::parse(t).map_err(|_| {
-                        Refusal(format!(
+                    use sealcast_group::transmission::{Scope, TxKind};
+                    match Scope::parse(t) {
+                        Ok(Scope::Kind(TxKind::Report) | Scope::KindInGroup(TxKind::Report, _)) => {
+                            Err(Refusal(format!(
+                                "scope {t:?}: reports are a meter's, and a meter's headend orders it (sealcast headend deactivate); use all, alert, command or <kind>:<group>"
+                            )))
+                        }
+                        Ok(s) => Ok(s),
+                        Err(_) => Err(Refusal(format!(
                             "scope {t:?}: use all, alert, command or <kind>:<group> (e.g. command:fire-doors)"
-                        ))
-                    })
+                        ))),
+                    }
                 })
                 .collect::<core::result::Result<Vec<_>, _>>()?;
             let state = handle
