@@ -1961,3 +1961,51 @@ async fn the_headend_deactivates_and_reactivates_a_meter_through_the_dap() {
     assert!(audit.contains("stopped all"), "{audit}");
     drop(procs);
 }
+
+/// `[downlink] sa_refresh_s`: the headend refreshes every association past
+/// that age by itself (epoch 0 at once), and keeps doing so; readings keep
+/// flowing under each new epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn associations_past_their_age_are_refreshed_by_the_headend() {
+    let t = MqttRun::start("sar").await;
+    let (dir, url, run) = (t.dir.clone(), &t.url, &t.run);
+    let name = |n: &str| format!("{run}-{n}");
+    let (headend, dap) = (name("headend"), name("dap"));
+    let meters = [name("meter-1")];
+    let m1 = meters[0].as_str();
+    keygen(&dir, [&headend, &dap].into_iter().chain(&meters));
+    common::meters_dir(&dir, &meters);
+    metering_configs(
+        &dir,
+        url,
+        run,
+        &headend,
+        &dap,
+        &meters,
+        "\n[downlink]\nretry_ms = 300\nsa_refresh_s = 2\n",
+        "batch_size = 4\nmax_batch_delay_ms = 50\n",
+    );
+    let mut procs = Procs::new(&dir);
+    start_headend(&mut procs);
+    procs.start_appending("dap", &["agent", "serve", "--config", "agent.toml"]);
+    listen(&mut procs, m1);
+    wait_until(
+        "meter-1's association refreshed twice by age",
+        &procs,
+        || {
+            let (epoch, state) = sa_of(&dir, m1);
+            epoch >= 2 && state == "established"
+        },
+    )
+    .await;
+    assert!(meter_sa(&dir, m1).0 >= 2);
+    let mut expected = Vec::new();
+    report_expected(&dir, m1, &dap, "5 kWh", &mut expected);
+    wait_until("a reading under the refreshed epoch", &procs, || {
+        headend_readings(&dir) == expected
+    })
+    .await;
+    let audit = common::audit_text(&dir, "headend-state/audit.jsonl");
+    assert!(audit.contains("refreshed (older than 2 s)"), "{audit}");
+    drop(procs);
+}

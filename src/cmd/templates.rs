@@ -231,6 +231,7 @@ public_key = "dap-1.pub"
 # [downlink]                         # re-configure every meter at once: sealcast headend configure-meters
 # group = "meters"                   # the meter group (meters: meter_group); its key in headend-state/downlink.cbor (0600)
 # retry_ms = 5000                    # unconfirmed meters served again after this, doubling per try (at most 10 min)
+# sa_refresh_s = 2592000             # refresh each meter's security association once this old (default: by hand only)
 "#;
 
 /// `meter.toml` (`sealcast device report`).

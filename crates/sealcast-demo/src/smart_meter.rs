@@ -140,6 +140,7 @@ pub async fn smart_meter(
             // Long enough that a delivery still in flight to hundreds of
             // meters sharing one endpoint is not sent again on top.
             retry: Duration::from_millis(1000),
+            sa_max_age: None,
         }),
     })
     .await?;

@@ -624,6 +624,20 @@ impl HeadendCore {
             .and_then(|m| m.sa.update(self.credential.id(), meter))
     }
 
+    /// Meters whose established association last changed at or before
+    /// `cutoff` (epoch 0 counts as changed at 0), at most `limit` of them.
+    pub fn sa_older_than(&self, cutoff: UnixMillis, limit: usize) -> Vec<EntityId> {
+        self.meters
+            .iter()
+            .filter(|(_, m)| {
+                let s = m.sa.status();
+                s.phase == SaPhase::Established && s.changed <= cutoff
+            })
+            .map(|(id, _)| id.clone())
+            .take(limit)
+            .collect()
+    }
+
     /// Meters whose refreshed association is waiting for its first report.
     pub fn sa_pending(&self) -> impl Iterator<Item = &EntityId> {
         self.meters

@@ -51,6 +51,9 @@ pub struct DownlinkConfig {
     pub state_file: Option<DeviceStateFile>,
     /// How soon an unconfirmed meter is served again (doubling per try).
     pub retry: Duration,
+    /// Refresh each meter's security association once it is this old
+    /// (epoch 0, from enrolment, counts as due at once); None: only by hand.
+    pub sa_max_age: Option<Duration>,
 }
 
 /// One meter's tries since it last confirmed something new.
@@ -79,6 +82,7 @@ pub struct HeadendDownlinkRun {
     state: HeadendDownlink,
     file: Option<DeviceStateFile>,
     retry: Duration,
+    sa_max_age: Option<Duration>,
     backoff: BTreeMap<EntityId, Backoff>,
     /// Sealed deliveries of the current epoch, re-sent as they are.
     sealed: BTreeMap<EntityId, (u32, Vec<u8>)>,
@@ -127,6 +131,7 @@ impl HeadendDownlinkRun {
             state,
             file: config.state_file,
             retry: config.retry.max(Duration::from_millis(50)),
+            sa_max_age: config.sa_max_age,
             backoff: BTreeMap::new(),
             sealed: BTreeMap::new(),
             rng,
@@ -136,6 +141,11 @@ impl HeadendDownlinkRun {
     /// How soon an unconfirmed meter is served again.
     pub fn retry(&self) -> Duration {
         self.retry
+    }
+
+    /// The age at which associations are refreshed (None: by hand only).
+    pub fn sa_max_age(&self) -> Option<Duration> {
+        self.sa_max_age
     }
 
     /// The state in force.

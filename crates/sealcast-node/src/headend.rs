@@ -509,6 +509,7 @@ impl Headend {
                     None => break None,
                 },
                 _ = downlink_tick.tick(), if self.downlink.is_some() => {
+                    self.refresh_aged_associations();
                     if !self.rekey_pending.is_empty() {
                         let pending = std::mem::take(&mut self.rekey_pending);
                         self.evict_from_downlink(&pending).await;
@@ -1190,6 +1191,73 @@ impl Headend {
             lines.push(line);
         }
         Ok(lines)
+    }
+
+    /// Refreshes associations older than `[downlink] sa_refresh_s` (at most
+    /// 256 a round, saved together; nothing changes if they cannot be).
+    fn refresh_aged_associations(&mut self) {
+        let Some(max_age) = self.downlink.as_ref().and_then(|d| d.sa_max_age()) else {
+            return;
+        };
+        let at = now();
+        let age_ms = u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX);
+        let cutoff = sealcast_core::ids::UnixMillis::new(at.get().saturating_sub(age_ms));
+        let due = self.core.sa_older_than(cutoff, 256);
+        if due.is_empty() {
+            return;
+        }
+        let mut rng = match crate::runtime::os_rng() {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "associations not refreshed");
+                return;
+            }
+        };
+        let mut before = Vec::with_capacity(due.len());
+        for meter in &due {
+            match self.core.sa_change(
+                meter,
+                sealcast_metering::headend::SaChange::Refresh,
+                at,
+                &mut rng,
+            ) {
+                Ok((b, _)) => before.push((meter.clone(), b)),
+                Err(e) => warn!(%meter, error = %e, "association not refreshed"),
+            }
+        }
+        if let Err(e) = self.persist() {
+            warn!(error = %e, "aged associations not refreshed: the state could not be saved; tried again next round");
+            for (meter, b) in before {
+                if let Err(e) = self.core.sa_restore(&meter, b) {
+                    warn!(%meter, error = %e, "association not put back");
+                }
+            }
+            return;
+        }
+        for (meter, _) in &before {
+            self.sa_sealed.remove(meter);
+            if let Some(d) = &mut self.downlink {
+                d.due_now(meter);
+            }
+        }
+        let names: Vec<String> = before.iter().map(|(m, _)| m.to_string()).collect();
+        info!(
+            meters = names.len(),
+            max_age_s = max_age.as_secs(),
+            "security associations past their age refreshed"
+        );
+        if let Some(a) = &mut self.audit {
+            a.record(
+                Record::Order,
+                None,
+                None,
+                format!(
+                    "security association refreshed (older than {} s): {}",
+                    max_age.as_secs(),
+                    crate::audit::list(&names)
+                ),
+            );
+        }
     }
 
     /// The signed association updates due now: pending refreshes and

@@ -174,6 +174,9 @@ struct DownlinkSection {
     /// How soon an unconfirmed meter is served again, in ms (default
     /// 5000; doubles per unanswered try, at most ten minutes).
     retry_ms: Option<u64>,
+    /// Refresh each meter's security association once it is this many
+    /// seconds old (default: only by hand, `headend sa refresh`).
+    sa_refresh_s: Option<u64>,
 }
 
 impl DownlinkSection {
@@ -188,6 +191,15 @@ impl DownlinkSection {
                 state_dir.join(sealcast_node::downlink::HEADEND_DOWNLINK_FILE),
             )),
             retry: Duration::from_millis(retry),
+            sa_max_age: match self.sa_refresh_s {
+                None => None,
+                Some(s) if s >= 1 => Some(Duration::from_secs(s)),
+                Some(_) => {
+                    return Err(CliError::usage(
+                        "[downlink] sa_refresh_s must be at least 1 (seconds; days, e.g. 2592000, in practice)",
+                    ));
+                }
+            },
         })
     }
 }
