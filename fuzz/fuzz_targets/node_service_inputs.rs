@@ -10,7 +10,9 @@
 // decrypted configuration command, a decrypted report that may be a
 // meter's confirmation, a meter's downlink.cbor, and the DAP's routing test
 // of a bundle. And access-control tokens: the claims a node decodes from a
-// token it is sent or finds in a command, and the routing test.
+// token it is sent or finds in a command, and the routing test. And a
+// meter's transmission acknowledgement (a decrypted report) and the
+// association update's routing test.
 use sealcast_group::status::{MisbehaviourReport, StatusList, StatusRepository};
 use sealcast_group::transmission::{OrderAck, TransmissionOrder, decode_stopped, encode_stopped};
 
@@ -76,4 +78,14 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         );
     }
     let _ = Bundle::looks_like(data);
+    if let Some(ack) = sealcast_metering::downlink::TransmissionAck::parse(data) {
+        let again = ack
+            .encode()
+            .unwrap_or_else(|e| panic!("re-encoding a transmission ack: {e}"));
+        assert_eq!(
+            sealcast_metering::downlink::TransmissionAck::parse(&again),
+            Some(ack)
+        );
+    }
+    let _ = sealcast_metering::sa::SaUpdate::looks_like(data);
 });
