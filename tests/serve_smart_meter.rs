@@ -1942,6 +1942,92 @@ async fn the_headend_deactivates_and_reactivates_a_meter_through_the_dap() {
     .await;
     assert_eq!(headend_readings(&dir), expected, "nothing else got in");
 
+    // --- the DAP deactivated: it forwards no report until re-activated ------
+    let out = common::run_bounded(
+        &dir,
+        &[
+            "headend",
+            "deactivate",
+            "--config",
+            "headend.toml",
+            "--dap",
+            &dap,
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until("the DAP acknowledges its deactivation", &procs, || {
+        order_of(&dir, &dap) == Some((true, true))
+    })
+    .await;
+    // An order forged under the headend's name to re-activate it is refused.
+    let forged = sealcast_group::transmission::TransmissionOrder {
+        manager: EntityId::new(&headend).unwrap(),
+        node: EntityId::new(&dap).unwrap(),
+        version: u64::MAX / 2,
+        issued: sealcast_core::ids::UnixMillis::new(now_ms()),
+        stopped: Default::default(),
+    }
+    .sign(&mallory)
+    .unwrap();
+    spy_client
+        .publish(
+            topics.agent(&EntityId::new(&dap).unwrap(), AgentChannel::Solicit),
+            Bytes::from(forged),
+        )
+        .await
+        .unwrap();
+    wait_until("the DAP refuses the forged order", &procs, || {
+        procs.log("dap").contains("transmission order refused")
+    })
+    .await;
+    let held = report(&dir, m2, "21 kWh", 1)[0];
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        headend_readings(&dir),
+        expected,
+        "a deactivated DAP forwarded a report"
+    );
+    let out = common::run_bounded(
+        &dir,
+        &[
+            "headend",
+            "activate",
+            "--config",
+            "headend.toml",
+            "--dap",
+            &dap,
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until("the DAP acknowledges its re-activation", &procs, || {
+        order_of(&dir, &dap) == Some((false, true))
+    })
+    .await;
+    let seq = report(&dir, m2, "22 kWh", 1)[0];
+    assert!(seq > held);
+    expected.push(reading_line(m2, seq, &dap, "22 kWh"));
+    expected.sort();
+    wait_until(
+        "meter-2's reading through the re-activated DAP",
+        &procs,
+        || headend_readings(&dir) == expected,
+    )
+    .await;
+    assert!(procs.terminate_async("dap").await.success());
+    let audit = common::audit_text(&dir, "dap-state/dap-audit.jsonl");
+    assert!(audit.contains("deactivated by the headend"), "{audit}");
+    assert!(audit.contains("transmission order version"), "{audit}");
+
     use std::os::unix::fs::PermissionsExt;
     for f in [
         "headend-state/meter-transmission.cbor".to_owned(),

@@ -294,6 +294,26 @@ impl TransmissionOrder {
         ))
     }
 
+    /// Whether `bytes` claim to be an order (a cheap routing test on the
+    /// unverified payload's shape: five elements, the third and fourth
+    /// integers, the fifth an array). Bundles, status lists and other
+    /// five-element statements have other shapes there.
+    pub fn looks_like(bytes: &[u8]) -> bool {
+        let Ok(statement) = UnverifiedStatement::parse(bytes, MAX_ORDER_LEN) else {
+            return false;
+        };
+        matches!(
+            decode(statement.payload()).as_deref(),
+            Ok([
+                Value::Text(_),
+                Value::Text(_),
+                Value::Integer(_),
+                Value::Integer(_),
+                Value::Array(_)
+            ])
+        )
+    }
+
     /// Checks a signed order from `manager` for `me`: the signer is the
     /// manager, the signature verifies, the payload names both, and it was
     /// issued within `max_age_ms` of `now`.
@@ -370,11 +390,22 @@ impl OrderAck {
     /// Checks an ack: signed by `node` (its enrolled credential), naming it
     /// and `manager`.
     pub fn open(bytes: &[u8], node: &PublicCredential, manager: &EntityId) -> Result<Self> {
+        Self::open_with_key(bytes, node.id(), node.verifying_key(), manager)
+    }
+
+    /// [`OrderAck::open`] with the node's id and signature key alone (a
+    /// headend knows its DAPs by those).
+    pub fn open_with_key(
+        bytes: &[u8],
+        node: &EntityId,
+        key: &ed25519_dalek::VerifyingKey,
+        manager: &EntityId,
+    ) -> Result<Self> {
         let statement = UnverifiedStatement::parse(bytes, MAX_ORDER_LEN)?;
-        if statement.signer() != node.id() {
+        if statement.signer() != node {
             return Err(Error::UnknownMember);
         }
-        let payload = statement.verify(node.verifying_key(), LABEL_ORDER_ACK)?;
+        let payload = statement.verify(key, LABEL_ORDER_ACK)?;
         match decode(&payload)?.as_slice() {
             [n, m, v] => {
                 let ack = Self {
@@ -382,7 +413,7 @@ impl OrderAck {
                     manager: entity(m)?,
                     version: uint(v)?,
                 };
-                if ack.node != *node.id() || ack.manager != *manager {
+                if ack.node != *node || ack.manager != *manager {
                     return Err(Error::Refused(
                         "transmission ack names another node or manager",
                     ));

@@ -60,6 +60,8 @@ pub struct DapStats {
     /// Reports of meters the headend suspended or revoked, dropped before
     /// any signature work.
     pub listed: u64,
+    /// Reports not forwarded: the headend deactivated this DAP.
+    pub deactivated: u64,
     /// Forwarded reports whose meter skipped more sequence numbers than
     /// `[dap] max_seq_gap` allows (flagged, not dropped).
     pub seq_gaps: u64,
@@ -253,7 +255,14 @@ struct Dap {
     /// Digests of the bundles relayed, with when each was issued: a copy
     /// within the bundles' freshness bound is refused, not relayed again.
     relayed_bundles: std::collections::BTreeMap<[u8; 32], u64>,
+    /// The headend's transmission order for this DAP
+    /// (`dap-transmission.cbor`): what it must stop sending.
+    transmission: sealcast_group::transmission::TransmissionControl,
+    transmission_file: Option<DeviceStateFile>,
 }
+
+/// File name of the transmission order a DAP holds from its headend.
+pub const DAP_TRANSMISSION_FILE: &str = "dap-transmission.cbor";
 
 /// Most bundle digests a DAP remembers (the headend sends a few per
 /// retry round; a full memory forgets the oldest half).
@@ -324,6 +333,14 @@ pub async fn spawn(config: DapConfig) -> Result<DapHandle> {
         crate::status_store::DAP_STATUS_FILE,
         core.headend(),
     )?;
+    // Under the state file's lock too.
+    let transmission_file = state_file
+        .as_ref()
+        .map(|f| DeviceStateFile::new(f.path().with_file_name(DAP_TRANSMISSION_FILE)));
+    let transmission = match &transmission_file {
+        Some(f) => crate::meter::read_order_file(f)?,
+        None => sealcast_group::transmission::TransmissionControl::new(),
+    };
     let id = core.id().clone();
     let report_topic = topics.agent(&id, AgentChannel::Report);
     let solicit_topic = topics.agent(&id, AgentChannel::Solicit);
@@ -376,6 +393,8 @@ pub async fn spawn(config: DapConfig) -> Result<DapHandle> {
         topics: topics.clone(),
         relay: None,
         relayed_bundles: std::collections::BTreeMap::new(),
+        transmission,
+        transmission_file,
     };
     dap.announce().await?;
     info!(dap = %id, headend = %dap.core.headend(), meters = dap.core.meter_count(), batch_size, "DAP running");
@@ -474,6 +493,25 @@ impl Dap {
     }
 
     async fn on_message(&mut self, m: Incoming, inbox: &mut Inbox) -> Result<()> {
+        if self.is_report(&m.target) && !self.forwards_reports() {
+            // Deactivated by the headend: meters' reports are not
+            // forwarded. CoAP: refused (the meter sees it and keeps its
+            // reading); MQTT: taken and dropped, counted.
+            self.stats.deactivated += 1;
+            self.stats_tx.send_replace(self.stats.clone());
+            if let Some(a) = &mut self.audit {
+                a.refused(
+                    None,
+                    "report: this DAP is deactivated by the headend".into(),
+                );
+            }
+            if self.link.transport() == crate::link::Transport::Mqtt {
+                m.ack.ack().await;
+            } else {
+                drop(m);
+            }
+            return Ok(());
+        }
         if self.is_report(&m.target) {
             if self.pending.is_empty() {
                 self.deadline = Some(tokio::time::Instant::now() + self.max_batch_delay);
@@ -506,6 +544,13 @@ impl Dap {
     /// A message on the DAP's solicit target (status list, downlink bundle
     /// or announce request), or on an unexpected one.
     async fn on_headend_message(&mut self, m: Incoming) -> Result<()> {
+        if m.target == self.solicit_topic
+            && sealcast_group::transmission::TransmissionOrder::looks_like(&m.payload)
+        {
+            self.on_order(&m.payload).await;
+            m.ack.ack().await;
+            return Ok(());
+        }
         if m.target == self.solicit_topic
             && sealcast_group::status::StatusList::looks_like(&m.payload)
         {
@@ -978,8 +1023,96 @@ impl Dap {
     }
 
     /// Sends the evidence gathered since the last report to the headend.
+    /// Whether the headend's order lets it forward meters' reports.
+    fn forwards_reports(&self) -> bool {
+        self.transmission
+            .allows(sealcast_group::transmission::TxKind::Report, None)
+    }
+
+    /// The headend's transmission order for this DAP: checked (signed by
+    /// its headend, for this DAP, ±10 min, newer than the one held), saved
+    /// before it counts, then acknowledged on the announce target.
+    async fn on_order(&mut self, bytes: &[u8]) {
+        use sealcast_group::transmission::{Applied, OrderAck, TransmissionOrder};
+        let checked = TransmissionOrder::open(
+            bytes,
+            self.core.headend_credential(),
+            self.core.id(),
+            now(),
+            crate::device::ORDER_MAX_AGE_MS,
+        )
+        .map_err(crate::Error::from)
+        .and_then(|o| Ok((self.transmission.check(&o)?, o)));
+        let order = match checked {
+            Ok((Applied::Repeated, o)) => o,
+            Ok((Applied::Changed(o), _)) => {
+                let mut next = self.transmission.clone();
+                next.commit(o.clone());
+                if let Some(f) = &self.transmission_file
+                    && let Err(e) = crate::meter::write_order_file(f, &next)
+                {
+                    warn!(dap = %self.core.id(), error = %e, "transmission order not saved: not applied (the headend sends it again)");
+                    return;
+                }
+                self.transmission = next;
+                let stopped = sealcast_group::transmission::describe(&o.stopped);
+                if o.stopped.is_empty() {
+                    info!(dap = %self.core.id(), version = o.version, "the headend re-activated this DAP: meters' reports are forwarded again");
+                } else {
+                    warn!(dap = %self.core.id(), version = o.version, stopped = %stopped, "the headend deactivated this DAP");
+                }
+                if let Some(a) = &mut self.audit {
+                    a.record(
+                        crate::audit::Record::Order,
+                        None,
+                        Some(self.core.headend()),
+                        format!(
+                            "transmission order version {}: stopped {stopped}",
+                            o.version
+                        ),
+                    );
+                }
+                o
+            }
+            Err(e) => {
+                warn!(dap = %self.core.id(), error = %e, "transmission order refused (forged, replayed, stale, or for another DAP)");
+                if let Some(a) = &mut self.audit {
+                    a.refused(None, format!("transmission order: {e}"));
+                }
+                return;
+            }
+        };
+        let ack = OrderAck {
+            node: self.core.id().clone(),
+            manager: self.core.headend().clone(),
+            version: order.version,
+        };
+        match ack.sign(self.core.credential()) {
+            Ok(bytes) => {
+                let headend = self.core.headend().clone();
+                if let Err(e) = self
+                    .link
+                    .send_to(&headend, self.announce_topic.clone(), bytes)
+                    .await
+                {
+                    warn!(dap = %self.core.id(), error = %e, "transmission acknowledgement not sent; the headend sends the order again");
+                }
+            }
+            Err(e) => {
+                warn!(dap = %self.core.id(), error = %e, "transmission acknowledgement not signed")
+            }
+        }
+    }
+
     async fn send_report(&mut self) {
         if self.evidence.is_empty() {
+            return;
+        }
+        if !self
+            .transmission
+            .allows(sealcast_group::transmission::TxKind::Report, None)
+        {
+            debug!(dap = %self.core.id(), "deactivated: misbehaviour evidence kept, not sent");
             return;
         }
         let (items, dropped) = self.evidence.take();

@@ -439,7 +439,9 @@ pub async fn listen(
                 None => break,
             },
         };
-        if m.target == delivery_topic && looks_like_order(&m.payload) {
+        if m.target == delivery_topic
+            && sealcast_group::transmission::TransmissionOrder::looks_like(&m.payload)
+        {
             on_order(
                 &credential,
                 &headend,
@@ -632,17 +634,6 @@ async fn on_sa_update(
             }
         }
     }
-}
-
-/// Whether a message on the delivery target claims to be a transmission
-/// order (a statement over a 5-element array; key deliveries carry a
-/// COSE_Encrypt, association updates a 6-element array).
-fn looks_like_order(bytes: &[u8]) -> bool {
-    sealcast_core::statement::UnverifiedStatement::parse(
-        bytes,
-        sealcast_group::transmission::MAX_ORDER_LEN,
-    )
-    .is_ok_and(|s| s.payload().first() == Some(&0x85))
 }
 
 /// Checks the headend's transmission order (signed by the headend as the

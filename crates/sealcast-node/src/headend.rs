@@ -486,7 +486,10 @@ impl Headend {
                         let r = self.order_meters(deactivate, &meters, &scopes);
                         let ok = r.is_ok();
                         let _ = reply.send(r);
-                        if ok { self.serve_downlink().await; }
+                        if ok {
+                            self.send_dap_orders().await;
+                            self.serve_downlink().await;
+                        }
                         Ok(())
                     }
                     Some(Request::SetMeters(meters, reply)) => {
@@ -521,6 +524,7 @@ impl Headend {
                     if let Some(a) = &mut self.audit {
                         a.tick();
                     }
+                    self.send_dap_orders().await;
                     self.solicit_unannounced().await
                 }
             };
@@ -583,6 +587,14 @@ impl Headend {
 
     async fn on_message(&mut self, m: Incoming) -> Result<()> {
         match self.topics.parse(&m.target) {
+            Ok(Topic::Agent {
+                agent,
+                channel: AgentChannel::Announce,
+            }) if sealcast_group::transmission::OrderAck::looks_like(&m.payload) => {
+                self.on_dap_order_ack(&agent, &m.payload);
+                m.ack.ack().await;
+                Ok(())
+            }
             Ok(Topic::Agent {
                 agent,
                 channel: AgentChannel::Announce,
@@ -662,6 +674,14 @@ impl Headend {
     }
 
     async fn on_batch(&mut self, topic_dap: &EntityId, m: Incoming) -> Result<()> {
+        if self.orders.stops_reports(topic_dap) {
+            // A DAP ordered to stop forwarding: what it sends anyway is
+            // not taken (windows untouched).
+            warn!(dap = %topic_dap, "batch of a deactivated DAP refused");
+            m.ack.ack().await;
+            self.refused("DAP deactivated by a transmission order");
+            return Ok(());
+        }
         match self.core.handle_batch(&m.payload) {
             Ok(mut outcome) => {
                 // Windows on disk before anything is handed on or acked.
@@ -1038,9 +1058,10 @@ impl Headend {
         meters: &[EntityId],
         scopes: &[sealcast_group::transmission::Scope],
     ) -> Result<Vec<String>> {
-        if self.downlink.is_none() {
+        let is_dap = |id: &EntityId| self.core.dap_key(id).is_some();
+        if self.downlink.is_none() && meters.iter().any(|m| !is_dap(m)) {
             return Err(crate::Error::Runtime(
-                "transmission orders travel with the downlink: add a [downlink] section to the headend's config (and run `sealcast device listen` at the meters)".into(),
+                "transmission orders reach meters with the downlink: add a [downlink] section to the headend's config (and run `sealcast device listen` at the meters)".into(),
             ));
         }
         let at = now();
@@ -1048,9 +1069,9 @@ impl Headend {
         let mut lines = Vec::with_capacity(meters.len());
         let mut issued = Vec::with_capacity(meters.len());
         for meter in meters {
-            if !self.core.knows_meter(meter) {
+            if !self.core.knows_meter(meter) && !is_dap(meter) {
                 return Err(crate::Error::Runtime(format!(
-                    "{meter}: not a meter this headend holds a credential for; nothing ordered"
+                    "{meter}: neither a meter nor a DAP of this headend; nothing ordered"
                 )));
             }
             let (n, order) = next.changed(self.core.id(), meter, deactivate, scopes, at);
@@ -1085,6 +1106,82 @@ impl Headend {
             }
         }
         Ok(lines)
+    }
+
+    /// Sends each DAP's unacknowledged order (signed afresh) on its
+    /// solicit target; repeated every couple of seconds until it answers.
+    async fn send_dap_orders(&mut self) {
+        let at = now();
+        let due: Vec<sealcast_group::transmission::TransmissionOrder> = self
+            .orders
+            .pending()
+            .filter(|o| self.core.dap_key(&o.node).is_some())
+            .cloned()
+            .collect();
+        for order in due {
+            let dap = order.node.clone();
+            let fresh = sealcast_group::transmission::TransmissionOrder {
+                issued: at,
+                ..order
+            };
+            let bytes = match fresh.sign(self.core.credential()) {
+                Ok(b) => b,
+                Err(e) => {
+                    warn!(%dap, error = %e, "transmission order not signed");
+                    continue;
+                }
+            };
+            let target = self.topics.agent(&dap, AgentChannel::Solicit);
+            if let Err(e) = self.link.send_to(&dap, target, bytes).await {
+                debug!(%dap, error = %e, "transmission order not sent yet; sent again");
+            }
+        }
+    }
+
+    /// A DAP's acknowledgement of its order (on its announce target):
+    /// verified with the DAP's key, saved, then kept.
+    fn on_dap_order_ack(&mut self, dap: &EntityId, bytes: &[u8]) {
+        let Some(key) = self.core.dap_key(dap).copied() else {
+            return;
+        };
+        let ack = match sealcast_group::transmission::OrderAck::open_with_key(
+            bytes,
+            dap,
+            &key,
+            self.core.id(),
+        ) {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(%dap, error = %e, "transmission acknowledgement refused");
+                if let Some(a) = &mut self.audit {
+                    a.refused(
+                        None,
+                        format!("transmission acknowledgement on {dap}'s target: {e}"),
+                    );
+                }
+                return;
+            }
+        };
+        let Some(next) = self.orders.acknowledged(dap, ack.version) else {
+            debug!(%dap, version = ack.version, "transmission acknowledgement with nothing new");
+            return;
+        };
+        if let Some(f) = &self.orders_file
+            && let Err(e) = next.write(f)
+        {
+            warn!(%dap, error = %e, "acknowledgement not saved; the order is sent again");
+            return;
+        }
+        self.orders = next;
+        info!(%dap, version = ack.version, "DAP acknowledged its transmission order");
+        if let Some(a) = &mut self.audit {
+            a.record(
+                Record::Received,
+                None,
+                Some(dap),
+                format!("transmission order version {} acknowledged", ack.version),
+            );
+        }
     }
 
     /// Meters' acknowledgements of their orders: saved, then kept.

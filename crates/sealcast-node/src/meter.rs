@@ -39,13 +39,29 @@ pub fn transmission_file(state_file: &DeviceStateFile) -> DeviceStateFile {
 pub fn read_transmission(
     state_file: &DeviceStateFile,
 ) -> Result<sealcast_group::transmission::TransmissionControl> {
+    read_order_file(&transmission_file(state_file))
+}
+
+/// Writes the transmission order the meter holds.
+pub fn write_transmission(
+    state_file: &DeviceStateFile,
+    control: &sealcast_group::transmission::TransmissionControl,
+) -> Result<()> {
+    write_order_file(&transmission_file(state_file), control)
+}
+
+/// Reads a held transmission order from `file` (a meter's or a DAP's;
+/// absent: none).
+pub fn read_order_file(
+    file: &DeviceStateFile,
+) -> Result<sealcast_group::transmission::TransmissionControl> {
     use sealcast_group::transmission::TransmissionControl;
-    match transmission_file(state_file).read()? {
+    match file.read()? {
         Some(bytes) => {
             let value: ciborium::Value = ciborium::from_reader(bytes.as_slice()).map_err(|_| {
                 crate::Error::Runtime(format!(
                     "{}: not a transmission order this version wrote",
-                    transmission_file(state_file).path().display()
+                    file.path().display()
                 ))
             })?;
             Ok(TransmissionControl::from_value(&value)?)
@@ -54,15 +70,15 @@ pub fn read_transmission(
     }
 }
 
-/// Writes the transmission order the meter holds.
-pub fn write_transmission(
-    state_file: &DeviceStateFile,
+/// Writes a held transmission order to `file` (0600, atomically).
+pub fn write_order_file(
+    file: &DeviceStateFile,
     control: &sealcast_group::transmission::TransmissionControl,
 ) -> Result<()> {
     let mut out = Vec::new();
     ciborium::into_writer(&control.to_value()?, &mut out)
         .map_err(|e| crate::Error::Runtime(format!("transmission order not encoded: {e}")))?;
-    Ok(transmission_file(state_file).write(&out)?)
+    Ok(file.write(&out)?)
 }
 
 /// The meter's saved association (epoch 0, the static key, when it never

@@ -585,7 +585,6 @@ pub fn headend(args: &HeadendServeArgs) -> Result<()> {
     runtime()?.block_on(async move {
         let (events, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let transport = link.transport();
-        let has_downlink = downlink.is_some();
         let handle = headend::spawn(HeadendConfig {
             core,
             link,
@@ -623,7 +622,7 @@ pub fn headend(args: &HeadendServeArgs) -> Result<()> {
             tokio::select! {
                 r = &mut stop_signal => { r?; break; }
                 why = &mut failure => return Err(failed("the headend stopped", why)),
-                _ = poll.tick(), if has_downlink => take_requests(&requests, &handle).await,
+                _ = poll.tick() => take_requests(&requests, &handle).await,
                 _ = hangup.recv() => {
                     // Re-read the meters (meters_dir and [[meter]]): new ones
                     // are decrypted from now on, removed ones no longer.
@@ -1107,13 +1106,19 @@ pub struct MeterTxArgs {
     #[arg(long, value_name = "FILE")]
     pub config: PathBuf,
     /// The meter (repeat for more).
-    #[arg(long = "meter", value_name = "ID", required_unless_present = "all")]
+    #[arg(long = "meter", value_name = "ID", required_unless_present_any = ["all", "daps"])]
     pub meters: Vec<String>,
+    /// A DAP of the headend (`[[dap]]`; repeat for more): a deactivated DAP
+    /// forwards no meter's report (and sends no misbehaviour report) until
+    /// it is re-activated.
+    #[arg(long = "dap", value_name = "ID")]
+    pub daps: Vec<String>,
     /// Every meter the headend holds a credential for.
     #[arg(long, conflicts_with = "meters")]
     pub all: bool,
-    /// What to stop or resume: `report` (readings) or `all` (default:
-    /// everything but confirmations, which for a meter is its readings).
+    /// What to stop or resume: `report` (a meter's readings; a DAP's
+    /// forwarding of them) or `all` (default: everything but
+    /// confirmations, which comes to the same).
     #[arg(long = "kind", value_name = "KIND")]
     pub kinds: Vec<String>,
     /// Seconds to wait for the running headend to issue it.
@@ -1124,11 +1129,19 @@ pub struct MeterTxArgs {
 /// Runs `sealcast headend deactivate` (`deactivate`) or `activate`.
 pub fn headend_transmission(args: &MeterTxArgs, deactivate: bool) -> Result<()> {
     let (config, base): (HeadendFile, _) = read_config(&args.config)?;
-    if config.downlink.is_none() {
+    if config.downlink.is_none() && (args.all || !args.meters.is_empty()) {
         return Err(CliError::usage(format!(
-            "{}: no [downlink] section: transmission orders travel with the downlink; add one (and restart the headend)",
+            "{}: no [downlink] section: transmission orders reach meters with the downlink; add one (and restart the headend)",
             args.config.display()
         )));
+    }
+    for d in &args.daps {
+        if !config.dap.iter().any(|k| k.id == *d) {
+            return Err(CliError::usage(format!(
+                "--dap {d}: not a [[dap]] of {}",
+                args.config.display()
+            )));
+        }
     }
     for k in &args.kinds {
         if !matches!(k.as_str(), "report" | "all") {
@@ -1151,6 +1164,8 @@ pub fn headend_transmission(args: &MeterTxArgs, deactivate: bool) -> Result<()> 
         }
         args.meters.clone()
     };
+    let mut meters = meters;
+    meters.extend(args.daps.iter().cloned());
     let state_dir = resolve(&base, &config.state_dir);
     let verb = if deactivate {
         "deactivation"
@@ -1173,7 +1188,9 @@ pub fn headend_transmission(args: &MeterTxArgs, deactivate: bool) -> Result<()> 
     for l in lines.lines() {
         say(l);
     }
-    say("each meter acknowledges through its DAP (sealcast headend transmission)");
+    say(
+        "each meter acknowledges through its DAP, each DAP directly (sealcast headend transmission)",
+    );
     Ok(())
 }
 
