@@ -435,5 +435,61 @@ async fn meters_are_reconfigured_over_coap() {
         procs.log("headend").matches("reading meter=").count() > before
     })
     .await;
+
+    // --- the DAP deactivated over CoAP: a meter's report is refused (the
+    // meter sees it), and goes through once the DAP is re-activated -------
+    let order = |verb: &str| {
+        let out = common::run_bounded(
+            &dir,
+            &["headend", verb, "--config", "headend.toml", "--dap", dap],
+            Duration::from_secs(60),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let dap_acknowledged = |reports: bool| {
+        let out = common::run(
+            &dir,
+            &[
+                "headend",
+                "transmission",
+                "--config",
+                "headend.toml",
+                "--json",
+            ],
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["meters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["meter"] == dap && m["acknowledged"] == true && m["reports"] == reports)
+    };
+    order("deactivate");
+    wait_until("the DAP acknowledges its deactivation", &procs, || {
+        dap_acknowledged(false)
+    })
+    .await;
+    let refused = common::device_report(&dir, meters[1], "m2 3 kWh", 1);
+    assert!(
+        !refused.status.success(),
+        "a deactivated DAP took a report over CoAP"
+    );
+    order("activate");
+    wait_until("the DAP acknowledges its re-activation", &procs, || {
+        dap_acknowledged(true)
+    })
+    .await;
+    let before = procs.log("headend").matches("reading meter=").count();
+    report_seqs(&common::device_report(&dir, meters[1], "m2 4 kWh", 1));
+    wait_until(
+        "meter-2's reading through the re-activated DAP",
+        &procs,
+        || procs.log("headend").matches("reading meter=").count() > before,
+    )
+    .await;
     drop(procs);
 }
