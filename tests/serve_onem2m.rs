@@ -366,3 +366,224 @@ async fn smart_metering_as_separate_processes_on_one_cse_with_absolute_ids() {
     let status = procs.interrupt("dap");
     assert!(status.success(), "dap: {status:?}\n{}", procs.log("dap"));
 }
+
+/// The smart-meter downlink on oneM2M, where the CSEs are the relay: the
+/// headend writes each meter's key delivery, association update and
+/// transmission order into the meter's inbox and publishes the
+/// configuration command to the meter group's `<group>`, which fans it out.
+/// Both meters (`device listen`) install the key, apply the configuration,
+/// move to a refreshed association, and meter-1 is deactivated and
+/// re-activated — each confirmed through the DAP as an ordinary report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_meter_downlink_associations_and_orders_run_through_the_cses() {
+    let Some(python) = sealcast_testkit::require(
+        ACME_ENV,
+        "the_meter_downlink_associations_and_orders_run_through_the_cses",
+        "the ACME oneM2M CSE: a Python with `pip install acmecse==2026.5.3`",
+    ) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let cses = AcmePair::start(&python, &dir.join("cses")).unwrap_or_else(|e| panic!("{e}"));
+    let run = run_prefix("md");
+    let (headend, dap) = ("headend", "dap-1");
+    let meters = ["meter-1", "meter-2"];
+    keygen(&dir, [headend, dap, meters[0], meters[1]]);
+    common::meters_dir(&dir, &meters);
+    let onem2m = format!(
+        "\n[onem2m]\ninfrastructure = \"{}\"\naddressing = \"absolute\"\n",
+        cses.infra.url
+    );
+    let head = format!("transport = \"onem2m\"\ntopic_prefix = \"{run}\"\n");
+    fs::write(
+        dir.join("headend.toml"),
+        format!(
+            "{head}key = \"{headend}.key\"\nstate_dir = \"headend-state\"\nmeters_dir = \"meters\"\n\n\
+             [[dap]]\nid = \"{dap}\"\npublic_key = \"{dap}.pub\"\n\n[downlink]\nretry_ms = 500\n{onem2m}"
+        ),
+    )
+    .unwrap();
+    fs::write(
+        dir.join("agent.toml"),
+        format!(
+            "{head}key = \"{dap}.key\"\nstate_dir = \"dap-state\"\n{onem2m}\n[dap]\n\
+             headend = \"{headend}\"\nheadend_public_key = \"{headend}.pub\"\nmeters_dir = \"meters\"\n\
+             batch_size = 4\nmax_batch_delay_ms = 100\n"
+        ),
+    )
+    .unwrap();
+    for m in meters {
+        fs::write(
+            dir.join(format!("{m}.toml")),
+            format!(
+                "{head}key = \"{m}.key\"\nstate_dir = \"{m}-state\"\ndap = \"{dap}\"\n\
+                 headend_public_key = \"{headend}.pub\"\n{onem2m}"
+            ),
+        )
+        .unwrap();
+    }
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = common::run(&dir, args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let headend_view = || {
+        json(&[
+            "headend",
+            "meter-config",
+            "--config",
+            "headend.toml",
+            "--json",
+        ])
+    };
+    let current = |m: &str| {
+        headend_view()["meters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["meter"] == m && x["current"] == true)
+    };
+    let run_ok = |args: &[&str]| {
+        let out = common::run_bounded(&dir, args, Duration::from_secs(60));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+
+    let mut procs = Procs::new(&dir);
+    common::start_headend(&mut procs);
+    common::wait_until("the headend runs", &procs, || {
+        procs.log("headend").contains("headend service running")
+    })
+    .await;
+    procs.start_appending("dap", &["agent", "serve", "--config", "agent.toml"]);
+    common::wait_until("the headend accepts the DAP's announcement", &procs, || {
+        procs.log("headend").contains("DAP announcement accepted")
+    })
+    .await;
+    for m in meters {
+        procs.start_appending(
+            &format!("{m}-listen"),
+            &["device", "listen", "--config", &format!("{m}.toml")],
+        );
+    }
+    common::wait_until("both meters confirm the group key", &procs, || {
+        current(meters[0]) && current(meters[1])
+    })
+    .await;
+
+    // --- the configuration, fanned out by the CSE's <group> ------------------
+    run_ok(&[
+        "headend",
+        "configure-meters",
+        "--config",
+        "headend.toml",
+        "--set",
+        "tariff=night-4242",
+    ]);
+    common::wait_until("both meters apply and confirm version 1", &procs, || {
+        current(meters[0]) && current(meters[1])
+    })
+    .await;
+    for m in meters {
+        let c = json(&[
+            "device",
+            "meter-config",
+            "--config",
+            &format!("{m}.toml"),
+            "--json",
+        ]);
+        assert_eq!(c["version"], 1, "{m}");
+        assert_eq!(c["settings"]["tariff"], "night-4242", "{m}");
+    }
+
+    // --- both associations refreshed --------------------------------------------
+    run_ok(&[
+        "headend",
+        "sa",
+        "refresh",
+        "--config",
+        "headend.toml",
+        "--all",
+    ]);
+    common::wait_until("both meters report under epoch 1", &procs, || {
+        json(&[
+            "headend",
+            "sa",
+            "show",
+            "--config",
+            "headend.toml",
+            "--json",
+        ])["meters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["epoch"] == 1 && m["state"] == "established")
+    })
+    .await;
+
+    // --- meter-1 deactivated, then re-activated ---------------------------------
+    let acknowledged = |reports: bool| {
+        json(&[
+            "headend",
+            "transmission",
+            "--config",
+            "headend.toml",
+            "--json",
+        ])["meters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| {
+                m["meter"] == meters[0] && m["acknowledged"] == true && m["reports"] == reports
+            })
+    };
+    run_ok(&[
+        "headend",
+        "deactivate",
+        "--config",
+        "headend.toml",
+        "--meter",
+        meters[0],
+    ]);
+    common::wait_until("meter-1 acknowledges its deactivation", &procs, || {
+        acknowledged(false)
+    })
+    .await;
+    let refused = common::device_report(&dir, meters[0], "m1 7 kWh", 1);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("deactivated by its headend"));
+    run_ok(&[
+        "headend",
+        "activate",
+        "--config",
+        "headend.toml",
+        "--meter",
+        meters[0],
+    ]);
+    common::wait_until("meter-1 acknowledges its re-activation", &procs, || {
+        acknowledged(true)
+    })
+    .await;
+    let seqs = common::report_seqs(&common::device_report(&dir, meters[0], "m1 8 kWh", 1));
+    let line = common::reading_line(meters[0], seqs[0], dap, "m1 8 kWh");
+    common::wait_until("meter-1's reading under epoch 1", &procs, || {
+        common::headend_readings(&dir).contains(&line)
+    })
+    .await;
+    assert!(!procs.log("headend").contains("night-4242"));
+    assert!(!procs.log("dap").contains("night-4242"));
+    // The CSEs relayed: the DAP had nothing to relay.
+    assert!(!procs.log("dap").contains("relayed the headend's downlink"));
+    for m in meters {
+        assert!(procs.interrupt(&format!("{m}-listen")).success());
+    }
+    assert!(procs.interrupt("dap").success());
+}

@@ -1572,11 +1572,38 @@ impl Headend {
             }
         };
         let group = d.state().group().clone();
+        let onem2m = self.link.transport() == crate::link::Transport::OneM2m;
+        if onem2m {
+            // The meter group's <group> holds every meter a DAP announced
+            // (the headend its only sender), so the command fans out.
+            let members: BTreeSet<EntityId> = daps
+                .iter()
+                .flat_map(|(_, ms)| ms.iter().map(|(m, _)| m.clone()))
+                .collect();
+            let senders: BTreeSet<EntityId> = [self.core.id().clone()].into();
+            if let Err(e) = self
+                .link
+                .set_group_members(&group, &members, &senders)
+                .await
+            {
+                warn!(group = %group.name(), error = %e, "cannot set the meter group's members on the CSE; tries again");
+            }
+        }
+        let mut command_published = false;
         for (dap, round) in rounds {
             let topic = self.topics.agent(&dap, AgentChannel::Solicit);
             let mut sent = true;
             for b in round.bundles {
-                if let Err(e) = self.link.send_to(&dap, topic.clone(), b).await {
+                let r = if onem2m {
+                    // The CSEs are the relay on oneM2M (as for the
+                    // manager's key deliveries): what the bundle holds goes
+                    // to each meter's inbox and the command to the group.
+                    self.send_bundle_through_cses(&dap, &group, &b, &mut command_published)
+                        .await
+                } else {
+                    self.link.send_to(&dap, topic.clone(), b).await
+                };
+                if let Err(e) = r {
                     warn!(%dap, error = %e, "downlink not sent to the DAP; tries again");
                     sent = false;
                     break;
@@ -1608,6 +1635,43 @@ impl Headend {
                 }
             }
         }
+    }
+
+    /// oneM2M: the items of one of the bundles meant for `dap`, written
+    /// straight to each meter's inbox (its delivery target), and the
+    /// command published once to the meter group's `<group>`. The signed
+    /// items are the same bytes a DAP would relay; the CSEs can read and
+    /// drop them but not forge them.
+    async fn send_bundle_through_cses(
+        &mut self,
+        dap: &EntityId,
+        group: &sealcast_core::ids::GroupId,
+        bundle: &[u8],
+        command_published: &mut bool,
+    ) -> Result<()> {
+        let own = self.core.credential().public();
+        let opened = sealcast_metering::downlink::Bundle::open(
+            bundle,
+            dap,
+            self.core.id(),
+            own.verifying_key(),
+            now(),
+        )?;
+        for (meter, bytes) in opened.deliveries {
+            let target = self
+                .topics
+                .device(&meter, sealcast_core::target::DeviceChannel::Delivery);
+            self.link.send_to(&meter, target, bytes).await?;
+        }
+        if let Some(command) = opened.command
+            && !*command_published
+        {
+            self.link
+                .publish_group(group, sealcast_core::target::GroupChannel::Command, command)
+                .await?;
+            *command_published = true;
+        }
+        Ok(())
     }
 
     fn refused(&mut self, why: &str) {

@@ -576,11 +576,6 @@ pub fn headend(args: &HeadendServeArgs) -> Result<()> {
         .as_ref()
         .map(|d| d.config(&state_dir))
         .transpose()?;
-    if downlink.is_some() && link.transport() == sealcast_node::link::Transport::OneM2m {
-        return Err(CliError::usage(
-            "[downlink] runs over MQTT and CoAP; on the oneM2M transport it is not available yet (remove the section)",
-        ));
-    }
     let requests = requests_dir(&state_dir);
     runtime()?.block_on(async move {
         let (events, mut rx) = tokio::sync::mpsc::unbounded_channel();
