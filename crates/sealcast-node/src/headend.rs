@@ -337,6 +337,10 @@ struct Headend {
     /// The transmission order of each meter (`meter-transmission.cbor`).
     orders: crate::meter_orders::MeterOrders,
     orders_file: Option<DeviceStateFile>,
+    /// When each DAP's unacknowledged order is sent next, and how many
+    /// times it was (2 s, doubling up to 10 min: a DAP away for long does
+    /// not find thousands of copies queued for it).
+    dap_order_backoff: BTreeMap<EntityId, (tokio::time::Instant, u32)>,
 }
 
 /// Connects the headend, restores its state, subscribes to its DAPs'
@@ -413,6 +417,7 @@ pub async fn spawn(config: HeadendConfig) -> Result<HeadendHandle> {
         sa_notice: BTreeSet::new(),
         orders,
         orders_file,
+        dap_order_backoff: BTreeMap::new(),
     };
     // A revocation saved in the status list whose rekey was not (the
     // headend stopped, or the disk refused it): the revoked meter's
@@ -1082,6 +1087,8 @@ impl Headend {
                 order.version
             ));
             issued.push((meter.clone(), order.version, stopped));
+            // A new order for a DAP goes at once.
+            self.dap_order_backoff.remove(meter);
         }
         if let Some(f) = &self.orders_file {
             next.write(f).map_err(|e| {
@@ -1118,8 +1125,19 @@ impl Headend {
             .filter(|o| self.core.dap_key(&o.node).is_some())
             .cloned()
             .collect();
+        let clock = tokio::time::Instant::now();
         for order in due {
             let dap = order.node.clone();
+            let tries = match self.dap_order_backoff.get(&dap) {
+                Some((next, _)) if *next > clock => continue,
+                Some((_, tries)) => *tries,
+                None => 0,
+            };
+            let wait = SOLICIT_RETRY
+                .saturating_mul(1u32 << tries.min(9))
+                .min(Duration::from_secs(600));
+            self.dap_order_backoff
+                .insert(dap.clone(), (clock + wait, tries.saturating_add(1)));
             let fresh = sealcast_group::transmission::TransmissionOrder {
                 issued: at,
                 ..order
@@ -1173,6 +1191,7 @@ impl Headend {
             return;
         }
         self.orders = next;
+        self.dap_order_backoff.remove(dap);
         info!(%dap, version = ack.version, "DAP acknowledged its transmission order");
         if let Some(a) = &mut self.audit {
             a.record(
