@@ -1637,6 +1637,28 @@ async fn the_headend_refreshes_removes_and_establishes_a_meters_security_associa
     )
     .await;
 
+    // All or nothing: a refresh naming meter-2 and the removed meter-1 is
+    // refused whole, and meter-2 keeps its epoch.
+    let out = common::run_bounded(
+        &dir,
+        &[
+            "headend",
+            "sa",
+            "refresh",
+            "--config",
+            "headend.toml",
+            "--meter",
+            m2,
+            "--meter",
+            m1,
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no association was changed"), "{err}");
+    assert_eq!(sa_of(&dir, m2), (1, "established".into()));
+
     // --- establish again: epoch 3, readings flow ------------------------------
     let out = sa_change(&dir, "establish", &[m1]);
     assert!(out.contains("established at epoch 3"), "{out}");

@@ -1236,8 +1236,9 @@ impl Headend {
         }
     }
 
-    /// Changes each meter's association: in memory, saved, then kept (a
-    /// change that cannot be saved is put back and ends the list).
+    /// Changes each meter's association: all in memory, saved once, then
+    /// kept — all or nothing (a meter refused, or a state that cannot be
+    /// saved, puts every one back). One write for any number of meters.
     fn change_sa(
         &mut self,
         change: sealcast_metering::headend::SaChange,
@@ -1250,61 +1251,82 @@ impl Headend {
             ));
         }
         let mut rng = crate::runtime::os_rng()?;
-        let mut lines = Vec::with_capacity(meters.len());
+        let at = now();
+        let mut changed = Vec::with_capacity(meters.len());
+        let mut failure = None;
         for meter in meters {
-            let (before, update) = self
-                .core
-                .sa_change(meter, change, now(), &mut rng)
-                .map_err(|e| crate::Error::Runtime(format!("{meter}: {e}")))?;
-            if let Err(e) = self.persist() {
-                self.core.sa_restore(meter, before)?;
-                return Err(crate::Error::Runtime(format!(
-                    "{meter}: the association was not changed, the state could not be saved ({e}); {} changed before it",
-                    lines.len()
-                )));
+            match self.core.sa_change(meter, change, at, &mut rng) {
+                Ok((before, update)) => changed.push((meter.clone(), before, update.epoch)),
+                Err(e) => {
+                    failure = Some(format!("{meter}: {e}; no association was changed"));
+                    break;
+                }
             }
+        }
+        if failure.is_none()
+            && let Err(e) = self.persist()
+        {
+            failure = Some(format!(
+                "the state could not be saved ({e}); no association was changed"
+            ));
+        }
+        if let Some(why) = failure {
+            for (meter, before, _) in changed.into_iter().rev() {
+                self.core.sa_restore(&meter, before)?;
+            }
+            return Err(crate::Error::Runtime(why));
+        }
+        let verb = match change {
+            SaChange::Refresh => "refreshed",
+            SaChange::Establish => "established",
+            SaChange::Remove => "removed",
+        };
+        let mut lines = Vec::with_capacity(changed.len());
+        for (meter, _, epoch) in &changed {
             self.sa_sealed.remove(meter);
             if let Some(d) = &mut self.downlink {
                 d.due_now(meter);
             }
-            let (verb, line) = match change {
-                SaChange::Refresh => (
-                    "refreshed",
-                    format!(
-                        "{meter}: refreshed to epoch {} (pending until the meter reports under it)",
-                        update.epoch
-                    ),
-                ),
-                SaChange::Establish => (
-                    "established",
-                    format!(
-                        "{meter}: established at epoch {} (pending until the meter reports under it)",
-                        update.epoch
-                    ),
-                ),
-                SaChange::Remove => (
-                    "removed",
-                    format!(
-                        "{meter}: removed (epoch {}); its reports are refused from now on",
-                        update.epoch
-                    ),
-                ),
-            };
             if change == SaChange::Remove {
                 self.sa_notice.insert(meter.clone());
             } else {
                 self.sa_notice.remove(meter);
             }
-            warn!(%meter, epoch = update.epoch, "security association {verb} by the operator");
-            if let Some(a) = &mut self.audit {
-                a.record(
-                    Record::Order,
-                    None,
-                    Some(meter),
-                    format!("security association {verb}: epoch {}", update.epoch),
-                );
-            }
-            lines.push(line);
+            lines.push(match change {
+                SaChange::Refresh => format!(
+                    "{meter}: refreshed to epoch {epoch} (pending until the meter reports under it)"
+                ),
+                SaChange::Establish => format!(
+                    "{meter}: established at epoch {epoch} (pending until the meter reports under it)"
+                ),
+                SaChange::Remove => format!(
+                    "{meter}: removed (epoch {epoch}); its reports are refused from now on"
+                ),
+            });
+        }
+        let names: Vec<String> = changed
+            .iter()
+            .map(|(m, _, e)| format!("{m} (epoch {e})"))
+            .collect();
+        warn!(
+            meters = changed.len(),
+            "security associations {verb} by the operator: {}",
+            crate::audit::list(&names)
+        );
+        if let Some(a) = &mut self.audit {
+            // One record per meter, written together.
+            let entries: Vec<_> = changed
+                .iter()
+                .map(|(meter, _, epoch)| {
+                    crate::audit::entry(
+                        Record::Order,
+                        None,
+                        Some(meter),
+                        format!("security association {verb}: epoch {epoch}"),
+                    )
+                })
+                .collect();
+            a.record_all(&entries);
         }
         Ok(lines)
     }
@@ -1337,42 +1359,47 @@ impl Headend {
                 at,
                 &mut rng,
             ) {
-                Ok((b, _)) => before.push((meter.clone(), b)),
+                Ok((b, update)) => before.push((meter.clone(), b, update.epoch)),
                 Err(e) => warn!(%meter, error = %e, "association not refreshed"),
             }
         }
         if let Err(e) = self.persist() {
             warn!(error = %e, "aged associations not refreshed: the state could not be saved; tried again next round");
-            for (meter, b) in before {
+            for (meter, b, _) in before.into_iter().rev() {
                 if let Err(e) = self.core.sa_restore(&meter, b) {
                     warn!(%meter, error = %e, "association not put back");
                 }
             }
             return;
         }
-        for (meter, _) in &before {
+        for (meter, _, _) in &before {
             self.sa_sealed.remove(meter);
             if let Some(d) = &mut self.downlink {
                 d.due_now(meter);
             }
         }
-        let names: Vec<String> = before.iter().map(|(m, _)| m.to_string()).collect();
         info!(
-            meters = names.len(),
+            meters = before.len(),
             max_age_s = max_age.as_secs(),
             "security associations past their age refreshed"
         );
         if let Some(a) = &mut self.audit {
-            a.record(
-                Record::Order,
-                None,
-                None,
-                format!(
-                    "security association refreshed (older than {} s): {}",
-                    max_age.as_secs(),
-                    crate::audit::list(&names)
-                ),
-            );
+            // One record per meter, written together.
+            let entries: Vec<_> = before
+                .iter()
+                .map(|(meter, _, epoch)| {
+                    crate::audit::entry(
+                        Record::Order,
+                        None,
+                        Some(meter),
+                        format!(
+                            "security association refreshed (older than {} s): epoch {epoch}",
+                            max_age.as_secs()
+                        ),
+                    )
+                })
+                .collect();
+            a.record_all(&entries);
         }
     }
 
