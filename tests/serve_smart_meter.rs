@@ -1311,6 +1311,47 @@ async fn the_headend_reconfigures_every_meter_through_a_dap_that_cannot_read_or_
     drop(procs);
 }
 
+/// A headend (its `[downlink]` and `headend_extra`), a DAP and `n` meters
+/// named under the run's prefix, keys and configs written in the run's
+/// directory: (headend, dap, meters).
+/// Starts the headend and the DAP, and waits until the headend accepted
+/// the DAP's announcement.
+async fn start_headend_and_dap(procs: &mut Procs) {
+    start_headend(procs);
+    procs.start_appending("dap", &["agent", "serve", "--config", "agent.toml"]);
+    wait_until("the headend accepts the DAP's announcement", procs, || {
+        procs.log("headend").contains("DAP announcement accepted")
+    })
+    .await;
+}
+
+/// A meter's delivery target (where the downlink's per-meter items go).
+fn delivery_topic(topics: &TopicScheme, meter: &str) -> String {
+    topics.device(
+        &EntityId::new(meter).unwrap(),
+        sealcast_mqtt::DeviceChannel::Delivery,
+    )
+}
+
+fn downlink_site(t: &MqttRun, n: usize, headend_extra: &str) -> (String, String, Vec<String>) {
+    let name = |x: &str| format!("{}-{x}", t.run);
+    let (headend, dap) = (name("headend"), name("dap"));
+    let meters: Vec<String> = (1..=n).map(|i| name(&format!("meter-{i}"))).collect();
+    keygen(&t.dir, [&headend, &dap].into_iter().chain(&meters));
+    common::meters_dir(&t.dir, &meters);
+    metering_configs(
+        &t.dir,
+        &t.url,
+        &t.run,
+        &headend,
+        &dap,
+        &meters,
+        headend_extra,
+        "batch_size = 4\nmax_batch_delay_ms = 50\n",
+    );
+    (headend, dap, meters)
+}
+
 /// `sealcast headend sa show --json`: each meter's (epoch, state).
 fn sa_of(dir: &Path, meter: &str) -> (u64, String) {
     let out = common::run(
@@ -1397,29 +1438,11 @@ async fn the_headend_refreshes_removes_and_establishes_a_meters_security_associa
     let t = MqttRun::start("sa").await;
     let (dir, url, run) = (t.dir.clone(), &t.url, &t.run);
     let name = |n: &str| format!("{run}-{n}");
-    let (headend, dap) = (name("headend"), name("dap"));
-    let meters = [name("meter-1"), name("meter-2")];
+    let (headend, dap, meters) = downlink_site(&t, 2, "\n[downlink]\nretry_ms = 300\n");
     let (m1, m2) = (meters[0].as_str(), meters[1].as_str());
-    keygen(&dir, [&headend, &dap].into_iter().chain(&meters));
-    common::meters_dir(&dir, &meters);
-    metering_configs(
-        &dir,
-        url,
-        run,
-        &headend,
-        &dap,
-        &meters,
-        "\n[downlink]\nretry_ms = 300\n",
-        "batch_size = 4\nmax_batch_delay_ms = 50\n",
-    );
     let topics = TopicScheme::with_prefix(run).unwrap();
     let report_topic = topics.agent(&EntityId::new(&dap).unwrap(), AgentChannel::Report);
-    let delivery = |m: &str| {
-        topics.device(
-            &EntityId::new(m).unwrap(),
-            sealcast_mqtt::DeviceChannel::Delivery,
-        )
-    };
+    let delivery = |m: &str| delivery_topic(&topics, m);
     // What the DAP relays to each meter, as anyone on the broker sees it.
     let (spy_client, mut relayed) = spy(
         url,
@@ -1433,12 +1456,7 @@ async fn the_headend_refreshes_removes_and_establishes_a_meters_security_associa
     .await;
 
     let mut procs = Procs::new(&dir);
-    start_headend(&mut procs);
-    procs.start_appending("dap", &["agent", "serve", "--config", "agent.toml"]);
-    wait_until("the headend accepts the DAP's announcement", &procs, || {
-        procs.log("headend").contains("DAP announcement accepted")
-    })
-    .await;
+    start_headend_and_dap(&mut procs).await;
     listen(&mut procs, m1);
     wait_until("meter-1 confirms the group key", &procs, || {
         confirmed(&dir, m1)
@@ -1784,29 +1802,11 @@ async fn the_headend_deactivates_and_reactivates_a_meter_through_the_dap() {
     let t = MqttRun::start("tx").await;
     let (dir, url, run) = (t.dir.clone(), &t.url, &t.run);
     let name = |n: &str| format!("{run}-{n}");
-    let (headend, dap) = (name("headend"), name("dap"));
-    let meters = [name("meter-1"), name("meter-2")];
+    let (headend, dap, meters) = downlink_site(&t, 2, "\n[downlink]\nretry_ms = 300\n");
     let (m1, m2) = (meters[0].as_str(), meters[1].as_str());
-    keygen(&dir, [&headend, &dap].into_iter().chain(&meters));
-    common::meters_dir(&dir, &meters);
-    metering_configs(
-        &dir,
-        url,
-        run,
-        &headend,
-        &dap,
-        &meters,
-        "\n[downlink]\nretry_ms = 300\n",
-        "batch_size = 4\nmax_batch_delay_ms = 50\n",
-    );
     let topics = TopicScheme::with_prefix(run).unwrap();
     let report_topic = topics.agent(&EntityId::new(&dap).unwrap(), AgentChannel::Report);
-    let delivery = |m: &str| {
-        topics.device(
-            &EntityId::new(m).unwrap(),
-            sealcast_mqtt::DeviceChannel::Delivery,
-        )
-    };
+    let delivery = |m: &str| delivery_topic(&topics, m);
     let (spy_client, mut relayed) = spy(
         url,
         name("spy"),
@@ -1820,12 +1820,7 @@ async fn the_headend_deactivates_and_reactivates_a_meter_through_the_dap() {
     };
 
     let mut procs = Procs::new(&dir);
-    start_headend(&mut procs);
-    procs.start_appending("dap", &["agent", "serve", "--config", "agent.toml"]);
-    wait_until("the headend accepts the DAP's announcement", &procs, || {
-        procs.log("headend").contains("DAP announcement accepted")
-    })
-    .await;
+    start_headend_and_dap(&mut procs).await;
     listen(&mut procs, m1);
     listen(&mut procs, m2);
     wait_until("both meters confirm the group key", &procs, || {
@@ -2076,26 +2071,11 @@ async fn the_headend_deactivates_and_reactivates_a_meter_through_the_dap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn associations_past_their_age_are_refreshed_by_the_headend() {
     let t = MqttRun::start("sar").await;
-    let (dir, url, run) = (t.dir.clone(), &t.url, &t.run);
-    let name = |n: &str| format!("{run}-{n}");
-    let (headend, dap) = (name("headend"), name("dap"));
-    let meters = [name("meter-1")];
+    let dir = t.dir.clone();
+    let (_, dap, meters) = downlink_site(&t, 1, "\n[downlink]\nretry_ms = 300\nsa_refresh_s = 2\n");
     let m1 = meters[0].as_str();
-    keygen(&dir, [&headend, &dap].into_iter().chain(&meters));
-    common::meters_dir(&dir, &meters);
-    metering_configs(
-        &dir,
-        url,
-        run,
-        &headend,
-        &dap,
-        &meters,
-        "\n[downlink]\nretry_ms = 300\nsa_refresh_s = 2\n",
-        "batch_size = 4\nmax_batch_delay_ms = 50\n",
-    );
     let mut procs = Procs::new(&dir);
-    start_headend(&mut procs);
-    procs.start_appending("dap", &["agent", "serve", "--config", "agent.toml"]);
+    start_headend_and_dap(&mut procs).await;
     listen(&mut procs, m1);
     wait_until(
         "meter-1's association refreshed twice by age",

@@ -969,6 +969,30 @@ pub struct SaChangeArgs {
     pub wait: u64,
 }
 
+/// The meters a command names: all the headend holds (`--all`), or each
+/// `--meter`, which must be one of them.
+fn named_meters(
+    config: &HeadendFile,
+    base: &Path,
+    config_path: &Path,
+    all: bool,
+    named: &[String],
+) -> Result<Vec<String>> {
+    let held = self::meters(base, config.meters_dir.as_deref(), &config.meter)?;
+    if all {
+        return Ok(held.iter().map(|m| m.id().as_str().to_owned()).collect());
+    }
+    for m in named {
+        if !held.iter().any(|h| h.id().as_str() == m) {
+            return Err(CliError::usage(format!(
+                "--meter {m}: not a meter of this headend (meters_dir and [[meter]] of {})",
+                config_path.display()
+            )));
+        }
+    }
+    Ok(named.to_vec())
+}
+
 /// Runs `sealcast headend sa …`.
 pub fn headend_sa(cmd: &SaCommand) -> Result<()> {
     let (args, change) = match cmd {
@@ -984,20 +1008,7 @@ pub fn headend_sa(cmd: &SaCommand) -> Result<()> {
             args.config.display()
         )));
     }
-    let held = self::meters(&base, config.meters_dir.as_deref(), &config.meter)?;
-    let meters: Vec<String> = if args.all {
-        held.iter().map(|m| m.id().as_str().to_owned()).collect()
-    } else {
-        for m in &args.meters {
-            if !held.iter().any(|h| h.id().as_str() == m) {
-                return Err(CliError::usage(format!(
-                    "--meter {m}: not a meter of this headend (meters_dir and [[meter]] of {})",
-                    args.config.display()
-                )));
-            }
-        }
-        args.meters.clone()
-    };
+    let meters = named_meters(&config, &base, &args.config, args.all, &args.meters)?;
     let state_dir = resolve(&base, &config.state_dir);
     let lines = hand_to_headend(
         &state_dir,
@@ -1145,20 +1156,7 @@ pub fn headend_transmission(args: &MeterTxArgs, deactivate: bool) -> Result<()> 
             )));
         }
     }
-    let held = self::meters(&base, config.meters_dir.as_deref(), &config.meter)?;
-    let meters: Vec<String> = if args.all {
-        held.iter().map(|m| m.id().as_str().to_owned()).collect()
-    } else {
-        for m in &args.meters {
-            if !held.iter().any(|h| h.id().as_str() == m) {
-                return Err(CliError::usage(format!(
-                    "--meter {m}: not a meter of this headend (meters_dir and [[meter]] of {})",
-                    args.config.display()
-                )));
-            }
-        }
-        args.meters.clone()
-    };
+    let meters = named_meters(&config, &base, &args.config, args.all, &args.meters)?;
     let mut meters = meters;
     meters.extend(args.daps.iter().cloned());
     let state_dir = resolve(&base, &config.state_dir);
