@@ -214,8 +214,15 @@ pub struct MetersChanged {
 /// named are at epoch 0, established at enrolment): for status output,
 /// without the headend's keys.
 pub fn saved_associations(bytes: &[u8]) -> Result<BTreeMap<EntityId, SaStatus>> {
+    let mut value: ciborium::Value =
+        ciborium::from_reader(bytes).map_err(|_| state_err("not CBOR"))?;
+    let found = associations_of(&value);
+    zeroize_bytes(&mut value);
+    found
+}
+
+fn associations_of(value: &ciborium::Value) -> Result<BTreeMap<EntityId, SaStatus>> {
     use ciborium::Value;
-    let value: Value = ciborium::from_reader(bytes).map_err(|_| state_err("not CBOR"))?;
     let Some(meters) = value
         .as_array()
         .and_then(|a| a.get(2))
@@ -230,6 +237,21 @@ pub fn saved_associations(bytes: &[u8]) -> Result<BTreeMap<EntityId, SaStatus>> 
         }
     }
     Ok(out)
+}
+
+/// Overwrites every byte string in `value` (secrets encoded as CBOR).
+fn zeroize_bytes(value: &mut ciborium::Value) {
+    use ciborium::Value;
+    match value {
+        Value::Bytes(b) => zeroize::Zeroize::zeroize(b),
+        Value::Array(items) => items.iter_mut().for_each(zeroize_bytes),
+        Value::Map(entries) => entries.iter_mut().for_each(|(k, v)| {
+            zeroize_bytes(k);
+            zeroize_bytes(v);
+        }),
+        Value::Tag(_, inner) => zeroize_bytes(inner),
+        _ => {}
+    }
 }
 
 /// A change of a meter's security association.
@@ -650,7 +672,7 @@ impl HeadendCore {
     /// meter its window, and (with plausibility rules) each meter's last
     /// accepted value. CBOR: `[1, [[dap, window, null / [version, group,
     /// [meter...]]]...], [[meter, window]...] (, [[meter, value, time_ms]...])]`.
-    pub fn export_state(&self) -> Result<Vec<u8>> {
+    pub fn export_state(&self) -> Result<Zeroizing<Vec<u8>>> {
         use ciborium::Value;
         let text = |id: &EntityId| Value::Text(id.as_str().to_owned());
         let daps = self
@@ -688,17 +710,29 @@ impl HeadendCore {
         if self.plausibility.is_active() {
             top.push(self.plausibility.export());
         }
-        let value = Value::Array(top);
-        let mut out = Vec::new();
-        ciborium::into_writer(&value, &mut out).map_err(|e| state_err(&e.to_string()))?;
+        let mut value = Value::Array(top);
+        // It holds the associations' ephemeral secrets: the encoding is
+        // zeroized on drop, and so is every byte string of the tree.
+        let mut out = Zeroizing::new(Vec::new());
+        let written = ciborium::into_writer(&value, &mut *out);
+        zeroize_bytes(&mut value);
+        written.map_err(|e| state_err(&e.to_string()))?;
         Ok(out)
     }
 
     /// Restores what [`HeadendCore::export_state`] wrote. DAPs and meters
     /// no longer configured are skipped.
     pub fn restore_state(&mut self, bytes: &[u8]) -> Result<()> {
+        let mut value: ciborium::Value =
+            ciborium::from_reader(bytes).map_err(|_| state_err("not CBOR"))?;
+        let restored = self.restore_value(&value);
+        // The decoded tree held the associations' secrets.
+        zeroize_bytes(&mut value);
+        restored
+    }
+
+    fn restore_value(&mut self, value: &ciborium::Value) -> Result<()> {
         use ciborium::Value;
-        let value: Value = ciborium::from_reader(bytes).map_err(|_| state_err("not CBOR"))?;
         let (version, daps, meters, last) = match value.as_array().map(Vec::as_slice) {
             Some([v, d, m]) => (v, d, m, None),
             Some([v, d, m, l]) => (v, d, m, Some(l)),
