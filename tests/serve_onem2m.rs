@@ -254,6 +254,58 @@ fn onem2m_settings_are_checked_before_anything_starts() {
     }
 }
 
+/// A headend (`headend_extra` appended), a DAP (`dap_extra` in its
+/// `[dap]`) and meters 1 and 2, keys and configs in `dir`, everyone on the
+/// IN-CSE with absolute resource ids (//<sp-id>/<cse-id>/…); the
+/// fire-safety tests use two CSEs and SP-relative ids. (ACME 2026.5.3 does
+/// not forward a request whose target is an absolute id on another CSE of
+/// its own service provider: "Not registered to remote CSE".)
+fn onem2m_metering_configs(
+    dir: &std::path::Path,
+    cses: &AcmePair,
+    run: &str,
+    headend_extra: &str,
+    dap_extra: &str,
+) -> (&'static str, &'static str, [&'static str; 2]) {
+    let (headend, dap) = ("headend", "dap-1");
+    let meters = ["meter-1", "meter-2"];
+    keygen(dir, [headend, dap, meters[0], meters[1]]);
+    common::meters_dir(dir, &meters);
+    let onem2m = format!(
+        "\n[onem2m]\ninfrastructure = \"{}\"\naddressing = \"absolute\"\n",
+        cses.infra.url
+    );
+    let head = format!("transport = \"onem2m\"\ntopic_prefix = \"{run}\"\n");
+    fs::write(
+        dir.join("headend.toml"),
+        format!(
+            "{head}key = \"{headend}.key\"\nstate_dir = \"headend-state\"\nmeters_dir = \"meters\"\n\n\
+             [[dap]]\nid = \"{dap}\"\npublic_key = \"{dap}.pub\"\n{headend_extra}{onem2m}"
+        ),
+    )
+    .unwrap();
+    fs::write(
+        dir.join("agent.toml"),
+        format!(
+            "{head}key = \"{dap}.key\"\nstate_dir = \"dap-state\"\n{onem2m}\n[dap]\n{dap_extra}\
+             headend = \"{headend}\"\nheadend_public_key = \"{headend}.pub\"\nmeters_dir = \"meters\"\n\
+             batch_size = 4\nmax_batch_delay_ms = 100\n"
+        ),
+    )
+    .unwrap();
+    for m in meters {
+        fs::write(
+            dir.join(format!("{m}.toml")),
+            format!(
+                "{head}key = \"{m}.key\"\nstate_dir = \"{m}-state\"\ndap = \"{dap}\"\n\
+                 headend_public_key = \"{headend}.pub\"\n{onem2m}"
+            ),
+        )
+        .unwrap();
+    }
+    (headend, dap, meters)
+}
+
 /// Smart metering as separate processes through one CSE with absolute
 /// resource ids: the headend (`headend serve`), the DAP (`agent serve` with
 /// `[dap]`) and the meters (`device report`), all AEs on the IN-CSE. The
@@ -273,47 +325,8 @@ async fn smart_metering_as_separate_processes_on_one_cse_with_absolute_ids() {
     let dir = tmp.path().to_path_buf();
     let cses = AcmePair::start(&python, &dir.join("cses")).unwrap_or_else(|e| panic!("{e}"));
     let run = run_prefix("m");
-    let (headend, dap) = ("headend", "dap-1");
-    let meters = ["meter-1", "meter-2"];
-    keygen(&dir, [headend, dap, meters[0], meters[1]]);
-    common::meters_dir(&dir, &meters);
-    // Everyone on one CSE (the IN-CSE) and absolute resource ids
-    // (//<sp-id>/<cse-id>/…) here; the fire-safety tests use two CSEs and
-    // SP-relative ids. (ACME 2026.5.3 does not forward a request whose
-    // target is an absolute id on another CSE of its own service provider:
-    // "Not registered to remote CSE".)
-    let onem2m = format!(
-        "\n[onem2m]\ninfrastructure = \"{}\"\naddressing = \"absolute\"\n",
-        cses.infra.url
-    );
-    let head = format!("transport = \"onem2m\"\ntopic_prefix = \"{run}\"\n");
-    fs::write(
-        dir.join("headend.toml"),
-        format!(
-            "{head}key = \"{headend}.key\"\nstate_dir = \"headend-state\"\nmeters_dir = \"meters\"\n\n\
-             [[dap]]\nid = \"{dap}\"\npublic_key = \"{dap}.pub\"\n{onem2m}"
-        ),
-    )
-    .unwrap();
-    fs::write(
-        dir.join("agent.toml"),
-        format!(
-            "{head}key = \"{dap}.key\"\nstate_dir = \"dap-state\"\n{onem2m}\n[dap]\ngroup = \"street-7\"\n\
-             headend = \"{headend}\"\nheadend_public_key = \"{headend}.pub\"\nmeters_dir = \"meters\"\n\
-             batch_size = 4\nmax_batch_delay_ms = 100\n"
-        ),
-    )
-    .unwrap();
-    for m in meters {
-        fs::write(
-            dir.join(format!("{m}.toml")),
-            format!(
-                "{head}key = \"{m}.key\"\nstate_dir = \"{m}-state\"\ndap = \"{dap}\"\n\
-                 headend_public_key = \"{headend}.pub\"\n{onem2m}"
-            ),
-        )
-        .unwrap();
-    }
+    let (headend, dap, meters) =
+        onem2m_metering_configs(&dir, &cses, &run, "", "group = \"street-7\"\n");
 
     let mut procs = Procs::new(&dir);
     common::start_headend(&mut procs);
@@ -387,42 +400,8 @@ async fn the_meter_downlink_associations_and_orders_run_through_the_cses() {
     let dir = tmp.path().to_path_buf();
     let cses = AcmePair::start(&python, &dir.join("cses")).unwrap_or_else(|e| panic!("{e}"));
     let run = run_prefix("md");
-    let (headend, dap) = ("headend", "dap-1");
-    let meters = ["meter-1", "meter-2"];
-    keygen(&dir, [headend, dap, meters[0], meters[1]]);
-    common::meters_dir(&dir, &meters);
-    let onem2m = format!(
-        "\n[onem2m]\ninfrastructure = \"{}\"\naddressing = \"absolute\"\n",
-        cses.infra.url
-    );
-    let head = format!("transport = \"onem2m\"\ntopic_prefix = \"{run}\"\n");
-    fs::write(
-        dir.join("headend.toml"),
-        format!(
-            "{head}key = \"{headend}.key\"\nstate_dir = \"headend-state\"\nmeters_dir = \"meters\"\n\n\
-             [[dap]]\nid = \"{dap}\"\npublic_key = \"{dap}.pub\"\n\n[downlink]\nretry_ms = 500\n{onem2m}"
-        ),
-    )
-    .unwrap();
-    fs::write(
-        dir.join("agent.toml"),
-        format!(
-            "{head}key = \"{dap}.key\"\nstate_dir = \"dap-state\"\n{onem2m}\n[dap]\n\
-             headend = \"{headend}\"\nheadend_public_key = \"{headend}.pub\"\nmeters_dir = \"meters\"\n\
-             batch_size = 4\nmax_batch_delay_ms = 100\n"
-        ),
-    )
-    .unwrap();
-    for m in meters {
-        fs::write(
-            dir.join(format!("{m}.toml")),
-            format!(
-                "{head}key = \"{m}.key\"\nstate_dir = \"{m}-state\"\ndap = \"{dap}\"\n\
-                 headend_public_key = \"{headend}.pub\"\n{onem2m}"
-            ),
-        )
-        .unwrap();
-    }
+    let (_, dap, meters) =
+        onem2m_metering_configs(&dir, &cses, &run, "\n[downlink]\nretry_ms = 500\n", "");
     let json = |args: &[&str]| -> serde_json::Value {
         let out = common::run(&dir, args);
         assert!(

@@ -1772,17 +1772,13 @@ fn meter_stopped(dir: &Path, meter: &str) -> bool {
     v["reports"] == false
 }
 
-fn order_cmd(dir: &Path, verb: &str, meter: &str) -> String {
+/// `sealcast headend <verb> --<noun> <id>` (deactivate or activate a
+/// meter or a DAP), which must succeed.
+fn order_cmd(dir: &Path, verb: &str, noun: &str, id: &str) -> String {
+    let flag = format!("--{noun}");
     let out = common::run_bounded(
         dir,
-        &[
-            "headend",
-            verb,
-            "--config",
-            "headend.toml",
-            "--meter",
-            meter,
-        ],
+        &["headend", verb, "--config", "headend.toml", &flag, id],
         Duration::from_secs(60),
     );
     assert!(
@@ -1837,7 +1833,7 @@ async fn the_headend_deactivates_and_reactivates_a_meter_through_the_dap() {
     .await;
 
     // --- deactivate meter-1: it acknowledges, then refuses to report ---------
-    let out = order_cmd(&dir, "deactivate", m1);
+    let out = order_cmd(&dir, "deactivate", "meter", m1);
     assert!(out.contains("stopped: all"), "{out}");
     wait_until("meter-1 acknowledges its deactivation", &procs, || {
         order_of(&dir, m1) == Some((true, true))
@@ -1926,7 +1922,7 @@ async fn the_headend_deactivates_and_reactivates_a_meter_through_the_dap() {
     start_headend(&mut procs);
     assert_eq!(order_of(&dir, m1), Some((true, true)));
     procs.sigkill(&format!("{m1}-listen"));
-    let out = order_cmd(&dir, "activate", m1);
+    let out = order_cmd(&dir, "activate", "meter", m1);
     assert!(out.contains("stopped: -"), "{out}");
     assert_eq!(order_of(&dir, m1), Some((false, false)));
     // Still stopped at the meter (it did not hear it), so still refused.
@@ -1960,23 +1956,7 @@ async fn the_headend_deactivates_and_reactivates_a_meter_through_the_dap() {
     assert_eq!(headend_readings(&dir), expected, "nothing else got in");
 
     // --- the DAP deactivated: it forwards no report until re-activated ------
-    let out = common::run_bounded(
-        &dir,
-        &[
-            "headend",
-            "deactivate",
-            "--config",
-            "headend.toml",
-            "--dap",
-            &dap,
-        ],
-        Duration::from_secs(60),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    order_cmd(&dir, "deactivate", "dap", &dap);
     wait_until("the DAP acknowledges its deactivation", &procs, || {
         order_of(&dir, &dap) == Some((true, true))
     })
@@ -2009,23 +1989,7 @@ async fn the_headend_deactivates_and_reactivates_a_meter_through_the_dap() {
         expected,
         "a deactivated DAP forwarded a report"
     );
-    let out = common::run_bounded(
-        &dir,
-        &[
-            "headend",
-            "activate",
-            "--config",
-            "headend.toml",
-            "--dap",
-            &dap,
-        ],
-        Duration::from_secs(60),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    order_cmd(&dir, "activate", "dap", &dap);
     wait_until("the DAP acknowledges its re-activation", &procs, || {
         order_of(&dir, &dap) == Some((false, true))
     })

@@ -194,6 +194,20 @@ enum Request {
 }
 
 impl HeadendHandle {
+    /// Sends the running headend a request and waits for its answer.
+    async fn ask<T>(
+        &self,
+        request: impl FnOnce(oneshot::Sender<Result<T>>) -> Request,
+    ) -> Result<T> {
+        let (reply, rx) = oneshot::channel();
+        self.stop
+            .send(request(reply))
+            .await
+            .map_err(|_| crate::Error::Runtime("the headend stopped".into()))?;
+        rx.await
+            .map_err(|_| crate::Error::Runtime("the headend stopped".into()))?
+    }
+
     /// The headend's id.
     pub fn id(&self) -> &EntityId {
         &self.id
@@ -227,26 +241,16 @@ impl HeadendHandle {
     /// suspended, revoked or reinstated (None) by hand. A changed list is
     /// signed, saved, then sent to every DAP; true when it changed.
     pub async fn set_operator_status(&self, listings: Vec<OperatorListing>) -> Result<bool> {
-        let (reply, rx) = oneshot::channel();
-        self.stop
-            .send(Request::OperatorStatus(listings, reply))
+        self.ask(|reply| Request::OperatorStatus(listings, reply))
             .await
-            .map_err(|_| crate::Error::Runtime("the headend stopped".into()))?;
-        rx.await
-            .map_err(|_| crate::Error::Runtime("the headend stopped".into()))?
     }
 
     /// Issues the next configuration of every meter (the downlink): saved,
     /// then sent through each DAP until each meter confirms. Returns its
     /// version.
     pub async fn configure_meters(&self, settings: BTreeMap<String, String>) -> Result<u64> {
-        let (reply, rx) = oneshot::channel();
-        self.stop
-            .send(Request::ConfigureMeters(settings, reply))
+        self.ask(|reply| Request::ConfigureMeters(settings, reply))
             .await
-            .map_err(|_| crate::Error::Runtime("the headend stopped".into()))?;
-        rx.await
-            .map_err(|_| crate::Error::Runtime("the headend stopped".into()))?
     }
 
     /// Refreshes, removes or establishes the security association of each
@@ -259,13 +263,8 @@ impl HeadendHandle {
         change: sealcast_metering::headend::SaChange,
         meters: Vec<EntityId>,
     ) -> Result<Vec<String>> {
-        let (reply, rx) = oneshot::channel();
-        self.stop
-            .send(Request::ChangeSa(change, meters, reply))
+        self.ask(|reply| Request::ChangeSa(change, meters, reply))
             .await
-            .map_err(|_| crate::Error::Runtime("the headend stopped".into()))?;
-        rx.await
-            .map_err(|_| crate::Error::Runtime("the headend stopped".into()))?
     }
 
     /// Deactivates (`deactivate`) or re-activates `meters` for `scopes`
@@ -278,13 +277,8 @@ impl HeadendHandle {
         meters: Vec<EntityId>,
         scopes: Vec<sealcast_group::transmission::Scope>,
     ) -> Result<Vec<String>> {
-        let (reply, rx) = oneshot::channel();
-        self.stop
-            .send(Request::Transmission(deactivate, meters, scopes, reply))
+        self.ask(|reply| Request::Transmission(deactivate, meters, scopes, reply))
             .await
-            .map_err(|_| crate::Error::Runtime("the headend stopped".into()))?;
-        rx.await
-            .map_err(|_| crate::Error::Runtime("the headend stopped".into()))?
     }
 
     /// Replaces the meters it decrypts for, while it runs
@@ -293,13 +287,7 @@ impl HeadendHandle {
         &self,
         meters: Vec<sealcast_core::credential::PublicCredential>,
     ) -> Result<MetersChanged> {
-        let (reply, rx) = oneshot::channel();
-        self.stop
-            .send(Request::SetMeters(meters, reply))
-            .await
-            .map_err(|_| crate::Error::Runtime("the headend stopped".into()))?;
-        rx.await
-            .map_err(|_| crate::Error::Runtime("the headend stopped".into()))?
+        self.ask(|reply| Request::SetMeters(meters, reply)).await
     }
 }
 
