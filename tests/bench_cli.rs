@@ -34,6 +34,12 @@ const NUMBERS: &[&str] = &[
     "e2e_cores",
     "e2e_pipeline_efficiency",
     "e2e_transport_floor_ms",
+    "loaded_gateway_alerts",
+    "loaded_gateway_sensors",
+    "loaded_gateway_opens_per_cpu_sec",
+    "loaded_gateway_ratio",
+    "loaded_gateway_one_by_one_opens_per_cpu_sec",
+    "loaded_gateway_one_by_one_ratio",
 ];
 
 #[test]
@@ -88,6 +94,8 @@ fn bench_quick_json_has_every_field() {
             .as_f64()
             .unwrap_or_else(|| panic!("{k} is not a number"))
     };
+    // Bursts form only when alerts queue up: at least none.
+    assert!(f("loaded_gateway_mean_burst") >= 0.0);
     let factor = f("e2e_security_overhead_factor");
     let expected = (f("e2e_alert_to_last_ms") - f("e2e_transport_floor_ms"))
         / (f("e2e_opens") * f("e2e_single_open_us") / 1e3 / f("e2e_cores"));
@@ -113,17 +121,38 @@ fn bench_table_names_backend_and_profile() {
     assert!(table.contains("pipeline efficiency"), "{table}");
     assert!(table.contains("security overhead factor"), "{table}");
     assert!(table.contains("no security (MQTT alone"), "{table}");
+    assert!(table.contains("loaded gateway:"), "{table}");
+    assert!(table.contains("queued bursts"), "{table}");
 }
 
 #[test]
 fn bench_end_to_end_can_be_skipped_and_is_bounded() {
     let out = Command::new(BIN)
-        .args(["bench", "--quick", "--json", "--e2e-devices", "0"])
+        .args([
+            "bench",
+            "--quick",
+            "--json",
+            "--e2e-devices",
+            "0",
+            "--load-alerts",
+            "0",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success());
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(json.get("e2e_devices").is_none(), "{json}");
+    assert!(json.get("loaded_gateway_ratio").is_none(), "{json}");
+    let out = Command::new(BIN)
+        .args(["bench", "--quick", "--load-alerts", "5"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--load-alerts must be"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = Command::new(BIN)
         .args(["bench", "--quick", "--e2e-devices", "5"])
         .output()

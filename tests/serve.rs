@@ -1165,3 +1165,122 @@ async fn one_entity_under_two_prefixes_is_two_mqtt_clients() {
     }
     drop(procs);
 }
+
+/// Issue #16, item 4: a door that fell behind — SIGSTOPped while the
+/// gateway's commands, replayed copies of them and tampered copies pile up
+/// at the broker — opens its queue in bursts once it runs again (SIGCONT),
+/// and accepts exactly what it would have one by one: every genuine
+/// command once, in order, no replayed or tampered copy. The burst's
+/// windows reach the state file before anything is acknowledged: after a
+/// SIGKILL and restart, the same copies replayed execute nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_door_catching_up_opens_its_queue_in_bursts_accepting_what_one_by_one_would() {
+    let mut d = Deployment::start().await;
+    let dir = d.dir.clone();
+    let sensor = d.sensors[0].clone();
+    let [door0, door1] = d.doors.clone();
+    let port = common::Mosquitto::free_port();
+    d.append_to_config(&door0, &format!("metrics_listen = \"127.0.0.1:{port}\"\n"));
+    assert!(d.procs.terminate_async(&door0).await.success());
+    d.restart_device(&door0, 1).await;
+    let (before0, before1) = (
+        common::executed_seqs(&dir, &door0),
+        common::executed_seqs(&dir, &door1),
+    );
+    while d.captured.try_recv().is_ok() {}
+
+    // --- the door stops; commands, replays and tampered copies queue up -------
+    let pid = d.procs.pid(&door0).to_string();
+    let signal = |sig: &str| {
+        assert!(
+            std::process::Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    signal("-STOP");
+    const ALERTS: usize = 12;
+    for i in 0..ALERTS {
+        send_alert(&dir, &sensor, &format!("smoke while door-1 is stopped {i}"));
+    }
+    wait_until("door-2 executed every command", &d.procs, || {
+        common::executed_seqs(&dir, &door1).len() >= before1.len() + ALERTS
+    })
+    .await;
+    let mut commands = Vec::new();
+    while commands.len() < ALERTS {
+        let (_, c) = tokio::time::timeout(Duration::from_secs(10), d.captured.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        commands.push(c);
+    }
+    for c in &commands {
+        let mut tampered = c.clone();
+        let at = tampered.len() / 2;
+        tampered[at] ^= 0x40;
+        for copy in [c.clone(), tampered] {
+            d.spy
+                .publish(d.command_topic.clone(), Bytes::from(copy))
+                .await
+                .unwrap();
+        }
+    }
+    d.spy.flush(WAIT).await.unwrap();
+
+    // --- it runs again and catches up ------------------------------------------
+    signal("-CONT");
+    wait_until("door-1 caught up", &d.procs, || {
+        common::executed_seqs(&dir, &door0).len() >= before0.len() + ALERTS
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after0 = common::executed_seqs(&dir, &door0);
+    let after1 = common::executed_seqs(&dir, &door1);
+    assert_eq!(
+        after0[before0.len()..],
+        after1[before1.len()..],
+        "the door that caught up executed other commands, or in another order, than the one that kept up"
+    );
+    let metrics = common::http_get(port, "/metrics").1;
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(name) && l.contains("fire-doors"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert!(
+        value("sealcast_bursts_total") >= 1.0,
+        "no burst while catching up:\n{metrics}"
+    );
+    assert!(
+        value("sealcast_burst_messages_total") >= 2.0,
+        "bursts of one message:\n{metrics}"
+    );
+    assert!(
+        value("sealcast_messages_refused_total") >= (2 * ALERTS) as f64,
+        "the replayed and tampered copies were not all refused:\n{metrics}"
+    );
+
+    // --- what the bursts committed is on disk ------------------------------------
+    d.procs.sigkill(&door0);
+    d.restart_device(&door0, 2).await;
+    for c in &commands {
+        d.spy
+            .publish(d.command_topic.clone(), Bytes::from(c.clone()))
+            .await
+            .unwrap();
+    }
+    d.spy.flush(WAIT).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        common::executed_seqs(&dir, &door0),
+        after0,
+        "a replay was executed after the SIGKILL"
+    );
+    drop(d.procs);
+    let _ = d.spy.disconnect(Duration::from_secs(2)).await;
+}

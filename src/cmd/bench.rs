@@ -32,9 +32,11 @@ use serde_json::Value;
 use crate::error::{CliError, Result};
 
 mod e2e;
+mod load;
 mod output;
 
 use e2e::{EndToEnd, end_to_end};
+use load::{LoadedGateway, loaded_gateway};
 use output::{ratio, thousands};
 
 const EXAMPLES: &str = "\
@@ -65,6 +67,12 @@ pub struct BenchArgs {
     /// MQTT broker on loopback and times the alert to the last device acting.
     #[arg(long, value_name = "N")]
     e2e_devices: Option<usize>,
+    /// Alerts in the loaded-gateway run (default: 20000, or 2000 with
+    /// --quick; 0 skips it). A gateway on a thread of its own opens them
+    /// from the embedded MQTT broker, as they queue up, with and without
+    /// bursts; its CPU time is measured.
+    #[arg(long, value_name = "N")]
+    load_alerts: Option<usize>,
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
@@ -75,7 +83,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             "--e2e-devices must be 0 (skip) or 6..=5000",
         ));
     }
-    let mut progress = Progress::new(STEPS + usize::from(e2e_devices > 0));
+    let load_alerts = args.load_alerts.unwrap_or(plan.load_alerts);
+    if load_alerts != 0 && !(100..=1_000_000).contains(&load_alerts) {
+        return Err(CliError::usage(
+            "--load-alerts must be 0 (skip) or 100..=1000000",
+        ));
+    }
+    let mut progress =
+        Progress::new(STEPS + usize::from(e2e_devices > 0) + usize::from(load_alerts > 0));
     let mut results = measure(plan, &mut progress)
         .map_err(|e| CliError::other(format!("benchmark fixture failed: {e} (this is a bug)")))?;
     if e2e_devices > 0 {
@@ -83,6 +98,18 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             "end to end: fire-safety with {e2e_devices} devices over MQTT"
         ));
         results.e2e = Some(end_to_end(e2e_devices, plan.e2e_runs, &results)?);
+    }
+    if load_alerts > 0 {
+        progress.step(&format!(
+            "loaded gateway: {load_alerts} alerts from {} sensors over MQTT, one by one and in bursts",
+            plan.load_sensors
+        ));
+        results.load = Some(loaded_gateway(
+            plan.load_sensors,
+            load_alerts,
+            plan.e2e_runs,
+            &results,
+        )?);
     }
     progress.done();
     let mut out = std::io::stdout().lock();
@@ -113,8 +140,13 @@ struct Plan {
     tree_evictions: usize,
     /// Devices of the end-to-end run.
     e2e_devices: usize,
-    /// End-to-end runs (the fastest counts: the others met more noise).
+    /// End-to-end runs (the fastest counts: the others met more noise);
+    /// also the loaded-gateway runs of each kind.
     e2e_runs: usize,
+    /// Sensors of the loaded-gateway run.
+    load_sensors: usize,
+    /// Alerts of the loaded-gateway run.
+    load_alerts: usize,
 }
 
 impl Plan {
@@ -125,6 +157,8 @@ impl Plan {
         tree_evictions: 16,
         e2e_devices: 30,
         e2e_runs: 1,
+        load_sensors: 20,
+        load_alerts: 2_000,
     };
     const FULL: Plan = Plan {
         warm_up: Duration::from_millis(100),
@@ -133,6 +167,8 @@ impl Plan {
         tree_evictions: 256,
         e2e_devices: 300,
         e2e_runs: 3,
+        load_sensors: 200,
+        load_alerts: 20_000,
     };
 }
 
@@ -336,6 +372,7 @@ struct Results {
     rekey: Vec<RekeyFigure>,
     failures: u64,
     e2e: Option<EndToEnd>,
+    load: Option<LoadedGateway>,
 }
 
 fn measure(plan: Plan, progress: &mut Progress) -> FixtureResult<Results> {
@@ -550,6 +587,7 @@ fn measure(plan: Plan, progress: &mut Progress) -> FixtureResult<Results> {
         rekey,
         failures,
         e2e: None,
+        load: None,
     })
 }
 

@@ -125,7 +125,7 @@ impl DemoReport {
 
 /// A copy of a credential (through its COSE_KeySet), for a MUK derivation
 /// that outlives the runtime the credential moves into.
-fn copy_credential(c: &EntityCredential) -> Result<EntityCredential> {
+pub(crate) fn copy_credential(c: &EntityCredential) -> Result<EntityCredential> {
     Ok(EntityCredential::from_cose_key_set(&c.to_cose_key_set()?)?)
 }
 
@@ -496,6 +496,7 @@ impl Deployment {
             accept_access_tokens: false,
             access: Default::default(),
             misbehaviour: Default::default(),
+            max_burst: device::BURST_MAX,
         })
         .await?;
         let mut nodes = BTreeMap::new();
@@ -574,6 +575,7 @@ impl Deployment {
                 accept_access_tokens: false,
                 access: Default::default(),
                 misbehaviour: Default::default(),
+                max_burst: device::BURST_MAX,
             })
             .await?;
             self.nodes.insert(d, handle);
@@ -736,7 +738,7 @@ impl Deployment {
 
 /// Removes a demo's temporary directory when dropped.
 #[derive(Debug)]
-struct RemoveOnDrop(std::path::PathBuf);
+pub(crate) struct RemoveOnDrop(pub(crate) std::path::PathBuf);
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {

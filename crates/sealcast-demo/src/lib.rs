@@ -10,6 +10,7 @@
 
 pub mod fire_safety;
 pub mod fixture;
+pub mod load;
 pub mod smart_meter;
 
 pub use fire_safety::{Check, DemoReport, Pipeline};

@@ -301,6 +301,13 @@ impl Subscription {
     pub async fn next_message(&mut self) -> Option<Incoming> {
         self.rx.recv().await
     }
+
+    /// The next message if one is already queued, without waiting: a
+    /// receiver that found one message uses it to take what queued up
+    /// behind it as one burst.
+    pub fn try_next_message(&mut self) -> Option<Incoming> {
+        self.rx.try_recv().ok()
+    }
 }
 
 impl MqttClient {

@@ -113,6 +113,15 @@ pub enum EventKind {
         /// The payload.
         payload: Vec<u8>,
     },
+    /// Broadcasts of one group that had queued up were opened as one burst
+    /// (one batch signature verification); each is also reported on its
+    /// own as executed or refused.
+    Burst {
+        /// The group.
+        group: GroupId,
+        /// How many messages the burst took.
+        size: usize,
+    },
 }
 
 /// One event with its source.

@@ -181,6 +181,29 @@ impl Results {
                     )
             );
         }
+        if let Some(l) = &self.load {
+            let _ = writeln!(t);
+            let _ = writeln!(
+                t,
+                "loaded gateway: {} alerts from {} sensors over the embedded MQTT broker, the gateway alone on a thread, its CPU time; best of {} runs each",
+                l.alerts, l.sensors, l.runs
+            );
+            let _ = writeln!(
+                t,
+                "  one by one      {:>10.0} opens / CPU-s   ratio to one open {:>6.2}",
+                l.one_by_one.opens_per_cpu_second(),
+                l.one_by_one_ratio()
+            );
+            let _ = writeln!(
+                t,
+                "  queued bursts   {:>10.0} opens / CPU-s   ratio to one open {:>6.2}  goal >= 2.5  ({} bursts, {:.1} alerts each on average, {:.0} % of the alerts)",
+                l.bursts.opens_per_cpu_second(),
+                l.ratio(),
+                l.bursts.bursts,
+                l.mean_burst(),
+                100.0 * ratio(l.bursts.in_bursts as f64, l.bursts.opened as f64)
+            );
+        }
         if self.failures > 0 {
             let _ = writeln!(
                 t,
@@ -347,6 +370,26 @@ impl Results {
                     "e2e_transport_floor_ms".into(),
                     num(e.transport_floor.as_secs_f64() * 1e3),
                 ),
+            ]);
+        }
+        if let Some(l) = &self.load {
+            fields.extend([
+                ("loaded_gateway_alerts".into(), Value::from(l.alerts)),
+                ("loaded_gateway_sensors".into(), Value::from(l.sensors)),
+                (
+                    "loaded_gateway_opens_per_cpu_sec".into(),
+                    num(l.bursts.opens_per_cpu_second()),
+                ),
+                ("loaded_gateway_ratio".into(), num(l.ratio())),
+                (
+                    "loaded_gateway_one_by_one_opens_per_cpu_sec".into(),
+                    num(l.one_by_one.opens_per_cpu_second()),
+                ),
+                (
+                    "loaded_gateway_one_by_one_ratio".into(),
+                    num(l.one_by_one_ratio()),
+                ),
+                ("loaded_gateway_mean_burst".into(), num(l.mean_burst())),
             ]);
         }
         let object: serde_json::Map<String, Value> = fields.into_iter().collect();

@@ -53,6 +53,11 @@ impl Registry {
         self.update(name, help, Kind::Counter, labels, |v| v + 1.0);
     }
 
+    /// Adds `n` to counter `name` with `labels`.
+    pub fn add(&self, name: &'static str, help: &'static str, labels: &[(&str, &str)], n: u64) {
+        self.update(name, help, Kind::Counter, labels, |v| v + n as f64);
+    }
+
     /// Sets gauge `name` with `labels` to `value`.
     pub fn set(&self, name: &'static str, help: &'static str, labels: &[(&str, &str)], value: f64) {
         self.update(name, help, Kind::Gauge, labels, |_| value);

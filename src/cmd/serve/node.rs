@@ -120,6 +120,7 @@ pub(super) fn node_config(
             access: access_policy(&config.acp)?,
             accept_access_tokens: config.accept_access_tokens,
             misbehaviour: misbehaviour_watch(config.misbehaviour.as_ref(), agent)?,
+            max_burst: sealcast_node::device::BURST_MAX,
             audit: Some(audit_config(
                 &base,
                 &state_dir,
@@ -258,6 +259,20 @@ async fn count_node_events(
                 "Transmission orders refused, by reason (forged, other-node, stale, replay, conflict, malformed).",
                 &[("reason", reason)],
             ),
+            EventKind::Burst { group, size } => {
+                let g = group.name().to_string();
+                registry.inc(
+                    "sealcast_bursts_total",
+                    "Times queued commands or alerts of a group were opened as one burst (one batch signature verification).",
+                    &[("group", &g)],
+                );
+                registry.add(
+                    "sealcast_burst_messages_total",
+                    "Commands and alerts opened in bursts.",
+                    &[("group", &g)],
+                    *size as u64,
+                );
+            }
             EventKind::Suppressed { group } => registry.inc(
                 "sealcast_commands_suppressed_total",
                 "Rule commands not sent because the manager's transmission order stops them.",

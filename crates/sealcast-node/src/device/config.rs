@@ -105,6 +105,10 @@ pub struct NodeConfig {
     /// The rate cap per signer and, on an agent, misbehaviour reports to
     /// the manager.
     pub misbehaviour: super::MisbehaviourWatch,
+    /// At most this many queued commands or alerts of one group are opened
+    /// as one burst ([`super::BURST_MAX`] by default; 1 opens every message
+    /// alone). Bursts form only from what already waits in the queue.
+    pub max_burst: usize,
 }
 
 /// The freshness rule of each group a node receives from.

@@ -537,6 +537,16 @@ impl Inbox {
             InboxInner::Channel(rx) => rx.recv().await,
         }
     }
+
+    /// The next message if one is already queued, without waiting (`None`
+    /// when the queue is empty or the link closed; [`Self::next_message`]
+    /// tells the two apart).
+    pub fn try_next_message(&mut self) -> Option<Incoming> {
+        match &mut self.0 {
+            InboxInner::Mqtt(sub) => mqtt::try_next_message(sub),
+            InboxInner::Channel(rx) => rx.try_recv().ok(),
+        }
+    }
 }
 
 /// The sending half: one entity's connection to the deployment.

@@ -95,7 +95,16 @@ pub(super) async fn connect(
 
 /// The next message of a subscription, as the link hands it on.
 pub(super) async fn next_message(sub: &mut Subscription) -> Option<Incoming> {
-    sub.next_message().await.map(|m| Incoming {
+    sub.next_message().await.map(incoming)
+}
+
+/// A message already queued on the subscription, without waiting.
+pub(super) fn try_next_message(sub: &mut Subscription) -> Option<Incoming> {
+    sub.try_next_message().map(incoming)
+}
+
+fn incoming(m: sealcast_mqtt::Incoming) -> Incoming {
+    Incoming {
         target: m.topic,
         payload: m.payload,
         origin: None,
@@ -103,7 +112,7 @@ pub(super) async fn next_message(sub: &mut Subscription) -> Option<Incoming> {
             token: m.ack,
             redelivered: m.redelivered,
         })),
-    })
+    }
 }
 
 /// The PUBACK of one QoS 1 message.
