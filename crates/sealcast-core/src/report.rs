@@ -333,10 +333,25 @@ pub fn verify_reports_batch<'k>(
     headend: &EntityId,
     lookup: impl Fn(&EntityId) -> Option<&'k VerifyingKey>,
 ) -> Vec<Result<VerifiedReport>> {
+    verify_reports_batch_prechecked(reports, headend, lookup, |_| Ok(()))
+}
+
+/// [`verify_reports_batch`] with a pre-check: `precheck` sees each report's
+/// header (unverified) once it parsed, before its reporter is looked up and
+/// before any signature work; a report it refuses is not verified and its
+/// result is the pre-check's error. A DAP checks its replay windows here,
+/// so a replay costs no signature work and each report is parsed once.
+pub fn verify_reports_batch_prechecked<'k>(
+    reports: &[&[u8]],
+    headend: &EntityId,
+    lookup: impl Fn(&EntityId) -> Option<&'k VerifyingKey>,
+    mut precheck: impl FnMut(&ReportHeader) -> Result<()>,
+) -> Vec<Result<VerifiedReport>> {
     let parsed: Vec<Result<(ParsedReport, &'k VerifyingKey)>> = reports
         .iter()
         .map(|b| {
             let p = parse_report(b, headend)?;
+            precheck(&p.header)?;
             let key = lookup(&p.header.reporter).ok_or(Error::UnknownSender)?;
             Ok((p, key))
         })

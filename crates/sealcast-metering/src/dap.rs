@@ -17,7 +17,7 @@ use ed25519_dalek::VerifyingKey;
 use sealcast_core::credential::{EntityCredential, PublicCredential};
 use sealcast_core::ids::{EntityId, SeqNum, UnixMillis};
 use sealcast_core::replay::{SeqAllocator, SeqWindow};
-use sealcast_core::report::{peek_report, verify_reports_batch};
+use sealcast_core::report::verify_reports_batch_prechecked;
 
 use crate::wire::{Announcement, open_solicit, seal_batch, split_for_batches};
 use crate::{Error, Result};
@@ -246,37 +246,31 @@ impl DapCore {
     /// rate is [`ReportVerdict::RateLimited`]; `at` is the time the rate is
     /// measured at.
     pub fn verify(&mut self, reports: &[&[u8]], at: UnixMillis) -> Vec<ReportVerdict> {
-        let mut out: Vec<Option<ReportVerdict>> = reports
-            .iter()
-            .map(|bytes| {
-                let h = peek_report(bytes, self.headend.id()).ok()?;
+        // One parse per report: the windows (and the drift bound) are
+        // checked on the parsed header before any signature work.
+        let (windows, max_drift_ms, meters) = (&self.windows, self.max_drift_ms, &self.meters);
+        let verdicts = verify_reports_batch_prechecked(
+            reports,
+            self.headend.id(),
+            |id| meters.get(id),
+            |h| {
                 // The timestamp is signed; read here unverified it can only
                 // make the DAP refuse more.
-                if self
-                    .max_drift_ms
-                    .is_some_and(|d| h.timestamp.get().abs_diff(at.get()) > d)
-                {
-                    return Some(ReportVerdict::Implausible);
+                if max_drift_ms.is_some_and(|d| h.timestamp.get().abs_diff(at.get()) > d) {
+                    return Err(sealcast_core::Error::StaleTimestamp);
                 }
-                let window = self.windows.get(&h.reporter)?;
-                window
-                    .check(h.seq)
-                    .is_err()
-                    .then_some(ReportVerdict::Replayed)
-            })
-            .collect();
-        let fresh: Vec<&[u8]> = reports
-            .iter()
-            .zip(&out)
-            .filter(|(_, v)| v.is_none())
-            .map(|(b, _)| *b)
-            .collect();
-        let meters = &self.meters;
-        let verdicts = verify_reports_batch(&fresh, self.headend.id(), |id| meters.get(id));
-        let mut verdicts = verdicts.into_iter();
-        for slot in out.iter_mut().filter(|v| v.is_none()) {
-            *slot = Some(match verdicts.next() {
-                Some(Ok(report)) => {
+                match windows.get(&h.reporter) {
+                    Some(window) => window.check(h.seq).map(|_| ()).map_err(|_| {
+                        sealcast_core::Error::Replay(sealcast_core::ReplayKind::Duplicate)
+                    }),
+                    None => Ok(()),
+                }
+            },
+        );
+        let mut out: Vec<Option<ReportVerdict>> = vec![None; reports.len()];
+        for (slot, verdict) in out.iter_mut().zip(verdicts) {
+            *slot = Some(match verdict {
+                Ok(report) => {
                     let h = report.header();
                     let window = self.windows.entry(h.reporter.clone()).or_default();
                     let highest = window.highest().map(SeqNum::get);
@@ -306,9 +300,10 @@ impl DapCore {
                         }
                     }
                 }
-                Some(Err(sealcast_core::Error::UnknownSender)) => ReportVerdict::UnknownMeter,
-                Some(Err(e)) => ReportVerdict::Forged(e.to_string()),
-                None => ReportVerdict::Forged("not verified".into()),
+                Err(sealcast_core::Error::StaleTimestamp) => ReportVerdict::Implausible,
+                Err(sealcast_core::Error::Replay(_)) => ReportVerdict::Replayed,
+                Err(sealcast_core::Error::UnknownSender) => ReportVerdict::UnknownMeter,
+                Err(e) => ReportVerdict::Forged(e.to_string()),
             });
         }
         out.into_iter()
@@ -424,25 +419,21 @@ impl DapCore {
     /// reservation and the announcement version. CBOR:
     /// `[1, [[meter, window]...], batch_reserved_limit, announce_version]`.
     pub fn export_state(&self) -> Result<Vec<u8>> {
-        use ciborium::Value;
-        let windows = self
-            .windows
-            .iter()
-            .map(|(m, w)| {
-                Value::Array(vec![
-                    Value::Text(m.as_str().to_owned()),
-                    Value::Bytes(w.to_bytes()),
-                ])
-            })
-            .collect();
-        let value = Value::Array(vec![
-            Value::Integer(STATE_VERSION.into()),
-            Value::Array(windows),
-            Value::Integer(self.batch_seq.reserved_limit().into()),
-            Value::Integer(self.announce_version.into()),
-        ]);
-        let mut out = Vec::new();
-        ciborium::into_writer(&value, &mut out).map_err(|e| state_err(&e.to_string()))?;
+        // Written straight into the buffer (definite lengths, shortest
+        // heads, as ciborium writes it and `restore_state` reads it): it
+        // runs after every batch, over every meter's window.
+        use sealcast_core::cbor::{write_array, write_bstr, write_tstr, write_uint};
+        let mut out = Vec::with_capacity(16 + self.windows.len() * 48);
+        write_array(&mut out, 4);
+        write_uint(&mut out, STATE_VERSION);
+        write_array(&mut out, self.windows.len() as u64);
+        for (m, w) in &self.windows {
+            write_array(&mut out, 2);
+            write_tstr(&mut out, m.as_str());
+            write_bstr(&mut out, &w.to_bytes());
+        }
+        write_uint(&mut out, self.batch_seq.reserved_limit());
+        write_uint(&mut out, self.announce_version);
         Ok(out)
     }
 
@@ -531,6 +522,38 @@ mod tests {
             meters,
             mallory,
         }
+    }
+
+    #[test]
+    fn the_state_file_keeps_its_cbor_encoding_and_restores() {
+        let mut w = world();
+        let at = UnixMillis::new(1_000);
+        let mut reports = Vec::new();
+        for m in &mut w.meters {
+            for _ in 0..3 {
+                reports.push(m.seal(b"1 kWh", at).unwrap().1);
+            }
+        }
+        let refs: Vec<&[u8]> = reports.iter().map(Vec::as_slice).collect();
+        assert!(
+            w.dap
+                .verify(&refs, at)
+                .iter()
+                .all(|v| *v == ReportVerdict::Forward)
+        );
+        let bytes = w.dap.export_state().unwrap();
+        // The direct writer produces what ciborium wrote before it.
+        let value: ciborium::Value = ciborium::from_reader(&bytes[..]).unwrap();
+        let mut again = Vec::new();
+        ciborium::into_writer(&value, &mut again).unwrap();
+        assert_eq!(bytes, again);
+        let mut fresh = world();
+        fresh.dap.restore_state(&bytes).unwrap();
+        assert_eq!(fresh.dap.export_state().unwrap(), bytes);
+        assert_eq!(
+            fresh.dap.verify(&refs[..1], at),
+            vec![ReportVerdict::Replayed]
+        );
     }
 
     #[test]

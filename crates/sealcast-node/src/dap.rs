@@ -652,11 +652,14 @@ impl Dap {
             }
             self.stats_tx.send_replace(self.stats.clone());
         }
-        // Meters the headend listed: dropped before any signature work.
+        // Meters the headend listed: dropped before any signature work
+        // (with nobody listed, no report is parsed for it).
+        let nobody_listed = self.status.held().is_none_or(|list| list.listed.is_empty());
         let (listed, pending): (Vec<Incoming>, Vec<Incoming>) =
             pending.into_iter().partition(|m| {
-                sealcast_core::report::peek_report(&m.payload, &headend)
-                    .is_ok_and(|h| self.status.status_of(&h.reporter).is_some())
+                !nobody_listed
+                    && sealcast_core::report::peek_report(&m.payload, &headend)
+                        .is_ok_and(|h| self.status.status_of(&h.reporter).is_some())
             });
         if !listed.is_empty() {
             warn!(dap = %self.core.id(), reports = listed.len(), "reports of meters the headend suspended or revoked dropped");
