@@ -344,6 +344,11 @@ impl MqttClient {
         let (client, mut eventloop) = AsyncClient::new(options, config.request_capacity);
         let mut network = eventloop.network_options();
         network.set_connection_timeout(config.connect_timeout.as_secs().max(1));
+        // No Nagle: a runtime writes a small packet (a PUBACK) right after a
+        // large one (a batch) and waits for nothing in between; with Nagle
+        // the small one sat in the socket until the broker's delayed ACK,
+        // about 40 ms (measured: a DAP's batches were 45 ms apart).
+        network.set_tcp_nodelay(true);
         eventloop.set_network_options(network);
 
         let (status, _) = watch::channel(Status {
