@@ -40,6 +40,19 @@ const NUMBERS: &[&str] = &[
     "loaded_gateway_ratio",
     "loaded_gateway_one_by_one_opens_per_cpu_sec",
     "loaded_gateway_one_by_one_ratio",
+    "loaded_gateway_bursts_vs_one_by_one",
+    "loaded_gateway_alerts_per_sec_wall",
+    "loaded_gateway_one_by_one_alerts_per_sec_wall",
+    "dap_reports",
+    "dap_batch_verify_per_sec",
+    "dap_service_1000_reports_per_cpu_sec",
+    "dap_service_1000_ratio",
+    "dap_service_10000_reports_per_cpu_sec",
+    "dap_service_10000_ratio",
+    "dap_forged_10pm_1000_ratio",
+    "dap_forged_100pm_1000_ratio",
+    "dap_service_ratio",
+    "dap_forged_ratio",
 ];
 
 #[test]
@@ -94,6 +107,15 @@ fn bench_quick_json_has_every_field() {
             .as_f64()
             .unwrap_or_else(|| panic!("{k} is not a number"))
     };
+    // The headline DAP ratios are the worst of their cases.
+    assert_eq!(
+        f("dap_service_ratio"),
+        f("dap_service_1000_ratio").min(f("dap_service_10000_ratio"))
+    );
+    assert_eq!(
+        f("dap_forged_ratio"),
+        f("dap_forged_10pm_1000_ratio").min(f("dap_forged_100pm_1000_ratio"))
+    );
     // Bursts form only when alerts queue up: at least none.
     assert!(f("loaded_gateway_mean_burst") >= 0.0);
     let factor = f("e2e_security_overhead_factor");
@@ -123,6 +145,8 @@ fn bench_table_names_backend_and_profile() {
     assert!(table.contains("no security (MQTT alone"), "{table}");
     assert!(table.contains("loaded gateway:"), "{table}");
     assert!(table.contains("queued bursts"), "{table}");
+    assert!(table.contains("DAP service:"), "{table}");
+    assert!(table.contains("service ratio"), "{table}");
 }
 
 #[test]
@@ -136,6 +160,8 @@ fn bench_end_to_end_can_be_skipped_and_is_bounded() {
             "0",
             "--load-alerts",
             "0",
+            "--dap-reports",
+            "0",
         ])
         .output()
         .unwrap();
@@ -143,6 +169,7 @@ fn bench_end_to_end_can_be_skipped_and_is_bounded() {
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(json.get("e2e_devices").is_none(), "{json}");
     assert!(json.get("loaded_gateway_ratio").is_none(), "{json}");
+    assert!(json.get("dap_service_ratio").is_none(), "{json}");
     let out = Command::new(BIN)
         .args(["bench", "--quick", "--load-alerts", "5"])
         .output()

@@ -31,10 +31,12 @@ use serde_json::Value;
 
 use crate::error::{CliError, Result};
 
+mod dap;
 mod e2e;
 mod load;
 mod output;
 
+use dap::{DapService, dap_service};
 use e2e::{EndToEnd, end_to_end};
 use load::{LoadedGateway, loaded_gateway};
 use output::{ratio, thousands};
@@ -73,6 +75,13 @@ pub struct BenchArgs {
     /// bursts; its CPU time is measured.
     #[arg(long, value_name = "N")]
     load_alerts: Option<usize>,
+    /// Reports per DAP service run (default: 10000, or 2000 with --quick;
+    /// 0 skips them). The DAP runtime on a thread of its own takes meters'
+    /// reports from the embedded MQTT broker and sends signed batches, with
+    /// 1 000 and 10 000 meters and with 1 % and 10 % forged reports; its
+    /// CPU time is measured.
+    #[arg(long, value_name = "N")]
+    dap_reports: Option<usize>,
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
@@ -89,8 +98,18 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             "--load-alerts must be 0 (skip) or 100..=1000000",
         ));
     }
-    let mut progress =
-        Progress::new(STEPS + usize::from(e2e_devices > 0) + usize::from(load_alerts > 0));
+    let dap_reports = args.dap_reports.unwrap_or(plan.dap_reports);
+    if dap_reports != 0 && !(100..=1_000_000).contains(&dap_reports) {
+        return Err(CliError::usage(
+            "--dap-reports must be 0 (skip) or 100..=1000000",
+        ));
+    }
+    let mut progress = Progress::new(
+        STEPS
+            + usize::from(e2e_devices > 0)
+            + usize::from(load_alerts > 0)
+            + usize::from(dap_reports > 0),
+    );
     let mut results = measure(plan, &mut progress)
         .map_err(|e| CliError::other(format!("benchmark fixture failed: {e} (this is a bug)")))?;
     if e2e_devices > 0 {
@@ -110,6 +129,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             plan.e2e_runs,
             &results,
         )?);
+    }
+    if dap_reports > 0 {
+        progress.step(&format!(
+            "DAP service: {dap_reports} reports over MQTT, 1 000 and 10 000 meters, 1 % and 10 % forged"
+        ));
+        results.dap = Some(dap_service(dap_reports, plan.e2e_runs.min(2), &results)?);
     }
     progress.done();
     let mut out = std::io::stdout().lock();
@@ -147,6 +172,8 @@ struct Plan {
     load_sensors: usize,
     /// Alerts of the loaded-gateway run.
     load_alerts: usize,
+    /// Reports of each DAP service run.
+    dap_reports: usize,
 }
 
 impl Plan {
@@ -159,6 +186,7 @@ impl Plan {
         e2e_runs: 1,
         load_sensors: 20,
         load_alerts: 2_000,
+        dap_reports: 2_000,
     };
     const FULL: Plan = Plan {
         warm_up: Duration::from_millis(100),
@@ -169,6 +197,7 @@ impl Plan {
         e2e_runs: 3,
         load_sensors: 200,
         load_alerts: 20_000,
+        dap_reports: 10_000,
     };
 }
 
@@ -373,6 +402,7 @@ struct Results {
     failures: u64,
     e2e: Option<EndToEnd>,
     load: Option<LoadedGateway>,
+    dap: Option<DapService>,
 }
 
 fn measure(plan: Plan, progress: &mut Progress) -> FixtureResult<Results> {
@@ -588,6 +618,7 @@ fn measure(plan: Plan, progress: &mut Progress) -> FixtureResult<Results> {
         failures,
         e2e: None,
         load: None,
+        dap: None,
     })
 }
 

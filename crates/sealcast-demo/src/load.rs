@@ -13,7 +13,7 @@
 //! node), and that thread's CPU time is what is measured, from the first
 //! publish to its last alert verified: opens per CPU-second of the gateway,
 //! everything it does for a message included (MQTT decoding, PUBACK,
-//! topic, replay window, events).
+//! topic, replay window and its state file, events).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -157,7 +157,11 @@ pub async fn gateway_under_load(load: AlertLoad) -> Result<LoadReport> {
         relays_for: Vec::new(),
         handler: Arc::new(LogHandler),
         events: events_tx.clone(),
-        state_file: None,
+        // As the service runs it: the windows reach the state file before
+        // an alert is acknowledged or acted on.
+        state_file: Some(sealcast_store::DeviceStateFile::new(
+            dir.join("gateway.cbor"),
+        )),
         no_key_warning: None,
         replay: device::ReplayPolicies::default(),
         audit: None,
@@ -231,6 +235,11 @@ pub async fn gateway_under_load(load: AlertLoad) -> Result<LoadReport> {
     members.push((gateway.clone(), Role::Receiver));
     m.add_members(group.clone(), members).await?;
     m.wait_converged(&group, Duration::from_secs(60)).await?;
+    // The sensors were needed to acknowledge their keys; every device hears
+    // the group's alerts, so left running they would open the load too.
+    for n in nodes {
+        n.stop().await;
+    }
     let material = gw
         .material(&group)
         .await?
@@ -311,9 +320,6 @@ pub async fn gateway_under_load(load: AlertLoad) -> Result<LoadReport> {
         .map_err(|_| Error::Runtime("the gateway's thread panicked".into()))??;
     publishing.abort();
     let _ = publisher.disconnect(Duration::from_secs(1)).await;
-    for n in nodes {
-        n.stop().await;
-    }
     if opened != load.alerts {
         return Err(Error::Runtime(format!(
             "the loaded gateway verified {opened} of {} alerts ({refused} refused) within 120 s",
@@ -326,5 +332,279 @@ pub async fn gateway_under_load(load: AlertLoad) -> Result<LoadReport> {
         wall,
         bursts,
         in_bursts,
+    })
+}
+
+/// What to load a DAP with.
+#[derive(Clone, Copy, Debug)]
+pub struct DapLoad {
+    /// Meters the DAP serves.
+    pub meters: usize,
+    /// Reports in all (round robin over the meters, sequence numbers in
+    /// order), forged ones included.
+    pub reports: usize,
+    /// Forged reports per thousand: a known meter's id and a fresh
+    /// sequence number, signed by another key (they cost the DAP signature
+    /// work and break its batches).
+    pub forged_per_mille: usize,
+    /// Reports per batch (the service's default: 64).
+    pub batch_size: usize,
+}
+
+/// What the DAP service did under the load.
+#[derive(Clone, Copy, Debug)]
+pub struct DapLoadReport {
+    /// Reports sent to it.
+    pub reports: usize,
+    /// Forged ones among them.
+    pub forged: usize,
+    /// Reports it forwarded in signed batches, and forgeries it dropped.
+    pub forwarded: u64,
+    /// Forgeries it dropped.
+    pub dropped_forged: u64,
+    /// Signed batches it sent to the headend.
+    pub batches: u64,
+    /// CPU time of the DAP's thread from the first publish to the last
+    /// report handled (wall time where the OS has no thread clock).
+    pub dap_cpu: Duration,
+    /// Wall time of the same span.
+    pub wall: Duration,
+}
+
+impl DapLoadReport {
+    /// Reports handled per second of the DAP's CPU.
+    pub fn reports_per_cpu_second(&self) -> f64 {
+        let s = self.dap_cpu.as_secs_f64();
+        if s > 0.0 {
+            self.reports as f64 / s
+        } else {
+            0.0
+        }
+    }
+}
+
+/// The DAP service under a stream of meter reports: the embedded MQTT
+/// broker on loopback; the DAP runtime (`sealcast_node::dap`, its state
+/// file written as the service writes it, before the meters' messages are
+/// acknowledged) alone on a thread of its own; the reports sealed in
+/// advance by `meters` meters for their headend and published as fast as
+/// one MQTT connection takes them to the DAP's report topic; a headend
+/// subscriber taking the signed batches. Measured: the DAP thread's CPU
+/// time from the first publish until every report was handled.
+pub async fn dap_under_load(load: DapLoad) -> Result<DapLoadReport> {
+    use sealcast_core::report::{PairwiseKey, seal_report};
+    use sealcast_core::target::AgentChannel;
+    if load.meters == 0 || load.reports == 0 || load.forged_per_mille > 1000 {
+        return Err(Error::Runtime(
+            "a DAP load needs meters, reports and at most 1000 forgeries per mille".into(),
+        ));
+    }
+    let (_transport, link) = crate::demo_link(
+        Transport::Mqtt,
+        None,
+        &crate::OneM2mOptions::default(),
+        "headend",
+        &mut |_| {},
+    )
+    .await?;
+    let LinkConfig::Mqtt { broker_url, .. } = &link else {
+        return Err(Error::Runtime("the load runs on MQTT".into()));
+    };
+    let url = broker_url.clone();
+    let topics = crate::demo_topics(false)?;
+    let dir = std::env::temp_dir().join(format!(
+        "sealcast-dap-load-{}-{}",
+        std::process::id(),
+        now().get()
+    ));
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Error::Runtime(format!("cannot create {}: {e}", dir.display())))?;
+    let _remove = crate::fire_safety::RemoveOnDrop(dir.clone());
+    let mut rng = os_rng()?;
+    let headend = EntityCredential::generate(id("headend")?, &mut rng);
+    let dap_cred = EntityCredential::generate(id("dap-1")?, &mut rng);
+    let dap_id = dap_cred.id().clone();
+    let forger = EntityCredential::generate(id("forger")?, &mut rng);
+    let meters: Vec<EntityCredential> = (1..=load.meters)
+        .map(|i| {
+            Ok(EntityCredential::generate(
+                id(&format!("meter-{i}"))?,
+                &mut rng,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let pairwise: Vec<PairwiseKey> = meters
+        .iter()
+        .map(|m| {
+            PairwiseKey::derive(
+                AeadAlg::A128Gcm,
+                m.agreement_secret(),
+                headend.public().agreement_key(),
+                m.id(),
+                headend.id(),
+            )
+        })
+        .collect::<std::result::Result<_, _>>()?;
+    let at = now();
+    let every = match load.forged_per_mille {
+        0 => usize::MAX,
+        n => (1000 / n).max(1),
+    };
+    let mut sealed = Vec::with_capacity(load.reports);
+    let mut forged = 0;
+    for i in 0..load.reports {
+        let k = i % meters.len();
+        let (Some(meter), Some(key)) = (meters.get(k), pairwise.get(k)) else {
+            return Err(Error::Runtime("no meter".into()));
+        };
+        let is_forged = every != usize::MAX && i % every == every / 2;
+        let (signer, seq) = if is_forged {
+            forged += 1;
+            (forger.signing_key(), 1_000_000 + i as u64)
+        } else {
+            (meter.signing_key(), (i / meters.len()) as u64 + 1)
+        };
+        sealed.push(seal_report(
+            meter.id(),
+            signer,
+            headend.id(),
+            key,
+            SeqNum::new(seq)?,
+            at,
+            b"{\"kwh\": 1234.5}",
+        )?);
+    }
+    let core = sealcast_metering::dap::DapCore::new(
+        dap_cred,
+        headend.public(),
+        "bench".into(),
+        meters.iter().map(EntityCredential::public).collect(),
+    )?;
+    drop(meters);
+
+    // The headend's side: a subscriber taking the batches.
+    let (headend_client, mut batches) = sealcast_mqtt::MqttClient::connect(
+        sealcast_mqtt::MqttConfig::from_url(&url, "load-headend")
+            .map_err(|e| Error::Runtime(e.to_string()))?
+            .with_subscription(
+                sealcast_mqtt::TopicFilter::new(&topics.agent(&dap_id, AgentChannel::Batch))
+                    .map_err(|e| Error::Runtime(e.to_string()))?,
+            ),
+    )
+    .map_err(|e| Error::Runtime(e.to_string()))?;
+    headend_client
+        .wait_subscribed(Duration::from_secs(10))
+        .await
+        .map_err(|e| Error::Runtime(e.to_string()))?;
+    let taking = tokio::spawn(async move {
+        while let Some(m) = batches.next_message().await {
+            let _ = m.ack.ack().await;
+        }
+    });
+
+    // The DAP, alone on its thread.
+    let (ready_tx, ready_rx) = oneshot::channel::<Result<sealcast_node::dap::DapHandle>>();
+    let (start_tx, start_rx) = oneshot::channel::<()>();
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let (dap_events, _) = mpsc::unbounded_channel();
+    let config = sealcast_node::dap::DapConfig {
+        core,
+        link: link.clone(),
+        topics: topics.clone(),
+        batch_size: load.batch_size,
+        max_batch_delay: Duration::from_millis(200),
+        state_file: Some(sealcast_store::DeviceStateFile::new(dir.join("dap.cbor"))),
+        events: dap_events,
+        pool: None,
+        audit: None,
+        report_interval: None,
+    };
+    let thread = std::thread::Builder::new()
+        .name("loaded-dap".into())
+        .spawn(move || -> Result<Duration> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| Error::Runtime(format!("cannot start the DAP's runtime: {e}")))?;
+            rt.block_on(async move {
+                match sealcast_node::dap::spawn(config).await {
+                    Ok(h) => {
+                        let _ = ready_tx.send(Ok(h));
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return Ok(Duration::ZERO);
+                    }
+                }
+                if start_rx.await.is_err() {
+                    return Ok(Duration::ZERO);
+                }
+                let clock = thread_clock();
+                let _ = stop_rx.await;
+                Ok(clock())
+            })
+        })
+        .map_err(|e| Error::Runtime(format!("cannot start the DAP's thread: {e}")))?;
+    let mut dap = ready_rx
+        .await
+        .map_err(|_| Error::Runtime("the DAP's thread ended".into()))??;
+
+    let (publisher, _inbox) = sealcast_mqtt::MqttClient::connect(
+        sealcast_mqtt::MqttConfig::from_url(&url, "load-meters")
+            .map_err(|e| Error::Runtime(e.to_string()))?,
+    )
+    .map_err(|e| Error::Runtime(e.to_string()))?;
+    publisher
+        .wait_connected(Duration::from_secs(10))
+        .await
+        .map_err(|e| Error::Runtime(e.to_string()))?;
+    let wall = Instant::now();
+    start_tx
+        .send(())
+        .map_err(|_| Error::Runtime("the DAP's thread ended".into()))?;
+    let topic = topics.agent(&dap_id, AgentChannel::Report);
+    let publishing = tokio::spawn({
+        let publisher = publisher.clone();
+        async move {
+            for bytes in sealed {
+                if publisher
+                    .publish(topic.clone(), sealcast_mqtt::Bytes::from(bytes))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    });
+    let total = load.reports as u64;
+    let stats = dap
+        .wait_for(Duration::from_secs(300), |s| s.received >= total)
+        .await;
+    let wall = wall.elapsed();
+    let _ = stop_tx.send(());
+    let dap_cpu = tokio::task::spawn_blocking(move || thread.join())
+        .await
+        .map_err(|e| Error::Runtime(format!("DAP thread: {e}")))?
+        .map_err(|_| Error::Runtime("the DAP's thread panicked".into()))??;
+    publishing.abort();
+    taking.abort();
+    let _ = publisher.disconnect(Duration::from_secs(1)).await;
+    let _ = headend_client.disconnect(Duration::from_secs(1)).await;
+    let genuine = (load.reports - forged) as u64;
+    if stats.received < total || stats.forwarded != genuine || stats.forged != forged as u64 {
+        return Err(Error::Runtime(format!(
+            "the loaded DAP handled {} of {total} reports (forwarded {}, expected {genuine}; forged {}, expected {forged}; replayed {}, unknown {}) within 300 s",
+            stats.received, stats.forwarded, stats.forged, stats.replayed, stats.unknown
+        )));
+    }
+    Ok(DapLoadReport {
+        reports: load.reports,
+        forged,
+        forwarded: stats.forwarded,
+        dropped_forged: stats.forged,
+        batches: stats.batches,
+        dap_cpu,
+        wall,
     })
 }

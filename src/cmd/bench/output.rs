@@ -185,24 +185,54 @@ impl Results {
             let _ = writeln!(t);
             let _ = writeln!(
                 t,
-                "loaded gateway: {} alerts from {} sensors over the embedded MQTT broker, the gateway alone on a thread, its CPU time; best of {} runs each",
+                "loaded gateway: {} alerts from {} sensors over the embedded MQTT broker, the gateway alone on a thread with its state file, its CPU time; best of {} runs each",
                 l.alerts, l.sensors, l.runs
             );
             let _ = writeln!(
                 t,
-                "  one by one      {:>10.0} opens / CPU-s   ratio to one open {:>6.2}",
+                "  one by one      {:>10.0} opens / CPU-s   ratio to one open {:>6.2}  ({:.0} alerts/s wall)",
                 l.one_by_one.opens_per_cpu_second(),
-                l.one_by_one_ratio()
+                l.one_by_one_ratio(),
+                ratio(l.one_by_one.opened as f64, l.one_by_one.wall.as_secs_f64())
             );
             let _ = writeln!(
                 t,
-                "  queued bursts   {:>10.0} opens / CPU-s   ratio to one open {:>6.2}  goal >= 2.5  ({} bursts, {:.1} alerts each on average, {:.0} % of the alerts)",
+                "  queued bursts   {:>10.0} opens / CPU-s   ratio to one open {:>6.2}  goal >= 2.5  ({:.0} alerts/s wall; {} bursts, {:.1} alerts each on average, {:.0} % of the alerts)",
                 l.bursts.opens_per_cpu_second(),
                 l.ratio(),
+                ratio(l.bursts.opened as f64, l.bursts.wall.as_secs_f64()),
                 l.bursts.bursts,
                 l.mean_burst(),
                 100.0 * ratio(l.bursts.in_bursts as f64, l.bursts.opened as f64)
             );
+        }
+        if let Some(d) = &self.dap {
+            let _ = writeln!(t);
+            let _ = writeln!(
+                t,
+                "DAP service: {} reports in through the embedded MQTT broker, signed batches of 64 out, state file written before each ack; the DAP alone on a thread, its CPU time; best of {} runs each",
+                d.reports, d.runs
+            );
+            let _ = writeln!(
+                t,
+                "  pure batch verification (batch of 64, this run) {:>10.0} reports / CPU-s",
+                d.batch_verify_per_sec
+            );
+            for (c, r) in &d.cases {
+                let goal = if c.forged_per_mille == 0 { 0.8 } else { 0.6 };
+                let _ = writeln!(
+                    t,
+                    "  {:>6} meters, {:>4.1} % forged {:>10.0} reports / CPU-s   service ratio {:>6.2}  goal >= {goal}  ({} forwarded in {} batches, {} forgeries dropped; {:.2} s wall)",
+                    thousands(c.meters),
+                    c.forged_per_mille as f64 / 10.0,
+                    r.reports_per_cpu_second(),
+                    ratio(r.reports_per_cpu_second(), d.batch_verify_per_sec),
+                    r.forwarded,
+                    r.batches,
+                    r.dropped_forged,
+                    r.wall.as_secs_f64()
+                );
+            }
         }
         if self.failures > 0 {
             let _ = writeln!(
@@ -390,7 +420,55 @@ impl Results {
                     num(l.one_by_one_ratio()),
                 ),
                 ("loaded_gateway_mean_burst".into(), num(l.mean_burst())),
+                (
+                    "loaded_gateway_bursts_vs_one_by_one".into(),
+                    num(ratio(
+                        l.bursts.opens_per_cpu_second(),
+                        l.one_by_one.opens_per_cpu_second(),
+                    )),
+                ),
+                (
+                    "loaded_gateway_alerts_per_sec_wall".into(),
+                    num(ratio(l.bursts.opened as f64, l.bursts.wall.as_secs_f64())),
+                ),
+                (
+                    "loaded_gateway_one_by_one_alerts_per_sec_wall".into(),
+                    num(ratio(
+                        l.one_by_one.opened as f64,
+                        l.one_by_one.wall.as_secs_f64(),
+                    )),
+                ),
             ]);
+        }
+        if let Some(d) = &self.dap {
+            fields.push(("dap_reports".into(), Value::from(d.reports)));
+            fields.push((
+                "dap_batch_verify_per_sec".into(),
+                num(d.batch_verify_per_sec),
+            ));
+            for (c, r) in &d.cases {
+                let name = match c.forged_per_mille {
+                    0 => format!("dap_service_{}", c.meters),
+                    n => format!("dap_forged_{}pm_{}", n, c.meters),
+                };
+                fields.push((
+                    format!("{name}_reports_per_cpu_sec"),
+                    num(r.reports_per_cpu_second()),
+                ));
+                fields.push((
+                    format!("{name}_ratio"),
+                    num(ratio(r.reports_per_cpu_second(), d.batch_verify_per_sec)),
+                ));
+            }
+            let worst = |forged: bool| {
+                d.cases
+                    .iter()
+                    .filter(|(c, _)| (c.forged_per_mille > 0) == forged)
+                    .filter_map(|(c, _)| d.ratio(c.meters, c.forged_per_mille))
+                    .fold(f64::INFINITY, f64::min)
+            };
+            fields.push(("dap_service_ratio".into(), num(worst(false))));
+            fields.push(("dap_forged_ratio".into(), num(worst(true))));
         }
         let object: serde_json::Map<String, Value> = fields.into_iter().collect();
         let mut text = serde_json::to_string_pretty(&Value::Object(object))
