@@ -36,7 +36,7 @@ use sealcast_node::link::bearer::BearerControl;
 use sealcast_node::manager::ManagerHandle;
 
 mod attacks;
-use sealcast_node::device::{LogHandler, NodeConfig, NodeHandle, Rule};
+use sealcast_node::device::{NodeConfig, NodeHandle, Rule};
 use sealcast_node::link::bearer::{BearerRole, ServiceSetup};
 use sealcast_node::link::{Interest, Link, LinkConfig, Transport};
 use sealcast_node::runtime::{Event, EventKind, now, os_rng};
@@ -470,10 +470,6 @@ impl Deployment {
             None,
         );
         let gw = device::spawn(NodeConfig {
-            credential: gw_cred,
-            manager: manager_pub.clone(),
-            link: on_bearer(BearerRole::Service(service)),
-            topics: topics.clone(),
             rules: vec![
                 Rule {
                     on_alert_from: g.sensors.clone(),
@@ -487,16 +483,13 @@ impl Deployment {
                 },
             ],
             relays_for: devices.clone(),
-            handler: Arc::new(LogHandler),
-            events: events_tx.clone(),
-            state_file: None,
-            no_key_warning: None,
-            replay: device::ReplayPolicies::default(),
-            audit: None,
-            accept_access_tokens: false,
-            access: Default::default(),
-            misbehaviour: Default::default(),
-            max_burst: device::BURST_MAX,
+            ..crate::plain_node(
+                gw_cred,
+                manager_pub.clone(),
+                on_bearer(BearerRole::Service(service)),
+                topics.clone(),
+                events_tx.clone(),
+            )
         })
         .await?;
         let mut nodes = BTreeMap::new();
@@ -559,24 +552,13 @@ impl Deployment {
                 log(&format!("  … {} of {total} devices connected", i + 1));
             }
             let link = self.on_bearer(member_of(&self.gateway, &self.gw_pub, &cred)?);
-            let handle = device::spawn(NodeConfig {
-                credential: cred,
-                manager: self.manager_pub.clone(),
+            let handle = device::spawn(crate::plain_node(
+                cred,
+                self.manager_pub.clone(),
                 link,
-                topics: self.topics.clone(),
-                rules: Vec::new(),
-                relays_for: Vec::new(),
-                handler: Arc::new(LogHandler),
-                events: self.events_tx.clone(),
-                state_file: None,
-                no_key_warning: None,
-                replay: device::ReplayPolicies::default(),
-                audit: None,
-                accept_access_tokens: false,
-                access: Default::default(),
-                misbehaviour: Default::default(),
-                max_burst: device::BURST_MAX,
-            })
+                self.topics.clone(),
+                self.events_tx.clone(),
+            ))
             .await?;
             self.nodes.insert(d, handle);
         }

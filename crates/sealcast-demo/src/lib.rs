@@ -133,3 +133,34 @@ pub async fn demo_link(
         }
     }
 }
+
+/// A node as the demos and benchmarks run it: no rules, no relays, no state
+/// file, no audit log, the default replay and access policies, commands
+/// logged, bursts at the runtime's default. Callers change what differs
+/// with struct update syntax.
+pub(crate) fn plain_node(
+    credential: sealcast_core::credential::EntityCredential,
+    manager: sealcast_core::credential::PublicCredential,
+    link: sealcast_node::link::LinkConfig,
+    topics: sealcast_core::target::TopicScheme,
+    events: sealcast_node::runtime::EventSink,
+) -> sealcast_node::device::NodeConfig {
+    sealcast_node::device::NodeConfig {
+        credential,
+        manager,
+        link,
+        topics,
+        rules: Vec::new(),
+        relays_for: Vec::new(),
+        handler: std::sync::Arc::new(sealcast_node::device::LogHandler),
+        events,
+        state_file: None,
+        no_key_warning: None,
+        replay: sealcast_node::device::ReplayPolicies::default(),
+        audit: None,
+        accept_access_tokens: false,
+        access: Default::default(),
+        misbehaviour: Default::default(),
+        max_burst: sealcast_node::device::BURST_MAX,
+    }
+}

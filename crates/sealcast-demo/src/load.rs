@@ -16,7 +16,6 @@
 //! topic, replay window and its state file, events).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sealcast_core::broadcast::BroadcastSender;
@@ -28,7 +27,7 @@ use sealcast_group::manager::{EntityKind, Manager, RekeyScheme, Role};
 use sealcast_store::{AuditLog, SqliteStore};
 use tokio::sync::{mpsc, oneshot};
 
-use sealcast_node::device::{LogHandler, NodeConfig, NodeHandle};
+use sealcast_node::device::NodeConfig;
 use sealcast_node::link::{LinkConfig, Transport};
 use sealcast_node::runtime::{Event, EventKind, now, os_rng};
 use sealcast_node::{device, manager};
@@ -84,34 +83,176 @@ fn id(s: &str) -> Result<EntityId> {
     Ok(EntityId::new(s)?)
 }
 
+fn runtime_err(e: impl std::fmt::Display) -> Error {
+    Error::Runtime(e.to_string())
+}
+
+/// Where a load runs: the embedded MQTT broker on loopback, the link to it,
+/// the topics, and a temporary directory removed on drop.
+struct Site {
+    _transport: crate::DemoTransport,
+    link: LinkConfig,
+    url: String,
+    topics: sealcast_core::target::TopicScheme,
+    dir: std::path::PathBuf,
+    _remove: crate::fire_safety::RemoveOnDrop,
+}
+
+impl Site {
+    async fn start(tag: &str) -> Result<Self> {
+        let (transport, link) = crate::demo_link(
+            Transport::Mqtt,
+            None,
+            &crate::OneM2mOptions::default(),
+            crate::DEMO_MANAGER,
+            &mut |_| {},
+        )
+        .await?;
+        let LinkConfig::Mqtt { broker_url, .. } = &link else {
+            return Err(Error::Runtime("the load runs on MQTT".into()));
+        };
+        let url = broker_url.clone();
+        let dir = std::env::temp_dir().join(format!(
+            "sealcast-{tag}-{}-{}",
+            std::process::id(),
+            now().get()
+        ));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::Runtime(format!("cannot create {}: {e}", dir.display())))?;
+        Ok(Self {
+            _transport: transport,
+            link,
+            url,
+            topics: crate::demo_topics(false)?,
+            _remove: crate::fire_safety::RemoveOnDrop(dir.clone()),
+            dir,
+        })
+    }
+
+    /// A connected MQTT client of its own (`client_id`).
+    async fn client(&self, client_id: &str) -> Result<sealcast_mqtt::MqttClient> {
+        let (client, _inbox) = sealcast_mqtt::MqttClient::connect(
+            sealcast_mqtt::MqttConfig::from_url(&self.url, client_id).map_err(runtime_err)?,
+        )
+        .map_err(runtime_err)?;
+        client
+            .wait_connected(Duration::from_secs(10))
+            .await
+            .map_err(runtime_err)?;
+        Ok(client)
+    }
+}
+
+/// Publishes `messages` to `topic` as fast as the connection takes them.
+fn publish_all(
+    publisher: &sealcast_mqtt::MqttClient,
+    topic: String,
+    messages: Vec<Vec<u8>>,
+) -> tokio::task::JoinHandle<()> {
+    let publisher = publisher.clone();
+    tokio::spawn(async move {
+        for bytes in messages {
+            if publisher
+                .publish(topic.clone(), sealcast_mqtt::Bytes::from(bytes))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    })
+}
+
+/// A service alone on a thread of its own (a current-thread runtime, so its
+/// connection, link and tasks all run there), and that thread's CPU clock.
+struct Measured<H> {
+    handle: H,
+    start: Option<oneshot::Sender<()>>,
+    stop: oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<Result<Duration>>,
+}
+
+impl<H: Send + 'static> Measured<H> {
+    /// Starts `spawn()` on a new thread named `name`; returns once the
+    /// service runs.
+    async fn spawn<F, Fut>(name: &str, spawn: F) -> Result<Self>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<H>>,
+    {
+        let (ready_tx, ready_rx) = oneshot::channel::<Result<H>>();
+        let (start, start_rx) = oneshot::channel::<()>();
+        let (stop, stop_rx) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || -> Result<Duration> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| Error::Runtime(format!("cannot start a runtime: {e}")))?;
+                rt.block_on(async move {
+                    match spawn().await {
+                        Ok(h) => {
+                            let _ = ready_tx.send(Ok(h));
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return Ok(Duration::ZERO);
+                        }
+                    }
+                    if start_rx.await.is_err() {
+                        return Ok(Duration::ZERO);
+                    }
+                    let clock = thread_clock();
+                    let _ = stop_rx.await;
+                    Ok(clock())
+                })
+                // Dropping the runtime ends the service's tasks.
+            })
+            .map_err(|e| Error::Runtime(format!("cannot start the thread {name}: {e}")))?;
+        let handle = ready_rx
+            .await
+            .map_err(|_| Error::Runtime(format!("the thread {name} ended")))??;
+        Ok(Self {
+            handle,
+            start: Some(start),
+            stop,
+            thread,
+        })
+    }
+
+    /// Starts the clock.
+    fn start_clock(&mut self) -> Result<()> {
+        match self.start.take().map(|s| s.send(())) {
+            Some(Ok(())) => Ok(()),
+            _ => Err(Error::Runtime("a measured thread ended".into())),
+        }
+    }
+
+    /// Stops the clock and the service: the thread's CPU time since
+    /// [`Self::start`].
+    async fn finish(self) -> Result<Duration> {
+        let _ = self.stop.send(());
+        let thread = self.thread;
+        tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .map_err(runtime_err)?
+            .map_err(|_| Error::Runtime("a measured thread panicked".into()))?
+    }
+}
+
 /// Runs the deployment and the load (see the module documentation).
 pub async fn gateway_under_load(load: AlertLoad) -> Result<LoadReport> {
     if load.sensors == 0 || load.alerts == 0 {
         return Err(Error::Runtime("a load needs sensors and alerts".into()));
     }
-    let (_transport, link) = crate::demo_link(
-        Transport::Mqtt,
-        None,
-        &crate::OneM2mOptions::default(),
-        crate::DEMO_MANAGER,
-        &mut |_| {},
-    )
-    .await?;
-    let LinkConfig::Mqtt { broker_url, .. } = &link else {
-        return Err(Error::Runtime("the load runs on MQTT".into()));
-    };
-    let url = broker_url.clone();
-    let topics = crate::demo_topics(false)?;
-    let dir = std::env::temp_dir().join(format!(
-        "sealcast-load-{}-{}",
-        std::process::id(),
-        now().get()
-    ));
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| Error::Runtime(format!("cannot create {}: {e}", dir.display())))?;
-    let _remove = crate::fire_safety::RemoveOnDrop(dir.clone());
-    let store = SqliteStore::open(dir.join("manager.db"), sealcast_store::Kek::generate()?)?;
-    let audit = AuditLog::open(dir.join("audit.jsonl"))?;
+    let site = Site::start("load").await?;
+    let (link, topics) = (&site.link, &site.topics);
+    let store = SqliteStore::open(
+        site.dir.join("manager.db"),
+        sealcast_store::Kek::generate()?,
+    )?;
+    let audit = AuditLog::open(site.dir.join("audit.jsonl"))?;
     let mut rng = os_rng()?;
     let manager_cred = EntityCredential::generate(id(crate::DEMO_MANAGER)?, &mut rng);
     let manager_pub = manager_cred.public();
@@ -120,7 +261,7 @@ pub async fn gateway_under_load(load: AlertLoad) -> Result<LoadReport> {
         Box::new(store),
         audit,
         BTreeMap::new(),
-        &link,
+        link,
         topics.clone(),
     )
     .await?;
@@ -143,86 +284,35 @@ pub async fn gateway_under_load(load: AlertLoad) -> Result<LoadReport> {
     );
     m.enrol_many(enrol).await?;
 
-    // The gateway, alone on its thread.
+    // The gateway, alone on its thread, with its state file as the service
+    // runs it: the windows reach it before an alert is acknowledged.
     let (events_tx, mut events) = mpsc::unbounded_channel::<Event>();
-    let (ready_tx, ready_rx) = oneshot::channel::<Result<NodeHandle>>();
-    let (start_tx, start_rx) = oneshot::channel::<()>();
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let config = NodeConfig {
-        credential: gw_cred,
-        manager: manager_pub.clone(),
-        link: link.clone(),
-        topics: topics.clone(),
-        rules: Vec::new(),
-        relays_for: Vec::new(),
-        handler: Arc::new(LogHandler),
-        events: events_tx.clone(),
-        // As the service runs it: the windows reach the state file before
-        // an alert is acknowledged or acted on.
         state_file: Some(sealcast_store::DeviceStateFile::new(
-            dir.join("gateway.cbor"),
+            site.dir.join("gateway.cbor"),
         )),
-        no_key_warning: None,
-        replay: device::ReplayPolicies::default(),
-        audit: None,
-        accept_access_tokens: false,
-        access: Default::default(),
-        misbehaviour: Default::default(),
         max_burst: load.max_burst,
+        ..crate::plain_node(
+            gw_cred,
+            manager_pub.clone(),
+            link.clone(),
+            topics.clone(),
+            events_tx.clone(),
+        )
     };
-    let thread = std::thread::Builder::new()
-        .name("loaded-gateway".into())
-        .spawn(move || -> Result<Duration> {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| Error::Runtime(format!("cannot start the gateway's runtime: {e}")))?;
-            rt.block_on(async move {
-                let handle = match device::spawn(config).await {
-                    Ok(h) => h,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return Ok(Duration::ZERO);
-                    }
-                };
-                let _ = ready_tx.send(Ok(handle.clone()));
-                if start_rx.await.is_err() {
-                    return Ok(Duration::ZERO);
-                }
-                let clock = thread_clock();
-                let _ = stop_rx.await;
-                let spent = clock();
-                handle.stop().await;
-                Ok(spent)
-            })
-        })
-        .map_err(|e| Error::Runtime(format!("cannot start the gateway's thread: {e}")))?;
-    let gw = ready_rx
-        .await
-        .map_err(|_| Error::Runtime("the gateway's thread ended".into()))??;
+    let mut gw = Measured::spawn("loaded-gateway", move || device::spawn(config)).await?;
 
     // The sensors, then the group and its keys.
     let mut nodes = Vec::with_capacity(sensors.len());
     for c in &sensors {
         nodes.push(
-            device::spawn(NodeConfig {
-                credential: crate::fire_safety::copy_credential(c)?,
-                manager: manager_pub.clone(),
-                link: link.clone(),
-                topics: topics.clone(),
-                rules: Vec::new(),
-                relays_for: Vec::new(),
-                handler: Arc::new(LogHandler),
-                events: events_tx.clone(),
-                state_file: None,
-                no_key_warning: None,
-                replay: device::ReplayPolicies::default(),
-                audit: None,
-                accept_access_tokens: false,
-                access: Default::default(),
-                misbehaviour: Default::default(),
-                max_burst: device::BURST_MAX,
-            })
+            device::spawn(crate::plain_node(
+                crate::fire_safety::copy_credential(c)?,
+                manager_pub.clone(),
+                link.clone(),
+                topics.clone(),
+                events_tx.clone(),
+            ))
             .await?,
         );
     }
@@ -240,10 +330,10 @@ pub async fn gateway_under_load(load: AlertLoad) -> Result<LoadReport> {
     for n in nodes {
         n.stop().await;
     }
-    let material = gw
-        .material(&group)
-        .await?
-        .ok_or_else(|| Error::Runtime("the gateway holds no key of the sensors' group".into()))?;
+    let material =
+        gw.handle.material(&group).await?.ok_or_else(|| {
+            Error::Runtime("the gateway holds no key of the sensors' group".into())
+        })?;
 
     // The alerts, sealed in advance: round robin over the sensors.
     let target = topics.group(&group, GroupChannel::Alert);
@@ -264,34 +354,10 @@ pub async fn gateway_under_load(load: AlertLoad) -> Result<LoadReport> {
     // Key traffic is over; what the events said so far is not the load.
     while events.try_recv().is_ok() {}
 
-    let (publisher, _inbox) = sealcast_mqtt::MqttClient::connect(
-        sealcast_mqtt::MqttConfig::from_url(&url, "load-publisher")
-            .map_err(|e| Error::Runtime(e.to_string()))?,
-    )
-    .map_err(|e| Error::Runtime(e.to_string()))?;
-    publisher
-        .wait_connected(Duration::from_secs(10))
-        .await
-        .map_err(|e| Error::Runtime(e.to_string()))?;
+    let publisher = site.client("load-publisher").await?;
     let wall = Instant::now();
-    start_tx
-        .send(())
-        .map_err(|_| Error::Runtime("the gateway's thread ended".into()))?;
-    let topic = target;
-    let publishing = tokio::spawn({
-        let publisher = publisher.clone();
-        async move {
-            for bytes in sealed {
-                if publisher
-                    .publish(topic.clone(), sealcast_mqtt::Bytes::from(bytes))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
-        }
-    });
+    gw.start_clock()?;
+    let publishing = publish_all(&publisher, target, sealed);
     let (mut opened, mut bursts, mut in_bursts, mut refused) = (0, 0, 0, 0);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     while opened < load.alerts {
@@ -313,11 +379,7 @@ pub async fn gateway_under_load(load: AlertLoad) -> Result<LoadReport> {
         }
     }
     let wall = wall.elapsed();
-    let _ = stop_tx.send(());
-    let gateway_cpu = tokio::task::spawn_blocking(move || thread.join())
-        .await
-        .map_err(|e| Error::Runtime(format!("gateway thread: {e}")))?
-        .map_err(|_| Error::Runtime("the gateway's thread panicked".into()))??;
+    let gateway_cpu = gw.finish().await?;
     publishing.abort();
     let _ = publisher.disconnect(Duration::from_secs(1)).await;
     if opened != load.alerts {
@@ -399,27 +461,8 @@ pub async fn dap_under_load(load: DapLoad) -> Result<DapLoadReport> {
             "a DAP load needs meters, reports and at most 1000 forgeries per mille".into(),
         ));
     }
-    let (_transport, link) = crate::demo_link(
-        Transport::Mqtt,
-        None,
-        &crate::OneM2mOptions::default(),
-        "headend",
-        &mut |_| {},
-    )
-    .await?;
-    let LinkConfig::Mqtt { broker_url, .. } = &link else {
-        return Err(Error::Runtime("the load runs on MQTT".into()));
-    };
-    let url = broker_url.clone();
-    let topics = crate::demo_topics(false)?;
-    let dir = std::env::temp_dir().join(format!(
-        "sealcast-dap-load-{}-{}",
-        std::process::id(),
-        now().get()
-    ));
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| Error::Runtime(format!("cannot create {}: {e}", dir.display())))?;
-    let _remove = crate::fire_safety::RemoveOnDrop(dir.clone());
+    let site = Site::start("dap-load").await?;
+    let topics = &site.topics;
     let mut rng = os_rng()?;
     let headend = EntityCredential::generate(id("headend")?, &mut rng);
     let dap_cred = EntityCredential::generate(id("dap-1")?, &mut rng);
@@ -484,18 +527,18 @@ pub async fn dap_under_load(load: DapLoad) -> Result<DapLoadReport> {
 
     // The headend's side: a subscriber taking the batches.
     let (headend_client, mut batches) = sealcast_mqtt::MqttClient::connect(
-        sealcast_mqtt::MqttConfig::from_url(&url, "load-headend")
-            .map_err(|e| Error::Runtime(e.to_string()))?
+        sealcast_mqtt::MqttConfig::from_url(&site.url, "load-headend")
+            .map_err(runtime_err)?
             .with_subscription(
                 sealcast_mqtt::TopicFilter::new(&topics.agent(&dap_id, AgentChannel::Batch))
-                    .map_err(|e| Error::Runtime(e.to_string()))?,
+                    .map_err(runtime_err)?,
             ),
     )
-    .map_err(|e| Error::Runtime(e.to_string()))?;
+    .map_err(runtime_err)?;
     headend_client
         .wait_subscribed(Duration::from_secs(10))
         .await
-        .map_err(|e| Error::Runtime(e.to_string()))?;
+        .map_err(runtime_err)?;
     let taking = tokio::spawn(async move {
         while let Some(m) = batches.next_message().await {
             let _ = m.ack.ack().await;
@@ -503,90 +546,38 @@ pub async fn dap_under_load(load: DapLoad) -> Result<DapLoadReport> {
     });
 
     // The DAP, alone on its thread.
-    let (ready_tx, ready_rx) = oneshot::channel::<Result<sealcast_node::dap::DapHandle>>();
-    let (start_tx, start_rx) = oneshot::channel::<()>();
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (dap_events, _) = mpsc::unbounded_channel();
     let config = sealcast_node::dap::DapConfig {
         core,
-        link: link.clone(),
+        link: site.link.clone(),
         topics: topics.clone(),
         batch_size: load.batch_size,
         max_batch_delay: Duration::from_millis(200),
-        state_file: Some(sealcast_store::DeviceStateFile::new(dir.join("dap.cbor"))),
+        state_file: Some(sealcast_store::DeviceStateFile::new(
+            site.dir.join("dap.cbor"),
+        )),
         events: dap_events,
         pool: None,
         audit: None,
         report_interval: None,
     };
-    let thread = std::thread::Builder::new()
-        .name("loaded-dap".into())
-        .spawn(move || -> Result<Duration> {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| Error::Runtime(format!("cannot start the DAP's runtime: {e}")))?;
-            rt.block_on(async move {
-                match sealcast_node::dap::spawn(config).await {
-                    Ok(h) => {
-                        let _ = ready_tx.send(Ok(h));
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return Ok(Duration::ZERO);
-                    }
-                }
-                if start_rx.await.is_err() {
-                    return Ok(Duration::ZERO);
-                }
-                let clock = thread_clock();
-                let _ = stop_rx.await;
-                Ok(clock())
-            })
-        })
-        .map_err(|e| Error::Runtime(format!("cannot start the DAP's thread: {e}")))?;
-    let mut dap = ready_rx
-        .await
-        .map_err(|_| Error::Runtime("the DAP's thread ended".into()))??;
+    let mut dap = Measured::spawn("loaded-dap", move || sealcast_node::dap::spawn(config)).await?;
 
-    let (publisher, _inbox) = sealcast_mqtt::MqttClient::connect(
-        sealcast_mqtt::MqttConfig::from_url(&url, "load-meters")
-            .map_err(|e| Error::Runtime(e.to_string()))?,
-    )
-    .map_err(|e| Error::Runtime(e.to_string()))?;
-    publisher
-        .wait_connected(Duration::from_secs(10))
-        .await
-        .map_err(|e| Error::Runtime(e.to_string()))?;
+    let publisher = site.client("load-meters").await?;
     let wall = Instant::now();
-    start_tx
-        .send(())
-        .map_err(|_| Error::Runtime("the DAP's thread ended".into()))?;
-    let topic = topics.agent(&dap_id, AgentChannel::Report);
-    let publishing = tokio::spawn({
-        let publisher = publisher.clone();
-        async move {
-            for bytes in sealed {
-                if publisher
-                    .publish(topic.clone(), sealcast_mqtt::Bytes::from(bytes))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
-        }
-    });
+    dap.start_clock()?;
+    let publishing = publish_all(
+        &publisher,
+        topics.agent(&dap_id, AgentChannel::Report),
+        sealed,
+    );
     let total = load.reports as u64;
     let stats = dap
+        .handle
         .wait_for(Duration::from_secs(300), |s| s.received >= total)
         .await;
     let wall = wall.elapsed();
-    let _ = stop_tx.send(());
-    let dap_cpu = tokio::task::spawn_blocking(move || thread.join())
-        .await
-        .map_err(|e| Error::Runtime(format!("DAP thread: {e}")))?
-        .map_err(|_| Error::Runtime("the DAP's thread panicked".into()))??;
+    let dap_cpu = dap.finish().await?;
     publishing.abort();
     taking.abort();
     let _ = publisher.disconnect(Duration::from_secs(1)).await;
