@@ -130,9 +130,14 @@ async fn a_full_or_read_only_disk_holds_commands_until_it_recovers() {
         node(&gateway) + &relays_for([&sensor, &door]) + FIRE_RULE,
     )
     .unwrap();
-    for d in [&sensor, &door] {
-        fs::write(dir.join(format!("{d}.toml")), node(d)).unwrap();
-    }
+    fs::write(dir.join(format!("{sensor}.toml")), node(&sensor)).unwrap();
+    // The door's metrics endpoint counts its bursts (the last phase).
+    let metrics_port = common::Mosquitto::free_port();
+    fs::write(
+        dir.join(format!("{door}.toml")),
+        format!("metrics_listen = \"127.0.0.1:{metrics_port}\"\n") + &node(&door),
+    )
+    .unwrap();
     let disk = Tmpfs::mount(&dir.join(format!("{door}-state")), "256k");
 
     let mut procs = Procs::new(&dir);
@@ -220,6 +225,59 @@ async fn a_full_or_read_only_disk_holds_commands_until_it_recovers() {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // --- a burst on a full disk (issue #16): the door catches up on queued
+    // commands as one burst, cannot save its windows, holds them all
+    // unexecuted, and executes each once when space returns -----------------
+    let pid = procs.pid(&door).to_string();
+    let signal = |sig: &str| {
+        assert!(
+            Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    signal("-STOP");
+    disk.fill();
+    const QUEUED: usize = 6;
+    for i in 0..QUEUED {
+        send_alert(
+            &dir,
+            &sensor,
+            &format!("smoke while the door is stopped {i}"),
+        );
+    }
+    wait_until("the gateway fired for the queued alerts", &procs, || {
+        procs.log("agent").matches("rule fired").count() >= 4 + QUEUED
+    })
+    .await;
+    signal("-CONT");
+    wait_until("the restarted door says its disk is full", &procs, || {
+        procs.log(&door).contains("state file not written")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        executed_seqs(&dir, &door).len(),
+        4,
+        "a burst executed without saving"
+    );
+    let metrics = common::http_get(metrics_port, "/metrics").1;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("sealcast_bursts_total") && !l.ends_with(" 0")),
+        "the queued commands were not opened as a burst:\n{metrics}"
+    );
+    disk.free();
+    wait_until("the held burst executes", &procs, || {
+        executed_seqs(&dir, &door).len() == 4 + QUEUED
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
     let all = executed_seqs(&dir, &door);
     let mut distinct = all.clone();
     distinct.sort_unstable();
@@ -231,7 +289,7 @@ async fn a_full_or_read_only_disk_holds_commands_until_it_recovers() {
     // faults and the SIGKILL is one intact chain.
     common::audit_intact(&dir, &format!("{door}-state/audit.jsonl"), &["unlock"]);
     eprintln!(
-        "disk faults: 3 commands held (2 on a full disk, 1 read-only across a SIGKILL), each executed once after recovery: seqs {all:?}"
+        "disk faults: 9 commands held (2 on a full disk, 1 read-only across a SIGKILL, 6 of a burst on a full disk), each executed once after recovery: seqs {all:?}"
     );
     drop(procs);
     drop(disk);

@@ -1020,9 +1020,11 @@ impl Node {
     /// of opening them one by one. A message that finds the queue empty is
     /// opened alone, at once; under load (a second one already queued) the
     /// burst takes what arrives within [`BURST_WAIT`], at most `max_burst`
-    /// ([`BURST_MAX`] by default). The first queued message that does not join
-    /// the burst (another group, another kind) is handled right after it,
-    /// so messages keep the order they arrived in.
+    /// ([`BURST_MAX`] by default). A command or alert of a group it holds no
+    /// key of is acknowledged on the way (it changes nothing); the first
+    /// other queued message that does not join the burst (another group's,
+    /// a delivery, a notice) is handled right after it, so whatever changes
+    /// state keeps the order it arrived in.
     async fn on_incoming(&mut self, first: Incoming, inbox: &mut Inbox) {
         let mut next = Some(first);
         while let Some(m) = next.take() {
@@ -1052,6 +1054,11 @@ impl Node {
                 };
                 match self.burstable(&m) {
                     Some((g, c)) if g == group => burst.push((c, m)),
+                    // A command or alert of a group this node holds no key
+                    // of changes nothing and is only acknowledged: taken
+                    // at once, it does not end the burst (a device hears
+                    // every group's traffic interleaved with its own).
+                    None if self.not_member(&m) => self.on_message(m).await,
                     _ => {
                         next = Some(m);
                         break;
@@ -1083,6 +1090,17 @@ impl Node {
             }) if self.receivers.contains_key(&group) => Some((group, channel)),
             _ => None,
         }
+    }
+
+    /// A command or alert of a group this node holds no key of.
+    fn not_member(&self, m: &Incoming) -> bool {
+        matches!(
+            self.topics.parse(&m.target),
+            Ok(Topic::Group {
+                group,
+                channel: GroupChannel::Command | GroupChannel::Alert,
+            }) if !self.receivers.contains_key(&group)
+        )
     }
 
     /// A timestamp-policy group keeps its digests in memory only: right
