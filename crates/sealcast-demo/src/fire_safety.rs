@@ -227,6 +227,12 @@ impl Events {
                     show(group)
                 )
             }
+            EventKind::Burst { group, size } => {
+                format!(
+                    "opened {size} queued messages of group {} as one burst",
+                    show(group)
+                )
+            }
             other => format!("{other:?}"),
         };
         format!("  {t:>6} ms  {:<10} {what}", e.who.as_str())
