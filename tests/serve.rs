@@ -1264,6 +1264,21 @@ async fn a_door_catching_up_opens_its_queue_in_bursts_accepting_what_one_by_one_
         value("sealcast_messages_refused_total") >= (2 * ALERTS) as f64,
         "the replayed and tampered copies were not all refused:\n{metrics}"
     );
+    // The door subscribes to the groups it holds keys of: the sensors'
+    // twelve alerts were never delivered to it (it used to hear every
+    // group's commands and alerts, and count them here).
+    let not_member = |metrics: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("sealcast_messages_not_member_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert_eq!(
+        not_member(&metrics),
+        0.0,
+        "the door was delivered traffic of groups it holds no key of:\n{metrics}"
+    );
 
     // --- what the bursts committed is on disk ------------------------------------
     d.procs.sigkill(&door0);
@@ -1280,6 +1295,21 @@ async fn a_door_catching_up_opens_its_queue_in_bursts_accepting_what_one_by_one_
         common::executed_seqs(&dir, &door0),
         after0,
         "a replay was executed after the SIGKILL"
+    );
+    // Restarted from its state file, it listens to its group again: a new
+    // alert's command executes, and still nothing of other groups arrives.
+    send_alert(&dir, &sensor, "smoke after the restart");
+    wait_until(
+        "door-1 executed the command after its restart",
+        &d.procs,
+        || common::executed_seqs(&dir, &door0).len() > after0.len(),
+    )
+    .await;
+    let metrics = common::http_get(port, "/metrics").1;
+    assert_eq!(
+        not_member(&metrics),
+        0.0,
+        "after its restart the door was delivered traffic of groups it holds no key of:\n{metrics}"
     );
     drop(d.procs);
     let _ = d.spy.disconnect(Duration::from_secs(2)).await;

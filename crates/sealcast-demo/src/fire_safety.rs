@@ -704,18 +704,30 @@ impl Deployment {
                 .events
                 .count(|e| el.contains(&e.who) && executed(e, eg, b"extinguish")),
         });
-        // Everyone subscribed hears the door topic; the door-group members
-        // are the doors, mallory (an insider) and the gateway (the sender).
-        // On oneM2M the door group's <group> fans out to its members only.
-        let onem2m = matches!(self.link, LinkConfig::OneM2m(_));
+        // On CoAP the multicast group carries every group's traffic: every
+        // device hears "unlock", and those outside the door group (all but
+        // the doors, mallory — an insider — and the gateway, the sender)
+        // hold no key of it. On MQTT a device subscribes to the groups it
+        // holds keys of, and on oneM2M the door group's <group> fans out
+        // to its members: none of them is delivered "unlock".
         let outsiders = self.devices.len() + 1 - (nd + 2);
+        let (what, expected) = match self.link {
+            LinkConfig::Coap(_) => (
+                "devices that heard \"unlock\" but hold no door key (CoAP multicast)",
+                outsiders,
+            ),
+            LinkConfig::OneM2m(_) => (
+                "devices outside the door group the CSE fanned \"unlock\" out to",
+                0,
+            ),
+            LinkConfig::Mqtt { .. } => (
+                "devices outside the door group the broker delivered \"unlock\" to",
+                0,
+            ),
+        };
         report.checks.push(Check {
-            what: if onem2m {
-                "devices outside the door group the CSE fanned \"unlock\" out to".into()
-            } else {
-                "devices that heard \"unlock\" but hold no door key".into()
-            },
-            expected: if onem2m { 0 } else { outsiders },
+            what: what.into(),
+            expected,
             observed: self
                 .events
                 .count(|e| matches!(&e.kind, EventKind::NotMember { group } if group == dg)),

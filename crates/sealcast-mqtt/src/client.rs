@@ -58,6 +58,9 @@ pub struct Status {
     /// The broker confirmed the configured subscriptions on the current
     /// session (or there are none).
     pub subscribed: bool,
+    /// The latest generation of subscriptions added with
+    /// [`MqttClient::subscribe`] that the broker confirmed (0: none added).
+    pub subscribed_generation: u64,
     /// QoS 1 publishes of ours the broker acknowledged (PUBACK).
     pub publishes_acked: u64,
     /// Publishes re-queued because the broker had lost our session.
@@ -88,6 +91,20 @@ struct Shared {
     /// Acknowledgements to send, in order, by the ack pump task: the
     /// runtime queues them here without ever waiting for the connection.
     acks: mpsc::UnboundedSender<PumpItem>,
+    /// Every subscription, with the generation that added it (0: the
+    /// configured ones): what a new session subscribes to.
+    filters: std::sync::Mutex<Vec<(TopicFilter, u64)>>,
+    /// The last generation handed out by [`MqttClient::subscribe`].
+    generation: AtomicU64,
+    /// SUBSCRIBE requests the ack pump handed to rumqttc, in order, not yet
+    /// seen going out: their generation and filters.
+    requested: std::sync::Mutex<VecDeque<(u64, Vec<TopicFilter>)>>,
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked
+/// (every critical section here is a single push, pop or scan).
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// What the ack pump sends, in order.
@@ -98,6 +115,10 @@ enum PumpItem {
     /// DISCONNECT, after every acknowledgement queued before it; the
     /// sender learns whether it was handed to the connection.
     Disconnect(tokio::sync::oneshot::Sender<bool>),
+    /// SUBSCRIBE to filters added in this generation. Sent through the pump
+    /// so the connection task sees them go out in the order they were
+    /// recorded.
+    Subscribe(u64, Vec<TopicFilter>),
 }
 
 /// Aborts the connection task when the last [`MqttClient`] and
@@ -136,6 +157,16 @@ async fn ack_pump(
             }
             PumpItem::Disconnect(done) => {
                 let _ = done.send(client.disconnect().await.is_ok());
+            }
+            PumpItem::Subscribe(generation, filters) => {
+                let request = filters
+                    .iter()
+                    .map(|f| SubscribeFilter::new(f.as_str().to_owned(), QoS::AtLeastOnce))
+                    .collect::<Vec<_>>();
+                lock(&shared.requested).push_back((generation, filters));
+                if client.subscribe_many(request).await.is_err() {
+                    break;
+                }
             }
         }
     }
@@ -362,6 +393,15 @@ impl MqttClient {
             published: AtomicU64::new(0),
             closing: AtomicBool::new(false),
             acks,
+            filters: std::sync::Mutex::new(
+                config
+                    .subscriptions
+                    .iter()
+                    .map(|f| (f.clone(), 0))
+                    .collect(),
+            ),
+            generation: AtomicU64::new(0),
+            requested: std::sync::Mutex::new(VecDeque::new()),
         });
         let pump = tokio::spawn(ack_pump(client.clone(), shared.clone(), ack_queue));
         let (tx, rx) = mpsc::channel(config.incoming_capacity);
@@ -369,7 +409,6 @@ impl MqttClient {
             eventloop,
             shared: shared.clone(),
             tx,
-            filters: config.subscriptions.clone(),
             backoff: config.backoff,
             client_id: config.client_id.clone(),
         };
@@ -421,6 +460,43 @@ impl MqttClient {
         })
         .await?;
         Ok(())
+    }
+
+    /// Subscribes to `filters` (QoS 1) from now on, on this session and
+    /// every new one, and waits at most `timeout` for the broker to confirm
+    /// them. Filters already subscribed are not sent again; the call then
+    /// waits for their confirmation only.
+    ///
+    /// A timeout is an error, but the filters stay: they are subscribed
+    /// again on the next connection. A filter the broker refuses closes the
+    /// client, as a refused configured subscription does.
+    pub async fn subscribe(&self, filters: &[TopicFilter], timeout: Duration) -> Result<()> {
+        let wait_for = {
+            let mut list = lock(&self.shared.filters);
+            let mut newest = 0;
+            let mut added = Vec::new();
+            for f in filters {
+                match list.iter().find(|(have, _)| have == f) {
+                    Some((_, generation)) => newest = newest.max(*generation),
+                    None if !added.contains(f) => added.push(f.clone()),
+                    None => {}
+                }
+            }
+            if !added.is_empty() {
+                let generation = self.shared.generation.fetch_add(1, Ordering::SeqCst) + 1;
+                list.extend(added.iter().map(|f| (f.clone(), generation)));
+                self.shared
+                    .acks
+                    .send(PumpItem::Subscribe(generation, added))
+                    .map_err(|_| Error::Closed)?;
+                newest = generation;
+            }
+            newest
+        };
+        self.wait_for(timeout, "the subscriptions", |s| {
+            s.connected && s.subscribed && s.subscribed_generation >= wait_for
+        })
+        .await
     }
 
     /// Waits until the broker acknowledged every publish made through this
@@ -496,12 +572,20 @@ impl MqttClient {
     }
 }
 
+/// What a SUBSCRIBE that went out covers.
+enum SentSubscribe {
+    /// Every filter, on a new session: confirms `subscribed` and the
+    /// generation current when it was sent.
+    All(u64, Vec<TopicFilter>),
+    /// The filters added in one generation.
+    Added(u64, Vec<TopicFilter>),
+}
+
 /// The connection task.
 struct Connection {
     eventloop: EventLoop,
     shared: Arc<Shared>,
     tx: mpsc::Sender<Incoming>,
-    filters: Vec<TopicFilter>,
     backoff: Backoff,
     client_id: String,
 }
@@ -515,6 +599,12 @@ impl Connection {
         // Whether some session of ours ever confirmed the subscriptions.
         let mut confirmed_once = false;
         let mut first_connack = true;
+        // Our resubscription of every filter, pushed on a CONNACK, goes out
+        // first; the generation it confirms.
+        let mut resubscribing: Option<(u64, Vec<TopicFilter>)> = None;
+        // SUBSCRIBEs sent on this connection, by packet id.
+        let mut sent: std::collections::HashMap<u16, SentSubscribe> =
+            std::collections::HashMap::new();
         loop {
             match self.eventloop.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
@@ -541,16 +631,35 @@ impl Connection {
                             );
                         }
                     }
-                    let resubscribe = !self.filters.is_empty()
-                        && (first_connack || !ack.session_present || !confirmed_once);
+                    let (all, generation) = {
+                        // The generation first: a filter added after it is
+                        // also in the list, and covered by its own request.
+                        let generation = self.shared.generation.load(Ordering::SeqCst);
+                        let all: Vec<TopicFilter> = lock(&self.shared.filters)
+                            .iter()
+                            .map(|(f, _)| f.clone())
+                            .collect();
+                        (all, generation)
+                    };
+                    // Also when a SUBSCRIBE of ours may have been lost with
+                    // the last connection.
+                    let unconfirmed =
+                        self.shared.status.borrow().subscribed_generation < generation;
+                    let resubscribe = !all.is_empty()
+                        && (first_connack
+                            || !ack.session_present
+                            || !confirmed_once
+                            || unconfirmed);
+                    sent.clear();
+                    resubscribing = None;
                     if resubscribe {
-                        let filters = self
-                            .filters
+                        let filters = all
                             .iter()
                             .map(|f| SubscribeFilter::new(f.as_str().to_owned(), QoS::AtLeastOnce));
                         self.eventloop
                             .pending
                             .push_front(Request::Subscribe(Subscribe::new_many(filters)));
+                        resubscribing = Some((generation, all));
                     }
                     first_connack = false;
                     info!(
@@ -566,18 +675,42 @@ impl Connection {
                         s.republished_after_session_loss += requeued;
                     });
                 }
+                Ok(Event::Outgoing(Outgoing::Subscribe(pkid))) => {
+                    let what = match resubscribing.take() {
+                        Some((generation, all)) => Some(SentSubscribe::All(generation, all)),
+                        None => lock(&self.shared.requested)
+                            .pop_front()
+                            .map(|(generation, added)| SentSubscribe::Added(generation, added)),
+                    };
+                    if let Some(what) = what {
+                        sent.insert(pkid, what);
+                    }
+                }
                 Ok(Event::Incoming(Packet::SubAck(suback))) => {
+                    let Some(what) = sent.remove(&suback.pkid) else {
+                        debug!(client = %self.client_id, pkid = suback.pkid, "a SUBACK for no SUBSCRIBE of this connection");
+                        continue;
+                    };
+                    let (filters, all, generation) = match &what {
+                        SentSubscribe::All(g, f) => (f, true, *g),
+                        SentSubscribe::Added(g, f) => (f, false, *g),
+                    };
                     let refused = suback
                         .return_codes
                         .iter()
-                        .zip(&self.filters)
+                        .zip(filters)
                         .find(|(code, _)| matches!(code, SubscribeReasonCode::Failure))
                         .map(|(_, f)| f.to_string());
                     match refused {
                         None => {
-                            confirmed_once = true;
-                            debug!(client = %self.client_id, "subscriptions confirmed");
-                            self.shared.status.send_modify(|s| s.subscribed = true);
+                            if all {
+                                confirmed_once = true;
+                            }
+                            debug!(client = %self.client_id, generation, "subscriptions confirmed");
+                            self.shared.status.send_modify(|s| {
+                                s.subscribed |= all;
+                                s.subscribed_generation = s.subscribed_generation.max(generation);
+                            });
                         }
                         Some(filter) => {
                             error!(client = %self.client_id, %filter, "the broker refused a subscription");
@@ -643,6 +776,10 @@ impl Connection {
                     // unacknowledged publishes (and queued requests) into
                     // `pending`; after a failed attempt `pending` is unchanged.
                     unacked = pending_publishes(&self.eventloop.pending);
+                    // SUBSCRIBEs without a SUBACK are lost with the
+                    // connection; the next CONNACK subscribes everything.
+                    sent.clear();
+                    resubscribing = None;
                     failures = failures.saturating_add(1);
                     let reason = e.to_string();
                     self.shared.status.send_modify(|s| {

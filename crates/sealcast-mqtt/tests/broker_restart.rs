@@ -410,3 +410,25 @@ async fn publishes_across_session_loss(broker: &mut Mosquitto) {
         started.elapsed()
     );
 }
+
+/// A subscription a client added at run time (a device that received the
+/// key of a new group) is renewed, with the configured ones, when a
+/// restarted broker has forgotten the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_added_at_run_time_is_renewed_on_a_new_session() {
+    let test = "a_subscription_added_at_run_time_is_renewed_on_a_new_session";
+    let Some(bin) = mosquitto_bin(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Mosquitto::start(&bin, dir.path(), Persistence::Off);
+    let url = broker.url();
+    let scheme = TopicScheme::with_prefix(&unique("resub")).unwrap();
+    let mut restart = || broker.restart();
+    let outcome = tokio::time::timeout(
+        LIMIT,
+        subscriptions_added_at_run_time(&url, &scheme, Some(&mut restart)),
+    )
+    .await;
+    assert!(outcome.is_ok(), "test exceeded its time limit");
+}

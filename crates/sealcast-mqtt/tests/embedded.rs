@@ -102,3 +102,15 @@ async fn invalid_configurations_and_topics_are_refused_without_panics() {
         ));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_added_at_run_time_receives_from_its_suback_on() {
+    let broker = EmbeddedBroker::start().unwrap();
+    let scheme = TopicScheme::with_prefix(&unique("sub")).unwrap();
+    tokio::time::timeout(
+        LIMIT,
+        subscriptions_added_at_run_time(&broker.url(), &scheme, None),
+    )
+    .await
+    .expect("test exceeded its time limit");
+}

@@ -389,3 +389,89 @@ pub async fn duplicates_reordering_and_gaps(url: &str, scheme: &TopicScheme) {
         started.elapsed()
     );
 }
+
+/// A subscription added at run time ([`MqttClient::subscribe`]): messages on
+/// it arrive from the SUBACK on, nothing of a group not subscribed arrives,
+/// subscribing again to a confirmed filter returns at once without a new
+/// request, and the runtime subscription is renewed with the configured one
+/// when `restart` makes the broker forget the session.
+pub async fn subscriptions_added_at_run_time(
+    url: &str,
+    scheme: &TopicScheme,
+    restart: Option<&mut (dyn FnMut() + Send)>,
+) {
+    let (doors, pumps) = (Group::new(b"doors", 21), Group::new(b"pumps", 22));
+    let (doors_cmd, pumps_cmd) = (
+        scheme.group(&doors.id, GroupChannel::Command),
+        scheme.group(&pumps.id, GroupChannel::Command),
+    );
+    let own = scheme.group_filter(&Group::new(b"own", 23).id);
+    let id = format!("{}-rx", scheme.root().replace('/', "-"));
+    let (rx, mut sub) = connect(config(url, &id).with_subscription(own)).await;
+    let (tx, _tx_sub) = MqttClient::connect(config(url, &format!("{id}-tx"))).unwrap();
+    tx.wait_connected(STEP).await.unwrap();
+
+    // Not subscribed yet: the doors' command does not arrive.
+    tx.publish(doors_cmd.clone(), doors.seal(1, &doors_cmd, b"early"))
+        .await
+        .unwrap();
+    tx.flush(STEP).await.unwrap();
+    assert_quiet(&mut sub, "before subscribing").await;
+
+    rx.subscribe(&[scheme.group_filter(&doors.id)], STEP)
+        .await
+        .unwrap();
+    assert_eq!(rx.status().subscribed_generation, 1);
+    // Again: confirmed already, nothing new is requested.
+    rx.subscribe(&[scheme.group_filter(&doors.id)], STEP)
+        .await
+        .unwrap();
+    assert_eq!(rx.status().subscribed_generation, 1);
+    let mut receiver = doors.receiver();
+    for (seq, text) in [(2, "unlock"), (3, "lock")] {
+        tx.publish(
+            doors_cmd.clone(),
+            doors.seal(seq, &doors_cmd, text.as_bytes()),
+        )
+        .await
+        .unwrap();
+        let m = next(&mut sub).await;
+        assert_eq!(m.topic, doors_cmd);
+        let opened = executed(deliver_once(m, |t, b| receiver.open(b, t, NOW)).await);
+        assert_eq!(opened.payload, text.as_bytes());
+    }
+    // Another group's traffic still does not arrive.
+    tx.publish(pumps_cmd.clone(), pumps.seal(1, &pumps_cmd, b"start"))
+        .await
+        .unwrap();
+    tx.flush(STEP).await.unwrap();
+    assert_quiet(&mut sub, "the pumps' command").await;
+
+    if let Some(restart) = restart {
+        let before = rx.status().connections;
+        tokio::task::block_in_place(restart);
+        let deadline = tokio::time::Instant::now() + STEP;
+        while rx.status().connections == before || !rx.status().subscribed {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no new session: {:?}",
+                rx.status()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!rx.status().session_present, "{:?}", rx.status());
+        tx.wait_connected(STEP).await.unwrap();
+        // The runtime subscription was renewed with the configured one.
+        tx.publish(
+            doors_cmd.clone(),
+            doors.seal(4, &doors_cmd, b"after restart"),
+        )
+        .await
+        .unwrap();
+        let m = next(&mut sub).await;
+        let opened = executed(deliver_once(m, |t, b| receiver.open(b, t, NOW)).await);
+        assert_eq!(opened.payload, b"after restart");
+    }
+    rx.disconnect(STEP).await.unwrap();
+    tx.disconnect(STEP).await.unwrap();
+}

@@ -140,6 +140,10 @@ pub const HELD_RETRY_FIRST: std::time::Duration = std::time::Duration::from_secs
 /// … and the interval doubles up to this.
 pub const HELD_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// How long a node waits for the broker to confirm its subscription to a
+/// group whose key it has just installed, before the acknowledgement.
+pub const LISTEN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How often a node checks whether its access token needs renewing.
 pub const TOKEN_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// At most one pull per this interval asks the manager for a token.
@@ -189,27 +193,6 @@ pub const STATE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(
 pub async fn spawn(config: NodeConfig) -> Result<NodeHandle> {
     let id = config.credential.id().clone();
     let manager_id = config.manager.id().clone();
-    let mut filters = vec![config.topics.device_filter(&id)];
-    filters.extend(
-        [
-            GroupChannel::Command,
-            GroupChannel::Alert,
-            GroupChannel::Notice,
-            GroupChannel::Rekey,
-        ]
-        .map(|c| config.topics.all_groups_filter(c)),
-    );
-    filters.extend(
-        config
-            .relays_for
-            .iter()
-            .map(|d| config.topics.device_filter(d)),
-    );
-    let interest = Interest {
-        filters,
-        multicast: true,
-        ..Interest::default()
-    };
     let manager_credential = config.manager.clone();
     let mut member = Member::new(config.credential, config.manager);
     let mut receivers = BTreeMap::new();
@@ -249,6 +232,22 @@ pub async fn spawn(config: NodeConfig) -> Result<NodeHandle> {
         .as_ref()
         .map(crate::audit::NodeAudit::open)
         .transpose()?;
+    // Its own channels, those of the devices it relays for, and the group
+    // channels of every group it holds key material of; a group whose key
+    // arrives later is added then (`Node::listen_to`).
+    let mut filters = vec![config.topics.device_filter(&id)];
+    filters.extend(
+        config
+            .relays_for
+            .iter()
+            .map(|d| config.topics.device_filter(d)),
+    );
+    filters.extend(receivers.keys().map(|g| config.topics.group_filter(g)));
+    let interest = Interest {
+        filters,
+        multicast: true,
+        ..Interest::default()
+    };
     let (link, inbox) = Link::connect(&id, &config.link, config.topics.clone(), interest).await?;
     let (tx, rx) = mpsc::channel(64);
     let node = Node {
@@ -940,6 +939,9 @@ impl Node {
                         warn!(node = %self.id, error = %e, "state file not written; not acknowledging");
                         return;
                     }
+                    if !self.listen_to(&group).await {
+                        return;
+                    }
                     if installed {
                         info!(node = %self.id, group = %group.name(), %epoch, "key material installed");
                         if let Some(a) = &mut self.audit {
@@ -963,6 +965,9 @@ impl Node {
                 self.publish_ack(ack).await;
             }
             Ok(MemberEvent::AlreadyCurrent { group, epoch, ack }) => {
+                if !self.listen_to(&group).await {
+                    return;
+                }
                 report(&self.events, &self.id, EventKind::Current { group, epoch });
                 self.publish_ack(ack).await;
             }
@@ -973,6 +978,21 @@ impl Node {
             }
             // Evicted, or not for us: nothing to install.
             Err(e) => debug!(node = %self.id, error = %e, "key message not installed"),
+        }
+    }
+
+    /// Makes sure the link receives `group`'s channels before the node
+    /// acknowledges its key: false (logged) if the broker did not confirm
+    /// the subscription in time. The key is then kept but not acknowledged;
+    /// the manager re-sends it, and the link subscribes again on its next
+    /// connection.
+    async fn listen_to(&mut self, group: &GroupId) -> bool {
+        match self.link.listen_to_group(group, LISTEN_WAIT).await {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(node = %self.id, group = %group.name(), error = %e, "cannot subscribe to the group's channels yet; the key is kept but not acknowledged (the manager re-sends it)");
+                false
+            }
         }
     }
 

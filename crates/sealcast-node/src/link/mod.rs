@@ -700,6 +700,24 @@ impl Link {
         }
     }
 
+    /// Receives `group`'s channels (commands, alerts, join notices, tree
+    /// rekeys) from now on. A field node calls it for every group it holds
+    /// key material of, before it acknowledges the key: it hears only its
+    /// own groups' traffic, and nothing sent after the acknowledgement is
+    /// missed. MQTT: subscribes to `<root>/g/<group-hex>/+` (kept on every
+    /// new session) and waits at most `timeout` for the broker's SUBACK.
+    /// CoAP: nothing, the multicast group carries every group; oneM2M:
+    /// nothing, the manager's `<group>` resource lists the member.
+    pub async fn listen_to_group(&self, group: &GroupId, timeout: Duration) -> Result<()> {
+        match &self.inner {
+            LinkInner::Mqtt(m) => {
+                m.subscribe(&[self.topics.group_filter(group)], timeout)
+                    .await
+            }
+            LinkInner::Coap(_) | LinkInner::OneM2m(_) => Ok(()),
+        }
+    }
+
     /// Tells the transport who the members of `group` are now, and which
     /// of them may send to it (the manager, after every change). MQTT and
     /// CoAP need nothing: members subscribe or join by themselves. oneM2M:

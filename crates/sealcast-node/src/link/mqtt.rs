@@ -211,6 +211,17 @@ impl MqttPublisher {
         Ok(())
     }
 
+    /// Subscribes to `filters` from now on (and on every new session) and
+    /// waits at most `timeout` for the broker's confirmation.
+    pub(super) async fn subscribe(
+        &self,
+        filters: &[sealcast_mqtt::TopicFilter],
+        timeout: Duration,
+    ) -> Result<()> {
+        self.client.subscribe(filters, timeout).await?;
+        Ok(())
+    }
+
     /// Sends what is queued (within `timeout`), then disconnects.
     pub(super) async fn close(&self, timeout: Duration) {
         let deadline = tokio::time::Instant::now() + timeout;
