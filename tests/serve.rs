@@ -1183,6 +1183,16 @@ async fn a_door_catching_up_opens_its_queue_in_bursts_accepting_what_one_by_one_
     d.append_to_config(&door0, &format!("metrics_listen = \"127.0.0.1:{port}\"\n"));
     assert!(d.procs.terminate_async(&door0).await.success());
     d.restart_device(&door0, 1).await;
+    // The other sensor keeps running, now as a member that only sends to
+    // its group: it must not be delivered (and open) the alerts below.
+    let sensor2 = d.sensors[1].clone();
+    let sensor_port = common::Mosquitto::free_port();
+    d.append_to_config(
+        &sensor2,
+        &format!("send_only = [\"fire-sensors\"]\nmetrics_listen = \"127.0.0.1:{sensor_port}\"\n"),
+    );
+    assert!(d.procs.terminate_async(&sensor2).await.success());
+    d.restart_device(&sensor2, 1).await;
     let (before0, before1) = (
         common::executed_seqs(&dir, &door0),
         common::executed_seqs(&dir, &door1),
@@ -1278,6 +1288,21 @@ async fn a_door_catching_up_opens_its_queue_in_bursts_accepting_what_one_by_one_
         not_member(&metrics),
         0.0,
         "the door was delivered traffic of groups it holds no key of:\n{metrics}"
+    );
+    let sensor_metrics = common::http_get(sensor_port, "/metrics").1;
+    let opened: f64 = sensor_metrics
+        .lines()
+        .filter(|l| l.starts_with("sealcast_messages_opened_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        opened == 0.0 && not_member(&sensor_metrics) == 0.0,
+        "the send-only sensor was delivered its group's alerts:\n{sensor_metrics}"
+    );
+    assert!(
+        d.procs.log(&sensor2).contains("device running"),
+        "{}",
+        d.procs.log(&sensor2)
     );
 
     // --- what the bursts committed is on disk ------------------------------------

@@ -507,6 +507,10 @@ struct NodeFile {
     /// Devices whose deliveries an agent relays.
     #[serde(default)]
     relays_for: Vec<String>,
+    /// Groups this node only sends to (a sensor in the sensors' group): it
+    /// keeps their keys but does not receive their commands and alerts.
+    #[serde(default)]
+    send_only: Vec<String>,
     #[serde(default)]
     rule: Vec<RuleEntry>,
     /// Warn once when no key material arrived this many seconds after

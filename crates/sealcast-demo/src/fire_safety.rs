@@ -558,13 +558,24 @@ impl Deployment {
                 log(&format!("  … {} of {total} devices connected", i + 1));
             }
             let link = self.on_bearer(member_of(&self.gateway, &self.gw_pub, &cred)?);
-            let handle = device::spawn(crate::plain_node(
-                cred,
-                self.manager_pub.clone(),
-                link,
-                self.topics.clone(),
-                self.events_tx.clone(),
-            ))
+            // A sensor sends alerts to its group and acts on none: it
+            // keeps the group's key current without hearing the other
+            // sensors' alerts.
+            let send_only = if self.sensors.contains(&d) {
+                std::iter::once(self.g.sensors.clone()).collect()
+            } else {
+                Default::default()
+            };
+            let handle = device::spawn(NodeConfig {
+                send_only,
+                ..crate::plain_node(
+                    cred,
+                    self.manager_pub.clone(),
+                    link,
+                    self.topics.clone(),
+                    self.events_tx.clone(),
+                )
+            })
             .await?;
             self.nodes.insert(d, handle);
         }

@@ -152,6 +152,7 @@ pub(crate) fn plain_node(
         topics,
         rules: Vec::new(),
         relays_for: Vec::new(),
+        send_only: Default::default(),
         handler: std::sync::Arc::new(sealcast_node::device::LogHandler),
         events,
         state_file: None,

@@ -119,6 +119,8 @@ enum PumpItem {
     /// so the connection task sees them go out in the order they were
     /// recorded.
     Subscribe(u64, Vec<TopicFilter>),
+    /// UNSUBSCRIBE from these filters.
+    Unsubscribe(Vec<TopicFilter>),
 }
 
 /// Aborts the connection task when the last [`MqttClient`] and
@@ -166,6 +168,13 @@ async fn ack_pump(
                 lock(&shared.requested).push_back((generation, filters));
                 if client.subscribe_many(request).await.is_err() {
                     break;
+                }
+            }
+            PumpItem::Unsubscribe(filters) => {
+                for f in filters {
+                    if client.unsubscribe(f.as_str()).await.is_err() {
+                        return;
+                    }
                 }
             }
         }
@@ -497,6 +506,21 @@ impl MqttClient {
             s.connected && s.subscribed && s.subscribed_generation >= wait_for
         })
         .await
+    }
+
+    /// Unsubscribes from `filters` (those the client subscribed to are
+    /// no longer renewed on new sessions) without waiting for the broker.
+    /// Also for filters this client never subscribed to: a persistent
+    /// session may hold subscriptions an earlier process made.
+    pub fn unsubscribe(&self, filters: &[TopicFilter]) -> Result<()> {
+        if filters.is_empty() {
+            return Ok(());
+        }
+        lock(&self.shared.filters).retain(|(f, _)| !filters.contains(f));
+        self.shared
+            .acks
+            .send(PumpItem::Unsubscribe(filters.to_vec()))
+            .map_err(|_| Error::Closed)
     }
 
     /// Waits until the broker acknowledged every publish made through this

@@ -89,6 +89,11 @@ pub(super) fn node_config(
         .iter()
         .map(|d| entity(d))
         .collect::<Result<Vec<_>>>()?;
+    let send_only = config
+        .send_only
+        .iter()
+        .map(|g| group_id(g))
+        .collect::<Result<_>>()?;
     let (events, _) = tokio::sync::mpsc::unbounded_channel();
     let metrics_at = config.metrics_listen;
     let mut link = link_config(
@@ -111,6 +116,7 @@ pub(super) fn node_config(
             topics: topics(config.topic_prefix.as_deref())?,
             rules,
             relays_for,
+            send_only,
             handler,
             events,
             state_file: Some(DeviceStateFile::new(state_dir.join("state.cbor"))),

@@ -78,6 +78,12 @@ pub struct NodeConfig {
     /// to them (MQTT) or forwards them (CoAP), and proves it cannot open
     /// them.
     pub relays_for: Vec<EntityId>,
+    /// Groups this node only sends to (a fire sensor in the sensors'
+    /// group): it keeps their keys current (join notices, tree rekeys) but
+    /// does not receive their commands and alerts — on MQTT it does not
+    /// subscribe to them, elsewhere it acknowledges them unopened. Empty:
+    /// it receives every group it holds a key of.
+    pub send_only: std::collections::BTreeSet<GroupId>,
     /// The command handler.
     pub handler: Arc<dyn CommandHandler>,
     /// Where to report events.

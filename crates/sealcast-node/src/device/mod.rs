@@ -21,7 +21,7 @@ use sealcast_core::groupkey::GroupKeyMaterial;
 use sealcast_core::ids::{EntityId, GroupId, SeqNum, UnixMillis};
 use sealcast_core::receive::OpenError;
 use sealcast_core::replay::SeqAllocator;
-use sealcast_core::target::{DeviceChannel, GroupChannel, Topic, TopicScheme};
+use sealcast_core::target::{DeviceChannel, GroupChannel, Topic, TopicFilter, TopicScheme};
 use sealcast_group::manager::MessageKind;
 use sealcast_group::member::{Member, MemberEvent};
 use sealcast_group::transmission::{
@@ -80,6 +80,8 @@ struct Node {
     topics: TopicScheme,
     rules: Vec<Rule>,
     relays_for: Vec<EntityId>,
+    /// Groups it only sends to: their commands and alerts are not received.
+    send_only: std::collections::BTreeSet<GroupId>,
     handler: Arc<dyn CommandHandler>,
     events: EventSink,
     pulls: u64,
@@ -242,13 +244,38 @@ pub async fn spawn(config: NodeConfig) -> Result<NodeHandle> {
             .iter()
             .map(|d| config.topics.device_filter(d)),
     );
-    filters.extend(receivers.keys().map(|g| config.topics.group_filter(g)));
+    for g in receivers.keys() {
+        filters.extend(crate::link::group_filters(
+            &config.topics,
+            g,
+            config.send_only.contains(g),
+        ));
+    }
     let interest = Interest {
         filters,
         multicast: true,
         ..Interest::default()
     };
     let (link, inbox) = Link::connect(&id, &config.link, config.topics.clone(), interest).await?;
+    // A persistent session keeps what an earlier process subscribed to:
+    // the wildcards over every group's channels that nodes used before
+    // they subscribed per group, and every channel of a group this node
+    // now only sends to.
+    let mut stale: Vec<TopicFilter> = [
+        GroupChannel::Command,
+        GroupChannel::Alert,
+        GroupChannel::Notice,
+        GroupChannel::Rekey,
+    ]
+    .map(|c| config.topics.all_groups_filter(c))
+    .into();
+    stale.extend(
+        config
+            .send_only
+            .iter()
+            .map(|g| config.topics.group_filter(g)),
+    );
+    link.forget_filters(&stale)?;
     let (tx, rx) = mpsc::channel(64);
     let node = Node {
         id: id.clone(),
@@ -263,6 +290,7 @@ pub async fn spawn(config: NodeConfig) -> Result<NodeHandle> {
         topics: config.topics,
         rules: config.rules,
         relays_for: config.relays_for,
+        send_only: config.send_only,
         handler: config.handler,
         events: config.events,
         pulls: 0,
@@ -537,6 +565,12 @@ impl Node {
             }) => {
                 self.on_group_key_message(&group, MessageKind::TreeRekey, incoming)
                     .await;
+            }
+            // A group it only sends to (CoAP multicast and oneM2M still
+            // bring their traffic): not opened.
+            Ok(Topic::Group { group, .. }) if self.send_only.contains(&group) => {
+                debug!(node = %self.id, group = %group.name(), "command or alert of a group this node only sends to: not opened");
+                let _ = incoming.ack.ack().await;
             }
             Ok(Topic::Group { group, channel }) => {
                 self.on_broadcast(group, channel, incoming).await
@@ -987,7 +1021,12 @@ impl Node {
     /// the manager re-sends it, and the link subscribes again on its next
     /// connection.
     async fn listen_to(&mut self, group: &GroupId) -> bool {
-        match self.link.listen_to_group(group, LISTEN_WAIT).await {
+        let keys_only = self.send_only.contains(group);
+        match self
+            .link
+            .listen_to_group(group, keys_only, LISTEN_WAIT)
+            .await
+        {
             Ok(()) => true,
             Err(e) => {
                 warn!(node = %self.id, group = %group.name(), error = %e, "cannot subscribe to the group's channels yet; the key is kept but not acknowledged (the manager re-sends it)");
@@ -1107,19 +1146,22 @@ impl Node {
             Ok(Topic::Group {
                 group,
                 channel: channel @ (GroupChannel::Command | GroupChannel::Alert),
-            }) if self.receivers.contains_key(&group) => Some((group, channel)),
+            }) if self.receivers.contains_key(&group) && !self.send_only.contains(&group) => {
+                Some((group, channel))
+            }
             _ => None,
         }
     }
 
-    /// A command or alert of a group this node holds no key of.
+    /// A command or alert of a group this node holds no key of, or only
+    /// sends to: acknowledged, nothing else.
     fn not_member(&self, m: &Incoming) -> bool {
         matches!(
             self.topics.parse(&m.target),
             Ok(Topic::Group {
                 group,
                 channel: GroupChannel::Command | GroupChannel::Alert,
-            }) if !self.receivers.contains_key(&group)
+            }) if !self.receivers.contains_key(&group) || self.send_only.contains(&group)
         )
     }
 

@@ -236,6 +236,19 @@ impl AddressBook {
     }
 }
 
+/// The MQTT filters of `group`'s channels: every channel, or with
+/// `keys_only` the join notices and tree rekeys alone.
+pub fn group_filters(topics: &TopicScheme, group: &GroupId, keys_only: bool) -> Vec<TopicFilter> {
+    if keys_only {
+        [GroupChannel::Notice, GroupChannel::Rekey]
+            .iter()
+            .filter_map(|c| TopicFilter::new(&topics.group(group, *c)).ok())
+            .collect()
+    } else {
+        vec![topics.group_filter(group)]
+    }
+}
+
 /// What a link listens to.
 #[derive(Clone, Debug)]
 pub struct Interest {
@@ -700,20 +713,37 @@ impl Link {
         }
     }
 
-    /// Receives `group`'s channels (commands, alerts, join notices, tree
-    /// rekeys) from now on. A field node calls it for every group it holds
-    /// key material of, before it acknowledges the key: it hears only its
-    /// own groups' traffic, and nothing sent after the acknowledgement is
-    /// missed. MQTT: subscribes to `<root>/g/<group-hex>/+` (kept on every
-    /// new session) and waits at most `timeout` for the broker's SUBACK.
-    /// CoAP: nothing, the multicast group carries every group; oneM2M:
-    /// nothing, the manager's `<group>` resource lists the member.
-    pub async fn listen_to_group(&self, group: &GroupId, timeout: Duration) -> Result<()> {
+    /// Receives `group`'s channels from now on: all of them (commands,
+    /// alerts, join notices, tree rekeys), or with `keys_only` the join
+    /// notices and tree rekeys alone (a member that only sends). A field
+    /// node calls it for every group it holds key material of, before it
+    /// acknowledges the key: it hears only its own groups' traffic, and
+    /// nothing sent after the acknowledgement is missed. MQTT: subscribes
+    /// to `<root>/g/<group-hex>/+` (or its `notice` and `rekey` topics; kept
+    /// on every new session) and waits at most `timeout` for the broker's
+    /// SUBACK. CoAP: nothing, the multicast group carries every group;
+    /// oneM2M: nothing, the manager's `<group>` resource lists the member.
+    pub async fn listen_to_group(
+        &self,
+        group: &GroupId,
+        keys_only: bool,
+        timeout: Duration,
+    ) -> Result<()> {
         match &self.inner {
             LinkInner::Mqtt(m) => {
-                m.subscribe(&[self.topics.group_filter(group)], timeout)
+                m.subscribe(&group_filters(&self.topics, group, keys_only), timeout)
                     .await
             }
+            LinkInner::Coap(_) | LinkInner::OneM2m(_) => Ok(()),
+        }
+    }
+
+    /// Stops receiving on MQTT `filters` a persistent session may still
+    /// hold from an earlier process (a node's old subscriptions): sent
+    /// without waiting; nothing on CoAP and oneM2M.
+    pub fn forget_filters(&self, filters: &[TopicFilter]) -> Result<()> {
+        match &self.inner {
+            LinkInner::Mqtt(m) => m.unsubscribe(filters),
             LinkInner::Coap(_) | LinkInner::OneM2m(_) => Ok(()),
         }
     }

@@ -222,6 +222,12 @@ impl MqttPublisher {
         Ok(())
     }
 
+    /// Unsubscribes from `filters` without waiting.
+    pub(super) fn unsubscribe(&self, filters: &[sealcast_mqtt::TopicFilter]) -> Result<()> {
+        self.client.unsubscribe(filters)?;
+        Ok(())
+    }
+
     /// Sends what is queued (within `timeout`), then disconnects.
     pub(super) async fn close(&self, timeout: Duration) {
         let deadline = tokio::time::Instant::now() + timeout;
