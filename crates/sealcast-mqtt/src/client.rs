@@ -626,6 +626,8 @@ impl Connection {
         // Our resubscription of every filter, pushed on a CONNACK, goes out
         // first; the generation it confirms.
         let mut resubscribing: Option<(u64, Vec<TopicFilter>)> = None;
+        // The connection was lost before that SUBSCRIBE's event was seen.
+        let mut lost_resubscribe = false;
         // SUBSCRIBEs sent on this connection, by packet id.
         let mut sent: std::collections::HashMap<u16, SentSubscribe> =
             std::collections::HashMap::new();
@@ -676,6 +678,34 @@ impl Connection {
                             || unconfirmed);
                     sent.clear();
                     resubscribing = None;
+                    // What the last connection left behind must not be
+                    // taken for this one's: our SUBSCRIBE of every filter
+                    // still waiting in `pending`, and the queued events of
+                    // SUBSCRIBEs handled just before it broke. This
+                    // connection's SUBSCRIBE of every filter covers them.
+                    let before = self.eventloop.pending.len();
+                    self.eventloop
+                        .pending
+                        .retain(|r| !matches!(r, Request::Subscribe(_)));
+                    let all_never_sent = self.eventloop.pending.len() < before;
+                    let before = self.eventloop.state.events.len();
+                    self.eventloop
+                        .state
+                        .events
+                        .retain(|e| !matches!(e, Event::Outgoing(Outgoing::Subscribe(_))));
+                    let stale = before - self.eventloop.state.events.len();
+                    // One of them was the last connection's SUBSCRIBE of
+                    // every filter, if it was sent; the others are recorded
+                    // in `requested`, oldest first.
+                    let added =
+                        stale.saturating_sub(usize::from(lost_resubscribe && !all_never_sent));
+                    lost_resubscribe = false;
+                    if added > 0 {
+                        let mut requested = lock(&self.shared.requested);
+                        for _ in 0..added {
+                            requested.pop_front();
+                        }
+                    }
                     if resubscribe {
                         let filters = all
                             .iter()
@@ -803,7 +833,7 @@ impl Connection {
                     // SUBSCRIBEs without a SUBACK are lost with the
                     // connection; the next CONNACK subscribes everything.
                     sent.clear();
-                    resubscribing = None;
+                    lost_resubscribe |= resubscribing.take().is_some();
                     failures = failures.saturating_add(1);
                     let reason = e.to_string();
                     self.shared.status.send_modify(|s| {

@@ -432,3 +432,58 @@ async fn a_subscription_added_at_run_time_is_renewed_on_a_new_session() {
     .await;
     assert!(outcome.is_ok(), "test exceeded its time limit");
 }
+
+/// A runtime subscription whose SUBACK never came — the broker froze with
+/// the SUBSCRIBE in its socket and died — is confirmed by the next
+/// session's subscription of every filter, and its messages arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_in_flight_when_the_broker_dies_is_confirmed_on_the_next_session() {
+    let test = "a_subscription_in_flight_when_the_broker_dies_is_confirmed_on_the_next_session";
+    let Some(bin) = mosquitto_bin(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Mosquitto::start(&bin, dir.path(), Persistence::Off);
+    let url = broker.url();
+    let run = unique("inflight");
+    let scheme = TopicScheme::with_prefix(&run).unwrap();
+    let (own, doors) = (Group::new(b"own", 31), Group::new(b"doors", 32));
+    let topic = scheme.group(&doors.id, GroupChannel::Command);
+    let outcome = tokio::time::timeout(LIMIT, async {
+        let (rx, mut sub) = connect(
+            config(&url, &format!("{run}-rx")).with_subscription(scheme.group_filter(&own.id)),
+        )
+        .await;
+        broker.signal("STOP");
+        let waiting = {
+            let rx = rx.clone();
+            let filter = scheme.group_filter(&doors.id);
+            tokio::spawn(async move { rx.subscribe(&[filter], STEP).await })
+        };
+        // The SUBSCRIBE goes out into the frozen broker's socket.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(rx.status().subscribed_generation, 0, "{:?}", rx.status());
+        tokio::task::block_in_place(|| {
+            broker.crash();
+            broker.spawn();
+        });
+        waiting.await.unwrap().unwrap();
+        let status = rx.status();
+        assert!(status.connections >= 2, "{status:?}");
+        assert!(
+            status.subscribed && status.subscribed_generation >= 1,
+            "{status:?}"
+        );
+        let (tx, _tx_sub) = MqttClient::connect(config(&url, &format!("{run}-tx"))).unwrap();
+        tx.wait_connected(STEP).await.unwrap();
+        tx.publish(topic.clone(), doors.seal(1, &topic, b"unlock"))
+            .await
+            .unwrap();
+        let m = next(&mut sub).await;
+        assert_eq!(m.topic, topic);
+        rx.disconnect(STEP).await.unwrap();
+        tx.disconnect(STEP).await.unwrap();
+    })
+    .await;
+    assert!(outcome.is_ok(), "test exceeded its time limit");
+}
