@@ -973,9 +973,6 @@ impl Node {
                         warn!(node = %self.id, error = %e, "state file not written; not acknowledging");
                         return;
                     }
-                    if !self.listen_to(&group).await {
-                        return;
-                    }
                     if installed {
                         info!(node = %self.id, group = %group.name(), %epoch, "key material installed");
                         if let Some(a) = &mut self.audit {
@@ -994,6 +991,11 @@ impl Node {
                                 epoch,
                             },
                         );
+                    }
+                    // Installed (and recorded as such) either way; only the
+                    // acknowledgement waits for the subscription.
+                    if !self.listen_to(&group).await {
+                        return;
                     }
                 }
                 self.publish_ack(ack).await;
