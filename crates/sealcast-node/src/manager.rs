@@ -741,8 +741,10 @@ impl Runtime {
                         self.reload_after_conflict(&group, &e);
                     }
                     // A member that acks is up: on oneM2M, add it to the
-                    // group's fan-out now if it was left out.
+                    // group's fan-out now if it was left out, and give it
+                    // the token it may have missed.
                     self.sync_members(&group).await;
+                    self.send_token_on_first_ack(&member).await;
                     self.audit(
                         AuditKind::Ack,
                         Some(&group),

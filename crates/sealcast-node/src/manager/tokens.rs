@@ -35,6 +35,9 @@ pub(super) struct TokenState {
     issued: BTreeMap<EntityId, (AccessToken, Vec<u8>)>,
     /// Grants already warned about (entity not enrolled), to warn once.
     warned: BTreeSet<EntityId>,
+    /// Entities whose token went again on their first acknowledgement in
+    /// this run ([`Runtime::send_token_on_first_ack`]).
+    sent_on_ack: BTreeSet<EntityId>,
 }
 
 impl TokenState {
@@ -137,6 +140,18 @@ impl Runtime {
 
     /// Sends `entity` its current token (if it has a grant), through its
     /// agent when it has one.
+    /// A member that acknowledges is reachable: its token goes to it once
+    /// more, the first time it acknowledges in this run. A token pushed
+    /// before the entity could be reached is otherwise lost until the next
+    /// renewal (on oneM2M a notification to an AE that has not registered
+    /// yet is refused; MQTT queues it on a persistent session).
+    pub(super) async fn send_token_on_first_ack(&mut self, entity: &EntityId) {
+        if self.tokens.issued.contains_key(entity) && self.tokens.sent_on_ack.insert(entity.clone())
+        {
+            self.send_token_to(entity).await;
+        }
+    }
+
     pub(super) async fn send_token_to(&mut self, entity: &EntityId) {
         let Some((_, bytes)) = self.tokens.issued.get(entity) else {
             return;
