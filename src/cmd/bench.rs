@@ -19,7 +19,9 @@ use sealcast_core::crypto::{AeadAlg, AeadKey, ed25519_backend};
 use sealcast_core::delivery::seal_key_delivery;
 use sealcast_core::groupkey::{AuthorizedSigner, GroupKeyMaterial};
 use sealcast_core::ids::{EntityId, Epoch, GroupId, SenderId, SeqNum};
-use sealcast_core::report::{PairwiseKey, seal_report, verify_report, verify_reports_batch};
+use sealcast_core::report::{
+    PairwiseKey, seal_report, verify_report, verify_reports_batch, verify_reports_batch_expecting,
+};
 use sealcast_core::statement::sign_statement;
 use sealcast_group::lkh::{KeyTree, LeafIndex};
 
@@ -300,7 +302,7 @@ fn slice(unit: &mut dyn FnMut() -> u64, offset: usize) -> (u64, Duration) {
 // ---------------------------------------------------------------------------
 
 /// open ×3, seal, batch ×3, burst, threads, point-to-point, tree ×3.
-const STEPS: usize = 14;
+const STEPS: usize = 15;
 
 struct Progress {
     total: usize,
@@ -394,6 +396,10 @@ struct Results {
     batches: Vec<BatchFigure>,
     /// A batch of 64 reports with one forgery, beside one by one.
     forged64: BatchFigure,
+    /// With six forgeries (≈ 10 %), bisected from the whole batch.
+    forged64_six: BatchFigure,
+    /// With six forgeries, checked in groups planned for six.
+    forged64_six_planned: BatchFigure,
     burst64_open_per_sec: f64,
     burst64_single_open_per_sec: f64,
     threads: ThreadRates,
@@ -403,6 +409,58 @@ struct Results {
     e2e: Option<EndToEnd>,
     load: Option<LoadedGateway>,
     dap: Option<DapService>,
+}
+
+/// A batch of 64 reports with the reports at `forged` spoiled (their
+/// signatures no longer hold), verified as one batch planned for
+/// `planned_for` forgeries per 1 000, beside one by one; each run must refuse
+/// exactly the spoiled ones (else counted in `failures`).
+fn forged_batch(
+    plan: Plan,
+    reports: &ReportFixture,
+    forged: &[usize],
+    planned_for: u64,
+    failures: &mut u64,
+) -> BatchFigure {
+    let mut spoiled: Vec<Vec<u8>> = reports.reports[..64].to_vec();
+    for i in forged {
+        if let Some(last) = spoiled[*i].len().checked_sub(3) {
+            spoiled[*i][last] ^= 0x40;
+        }
+    }
+    let slice: Vec<&[u8]> = spoiled.iter().map(Vec::as_slice).collect();
+    let slice = slice.as_slice();
+    let (mut batch_wrong, mut single_wrong) = (0u64, 0u64);
+    let (batch_per_sec, single_per_sec) = paired(
+        plan,
+        &mut || {
+            let out = verify_reports_batch_expecting(
+                slice,
+                &reports.headend,
+                |id| reports.key(id),
+                |_| Ok(()),
+                planned_for,
+            );
+            let refused: Vec<usize> = (0..out.len()).filter(|i| out[*i].is_err()).collect();
+            batch_wrong += u64::from(refused != forged);
+            64
+        },
+        &mut || {
+            let refused: Vec<usize> = (0..slice.len())
+                .filter(|i| {
+                    verify_report(slice[*i], &reports.headend, |id| reports.key(id)).is_err()
+                })
+                .collect();
+            single_wrong += u64::from(refused != forged);
+            64
+        },
+    );
+    *failures += batch_wrong + single_wrong;
+    BatchFigure {
+        size: 64,
+        batch_per_sec,
+        single_per_sec,
+    }
 }
 
 fn measure(plan: Plan, progress: &mut Progress) -> FixtureResult<Results> {
@@ -512,39 +570,15 @@ fn measure(plan: Plan, progress: &mut Progress) -> FixtureResult<Results> {
     }
 
     // The same batch of 64 with one forged report (its signature spoiled):
-    // the batch finds it by bisection, beside one by one.
+    // the batch finds it by bisection, beside one by one. Then 6 forged
+    // (about 10 %), bisected from the whole batch and planned for (as a
+    // DAP that has been receiving forgeries checks them).
     progress.step("report batch 64 with one forgery vs one by one");
-    let mut spoiled: Vec<Vec<u8>> = reports.reports[..64].to_vec();
-    if let Some(last) = spoiled[37].len().checked_sub(3) {
-        spoiled[37][last] ^= 0x40;
-    }
-    let slice: Vec<&[u8]> = spoiled.iter().map(Vec::as_slice).collect();
-    let slice = slice.as_slice();
-    let (mut batch_wrong, mut single_wrong) = (0u64, 0u64);
-    let (forged_batch_rate, forged_single_rate) = paired(
-        plan,
-        &mut || {
-            let out = verify_reports_batch(slice, &reports.headend, |id| reports.key(id));
-            let refused: Vec<usize> = (0..out.len()).filter(|i| out[*i].is_err()).collect();
-            batch_wrong += u64::from(refused != [37]);
-            64
-        },
-        &mut || {
-            let refused: Vec<usize> = (0..slice.len())
-                .filter(|i| {
-                    verify_report(slice[*i], &reports.headend, |id| reports.key(id)).is_err()
-                })
-                .collect();
-            single_wrong += u64::from(refused != [37]);
-            64
-        },
-    );
-    failures += batch_wrong + single_wrong;
-    let forged64 = BatchFigure {
-        size: 64,
-        batch_per_sec: forged_batch_rate,
-        single_per_sec: forged_single_rate,
-    };
+    let forged64 = forged_batch(plan, &reports, &[37], 0, &mut failures);
+    progress.step("report batch 64 with 6 forgeries vs one by one");
+    let six = [5, 14, 29, 37, 48, 60];
+    let forged64_six = forged_batch(plan, &reports, &six, 0, &mut failures);
+    let forged64_six_planned = forged_batch(plan, &reports, &six, 94, &mut failures);
 
     // Burst open of 64 beside one-by-one open.
     progress.step("burst open 64 vs one by one");
@@ -611,6 +645,8 @@ fn measure(plan: Plan, progress: &mut Progress) -> FixtureResult<Results> {
         batches,
         burst64_open_per_sec,
         forged64,
+        forged64_six,
+        forged64_six_planned,
         burst64_single_open_per_sec,
         threads: thread_rates,
         p2p_measured_members: p2p.members,

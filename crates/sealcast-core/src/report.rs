@@ -40,7 +40,8 @@ use crate::cose::{
     self, ALG_EDDSA, HDR_ALG, HDR_KID, HDR_PARTIAL_IV, HDR_SA_EPOCH, HDR_TIMESTAMP, HVal,
 };
 use crate::crypto::{
-    AeadAlg, AeadKey, NONCE_LEN, ed25519_signature, ed25519_verify_batch, ed25519_verify_strict,
+    AeadAlg, AeadKey, NONCE_LEN, ed25519_signature, ed25519_verify_batch_expecting,
+    ed25519_verify_strict,
 };
 use crate::error::{Error, Result};
 use crate::ids::{EntityId, SeqNum, UnixMillis};
@@ -345,7 +346,23 @@ pub fn verify_reports_batch_prechecked<'k>(
     reports: &[&[u8]],
     headend: &EntityId,
     lookup: impl Fn(&EntityId) -> Option<&'k VerifyingKey>,
+    precheck: impl FnMut(&ReportHeader) -> Result<()>,
+) -> Vec<Result<VerifiedReport>> {
+    verify_reports_batch_expecting(reports, headend, lookup, precheck, 0)
+}
+
+/// [`verify_reports_batch_prechecked`] for a verifier that expects about
+/// `forged_per_mille` of every 1 000 reports that reach signature work to
+/// be forged (a DAP under a stream with forgeries): the batch is checked in
+/// groups sized for that rate
+/// ([`crate::crypto::ed25519_verify_batch_expecting`]). The verdicts are
+/// the same for every `forged_per_mille`; only the work differs.
+pub fn verify_reports_batch_expecting<'k>(
+    reports: &[&[u8]],
+    headend: &EntityId,
+    lookup: impl Fn(&EntityId) -> Option<&'k VerifyingKey>,
     mut precheck: impl FnMut(&ReportHeader) -> Result<()>,
+    forged_per_mille: u64,
 ) -> Vec<Result<VerifiedReport>> {
     let parsed: Vec<Result<(ParsedReport, &'k VerifyingKey)>> = reports
         .iter()
@@ -361,7 +378,7 @@ pub fn verify_reports_batch_prechecked<'k>(
         .filter_map(|r| r.as_ref().ok())
         .map(|(p, k)| (*k, p.tbs.as_slice(), &p.signature))
         .collect();
-    let mut verdicts = ed25519_verify_batch(&items).into_iter();
+    let mut verdicts = ed25519_verify_batch_expecting(&items, forged_per_mille).into_iter();
     parsed
         .into_iter()
         .map(|r| {

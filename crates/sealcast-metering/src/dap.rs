@@ -17,7 +17,7 @@ use ed25519_dalek::VerifyingKey;
 use sealcast_core::credential::{EntityCredential, PublicCredential};
 use sealcast_core::ids::{EntityId, SeqNum, UnixMillis};
 use sealcast_core::replay::{SeqAllocator, SeqWindow};
-use sealcast_core::report::verify_reports_batch_prechecked;
+use sealcast_core::report::verify_reports_batch_expecting;
 
 use crate::wire::{Announcement, open_solicit, seal_batch, split_for_batches};
 use crate::{Error, Result};
@@ -100,6 +100,10 @@ pub struct DapCore {
     max_seq_gap: Option<u64>,
     /// Gaps flagged since the last [`DapCore::take_gaps`].
     gaps: Vec<SeqGap>,
+    /// Forged signatures per 1 000 reports verified, averaged over recent
+    /// batches (each batch weighs a quarter): how many forgeries the next
+    /// batch verification plans for.
+    forged_per_mille: u64,
 }
 
 /// A jump in a meter's sequence numbers larger than
@@ -183,6 +187,7 @@ impl DapCore {
             max_drift_ms: None,
             max_seq_gap: None,
             gaps: Vec::new(),
+            forged_per_mille: 0,
         };
         core.set_meters(meters);
         Ok(core)
@@ -245,11 +250,18 @@ impl DapCore {
     /// With a rate limit set, a verified, fresh report of a meter over its
     /// rate is [`ReportVerdict::RateLimited`]; `at` is the time the rate is
     /// measured at.
+    ///
+    /// A DAP that has been receiving forgeries plans for them: the batch is
+    /// checked in groups sized for the forgeries recent batches carried
+    /// (`sealcast_core::crypto::ed25519_verify_batch_expecting`), so a
+    /// stream with 10 % forged reports is not bisected from the whole batch
+    /// down each time. The verdicts do not depend on it.
     pub fn verify(&mut self, reports: &[&[u8]], at: UnixMillis) -> Vec<ReportVerdict> {
         // One parse per report: the windows (and the drift bound) are
         // checked on the parsed header before any signature work.
         let (windows, max_drift_ms, meters) = (&self.windows, self.max_drift_ms, &self.meters);
-        let verdicts = verify_reports_batch_prechecked(
+        let mut checked = 0u64;
+        let verdicts = verify_reports_batch_expecting(
             reports,
             self.headend.id(),
             |id| meters.get(id),
@@ -265,8 +277,17 @@ impl DapCore {
                     }),
                     None => Ok(()),
                 }
+                .inspect(|()| checked += 1)
             },
+            self.forged_per_mille,
         );
+        let bad_signatures = verdicts
+            .iter()
+            .filter(|v| matches!(v, Err(sealcast_core::Error::BadSignature)))
+            .count() as u64;
+        if let Some(batch_per_mille) = (bad_signatures.min(checked) * 1000).checked_div(checked) {
+            self.forged_per_mille = (3 * self.forged_per_mille + batch_per_mille) / 4;
+        }
         let mut out: Vec<Option<ReportVerdict>> = vec![None; reports.len()];
         for (slot, verdict) in out.iter_mut().zip(verdicts) {
             *slot = Some(match verdict {
@@ -309,6 +330,12 @@ impl DapCore {
         out.into_iter()
             .map(|v| v.unwrap_or_else(|| ReportVerdict::Forged("not verified".into())))
             .collect()
+    }
+
+    /// Forged signatures per 1 000 reports the recent batches carried (each
+    /// batch weighs a quarter): what the next verification plans for.
+    pub fn forged_per_mille(&self) -> u64 {
+        self.forged_per_mille
     }
 
     /// Flags (never drops) a forwarded report whose sequence number is more
@@ -587,6 +614,52 @@ mod tests {
             w.dap.verify(&[&b], UnixMillis::new(1_000)),
             vec![ReportVerdict::Replayed]
         );
+    }
+
+    #[test]
+    fn a_dap_under_forgeries_plans_for_them_and_forgets_them_with_clean_batches() {
+        let mut w = world();
+        assert_eq!(w.dap.forged_per_mille(), 0);
+        let mut at = 1_000;
+        let mut batch = |w: &mut World, forged: usize| {
+            at += 1;
+            let t = UnixMillis::new(at);
+            let mut reports: Vec<Vec<u8>> = (0..8)
+                .map(|i| {
+                    let m = &mut w.meters[i % 3];
+                    if let Some(l) = m.reservation_request() {
+                        m.confirm_reservation(l).unwrap();
+                    }
+                    m.seal(b"1 kWh", t).unwrap().1
+                })
+                .collect();
+            for r in reports.iter_mut().take(forged) {
+                let n = r.len();
+                r[n - 3] ^= 0x40;
+            }
+            let refs: Vec<&[u8]> = reports.iter().map(Vec::as_slice).collect();
+            let v = w.dap.verify(&refs, t);
+            // The verdicts are those of one-by-one checking, planned or not.
+            assert_eq!(
+                v.iter()
+                    .filter(|v| matches!(v, ReportVerdict::Forged(_)))
+                    .count(),
+                forged
+            );
+            assert_eq!(
+                v.iter().filter(|v| **v == ReportVerdict::Forward).count(),
+                8 - forged
+            );
+        };
+        batch(&mut w, 4);
+        assert_eq!(w.dap.forged_per_mille(), 125); // a quarter of 500 ‰
+        batch(&mut w, 4);
+        let high = w.dap.forged_per_mille();
+        assert!(high > 125, "{high}");
+        for _ in 0..30 {
+            batch(&mut w, 0);
+        }
+        assert_eq!(w.dap.forged_per_mille(), 0);
     }
 
     #[test]

@@ -101,6 +101,20 @@ impl Results {
         );
         row(
             &mut t,
+            "report batch 64, 6 forged / one by one",
+            self.forged64_six.batch_per_sec,
+            self.forged64_six.single_per_sec,
+            "",
+        );
+        row(
+            &mut t,
+            "  planned for 6 in 64 (as a DAP does)",
+            self.forged64_six_planned.batch_per_sec,
+            self.forged64_six_planned.single_per_sec,
+            "",
+        );
+        row(
+            &mut t,
             "burst open 64 / one by one",
             self.burst64_open_per_sec,
             self.burst64_single_open_per_sec,
@@ -316,6 +330,20 @@ impl Results {
                 num(ratio(
                     self.forged64.batch_per_sec,
                     self.forged64.single_per_sec,
+                )),
+            ),
+            (
+                "batch64_six_forged_ratio".into(),
+                num(ratio(
+                    self.forged64_six.batch_per_sec,
+                    self.forged64_six.single_per_sec,
+                )),
+            ),
+            (
+                "batch64_six_forged_planned_ratio".into(),
+                num(ratio(
+                    self.forged64_six_planned.batch_per_sec,
+                    self.forged64_six_planned.single_per_sec,
                 )),
             ),
             (
