@@ -162,7 +162,7 @@ pub const DAP: &str = r#"# sealcast agent serve --config dap.toml   (a Data Aggr
 broker = "mqtt://127.0.0.1:1883"
 # topic_prefix = "site-a"
 key = "dap-1.key"
-state_dir = "dap-1-state"            # per-meter windows, batch sequence (dap.cbor, 0600)
+state_dir = "dap-1-state"            # per-meter windows, batch sequence (dap.cbor + its journal, 0600)
 # manager_public_key = "manager.pub" # with it, the gateway node runs beside the DAP
 
 [dap]

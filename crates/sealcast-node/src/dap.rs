@@ -16,8 +16,10 @@
 //! [`DapCore`] (in `sealcast-metering`) is the sans-IO part (verification,
 //! windows, batch and announcement sealing, state encoding); [`spawn`] runs
 //! it as a tokio task over the link. Order per batch: verify and commit the
-//! windows in memory, send the signed batch, persist the windows, then
-//! acknowledge the meters' messages — on CoAP only once the headend
+//! windows in memory, send the signed batch, persist the windows that moved
+//! (one record appended to the state file's journal and fsynced:
+//! [`sealcast_store::JournaledStateFile`]), then acknowledge the meters'
+//! messages — on CoAP only once the headend
 //! answered the batch — so a crash before the save re-forwards (the
 //! headend's own windows drop the copies) rather than losing reports.
 
@@ -28,7 +30,7 @@ use sealcast_core::credential::PublicCredential;
 use sealcast_core::ids::EntityId;
 use sealcast_core::target::{AgentChannel, DeviceChannel, GroupChannel, TopicFilter, TopicScheme};
 pub use sealcast_metering::dap::{DapCore, RateLimit, ReportVerdict, SealedBatches};
-use sealcast_store::{DeviceStateFile, StateLock};
+use sealcast_store::{DeviceStateFile, JournaledStateFile, StateLock};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
@@ -229,7 +231,8 @@ struct Dap {
     announce_topic: String,
     batch_size: usize,
     max_batch_delay: Duration,
-    state_file: Option<DeviceStateFile>,
+    /// The state file and its journal (None: in memory).
+    journal: Option<JournaledStateFile>,
     /// The state file's exclusive lock, held while the service runs.
     _state_lock: Option<StateLock>,
     events: mpsc::UnboundedSender<DapEvent>,
@@ -320,9 +323,29 @@ pub async fn spawn(config: DapConfig) -> Result<DapHandle> {
     if batch_size == 0 || batch_size > sealcast_metering::wire::MAX_BATCH_REPORTS {
         return Err(Error::Runtime("batch size must be 1..=4096".into()));
     }
-    let state_lock = crate::runtime::lock_and_restore(state_file.as_ref(), |bytes| {
-        Ok(core.restore_state(bytes)?)
-    })?;
+    // The windows: the snapshot and the journal of the batches since.
+    let (state_lock, journal) = match &state_file {
+        Some(file) => {
+            let lock = file.lock(crate::device::STATE_LOCK_WAIT)?;
+            let mut journal = JournaledStateFile::new(file.clone());
+            let loaded = journal.load()?;
+            if let Some(snapshot) = &loaded.snapshot {
+                core.restore_state(snapshot)?;
+            }
+            for record in &loaded.records {
+                core.apply_changes(record)?;
+            }
+            if loaded.dropped_torn_record {
+                info!(dap = %core.id(), journal = %journal.journal_path().display(), "the last journal record was cut short by a crash (never acknowledged): dropped");
+            }
+            if loaded.ignored_stale_journal {
+                info!(dap = %core.id(), journal = %journal.journal_path().display(), "a journal of an earlier snapshot was left by a crash: ignored (the snapshot holds it)");
+            }
+            debug!(dap = %core.id(), records = loaded.records.len(), "state restored from its snapshot and journal");
+            (Some(lock), Some(journal))
+        }
+        None => (None, None),
+    };
     let audit = audit
         .as_ref()
         .map(crate::audit::NodeAudit::open)
@@ -376,7 +399,7 @@ pub async fn spawn(config: DapConfig) -> Result<DapHandle> {
         announce_topic: topics.agent(&id, AgentChannel::Announce),
         batch_size,
         max_batch_delay,
-        state_file,
+        journal,
         _state_lock: state_lock,
         events,
         stats: DapStats::default(),
@@ -455,11 +478,19 @@ impl Dap {
         }
     }
 
-    fn persist(&self) -> Result<()> {
-        match &self.state_file {
-            Some(file) => Ok(file.write(&self.core.export_state()?)?),
-            None => Ok(()),
+    /// Saves what changed: the windows that moved appended to the journal
+    /// (one record per batch, fsynced), or the whole state as a new
+    /// snapshot when the journal has outgrown it.
+    fn persist(&mut self) -> Result<()> {
+        if let Some(journal) = &mut self.journal {
+            if journal.wants_snapshot() {
+                journal.replace(&self.core.export_state()?)?;
+            } else {
+                journal.append(&self.core.export_changes()?)?;
+            }
         }
+        self.core.changes_saved();
+        Ok(())
     }
 
     async fn announce(&mut self) -> Result<()> {

@@ -8,7 +8,8 @@
 //!   [`SqliteStore`] (one file, for a single manager) and [`PgStore`]
 //!   (PostgreSQL, for several manager instances sharing one database).
 //! * [`DeviceStateFile`] / [`write_atomic`] — atomic 0600 files for a
-//!   device's state.
+//!   device's state; [`JournaledStateFile`] — such a file with an
+//!   append-only journal of the changes since (a DAP's windows).
 //! * [`AuditLog`] / [`verify_audit_file`] — the append-only, hash-chained
 //!   audit log (JSON lines).
 //!
@@ -37,6 +38,7 @@
 
 pub mod audit;
 mod error;
+pub mod journal;
 mod kek;
 pub mod lock;
 mod model;
@@ -51,6 +53,7 @@ pub use audit::{
     audit_segments, verify_audit_file, verify_audit_file_anchored, verify_audit_segments,
 };
 pub use error::{Error, Result};
+pub use journal::JournaledStateFile;
 pub use kek::{KEK_ENV, KEK_LEN, Kek};
 pub use lock::StateLock;
 pub use model::{
