@@ -17,6 +17,8 @@ const NUMBERS: &[&str] = &[
     "batch64_per_sec",
     "single_verify_per_sec",
     "batch64_ratio",
+    "batch64_six_forged_ratio",
+    "batch64_six_forged_planned_ratio",
     "burst64_open_per_sec",
     "burst64_ratio",
     "two_thread_ratio",

@@ -262,8 +262,9 @@ pub fn ed25519_verify_strict(key: &VerifyingKey, msg: &[u8], sig: &[u8]) -> Resu
 /// small-order and canonicity checks `verify_strict` makes); when it fails,
 /// the batch is split in halves and each half checked the same way, down to
 /// [`BISECT_SINGLY`] items, which are checked one by one with
-/// `verify_strict`'s equation (on the values the batch prepared). So a forgery rejects only itself, and finding one
-/// forgery in a batch of n costs batch equations over about n items in all
+/// `verify_strict`'s equation (on the values the batch prepared). So a
+/// forgery rejects only itself, and finding one forgery in a batch of n
+/// costs batch equations over about n items in all
 /// (n/2 + n/4 + …) and at most 2 · [`BISECT_SINGLY`] single verifications,
 /// instead of n single verifications (when the left half holds, the right
 /// one is known to fail and is split at once, unchecked).
