@@ -301,7 +301,8 @@ fn slice(unit: &mut dyn FnMut() -> u64, offset: usize) -> (u64, Duration) {
 // Progress on standard error
 // ---------------------------------------------------------------------------
 
-/// open ×3, seal, batch ×3, burst, threads, point-to-point, tree ×3.
+/// open ×3, seal, batch ×3, forged batch ×2, burst, threads,
+/// point-to-point, tree ×3.
 const STEPS: usize = 15;
 
 struct Progress {
