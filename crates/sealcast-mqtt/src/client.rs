@@ -30,8 +30,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rumqttc::{
-    AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS, Request, Subscribe,
-    SubscribeFilter, SubscribeReasonCode,
+    AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, PubAck, Publish, QoS, Request,
+    Subscribe, SubscribeFilter, SubscribeReasonCode,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -99,6 +99,33 @@ struct Shared {
     /// SUBSCRIBE requests the ack pump handed to rumqttc, in order, not yet
     /// seen going out: their generation and filters.
     requested: std::sync::Mutex<VecDeque<(u64, Vec<TopicFilter>)>>,
+    /// Acknowledgements queued behind one handed to rumqttc (the gate), in
+    /// order: the connection task writes them in one go once it sees the
+    /// gate go out ([`AckBatch`]).
+    ack_batches: std::sync::Mutex<VecDeque<AckBatch>>,
+}
+
+/// The most acknowledgements the ack pump takes together.
+const MAX_ACK_BATCH: usize = 512;
+
+/// PUBACKs that go out right behind their gate, in one write.
+///
+/// rumqttc writes and flushes every request on its own: one system call
+/// (and, on loopback, the broker side's TCP receive) per PUBACK. A runtime
+/// that acknowledges a batch at once (a DAP after persisting 64 windows, a
+/// gateway after a burst) queues them together; the ack pump hands the
+/// first to rumqttc and leaves the rest here, and the connection task,
+/// when rumqttc reports the first written, writes the rest and flushes
+/// once. The order on the wire is the order they were queued in (MQTT
+/// 3.1.1 §4.6), since the task writes them before it polls rumqttc again.
+#[derive(Debug)]
+struct AckBatch {
+    /// Packet id of the acknowledgement handed to rumqttc.
+    gate: u16,
+    /// The connection the messages came on.
+    connection: u64,
+    /// Packet ids of the acknowledgements behind it, in order.
+    rest: Vec<u16>,
 }
 
 /// Locks a mutex whose data stays consistent even if a holder panicked
@@ -138,22 +165,59 @@ impl Drop for TaskGuard {
 /// Sends the runtime's acknowledgements, in the order they were queued.
 /// An acknowledgement queued on an older connection is not sent: its
 /// packet id may belong to another message now, and the broker redelivers.
+/// Acknowledgements queued together go out together ([`AckBatch`]).
 async fn ack_pump(
     client: AsyncClient,
     shared: Arc<Shared>,
     mut queue: mpsc::UnboundedReceiver<PumpItem>,
 ) {
-    while let Some(item) = queue.recv().await {
+    // An item taken while gathering a batch of acknowledgements, next.
+    let mut held: Option<PumpItem> = None;
+    loop {
+        let item = match held.take() {
+            Some(item) => item,
+            None => match queue.recv().await {
+                Some(item) => item,
+                None => break,
+            },
+        };
         match item {
             PumpItem::Ack(publish, connection) => {
-                if shared.connection.load(Ordering::SeqCst) != connection {
-                    debug!(
-                        pkid = publish.pkid,
-                        "not acknowledging on a newer connection; the broker redelivers"
-                    );
-                    continue;
+                let mut batch = vec![(publish, connection)];
+                while batch.len() < MAX_ACK_BATCH {
+                    match queue.try_recv() {
+                        Ok(PumpItem::Ack(p, c)) => batch.push((p, c)),
+                        Ok(other) => {
+                            held = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
                 }
-                if client.ack(&publish).await.is_err() {
+                let current = shared.connection.load(Ordering::SeqCst);
+                let mut batch = batch.into_iter().filter(|(p, c)| {
+                    if *c != current {
+                        debug!(
+                            pkid = p.pkid,
+                            "not acknowledging on a newer connection; the broker redelivers"
+                        );
+                    }
+                    *c == current
+                });
+                let Some((gate, connection)) = batch.next() else {
+                    continue;
+                };
+                let rest: Vec<u16> = batch.map(|(p, _)| p.pkid).collect();
+                if !rest.is_empty() {
+                    // Before the gate is handed over: the connection task
+                    // looks for the batch when it sees the gate go out.
+                    lock(&shared.ack_batches).push_back(AckBatch {
+                        gate: gate.pkid,
+                        connection,
+                        rest,
+                    });
+                }
+                if client.ack(&gate).await.is_err() {
                     break;
                 }
             }
@@ -411,6 +475,7 @@ impl MqttClient {
             ),
             generation: AtomicU64::new(0),
             requested: std::sync::Mutex::new(VecDeque::new()),
+            ack_batches: std::sync::Mutex::new(VecDeque::new()),
         });
         let pump = tokio::spawn(ack_pump(client.clone(), shared.clone(), ack_queue));
         let (tx, rx) = mpsc::channel(config.incoming_capacity);
@@ -636,6 +701,8 @@ impl Connection {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     failures = 0;
                     self.shared.connection.fetch_add(1, Ordering::SeqCst);
+                    // Acknowledgements of the last connection's messages.
+                    lock(&self.shared.ack_batches).clear();
                     let mut requeued = 0u64;
                     if ack.session_present {
                         // rumqttc re-sends its pending publishes itself.
@@ -816,6 +883,9 @@ impl Connection {
                 Ok(Event::Incoming(Packet::PubAck(_))) => {
                     self.shared.status.send_modify(|s| s.publishes_acked += 1);
                 }
+                Ok(Event::Outgoing(Outgoing::PubAck(pkid))) => {
+                    self.write_acks_behind(pkid).await;
+                }
                 Ok(Event::Outgoing(Outgoing::Disconnect)) => {
                     info!(client = %self.client_id, "disconnected from the MQTT broker");
                     break;
@@ -826,6 +896,7 @@ impl Connection {
                         break;
                     }
                     self.shared.connection.fetch_add(1, Ordering::SeqCst);
+                    lock(&self.shared.ack_batches).clear();
                     // After a lost connection rumqttc has moved its
                     // unacknowledged publishes (and queued requests) into
                     // `pending`; after a failed attempt `pending` is unchanged.
@@ -861,6 +932,51 @@ impl Connection {
             s.connected = false;
             s.closed = true;
         });
+    }
+}
+
+impl Connection {
+    /// rumqttc has written the acknowledgement `gate`: writes the batch
+    /// queued behind it, if any, and flushes once. Called before the next
+    /// poll, so nothing rumqttc sends can come in between. A write that
+    /// fails leaves the rest to the connection's own error, which the next
+    /// poll reports (the messages are redelivered on the next session); a
+    /// flush that times out leaves the bytes buffered, in order, for
+    /// rumqttc's next flush.
+    async fn write_acks_behind(&mut self, gate: u16) {
+        let batch = {
+            let mut batches = lock(&self.shared.ack_batches);
+            match batches.front() {
+                Some(b) if b.gate == gate => batches.pop_front(),
+                _ => None,
+            }
+        };
+        let Some(batch) = batch else {
+            return;
+        };
+        if batch.connection != self.shared.connection.load(Ordering::SeqCst) {
+            return;
+        }
+        let Some(network) = self.eventloop.network.as_mut() else {
+            return;
+        };
+        let timeout = Duration::from_secs(self.eventloop.network_options.connection_timeout());
+        let written = tokio::time::timeout(timeout, async {
+            for pkid in batch.rest {
+                network.write(Packet::PubAck(PubAck::new(pkid))).await?;
+            }
+            network.flush().await
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                debug!(client = %self.client_id, error = %e, "acknowledgements not written; the connection is failing");
+            }
+            Err(_) => {
+                debug!(client = %self.client_id, "acknowledgements not flushed in time; they go with the next write");
+            }
+        }
     }
 }
 

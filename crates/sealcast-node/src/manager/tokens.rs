@@ -138,8 +138,6 @@ impl Runtime {
         }
     }
 
-    /// Sends `entity` its current token (if it has a grant), through its
-    /// agent when it has one.
     /// A member that acknowledges is reachable: its token goes to it once
     /// more, the first time it acknowledges in this run. A token pushed
     /// before the entity could be reached is otherwise lost until the next
@@ -152,6 +150,8 @@ impl Runtime {
         }
     }
 
+    /// Sends `entity` its current token (if it has a grant), through its
+    /// agent when it has one.
     pub(super) async fn send_token_to(&mut self, entity: &EntityId) {
         let Some((_, bytes)) = self.tokens.issued.get(entity) else {
             return;
