@@ -289,8 +289,11 @@ pub fn ed25519_verify_batch(items: &[(&VerifyingKey, &[u8], &Signature)]) -> Vec
 /// items (a power of two), each settled by bisection, so a batch with many
 /// forgeries does not spend equations over the whole batch and its halves
 /// before it reaches them. With `bad_per_mille` 0 the whole batch is one
-/// group. The results are exactly those of [`ed25519_verify_batch`]: the
-/// hint changes only what is checked together, never what is accepted.
+/// group, unless its equation would have 73–189 points: too many for a
+/// cheap Straus multiplication, too few for Pippenger's (a DAP's 64 reports
+/// of 64 meters: two groups of 32). The results are exactly those of
+/// [`ed25519_verify_batch`]: the hint changes only what is checked
+/// together, never what is accepted.
 ///
 /// Why half the distance between failures: an equation costs about one
 /// point per item, so a group that fails costs its whole size again in its
@@ -331,25 +334,54 @@ pub fn ed25519_verify_batch_expecting(
         .zip(&weights)
         .map(|((i, it), z)| (*i, *it, z))
         .collect();
-    let group = group_size(weighted.len(), bad_per_mille);
+    let mut keys: Vec<&[u8; 32]> = candidates.iter().map(|(_, it)| &it.key).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let group = group_size(weighted.len(), keys.len(), bad_per_mille);
     for part in weighted.chunks(group) {
         settle(part, false, &mut results);
     }
     results
 }
 
-/// The group size for `n` items of which `bad_per_mille` ‰ are expected to
-/// fail: the largest power of two ≤ 500 / `bad_per_mille`, at most `n`
-/// (all of them when none is expected; at least 1).
-fn group_size(n: usize, bad_per_mille: u64) -> usize {
-    if bad_per_mille == 0 {
-        return n.max(1);
-    }
-    let spacing = (500 / bad_per_mille).max(1);
-    let exponent = u64::BITS - 1 - spacing.leading_zeros();
-    usize::try_from(1u64 << exponent)
-        .map_or(n, |g| g.min(n))
-        .max(1)
+/// Points an equation may have and still be cheap for curve25519-dalek's
+/// Straus multiscalar multiplication (its choice below 190 points): on the
+/// AVX-512 IFMA backend an equation of 129 points (64 signatures of 64
+/// keys) verified 1.47–1.61× one by one against 1.84–1.89× for two of 65
+/// (`sealcast bench`, same runs; its lookup tables outgrow the cache).
+const STRAUS_POINTS: usize = 72;
+
+/// From this many points curve25519-dalek uses Pippenger's method, which
+/// only gets cheaper per point with more of them.
+const PIPPENGER_POINTS: usize = 190;
+
+/// The group size for `n` items from `keys` distinct keys of which
+/// `bad_per_mille` ‰ are expected to fail: the largest power of two ≤ 500 /
+/// `bad_per_mille` (all `n` when none is expected), at most `n`, at least
+/// 1; and, when the whole batch's equation would have more than
+/// [`STRAUS_POINTS`] points but fewer than [`PIPPENGER_POINTS`], no larger
+/// than keeps each group's equation within [`STRAUS_POINTS`] (an equation
+/// has a point per signature, one per distinct key and the base point).
+fn group_size(n: usize, keys: usize, bad_per_mille: u64) -> usize {
+    let planned = match 500u64.checked_div(bad_per_mille) {
+        None => n,
+        Some(spacing) => {
+            let spacing = spacing.max(1);
+            let exponent = u64::BITS - 1 - spacing.leading_zeros();
+            usize::try_from(1u64 << exponent).unwrap_or(n)
+        }
+    };
+    let points = n.saturating_add(keys).saturating_add(1);
+    let planned = if points > STRAUS_POINTS && points < PIPPENGER_POINTS {
+        // Largest g with g + min(g, keys) + 1 ≤ STRAUS_POINTS, as a power
+        // of two so the groups come out even.
+        let fits = (STRAUS_POINTS - 1 - keys.min((STRAUS_POINTS - 1) / 2)).max(1);
+        let fits = 1usize << (usize::BITS - 1 - fits.leading_zeros());
+        planned.min(fits)
+    } else {
+        planned
+    };
+    planned.min(n).max(1)
 }
 
 #[cfg(test)]
@@ -714,16 +746,30 @@ mod tests {
 
     #[test]
     fn groups_are_sized_for_the_expected_failures() {
-        assert_eq!(group_size(64, 0), 64);
-        assert_eq!(group_size(64, 1), 64); // 500 → 64 at most
-        assert_eq!(group_size(64, 10), 32); // 1 %: 50 → 32
-        assert_eq!(group_size(64, 100), 4); // 10 %: 5 → 4
-        assert_eq!(group_size(64, 250), 2);
-        assert_eq!(group_size(64, 400), 1);
-        assert_eq!(group_size(64, 1000), 1);
-        assert_eq!(group_size(64, u64::MAX), 1);
-        assert_eq!(group_size(0, 3), 1);
-        assert_eq!(group_size(0, 0), 1);
+        // A DAP's batch: 64 meters, 64 keys, 129 points in one equation:
+        // two of 65 instead.
+        assert_eq!(group_size(64, 64, 0), 32);
+        assert_eq!(group_size(64, 64, 1), 32); // 500 → 32 at most
+        assert_eq!(group_size(64, 64, 10), 32); // 1 %: 50 → 32
+        assert_eq!(group_size(64, 64, 100), 4); // 10 %: 5 → 4
+        assert_eq!(group_size(64, 64, 250), 2);
+        assert_eq!(group_size(64, 64, 400), 1);
+        assert_eq!(group_size(64, 64, 1000), 1);
+        assert_eq!(group_size(64, 64, u64::MAX), 1);
+        // A burst from one signer: 66 points, one equation.
+        assert_eq!(group_size(64, 1, 0), 64);
+        // Few items: one equation.
+        assert_eq!(group_size(8, 8, 0), 8);
+        assert_eq!(group_size(35, 35, 0), 35);
+        // Many: Pippenger, one equation.
+        assert_eq!(group_size(95, 95, 0), 95);
+        assert_eq!(group_size(256, 256, 0), 256);
+        assert_eq!(group_size(256, 256, 1), 256); // 500 → 256 at most
+        // Between: groups that keep each equation small.
+        assert_eq!(group_size(80, 80, 0), 32);
+        assert_eq!(group_size(80, 4, 0), 64);
+        assert_eq!(group_size(0, 0, 3), 1);
+        assert_eq!(group_size(0, 0, 0), 1);
     }
 
     #[test]
