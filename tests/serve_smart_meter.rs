@@ -33,6 +33,15 @@ fn report_expected(dir: &Path, meter: &str, dap: &str, reading: &str, expected: 
 }
 
 /// Sums `key=N` over the DAP's "reports dropped" log lines.
+/// DAP announcements the headend has accepted so far (each DAP announces
+/// when it starts and when its meters change).
+fn announcements(procs: &Procs) -> usize {
+    procs
+        .log("headend")
+        .matches("DAP announcement accepted")
+        .count()
+}
+
 fn dap_dropped(log: &str, key: &str) -> u64 {
     log.lines()
         .filter(|l| l.contains("reports dropped"))
@@ -227,13 +236,7 @@ async fn smart_metering_as_separate_processes() {
     wait_until(
         "the headend accepts the restarted DAP's announcement",
         &procs,
-        || {
-            procs
-                .log("headend")
-                .matches("DAP announcement accepted")
-                .count()
-                >= 2
-        },
+        || announcements(&procs) >= 2,
     )
     .await;
     for bytes in &reports {
@@ -267,13 +270,7 @@ async fn smart_metering_as_separate_processes() {
     wait_until(
         "the restarted headend gets a fresh announcement",
         &procs,
-        || {
-            procs
-                .log("headend")
-                .matches("DAP announcement accepted")
-                .count()
-                >= 3
-        },
+        || announcements(&procs) >= 3,
     )
     .await;
     for b in &batches {
@@ -320,11 +317,7 @@ async fn smart_metering_as_separate_processes() {
     let dropped_before = dap_dropped(&procs.log("dap"), "replayed");
     procs.start_appending("dap", &["agent", "serve", "--config", "agent.toml"]);
     wait_until("the restarted DAP announces again", &procs, || {
-        procs
-            .log("headend")
-            .matches("DAP announcement accepted")
-            .count()
-            >= 4
+        announcements(&procs) >= 4
     })
     .await;
     spy.publish(report_topic.clone(), Bytes::from(reports[4].clone()))
@@ -448,14 +441,7 @@ async fn a_pool_of_two_daps_shares_the_report_load() {
     for d in &daps {
         procs.start(d, &["agent", "serve", "--config", &format!("{d}.toml")]);
     }
-    wait_until("both DAPs announced", &procs, || {
-        procs
-            .log("headend")
-            .matches("DAP announcement accepted")
-            .count()
-            >= 2
-    })
-    .await;
+    wait_until("both DAPs announced", &procs, || announcements(&procs) >= 2).await;
     const EACH: u32 = 20;
     let mut expected = Vec::new();
     for (i, m) in meters.iter().enumerate() {
@@ -817,11 +803,7 @@ async fn meters_join_and_leave_while_the_dap_and_headend_run() {
         procs.log("headend").contains("SIGHUP: meters reloaded")
             && procs.log("headend").contains("added=1")
             && procs.log("dap").contains("SIGHUP: meters reloaded")
-            && procs
-                .log("headend")
-                .matches("DAP announcement accepted")
-                .count()
-                >= 2
+            && announcements(&procs) >= 2
     })
     .await;
     report_expected(&dir, &meters[2], &dap, "m3 after", &mut expected);
@@ -839,11 +821,7 @@ async fn meters_join_and_leave_while_the_dap_and_headend_run() {
     wait_until("both reloaded again", &procs, || {
         procs.log("headend").contains("removed=1")
             && procs.log("dap").matches("SIGHUP: meters reloaded").count() >= 2
-            && procs
-                .log("headend")
-                .matches("DAP announcement accepted")
-                .count()
-                >= 3
+            && announcements(&procs) >= 3
     })
     .await;
     let unknown_before = dap_dropped(&procs.log("dap"), "unknown");
