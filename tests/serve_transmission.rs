@@ -1039,6 +1039,68 @@ fn now_s() -> u64 {
     now_ms() / 1000
 }
 
+/// The race CI found (baf8f04), forced: the manager starts before the
+/// gateway ever connected, issues the gateway's token and pushes it — into
+/// nothing: the broker holds no session for the gateway yet, so the publish
+/// reaches no one. The token (600 s, renewed at 300 s) must not wait for
+/// its renewal: it goes again on the gateway's first acknowledgement (of a
+/// key delivery, which the manager re-sends until acknowledged), and the
+/// gateway holds it well within the wait. Before the fix this timed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_token_pushed_before_the_gateway_ever_connected_reaches_it_on_its_first_ack() {
+    let t = MqttRun::start("tokrace").await;
+    let dir = t.dir.clone();
+    let Site {
+        gateway,
+        sensor,
+        doors,
+        ..
+    } = fire_safety_site(&t, "");
+    let mut manager = fs::read_to_string(dir.join("manager.toml")).unwrap();
+    manager.push_str(&format!(
+        "\n[[access_token]]\nentity = \"{gateway}\"\ngroups = [\"fire-doors\"]\noperations = [\"unlock\"]\nlifetime_s = 600\n"
+    ));
+    fs::write(dir.join("manager.toml"), manager).unwrap();
+
+    let mut procs = Procs::new(&dir);
+    procs.start("manager", &["manager", "serve", "--config", "manager.toml"]);
+    wait_until_blocking("the manager issued the gateway's token", &procs, || {
+        // Not `node_json`: the manager's socket may not be up yet.
+        let out = common::run(
+            &dir,
+            &[
+                "node",
+                "show",
+                "--id",
+                &gateway,
+                "--json",
+                "--config",
+                "manager.toml",
+            ],
+        );
+        out.status.success()
+            && serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                .is_ok_and(|v| v["token"]["expires"].as_u64().is_some())
+    });
+    // Issued and pushed in one step; a moment for the publish to be gone.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    procs.start("agent", &["agent", "serve", "--config", "agent.toml"]);
+    for d in [&sensor, &doors[0], &doors[1]] {
+        procs.start_device(d);
+    }
+    wait_until_blocking("the gateway holds its token", &procs, || {
+        procs
+            .log("agent")
+            .contains("access token received from the manager")
+    });
+    let held = gateway_token(&dir);
+    assert_eq!(held["token"]["valid"], true, "{held}");
+    assert_eq!(
+        held["token"]["grants"],
+        serde_json::json!([{"group": "fire-doors", "operations": ["unlock"]}])
+    );
+}
+
 /// Issue #15, item 4 (access-control tokens, as processes): the doors have
 /// no `[[acp]]` rules and accept tokens, so they execute only what the
 /// signer's token from the manager grants. The manager issues the gateway a
