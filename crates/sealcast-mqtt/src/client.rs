@@ -944,8 +944,15 @@ impl Connection {
     /// flush that times out leaves the bytes buffered, in order, for
     /// rumqttc's next flush.
     async fn write_acks_behind(&mut self, gate: u16) {
+        let current = self.shared.connection.load(Ordering::SeqCst);
         let batch = {
             let mut batches = lock(&self.shared.ack_batches);
+            // A batch of an older connection (the pump read the connection
+            // just before it changed) is dropped, never left in front of
+            // this connection's batches.
+            while batches.front().is_some_and(|b| b.connection != current) {
+                batches.pop_front();
+            }
             match batches.front() {
                 Some(b) if b.gate == gate => batches.pop_front(),
                 _ => None,
@@ -954,9 +961,6 @@ impl Connection {
         let Some(batch) = batch else {
             return;
         };
-        if batch.connection != self.shared.connection.load(Ordering::SeqCst) {
-            return;
-        }
         let Some(network) = self.eventloop.network.as_mut() else {
             return;
         };
