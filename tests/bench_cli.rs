@@ -32,6 +32,8 @@ const NUMBERS: &[&str] = &[
     "e2e_devices",
     "e2e_opens",
     "e2e_alert_to_last_ms",
+    "e2e_alert_to_gateway_ms",
+    "e2e_alert_to_first_ms",
     "e2e_single_open_us",
     "e2e_cores",
     "e2e_pipeline_efficiency",
@@ -120,6 +122,10 @@ fn bench_quick_json_has_every_field() {
     );
     // Bursts form only when alerts queue up: at least none.
     assert!(f("loaded_gateway_mean_burst") >= 0.0);
+    // The gateway verified the alert before any device acted on the
+    // commands it issued, and the first device acted no later than the last.
+    assert!(f("e2e_alert_to_gateway_ms") <= f("e2e_alert_to_first_ms"));
+    assert!(f("e2e_alert_to_first_ms") <= f("e2e_alert_to_last_ms"));
     let factor = f("e2e_security_overhead_factor");
     let expected = (f("e2e_alert_to_last_ms") - f("e2e_transport_floor_ms"))
         / (f("e2e_opens") * f("e2e_single_open_us") / 1e3 / f("e2e_cores"));

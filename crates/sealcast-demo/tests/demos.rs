@@ -23,6 +23,12 @@ async fn run(config: FireSafetyConfig) {
     }
     assert!(report.passed());
     assert!(report.checks.len() >= 10, "every step was checked");
+    // The pipeline is timed by the instants the runtimes reported: the
+    // gateway verified the alert before any device acted on the commands it
+    // issued, and the first device acted no later than the last.
+    let p = report.pipeline.expect("the fire was timed");
+    assert!(p.alert_to_gateway <= p.alert_to_first_action, "{p:?}");
+    assert!(p.alert_to_first_action <= p.alert_to_last_action, "{p:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

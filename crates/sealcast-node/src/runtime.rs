@@ -127,8 +127,12 @@ pub enum EventKind {
 /// One event with its source.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Event {
-    /// When.
+    /// When, by the wall clock.
     pub at: UnixMillis,
+    /// When, by this host's monotonic clock: what a supervisor times the
+    /// runtimes by (the moment the runtime reported, not the later moment
+    /// a busy supervisor got round to reading it).
+    pub instant: std::time::Instant,
     /// Which entity.
     pub who: EntityId,
     /// What.
@@ -198,6 +202,7 @@ pub type EventSink = mpsc::UnboundedSender<Event>;
 pub fn report(sink: &EventSink, who: &EntityId, kind: EventKind) {
     let _ = sink.send(Event {
         at: now(),
+        instant: std::time::Instant::now(),
         who: who.clone(),
         kind,
     });

@@ -168,8 +168,10 @@ impl Results {
             );
             let _ = writeln!(
                 t,
-                "  alert → last device acting {:.1} ms; one open {:.1} µs on one core; {} cores",
+                "  alert → last device acting {:.1} ms (the gateway verified it after {:.1} ms, the first device acted after {:.1} ms); one open {:.1} µs on one core; {} cores",
                 e.alert_to_last.as_secs_f64() * 1e3,
+                e.alert_to_gateway.as_secs_f64() * 1e3,
+                e.alert_to_first.as_secs_f64() * 1e3,
                 e.single_open_s * 1e6,
                 e.cores
             );
@@ -416,6 +418,14 @@ impl Results {
                 (
                     "e2e_alert_to_last_ms".into(),
                     num(e.alert_to_last.as_secs_f64() * 1e3),
+                ),
+                (
+                    "e2e_alert_to_gateway_ms".into(),
+                    num(e.alert_to_gateway.as_secs_f64() * 1e3),
+                ),
+                (
+                    "e2e_alert_to_first_ms".into(),
+                    num(e.alert_to_first.as_secs_f64() * 1e3),
                 ),
                 ("e2e_single_open_us".into(), num(e.single_open_s * 1e6)),
                 ("e2e_cores".into(), Value::from(e.cores)),
